@@ -1,0 +1,187 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * netpath drops: count every skb:kfree_skb in the kernel, keyed by what the
+ * user groups by, so counts stay exact at any drop rate. Optional per-drop
+ * samples go out through a perf buffer under a per-CPU budget.
+ *
+ * Compile-time numbers: TP_HAS_REASON, BY_{REASON,LOCATION,IFACE,PROTO,FLOW},
+ * FILTER_{NETNS,IFACE,REASON,PROTO,PORT,HOST_*}, SAMPLE_BUDGET, WITH_STACK,
+ * MAX_ROWS and the OFF_* struct offsets.
+ */
+#include "netpath.h"
+
+struct drop_key {
+	u64 location;
+	u32 reason;
+	u32 ifindex;
+	u32 netns;
+	u16 l3proto;
+	u8 l4proto;
+	u8 family;
+	u32 saddr[4];
+	u32 daddr[4];
+	u16 sport;
+	u16 dport;
+	s32 pad;
+};
+
+struct drop_sample {
+	struct drop_key key;
+	u64 ts_ns;
+	u32 len;
+	u32 pid;
+	u32 cpu;
+	s32 stackid;
+	char comm[16];
+};
+
+enum drop_stat {
+	STAT_HITS,
+	STAT_MATCHED,
+	STAT_MAP_FULL,
+	STAT_SAMPLED,
+	STAT_SAMPLE_BUDGET,
+	STAT_MAX,
+};
+
+BPF_PERCPU_HASH(drops, struct drop_key, u64, MAX_ROWS);
+BPF_PERCPU_ARRAY(stats, u64, STAT_MAX);
+
+#ifdef FILTER_IFACE
+/* key: netns inode << 32 | ifindex, filled by netpath from --iface */
+BPF_HASH(iface_filter, u64, u8, 64);
+#endif
+
+#ifdef WITH_STACK
+BPF_STACK_TRACE(stacks, 4096);
+BPF_HASH(drop_stack, struct drop_key, s32, MAX_ROWS);
+#endif
+
+#if SAMPLE_BUDGET > 0
+BPF_PERF_OUTPUT(samples);
+BPF_PERCPU_ARRAY(sample_used, u32, 1);
+#endif
+
+static __always_inline void stat_add(int idx)
+{
+	u64 *v = stats.lookup(&idx);
+
+	if (v)
+		__sync_fetch_and_add(v, 1);
+}
+
+RAW_TRACEPOINT_PROBE(kfree_skb)
+{
+	void *skb = (void *)ctx->args[0];
+	u64 location = ctx->args[1];
+	u32 reason = 0;
+	struct drop_key key = {};
+	struct np_flow flow = {};
+	void *dev = NULL;
+	u32 netns, ifindex = 0;
+	int parsed;
+	u64 zero = 0, *count;
+
+	stat_add(STAT_HITS);
+#if TP_HAS_REASON
+	reason = (u32)ctx->args[2];
+#endif
+#ifdef FILTER_REASON
+	if (reason != FILTER_REASON)
+		return 0;
+#endif
+	netns = np_skb_netns(skb, &dev);
+	if (dev)
+		NP_READ(ifindex, dev, OFF_DEV_IFINDEX);
+#ifdef FILTER_NETNS
+	if (netns != FILTER_NETNS)
+		return 0;
+#endif
+#ifdef FILTER_IFACE
+	u64 ifkey = ((u64)netns << 32) | ifindex;
+
+	if (!iface_filter.lookup(&ifkey))
+		return 0;
+#endif
+	parsed = np_parse_flow(skb, &flow);
+	if (!np_flow_matches(&flow, parsed))
+		return 0;
+	stat_add(STAT_MATCHED);
+
+#if BY_REASON
+	key.reason = reason;
+#endif
+#if BY_LOCATION
+	key.location = location;
+#endif
+#if BY_IFACE
+	key.ifindex = ifindex;
+	key.netns = netns;
+#endif
+#if BY_PROTO || BY_FLOW
+	key.l3proto = flow.l3proto;
+	key.l4proto = flow.l4proto;
+	key.family = flow.family;
+#endif
+#if BY_FLOW
+	__builtin_memcpy(key.saddr, flow.saddr, sizeof(key.saddr));
+	__builtin_memcpy(key.daddr, flow.daddr, sizeof(key.daddr));
+	key.sport = flow.sport;
+	key.dport = flow.dport;
+#endif
+
+	count = drops.lookup_or_try_init(&key, &zero);
+	if (!count) {
+		stat_add(STAT_MAP_FULL);
+		return 0;
+	}
+	__sync_fetch_and_add(count, 1);
+
+#ifdef WITH_STACK
+	s32 stackid = stacks.get_stackid(ctx, 0);
+
+	drop_stack.update(&key, &stackid);
+#endif
+
+#if SAMPLE_BUDGET > 0
+	int idx = 0;
+	u32 *used = sample_used.lookup(&idx);
+
+	if (!used)
+		return 0;
+	if (*used >= SAMPLE_BUDGET) {
+		stat_add(STAT_SAMPLE_BUDGET);
+		return 0;
+	}
+	*used += 1;
+
+	struct drop_sample s = {};
+
+	s.key = key;
+	/* a sample always carries the flow, whatever the grouping */
+	s.key.reason = reason;
+	s.key.location = location;
+	s.key.ifindex = ifindex;
+	s.key.netns = netns;
+	s.key.l3proto = flow.l3proto;
+	s.key.l4proto = flow.l4proto;
+	s.key.family = flow.family;
+	__builtin_memcpy(s.key.saddr, flow.saddr, sizeof(s.key.saddr));
+	__builtin_memcpy(s.key.daddr, flow.daddr, sizeof(s.key.daddr));
+	s.key.sport = flow.sport;
+	s.key.dport = flow.dport;
+	s.ts_ns = bpf_ktime_get_ns();
+	NP_READ(s.len, skb, OFF_SKB_LEN);
+	s.pid = bpf_get_current_pid_tgid() >> 32;
+	s.cpu = bpf_get_smp_processor_id();
+#ifdef WITH_STACK
+	s.stackid = stackid;
+#else
+	s.stackid = -1;
+#endif
+	bpf_get_current_comm(&s.comm, sizeof(s.comm));
+	samples.perf_submit(ctx, &s, sizeof(s));
+	stat_add(STAT_SAMPLED);
+#endif
+	return 0;
+}

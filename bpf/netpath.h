@@ -1,0 +1,169 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * Shared by every netpath program. No kernel headers: struct sk_buff,
+ * net_device and net are read at offsets (OFF_*) that netpath computes from
+ * the running kernel's BTF and passes as -D constants.
+ */
+#ifndef NETPATH_H
+#define NETPATH_H
+
+#define NP_ETH_P_IP	0x0800
+#define NP_ETH_P_IPV6	0x86DD
+#define NP_IPPROTO_ICMP	1
+#define NP_IPPROTO_TCP	6
+#define NP_IPPROTO_UDP	17
+#define NP_IPPROTO_ICMPV6 58
+
+#define NP_UNSET_HEADER	0xffff
+
+/* Wire formats are stable ABI, so they are spelled out here. */
+struct np_iphdr {
+	u8 ver_ihl;
+	u8 tos;
+	u16 tot_len;
+	u16 id;
+	u16 frag_off;
+	u8 ttl;
+	u8 protocol;
+	u16 check;
+	u32 saddr;
+	u32 daddr;
+};
+
+struct np_ipv6hdr {
+	u32 ver_tc_flow;
+	u16 payload_len;
+	u8 nexthdr;
+	u8 hop_limit;
+	u8 saddr[16];
+	u8 daddr[16];
+};
+
+struct np_ports {
+	u16 source;
+	u16 dest;
+};
+
+struct np_flow {
+	u8 family;	/* 4, 6 or 0 when the packet is not IP */
+	u8 l4proto;
+	u16 l3proto;	/* ethertype, host order */
+	u16 sport;	/* host order */
+	u16 dport;
+	u32 saddr[4];
+	u32 daddr[4];
+};
+
+#define NP_READ(dst, base, off) \
+	bpf_probe_read_kernel(&(dst), sizeof(dst), (void *)((char *)(base) + (off)))
+
+static __always_inline u16 np_ntohs(u16 v)
+{
+	return (v >> 8) | (v << 8);
+}
+
+static __always_inline u32 np_skb_netns(void *skb, void **devp)
+{
+	void *dev = NULL, *net = NULL;
+	u32 inum = 0;
+
+	NP_READ(dev, skb, OFF_SKB_DEV);
+	*devp = dev;
+	if (!dev)
+		return 0;
+	NP_READ(net, dev, OFF_DEV_ND_NET);
+	if (net)
+		NP_READ(inum, net, OFF_NET_NS_INUM);
+	return inum;
+}
+
+/* Parses L3/L4 from skb->head + network_header; returns 0 on success. */
+static __always_inline int np_parse_flow(void *skb, struct np_flow *flow)
+{
+	unsigned char *head = NULL;
+	u16 nh = NP_UNSET_HEADER, proto = 0;
+	struct np_ports ports = {};
+	u32 l4off;
+
+	NP_READ(proto, skb, OFF_SKB_PROTOCOL);
+	flow->l3proto = np_ntohs(proto);
+	NP_READ(head, skb, OFF_SKB_HEAD);
+	NP_READ(nh, skb, OFF_SKB_NETWORK_HEADER);
+	if (!head || nh == NP_UNSET_HEADER)
+		return -1;
+	if (flow->l3proto == NP_ETH_P_IP) {
+		struct np_iphdr ip = {};
+
+		if (bpf_probe_read_kernel(&ip, sizeof(ip), head + nh))
+			return -1;
+		if ((ip.ver_ihl >> 4) != 4)
+			return -1;
+		flow->family = 4;
+		flow->l4proto = ip.protocol;
+		flow->saddr[0] = ip.saddr;
+		flow->daddr[0] = ip.daddr;
+		l4off = nh + (ip.ver_ihl & 0xf) * 4;
+	} else if (flow->l3proto == NP_ETH_P_IPV6) {
+		struct np_ipv6hdr ip6 = {};
+
+		if (bpf_probe_read_kernel(&ip6, sizeof(ip6), head + nh))
+			return -1;
+		flow->family = 6;
+		flow->l4proto = ip6.nexthdr;
+		__builtin_memcpy(flow->saddr, ip6.saddr, 16);
+		__builtin_memcpy(flow->daddr, ip6.daddr, 16);
+		l4off = nh + sizeof(ip6);
+	} else {
+		return -1;
+	}
+	if (flow->l4proto == NP_IPPROTO_TCP || flow->l4proto == NP_IPPROTO_UDP) {
+		if (bpf_probe_read_kernel(&ports, sizeof(ports), head + l4off) == 0) {
+			flow->sport = np_ntohs(ports.source);
+			flow->dport = np_ntohs(ports.dest);
+		}
+	}
+	return 0;
+}
+
+/*
+ * Filters compiled in as numbers: FILTER_PROTO (IP protocol), FILTER_PORT
+ * (either port), FILTER_HOST_FAMILY with FILTER_HOST_W0..W3 (either address,
+ * network byte order words). Returns 1 when the packet passes.
+ */
+static __always_inline int np_flow_matches(struct np_flow *flow, int parsed)
+{
+#if defined(FILTER_PROTO) || defined(FILTER_PORT) || defined(FILTER_HOST_FAMILY)
+	if (parsed != 0)
+		return 0;
+#endif
+#ifdef FILTER_PROTO
+#if FILTER_PROTO == NP_IPPROTO_ICMP
+	if (flow->l4proto != NP_IPPROTO_ICMP && flow->l4proto != NP_IPPROTO_ICMPV6)
+		return 0;
+#else
+	if (flow->l4proto != FILTER_PROTO)
+		return 0;
+#endif
+#endif
+#ifdef FILTER_PORT
+	if (flow->sport != FILTER_PORT && flow->dport != FILTER_PORT)
+		return 0;
+#endif
+#ifdef FILTER_HOST_FAMILY
+	if (flow->family != FILTER_HOST_FAMILY)
+		return 0;
+#if FILTER_HOST_FAMILY == 4
+	if (flow->saddr[0] != FILTER_HOST_W0 && flow->daddr[0] != FILTER_HOST_W0)
+		return 0;
+#else
+	if (!(flow->saddr[0] == FILTER_HOST_W0 && flow->saddr[1] == FILTER_HOST_W1 &&
+	      flow->saddr[2] == FILTER_HOST_W2 && flow->saddr[3] == FILTER_HOST_W3) &&
+	    !(flow->daddr[0] == FILTER_HOST_W0 && flow->daddr[1] == FILTER_HOST_W1 &&
+	      flow->daddr[2] == FILTER_HOST_W2 && flow->daddr[3] == FILTER_HOST_W3))
+		return 0;
+#endif
+#endif
+	return 1;
+}
+
+#endif /* NETPATH_H */

@@ -1,0 +1,137 @@
+"""The only module that imports bcc: compile, attach, read, detach.
+
+Every value from the user arrives here as an integer in `defines` (a -D
+constant) or as a map entry; C text is never assembled from user input.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from netpath.errors import MissingCapability
+from netpath.kernel import offsets as kernel_offsets
+from netpath.kernel import shim
+from netpath.kernel.facts import KernelFacts
+
+BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
+if not BPF_DIR.is_dir():  # installed as a wheel: the C travels inside the package
+    BPF_DIR = Path(__file__).resolve().parent / "bpf"
+
+
+@dataclass
+class ProgramSource:
+    """A program to build: C files from bpf/ plus the numbers they are compiled with."""
+
+    files: list[str]
+    defines: dict[str, int] = field(default_factory=dict)
+
+    def text(self) -> str:
+        return "\n".join((BPF_DIR / name).read_text() for name in self.files)
+
+    def cflags(self) -> list[str]:
+        flags = [f"-I{BPF_DIR}"]
+        for name, value in sorted(self.defines.items()):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"define {name} must be an int, got {value!r}")
+            flags.append(f"-D{name}={value}")
+        return flags
+
+
+def headers_mode(facts: KernelFacts) -> str:
+    """'kernel' when real headers exist (or are forced), else 'shim'."""
+    forced = os.environ.get("NETPATH_HEADERS", "")
+    if forced in ("kernel", "shim"):
+        return forced
+    return "kernel" if facts.has_headers else "shim"
+
+
+def struct_offsets(facts: KernelFacts) -> dict[str, int]:
+    if not facts.has_btf:
+        raise MissingCapability(
+            f"no BTF at {facts.btf_path}: netpath reads kernel struct layouts from BTF "
+            "(a kernel built with CONFIG_DEBUG_INFO_BTF=y)"
+        )
+    return kernel_offsets.load(facts.btf_path)
+
+
+def import_bcc() -> Any:
+    try:
+        import bcc  # noqa: PLC0415 - only this module touches bcc, and only when asked
+    except ImportError as exc:
+        raise MissingCapability(
+            f"BCC's Python bindings are missing ({exc}): apt-get install python3-bpfcc, or run 'make install'"
+        ) from None
+    return bcc
+
+
+@contextlib.contextmanager
+def _captured_stderr() -> Iterator[list[str]]:
+    """Collect what clang/libbcc print on fd 2 so it never reaches the user's terminal."""
+    lines: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            lines.extend(tmp.read().decode(errors="replace").splitlines())
+
+
+def compile_program(source: ProgramSource, facts: KernelFacts) -> Any:
+    """Compile and load; BCC auto-attaches RAW_TRACEPOINT_PROBE/TRACEPOINT_PROBE functions."""
+    bcc = import_bcc()
+    mode = headers_mode(facts)
+    env_before = os.environ.get("BCC_KERNEL_SOURCE")
+    if mode == "shim":
+        root = shim.ensure(kernel_offsets.cache_dir(), facts.release_tuple)
+        os.environ["BCC_KERNEL_SOURCE"] = str(root)
+    try:
+        with _captured_stderr() as errors:
+            try:
+                return bcc.BPF(text=source.text(), cflags=source.cflags())
+            except Exception as exc:  # bcc raises bare Exception for compile and attach failures
+                failure = exc
+    finally:
+        if env_before is None:
+            os.environ.pop("BCC_KERNEL_SOURCE", None)
+        else:
+            os.environ["BCC_KERNEL_SOURCE"] = env_before
+    detail = next((line for line in errors if "error" in line), errors[-1] if errors else str(failure))
+    raise MissingCapability(f"could not load the BPF program ({mode} headers): {detail.strip()}")
+
+
+def read_percpu_hash(table: Any) -> dict[bytes, int]:
+    """Sum a BPF_PERCPU_HASH of u64 counters: raw key bytes -> total."""
+    out: dict[bytes, int] = {}
+    for key, values in table.items():
+        out[bytes(key)] = sum(int(v) for v in values)
+    return out
+
+
+def read_percpu_array(table: Any, size: int) -> list[int]:
+    totals = []
+    for i in range(size):
+        totals.append(sum(int(v) for v in table[table.Key(i)]))
+    return totals
+
+
+def dump_source(source: ProgramSource, facts: KernelFacts) -> str:
+    """What --ebpf prints: the final C and the exact cflags."""
+    mode = headers_mode(facts)
+    header = "\n".join(
+        [f"// headers: {mode}", "// cflags: " + " ".join(source.cflags())] + [
+            f"// --- {name}" for name in ["netpath.h", *source.files]
+        ]
+    )
+    return header + "\n" + (BPF_DIR / "netpath.h").read_text() + "\n" + source.text()

@@ -1,0 +1,185 @@
+"""Drop counters that no skb event carries: link stats, softnet, qdisc, SNMP.
+
+Each read returns cumulative values; `CounterDeltas` turns them into
+per-interval deltas and run totals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from pyroute2 import IPRoute
+
+from netpath import netns
+from netpath.model import Counter
+
+CounterKey = tuple[str, str, str | None, int | None]  # source, name, iface, cpu
+
+LINK_STATS = {
+    "rx_dropped": "rx_dropped",
+    "rx_missed_errors": "rx_missed",
+    "rx_fifo_errors": "rx_fifo",
+    "rx_over_errors": "rx_over",
+    "rx_crc_errors": "rx_crc",
+    "rx_frame_errors": "rx_frame",
+    "rx_length_errors": "rx_length",
+    "rx_nohandler": "rx_nohandler",
+}
+
+SNMP_WANTED = {
+    "Ip": ("InHdrErrors", "InAddrErrors", "InUnknownProtos", "InDiscards"),
+    "Udp": ("InErrors", "NoPorts", "RcvbufErrors", "InCsumErrors", "MemErrors"),
+    "TcpExt": (
+        "ListenDrops",
+        "ListenOverflows",
+        "TCPBacklogDrop",
+        "TCPRcvQDrop",
+        "TCPZeroWindowDrop",
+        "PFMemallocDrop",
+        "TCPMinTTLDrop",
+        "TCPOFODrop",
+    ),
+    "IpExt": ("InNoRoutes", "InCsumErrors"),
+}
+SNMP6_WANTED = (
+    "Ip6InHdrErrors",
+    "Ip6InAddrErrors",
+    "Ip6InNoRoutes",
+    "Ip6InDiscards",
+    "Udp6InErrors",
+    "Udp6NoPorts",
+    "Udp6RcvbufErrors",
+    "Udp6InCsumErrors",
+)
+SOFTNET_COLUMNS = {1: "dropped", 2: "time_squeeze", 10: "flow_limit"}
+
+
+def parse_snmp(text: str) -> dict[str, int]:
+    """/proc/net/snmp and /proc/net/netstat: header/value line pairs -> nstat-style names."""
+    out: dict[str, int] = {}
+    lines = text.splitlines()
+    for header, values in zip(lines[::2], lines[1::2], strict=False):
+        prefix, _, names = header.partition(":")
+        vprefix, _, nums = values.partition(":")
+        if prefix != vprefix or prefix not in SNMP_WANTED:
+            continue
+        wanted = SNMP_WANTED[prefix]
+        for name, num in zip(names.split(), nums.split(), strict=False):
+            if name in wanted:
+                out[prefix + name] = int(num)
+    return out
+
+
+def parse_snmp6(text: str) -> dict[str, int]:
+    out = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] in SNMP6_WANTED:
+            out[parts[0]] = int(parts[1])
+    return out
+
+
+def parse_softnet(text: str) -> dict[int, dict[str, int]]:
+    """/proc/net/softnet_stat: one hex row per online CPU; the CPU id is column 12 when present."""
+    out: dict[int, dict[str, int]] = {}
+    for row, line in enumerate(text.splitlines()):
+        cols = [int(c, 16) for c in line.split()]
+        if not cols:
+            continue
+        cpu = cols[12] if len(cols) > 12 else row
+        out[cpu] = {name: cols[i] for i, name in SOFTNET_COLUMNS.items() if i < len(cols)}
+    return out
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
+def read_netns_counters(ifaces: set[str] | None) -> dict[CounterKey, int]:
+    """Everything namespaced, read from inside the namespace this thread is in."""
+    values: dict[CounterKey, int] = {}
+    # /proc/net follows the thread-group leader; thread-self follows this thread's setns.
+    base = "/proc/thread-self/net" if Path("/proc/thread-self/net").exists() else "/proc/net"
+    snmp = parse_snmp(_read(f"{base}/snmp")) | parse_snmp(_read(f"{base}/netstat"))
+    snmp |= parse_snmp6(_read(f"{base}/snmp6"))
+    for name, value in snmp.items():
+        values[("snmp", name, None, None)] = value
+    with IPRoute() as ipr:
+        names: dict[int, str] = {}
+        for link in ipr.get_links():
+            ifname = str(link.get_attr("IFLA_IFNAME"))
+            names[int(link["index"])] = ifname
+            if ifaces and ifname not in ifaces:
+                continue
+            stats = link.get_attr("IFLA_STATS64") or link.get_attr("IFLA_STATS") or {}
+            for key, label in LINK_STATS.items():
+                if key in stats:
+                    values[("link", label, ifname, None)] = int(stats[key])
+        for qdisc in ipr.get_qdiscs():
+            ifname = names.get(int(qdisc["index"]), str(qdisc["index"]))
+            if ifaces and ifname not in ifaces:
+                continue
+            drops = _qdisc_drops(qdisc)
+            if drops is None:
+                continue
+            handle = int(qdisc["handle"])
+            label = f"{qdisc.get_attr('TCA_KIND')} {handle >> 16:x}:{handle & 0xFFFF:x} drops"
+            values[("qdisc", label, ifname, None)] = drops
+    return values
+
+
+def _qdisc_drops(msg: object) -> int | None:
+    stats2 = msg.get_attr("TCA_STATS2")  # type: ignore[attr-defined]
+    if stats2:
+        queue = stats2.get_attr("TCA_STATS_QUEUE")
+        if queue:
+            return int(queue["drops"])
+    stats = msg.get_attr("TCA_STATS")  # type: ignore[attr-defined]
+    if stats:
+        return int(stats["drops"])
+    return None
+
+
+def read_all(ns: netns.Netns | None, ifaces: set[str] | None) -> dict[CounterKey, int]:
+    values = netns.run_in(ns, lambda: read_netns_counters(ifaces))
+    for cpu, cols in parse_softnet(_read("/proc/net/softnet_stat")).items():
+        for name, value in cols.items():
+            values[("softnet", name, None, cpu)] = value
+    return values
+
+
+class CounterDeltas:
+    def __init__(self, first: dict[CounterKey, int]) -> None:
+        self._start = dict(first)
+        self._last = dict(first)
+
+    def step(self, now: dict[CounterKey, int]) -> list[Counter]:
+        out = _diff(self._last, now)
+        self._last = dict(now)
+        return out
+
+    def totals(self) -> list[Counter]:
+        return _diff(self._start, self._last)
+
+
+def _diff(before: dict[CounterKey, int], after: dict[CounterKey, int]) -> list[Counter]:
+    out = []
+    for key, value in after.items():
+        delta = value - before.get(key, value)
+        if delta > 0:
+            source, name, iface, cpu = key
+            out.append(Counter(source, name, delta, iface, cpu))
+    return sorted(out, key=_order)
+
+
+def _order(c: Counter) -> tuple[int, str, str, int]:
+    rank = {"link": 0, "qdisc": 1, "softnet": 2, "snmp": 3}
+    return rank.get(c.source, 9), c.iface or "", c.name, c.cpu if c.cpu is not None else -1
+
+
+def flatten(counters: Iterable[Counter]) -> list[dict[str, object]]:
+    return [c.as_json() for c in counters]

@@ -1,0 +1,160 @@
+"""Facts about the running kernel, read from a root directory.
+
+Production reads from "/"; unit tests point `root` at a fixture tree laid out
+like the real one (proc/, sys/, lib/modules/), so nothing here needs root.
+"""
+
+from __future__ import annotations
+
+import gzip
+import subprocess
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from netpath.kernel.kallsyms import Kallsyms
+from netpath.kernel.tracefs import TracepointFormat, parse_format
+
+TRACEFS_CANDIDATES = ("sys/kernel/tracing", "sys/kernel/debug/tracing")
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
+
+
+@dataclass
+class KernelFacts:
+    root: Path = Path("/")
+    _formats: dict[str, TracepointFormat | None] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def load(cls, root: Path | str = "/", mount_tracefs: bool = False) -> KernelFacts:
+        facts = cls(Path(root))
+        if mount_tracefs and facts.tracefs is None and facts.root == Path("/"):
+            _try_mount_tracefs()
+            facts.__dict__.pop("tracefs", None)
+        return facts
+
+    @cached_property
+    def release(self) -> str:
+        return (_read(self.root / "proc/sys/kernel/osrelease") or "unknown").strip()
+
+    @cached_property
+    def version(self) -> str:
+        return (_read(self.root / "proc/version") or "").strip()
+
+    @cached_property
+    def release_tuple(self) -> tuple[int, int, int]:
+        nums: list[int] = []
+        for part in self.release.replace("-", ".").split(".")[:3]:
+            digits = "".join(c for c in part if c.isdigit())
+            nums.append(int(digits) if digits else 0)
+        while len(nums) < 3:
+            nums.append(0)
+        return nums[0], nums[1], nums[2]
+
+    @property
+    def btf_path(self) -> Path:
+        return self.root / "sys/kernel/btf/vmlinux"
+
+    @property
+    def has_btf(self) -> bool:
+        return self.btf_path.exists()
+
+    @cached_property
+    def tracefs(self) -> Path | None:
+        for rel in TRACEFS_CANDIDATES:
+            path = self.root / rel
+            if (path / "events").is_dir():
+                return path
+        return None
+
+    @cached_property
+    def tracepoints(self) -> frozenset[str]:
+        """Every "subsystem:event" the kernel offers."""
+        if self.tracefs is None:
+            return frozenset()
+        text = _read(self.tracefs / "available_events")
+        if text is not None:
+            return frozenset(line.strip() for line in text.splitlines() if ":" in line)
+        events = self.tracefs / "events"
+        return frozenset(
+            f"{sub.name}:{ev.name}" for sub in events.iterdir() if sub.is_dir() for ev in sub.iterdir() if ev.is_dir()
+        )
+
+    def has_tracepoint(self, name: str) -> bool:
+        return name in self.tracepoints
+
+    def tracepoint_format(self, name: str) -> TracepointFormat | None:
+        if name not in self._formats:
+            fmt = None
+            if self.tracefs is not None:
+                sub, event = name.split(":", 1)
+                text = _read(self.tracefs / "events" / sub / event / "format")
+                fmt = parse_format(text) if text else None
+            self._formats[name] = fmt
+        return self._formats[name]
+
+    @cached_property
+    def kallsyms(self) -> Kallsyms:
+        return Kallsyms.load(self.root / "proc/kallsyms")
+
+    @cached_property
+    def config(self) -> dict[str, str]:
+        """Kernel config options, from /proc/config.gz or /boot/config-RELEASE when present."""
+        text = None
+        gz = self.root / "proc/config.gz"
+        if gz.exists():
+            try:
+                text = gzip.decompress(gz.read_bytes()).decode(errors="replace")
+            except (OSError, EOFError):
+                text = None
+        if text is None:
+            text = _read(self.root / f"boot/config-{self.release}") or ""
+        extra = _read(self.root / "proc/config_kprobes")  # fixture trees carry just the lines they need
+        if extra:
+            text += "\n" + extra
+        out: dict[str, str] = {}
+        for line in text.splitlines():
+            if line.startswith("CONFIG_") and "=" in line:
+                key, value = line.split("=", 1)
+                out[key] = value
+            elif line.startswith("# CONFIG_") and line.endswith(" is not set"):
+                out[line[2:].split()[0]] = "n"
+        return out
+
+    @cached_property
+    def has_kprobes(self) -> bool:
+        if (self.root / "sys/bus/event_source/devices/kprobe").exists():
+            return True
+        if self.tracefs is not None and (self.tracefs / "kprobe_events").exists():
+            return True
+        return self.config.get("CONFIG_KPROBES") == "y"
+
+    @property
+    def kprobe_reason(self) -> str:
+        if self.has_kprobes:
+            return "kprobes supported"
+        if self.config.get("CONFIG_KPROBES") == "n":
+            return "kernel built without CONFIG_KPROBES"
+        return "no kprobe PMU or kprobe_events in tracefs (CONFIG_KPROBES off?)"
+
+    @property
+    def headers_dir(self) -> Path:
+        return self.root / "lib/modules" / self.release / "build"
+
+    @property
+    def has_headers(self) -> bool:
+        return (self.headers_dir / "include").is_dir()
+
+
+def _try_mount_tracefs() -> None:
+    subprocess.run(
+        ["mount", "-t", "tracefs", "tracefs", "/sys/kernel/tracing"],
+        check=False,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )

@@ -1,0 +1,105 @@
+"""Drop reason names, decoded from the running kernel, never from a table of ours.
+
+Sources, best first: BTF `enum skb_drop_reason` (core reasons) with
+`enum skb_drop_reason_subsys` for reasons carrying a subsystem in the high 16
+bits (6.4+), then the kfree_skb tracepoint's own __print_symbolic table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from netpath.kernel.btf import BTF, KIND_ENUM, KIND_ENUM64, BTFError
+
+SUBSYS_SHIFT = 16
+_CORE_PREFIX = "SKB_DROP_REASON_"
+_SUBSYS_PREFIX = "SKB_DROP_REASON_SUBSYS_"
+
+
+@dataclass
+class DropReasons:
+    core: dict[int, str] = field(default_factory=dict)
+    subsystems: dict[int, str] = field(default_factory=dict)
+    subsystem_reasons: dict[int, str] = field(default_factory=dict)
+    source: str = "none"
+
+    def name(self, code: int) -> str:
+        if code in self.core:
+            return self.core[code]
+        if code in self.subsystem_reasons:
+            return self.subsystem_reasons[code]
+        subsys = code >> SUBSYS_SHIFT
+        if subsys and subsys in self.subsystems:
+            return f"{self.subsystems[subsys]}:{code & 0xFFFF}"
+        return f"UNKNOWN_{code}"
+
+    def code(self, name: str) -> int | None:
+        """The code for a reason name as the user typed it (case-insensitive, prefix optional)."""
+        wanted = name.strip().upper()
+        if wanted.startswith(_CORE_PREFIX):
+            wanted = wanted[len(_CORE_PREFIX) :]
+        for table in (self.core, self.subsystem_reasons):
+            for code, label in table.items():
+                if label == wanted:
+                    return code
+        return None
+
+    def names(self) -> list[str]:
+        return [self.core[c] for c in sorted(self.core)] + sorted(self.subsystem_reasons.values())
+
+
+def _strip(name: str) -> str:
+    if name.startswith(_CORE_PREFIX):
+        return name[len(_CORE_PREFIX) :]
+    if name.startswith("SKB_"):
+        return name[len("SKB_") :]
+    return name
+
+
+def from_btf(btf: BTF, module_btfs: dict[str, BTF] | None = None) -> DropReasons:
+    enum = btf.enum("skb_drop_reason")
+    core = {v: _strip(k) for k, v in enum.items() if not k.endswith(("_MAX", "_SUBSYS_MASK"))}
+    subsystems: dict[int, str] = {}
+    if btf.has("skb_drop_reason_subsys", (KIND_ENUM, KIND_ENUM64)):
+        for k, v in btf.enum("skb_drop_reason_subsys").items():
+            if k.startswith(_SUBSYS_PREFIX) and not k.endswith("_NUM") and v:
+                subsystems[v] = k[len(_SUBSYS_PREFIX) :]
+    subsystem_reasons: dict[int, str] = {}
+    for mod_btf in (module_btfs or {}).values():
+        for enum_name in mod_btf.enums_with_prefix(""):
+            if not enum_name.endswith("drop_reason"):
+                continue
+            for k, v in mod_btf.enum(enum_name).items():
+                if (v >> SUBSYS_SHIFT) in subsystems and not k.endswith(("_MAX", "_NUM")):
+                    subsystem_reasons[v] = k
+    return DropReasons(core, subsystems, subsystem_reasons, "btf")
+
+
+def from_tracepoint(symbols: dict[int, str]) -> DropReasons:
+    return DropReasons(dict(symbols), {}, {}, "tracepoint")
+
+
+def load(btf_path: Path | None, tracepoint_symbols: dict[int, str] | None) -> DropReasons:
+    if btf_path is not None and btf_path.exists():
+        try:
+            return from_btf(BTF.from_path(btf_path), _module_btfs(btf_path.parent))
+        except BTFError:
+            pass
+    if tracepoint_symbols:
+        return from_tracepoint(tracepoint_symbols)
+    return DropReasons()
+
+
+def _module_btfs(btf_dir: Path) -> dict[str, BTF]:
+    """Split BTF of modules that define subsystem drop reasons (mac80211, openvswitch)."""
+    out: dict[str, BTF] = {}
+    base = btf_dir / "vmlinux"
+    for mod in ("mac80211", "openvswitch"):
+        path = btf_dir / mod
+        if path.exists():
+            try:
+                out[mod] = BTF(path.read_bytes(), base=BTF.from_path(base))
+            except (BTFError, OSError):
+                continue
+    return out

@@ -1,0 +1,59 @@
+"""Interface names by (netns inode, ifindex), via pyroute2 inside each namespace."""
+
+from __future__ import annotations
+
+import time
+
+from pyroute2 import IPRoute
+
+from netpath import netns
+from netpath.errors import BadInput
+
+_REFRESH_MIN_S = 1.0
+
+
+def list_links(ns: netns.Netns | None) -> list[tuple[int, str]]:
+    def body() -> list[tuple[int, str]]:
+        with IPRoute() as ipr:
+            return [(int(link["index"]), str(link.get_attr("IFLA_IFNAME"))) for link in ipr.get_links()]
+
+    return netns.run_in(ns, body)
+
+
+def ifindex_of(name: str, ns: netns.Netns | None) -> int:
+    for index, ifname in list_links(ns):
+        if ifname == name:
+            return index
+    where = f" in network namespace {ns.label!r}" if ns else ""
+    raise BadInput(f"unknown interface {name!r}{where}")
+
+
+class IfaceNames:
+    """Caches names; on a miss re-reads every known namespace, at most once a second."""
+
+    def __init__(self) -> None:
+        self._names: dict[tuple[int, int], str] = {}
+        self._labels: dict[int, str] = {}
+        self._last_refresh = 0.0
+
+    def refresh(self) -> None:
+        self._last_refresh = time.monotonic()
+        for ns in netns.known_namespaces():
+            try:
+                links = list_links(ns)
+            except OSError:
+                continue
+            self._labels[ns.inode] = ns.label
+            for index, name in links:
+                self._names[(ns.inode, index)] = name
+
+    def name(self, netns_inode: int, ifindex: int) -> str | None:
+        if ifindex == 0:
+            return None
+        key = (netns_inode, ifindex)
+        if key not in self._names and time.monotonic() - self._last_refresh >= _REFRESH_MIN_S:
+            self.refresh()
+        return self._names.get(key)
+
+    def netns_label(self, inode: int) -> str | None:
+        return self._labels.get(inode)

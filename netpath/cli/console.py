@@ -1,0 +1,46 @@
+"""The one place output goes: JSON lines, a live rich view, or plain text."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from rich.console import Console, RenderableType
+from rich.live import Live
+
+from netpath.render import jsonl
+
+
+class Terminal:
+    def __init__(self, json_mode: bool) -> None:
+        self.json_mode = json_mode
+        self.out = Console(highlight=False, soft_wrap=False)
+        self.err = Console(stderr=True, highlight=False)
+        self.interactive = not json_mode and sys.stdout.isatty()
+        self._live: Live | None = None
+
+    def emit(self, kind: str, **fields: Any) -> None:
+        jsonl.emit(jsonl.record(kind, **fields))
+
+    def note(self, text: str) -> None:
+        """Human progress notes go to stderr so stdout stays clean for pipes."""
+        if not self.json_mode:
+            self.err.print(text, markup=False)
+
+    def show(self, renderable: RenderableType) -> None:
+        """Refresh the live view on a terminal; print one block per call otherwise."""
+        if self.interactive:
+            if self._live is None:
+                self._live = Live(renderable, console=self.out, auto_refresh=False, transient=False)
+                self._live.start()
+            self._live.update(renderable, refresh=True)
+        else:
+            self.out.print(renderable)
+
+    def plain(self, text: str) -> None:
+        print(text, flush=True)
+
+    def close_live(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None

@@ -1,0 +1,99 @@
+"""`netpath probes`: what this kernel offers, and how each hook would attach."""
+
+from __future__ import annotations
+
+import click
+from rich import box
+from rich.table import Table
+
+from netpath import bpf
+from netpath.cli.console import Terminal
+from netpath.cli.preflight import load_facts
+from netpath.collect import drops as drops_mod
+from netpath.kernel import reasons as reasons_mod
+from netpath.kernel.facts import KernelFacts
+
+HELP = """Show what this kernel offers netpath and how each hook attaches.
+
+\b
+Kernel release, BTF, kernel headers (or netpath's own header shim), kprobe
+support, and for every stage and hook netpath knows: the attach method chosen
+(tracepoint, raw_tracepoint, kprobe) or why it cannot attach here. Needs no
+BPF and no root (tracefs must be readable).
+
+\b
+Examples:
+  netpath probes
+  netpath probes --json | jq '.hooks[] | select(.available == false)'
+  netpath probes --reasons        drop reason names decoded from this kernel
+"""
+
+
+def hook_rows(facts: KernelFacts) -> list[dict[str, object]]:
+    rows: list[dict[str, object]] = []
+    has_tp = facts.has_tracepoint(drops_mod.TRACEPOINT)
+    rows.append({
+        "command": "drops",
+        "stage": "drops",
+        "hook": drops_mod.TRACEPOINT,
+        "method": "raw_tracepoint" if has_tp else None,
+        "available": has_tp,
+        "reason": ("kfree_skb " + ("with" if drops_mod.has_reason_field(facts) else "without") + " a reason field")
+        if has_tp else "no skb:kfree_skb tracepoint on this kernel",
+    })
+    try:
+        from netpath import plan as plan_mod
+    except ImportError:
+        return rows
+    for row in plan_mod.probe_rows(facts):
+        rows.append({"command": "trace", **row})
+    return rows
+
+
+def kernel_facts(facts: KernelFacts) -> dict[str, object]:
+    return {
+        "release": facts.release,
+        "btf": facts.has_btf,
+        "headers": facts.has_headers,
+        "header_mode": bpf.headers_mode(facts),
+        "kprobes": facts.has_kprobes,
+        "kprobes_reason": facts.kprobe_reason,
+        "tracefs": str(facts.tracefs) if facts.tracefs else None,
+        "tracepoints": len(facts.tracepoints),
+    }
+
+
+@click.command("probes", help=HELP)
+@click.option("--json", "json_mode", is_flag=True, help="One JSON object (schema netpath/1) on stdout.")
+@click.option("--reasons", "show_reasons", is_flag=True, help="List the drop reasons this kernel defines.")
+def probes(json_mode: bool, show_reasons: bool) -> None:
+    facts = load_facts()
+    term = Terminal(json_mode)
+    kernel = kernel_facts(facts)
+    hooks = hook_rows(facts)
+    fmt = facts.tracepoint_format(drops_mod.TRACEPOINT)
+    reasons = reasons_mod.load(facts.btf_path, fmt.symbols.get("reason") if fmt else None)
+    if json_mode:
+        extra: dict[str, object] = {}
+        if show_reasons:
+            extra["reasons"] = [{"reason": reasons.name(c), "reason_code": c} for c in sorted(reasons.core)]
+            extra["reason_source"] = reasons.source
+        term.emit("probes", kernel=kernel, hooks=hooks, **extra)
+        return
+    term.out.print(
+        f"kernel {kernel['release']}  BTF {'yes' if kernel['btf'] else 'no'}  "
+        f"headers {'yes' if kernel['headers'] else 'no (using netpath header shim)'}\n"
+        f"kprobes: {'yes' if kernel['kprobes'] else 'no'} ({facts.kprobe_reason})  tracefs {kernel['tracefs']}"
+    )
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("STAGE", no_wrap=True)
+    table.add_column("HOOK", no_wrap=True, overflow="ellipsis", max_width=30)
+    table.add_column("METHOD", no_wrap=True)
+    table.add_column("WHY", overflow="fold", max_width=32)
+    for row in hooks:
+        table.add_row(str(row["stage"]), str(row["hook"]), str(row["method"] or "-"), str(row["reason"]))
+    term.out.print(table)
+    if show_reasons:
+        term.out.print(f"drop reasons ({reasons.source}):")
+        for code in sorted(reasons.core):
+            term.out.print(f"  {code:>5}  {reasons.name(code)}")

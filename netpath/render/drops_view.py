@@ -1,0 +1,113 @@
+"""Human views of drop snapshots: a rich table for terminals, plain text for pipes."""
+
+from __future__ import annotations
+
+from rich import box
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from netpath.model import Counter, DropRow, DropSample, DropSnapshot
+
+
+def _flow(row: DropRow) -> str:
+    if not row.saddr:
+        return ""
+    if row.sport is not None:
+        return f"{row.saddr}:{row.sport} > {row.daddr}:{row.dport}"
+    return f"{row.saddr} > {row.daddr}"
+
+
+def _where(row: DropRow) -> str:
+    return row.location or "-"
+
+
+def _rate(count: int, elapsed_ns: int) -> str:
+    if elapsed_ns <= 0:
+        return "-"
+    rate = count * 1e9 / elapsed_ns
+    return f"{rate:,.0f}" if rate >= 10 else f"{rate:.1f}"
+
+
+def drops_table(snap: DropSnapshot, totals: dict[tuple, int], title: str, interval_ns: int) -> RenderableType:
+    table = Table(box=box.SIMPLE_HEAD, title=title, title_justify="left", expand=False, pad_edge=False)
+    table.add_column("REASON", overflow="ellipsis", no_wrap=True, max_width=22)
+    table.add_column("LOCATION", overflow="ellipsis", no_wrap=True, max_width=26)
+    table.add_column("IFACE", overflow="ellipsis", no_wrap=True, max_width=10)
+    table.add_column("PROTO", no_wrap=True, max_width=6)
+    table.add_column("/s", justify="right", no_wrap=True)
+    table.add_column("TOTAL", justify="right", no_wrap=True)
+    for row in snap.rows:
+        table.add_row(
+            row.reason or "-",
+            _where(row),
+            row.iface or (str(row.ifindex) if row.ifindex else "-"),
+            row.proto or "-",
+            _rate(row.count, interval_ns),
+            f"{totals.get(row_key(row), row.count):,}",
+        )
+        flow = _flow(row)
+        if flow:
+            table.add_row(Text("  " + flow, style="dim"), "", "", "", "", "")
+        for frame in (row.stack or [])[:8]:
+            table.add_row(Text("    " + frame, style="dim"), "", "", "", "", "")
+    if snap.other_rows:
+        table.add_row(f"({snap.other_rows} more rows)", "", "", "", _rate(snap.other_count, interval_ns), "")
+    parts: list[RenderableType] = [table]
+    if snap.counters:
+        parts.append(counters_table(snap.counters))
+    h = snap.health
+    parts.append(
+        Text(
+            f"kfree_skb hits {h.probe_hits.get('skb:kfree_skb', 0):,}, matched {h.matched:,}, "
+            f"lost rows {h.lost_rows}, samples {h.samples} (lost {h.samples_lost})",
+            style="dim",
+        )
+    )
+    return Group(*parts)
+
+
+def counters_table(counters: list[Counter]) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, title="drop counters (no skb event)", title_justify="left", pad_edge=False)
+    table.add_column("SOURCE", no_wrap=True)
+    table.add_column("COUNTER", overflow="ellipsis", no_wrap=True, max_width=30)
+    table.add_column("WHERE", no_wrap=True, max_width=12, overflow="ellipsis")
+    table.add_column("DELTA", justify="right", no_wrap=True)
+    for c in counters:
+        where = c.iface if c.iface is not None else (f"cpu{c.cpu}" if c.cpu is not None else "-")
+        table.add_row(c.source, c.name, where, f"{c.count:,}")
+    return table
+
+
+def row_key(row: DropRow) -> tuple:
+    return (row.reason_code, row.location, row.ifindex, row.netns, row.proto, row.saddr, row.daddr, row.sport,
+            row.dport)
+
+
+def plain_lines(snap: DropSnapshot, title: str) -> list[str]:
+    lines = [title]
+    if not snap.rows:
+        lines.append("  no drops")
+    for row in snap.rows:
+        flow = _flow(row)
+        lines.append(
+            f"  {row.count:>10,}  {(row.reason or '-'):<22} {_where(row):<30} {(row.iface or '-'):<10} "
+            f"{row.proto or '-'}" + (f"  {flow}" if flow else "")
+        )
+        for frame in (row.stack or [])[:8]:
+            lines.append(f"              {frame}")
+    if snap.other_rows:
+        lines.append(f"  {snap.other_count:>10,}  ({snap.other_rows} more rows)")
+    for c in snap.counters:
+        where = c.iface if c.iface is not None else (f"cpu{c.cpu}" if c.cpu is not None else "")
+        lines.append(f"  {c.count:>10,}  counter {c.source}:{c.name} {where}".rstrip())
+    h = snap.health
+    lines.append(f"  health: hits={h.probe_hits.get('skb:kfree_skb', 0)} matched={h.matched} "
+                 f"lost_rows={h.lost_rows} samples={h.samples} lost_samples={h.samples_lost}")
+    return lines
+
+
+def sample_line(sample: DropSample) -> str:
+    row = sample.row
+    return (f"sample cpu{sample.cpu} {sample.comm}[{sample.pid}] {row.reason or '-'} {row.location or '-'} "
+            f"{row.iface or '-'} {row.proto or '-'} {_flow(row)} len={sample.len}").rstrip()

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# netpath kernel lab: boot a Debian kernel under qemu (TCG) with the host's root filesystem and run
+# one shell command inside as root, from the checkout, with netpath's python first on PATH.
+#
+#   vm/run.sh KERNEL [CMD...]       KERNEL: 6.1 | 6.12 | a full version set up by vm/setup.sh
+#                                   CMD: a shell command line (default: $NETPATH_VM_CMD, else a shell)
+#
+# Prints CMD's stdout/stderr and exits with CMD's exit status. 124 = timed out; 125 = the guest never
+# reported a status (boot failure, kernel panic, qemu killed).
+#
+# Environment: NETPATH_VM_HOME (/var/lib/netpath-vm), NETPATH_VM_VENV (<checkout>/vm/.venv),
+#   VM_MEMORY (2G), VM_CPUS (2), VM_TIMEOUT (seconds, 1200), VM_PYTHON (python used inside; default:
+#   <checkout>/.venv/bin/python if it has pytest, else the virtme-ng venv's python), VM_VERBOSE=1
+#   (show the guest kernel console).
+set -uo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/.." && pwd)"
+VM_HOME="${NETPATH_VM_HOME:-/var/lib/netpath-vm}"
+VENV="${NETPATH_VM_VENV:-$HERE/.venv}"
+
+die() { printf 'vm-run: error: %s\n' "$*" >&2; exit 125; }
+
+[ $# -ge 1 ] && [ -n "$1" ] || die "usage: vm/run.sh KERNEL [CMD...]  (KERNEL: 6.1 or 6.12)"
+KERNEL=$1; shift
+if [ $# -gt 0 ]; then CMD="$*"; else CMD="${NETPATH_VM_CMD:-}"; fi
+
+[ "$(id -u)" = 0 ] || die "must run as root"
+[ -x "$VENV/bin/vng" ] || die "virtme-ng not found in $VENV: run 'make -f mk/vm.mk vm-setup' first"
+if [ -e "$VM_HOME/$KERNEL/.complete" ]; then
+    KROOT="$(readlink -f "$VM_HOME/$KERNEL")"
+elif [ -e "$VM_HOME/k/$KERNEL/.complete" ]; then
+    KROOT="$VM_HOME/k/$KERNEL"
+else
+    die "kernel '$KERNEL' is not set up under $VM_HOME: run 'make -f mk/vm.mk vm-setup'"
+fi
+KVER="$(basename "$KROOT")"
+KIMG="$KROOT/boot/vmlinuz-$KVER"
+[ -f "$KIMG" ] || die "missing $KIMG"
+
+if [ -z "${VM_PYTHON:-}" ]; then
+    if [ -x "$ROOT/.venv/bin/python" ] && "$ROOT/.venv/bin/python" -c 'import pytest' 2>/dev/null; then
+        VM_PYTHON="$ROOT/.venv/bin/python"
+    else
+        VM_PYTHON="$VENV/bin/python"
+    fi
+fi
+
+# The run directory lives in the checkout, which the guest mounts read-write at the same path.
+RUNDIR="$ROOT/vm/.run/$(date +%Y%m%d-%H%M%S)-$$"
+mkdir -p "$RUNDIR"
+trap 'rm -rf "$RUNDIR"' EXIT
+printf '%s\n' "$CMD" > "$RUNDIR/cmd"
+{
+    printf 'NETPATH_VM_PYTHON=%q\n' "$VM_PYTHON"
+    printf 'NETPATH_VM_SERIES=%q\n' "$KERNEL"
+    printf 'NETPATH_ROOT=%q\n' "$ROOT"
+} > "$RUNDIR/env"
+
+VNG_ARGS=(--run "$KIMG" --disable-kvm --memory "${VM_MEMORY:-2G}" --cpus "${VM_CPUS:-2}"
+          --rwdir="$ROOT" --cwd "$ROOT")
+[ "${VM_VERBOSE:-0}" = 1 ] && VNG_ARGS+=(--verbose)
+GUEST_CMD="bash $(printf '%q' "$HERE/guest.sh") $(printf '%q' "$RUNDIR")"
+[ -n "$CMD" ] || GUEST_CMD="$GUEST_CMD --interactive"
+
+printf 'vm-run: booting %s (qemu TCG, %s CPUs, %s) ...\n' "$KVER" "${VM_CPUS:-2}" "${VM_MEMORY:-2G}" >&2
+start=$(date +%s.%N)
+# vng needs virtme-run etc. from its venv on PATH; stdin is passed to the guest.
+PATH="$VENV/bin:$PATH" timeout -k 15 "${VM_TIMEOUT:-1200}" \
+    "$VENV/bin/vng" "${VNG_ARGS[@]}" --exec "$GUEST_CMD"
+vng_rc=$?
+end=$(date +%s.%N)
+wall=$(awk -v a="$start" -v b="$end" 'BEGIN{printf "%.1f", b-a}')
+
+if [ $vng_rc = 124 ]; then
+    printf 'vm-run: %s: timed out after %ss (VM_TIMEOUT)\n' "$KVER" "${VM_TIMEOUT:-1200}" >&2
+    exit 124
+fi
+if [ -s "$RUNDIR/status" ]; then
+    rc=$(cat "$RUNDIR/status")
+    if [ "$rc" != "$vng_rc" ]; then
+        printf 'vm-run: note: vng exited %s, guest command exited %s (using the latter)\n' \
+            "$vng_rc" "$rc" >&2
+    fi
+else
+    printf 'vm-run: %s: the guest reported no exit status (vng exited %s): boot or guest failure; rerun with VM_VERBOSE=1\n' \
+        "$KVER" "$vng_rc" >&2
+    rc=125
+fi
+printf 'vm-run: %s: exit %s, %ss wall (boot + command)\n' "$KVER" "$rc" "$wall" >&2
+exit "$rc"

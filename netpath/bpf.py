@@ -63,7 +63,7 @@ def struct_offsets(facts: KernelFacts) -> dict[str, int]:
 
 def import_bcc() -> Any:
     try:
-        import bcc  # noqa: PLC0415 - only this module touches bcc, and only when asked
+        import bcc  # only this module touches bcc, and only when asked
     except ImportError as exc:
         raise MissingCapability(
             f"BCC's Python bindings are missing ({exc}): apt-get install python3-bpfcc, or run 'make install'"

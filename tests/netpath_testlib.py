@@ -39,7 +39,8 @@ class VethPair:
     host_ns: str | None = None
 
     def ns_exec(self, *argv: str, **kw: object) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["ip", "netns", "exec", self.ns, *argv], capture_output=True, text=True, **kw)
+        return subprocess.run(["ip", "netns", "exec", self.ns, *argv], capture_output=True, text=True, check=False,
+                              **kw)
 
 
 @contextmanager
@@ -113,7 +114,8 @@ class NetpathRun:
 
 
 def run_netpath(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*netpath_argv(), *args], capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    return subprocess.run([*netpath_argv(), *args], capture_output=True, text=True, timeout=timeout, cwd=REPO,
+                          check=False)
 
 
 def free_udp_port() -> int:

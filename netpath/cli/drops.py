@@ -25,7 +25,7 @@ counts are exact at any drop rate. Rows group by reason, code location
 (func+0xoff), interface (named inside its own network namespace) and protocol;
 --by flow adds the 5-tuple. Beside them, a counters table shows drops that no
 skb event carries: link stats (rx_missed, rx_fifo, ...), per-CPU softnet
-(dropped, time_squeeze), qdisc drops and SNMP (UdpRcvbufErrors, ListenDrops...).
+(dropped, time_squeeze), qdisc drops and SNMP (UdpRcvbufErrors, ListenDrops).
 
 \b
 Examples:
@@ -33,7 +33,7 @@ Examples:
   sudo netpath drops --iface eth0 --duration 30 --json
   sudo netpath drops --proto udp --port 53 --by reason,flow
   sudo netpath drops --netns web --iface veth0 --reason NETFILTER_DROP
-  sudo netpath drops --duration 60 --fail-on-drops 1000   exit 1 on >= 1000
+  sudo netpath drops --duration 60 --fail-on-drops 1000  # exit 1 at >= 1000
 """
 
 

@@ -142,10 +142,14 @@ class BTF:
         for type_id in self._by_name.get(name, []):
             if self.kind(type_id) in kinds:
                 return type_id
+        if self._base is not None:
+            return self._base.find(name, kinds)
         raise BTFError(f"no {name!r} in BTF")
 
     def has(self, name: str, kinds: tuple[int, ...]) -> bool:
-        return any(self.kind(t) in kinds for t in self._by_name.get(name, []))
+        if any(self.kind(t) in kinds for t in self._by_name.get(name, [])):
+            return True
+        return self._base is not None and self._base.has(name, kinds)
 
     def _in_base(self, type_id: int) -> bool:
         return self._base is not None and type_id < self._first_id

@@ -1,0 +1,107 @@
+"""Every CLI error is one line with the bad value and the contract exit code."""
+
+import json
+import os
+
+import pytest
+
+from netpath.cli import main as main_mod
+from netpath.errors import EXIT_ENVIRONMENT, EXIT_USAGE
+from netpath.kernel import caps
+from netpath.render import jsonl
+from netpath.runloop import Stop, run
+
+
+def call(capsys, *argv):
+    rc = main_mod.main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["drops", "--port", "70000"], "70000"),
+        (["drops", "--port", "0"], "0"),
+        (["drops", "--host", "10.0.0.300"], "10.0.0.300"),
+        (["drops", "--host", "nothost"], "nothost"),
+        (["drops", "--netns", "no-such-ns-xyz"], "no-such-ns-xyz"),
+        (["drops", "--netns", "/nonexistent/ns"], "/nonexistent/ns"),
+        (["drops", "--by", "reason,colour"], "colour"),
+        (["drops", "--proto", "sctp"], "sctp"),
+        (["drops", "--interval", "0"], "0"),
+        (["drops", "--top", "-1"], "-1"),
+        (["drops", "--bogus"], "--bogus"),
+        (["nosuchcommand"], "nosuchcommand"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line_naming_the_value(capsys, argv, needle):
+    rc, out, err = call(capsys, *argv)
+    assert rc == EXIT_USAGE
+    assert out == ""
+    assert err.count("\n") == 1 and needle in err and "Traceback" not in err
+
+
+def test_unknown_interface_is_bad_input(capsys):
+    rc, _, err = call(capsys, "drops", "--iface", "nosuchif0")
+    assert rc == EXIT_USAGE and "'nosuchif0'" in err and err.count("\n") == 1
+
+
+def test_not_root_exits_3_with_the_fix(capsys, monkeypatch):
+    monkeypatch.setattr("netpath.cli.preflight.missing_capability", lambda: "netpath needs root: run it with sudo")
+    rc, out, err = call(capsys, "drops", "--duration", "1")
+    assert rc == EXIT_ENVIRONMENT and out == ""
+    assert "sudo" in err and err.count("\n") == 1
+
+
+def test_capability_check(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    status = tmp_path / "status"
+    status.write_text("CapEff:\t0000000000000000\n")
+    assert "sudo" in caps.missing_capability(status)
+    status.write_text(f"CapEff:\t{(1 << caps.CAP_BPF) | (1 << caps.CAP_PERFMON):016x}\n")
+    assert caps.missing_capability(status) is None
+    status.write_text(f"CapEff:\t{1 << caps.CAP_BPF:016x}\n")
+    assert caps.missing_capability(status) is not None
+
+
+def test_internal_errors_never_show_a_traceback(capsys, monkeypatch):
+    def boom(*_a, **_k):
+        raise RuntimeError("kaboom")
+
+    monkeypatch.delenv("NETPATH_DEBUG", raising=False)
+    monkeypatch.setattr("netpath.cli.drops.resolve_filters", boom)
+    rc, _, err = call(capsys, "drops")
+    assert rc == EXIT_ENVIRONMENT and "kaboom" in err and "Traceback" not in err
+
+
+def test_help_teaches(capsys):
+    rc, out, _ = call(capsys, "drops", "--help")
+    assert rc == 0
+    for word in ("--fail-on-drops", "--by", "Examples", "NETFILTER_DROP", "--samples"):
+        assert word in out
+    assert max(len(line) for line in out.splitlines()) <= 80
+
+
+def test_json_records_carry_schema_and_type(capsys):
+    jsonl.emit(jsonl.record("start", command="drops"))
+    line = capsys.readouterr().out
+    assert json.loads(line) == {"schema": "netpath/1", "type": "start", "command": "drops"}
+
+
+def test_runloop_stops_on_count_and_duration():
+    ticks = []
+    reason, _ = run(0.1, None, 3, ticks.append, on_idle=lambda s: None)
+    assert reason == "count" and len(ticks) == 3
+    reason, elapsed = run(0.1, 0.35, None, ticks.append)
+    assert reason == "duration" and elapsed >= 0.35e9
+
+
+def test_runloop_stops_on_signal_flag():
+    stop = Stop()
+
+    def tick(_ns):
+        stop.reason = "SIGTERM"
+
+    reason, _ = run(0.1, None, None, tick, stop=stop)
+    assert reason == "SIGTERM"

@@ -1,0 +1,50 @@
+from netpath.collect import counters
+from netpath.model import Counter
+
+SNMP = """Ip: Forwarding DefaultTTL InReceives InHdrErrors InAddrErrors ForwDatagrams InUnknownProtos InDiscards
+Ip: 1 64 100 2 3 0 4 5
+Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors InCsumErrors IgnoredMulti MemErrors
+Udp: 10 3000 7 1 6 0 0 0 0
+UdpLite: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors InCsumErrors IgnoredMulti MemErrors
+UdpLite: 0 99 0 0 0 0 0 0 0
+"""
+NETSTAT = """TcpExt: SyncookiesSent ListenOverflows ListenDrops TCPBacklogDrop
+TcpExt: 0 11 12 13
+"""
+SNMP6 = "Ip6InReceives  5\nUdp6RcvbufErrors  9\nUdp6NoPorts  1\n"
+SOFTNET = (
+    "00000010 00000001 00000002 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000003 "
+    "00000000 00000000\n"
+    "00000020 00000000 00000005 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 "
+    "00000000 00000001\n"
+)
+
+
+def test_snmp_picks_drop_counters_with_nstat_names():
+    got = counters.parse_snmp(SNMP) | counters.parse_snmp(NETSTAT)
+    assert got["UdpNoPorts"] == 3000
+    assert got["UdpRcvbufErrors"] == 6
+    assert got["IpInDiscards"] == 5
+    assert got["TcpExtListenDrops"] == 12 and got["TcpExtListenOverflows"] == 11
+    assert "UdpLiteNoPorts" not in got and "IpInReceives" not in got
+
+
+def test_snmp6():
+    assert counters.parse_snmp6(SNMP6) == {"Udp6RcvbufErrors": 9, "Udp6NoPorts": 1}
+
+
+def test_softnet_per_cpu_hex_columns():
+    got = counters.parse_softnet(SOFTNET)
+    assert got[0] == {"dropped": 1, "time_squeeze": 2, "flow_limit": 3}
+    assert got[1] == {"dropped": 0, "time_squeeze": 5, "flow_limit": 0}
+
+
+def test_deltas_per_interval_and_totals():
+    key = ("snmp", "UdpNoPorts", None, None)
+    cpu = ("softnet", "dropped", None, 1)
+    d = counters.CounterDeltas({key: 100, cpu: 5})
+    assert d.step({key: 130, cpu: 5}) == [Counter("snmp", "UdpNoPorts", 30)]
+    assert d.step({key: 130, cpu: 9}) == [Counter("softnet", "dropped", 4, None, 1)]
+    assert d.totals() == [Counter("softnet", "dropped", 4, None, 1), Counter("snmp", "UdpNoPorts", 30)]
+    assert Counter("link", "rx_missed", 2, iface="eth0").as_json() == {
+        "source": "link", "name": "rx_missed", "iface": "eth0", "count": 2}

@@ -1,0 +1,119 @@
+import ipaddress
+import struct
+from pathlib import Path
+
+import pytest
+from test_kernel_facts import DATA, make_root
+
+from netpath import bpf, netns
+from netpath.collect import drops
+from netpath.errors import MissingCapability
+from netpath.kernel.facts import KernelFacts
+from netpath.kernel.reasons import from_tracepoint
+from netpath.kernel.tracefs import parse_format
+
+OFFSETS = {
+    "OFF_SKB_DEV": 16, "OFF_SKB_LEN": 112, "OFF_SKB_HEAD": 192, "OFF_SKB_PROTOCOL": 176,
+    "OFF_SKB_NETWORK_HEADER": 180, "OFF_DEV_IFINDEX": 224, "OFF_DEV_ND_NET": 264, "OFF_NET_NS_INUM": 176,
+}
+
+
+@pytest.fixture
+def facts(tmp_path):
+    return KernelFacts.load(make_root(tmp_path, "6.18.1", (DATA / "kfree_skb-6.18.format").read_text(), False))
+
+
+def test_defaults_group_by_reason_location_iface_proto(facts):
+    src = drops.program_source(drops.DropsQuery(), facts, OFFSETS)
+    d = src.defines
+    assert src.files == ["drops.c"]
+    assert d["TP_HAS_REASON"] == 1
+    assert (d["BY_REASON"], d["BY_LOCATION"], d["BY_IFACE"], d["BY_PROTO"], d["BY_FLOW"]) == (1, 1, 1, 1, 0)
+    assert not any(k.startswith("FILTER_") for k in d)
+    assert d["OFF_SKB_DEV"] == 16
+
+
+def test_every_filter_is_a_number(facts):
+    ns = netns.Netns(Path("/run/netns/x"), 4026532000, "x")
+    q = drops.DropsQuery(netns=ns, ifaces=["veth0"], iface_keys=[(4026532000, 7)], proto="udp", port=53,
+                         host=ipaddress.ip_address("10.1.2.3"), reason_code=12, samples=4, stack=True)
+    src = drops.program_source(q, facts, OFFSETS)
+    d = src.defines
+    assert d["FILTER_NETNS"] == 4026532000
+    assert d["FILTER_IFACE"] == 1
+    assert d["FILTER_PROTO"] == 17
+    assert d["FILTER_PORT"] == 53
+    assert d["FILTER_REASON"] == 12
+    assert d["FILTER_HOST_FAMILY"] == 4
+    assert d["FILTER_HOST_W0"] == struct.unpack("<I", bytes([10, 1, 2, 3]))[0]
+    assert d["BY_FLOW"] == 1  # a port or host filter shows the flow
+    assert d["WITH_STACK"] == 1 and d["SAMPLE_BUDGET"] == 4
+    flags = src.cflags()
+    assert all(f.startswith("-I") or f.split("=", 1)[1].isdigit() for f in flags)
+
+
+def test_ipv6_host_is_four_words(facts):
+    q = drops.DropsQuery(host=ipaddress.ip_address("2001:db8::1"))
+    d = drops.program_source(q, facts, OFFSETS).defines
+    assert d["FILTER_HOST_FAMILY"] == 6
+    words = [d[f"FILTER_HOST_W{i}"] for i in range(4)]
+    assert b"".join(struct.pack("<I", w) for w in words) == ipaddress.ip_address("2001:db8::1").packed
+
+
+def test_defines_reject_non_integers():
+    with pytest.raises(TypeError):
+        bpf.ProgramSource(["drops.c"], {"FILTER_PORT": "53; evil()"}).cflags()  # type: ignore[dict-item]
+
+
+def test_missing_offsets_is_an_environment_error(facts):
+    with pytest.raises(MissingCapability, match="OFF_SKB_HEAD"):
+        drops.program_source(drops.DropsQuery(), facts, {k: v for k, v in OFFSETS.items() if k != "OFF_SKB_HEAD"})
+
+
+def test_kernel_without_reason_field(tmp_path):
+    facts = KernelFacts.load(make_root(tmp_path, "5.15.0", (DATA / "kfree_skb-5.15.format").read_text(), True))
+    assert drops.program_source(drops.DropsQuery(), facts, OFFSETS).defines["TP_HAS_REASON"] == 0
+
+
+def pack_key(location=0, reason=0, ifindex=0, ns=0, l3=0, l4=0, family=0, saddr=b"", daddr=b"", sport=0, dport=0):
+    return drops.KEY_FORMAT.pack(location, reason, ifindex, ns, l3, l4, family, saddr.ljust(16, b"\0"),
+                                 daddr.ljust(16, b"\0"), sport, dport, 0)
+
+
+class FakeNames:
+    def name(self, ns, ifindex):
+        return {(1, 1): "lo", (5, 3): "veth0"}.get((ns, ifindex))
+
+
+def decoder(facts, **query):
+    reasons = from_tracepoint(parse_format((DATA / "kfree_skb-6.18.format").read_text()).symbols["reason"])
+    return drops.RowDecoder(drops.DropsQuery(**query), reasons, facts, FakeNames(), True)
+
+
+def test_key_layout_matches_the_c_struct():
+    assert drops.KEY_FORMAT.size == 64
+    assert drops.SAMPLE_FORMAT.size == 64 + 8 + 4 * 4 + 16
+
+
+def test_row_decoding(facts):
+    raw = pack_key(0, 3, 1, 1, 0x0800, 17, 4, bytes([127, 0, 0, 1]), bytes([127, 0, 0, 1]), 4000, 53)
+    row = decoder(facts).row(drops.DecodedKey.unpack(raw), 3000)
+    assert (row.reason, row.reason_code, row.iface, row.ifindex, row.netns, row.proto, row.count) == (
+        "NO_SOCKET", 3, "lo", 1, 1, "udp", 3000)
+    assert row.saddr is None  # not flow-keyed
+    flow = decoder(facts, port=53).row(drops.DecodedKey.unpack(raw), 1)
+    assert (flow.saddr, flow.daddr, flow.sport, flow.dport, flow.family) == ("127.0.0.1", "127.0.0.1", 4000, 53, 4)
+    assert set(flow.as_json(True)) >= {"reason", "reason_code", "location", "iface", "ifindex", "netns", "proto",
+                                       "count", "family", "saddr", "daddr", "sport", "dport"}
+
+
+def test_ipv6_and_non_ip_rows(facts):
+    v6 = ipaddress.ip_address("fd00::2").packed
+    raw = pack_key(0, 2, 3, 5, 0x86DD, 58, 6, v6, v6)
+    row = decoder(facts, by=("reason", "iface", "proto", "flow")).row(drops.DecodedKey.unpack(raw), 2)
+    assert (row.reason, row.iface, row.proto, row.saddr, row.sport) == ("NOT_SPECIFIED", "veth0", "icmpv6",
+                                                                       "fd00::2", None)
+    arp = decoder(facts).row(drops.DecodedKey.unpack(pack_key(l3=0x0806)), 1)
+    assert arp.proto == "arp"
+    assert drops.proto_name(0, 0x88B5, 0) == "0x88b5"
+    assert drops.proto_name(0, 0, 0) is None

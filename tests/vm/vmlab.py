@@ -1,0 +1,235 @@
+"""Helpers for the VM tier (tests that run inside the kernel lab guest, see vm/README.md).
+
+Everything here only touches namespaces and interfaces it creates itself, with addresses in
+10.200.0.0/16 inside those namespaces.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+IN_VM = os.environ.get("NETPATH_VM") == "1"
+SKIP_REASON = (
+    "VM tier: runs only inside the kernel lab guest (NETPATH_VM=1 is set by vm/run.sh); "
+    "run `make -f mk/vm.mk test-vm`"
+)
+
+_SUFFIX = re.compile(r"^(?:\.(?:isra|constprop|part)\.\d+)+$")
+
+
+def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    res = subprocess.run(["ip", *args], capture_output=True, text=True)
+    if check and res.returncode != 0:
+        raise RuntimeError(f"ip {' '.join(args)}: {res.stderr.strip()}")
+    return res
+
+
+@cache
+def _kallsyms_text() -> dict[str, list[str]]:
+    """base name -> [full names] for text symbols of vmlinux (not modules)."""
+    out: dict[str, list[str]] = {}
+    with open("/proc/kallsyms") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) != 3 or parts[1] not in ("t", "T"):
+                continue
+            name = parts[2]
+            base = name.split(".", 1)[0]
+            if base != name and not _SUFFIX.match(name[len(base):]):
+                continue
+            out.setdefault(base, []).append(name)
+    return out
+
+
+def resolve_symbols(name: str) -> list[str]:
+    """The symbols to attach a kprobe to for function `name`: the exact symbol if present, plus any
+    compiler clones (`name.isra.0`, `name.constprop.0`, `name.part.0`). Empty if none exists."""
+    names = _kallsyms_text().get(name, [])
+    exact = [n for n in names if n == name]
+    return exact + sorted(n for n in names if n != name)
+
+
+def kernel_config() -> dict[str, str]:
+    path = Path(f"/boot/config-{os.uname().release}")
+    cfg: dict[str, str] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.startswith("CONFIG_") and "=" in line:
+                k, v = line.split("=", 1)
+                cfg[k] = v
+    return cfg
+
+
+@dataclass
+class NetnsPair:
+    """Two fresh namespaces `a` and `b` joined by a veth pair: a/`if_a` (`addr_a`) <-> b/`if_b` (`addr_b`)."""
+
+    a: str
+    b: str
+    if_a: str
+    if_b: str
+    addr_a: str
+    addr_b: str
+    prefix: int = 24
+
+    def cmd(self, ns: str, argv: list[str]) -> list[str]:
+        return ["ip", "netns", "exec", ns, *argv]
+
+    def run(self, ns: str, argv: list[str], timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
+        res = subprocess.run(self.cmd(ns, argv), capture_output=True, text=True, timeout=timeout)
+        if check and res.returncode != 0:
+            raise AssertionError(f"{argv} in {ns} exited {res.returncode}: {res.stderr.strip()}")
+        return res
+
+    def popen(self, ns: str, argv: list[str], **kw: object) -> subprocess.Popen[str]:
+        kw.setdefault("stdout", subprocess.PIPE)
+        kw.setdefault("stderr", subprocess.PIPE)
+        return subprocess.Popen(self.cmd(ns, argv), text=True, **kw)  # type: ignore[call-overload]
+
+    def python(self, ns: str, code: str, timeout: float = 120) -> str:
+        return self.run(ns, [sys.executable, "-c", code], timeout=timeout).stdout
+
+    def ifindex(self, ns: str, ifname: str) -> int:
+        out = ip("-n", ns, "-o", "link", "show", "dev", ifname).stdout
+        return int(out.split(":", 1)[0])
+
+
+@contextmanager
+def netns_pair(subnet: int | None = None) -> Iterator[NetnsPair]:
+    """Create namespaces npa<tag>/npb<tag> and a veth pair between them (10.200.<subnet>.1/.2/24);
+    the neighbour entries are static so no ARP round trip precedes the first packet."""
+    tag = uuid.uuid4().hex[:6]
+    n = subnet if subnet is not None else int(tag[:2], 16)
+    pair = NetnsPair(a=f"npa{tag}", b=f"npb{tag}", if_a=f"va{tag}", if_b=f"vb{tag}",
+                     addr_a=f"10.200.{n}.1", addr_b=f"10.200.{n}.2")
+    ip("netns", "add", pair.a)
+    try:
+        ip("netns", "add", pair.b)
+        ip("-n", pair.a, "link", "add", pair.if_a, "type", "veth", "peer", "name", pair.if_b, "netns", pair.b)
+        for ns, dev, addr in ((pair.a, pair.if_a, pair.addr_a), (pair.b, pair.if_b, pair.addr_b)):
+            ip("-n", ns, "link", "set", "lo", "up")
+            ip("-n", ns, "addr", "add", f"{addr}/{pair.prefix}", "dev", dev)
+            ip("-n", ns, "link", "set", dev, "up")
+        mac = {ns: _mac(ns, dev) for ns, dev in ((pair.a, pair.if_a), (pair.b, pair.if_b))}
+        ip("-n", pair.a, "neigh", "replace", pair.addr_b, "lladdr", mac[pair.b], "dev", pair.if_a, "nud", "permanent")
+        ip("-n", pair.b, "neigh", "replace", pair.addr_a, "lladdr", mac[pair.a], "dev", pair.if_b, "nud", "permanent")
+        yield pair
+    finally:
+        ip("netns", "del", pair.a, check=False)  # deleting a namespace deletes its veth end (and the peer)
+        ip("netns", "del", pair.b, check=False)
+
+
+def _mac(ns: str, dev: str) -> str:
+    out = ip("-n", ns, "-o", "link", "show", "dev", dev).stdout
+    m = re.search(r"link/ether ([0-9a-f:]{17})", out)
+    assert m, out
+    return m.group(1)
+
+
+UDP_SINK = r"""
+import socket, sys, time
+addr, port, want, timeout = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+s.bind((addr, port))
+print("ready", flush=True)
+n = 0
+deadline = time.monotonic() + timeout
+s.settimeout(1.0)
+while n < want and time.monotonic() < deadline:
+    try:
+        s.recv(65536)
+        n += 1
+    except socket.timeout:
+        pass
+print(n, flush=True)
+"""
+
+UDP_SEND = r"""
+import socket, sys
+addr, port, count, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_DGRAM)
+payload = b"n" * size
+for _ in range(count):
+    s.sendto(payload, (addr, port))
+"""
+
+
+class UdpSink:
+    """A UDP receiver running inside a namespace; `wait()` returns how many datagrams it got."""
+
+    def __init__(self, pair: NetnsPair, ns: str, addr: str, port: int, want: int, timeout: float = 60) -> None:
+        self.proc = pair.popen(ns, [sys.executable, "-c", UDP_SINK, addr, str(port), str(want), str(timeout)])
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], 120)
+        line = self.proc.stdout.readline() if ready else ""
+        if line.strip() != "ready":
+            self.proc.kill()
+            raise AssertionError(f"UDP sink did not start: {line!r} {self.proc.stderr.read() if self.proc.stderr else ''}")
+
+    def wait(self, timeout: float = 180) -> int:
+        out, err = self.proc.communicate(timeout=timeout)
+        if self.proc.returncode != 0:
+            raise AssertionError(f"UDP sink failed: {err}")
+        return int(out.strip().splitlines()[-1])
+
+
+def send_udp(pair: NetnsPair, ns: str, addr: str, port: int, count: int, size: int = 32) -> None:
+    pair.run(ns, [sys.executable, "-c", UDP_SEND, addr, str(port), str(count), str(size)])
+
+
+TCP_SERVER = r"""
+import socket, sys
+addr, port = sys.argv[1], int(sys.argv[2])
+s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((addr, port)); s.listen(1)
+print("ready", flush=True)
+c, _ = s.accept(); n = 0
+while True:
+    b = c.recv(65536)
+    if not b: break
+    n += len(b)
+print(n, flush=True)
+"""
+
+TCP_CLIENT = r"""
+import socket, sys
+addr, port, nbytes = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+s = socket.create_connection((addr, port), timeout=60)
+s.sendall(b"t" * nbytes); s.shutdown(socket.SHUT_WR); s.recv(1); s.close()
+"""
+
+
+def tcp_transfer(pair: NetnsPair, server_ns: str, server_addr: str, port: int, client_ns: str, nbytes: int) -> int:
+    """Send nbytes over one TCP connection client_ns -> server_ns; returns bytes the server read."""
+    srv = pair.popen(server_ns, [sys.executable, "-c", TCP_SERVER, server_addr, str(port)])
+    assert srv.stdout is not None
+    ready, _, _ = select.select([srv.stdout], [], [], 120)
+    if not ready or srv.stdout.readline().strip() != "ready":
+        srv.kill()
+        raise AssertionError("TCP server did not start")
+    pair.run(client_ns, [sys.executable, "-c", TCP_CLIENT, server_addr, str(port), str(nbytes)])
+    out, err = srv.communicate(timeout=120)
+    assert srv.returncode == 0, err
+    return int(out.strip().splitlines()[-1])
+
+
+def wait_until(pred, timeout: float = 10.0, interval: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(interval)
+    return bool(pred())

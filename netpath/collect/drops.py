@@ -25,7 +25,7 @@ KEY_FORMAT = struct.Struct("<QIIIHBB16s16sHHi")
 SAMPLE_FORMAT = struct.Struct(f"<{KEY_FORMAT.size}sQIIIi16s")
 STAT_NAMES = ("hits", "matched", "map_full", "sampled", "sample_budget")
 
-L4_NAMES = {1: "icmp", 2: "igmp", 6: "tcp", 17: "udp", 47: "gre", 58: "icmpv6", 132: "sctp"}
+L4_NAMES = {0: "hopopt", 1: "icmp", 2: "igmp", 6: "tcp", 17: "udp", 47: "gre", 58: "icmpv6", 132: "sctp"}
 L3_NAMES = {0x0800: "ipv4", 0x86DD: "ipv6", 0x0806: "arp", 0x8100: "vlan", 0x88CC: "lldp", 0x8035: "rarp"}
 PROTO_NUMBERS = {"tcp": 6, "udp": 17, "icmp": 1}
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import click
-from rich import box
-from rich.table import Table
 
 from netpath import bpf
 from netpath.cli.console import Terminal
@@ -85,14 +85,15 @@ def probes(json_mode: bool, show_reasons: bool) -> None:
         f"headers {'yes' if kernel['headers'] else 'no (using netpath header shim)'}\n"
         f"kprobes: {'yes' if kernel['kprobes'] else 'no'} ({facts.kprobe_reason})  tracefs {kernel['tracefs']}"
     )
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
-    table.add_column("STAGE", no_wrap=True)
-    table.add_column("HOOK", no_wrap=True, overflow="ellipsis", max_width=30)
-    table.add_column("METHOD", no_wrap=True)
-    table.add_column("WHY", overflow="fold", max_width=32)
+    term.out.print(f"{'STAGE':<18} {'METHOD':<15} HOOK", style="bold")
     for row in hooks:
-        table.add_row(str(row["stage"]), str(row["hook"]), str(row["method"] or "-"), str(row["reason"]))
-    term.out.print(table)
+        method = str(row["method"] or "unavailable")
+        hooks_text = textwrap.wrap(str(row["hook"]).replace("+", " + "), width=80 - 35) or ["-"]
+        term.out.print(f"{row['stage']!s:<18} {method:<15} {hooks_text[0]}", markup=False)
+        for line in hooks_text[1:]:
+            term.out.print(" " * 35 + line, markup=False)
+        for line in textwrap.wrap(str(row["reason"]), width=80 - 19):
+            term.out.print(" " * 19 + line, style="dim", markup=False)
     if show_reasons:
         term.out.print(f"drop reasons ({reasons.source}):")
         for code in sorted(reasons.core):

@@ -114,14 +114,40 @@ resolve_kver() {  # series -> e.g. 6.1.0-56-amd64 (the dependency of linux-image
     echo "$kv"
 }
 
+# The packages' build/source links are absolute (/usr/src/...); point them into the tree, also
+# absolute, so they resolve the same on the host and in the guest (the host root is shared).
+# BCC uses both: with build/ and source/ present it compiles in source/ with -I build/...
+link_headers() {  # kernel tree
+    local root=$1 kv md common
+    kv=$(basename "$root")
+    md="$root/lib/modules/$kv"
+    common=$(cd "$root/usr/src" && ls -d linux-headers-*-common 2>/dev/null | head -1)
+    ln -sfn "$root/usr/src/linux-headers-$kv" "$md/build"
+    [ -n "$common" ] && ln -sfn "$root/usr/src/$common" "$md/source"
+}
+
+kernel_ok() {  # kernel tree: everything the guest needs is there
+    local root=$1 kv md
+    kv=$(basename "$root")
+    md="$root/lib/modules/$kv"
+    [ -f "$root/boot/vmlinuz-$kv" ] && [ -f "$root/boot/config-$kv" ] && [ -f "$md/modules.dep" ] \
+        && [ -f "$md/build/include/generated/autoconf.h" ] \
+        && [ -f "$md/source/include/linux/kconfig.h" ]
+}
+
 install_kernel() {  # series
     local series=$1 kv root
-    if [ "${NETPATH_VM_REFRESH:-0}" != 1 ] && [ -e "$VM_HOME/$series/.complete" ]; then
+    if [ "${NETPATH_VM_REFRESH:-0}" != 1 ] && [ -e "$VM_HOME/$series/.complete" ] \
+            && kernel_ok "$(readlink -f "$VM_HOME/$series")"; then
         log "kernel $series: $(readlink "$VM_HOME/$series") (already set up)"
         return 0
     fi
     kv=$(resolve_kver "$series")
     root="$VM_HOME/k/$kv"
+    if [ -e "$root/.complete" ] && ! kernel_ok "$root"; then
+        link_headers "$root"
+        kernel_ok "$root" || rm -f "$root/.complete"
+    fi
     if [ ! -e "$root/.complete" ]; then
         local target=() common kbuild
         [ "$series" = 6.12 ] && target=(-t bookworm-backports)
@@ -143,13 +169,10 @@ install_kernel() {  # series
         local md="$root/lib/modules/$kv"
         [ -d "$md" ] || { mkdir -p "$root/lib/modules"; mv "$root/usr/lib/modules/$kv" "$md"; }
         [ -f "$root/boot/vmlinuz-$kv" ] || die "no vmlinuz in linux-image-$kv"
-        # The packages' build/source links are absolute (/usr/src/...); point them into this tree,
-        # also absolute, so they resolve the same on the host and in the guest (host root is shared).
-        ln -sfn "$root/usr/src/linux-headers-$kv" "$md/build"
-        ln -sfn "$root/usr/src/${common#linux-headers-}" "$md/source"
-        [ -f "$md/build/include/generated/autoconf.h" ] || die "headers for $kv incomplete"
+        link_headers "$root"
         log "kernel $series: depmod"
         depmod -a -b "$root" "$kv"
+        kernel_ok "$root" || die "kernel tree $root incomplete"
         rm -rf "$dl"   # the extracted tree is the cache; keep the disk use down
         touch "$root/.complete"
     fi

@@ -77,19 +77,20 @@ static __always_inline u32 np_skb_netns(void *skb, void **devp)
 	return inum;
 }
 
-/* Parses L3/L4 from skb->head + network_header; returns 0 on success. */
-static __always_inline int np_parse_flow(void *skb, struct np_flow *flow)
+/*
+ * Parses L3/L4 from head + nh (the network header offset); returns 0 on
+ * success. Callers that run before the stack sets network_header (driver
+ * hand-off, GRO) pass skb->data - skb->head instead.
+ */
+static __always_inline int np_parse_flow_at(void *skb, unsigned char *head, u32 nh, struct np_flow *flow)
 {
-	unsigned char *head = NULL;
-	u16 nh = NP_UNSET_HEADER, proto = 0;
+	u16 proto = 0;
 	struct np_ports ports = {};
 	u32 l4off;
 
 	NP_READ(proto, skb, OFF_SKB_PROTOCOL);
 	flow->l3proto = np_ntohs(proto);
-	NP_READ(head, skb, OFF_SKB_HEAD);
-	NP_READ(nh, skb, OFF_SKB_NETWORK_HEADER);
-	if (!head || nh == NP_UNSET_HEADER)
+	if (!head || nh >= NP_UNSET_HEADER)
 		return -1;
 	if (flow->l3proto == NP_ETH_P_IP) {
 		struct np_iphdr ip = {};
@@ -123,6 +124,17 @@ static __always_inline int np_parse_flow(void *skb, struct np_flow *flow)
 		}
 	}
 	return 0;
+}
+
+/* Parses L3/L4 from skb->head + network_header; returns 0 on success. */
+static __always_inline int np_parse_flow(void *skb, struct np_flow *flow)
+{
+	unsigned char *head = NULL;
+	u16 nh = NP_UNSET_HEADER;
+
+	NP_READ(head, skb, OFF_SKB_HEAD);
+	NP_READ(nh, skb, OFF_SKB_NETWORK_HEADER);
+	return np_parse_flow_at(skb, head, nh, flow);
 }
 
 /*

@@ -26,9 +26,15 @@ FIELDS: dict[str, tuple[str, str]] = {
     "OFF_NET_NS_INUM": ("net", "ns.inum"),
     "OFF_SK_NET": ("sock", "__sk_common.skc_net.net"),
     "OFF_SK_PROTOCOL": ("sock", "sk_protocol"),
+    # netpath trace
+    "OFF_SKB_DATA": ("sk_buff", "data"),
+    "OFF_SK_RCVQ": ("sock", "sk_receive_queue"),
+    "OFF_SK_RCVQ_PREV": ("sock", "sk_receive_queue.prev"),
+    "OFF_NAPI_DEV": ("napi_struct", "dev"),
+    "OFF_SK_FAMILY": ("sock", "__sk_common.skc_family"),
 }
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 def cache_dir() -> Path:

@@ -1,0 +1,297 @@
+"""netpath trace: build bpf/trace.c from the attach plan, load it, read its maps."""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import re
+import struct
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from netpath import bpf, netns
+from netpath.collect import hist
+from netpath.errors import MissingCapability
+from netpath.kernel.facts import KernelFacts
+from netpath.plan import AttachPlan
+from netpath.stages import STAGES
+
+MAX_SKBS = 65536
+HIST_ROWS = 16384
+PROTO_NUMBERS = {"tcp": 6, "udp": 17, "icmp": 1}
+NEEDED = ("OFF_SKB_DEV", "OFF_SKB_HEAD", "OFF_SKB_DATA", "OFF_SKB_PROTOCOL", "OFF_SKB_NETWORK_HEADER",
+          "OFF_SKB_SKB_IIF", "OFF_DEV_IFINDEX", "OFF_DEV_ND_NET", "OFF_NET_NS_INUM", "OFF_SK_NET",
+          "OFF_SK_RCVQ", "OFF_SK_RCVQ_PREV", "OFF_NAPI_DEV", "OFF_SK_FAMILY")
+
+# enum hook in bpf/trace.c, in order; the names are what health.probe_hits reports
+HOOK_NAMES = (
+    "irq:irq_handler_entry", "irq:irq_handler_exit", "irq:softirq_raise", "irq:softirq_entry",
+    "irq:softirq_exit", "napi:napi_poll", "net:napi_gro_receive_entry", "net:napi_gro_receive_exit",
+    "net:netif_rx", "net:netif_receive_skb_entry", "net:netif_receive_skb_list_entry", "net:netif_receive_skb",
+    "sock:sk_data_ready", "skb:skb_copy_datagram_iovec", "skb:consume_skb", "skb:kfree_skb",
+    "ip_rcv", "ipv6_rcv", "ip_local_deliver", "ip6_input", "tcp_v4_rcv", "tcp_v6_rcv", "udp_rcv", "udpv6_rcv",
+    "net_rx_action", "net_rx_action:return",
+)
+STAT_NAMES = ("lost_rows", "lost_skbs", "slow_sent")
+KPROBE_FNS: dict[str, list[tuple[str, str]]] = {
+    "ip_rcv": [("entry", "kp_ip_rcv")],
+    "ipv6_rcv": [("entry", "kp_ipv6_rcv")],
+    "ip_local_deliver": [("entry", "kp_ip_local_deliver")],
+    "ip6_input": [("entry", "kp_ip6_input")],
+    "tcp_v4_rcv": [("entry", "kp_tcp_v4_rcv")],
+    "tcp_v6_rcv": [("entry", "kp_tcp_v6_rcv")],
+    "udp_rcv": [("entry", "kp_udp_rcv")],
+    "udpv6_rcv": [("entry", "kp_udpv6_rcv")],
+    "net_rx_action": [("entry", "kp_net_rx_action"), ("return", "kr_net_rx_action")],
+}
+PER_SKB_DEFINES = ("USE_CORE", "USE_STACK_TOTAL", "USE_SOCKQ", "USE_KP_IP_RCV", "USE_KP_IP_LOCAL", "USE_KP_TCP",
+                   "USE_KP_UDP")
+
+HIST_KEY = struct.Struct("<HHIII")
+NAPI_KEY = struct.Struct("<III")
+# struct slow_event
+SLOW_FORMAT = struct.Struct("<Q6QIIII16s16sHHBBH16s")
+SLOW_STAGES = ("netif_receive_skb", "ip_rcv", "ip_local_deliver", "transport", "stack_total", "socket_queue")
+
+
+@dataclass
+class TraceQuery:
+    netns: netns.Netns | None = None
+    iface_keys: list[tuple[int, int]] = field(default_factory=list)
+    proto: str | None = None
+    port: int | None = None
+    host: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
+    per_iface: bool = False
+    per_cpu: bool = False
+    slower_ns: int = 0
+
+
+def host_words(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> list[int]:
+    raw = addr.packed
+    return [struct.unpack_from("<I", raw, i)[0] for i in range(0, len(raw), 4)]
+
+
+def program_source(query: TraceQuery, plan: AttachPlan, offsets: dict[str, int]) -> bpf.ProgramSource:
+    """Pure: bpf/trace.c and every number it is compiled with."""
+    missing = [n for n in NEEDED if n not in offsets]
+    if missing:
+        raise MissingCapability(f"this kernel's BTF lacks struct fields netpath reads: {', '.join(missing)}")
+    defines = {name: offsets[name] for name in NEEDED}
+    defines.update(plan.defines())
+    defines["TRACK_SKBS"] = int(any(d in defines for d in PER_SKB_DEFINES))
+    defines["MAX_SKBS"] = MAX_SKBS
+    defines["HIST_ROWS"] = HIST_ROWS
+    defines["BY_IFACE"] = int(query.per_iface)
+    defines["BY_CPU"] = int(query.per_cpu)
+    defines["SLOWER_NS"] = int(query.slower_ns)
+    if query.netns is not None:
+        defines["FILTER_NETNS"] = query.netns.inode
+    if query.iface_keys:
+        defines["FILTER_IFACE"] = 1
+    if query.proto is not None:
+        defines["FILTER_PROTO"] = PROTO_NUMBERS[query.proto]
+    if query.port is not None:
+        defines["FILTER_PORT"] = query.port
+    if query.host is not None:
+        defines["FILTER_HOST_FAMILY"] = query.host.version
+        for i, word in enumerate(host_words(query.host)):
+            defines[f"FILTER_HOST_W{i}"] = word
+    return bpf.ProgramSource(["trace.c"], defines)
+
+
+_IRQ_LINE = re.compile(r"^\s*(\d+):(?:\s+\d+)+\s+(.*)$")
+
+
+def nic_irqs(proc_interrupts: str, devices: dict[str, tuple[int, str | None]]) -> dict[int, int]:
+    """IRQ number -> ifindex for the NIC interrupt lines in /proc/interrupts.
+
+    `devices`: iface name -> (ifindex, bus device name such as virtio2 or 0000:00:03.0).
+    A line is a NIC line when its action names the interface (eth0-rx-0, ens5-TxRx-1)
+    or is a virtio device's input queue (virtio2-input.0).
+    """
+    out: dict[int, int] = {}
+    for line in proc_interrupts.splitlines():
+        m = _IRQ_LINE.match(line)
+        if not m:
+            continue
+        action = m.group(2).split()[-1] if m.group(2).split() else ""
+        for name, (ifindex, busdev) in devices.items():
+            if re.match(rf"^{re.escape(name)}([-_:@].*)?$", action) or (
+                busdev and busdev.startswith("virtio") and action.startswith(f"{busdev}-input")
+            ):
+                out[int(m.group(1))] = ifindex
+                break
+    return out
+
+
+def local_devices(sysfs: Path = Path("/sys/class/net")) -> dict[str, tuple[int, str | None]]:
+    out: dict[str, tuple[int, str | None]] = {}
+    try:
+        entries = list(sysfs.iterdir())
+    except OSError:
+        return out
+    for entry in entries:
+        try:
+            index = int((entry / "ifindex").read_text())
+        except (OSError, ValueError):
+            continue
+        dev = entry / "device"
+        busdev = dev.resolve().name if dev.exists() else None
+        out[entry.name] = (index, busdev)
+    return out
+
+
+@dataclass
+class SlowPacket:
+    ts_ns: int
+    cpu: int
+    pid: int
+    comm: str
+    ifindex: int
+    netns: int
+    family: int
+    proto: str | None
+    saddr: str | None
+    daddr: str | None
+    sport: int | None
+    dport: int | None
+    stages_ns: dict[str, int]
+
+
+def decode_slow(raw: bytes) -> SlowPacket:
+    f = SLOW_FORMAT.unpack(raw[: SLOW_FORMAT.size])
+    ts, stage_ns = f[0], f[1:7]
+    cpu, pid, ifindex, ns_inode, saddr, daddr, sport, dport, family, l4, _pad, comm = f[7:]
+
+    def addr(b: bytes) -> str | None:
+        if family == 4:
+            return str(ipaddress.IPv4Address(b[:4]))
+        if family == 6:
+            return str(ipaddress.IPv6Address(b))
+        return None
+
+    proto = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmpv6"}.get(l4, f"ipproto-{l4}") if family else None
+    return SlowPacket(ts, cpu, pid, comm.split(b"\0")[0].decode(errors="replace"), ifindex, ns_inode, family,
+                      proto, addr(saddr), addr(daddr), sport if family else None, dport if family else None,
+                      {name: int(v) for name, v in zip(SLOW_STAGES, stage_ns, strict=True) if v})
+
+
+HistKey = tuple[int, int, int, int]  # stage index, ifindex, netns, cpu
+
+
+@dataclass
+class Reading:
+    """Cumulative slot counts, this interval's maxima, NAPI counters and hook hits."""
+
+    slots: dict[HistKey, dict[int, int]]
+    maxima: dict[HistKey, int]
+    napi: dict[tuple[int, int, int], dict[str, int]]
+    hits: dict[str, int]
+    stats: dict[str, int]
+
+
+class TraceCollector:
+    def __init__(self, query: TraceQuery, plan: AttachPlan, facts: KernelFacts, source: bpf.ProgramSource) -> None:
+        self.query = query
+        self.plan = plan
+        self.facts = facts
+        self.source = source
+        self.prog: Any = None
+        self.slow: list[SlowPacket] = []
+        self.slow_lost = 0
+        self._attached: list[dict[str, str]] = []
+
+    def start(self) -> None:
+        self.prog = bpf.compile_program(self.source, self.facts)
+        irqs = nic_irqs(_read("/proc/interrupts"), local_devices())
+        table = self.prog["nic_irqs"]
+        for irq, ifindex in irqs.items():
+            table[table.Key(irq)] = table.Leaf(ifindex)
+        if self.query.iface_keys:
+            filt = self.prog["iface_filter"]
+            for ns_inode, ifindex in self.query.iface_keys:
+                filt[filt.Key((ns_inode << 32) | ifindex)] = filt.Leaf(1)
+        for hook, symbol in self.plan.kprobes():
+            for kind, fn in KPROBE_FNS.get(hook, []):
+                try:
+                    if kind == "entry":
+                        self.prog.attach_kprobe(event=symbol, fn_name=fn)
+                    else:
+                        self.prog.attach_kretprobe(event=symbol, fn_name=fn)
+                except Exception as exc:  # bcc raises bare Exception
+                    raise MissingCapability(f"could not attach kprobe {symbol}: {exc}") from None
+                self._attached.append({"hook": symbol if kind == "entry" else f"{symbol}:return",
+                                       "method": "kretprobe" if kind == "return" else "kprobe"})
+        tps = [{"hook": tp, "method": "raw_tracepoint"} for tp in self.plan.tracepoints()]
+        self._attached = tps + self._attached
+        if self.query.slower_ns:
+            self.prog["slow"].open_perf_buffer(self._on_slow, page_cnt=64, lost_cb=self._on_lost)
+
+    def attached(self) -> list[dict[str, str]]:
+        return list(self._attached)
+
+    def read(self) -> Reading:
+        slots: dict[HistKey, dict[int, int]] = {}
+        maxima: dict[HistKey, int] = {}
+        table = self.prog["hist"]
+        max_keys = []
+        for key, values in table.items():
+            raw = bytes(key)
+            stage, slot, ifindex, ns_inode, cpu = HIST_KEY.unpack(raw[: HIST_KEY.size])
+            hk = (stage, ifindex, ns_inode, cpu)
+            if slot == hist.MAX_SLOT:
+                maxima[hk] = max(int(v) for v in values)
+                max_keys.append(key)
+            else:
+                slots.setdefault(hk, {})[slot] = sum(int(v) for v in values)
+        for key in max_keys:  # maxima are per interval
+            try:
+                del table[key]
+            except KeyError:
+                pass
+        napi: dict[tuple[int, int, int], dict[str, int]] = {}
+        for key, values in self.prog["napi"].items():
+            ifindex, ns_inode, cpu = NAPI_KEY.unpack(bytes(key)[: NAPI_KEY.size])
+            napi[(ifindex, ns_inode, cpu)] = {
+                "polls": sum(v.polls for v in values),
+                "work": sum(v.work for v in values),
+                "exhausted": sum(v.exhausted for v in values),
+                "budget": max(v.budget for v in values),
+                "max_work": max(v.max_work for v in values),
+            }
+        counts = bpf.read_percpu_array(self.prog["hits"], len(HOOK_NAMES) + len(STAT_NAMES))
+        wanted = set(self.plan.tracepoints()) | {h for h, _ in self.plan.kprobes()}
+        hits = {name: counts[i] for i, name in enumerate(HOOK_NAMES) if name.split(":return")[0] in wanted}
+        stats = dict(zip(STAT_NAMES, counts[len(HOOK_NAMES):], strict=True))
+        return Reading(slots, maxima, napi, hits, stats)
+
+    def poll(self, timeout_s: float) -> None:
+        if self.query.slower_ns:
+            self.prog.perf_buffer_poll(timeout=max(int(timeout_s * 1000), 1))
+        else:
+            time.sleep(timeout_s)
+
+    def _on_slow(self, _cpu: int, data: Any, size: int) -> None:
+        raw = ctypes.string_at(data, min(size, SLOW_FORMAT.size))
+        if len(raw) >= SLOW_FORMAT.size:
+            self.slow.append(decode_slow(raw))
+
+    def _on_lost(self, lost: int) -> None:
+        self.slow_lost += lost
+
+    def close(self) -> None:
+        if self.prog is not None:
+            self.prog.cleanup()
+            self.prog = None
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
+STAGE_BY_INDEX = {s.index: s for s in STAGES}

@@ -1,0 +1,150 @@
+"""Pure: which hooks `netpath trace` attaches on a kernel, each choice with its reason.
+
+`make_plan(facts)` walks every stage's hook sets in preference order
+(tracepoint, fentry, kprobe) and keeps the first one this kernel can attach.
+It reads facts only (tracefs event list, kallsyms, kprobe support), so unit
+tests run it against fixture kernel trees.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from netpath.kernel.facts import KernelFacts
+from netpath.stages import STAGES, HookSet, Stage
+
+TP_METHODS = ("raw_tracepoint", "tracepoint")
+FENTRY_REASON = "fentry not used: BCC kfunc programs need kernel headers, and fentry is refused on some kernels"
+
+
+@dataclass(frozen=True)
+class Choice:
+    stage: Stage
+    hookset: HookSet | None
+    symbols: dict[str, str] = field(default_factory=dict)  # hook -> symbol actually probed (kprobes)
+    attached_optional: tuple[str, ...] = ()
+    reason: str = ""
+
+    @property
+    def available(self) -> bool:
+        return self.hookset is not None
+
+    @property
+    def method(self) -> str | None:
+        return self.hookset.method if self.hookset else None
+
+    @property
+    def hook(self) -> str:
+        if self.hookset is None:
+            return self.stage.choices[-1].required[0] if self.stage.choices else self.stage.id
+        return "+".join(self.hookset.required)
+
+    @property
+    def hooks(self) -> tuple[str, ...]:
+        return self.hookset.required + self.attached_optional if self.hookset else ()
+
+
+@dataclass(frozen=True)
+class AttachPlan:
+    choices: tuple[Choice, ...]
+
+    def choice(self, stage_id: str) -> Choice:
+        return next(c for c in self.choices if c.stage.id == stage_id)
+
+    @property
+    def available(self) -> tuple[Choice, ...]:
+        return tuple(c for c in self.choices if c.available)
+
+    @property
+    def unavailable(self) -> tuple[Choice, ...]:
+        return tuple(c for c in self.choices if not c.available)
+
+    def defines(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for c in self.available:
+            if c.hookset and c.hookset.define:
+                out[c.hookset.define] = 1
+            for hook in c.attached_optional:
+                out["HAS_" + hook.replace(":", "_").upper()] = 1
+        return out
+
+    def kprobes(self) -> list[tuple[str, str]]:
+        """(hook name, kernel symbol) for every kprobe to attach."""
+        seen: dict[str, str] = {}
+        for c in self.available:
+            if c.method == "kprobe":
+                for hook in c.hooks:
+                    seen[hook] = c.symbols[hook]
+        return list(seen.items())
+
+    def tracepoints(self) -> list[str]:
+        seen: list[str] = []
+        for c in self.available:
+            if c.method in TP_METHODS:
+                for hook in c.hooks:
+                    if hook not in seen:
+                        seen.append(hook)
+        return seen
+
+
+def _try(hs: HookSet, facts: KernelFacts) -> tuple[bool, str, dict[str, str], tuple[str, ...]]:
+    """(usable, reason, kprobe symbols, optional hooks present)."""
+    if hs.method in TP_METHODS:
+        missing = [h for h in hs.required if not facts.has_tracepoint(h)]
+        if missing:
+            return False, f"tracepoint {', '.join(missing)} not on this kernel", {}, ()
+        present = tuple(h for h in hs.optional if facts.has_tracepoint(h))
+        return True, f"{' + '.join(hs.required)} present: {hs.note}", {}, present
+    if hs.method == "fentry":
+        return False, FENTRY_REASON, {}, ()
+    if hs.method == "kprobe":
+        if not facts.has_kprobes:
+            return False, f"kprobe {hs.required[0]}: {facts.kprobe_reason}", {}, ()
+        symbols: dict[str, str] = {}
+        for hook in hs.required:
+            sym = facts.kallsyms.resolve(hook)
+            if sym is None:
+                return False, f"kprobe {hook}: no such symbol in kallsyms (inlined or renamed)", {}, ()
+            symbols[hook] = sym
+        present = []
+        for hook in hs.optional:
+            sym = facts.kallsyms.resolve(hook)
+            if sym is not None:
+                symbols[hook] = sym
+                present.append(hook)
+        renamed = [f"{h} as {s}" for h, s in symbols.items() if h != s]
+        why = f"kprobe on {', '.join(symbols.values())}: {hs.note}"
+        if renamed:
+            why += f" (clone: {', '.join(renamed)})"
+        return True, why, symbols, tuple(present)
+    return False, f"unknown method {hs.method}", {}, ()
+
+
+def choose(stage: Stage, facts: KernelFacts) -> Choice:
+    reasons: list[str] = []
+    for hs in stage.choices:
+        ok, why, symbols, present = _try(hs, facts)
+        if ok:
+            return Choice(stage, hs, symbols, present, why)
+        if why not in reasons:
+            reasons.append(why)
+    return Choice(stage, None, {}, (), "; ".join(r for r in reasons if r != FENTRY_REASON) or "no hook")
+
+
+def make_plan(facts: KernelFacts, only: tuple[str, ...] | None = None) -> AttachPlan:
+    stages = [s for s in STAGES if only is None or s.id in only]
+    return AttachPlan(tuple(choose(s, facts) for s in stages))
+
+
+def probe_rows(facts: KernelFacts) -> list[dict[str, object]]:
+    """What `netpath probes` prints for trace: one row per stage, path order."""
+    rows: list[dict[str, object]] = []
+    for c in make_plan(facts).choices:
+        rows.append({
+            "stage": c.stage.id,
+            "hook": "+".join(c.hooks) if c.available else c.hook,
+            "method": c.method,
+            "available": c.available,
+            "reason": c.reason,
+        })
+    return rows

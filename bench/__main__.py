@@ -1,0 +1,26 @@
+"""python -m bench [--rounds N] [--seconds S] [--storm [--storm-seconds S]]"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    ap.add_argument("--rounds", type=int, default=5, help="A/B rounds (default 5)")
+    ap.add_argument("--seconds", type=float, default=5.0, help="seconds per workload run (default 5)")
+    ap.add_argument("--storm", action="store_true", help="only the 30 s closed-port drop storm (issue 2)")
+    ap.add_argument("--storm-seconds", type=float, default=30.0)
+    args = ap.parse_args()
+    if args.storm:
+        from bench import storm
+
+        return storm.main(args.storm_seconds)
+    from bench import suite
+
+    return suite.main(max(1, args.rounds), max(1.0, args.seconds))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

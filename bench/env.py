@@ -1,0 +1,174 @@
+"""Benchmark environment: namespaces, veth, netfilter rule, counters, bpf_stats, process accounting."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SENDER_CPU = 0
+RECEIVER_CPU = 1
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+PORT_UDP = 9000
+PORT_TCP = 9001
+PORT_NFDROP = 9002
+PORT_NOPORT = 9003
+
+
+def sh(*argv: str, check: bool = True, timeout: float | None = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(argv), check=check, capture_output=True, text=True, timeout=timeout)
+
+
+@dataclass
+class Topology:
+    """Sender namespace `tx` (10.202.N.1) <-veth-> receiver namespace `rx` (10.202.N.2)."""
+
+    tx: str
+    rx: str
+    tx_addr: str
+    rx_addr: str
+    rx_if: str
+
+    def exec_argv(self, ns: str, cpu: int, *argv: str) -> list[str]:
+        return ["ip", "netns", "exec", ns, "taskset", "-c", str(cpu), *argv]
+
+    def netns_inode(self, ns: str) -> int:
+        return os.stat(f"/run/netns/{ns}").st_ino
+
+    def snmp(self, ns: str) -> dict[str, int]:
+        """/proc/net/snmp inside `ns`, flattened to {"Udp.NoPorts": n, ...}."""
+        text = sh("ip", "netns", "exec", ns, "cat", "/proc/net/snmp").stdout
+        return parse_snmp(text)
+
+    def nf_drop_packets(self) -> int:
+        """Packet counter of the netfilter DROP rule in the receiver namespace."""
+        out = sh("ip", "netns", "exec", self.rx, "iptables", "-w", "-L", "INPUT", "-n", "-v", "-x").stdout
+        for line in out.splitlines():
+            if "DROP" in line and f"dpt:{PORT_NFDROP}" in line:
+                return int(line.split()[0])
+        raise RuntimeError(f"netfilter rule not found:\n{out}")
+
+
+def parse_snmp(text: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    lines = text.splitlines()
+    for head, vals in zip(lines[::2], lines[1::2], strict=False):
+        proto, names = head.split(":", 1)
+        _, values = vals.split(":", 1)
+        for name, value in zip(names.split(), values.split(), strict=False):
+            out[f"{proto}.{name}"] = int(value)
+    return out
+
+
+@contextmanager
+def topology(subnet: int = 1) -> Iterator[Topology]:
+    tag = uuid.uuid4().hex[:6]
+    tx, rx = f"npbtx{tag}", f"npbrx{tag}"
+    tx_if, rx_if = f"bt{tag}", f"br{tag}"
+    tx_addr, rx_addr = f"10.202.{subnet}.1", f"10.202.{subnet}.2"
+    sh("ip", "netns", "add", tx)
+    sh("ip", "netns", "add", rx)
+    try:
+        sh("ip", "-n", tx, "link", "add", tx_if, "type", "veth", "peer", "name", rx_if, "netns", rx)
+        sh("ip", "-n", tx, "addr", "add", f"{tx_addr}/30", "dev", tx_if)
+        sh("ip", "-n", rx, "addr", "add", f"{rx_addr}/30", "dev", rx_if)
+        for ns, dev in ((tx, tx_if), (rx, rx_if), (tx, "lo"), (rx, "lo")):
+            sh("ip", "-n", ns, "link", "set", dev, "up")
+        sh("ip", "netns", "exec", rx, "iptables", "-w", "-A", "INPUT", "-p", "udp", "--dport", str(PORT_NFDROP),
+           "-j", "DROP")
+        yield Topology(tx, rx, tx_addr, rx_addr, rx_if)
+    finally:
+        sh("ip", "netns", "del", tx, check=False)
+        sh("ip", "netns", "del", rx, check=False)
+
+
+# ---------------------------------------------------------------- bpf_stats
+
+
+@contextmanager
+def bpf_stats_enabled() -> Iterator[None]:
+    path = Path("/proc/sys/kernel/bpf_stats_enabled")
+    old = path.read_text().strip()
+    sh("sysctl", "-q", "-w", "kernel.bpf_stats_enabled=1")
+    try:
+        yield
+    finally:
+        sh("sysctl", "-q", "-w", f"kernel.bpf_stats_enabled={old}", check=False)
+
+
+@dataclass
+class ProgStat:
+    id: int
+    name: str
+    type: str
+    run_cnt: int
+    run_time_ns: int
+
+
+def bpf_progs() -> dict[int, ProgStat]:
+    out = sh("bpftool", "prog", "show", "--json").stdout
+    progs = {}
+    for p in json.loads(out or "[]"):
+        progs[p["id"]] = ProgStat(p["id"], p.get("name", "?"), p.get("type", "?"), p.get("run_cnt", 0),
+                                  p.get("run_time_ns", 0))
+    return progs
+
+
+def prog_deltas(before: dict[int, ProgStat], after: dict[int, ProgStat], ids: set[int]) -> list[dict[str, object]]:
+    rows = []
+    for pid in sorted(ids):
+        if pid not in after:
+            continue
+        a = after[pid]
+        b = before.get(pid)
+        cnt = a.run_cnt - (b.run_cnt if b else 0)
+        ns = a.run_time_ns - (b.run_time_ns if b else 0)
+        rows.append({"id": pid, "name": a.name, "type": a.type, "run_cnt": cnt, "run_time_ns": ns,
+                     "ns_per_run": round(ns / cnt, 1) if cnt else None})
+    return rows
+
+
+# ---------------------------------------------------------------- process accounting
+
+
+def proc_cpu_s(pid: int) -> float:
+    """utime+stime of `pid` and its reaped children, in seconds."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # fields[0] is state (field 3); utime=14, stime=15, cutime=16, cstime=17
+    return sum(int(fields[i]) for i in (11, 12, 13, 14)) / CLK_TCK
+
+
+def proc_hwm_kb(pid: int) -> int:
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    m = re.search(r"VmHWM:\s+(\d+) kB", text)
+    return int(m.group(1)) if m else 0
+
+
+def kernel_release() -> str:
+    return os.uname().release
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+def monotonic() -> float:
+    return time.monotonic()

@@ -1,0 +1,26 @@
+# make bench / make bench-storm: the netpath benchmark suite (bench/README.md).
+# Included by the top-level Makefile, which sets VENV and has run `make install`.
+VENV ?= $(CURDIR)/.venv
+BENCH_ROUNDS ?= 5
+BENCH_SECONDS ?= 5
+BENCH_STORM_SECONDS ?= 30
+BENCH_PY = $(VENV)/bin/python
+
+.PHONY: bench bench-storm bench-deps bench-lint
+
+# Idempotent: apt only when bpftrace/sockperf are missing, pip only when py-spy is missing.
+bench-deps:
+	@command -v bpftrace >/dev/null 2>&1 && command -v sockperf >/dev/null 2>&1 || \
+		{ DEBIAN_FRONTEND=noninteractive apt-get install -y -q bpftrace sockperf || \
+		  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q bpftrace sockperf; }; }
+	@command -v bpftool >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -q bpftool
+	@test -x $(VENV)/bin/py-spy || $(VENV)/bin/pip install -q py-spy
+
+bench: bench-deps
+	cd $(CURDIR) && $(BENCH_PY) -m bench --rounds $(BENCH_ROUNDS) --seconds $(BENCH_SECONDS)
+
+bench-storm: bench-deps
+	cd $(CURDIR) && $(BENCH_PY) -m bench --storm --storm-seconds $(BENCH_STORM_SECONDS)
+
+bench-lint:
+	$(VENV)/bin/ruff check bench

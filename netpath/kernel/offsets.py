@@ -61,7 +61,8 @@ def compute(btf: BTF) -> dict[str, int]:
 def load(btf_path: Path, use_cache: bool = True) -> dict[str, int]:
     """Offsets (and sizes) for every field in FIELDS that this kernel has."""
     blob = btf_path.read_bytes()
-    digest = hashlib.sha256(blob).hexdigest()[:24]
+    # the field list is part of the key: adding a field must not reuse an older cache file
+    digest = hashlib.sha256(blob + json.dumps(FIELDS, sort_keys=True).encode()).hexdigest()[:24]
     cache_file = cache_dir() / f"offsets-v{CACHE_VERSION}-{digest}.json"
     if use_cache:
         try:

@@ -1,0 +1,173 @@
+"""`netpath trace` for people: one row per stage in path order, within 80 columns."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from rich import box
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from netpath.collect import hist
+from netpath.collect.trace import SlowPacket
+from netpath.collect.trace_stats import Dist, StageStat, TraceSnapshot
+
+SPARK = "▁▂▃▄▅▆▇█"
+ASCII_SPARK = ".:-=+*#@"
+METHOD_SHORT = {"raw_tracepoint": "rawtp", "tracepoint": "tp", "kprobe": "kprobe", "fentry": "fentry"}
+BAR_WIDTH = 10
+
+Names = Callable[[int, int], str | None]
+
+
+def fmt_ns(ns: int) -> str:
+    if ns < 1_000:
+        return f"{ns}ns"
+    if ns < 1_000_000:
+        return f"{ns / 1e3:.1f}us" if ns < 100_000 else f"{ns / 1e3:.0f}us"
+    if ns < 1_000_000_000:
+        return f"{ns / 1e6:.1f}ms" if ns < 100_000_000 else f"{ns / 1e6:.0f}ms"
+    return f"{ns / 1e9:.2f}s"
+
+
+def spark(dist: Dist, ascii_only: bool = False, width: int = BAR_WIDTH) -> str:
+    """A small bar: one character per log2 bucket from the lowest to the highest seen."""
+    buckets = hist.log2_buckets(dist.slots)
+    if not buckets:
+        return ""
+    chars = ASCII_SPARK if ascii_only else SPARK
+    first = buckets[0]["lo_ns"].bit_length() - 1 if buckets[0]["lo_ns"] else 0
+    counts = {(b["lo_ns"].bit_length() - 1 if b["lo_ns"] else 0): b["count"] for b in buckets}
+    last = max(counts)
+    span = list(range(first, last + 1))
+    if len(span) > width:  # fold neighbours so the bar keeps its width
+        step = -(-len(span) // width)
+        groups = [span[i:i + step] for i in range(0, len(span), step)]
+    else:
+        groups = [[i] for i in span]
+    values = [sum(counts.get(i, 0) for i in g) for g in groups]
+    top = max(values) or 1
+    return "".join(" " if v == 0 else chars[min(len(chars) - 1, v * len(chars) // (top + 1))] for v in values)
+
+
+def _label(row: StageStat) -> str:
+    return METHOD_SHORT.get(row.method or "", row.method or "-")
+
+
+def _part_label(key: tuple[int, int, int], names: Names, per_iface: bool, per_cpu: bool) -> str:
+    ifindex, ns_inode, cpu = key
+    bits = []
+    if per_iface:
+        bits.append((names(ns_inode, ifindex) or f"if{ifindex}") if ifindex else "-")
+    if per_cpu:
+        bits.append(f"cpu{cpu}")
+    return "  " + "/".join(bits)
+
+
+def _cells(dist: Dist, ascii_only: bool) -> list[str]:
+    if dist.count == 0:
+        return ["0", "-", "-", "-", "-", ""]
+    return [f"{dist.count:,}", fmt_ns(dist.pct(50)), fmt_ns(dist.pct(90)), fmt_ns(dist.pct(99)),
+            fmt_ns(dist.max_ns), spark(dist, ascii_only)]
+
+
+def napi_line(snap: TraceSnapshot) -> str | None:
+    row = snap.stage("napi_poll")
+    squeeze = snap.softnet.get("time_squeeze")
+    parts = []
+    if row is not None and row.napi is not None:
+        n = row.napi
+        per = n.work / n.polls if n.polls else 0.0
+        share = 100.0 * n.exhausted / n.polls if n.polls else 0.0
+        parts.append(f"napi: {n.polls:,} polls, {per:.1f} pkts/poll (max {n.max_work}) of budget "
+                     f"{n.budget or '-'}, {n.exhausted:,} exhausted ({share:.1f}%)")
+    if squeeze is not None:
+        parts.append(f"softnet: time_squeeze {squeeze:,}, dropped {snap.softnet.get('dropped', 0):,}")
+    return "; ".join(parts) if parts else None
+
+
+def unavailable_lines(unavailable: list[dict[str, str]]) -> list[str]:
+    by_reason: dict[str, list[str]] = {}
+    for item in unavailable:
+        reason = item["reason"].split(": ", 1)[-1]
+        by_reason.setdefault(reason, []).append(item["stage"])
+    return [f"not attached: {', '.join(stages)} ({reason})" for reason, stages in by_reason.items()]
+
+
+def trace_table(snap: TraceSnapshot, title: str, names: Names, per_iface: bool, per_cpu: bool,
+                hist_stage: str | None) -> RenderableType:
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, expand=False)
+    for name, justify in (("STAGE", "left"), ("VIA", "left"), ("COUNT", "right"), ("P50", "right"),
+                          ("P90", "right"), ("P99", "right"), ("MAX", "right"), ("HIST", "left")):
+        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    for row in snap.stages:
+        table.add_row(row.stage, _label(row), *_cells(row.total, False))
+        for key, dist in sorted(row.parts.items()):
+            table.add_row(_part_label(key, names, per_iface, per_cpu), "", *_cells(dist, False))
+    for item in snap.unavailable:
+        table.add_row(Text(item["stage"], style="dim"), Text("-", style="dim"), "", "", "", "", "", "")
+    extra: list[RenderableType] = [table]
+    line = napi_line(snap)
+    if line:
+        extra.append(Text(line))
+    for text in unavailable_lines(snap.unavailable):
+        extra.append(Text(text, style="dim"))
+    extra.extend(Text(t) for t in health_lines(snap))
+    if hist_stage:
+        extra.append(Text("\n".join(hist_lines(snap, hist_stage))))
+    return Group(*extra)
+
+
+def health_lines(snap: TraceSnapshot) -> list[str]:
+    lost = snap.stats.get("lost_rows", 0) + snap.stats.get("lost_skbs", 0) + snap.slow_lost
+    if not lost:
+        return []
+    return [f"netpath lost: {snap.stats.get('lost_rows', 0)} samples (histogram map full), "
+            f"{snap.stats.get('lost_skbs', 0)} skbs (tracking map full), {snap.slow_lost} slow events"]
+
+
+def plain_lines(snap: TraceSnapshot, title: str, names: Names, per_iface: bool, per_cpu: bool,
+                hist_stage: str | None) -> list[str]:
+    lines = [title, f"{'STAGE':<18}{'VIA':<7}{'COUNT':>9}{'P50':>8}{'P90':>8}{'P99':>8}{'MAX':>8}  HIST"]
+
+    def add(label: str, via: str, dist: Dist) -> None:
+        c = _cells(dist, True)
+        lines.append(f"{label:<18}{via:<7}{c[0]:>9}{c[1]:>8}{c[2]:>8}{c[3]:>8}{c[4]:>8}  {c[5]}".rstrip())
+
+    for row in snap.stages:
+        add(row.stage, _label(row), row.total)
+        for key, dist in sorted(row.parts.items()):
+            add(_part_label(key, names, per_iface, per_cpu), "", dist)
+    line = napi_line(snap)
+    if line:
+        lines.append(line)
+    lines.extend(unavailable_lines(snap.unavailable))
+    lines.extend(health_lines(snap))
+    if hist_stage:
+        lines.extend(hist_lines(snap, hist_stage))
+    return lines
+
+
+def hist_lines(snap: TraceSnapshot, stage_id: str, width: int = 40) -> list[str]:
+    """The full log2 histogram of one stage, bcc style."""
+    row = snap.stage(stage_id)
+    if row is None:
+        return [f"{stage_id}: not attached"]
+    buckets = hist.log2_buckets(row.total.slots)
+    if not buckets:
+        return [f"{stage_id}: no samples"]
+    top = max(b["count"] for b in buckets)
+    out = [f"{stage_id} ({row.total.count:,} samples)", f"{'range':>21} : {'count':<9} distribution"]
+    for b in buckets:
+        bar = "*" * max(1, b["count"] * width // top) if b["count"] else ""
+        rng = f"{fmt_ns(b['lo_ns'])} -> {fmt_ns(b['hi_ns'])}"
+        out.append(f"{rng:>21} : {b['count']:<9} |{bar:<{width}}|")
+    return out
+
+
+def slow_line(pkt: SlowPacket, names: Names) -> str:
+    iface = names(pkt.netns, pkt.ifindex) or f"if{pkt.ifindex}"
+    flow = f"{pkt.proto} {pkt.saddr}:{pkt.sport} > {pkt.daddr}:{pkt.dport}" if pkt.family else "non-IP"
+    stages = " ".join(f"{k}={fmt_ns(v)}" for k, v in pkt.stages_ns.items())
+    return f"slow cpu{pkt.cpu} {iface} {flow} read by {pkt.comm}[{pkt.pid}]: {stages}"

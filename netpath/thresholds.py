@@ -1,0 +1,63 @@
+"""Durations and --fail-on-latency specs: parsed into numbers, checked against snapshots."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from netpath.errors import BadInput
+from netpath.stages import STAGE_IDS
+
+UNITS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
+PCTS = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "max": 100.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ns|us|µs|ms|s)\s*$")
+
+
+def parse_duration(value: str, what: str = "duration") -> int:
+    """'10ms' -> 10_000_000 ns. A unit is required: ns, us, ms or s."""
+    m = _DURATION.match(value)
+    if not m:
+        raise BadInput(f"bad {what} {value!r}: expected a number with a unit, e.g. 500us, 10ms, 1s")
+    ns = int(float(m.group(1)) * UNITS[m.group(2)])
+    if ns <= 0:
+        raise BadInput(f"bad {what} {value!r}: must be more than 0")
+    return ns
+
+
+@dataclass(frozen=True)
+class LatencyThreshold:
+    spec: str
+    stage: str
+    pct: str  # p50, p90, p99, max
+    limit_ns: int
+
+    def as_json(self) -> dict[str, object]:
+        return {"spec": self.spec, "stage": self.stage, "percentile": self.pct, "limit_ns": self.limit_ns}
+
+
+def parse_fail_on_latency(value: str) -> LatencyThreshold:
+    """STAGE:PCT:DURATION, e.g. socket_queue:p99:10ms."""
+    parts = value.split(":")
+    if len(parts) != 3:
+        raise BadInput(f"bad --fail-on-latency {value!r}: expected STAGE:PCT:DURATION, e.g. socket_queue:p99:10ms")
+    stage, pct, duration = (p.strip() for p in parts)
+    if stage not in STAGE_IDS:
+        raise BadInput(f"bad --fail-on-latency {value!r}: unknown stage {stage!r} (one of {', '.join(STAGE_IDS)})")
+    if pct.lower() not in PCTS:
+        raise BadInput(f"bad --fail-on-latency {value!r}: percentile {pct!r} is not one of p50, p90, p99, max")
+    return LatencyThreshold(value, stage, pct.lower(), parse_duration(duration, f"--fail-on-latency {value!r} duration"))
+
+
+def value_of(stage_json: dict[str, object], pct: str) -> int:
+    key = "max_ns" if pct == "max" else f"{pct}_ns"
+    return int(stage_json.get(key, 0) or 0)  # type: ignore[call-overload]
+
+
+def crossed(threshold: LatencyThreshold, stages: list[dict[str, object]]) -> int | None:
+    """The measured value when the stage's percentile is above the limit, else None."""
+    for row in stages:
+        if row.get("stage") == threshold.stage and int(row.get("count", 0) or 0) > 0:  # type: ignore[call-overload]
+            value = value_of(row, threshold.pct)
+            if value > threshold.limit_ns:
+                return value
+    return None

@@ -18,6 +18,8 @@
 #define NET_RX_VEC	3
 #define NP_AF_INET	2
 #define NP_AF_INET6	10
+#define NP_IPPROTO_UDPLITE 136
+#define NP_MSG_PEEK	2
 #define MAX_SLOT	0xffff
 
 enum stage {
@@ -53,6 +55,7 @@ enum hook {
 	H_COPY,
 	H_CONSUME,
 	H_KFREE,
+	H_RECV_LENGTH,
 	H_KP_IP_RCV,
 	H_KP_IPV6_RCV,
 	H_KP_IP_LOCAL,
@@ -92,7 +95,23 @@ struct skb_state {
 	u32 ifindex;
 	u32 netns;
 	u32 done;	/* bit per stage already recorded for this skb */
-	u32 pad;
+	u32 udp;	/* enqueued on a UDP socket: read through the socket's FIFO */
+};
+
+/*
+ * UDP reads copy linear skbs without skb:skb_copy_datagram_iovec and may
+ * free them later on another CPU, so a UDP read is sock:sock_recv_length
+ * popping the oldest skb this socket had enqueued (datagrams are FIFO):
+ * per socket a head/tail sequence, per (socket, sequence) the skb.
+ */
+struct sk_fifo {
+	u64 head;
+	u64 tail;
+};
+
+struct fifo_key {
+	u64 sk;
+	u64 seq;
 };
 
 struct cpu_state {
@@ -146,6 +165,10 @@ BPF_PERCPU_ARRAY(cpustate, struct cpu_state, 1);
 BPF_TABLE("lru_hash", u64, struct skb_state, skbs, MAX_SKBS);
 BPF_PERCPU_HASH(napi, struct napi_key, struct napi_val, 1024);
 BPF_HASH(nic_irqs, u32, u32, 256);	/* irq -> ifindex, filled by netpath */
+#ifdef HAS_SOCK_SOCK_RECV_LENGTH
+BPF_TABLE("lru_hash", u64, struct sk_fifo, fifos, 8192);
+BPF_TABLE("lru_hash", struct fifo_key, u64, fifo_items, MAX_SKBS);
+#endif
 
 #ifdef FILTER_IFACE
 BPF_HASH(iface_filter, u64, u8, 64);	/* netns inode << 32 | ifindex */
@@ -636,9 +659,8 @@ RAW_TRACEPOINT_PROBE(sk_data_ready)
 	u64 key, now;
 	struct skb_state *st, fresh = {};
 	unsigned char *head = NULL;
-	u16 nh = NP_UNSET_HEADER;
-
-	u16 family = 0;
+	u16 nh = NP_UNSET_HEADER, sk_proto = 0, family = 0;
+	u32 udp;
 
 	hit(H_DATA_READY);
 	NP_READ(family, sk, OFF_SK_FAMILY);
@@ -649,18 +671,21 @@ RAW_TRACEPOINT_PROBE(sk_data_ready)
 		return 0;	/* empty queue: nothing was enqueued */
 	key = (u64)skb;
 	now = bpf_ktime_get_ns();
+	NP_READ(sk_proto, sk, OFF_SK_PROTOCOL);
+	udp = sk_proto == NP_IPPROTO_UDP || sk_proto == NP_IPPROTO_UDPLITE;
 	st = skbs.lookup(&key);
 	if (st) {
 		if (st->t[CP_ENQ])
 			return 0;	/* already stamped (TCP coalescing, spurious wakeup) */
 		st->t[CP_ENQ] = now;
+		st->udp = udp;
 #ifdef USE_STACK_TOTAL
 		if (st->t[CP_CORE]) {
 			st->done |= 1 << STAGE_STACK_TOTAL;
 			record(STAGE_STACK_TOTAL, now - st->t[CP_CORE], st->ifindex, st->netns);
 		}
 #endif
-		return 0;
+		goto queued;
 	}
 #ifdef USE_SOCKQ
 	/* not seen on the way in: the socket side still measures it */
@@ -668,15 +693,33 @@ RAW_TRACEPOINT_PROBE(sk_data_ready)
 	NP_READ(net, sk, OFF_SK_NET);
 	if (net)
 		NP_READ(fresh.netns, net, OFF_NET_NS_INUM);
-	if (!passes_where(fresh.netns, fresh.ifindex))
-		return 0;
+#ifdef FILTER_NETNS
+	if (fresh.netns != FILTER_NETNS)
+		return 0;	/* a socket of another namespace: never ours */
+#endif
 	NP_READ(head, skb, OFF_SKB_HEAD);
 	NP_READ(nh, skb, OFF_SKB_NETWORK_HEADER);
-	if (!passes_flow(skb, head, nh))
-		return 0;
-	fresh.t[CP_ENQ] = now;
-	if (skbs.update(&key, &fresh))
-		hit(H_LOST_SKBS);
+	if (passes_where(fresh.netns, fresh.ifindex) && passes_flow(skb, head, nh)) {
+		fresh.t[CP_ENQ] = now;
+		fresh.udp = udp;
+		if (skbs.update(&key, &fresh))
+			hit(H_LOST_SKBS);
+	}
+#endif
+queued:
+#if defined(USE_SOCKQ) && defined(HAS_SOCK_SOCK_RECV_LENGTH)
+	if (udp) {
+		/* every datagram goes in the FIFO, tracked or not, so reads stay in step */
+		struct fifo_key fk = {};
+		struct sk_fifo zero = {}, *fifo;
+
+		fk.sk = (u64)sk;
+		fifo = fifos.lookup_or_try_init(&fk.sk, &zero);
+		if (!fifo)
+			return 0;
+		fk.seq = fifo->tail++;
+		fifo_items.update(&fk, &key);
+	}
 #endif
 	return 0;
 }
@@ -738,18 +781,62 @@ static __always_inline void read_skb(void *ctx, void *skb)
 	skbs.delete(&key);
 }
 
+#ifdef HAS_SOCK_SOCK_RECV_LENGTH
+#define UDP_BY_RING 1
+#else
+#define UDP_BY_RING 0
+#endif
+
 RAW_TRACEPOINT_PROBE(skb_copy_datagram_iovec)
 {
+	u64 key = ctx->args[0];
+	struct skb_state *st;
+
 	hit(H_COPY);
-	read_skb(ctx, (void *)ctx->args[0]);
+	if (UDP_BY_RING) {
+		st = skbs.lookup(&key);
+		if (!st || st->udp)
+			return 0;	/* UDP reads are counted at sock_recv_length */
+	}
+	read_skb(ctx, (void *)key);
 	return 0;
 }
 
 #ifdef HAS_SKB_CONSUME_SKB
 RAW_TRACEPOINT_PROBE(consume_skb)
 {
+	u64 key = ctx->args[0];
+
 	hit(H_CONSUME);
-	read_skb(ctx, (void *)ctx->args[0]);
+	if (UDP_BY_RING)
+		skbs.delete(&key);	/* freed: forget it (a UDP free may come long after the read) */
+	else
+		read_skb(ctx, (void *)key);
+	return 0;
+}
+#endif
+
+#ifdef HAS_SOCK_SOCK_RECV_LENGTH
+RAW_TRACEPOINT_PROBE(sock_recv_length)
+{
+	int ret = (int)ctx->args[1], flags = (int)ctx->args[2];
+	struct fifo_key fk = {};
+	struct sk_fifo *fifo;
+	u64 *skb;
+
+	hit(H_RECV_LENGTH);
+	if (ret < 0 || (flags & NP_MSG_PEEK))
+		return 0;
+	fk.sk = ctx->args[0];
+	fifo = fifos.lookup(&fk.sk);
+	if (!fifo || fifo->head == fifo->tail)
+		return 0;	/* not UDP, or nothing we saw enqueued */
+	fk.seq = fifo->head++;
+	skb = fifo_items.lookup(&fk);
+	if (!skb)
+		return 0;	/* evicted under pressure: skip it, stay in step */
+	read_skb(ctx, (void *)*skb);
+	fifo_items.delete(&fk);
 	return 0;
 }
 #endif

@@ -64,8 +64,9 @@ class AttachPlan:
         for c in self.available:
             if c.hookset and c.hookset.define:
                 out[c.hookset.define] = 1
-            for hook in c.attached_optional:
-                out["HAS_" + hook.replace(":", "_").upper()] = 1
+            if c.method in TP_METHODS:
+                for hook in c.hooks:
+                    out["HAS_" + hook.replace(":", "_").upper()] = 1
         return out
 
     def kprobes(self) -> list[tuple[str, str]]:

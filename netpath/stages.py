@@ -92,10 +92,14 @@ STAGES: tuple[Stage, ...] = (
             note="kprobe ip_local_deliver/ip6_input -> kprobe udp_rcv/udpv6_rcv"),
     )),
     Stage("socket_queue", 10, PER_PACKET, True, "enqueued on the socket -> read by the application", (
-        HookSet("raw_tracepoint", ("sock:sk_data_ready", "skb:skb_copy_datagram_iovec"), ("skb:consume_skb", "skb:kfree_skb"),
-                "USE_SOCKQ",
+        HookSet("raw_tracepoint", ("sock:sk_data_ready", "skb:skb_copy_datagram_iovec", "sock:sock_recv_length"),
+                ("skb:consume_skb", "skb:kfree_skb"), "USE_SOCKQ",
                 "sock:sk_data_ready (the skb at the tail of sk_receive_queue) -> first "
-                "skb:skb_copy_datagram_iovec or skb:consume_skb in the reading process"),
+                "skb:skb_copy_datagram_iovec (TCP) or sock:sock_recv_length popping the socket's FIFO (UDP)"),
+        HookSet("raw_tracepoint", ("sock:sk_data_ready", "skb:skb_copy_datagram_iovec", "skb:consume_skb"),
+                ("skb:kfree_skb",), "USE_SOCKQ",
+                "sock:sk_data_ready (the skb at the tail of sk_receive_queue) -> first "
+                "skb:skb_copy_datagram_iovec (TCP) or skb:consume_skb after the UDP copy"),
     )),
     Stage("stack_total", 11, PER_PACKET, True, "netif_receive_skb -> socket enqueue", (
         HookSet("raw_tracepoint", ("net:netif_receive_skb", "sock:sk_data_ready"), (), "USE_STACK_TOTAL",

@@ -45,7 +45,8 @@ def parse_fail_on_latency(value: str) -> LatencyThreshold:
         raise BadInput(f"bad --fail-on-latency {value!r}: unknown stage {stage!r} (one of {', '.join(STAGE_IDS)})")
     if pct.lower() not in PCTS:
         raise BadInput(f"bad --fail-on-latency {value!r}: percentile {pct!r} is not one of p50, p90, p99, max")
-    return LatencyThreshold(value, stage, pct.lower(), parse_duration(duration, f"--fail-on-latency {value!r} duration"))
+    limit = parse_duration(duration, f"--fail-on-latency {value!r} duration")
+    return LatencyThreshold(value, stage, pct.lower(), limit)
 
 
 def value_of(stage_json: dict[str, object], pct: str) -> int:

@@ -23,7 +23,7 @@ HIST_ROWS = 16384
 PROTO_NUMBERS = {"tcp": 6, "udp": 17, "icmp": 1}
 NEEDED = ("OFF_SKB_DEV", "OFF_SKB_HEAD", "OFF_SKB_DATA", "OFF_SKB_PROTOCOL", "OFF_SKB_NETWORK_HEADER",
           "OFF_SKB_SKB_IIF", "OFF_DEV_IFINDEX", "OFF_DEV_ND_NET", "OFF_NET_NS_INUM", "OFF_SK_NET",
-          "OFF_SK_RCVQ", "OFF_SK_RCVQ_PREV", "OFF_NAPI_DEV", "OFF_SK_FAMILY")
+          "OFF_SK_RCVQ", "OFF_SK_RCVQ_PREV", "OFF_NAPI_DEV", "OFF_SK_FAMILY", "OFF_SK_PROTOCOL")
 
 # enum hook in bpf/trace.c, in order; the names are what health.probe_hits reports
 HOOK_NAMES = (
@@ -31,6 +31,7 @@ HOOK_NAMES = (
     "irq:softirq_exit", "napi:napi_poll", "net:napi_gro_receive_entry", "net:napi_gro_receive_exit",
     "net:netif_rx", "net:netif_receive_skb_entry", "net:netif_receive_skb_list_entry", "net:netif_receive_skb",
     "sock:sk_data_ready", "skb:skb_copy_datagram_iovec", "skb:consume_skb", "skb:kfree_skb",
+    "sock:sock_recv_length",
     "ip_rcv", "ipv6_rcv", "ip_local_deliver", "ip6_input", "tcp_v4_rcv", "tcp_v6_rcv", "udp_rcv", "udpv6_rcv",
     "net_rx_action", "net_rx_action:return",
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Callable
 
 from rich import box
@@ -80,11 +81,11 @@ def napi_line(snap: TraceSnapshot) -> str | None:
         n = row.napi
         per = n.work / n.polls if n.polls else 0.0
         share = 100.0 * n.exhausted / n.polls if n.polls else 0.0
-        parts.append(f"napi: {n.polls:,} polls, {per:.1f} pkts/poll (max {n.max_work}) of budget "
-                     f"{n.budget or '-'}, {n.exhausted:,} exhausted ({share:.1f}%)")
+        parts.append(f"napi: {n.polls:,} polls, {per:.1f} pkts/poll (max {n.max_work}), budget "
+                     f"{n.budget or '-'}, budget used up {n.exhausted:,}x ({share:.1f}%)")
     if squeeze is not None:
         parts.append(f"softnet: time_squeeze {squeeze:,}, dropped {snap.softnet.get('dropped', 0):,}")
-    return "; ".join(parts) if parts else None
+    return "\n".join(textwrap.fill(p, 80, subsequent_indent="  ") for p in parts) if parts else None
 
 
 def unavailable_lines(unavailable: list[dict[str, str]]) -> list[str]:
@@ -92,7 +93,10 @@ def unavailable_lines(unavailable: list[dict[str, str]]) -> list[str]:
     for item in unavailable:
         reason = item["reason"].split(": ", 1)[-1]
         by_reason.setdefault(reason, []).append(item["stage"])
-    return [f"not attached: {', '.join(stages)} ({reason})" for reason, stages in by_reason.items()]
+    out: list[str] = []
+    for reason, stages in by_reason.items():
+        out.extend(textwrap.wrap(f"not attached: {', '.join(stages)} ({reason})", 80, subsequent_indent="  "))
+    return out
 
 
 def trace_table(snap: TraceSnapshot, title: str, names: Names, per_iface: bool, per_cpu: bool,

@@ -1,0 +1,126 @@
+"""netpath trace against real traffic in namespaces these tests create (10.201.x.x only)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+from netpath_testlib import NetpathRun, run_netpath, send_udp, veth_namespace
+
+RECEIVER = """
+import select, socket, sys, time
+addr, port, n, delay = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((addr, port))
+print("ready", flush=True)
+got = 0
+while got < n:
+    r, _, _ = select.select([s], [], [], 30)
+    if not r:
+        break
+    time.sleep(delay)          # the datagram waits on the socket queue for `delay`
+    s.recv(2048)
+    got += 1
+print("got", got, flush=True)
+"""
+
+
+def _stage(record: dict, stage: str) -> dict:
+    return next(s for s in record["stages"] if s["stage"] == stage)
+
+
+def _start_receiver(pair, port: int, n: int, delay_s: float) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", pair.ns, sys.executable, "-c", RECEIVER, pair.ns_addr, str(port), str(n),
+         str(delay_s)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def _send_spaced(addr: str, port: int, n: int, gap_s: float) -> None:
+    for _ in range(n):
+        send_udp(addr, port, 1)
+        time.sleep(gap_s)
+
+
+@pytest.mark.parametrize("delay_ms", [20, 100])
+def test_socket_queue_measures_the_application_delay(delay_ms: int) -> None:
+    n, port = 10, 40000 + delay_ms
+    with veth_namespace("nptq") as pair:
+        run = NetpathRun(["trace", "--json", "--interval", "1", "--proto", "udp", "--port", str(port)])
+        run.wait_start()
+        receiver = _start_receiver(pair, port, n, delay_ms / 1000)
+        _send_spaced(pair.ns_addr, port, n, delay_ms / 1000 + 0.04)
+        receiver.communicate(timeout=60)
+        time.sleep(1.2)
+        run.proc.send_signal(2)
+        rc, records, err = run.finish()
+    assert rc == 0, err
+    summary = run.summary()
+    assert summary["stop_reason"] == "SIGINT"
+    sq = _stage(summary, "socket_queue")
+    assert sq["count"] == n
+    assert abs(sq["p50_ns"] - delay_ms * 1e6) <= 0.2 * delay_ms * 1e6, sq
+    assert sq["method"] == "raw_tracepoint"
+
+
+def test_stage_counts_equal_datagrams_on_a_veth() -> None:
+    n, port = 50, 40555
+    with veth_namespace("nptc") as pair:
+        run = NetpathRun(["trace", "--json", "--interval", "1", "--port", str(port), "--per-iface"])
+        start = run.wait_start()
+        receiver = _start_receiver(pair, port, n, 0.0)
+        send_udp(pair.ns_addr, port, n)
+        receiver.communicate(timeout=30)
+        time.sleep(1.2)
+        run.proc.send_signal(15)
+        rc, records, err = run.finish()
+    assert rc == 0, err
+    assert {u["stage"] for u in start["unavailable"]} <= {"ip_rcv", "ip_local_deliver", "tcp_v4_rcv", "udp_rcv"}
+    summary = run.summary()
+    assert summary["stop_reason"] == "SIGTERM"
+    for stage in ("netif_receive_skb", "stack_total", "socket_queue"):
+        assert _stage(summary, stage)["count"] == n, (stage, _stage(summary, stage))
+    parts = _stage(summary, "socket_queue")["breakdown"]
+    assert [p["iface"] for p in parts] == [pair.ns_if]
+    intervals = [r for r in records if r["type"] == "interval"]
+    assert sum(_stage(r, "socket_queue")["count"] for r in intervals) == n
+    assert summary["health"]["probe_hits"]["net:netif_receive_skb"] >= n
+
+
+def test_slower_streams_slow_packets_and_fail_on_latency_exits_1() -> None:
+    port = 40777
+    with veth_namespace("nptw") as pair:
+        run = NetpathRun(["trace", "--json", "--interval", "0.5", "--port", str(port), "--slower", "10ms",
+                          "--fail-on-latency", "socket_queue:p50:5ms"])
+        run.wait_start()
+        receiver = _start_receiver(pair, port, 3, 0.03)
+        _send_spaced(pair.ns_addr, port, 3, 0.06)
+        receiver.communicate(timeout=30)
+        time.sleep(1.0)
+        run.proc.send_signal(2)
+        rc, records, err = run.finish()
+    assert rc == 1, err
+    slow = [r for r in records if r["type"] == "slow"]
+    assert len(slow) == 3
+    assert all(s["dport"] == port and s["proto"] == "udp" and s["stages_ns"]["socket_queue"] > 10_000_000
+               for s in slow)
+    assert all(s["comm"] == "python3" or s["comm"].startswith("python") for s in slow)
+    assert run.summary()["threshold"][0]["crossed"] is True
+
+
+def test_bad_fail_on_latency_is_exit_2_with_one_line() -> None:
+    proc = run_netpath("trace", "--fail-on-latency", "socket_queue:p42:10ms")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0
+    assert "p42" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_plain_output_fits_80_columns() -> None:
+    proc = run_netpath("trace", "--duration", "1.5", "--interval", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert "STAGE" in proc.stdout and "socket_queue" in proc.stdout
+    assert max(len(line) for line in proc.stdout.splitlines()) <= 80

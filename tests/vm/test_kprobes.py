@@ -27,7 +27,7 @@ class Counts:
         for i, p in enumerate(PROBES):
             for sym in self.symbols[p]:
                 self.bpf.attach_kprobe(event=sym.encode(), fn_name=f"hit_{i}".encode())
-        self.table = self.bpf["counts"]
+        self.table = self.bpf[b"counts"]
 
     def clear(self) -> None:
         for i in range(len(PROBES)):

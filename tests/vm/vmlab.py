@@ -21,15 +21,14 @@ from pathlib import Path
 
 IN_VM = os.environ.get("NETPATH_VM") == "1"
 SKIP_REASON = (
-    "VM tier: runs only inside the kernel lab guest (NETPATH_VM=1 is set by vm/run.sh); "
-    "run `make -f mk/vm.mk test-vm`"
+    "VM tier: runs only inside the kernel lab guest (NETPATH_VM=1 is set by vm/run.sh); run `make -f mk/vm.mk test-vm`"
 )
 
 _SUFFIX = re.compile(r"^(?:\.(?:isra|constprop|part)\.\d+)+$")
 
 
 def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    res = subprocess.run(["ip", *args], capture_output=True, text=True)
+    res = subprocess.run(["ip", *args], check=False, capture_output=True, text=True)
     if check and res.returncode != 0:
         raise RuntimeError(f"ip {' '.join(args)}: {res.stderr.strip()}")
     return res
@@ -46,7 +45,7 @@ def _kallsyms_text() -> dict[str, list[str]]:
                 continue
             name = parts[2]
             base = name.split(".", 1)[0]
-            if base != name and not _SUFFIX.match(name[len(base):]):
+            if base != name and not _SUFFIX.match(name[len(base) :]):
                 continue
             out.setdefault(base, []).append(name)
     return out
@@ -86,8 +85,10 @@ class NetnsPair:
     def cmd(self, ns: str, argv: list[str]) -> list[str]:
         return ["ip", "netns", "exec", ns, *argv]
 
-    def run(self, ns: str, argv: list[str], timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
-        res = subprocess.run(self.cmd(ns, argv), capture_output=True, text=True, timeout=timeout)
+    def run(
+        self, ns: str, argv: list[str], timeout: float = 120, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        res = subprocess.run(self.cmd(ns, argv), check=False, capture_output=True, text=True, timeout=timeout)
         if check and res.returncode != 0:
             raise AssertionError(f"{argv} in {ns} exited {res.returncode}: {res.stderr.strip()}")
         return res
@@ -111,8 +112,9 @@ def netns_pair(subnet: int | None = None) -> Iterator[NetnsPair]:
     the neighbour entries are static so no ARP round trip precedes the first packet."""
     tag = uuid.uuid4().hex[:6]
     n = subnet if subnet is not None else int(tag[:2], 16)
-    pair = NetnsPair(a=f"npa{tag}", b=f"npb{tag}", if_a=f"va{tag}", if_b=f"vb{tag}",
-                     addr_a=f"10.200.{n}.1", addr_b=f"10.200.{n}.2")
+    pair = NetnsPair(
+        a=f"npa{tag}", b=f"npb{tag}", if_a=f"va{tag}", if_b=f"vb{tag}", addr_a=f"10.200.{n}.1", addr_b=f"10.200.{n}.2"
+    )
     ip("netns", "add", pair.a)
     try:
         ip("netns", "add", pair.b)
@@ -176,7 +178,8 @@ class UdpSink:
         line = self.proc.stdout.readline() if ready else ""
         if line.strip() != "ready":
             self.proc.kill()
-            raise AssertionError(f"UDP sink did not start: {line!r} {self.proc.stderr.read() if self.proc.stderr else ''}")
+            err = self.proc.stderr.read() if self.proc.stderr else ""
+            raise AssertionError(f"UDP sink did not start: {line!r} {err}")
 
     def wait(self, timeout: float = 180) -> int:
         out, err = self.proc.communicate(timeout=timeout)

@@ -66,6 +66,7 @@ enum hook {
 	H_KP_UDP6,
 	H_KP_NET_RX,
 	H_KR_NET_RX,
+	H_KP_DATA_READY,
 	H_LOST_ROWS,	/* histogram map full */
 	H_LOST_SKBS,	/* per-skb map update failed */
 	H_SLOW,		/* slow events sent */
@@ -652,9 +653,8 @@ int kp_udpv6_rcv(void *ctx)
 
 /* --- socket: enqueue (sk_data_ready, tail of sk_receive_queue) -> read --- */
 #if defined(USE_SOCKQ) || defined(USE_STACK_TOTAL)
-RAW_TRACEPOINT_PROBE(sk_data_ready)
+static __always_inline int on_data_ready(void *sk)
 {
-	void *sk = (void *)ctx->args[0];
 	void *skb = NULL, *net = NULL;
 	u64 key, now;
 	struct skb_state *st, fresh = {};
@@ -662,7 +662,6 @@ RAW_TRACEPOINT_PROBE(sk_data_ready)
 	u16 nh = NP_UNSET_HEADER, sk_proto = 0, family = 0;
 	u32 udp;
 
-	hit(H_DATA_READY);
 	NP_READ(family, sk, OFF_SK_FAMILY);
 	if (family != NP_AF_INET && family != NP_AF_INET6)
 		return 0;	/* unix, netlink, ...: not the IP receive path */
@@ -723,6 +722,20 @@ queued:
 #endif
 	return 0;
 }
+
+#ifdef USE_KP_DATA_READY
+int kp_sock_def_readable(void *ctx)
+{
+	hit(H_KP_DATA_READY);
+	return on_data_ready((void *)KP_ARG0(ctx));
+}
+#else
+RAW_TRACEPOINT_PROBE(sk_data_ready)
+{
+	hit(H_DATA_READY);
+	return on_data_ready((void *)ctx->args[0]);
+}
+#endif
 #endif
 
 #ifdef USE_SOCKQ

@@ -41,7 +41,9 @@ class Choice:
 
     @property
     def hooks(self) -> tuple[str, ...]:
-        return self.hookset.required + self.attached_optional if self.hookset else ()
+        if self.hookset is None:
+            return ()
+        return self.hookset.required + self.attached_optional + self.hookset.tracepoints
 
 
 @dataclass(frozen=True)
@@ -62,10 +64,11 @@ class AttachPlan:
     def defines(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for c in self.available:
-            if c.hookset and c.hookset.define:
-                out[c.hookset.define] = 1
-            if c.method in TP_METHODS:
-                for hook in c.hooks:
+            if c.hookset:
+                for name in c.hookset.defines:
+                    out[name] = 1
+            for hook in c.hooks:
+                if ":" in hook:  # a tracepoint
                     out["HAS_" + hook.replace(":", "_").upper()] = 1
         return out
 
@@ -75,16 +78,16 @@ class AttachPlan:
         for c in self.available:
             if c.method == "kprobe":
                 for hook in c.hooks:
-                    seen[hook] = c.symbols[hook]
+                    if hook in c.symbols:
+                        seen[hook] = c.symbols[hook]
         return list(seen.items())
 
     def tracepoints(self) -> list[str]:
         seen: list[str] = []
         for c in self.available:
-            if c.method in TP_METHODS:
-                for hook in c.hooks:
-                    if hook not in seen:
-                        seen.append(hook)
+            for hook in c.hooks:
+                if ":" in hook and hook not in seen:
+                    seen.append(hook)
         return seen
 
 
@@ -101,6 +104,9 @@ def _try(hs: HookSet, facts: KernelFacts) -> tuple[bool, str, dict[str, str], tu
     if hs.method == "kprobe":
         if not facts.has_kprobes:
             return False, f"kprobe {hs.required[0]}: {facts.kprobe_reason}", {}, ()
+        missing = [h for h in hs.tracepoints if not facts.has_tracepoint(h)]
+        if missing:
+            return False, f"tracepoint {', '.join(missing)} not on this kernel", {}, ()
         symbols: dict[str, str] = {}
         for hook in hs.required:
             sym = facts.kallsyms.resolve(hook)

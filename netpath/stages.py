@@ -20,12 +20,17 @@ class HookSet:
     method: str  # raw_tracepoint, tracepoint, fentry, kprobe
     required: tuple[str, ...]
     optional: tuple[str, ...] = ()
-    define: str = ""  # the -D flag that compiles this variant into bpf/trace.c
+    define: str = ""  # the -D flags (comma-separated) that compile this variant into bpf/trace.c
     note: str = ""  # how the stage is measured with this hook set
+    tracepoints: tuple[str, ...] = ()  # tracepoints a kprobe set also needs
 
     @property
     def hooks(self) -> tuple[str, ...]:
-        return self.required + self.optional
+        return self.required + self.optional + self.tracepoints
+
+    @property
+    def defines(self) -> tuple[str, ...]:
+        return tuple(d for d in self.define.split(",") if d)
 
 
 @dataclass(frozen=True)
@@ -100,10 +105,16 @@ STAGES: tuple[Stage, ...] = (
                 ("skb:kfree_skb",), "USE_SOCKQ",
                 "sock:sk_data_ready (the skb at the tail of sk_receive_queue) -> first "
                 "skb:skb_copy_datagram_iovec (TCP) or skb:consume_skb after the UDP copy"),
+        HookSet("kprobe", ("sock_def_readable",), (), "USE_SOCKQ,USE_KP_DATA_READY",
+                "kprobe sock_def_readable (the skb at the tail of sk_receive_queue) -> first "
+                "skb:skb_copy_datagram_iovec (TCP) or skb:consume_skb after the UDP copy",
+                ("skb:skb_copy_datagram_iovec", "skb:consume_skb")),
     )),
     Stage("stack_total", 11, PER_PACKET, True, "netif_receive_skb -> socket enqueue", (
         HookSet("raw_tracepoint", ("net:netif_receive_skb", "sock:sk_data_ready"), (), "USE_STACK_TOTAL",
                 "net:netif_receive_skb -> sock:sk_data_ready for the same skb"),
+        HookSet("kprobe", ("sock_def_readable",), (), "USE_STACK_TOTAL,USE_KP_DATA_READY",
+                "net:netif_receive_skb -> kprobe sock_def_readable for the same skb", ("net:netif_receive_skb",)),
     )),
 )
 

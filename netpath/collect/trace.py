@@ -33,7 +33,7 @@ HOOK_NAMES = (
     "sock:sk_data_ready", "skb:skb_copy_datagram_iovec", "skb:consume_skb", "skb:kfree_skb",
     "sock:sock_recv_length",
     "ip_rcv", "ipv6_rcv", "ip_local_deliver", "ip6_input", "tcp_v4_rcv", "tcp_v6_rcv", "udp_rcv", "udpv6_rcv",
-    "net_rx_action", "net_rx_action:return",
+    "net_rx_action", "net_rx_action:return", "sock_def_readable",
 )
 STAT_NAMES = ("lost_rows", "lost_skbs", "slow_sent")
 KPROBE_FNS: dict[str, list[tuple[str, str]]] = {
@@ -46,6 +46,7 @@ KPROBE_FNS: dict[str, list[tuple[str, str]]] = {
     "udp_rcv": [("entry", "kp_udp_rcv")],
     "udpv6_rcv": [("entry", "kp_udpv6_rcv")],
     "net_rx_action": [("entry", "kp_net_rx_action"), ("return", "kr_net_rx_action")],
+    "sock_def_readable": [("entry", "kp_sock_def_readable")],
 }
 PER_SKB_DEFINES = ("USE_CORE", "USE_STACK_TOTAL", "USE_SOCKQ", "USE_KP_IP_RCV", "USE_KP_IP_LOCAL", "USE_KP_TCP",
                    "USE_KP_UDP")

@@ -145,7 +145,7 @@ def plain_lines(snap: TraceSnapshot, title: str, names: Names, per_iface: bool, 
             add(_part_label(key, names, per_iface, per_cpu), "", dist)
     line = napi_line(snap)
     if line:
-        lines.append(line)
+        lines.extend(line.splitlines())
     lines.extend(unavailable_lines(snap.unavailable))
     lines.extend(health_lines(snap))
     if hist_stage:

@@ -57,7 +57,7 @@ def test_socket_queue_measures_the_application_delay(delay_ms: int) -> None:
         receiver.communicate(timeout=60)
         time.sleep(1.2)
         run.proc.send_signal(2)
-        rc, records, err = run.finish()
+        rc, _records, err = run.finish()
     assert rc == 0, err
     summary = run.summary()
     assert summary["stop_reason"] == "SIGINT"

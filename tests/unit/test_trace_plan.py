@@ -1,0 +1,127 @@
+"""The attach plan is a pure function of kernel facts: fixture kernel trees, no root."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from netpath.collect import trace as trace_mod
+from netpath.kernel.facts import KernelFacts
+from netpath.plan import make_plan, probe_rows
+from netpath.stages import STAGE_IDS, STAGES, UNFILTERED
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+KPROBE_STAGES = {"ip_rcv", "ip_local_deliver", "tcp_v4_rcv", "udp_rcv"}
+REPO = Path(__file__).resolve().parent.parent.parent
+
+
+def facts(name: str) -> KernelFacts:
+    root = FIXTURES / name
+    if not root.is_dir():
+        pytest.skip(f"fixture {name} not present")
+    return KernelFacts.load(root)
+
+
+def test_stage_order_is_the_receive_path() -> None:
+    assert STAGE_IDS == ("hardirq", "softirq_wait", "net_rx_action", "napi_poll", "gro", "netif_receive_skb",
+                         "ip_rcv", "ip_local_deliver", "tcp_v4_rcv", "udp_rcv", "socket_queue", "stack_total")
+    assert [s.index for s in STAGES] == list(range(len(STAGES)))
+    assert set(UNFILTERED) == {"hardirq", "softirq_wait", "net_rx_action", "napi_poll"}
+
+
+def test_618_tracepoint_stages_attach_and_kprobe_stages_say_why_not() -> None:
+    rows = {r["stage"]: r for r in probe_rows(facts("6.18"))}
+    assert list(rows) == list(STAGE_IDS)
+    for stage, row in rows.items():
+        assert set(row) == {"stage", "hook", "method", "available", "reason"}
+        if stage in KPROBE_STAGES:
+            assert row["available"] is False and row["method"] is None
+            assert "CONFIG_KPROBES" in str(row["reason"])
+        else:
+            assert row["available"] is True, row
+            assert row["method"] == "raw_tracepoint"
+    assert "sock:sock_recv_length" in str(rows["socket_queue"]["hook"])
+
+
+def test_61_uses_kprobes_and_clone_symbols() -> None:
+    plan = make_plan(facts("trace-6.1"))
+    for stage in KPROBE_STAGES:
+        assert plan.choice(stage).method == "kprobe", plan.choice(stage).reason
+    tcp = plan.choice("tcp_v4_rcv")
+    assert tcp.symbols == {"tcp_v4_rcv": "tcp_v4_rcv", "tcp_v6_rcv": "tcp_v6_rcv.isra.0"}
+    assert "tcp_v6_rcv as tcp_v6_rcv.isra.0" in tcp.reason
+    # no sock:sk_data_ready on 6.1: socket_queue and stack_total fall back to a kprobe on sock_def_readable
+    sq = plan.choice("socket_queue")
+    assert sq.method == "kprobe" and sq.symbols == {"sock_def_readable": "sock_def_readable"}
+    assert "skb:consume_skb" in sq.hooks
+    assert dict(plan.kprobes())["tcp_v6_rcv"] == "tcp_v6_rcv.isra.0"
+    defines = plan.defines()
+    assert defines["USE_KP_DATA_READY"] == 1 and defines["USE_SOCKQ"] == 1
+    assert "HAS_SOCK_SOCK_RECV_LENGTH" not in defines
+    # net_rx_action keeps the softirq tracepoints even where kprobes exist
+    assert plan.choice("net_rx_action").method == "raw_tracepoint"
+
+
+def test_612_prefers_tracepoints_for_the_socket() -> None:
+    plan = make_plan(facts("trace-6.12"))
+    assert plan.choice("socket_queue").method == "raw_tracepoint"
+    assert plan.defines()["HAS_SOCK_SOCK_RECV_LENGTH"] == 1
+    assert plan.choice("ip_rcv").method == "kprobe"
+    assert plan.choice("udp_rcv").symbols == {"udp_rcv": "udp_rcv"}  # udpv6_rcv absent: optional
+
+
+def test_no_tracepoints_no_kprobes_everything_has_a_reason() -> None:
+    rows = probe_rows(facts("trace-notp"))
+    assert all(r["available"] is False and r["reason"] for r in rows)
+    assert "not on this kernel" in str(rows[1]["reason"])
+
+
+def test_program_source_takes_numbers_only() -> None:
+    import ipaddress
+
+    plan = make_plan(facts("trace-6.1"))
+    offsets = {name: 8 for name in trace_mod.NEEDED}
+    query = trace_mod.TraceQuery(proto="udp", port=5353, host=ipaddress.ip_address("10.201.1.2"), per_iface=True,
+                                 slower_ns=5_000_000)
+    src = trace_mod.program_source(query, plan, offsets)
+    assert src.files == ["trace.c"]
+    assert all(isinstance(v, int) for v in src.defines.values())
+    assert src.defines["FILTER_PORT"] == 5353 and src.defines["FILTER_PROTO"] == 17
+    assert src.defines["FILTER_HOST_W0"] == int.from_bytes(bytes([10, 201, 1, 2]), "little")
+    assert src.defines["SLOWER_NS"] == 5_000_000 and src.defines["TRACK_SKBS"] == 1
+    assert all(flag.startswith(("-I", "-D")) for flag in src.cflags())
+
+
+def test_program_source_names_missing_btf_fields() -> None:
+    from netpath.errors import MissingCapability
+
+    with pytest.raises(MissingCapability, match="OFF_SK_RCVQ_PREV"):
+        trace_mod.program_source(trace_mod.TraceQuery(), make_plan(facts("trace-6.1")),
+                                 {n: 8 for n in trace_mod.NEEDED if n != "OFF_SK_RCVQ_PREV"})
+
+
+def _enum(text: str, name: str) -> list[str]:
+    body = re.search(rf"enum {name} \{{(.*?)\}};", text, re.S)
+    assert body
+    return [line.strip().rstrip(",").split()[0] for line in body.group(1).splitlines()
+            if line.strip() and not line.strip().startswith("/*")]
+
+
+def test_c_enums_match_python_tables() -> None:
+    text = (REPO / "bpf" / "trace.c").read_text()
+    hooks = _enum(text, "hook")
+    assert len(hooks) == len(trace_mod.HOOK_NAMES) + len(trace_mod.STAT_NAMES) + 1  # + H_MAX
+    stages = _enum(text, "stage")
+    assert len(stages) == len(STAGES)
+
+
+def test_nic_irqs_from_proc_interrupts() -> None:
+    text = (" 38:          0       6303 PCI-MSIX-0000:00:03.0   1-edge      virtio2-input.0\n"
+            " 39:       4780          0 PCI-MSIX-0000:00:03.0   2-edge      virtio2-output.0\n"
+            " 50:          1          2 IR-PCI-MSI 524288-edge      ens5-TxRx-0\n"
+            " 51:          1          2 IR-PCI-MSI 524289-edge      ens55-TxRx-0\n"
+            "LOC:      76078      84336   Local timer interrupts\n")
+    devices = {"eth0": (2, "virtio2"), "ens5": (3, "0000:00:05.0")}
+    assert trace_mod.nic_irqs(text, devices) == {38: 2, 50: 3}

@@ -1,0 +1,72 @@
+"""netpath trace on the lab kernels (Debian 6.1 / 6.12, kprobes on): the kprobe-only stages
+(ip_rcv, ip_local_deliver, udp_rcv, tcp_v4_rcv) attach and count real traffic between two
+namespaces the test creates. Runs only inside the lab guest (tests/vm/conftest.py)."""
+
+from __future__ import annotations
+
+import time
+
+import vmlab
+from netpath_testlib import NetpathRun
+
+KPROBE_STAGES = ("ip_rcv", "ip_local_deliver", "udp_rcv", "tcp_v4_rcv")
+
+
+def _stage(record: dict, stage: str) -> dict:
+    return next(s for s in record["stages"] if s["stage"] == stage)
+
+
+def _trace(*args: str) -> NetpathRun:
+    run = NetpathRun(["trace", "--json", "--interval", "1", *args])
+    run.wait_start(timeout=300)  # TCG: compiling and attaching is ~20x slower
+    return run
+
+
+def _stop(run: NetpathRun) -> dict:
+    time.sleep(2)
+    run.proc.send_signal(2)
+    rc, _records, err = run.finish(timeout=300)
+    assert rc == 0, err
+    return run.summary()
+
+
+def test_kprobe_stages_are_planned_and_attached(lab_kernel) -> None:
+    run = _trace("--port", "5999")
+    start = run.records[-1]
+    summary = _stop(run)
+    unavailable = {u["stage"] for u in start["unavailable"]}
+    assert not unavailable & set(KPROBE_STAGES), start["unavailable"]
+    attached = {a["hook"].split(".")[0] for a in start["attached"] if a["method"] == "kprobe"}
+    assert {"ip_rcv", "ip_local_deliver", "udp_rcv", "tcp_v4_rcv"} <= attached, start["attached"]
+    for stage in KPROBE_STAGES:
+        assert _stage(summary, stage)["method"] == "kprobe"
+
+
+def test_udp_counts_equal_datagrams_at_every_kprobe_stage(netns_pair) -> None:
+    n, port = 200, 5101
+    p = netns_pair
+    run = _trace("--proto", "udp", "--port", str(port))
+    sink = vmlab.UdpSink(p, p.b, p.addr_b, port, want=n, timeout=120)
+    vmlab.send_udp(p, p.a, p.addr_b, port, n)
+    assert sink.wait() == n
+    summary = _stop(run)
+    for stage in ("netif_receive_skb", "ip_rcv", "ip_local_deliver", "udp_rcv", "stack_total", "socket_queue"):
+        row = _stage(summary, stage)
+        assert row["count"] == n, (stage, row)
+        assert row["p50_ns"] > 0 and row["max_ns"] >= row["p99_ns"] >= row["p50_ns"]
+    assert _stage(summary, "tcp_v4_rcv")["count"] == 0
+    assert summary["health"]["probe_hits"].get("ip_rcv", 0) >= n
+
+
+def test_tcp_segments_reach_tcp_v4_rcv(netns_pair) -> None:
+    port = 5102
+    p = netns_pair
+    run = _trace("--proto", "tcp", "--port", str(port))
+    got = vmlab.tcp_transfer(p, p.b, p.addr_b, port, p.a, 1 << 20)
+    assert got == 1 << 20
+    summary = _stop(run)
+    tcp = _stage(summary, "tcp_v4_rcv")
+    assert tcp["count"] > 0 and tcp["method"] == "kprobe"
+    assert _stage(summary, "ip_local_deliver")["count"] >= tcp["count"]
+    assert _stage(summary, "udp_rcv")["count"] == 0
+    assert _stage(summary, "socket_queue")["count"] > 0

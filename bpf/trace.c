@@ -22,7 +22,7 @@
 #define NP_MSG_PEEK	2
 #define MAX_SLOT	0xffff
 
-enum stage {
+enum np_stage {
 	STAGE_HARDIRQ,
 	STAGE_SOFTIRQ_WAIT,
 	STAGE_NET_RX_ACTION,
@@ -38,7 +38,7 @@ enum stage {
 };
 
 /* per-hook hit counters, HOOK_NAMES in netpath/collect/trace.py */
-enum hook {
+enum np_hook {
 	H_IRQ_ENTRY,
 	H_IRQ_EXIT,
 	H_SOFTIRQ_RAISE,
@@ -74,7 +74,7 @@ enum hook {
 };
 
 /* checkpoints of one skb */
-enum cp {
+enum np_cp {
 	CP_HANDOFF,
 	CP_CORE,
 	CP_IPRCV,
@@ -83,7 +83,7 @@ enum cp {
 	CP_MAX,
 };
 
-struct hist_key {
+struct np_hist_key {
 	u16 stage;
 	u16 slot;
 	u32 ifindex;
@@ -91,7 +91,7 @@ struct hist_key {
 	u32 cpu;
 };
 
-struct skb_state {
+struct np_skb_state {
 	u64 t[CP_MAX];
 	u32 ifindex;
 	u32 netns;
@@ -105,17 +105,17 @@ struct skb_state {
  * popping the oldest skb this socket had enqueued (datagrams are FIFO):
  * per socket a head/tail sequence, per (socket, sequence) the skb.
  */
-struct sk_fifo {
+struct np_sk_fifo {
 	u64 head;
 	u64 tail;
 };
 
-struct fifo_key {
+struct np_fifo_key {
 	u64 sk;
 	u64 seq;
 };
 
-struct cpu_state {
+struct np_cpu_state {
 	u64 irq_start;
 	u64 raise_ts;
 	u64 netrx_start;
@@ -129,13 +129,13 @@ struct cpu_state {
 	u32 gro_match;
 };
 
-struct napi_key {
+struct np_napi_key {
 	u32 ifindex;
 	u32 netns;
 	u32 cpu;
 };
 
-struct napi_val {
+struct np_napi_val {
 	u64 polls;
 	u64 work;
 	u64 exhausted;
@@ -143,7 +143,7 @@ struct napi_val {
 	u64 max_work;
 };
 
-struct slow_event {
+struct np_slow_event {
 	u64 ts_ns;
 	u64 stage_ns[6];	/* netif_receive_skb, ip_rcv, ip_local_deliver, l4, stack_total, socket_queue */
 	u32 cpu;
@@ -160,15 +160,15 @@ struct slow_event {
 	char comm[16];
 };
 
-BPF_PERCPU_HASH(hist, struct hist_key, u64, HIST_ROWS);
+BPF_PERCPU_HASH(hist, struct np_hist_key, u64, HIST_ROWS);
 BPF_PERCPU_ARRAY(hits, u64, H_MAX);
-BPF_PERCPU_ARRAY(cpustate, struct cpu_state, 1);
-BPF_TABLE("lru_hash", u64, struct skb_state, skbs, MAX_SKBS);
-BPF_PERCPU_HASH(napi, struct napi_key, struct napi_val, 1024);
+BPF_PERCPU_ARRAY(cpustate, struct np_cpu_state, 1);
+BPF_TABLE("lru_hash", u64, struct np_skb_state, skbs, MAX_SKBS);
+BPF_PERCPU_HASH(napi_stats, struct np_napi_key, struct np_napi_val, 1024);
 BPF_HASH(nic_irqs, u32, u32, 256);	/* irq -> ifindex, filled by netpath */
 #ifdef HAS_SOCK_SOCK_RECV_LENGTH
-BPF_TABLE("lru_hash", u64, struct sk_fifo, fifos, 8192);
-BPF_TABLE("lru_hash", struct fifo_key, u64, fifo_items, MAX_SKBS);
+BPF_TABLE("lru_hash", u64, struct np_sk_fifo, fifos, 8192);
+BPF_TABLE("lru_hash", struct np_fifo_key, u64, fifo_items, MAX_SKBS);
 #endif
 
 #ifdef FILTER_IFACE
@@ -179,7 +179,7 @@ BPF_HASH(iface_filter, u64, u8, 64);	/* netns inode << 32 | ifindex */
 BPF_PERF_OUTPUT(slow);
 #endif
 
-static __always_inline void hit(int idx)
+static __always_inline void np_hit(int idx)
 {
 	u64 *v = hits.lookup(&idx);
 
@@ -211,9 +211,9 @@ static __always_inline u16 np_slot(u64 v)
 	return (l - 2) * 8 + ((v >> (l - 3)) & 7);
 }
 
-static __always_inline void record(u32 stage, u64 delta, u32 ifindex, u32 netns)
+static __always_inline void np_record(u32 stage, u64 delta, u32 ifindex, u32 netns)
 {
-	struct hist_key k = {};
+	struct np_hist_key k = {};
 	u64 zero = 0, *v;
 
 	k.stage = stage;
@@ -227,7 +227,7 @@ static __always_inline void record(u32 stage, u64 delta, u32 ifindex, u32 netns)
 #endif
 	v = hist.lookup_or_try_init(&k, &zero);
 	if (!v) {
-		hit(H_LOST_ROWS);
+		np_hit(H_LOST_ROWS);
 		return;
 	}
 	*v += 1;
@@ -237,7 +237,7 @@ static __always_inline void record(u32 stage, u64 delta, u32 ifindex, u32 netns)
 		*v = delta;
 }
 
-static __always_inline struct cpu_state *cpu_state(void)
+static __always_inline struct np_cpu_state *np_cpu(void)
 {
 	int zero = 0;
 
@@ -246,7 +246,7 @@ static __always_inline struct cpu_state *cpu_state(void)
 
 /* --- filters: netns/iface from the device, flow from the headers --- */
 
-static __always_inline int passes_flow(void *skb, unsigned char *head, u32 nh)
+static __always_inline int np_passes_flow(void *skb, unsigned char *head, u32 nh)
 {
 #if defined(FILTER_PROTO) || defined(FILTER_PORT) || defined(FILTER_HOST_FAMILY)
 	struct np_flow flow = {};
@@ -258,7 +258,7 @@ static __always_inline int passes_flow(void *skb, unsigned char *head, u32 nh)
 #endif
 }
 
-static __always_inline int passes_where(u32 netns, u32 ifindex)
+static __always_inline int np_passes_where(u32 netns, u32 ifindex)
 {
 #ifdef FILTER_NETNS
 	if (netns != FILTER_NETNS)
@@ -274,7 +274,7 @@ static __always_inline int passes_where(u32 netns, u32 ifindex)
 }
 
 /* Before the stack sets network_header: skb->data is the L3 header. */
-static __always_inline int rx_skb_passes(void *skb, u32 *ifindex, u32 *netns)
+static __always_inline int np_rx_skb_passes(void *skb, u32 *ifindex, u32 *netns)
 {
 	void *dev = NULL;
 	unsigned char *head = NULL, *data = NULL;
@@ -282,12 +282,12 @@ static __always_inline int rx_skb_passes(void *skb, u32 *ifindex, u32 *netns)
 	*netns = np_skb_netns(skb, &dev);
 	if (dev)
 		NP_READ(*ifindex, dev, OFF_DEV_IFINDEX);
-	if (!passes_where(*netns, *ifindex))
+	if (!np_passes_where(*netns, *ifindex))
 		return 0;
 #if defined(FILTER_PROTO) || defined(FILTER_PORT) || defined(FILTER_HOST_FAMILY)
 	NP_READ(head, skb, OFF_SKB_HEAD);
 	NP_READ(data, skb, OFF_SKB_DATA);
-	return passes_flow(skb, head, (u32)(data - head));
+	return np_passes_flow(skb, head, (u32)(data - head));
 #else
 	return 1;
 #endif
@@ -299,13 +299,13 @@ RAW_TRACEPOINT_PROBE(irq_handler_entry)
 {
 	u32 irq = (u32)ctx->args[0];
 	u32 *ifindex;
-	struct cpu_state *c;
+	struct np_cpu_state *c;
 
-	hit(H_IRQ_ENTRY);
+	np_hit(H_IRQ_ENTRY);
 	ifindex = nic_irqs.lookup(&irq);
 	if (!ifindex)
 		return 0;
-	c = cpu_state();
+	c = np_cpu();
 	if (!c)
 		return 0;
 	c->irq = irq;
@@ -317,13 +317,13 @@ RAW_TRACEPOINT_PROBE(irq_handler_entry)
 RAW_TRACEPOINT_PROBE(irq_handler_exit)
 {
 	u32 irq = (u32)ctx->args[0];
-	struct cpu_state *c;
+	struct np_cpu_state *c;
 
-	hit(H_IRQ_EXIT);
-	c = cpu_state();
+	np_hit(H_IRQ_EXIT);
+	c = np_cpu();
 	if (!c || !c->irq_start || c->irq != irq)
 		return 0;
-	record(STAGE_HARDIRQ, bpf_ktime_get_ns() - c->irq_start, c->irq_ifindex, 0);
+	np_record(STAGE_HARDIRQ, bpf_ktime_get_ns() - c->irq_start, c->irq_ifindex, 0);
 	c->irq_start = 0;
 	return 0;
 }
@@ -333,12 +333,12 @@ RAW_TRACEPOINT_PROBE(irq_handler_exit)
 #ifdef USE_SOFTIRQ_WAIT
 RAW_TRACEPOINT_PROBE(softirq_raise)
 {
-	struct cpu_state *c;
+	struct np_cpu_state *c;
 
-	hit(H_SOFTIRQ_RAISE);
+	np_hit(H_SOFTIRQ_RAISE);
 	if ((u32)ctx->args[0] != NET_RX_VEC)
 		return 0;
-	c = cpu_state();
+	c = np_cpu();
 	if (c && !c->raise_ts)
 		c->raise_ts = bpf_ktime_get_ns();
 	return 0;
@@ -348,19 +348,19 @@ RAW_TRACEPOINT_PROBE(softirq_raise)
 #if defined(USE_SOFTIRQ_WAIT) || defined(USE_NETRX_TP) || defined(HAS_IRQ_SOFTIRQ_ENTRY)
 RAW_TRACEPOINT_PROBE(softirq_entry)
 {
-	struct cpu_state *c;
+	struct np_cpu_state *c;
 	u64 now;
 
-	hit(H_SOFTIRQ_ENTRY);
+	np_hit(H_SOFTIRQ_ENTRY);
 	if ((u32)ctx->args[0] != NET_RX_VEC)
 		return 0;
-	c = cpu_state();
+	c = np_cpu();
 	if (!c)
 		return 0;
 	now = bpf_ktime_get_ns();
 #ifdef USE_SOFTIRQ_WAIT
 	if (c->raise_ts) {
-		record(STAGE_SOFTIRQ_WAIT, now - c->raise_ts, 0, 0);
+		np_record(STAGE_SOFTIRQ_WAIT, now - c->raise_ts, 0, 0);
 		c->raise_ts = 0;
 	}
 #endif
@@ -374,16 +374,16 @@ RAW_TRACEPOINT_PROBE(softirq_entry)
 #if defined(USE_NETRX_TP) || defined(HAS_IRQ_SOFTIRQ_EXIT)
 RAW_TRACEPOINT_PROBE(softirq_exit)
 {
-	struct cpu_state *c;
+	struct np_cpu_state *c;
 
-	hit(H_SOFTIRQ_EXIT);
+	np_hit(H_SOFTIRQ_EXIT);
 	if ((u32)ctx->args[0] != NET_RX_VEC)
 		return 0;
-	c = cpu_state();
+	c = np_cpu();
 	if (!c || !c->in_netrx)
 		return 0;
 #ifdef USE_NETRX_TP
-	record(STAGE_NET_RX_ACTION, bpf_ktime_get_ns() - c->netrx_start, 0, 0);
+	np_record(STAGE_NET_RX_ACTION, bpf_ktime_get_ns() - c->netrx_start, 0, 0);
 #endif
 	c->in_netrx = 0;
 	return 0;
@@ -397,12 +397,12 @@ RAW_TRACEPOINT_PROBE(napi_poll)
 	void *n = (void *)ctx->args[0];
 	int work = (int)ctx->args[1], budget = (int)ctx->args[2];
 	void *dev = NULL, *net = NULL;
-	struct napi_key k = {};
-	struct napi_val zero = {}, *v;
-	struct cpu_state *c;
+	struct np_napi_key k = {};
+	struct np_napi_val zero = {}, *v;
+	struct np_cpu_state *c;
 	u64 now = bpf_ktime_get_ns();
 
-	hit(H_NAPI_POLL);
+	np_hit(H_NAPI_POLL);
 	NP_READ(dev, n, OFF_NAPI_DEV);
 	if (dev) {
 		NP_READ(k.ifindex, dev, OFF_DEV_IFINDEX);
@@ -413,16 +413,16 @@ RAW_TRACEPOINT_PROBE(napi_poll)
 #if BY_CPU
 	k.cpu = bpf_get_smp_processor_id();
 #endif
-	c = cpu_state();
+	c = np_cpu();
 	if (c && c->in_netrx) {
-		record(STAGE_NAPI_POLL, now - c->last_poll_end, k.ifindex, k.netns);
+		np_record(STAGE_NAPI_POLL, now - c->last_poll_end, k.ifindex, k.netns);
 		c->last_poll_end = now;
 	}
 #if !BY_IFACE
 	k.ifindex = 0;
 	k.netns = 0;
 #endif
-	v = napi.lookup_or_try_init(&k, &zero);
+	v = napi_stats.lookup_or_try_init(&k, &zero);
 	if (!v)
 		return 0;
 	v->polls += 1;
@@ -440,16 +440,16 @@ RAW_TRACEPOINT_PROBE(napi_poll)
 
 /* --- per-skb checkpoints --- */
 #if TRACK_SKBS
-static __always_inline void handoff(void *skb)
+static __always_inline void np_handoff(void *skb)
 {
-	struct skb_state st = {};
+	struct np_skb_state st = {};
 	u64 key = (u64)skb;
 
-	if (!rx_skb_passes(skb, &st.ifindex, &st.netns))
+	if (!np_rx_skb_passes(skb, &st.ifindex, &st.netns))
 		return;
 	st.t[CP_HANDOFF] = bpf_ktime_get_ns();
 	if (skbs.update(&key, &st))
-		hit(H_LOST_SKBS);
+		np_hit(H_LOST_SKBS);
 }
 #endif
 
@@ -457,13 +457,13 @@ static __always_inline void handoff(void *skb)
 RAW_TRACEPOINT_PROBE(napi_gro_receive_entry)
 {
 	void *skb = (void *)ctx->args[0];
-	struct cpu_state *c;
+	struct np_cpu_state *c;
 	u32 ifindex = 0, netns = 0;
 	int match;
 
-	hit(H_GRO_ENTRY);
-	match = rx_skb_passes(skb, &ifindex, &netns);
-	c = cpu_state();
+	np_hit(H_GRO_ENTRY);
+	match = np_rx_skb_passes(skb, &ifindex, &netns);
+	c = np_cpu();
 	if (c) {
 		c->gro_match = match;
 		c->gro_ifindex = ifindex;
@@ -472,14 +472,14 @@ RAW_TRACEPOINT_PROBE(napi_gro_receive_entry)
 	}
 #if TRACK_SKBS && defined(HAS_NET_NAPI_GRO_RECEIVE_ENTRY)
 	if (match) {
-		struct skb_state st = {};
+		struct np_skb_state st = {};
 		u64 key = (u64)skb;
 
 		st.ifindex = ifindex;
 		st.netns = netns;
 		st.t[CP_HANDOFF] = c ? c->gro_start : bpf_ktime_get_ns();
 		if (skbs.update(&key, &st))
-			hit(H_LOST_SKBS);
+			np_hit(H_LOST_SKBS);
 	}
 #endif
 	return 0;
@@ -487,22 +487,22 @@ RAW_TRACEPOINT_PROBE(napi_gro_receive_entry)
 
 RAW_TRACEPOINT_PROBE(napi_gro_receive_exit)
 {
-	struct cpu_state *c;
+	struct np_cpu_state *c;
 
-	hit(H_GRO_EXIT);
-	c = cpu_state();
+	np_hit(H_GRO_EXIT);
+	c = np_cpu();
 	if (!c || !c->gro_start)
 		return 0;
 	if (c->gro_match)
-		record(STAGE_GRO, bpf_ktime_get_ns() - c->gro_start, c->gro_ifindex, c->gro_netns);
+		np_record(STAGE_GRO, bpf_ktime_get_ns() - c->gro_start, c->gro_ifindex, c->gro_netns);
 	c->gro_start = 0;
 	return 0;
 }
 #elif TRACK_SKBS && defined(HAS_NET_NAPI_GRO_RECEIVE_ENTRY)
 RAW_TRACEPOINT_PROBE(napi_gro_receive_entry)
 {
-	hit(H_GRO_ENTRY);
-	handoff((void *)ctx->args[0]);
+	np_hit(H_GRO_ENTRY);
+	np_handoff((void *)ctx->args[0]);
 	return 0;
 }
 #endif
@@ -511,8 +511,8 @@ RAW_TRACEPOINT_PROBE(napi_gro_receive_entry)
 #ifdef HAS_NET_NETIF_RX
 RAW_TRACEPOINT_PROBE(netif_rx)
 {
-	hit(H_NETIF_RX);
-	handoff((void *)ctx->args[0]);
+	np_hit(H_NETIF_RX);
+	np_handoff((void *)ctx->args[0]);
 	return 0;
 }
 #endif
@@ -520,8 +520,8 @@ RAW_TRACEPOINT_PROBE(netif_rx)
 #ifdef HAS_NET_NETIF_RECEIVE_SKB_ENTRY
 RAW_TRACEPOINT_PROBE(netif_receive_skb_entry)
 {
-	hit(H_NRS_ENTRY);
-	handoff((void *)ctx->args[0]);
+	np_hit(H_NRS_ENTRY);
+	np_handoff((void *)ctx->args[0]);
 	return 0;
 }
 #endif
@@ -529,8 +529,8 @@ RAW_TRACEPOINT_PROBE(netif_receive_skb_entry)
 #ifdef HAS_NET_NETIF_RECEIVE_SKB_LIST_ENTRY
 RAW_TRACEPOINT_PROBE(netif_receive_skb_list_entry)
 {
-	hit(H_NRS_LIST_ENTRY);
-	handoff((void *)ctx->args[0]);
+	np_hit(H_NRS_LIST_ENTRY);
+	np_handoff((void *)ctx->args[0]);
 	return 0;
 }
 #endif
@@ -540,9 +540,9 @@ RAW_TRACEPOINT_PROBE(netif_receive_skb)
 {
 	void *skb = (void *)ctx->args[0];
 	u64 key = (u64)skb, now = bpf_ktime_get_ns();
-	struct skb_state *st, fresh = {};
+	struct np_skb_state *st, fresh = {};
 
-	hit(H_NRS);
+	np_hit(H_NRS);
 	st = skbs.lookup(&key);
 	if (st) {
 		if (st->t[CP_CORE])
@@ -551,24 +551,24 @@ RAW_TRACEPOINT_PROBE(netif_receive_skb)
 #ifdef USE_CORE
 		if (st->t[CP_HANDOFF] && !(st->done & (1 << STAGE_NETIF_RECEIVE_SKB))) {
 			st->done |= 1 << STAGE_NETIF_RECEIVE_SKB;
-			record(STAGE_NETIF_RECEIVE_SKB, now - st->t[CP_HANDOFF], st->ifindex, st->netns);
+			np_record(STAGE_NETIF_RECEIVE_SKB, now - st->t[CP_HANDOFF], st->ifindex, st->netns);
 		}
 #endif
 		return 0;
 	}
-	if (!rx_skb_passes(skb, &fresh.ifindex, &fresh.netns))
+	if (!np_rx_skb_passes(skb, &fresh.ifindex, &fresh.netns))
 		return 0;
 	fresh.t[CP_CORE] = now;
 	if (skbs.update(&key, &fresh))
-		hit(H_LOST_SKBS);
+		np_hit(H_LOST_SKBS);
 	return 0;
 }
 
 /* A checkpoint after `prev`: records stage `stage` once per skb. */
-static __always_inline void checkpoint(void *skb, int prev, int cp, u32 stage)
+static __always_inline void np_checkpoint(void *skb, int prev, int cp, u32 stage)
 {
 	u64 key = (u64)skb, now;
-	struct skb_state *st = skbs.lookup(&key);
+	struct np_skb_state *st = skbs.lookup(&key);
 
 	if (!st || !st->t[prev] || (st->done & (1 << stage)))
 		return;
@@ -576,7 +576,7 @@ static __always_inline void checkpoint(void *skb, int prev, int cp, u32 stage)
 	st->done |= 1 << stage;
 	if (cp < CP_MAX)
 		st->t[cp] = now;
-	record(stage, now - st->t[prev], st->ifindex, st->netns);
+	np_record(stage, now - st->t[prev], st->ifindex, st->netns);
 }
 
 #if defined(__x86_64__)
@@ -590,15 +590,15 @@ static __always_inline void checkpoint(void *skb, int prev, int cp, u32 stage)
 #ifdef USE_KP_IP_RCV
 int kp_ip_rcv(void *ctx)
 {
-	hit(H_KP_IP_RCV);
-	checkpoint((void *)KP_ARG0(ctx), CP_CORE, CP_IPRCV, STAGE_IP_RCV);
+	np_hit(H_KP_IP_RCV);
+	np_checkpoint((void *)KP_ARG0(ctx), CP_CORE, CP_IPRCV, STAGE_IP_RCV);
 	return 0;
 }
 
 int kp_ipv6_rcv(void *ctx)
 {
-	hit(H_KP_IPV6_RCV);
-	checkpoint((void *)KP_ARG0(ctx), CP_CORE, CP_IPRCV, STAGE_IP_RCV);
+	np_hit(H_KP_IPV6_RCV);
+	np_checkpoint((void *)KP_ARG0(ctx), CP_CORE, CP_IPRCV, STAGE_IP_RCV);
 	return 0;
 }
 #endif
@@ -606,15 +606,15 @@ int kp_ipv6_rcv(void *ctx)
 #ifdef USE_KP_IP_LOCAL
 int kp_ip_local_deliver(void *ctx)
 {
-	hit(H_KP_IP_LOCAL);
-	checkpoint((void *)KP_ARG0(ctx), CP_IPRCV, CP_LOCAL, STAGE_IP_LOCAL_DELIVER);
+	np_hit(H_KP_IP_LOCAL);
+	np_checkpoint((void *)KP_ARG0(ctx), CP_IPRCV, CP_LOCAL, STAGE_IP_LOCAL_DELIVER);
 	return 0;
 }
 
 int kp_ip6_input(void *ctx)
 {
-	hit(H_KP_IP6_INPUT);
-	checkpoint((void *)KP_ARG0(ctx), CP_IPRCV, CP_LOCAL, STAGE_IP_LOCAL_DELIVER);
+	np_hit(H_KP_IP6_INPUT);
+	np_checkpoint((void *)KP_ARG0(ctx), CP_IPRCV, CP_LOCAL, STAGE_IP_LOCAL_DELIVER);
 	return 0;
 }
 #endif
@@ -622,15 +622,15 @@ int kp_ip6_input(void *ctx)
 #ifdef USE_KP_TCP
 int kp_tcp_v4_rcv(void *ctx)
 {
-	hit(H_KP_TCP);
-	checkpoint((void *)KP_ARG0(ctx), CP_LOCAL, CP_MAX, STAGE_TCP_RCV);
+	np_hit(H_KP_TCP);
+	np_checkpoint((void *)KP_ARG0(ctx), CP_LOCAL, CP_MAX, STAGE_TCP_RCV);
 	return 0;
 }
 
 int kp_tcp_v6_rcv(void *ctx)
 {
-	hit(H_KP_TCP6);
-	checkpoint((void *)KP_ARG0(ctx), CP_LOCAL, CP_MAX, STAGE_TCP_RCV);
+	np_hit(H_KP_TCP6);
+	np_checkpoint((void *)KP_ARG0(ctx), CP_LOCAL, CP_MAX, STAGE_TCP_RCV);
 	return 0;
 }
 #endif
@@ -638,26 +638,26 @@ int kp_tcp_v6_rcv(void *ctx)
 #ifdef USE_KP_UDP
 int kp_udp_rcv(void *ctx)
 {
-	hit(H_KP_UDP);
-	checkpoint((void *)KP_ARG0(ctx), CP_LOCAL, CP_MAX, STAGE_UDP_RCV);
+	np_hit(H_KP_UDP);
+	np_checkpoint((void *)KP_ARG0(ctx), CP_LOCAL, CP_MAX, STAGE_UDP_RCV);
 	return 0;
 }
 
 int kp_udpv6_rcv(void *ctx)
 {
-	hit(H_KP_UDP6);
-	checkpoint((void *)KP_ARG0(ctx), CP_LOCAL, CP_MAX, STAGE_UDP_RCV);
+	np_hit(H_KP_UDP6);
+	np_checkpoint((void *)KP_ARG0(ctx), CP_LOCAL, CP_MAX, STAGE_UDP_RCV);
 	return 0;
 }
 #endif
 
 /* --- socket: enqueue (sk_data_ready, tail of sk_receive_queue) -> read --- */
 #if defined(USE_SOCKQ) || defined(USE_STACK_TOTAL)
-static __always_inline int on_data_ready(void *sk)
+static __always_inline int np_on_data_ready(void *sk)
 {
 	void *skb = NULL, *net = NULL;
 	u64 key, now;
-	struct skb_state *st, fresh = {};
+	struct np_skb_state *st, fresh = {};
 	unsigned char *head = NULL;
 	u16 nh = NP_UNSET_HEADER, sk_proto = 0, family = 0;
 	u32 udp;
@@ -681,7 +681,7 @@ static __always_inline int on_data_ready(void *sk)
 #ifdef USE_STACK_TOTAL
 		if (st->t[CP_CORE]) {
 			st->done |= 1 << STAGE_STACK_TOTAL;
-			record(STAGE_STACK_TOTAL, now - st->t[CP_CORE], st->ifindex, st->netns);
+			np_record(STAGE_STACK_TOTAL, now - st->t[CP_CORE], st->ifindex, st->netns);
 		}
 #endif
 		goto queued;
@@ -698,19 +698,19 @@ static __always_inline int on_data_ready(void *sk)
 #endif
 	NP_READ(head, skb, OFF_SKB_HEAD);
 	NP_READ(nh, skb, OFF_SKB_NETWORK_HEADER);
-	if (passes_where(fresh.netns, fresh.ifindex) && passes_flow(skb, head, nh)) {
+	if (np_passes_where(fresh.netns, fresh.ifindex) && np_passes_flow(skb, head, nh)) {
 		fresh.t[CP_ENQ] = now;
 		fresh.udp = udp;
 		if (skbs.update(&key, &fresh))
-			hit(H_LOST_SKBS);
+			np_hit(H_LOST_SKBS);
 	}
 #endif
 queued:
 #if defined(USE_SOCKQ) && defined(HAS_SOCK_SOCK_RECV_LENGTH)
 	if (udp) {
 		/* every datagram goes in the FIFO, tracked or not, so reads stay in step */
-		struct fifo_key fk = {};
-		struct sk_fifo zero = {}, *fifo;
+		struct np_fifo_key fk = {};
+		struct np_sk_fifo zero = {}, *fifo;
 
 		fk.sk = (u64)sk;
 		fifo = fifos.lookup_or_try_init(&fk.sk, &zero);
@@ -726,24 +726,24 @@ queued:
 #ifdef USE_KP_DATA_READY
 int kp_sock_def_readable(void *ctx)
 {
-	hit(H_KP_DATA_READY);
-	return on_data_ready((void *)KP_ARG0(ctx));
+	np_hit(H_KP_DATA_READY);
+	return np_on_data_ready((void *)KP_ARG0(ctx));
 }
 #else
 RAW_TRACEPOINT_PROBE(sk_data_ready)
 {
-	hit(H_DATA_READY);
-	return on_data_ready((void *)ctx->args[0]);
+	np_hit(H_DATA_READY);
+	return np_on_data_ready((void *)ctx->args[0]);
 }
 #endif
 #endif
 
 #ifdef USE_SOCKQ
-static __always_inline void emit_slow(void *ctx, void *skb, struct skb_state *st, u64 now, u64 queued)
+static __always_inline void np_emit_slow(void *ctx, void *skb, struct np_skb_state *st, u64 now, u64 queued)
 {
 #if SLOWER_NS > 0
 	u64 total = st->t[CP_CORE] ? st->t[CP_ENQ] - st->t[CP_CORE] : 0;
-	struct slow_event e = {};
+	struct np_slow_event e = {};
 	struct np_flow flow = {};
 
 	if (queued <= SLOWER_NS && total <= SLOWER_NS)
@@ -773,23 +773,23 @@ static __always_inline void emit_slow(void *ctx, void *skb, struct skb_state *st
 	}
 	bpf_get_current_comm(&e.comm, sizeof(e.comm));
 	slow.perf_submit(ctx, &e, sizeof(e));
-	hit(H_SLOW);
+	np_hit(H_SLOW);
 #endif
 }
 
 /* The application reads the skb: first copy to user space, or its free after a linear UDP copy. */
-static __always_inline void read_skb(void *ctx, void *skb)
+static __always_inline void np_read_skb(void *ctx, void *skb)
 {
 	u64 key = (u64)skb, now, queued;
-	struct skb_state *st = skbs.lookup(&key);
+	struct np_skb_state *st = skbs.lookup(&key);
 
 	if (!st)
 		return;
 	if (st->t[CP_ENQ] && !(st->done & (1 << STAGE_SOCKET_QUEUE))) {
 		now = bpf_ktime_get_ns();
 		queued = now - st->t[CP_ENQ];
-		record(STAGE_SOCKET_QUEUE, queued, st->ifindex, st->netns);
-		emit_slow(ctx, skb, st, now, queued);
+		np_record(STAGE_SOCKET_QUEUE, queued, st->ifindex, st->netns);
+		np_emit_slow(ctx, skb, st, now, queued);
 	}
 	skbs.delete(&key);
 }
@@ -803,15 +803,15 @@ static __always_inline void read_skb(void *ctx, void *skb)
 RAW_TRACEPOINT_PROBE(skb_copy_datagram_iovec)
 {
 	u64 key = ctx->args[0];
-	struct skb_state *st;
+	struct np_skb_state *st;
 
-	hit(H_COPY);
+	np_hit(H_COPY);
 	if (UDP_BY_RING) {
 		st = skbs.lookup(&key);
 		if (!st || st->udp)
 			return 0;	/* UDP reads are counted at sock_recv_length */
 	}
-	read_skb(ctx, (void *)key);
+	np_read_skb(ctx, (void *)key);
 	return 0;
 }
 
@@ -820,11 +820,11 @@ RAW_TRACEPOINT_PROBE(consume_skb)
 {
 	u64 key = ctx->args[0];
 
-	hit(H_CONSUME);
+	np_hit(H_CONSUME);
 	if (UDP_BY_RING)
 		skbs.delete(&key);	/* freed: forget it (a UDP free may come long after the read) */
 	else
-		read_skb(ctx, (void *)key);
+		np_read_skb(ctx, (void *)key);
 	return 0;
 }
 #endif
@@ -833,11 +833,11 @@ RAW_TRACEPOINT_PROBE(consume_skb)
 RAW_TRACEPOINT_PROBE(sock_recv_length)
 {
 	int ret = (int)ctx->args[1], flags = (int)ctx->args[2];
-	struct fifo_key fk = {};
-	struct sk_fifo *fifo;
+	struct np_fifo_key fk = {};
+	struct np_sk_fifo *fifo;
 	u64 *skb;
 
-	hit(H_RECV_LENGTH);
+	np_hit(H_RECV_LENGTH);
 	if (ret < 0 || (flags & NP_MSG_PEEK))
 		return 0;
 	fk.sk = ctx->args[0];
@@ -848,7 +848,7 @@ RAW_TRACEPOINT_PROBE(sock_recv_length)
 	skb = fifo_items.lookup(&fk);
 	if (!skb)
 		return 0;	/* evicted under pressure: skip it, stay in step */
-	read_skb(ctx, (void *)*skb);
+	np_read_skb(ctx, (void *)*skb);
 	fifo_items.delete(&fk);
 	return 0;
 }
@@ -861,7 +861,7 @@ RAW_TRACEPOINT_PROBE(kfree_skb)
 {
 	u64 key = ctx->args[0];
 
-	hit(H_KFREE);
+	np_hit(H_KFREE);
 	skbs.delete(&key);
 	return 0;
 }
@@ -871,9 +871,9 @@ RAW_TRACEPOINT_PROBE(kfree_skb)
 #ifdef USE_KP_NET_RX_ACTION
 int kp_net_rx_action(void *ctx)
 {
-	struct cpu_state *c = cpu_state();
+	struct np_cpu_state *c = np_cpu();
 
-	hit(H_KP_NET_RX);
+	np_hit(H_KP_NET_RX);
 	if (c) {
 		c->netrx_start = bpf_ktime_get_ns();
 		c->last_poll_end = c->netrx_start;
@@ -884,11 +884,11 @@ int kp_net_rx_action(void *ctx)
 
 int kr_net_rx_action(void *ctx)
 {
-	struct cpu_state *c = cpu_state();
+	struct np_cpu_state *c = np_cpu();
 
-	hit(H_KR_NET_RX);
+	np_hit(H_KR_NET_RX);
 	if (c && c->in_netrx) {
-		record(STAGE_NET_RX_ACTION, bpf_ktime_get_ns() - c->netrx_start, 0, 0);
+		np_record(STAGE_NET_RX_ACTION, bpf_ktime_get_ns() - c->netrx_start, 0, 0);
 		c->in_netrx = 0;
 	}
 	return 0;

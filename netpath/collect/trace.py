@@ -25,7 +25,7 @@ NEEDED = ("OFF_SKB_DEV", "OFF_SKB_HEAD", "OFF_SKB_DATA", "OFF_SKB_PROTOCOL", "OF
           "OFF_SKB_SKB_IIF", "OFF_DEV_IFINDEX", "OFF_DEV_ND_NET", "OFF_NET_NS_INUM", "OFF_SK_NET",
           "OFF_SK_RCVQ", "OFF_SK_RCVQ_PREV", "OFF_NAPI_DEV", "OFF_SK_FAMILY", "OFF_SK_PROTOCOL")
 
-# enum hook in bpf/trace.c, in order; the names are what health.probe_hits reports
+# enum np_hook in bpf/trace.c, in order; the names are what health.probe_hits reports
 HOOK_NAMES = (
     "irq:irq_handler_entry", "irq:irq_handler_exit", "irq:softirq_raise", "irq:softirq_entry",
     "irq:softirq_exit", "napi:napi_poll", "net:napi_gro_receive_entry", "net:napi_gro_receive_exit",
@@ -53,7 +53,7 @@ PER_SKB_DEFINES = ("USE_CORE", "USE_STACK_TOTAL", "USE_SOCKQ", "USE_KP_IP_RCV", 
 
 HIST_KEY = struct.Struct("<HHIII")
 NAPI_KEY = struct.Struct("<III")
-# struct slow_event
+# struct np_slow_event
 SLOW_FORMAT = struct.Struct("<Q6QIIII16s16sHHBBH16s")
 SLOW_STAGES = ("netif_receive_skb", "ip_rcv", "ip_local_deliver", "transport", "stack_total", "socket_queue")
 
@@ -254,7 +254,7 @@ class TraceCollector:
             except KeyError:
                 pass
         napi: dict[tuple[int, int, int], dict[str, int]] = {}
-        for key, values in self.prog["napi"].items():
+        for key, values in self.prog["napi_stats"].items():
             ifindex, ns_inode, cpu = NAPI_KEY.unpack(bytes(key)[: NAPI_KEY.size])
             napi[(ifindex, ns_inode, cpu)] = {
                 "polls": sum(v.polls for v in values),

@@ -111,9 +111,9 @@ def _enum(text: str, name: str) -> list[str]:
 
 def test_c_enums_match_python_tables() -> None:
     text = (REPO / "bpf" / "trace.c").read_text()
-    hooks = _enum(text, "hook")
+    hooks = _enum(text, "np_hook")
     assert len(hooks) == len(trace_mod.HOOK_NAMES) + len(trace_mod.STAT_NAMES) + 1  # + H_MAX
-    stages = _enum(text, "stage")
+    stages = _enum(text, "np_stage")
     assert len(stages) == len(STAGES)
 
 

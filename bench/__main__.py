@@ -1,4 +1,4 @@
-"""python -m bench [--rounds N] [--seconds S] [--storm [--storm-seconds S]]"""
+"""python -m bench [--rounds N] [--seconds S] | --storm [--storm-seconds S] | --render"""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=5.0, help="seconds per workload run (default 5)")
     ap.add_argument("--storm", action="store_true", help="only the 30 s closed-port drop storm (issue 2)")
     ap.add_argument("--storm-seconds", type=float, default=30.0)
+    ap.add_argument("--render", action="store_true", help="re-aggregate and print an existing bench/results.json")
     args = ap.parse_args()
     if args.storm:
         from bench import storm
@@ -19,6 +20,8 @@ def main() -> int:
         return storm.main(args.storm_seconds)
     from bench import suite
 
+    if args.render:
+        return suite.rerender()
     return suite.main(max(1, args.rounds), max(1.0, args.seconds))
 
 

@@ -172,3 +172,24 @@ def cpu_model() -> str:
 
 def monotonic() -> float:
     return time.monotonic()
+
+
+def busy_processes(min_pct: float = 20.0) -> list[str]:
+    """Processes using >= min_pct CPU right now (top's 1 s sample): concurrent load skews every figure."""
+    out = sh("top", "-b", "-n", "2", "-d", "1", "-o", "%CPU", "-w", "200", check=False).stdout
+    block = out[out.rfind("PID USER"):] if "PID USER" in out else ""
+    rows = []
+    for line in block.splitlines()[1:]:
+        cols = line.split()
+        if len(cols) >= 12:
+            try:
+                pct = float(cols[8])
+            except ValueError:
+                continue
+            if pct >= min_pct:
+                rows.append(f"{cols[11]}({cols[0]}) {pct:.0f}%")
+    return rows
+
+
+def loadavg() -> str:
+    return Path("/proc/loadavg").read_text().split(" ", 3)[0]

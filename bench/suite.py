@@ -77,10 +77,11 @@ def aggregate(runs: list[dict[str, Any]], active: list[tools.Variant]) -> dict[s
             if not rs:
                 continue
             pps = [r["pps"] for r in rs]
+            sent = [r["sent_pps"] for r in rs if r.get("sent_pps")]
             ratios = [r["pps"] / base[(r["round"], w.name)] for r in rs if base.get((r["round"], w.name))]
             agg["throughput"].append({
                 "workload": w.name, "variant": v.name, "rounds": len(rs), "pps_median": med(pps),
-                "pps_min_max": spread(pps),
+                "pps_min_max": spread(pps), "sent_pps_median": med(sent),
                 "pps_spread_pct": round(100 * (max(pps) - min(pps)) / med(pps), 1) if med(pps) else None,
                 "ratio_median": round(med(ratios), 3) if ratios else None,
                 "ratio_min_max": [round(x, 3) for x in spread(ratios) or []],
@@ -131,13 +132,15 @@ def render(agg: dict[str, Any], meta: dict[str, Any]) -> None:
     console.print(f"[bold]netpath bench[/] kernel {meta['kernel']}, {meta['cpu_model']}, "
                   f"{meta['rounds']} rounds x {meta['seconds']} s")
     t = Table(title="Message rate (receiver-side pps) and ratio to untraced, same round")
-    for c in ("workload", "variant", "pps median", "pps min-max", "spread %", "ratio median", "ratio min-max"):
+    for c in ("workload", "variant", "pps median", "pps min-max", "spread %", "ratio median", "ratio min-max",
+              "sender pps"):
         t.add_column(c, justify="right" if c not in ("workload", "variant") else "left")
     for r in agg["throughput"]:
         mm = r["pps_min_max"] or [None, None]
         rm = r["ratio_min_max"] or [None, None]
         t.add_row(r["workload"], r["variant"], fmt(r["pps_median"]), f"{fmt(mm[0])}-{fmt(mm[1])}",
-                  fmt(r["pps_spread_pct"], 1), fmt(r["ratio_median"], 3), f"{fmt(rm[0], 3)}-{fmt(rm[1], 3)}")
+                  fmt(r["pps_spread_pct"], 1), fmt(r["ratio_median"], 3), f"{fmt(rm[0], 3)}-{fmt(rm[1], 3)}",
+                  fmt(r.get("sent_pps_median")))
     console.print(t)
     t = Table(title="bpf_stats: ns per run of every program (kernel.bpf_stats_enabled=1)")
     for c in ("workload", "variant", "program", "ns/run median", "ns/run min-max", "runs/s"):
@@ -169,6 +172,9 @@ def render(agg: dict[str, Any], meta: dict[str, Any]) -> None:
         for r in meta["targets"]:
             t.add_row(r["target"], r["measured"], {True: "yes", False: "NO", None: "n/a"}[r["met"]])
         console.print(t)
+    for n in meta.get("noise", []):
+        console.print(f"round {n['round'] + 1}: load {n['loadavg_1m']}, busy before the round: "
+                      f"{', '.join(n['busy_before_round']) or 'nothing'}")
     for v in meta["variants"]:
         if not v["available"]:
             console.print(f"[yellow]skipped[/] {v['name']}: {v['why_not']}")
@@ -260,6 +266,9 @@ def main(rounds: int, seconds: float) -> int:
     t_start = time.monotonic()
     with env.bpf_stats_enabled(), env.topology() as topo, workloads.servers(topo):
         for rnd in range(rounds):
+            noise = {"round": rnd, "loadavg_1m": env.loadavg(), "busy_before_round": env.busy_processes()}
+            meta.setdefault("noise", []).append(noise)
+            console.print(f"[dim]round {rnd + 1}: load {noise['loadavg_1m']}, busy: {noise['busy_before_round']}[/]")
             for w in WORKLOADS:
                 order = active if rnd % 2 == 0 else [active[0], *reversed(active[1:])]
                 for v in order:
@@ -280,10 +289,25 @@ def main(rounds: int, seconds: float) -> int:
                 except Exception as exc:  # the figures above still get written
                     profiles.append({"variant": v.name, "error": str(exc)[-300:], "pps": None, "bpf_stats": [],
                                      "py_spy_top_own_frames": [], "py_spy_startup_inclusive": []})
+    meta["wall_s"] = round(time.monotonic() - t_start, 1)
+    report(meta, runs, profiles)
+    return 0
+
+
+def rerender() -> int:
+    """Re-aggregate and print an existing results.json (python -m bench --render)."""
+    data = json.loads(OUT.read_text())
+    meta = {k: v for k, v in data.items() if k not in ("aggregate", "profiles", "runs")}
+    report(meta, data["runs"], data["profiles"])
+    return 0
+
+
+def report(meta: dict[str, Any], runs: list[dict[str, Any]], profiles: list[dict[str, Any]]) -> None:
+    active = [tools.Variant(v["name"], "untraced" if v["name"] == "untraced" else v["name"].split()[0],
+                            v["argv"], v["ready"]) for v in meta["variants"] if v["available"]]
     ok_runs = [r for r in runs if r.get("pps") is not None]
     agg = aggregate(ok_runs, active)
     meta["targets"] = targets(agg)
-    meta["wall_s"] = round(time.monotonic() - t_start, 1)
     render(agg, meta)
     for p in profiles:
         console.print(f"[bold]profile[/] {p['variant']} under the closed-port storm ({fmt(p['pps'])} pps): "
@@ -296,4 +320,3 @@ def main(rounds: int, seconds: float) -> int:
             console.print(f"    {n:6}  {frame}")
     OUT.write_text(json.dumps({**meta, "aggregate": agg, "profiles": profiles, "runs": runs}, indent=1))
     console.print(f"wrote {OUT}")
-    return 0

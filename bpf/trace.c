@@ -103,16 +103,20 @@ struct np_skb_state {
  * UDP reads copy linear skbs without skb:skb_copy_datagram_iovec and may
  * free them later on another CPU, so a UDP read is sock:sock_recv_length
  * popping the oldest skb this socket had enqueued (datagrams are FIFO):
- * per socket a head/tail sequence, per (socket, sequence) the skb.
+ * per socket a ring of (sequence, skb). A slot overwritten by a newer
+ * datagram (more than RING queued) is skipped, so reads stay in step.
  */
+#define RING 128
+
+struct np_ring_slot {
+	u64 seq;
+	u64 skb;
+};
+
 struct np_sk_fifo {
 	u64 head;
 	u64 tail;
-};
-
-struct np_fifo_key {
-	u64 sk;
-	u64 seq;
+	struct np_ring_slot slot[RING];
 };
 
 struct np_cpu_state {
@@ -160,15 +164,27 @@ struct np_slow_event {
 	char comm[16];
 };
 
+#define NSTAGES		12
+#define NSLOTS		320	/* up to 2^42 ns (73 minutes); longer lands in the last slot */
+
+struct np_stage_hist {
+	u64 slots[NSLOTS];
+};
+
+#if BY_IFACE
 BPF_PERCPU_HASH(hist, struct np_hist_key, u64, HIST_ROWS);
+#else
+BPF_PERCPU_ARRAY(stage_hist, struct np_stage_hist, NSTAGES);
+BPF_PERCPU_ARRAY(stage_max, u64, NSTAGES);	/* netpath zeroes it every interval */
+#endif
 BPF_PERCPU_ARRAY(hits, u64, H_MAX);
 BPF_PERCPU_ARRAY(cpustate, struct np_cpu_state, 1);
 BPF_TABLE("lru_hash", u64, struct np_skb_state, skbs, MAX_SKBS);
 BPF_PERCPU_HASH(napi_stats, struct np_napi_key, struct np_napi_val, 1024);
 BPF_HASH(nic_irqs, u32, u32, 256);	/* irq -> ifindex, filled by netpath */
 #ifdef HAS_SOCK_SOCK_RECV_LENGTH
-BPF_TABLE("lru_hash", u64, struct np_sk_fifo, fifos, 8192);
-BPF_TABLE("lru_hash", struct np_fifo_key, u64, fifo_items, MAX_SKBS);
+BPF_TABLE("lru_hash", u64, struct np_sk_fifo, fifos, 4096);
+BPF_PERCPU_ARRAY(fifo_zero, struct np_sk_fifo, 1);	/* never written: a new socket's ring */
 #endif
 
 #ifdef FILTER_IFACE
@@ -213,15 +229,16 @@ static __always_inline u16 np_slot(u64 v)
 
 static __always_inline void np_record(u32 stage, u64 delta, u32 ifindex, u32 netns)
 {
+	u32 slot = np_slot(delta);
+#if BY_IFACE
+	/* a breakdown by interface: one hash row per (stage, slot, iface[, cpu]) */
 	struct np_hist_key k = {};
 	u64 zero = 0, *v;
 
 	k.stage = stage;
-	k.slot = np_slot(delta);
-#if BY_IFACE
+	k.slot = slot;
 	k.ifindex = ifindex;
 	k.netns = netns;
-#endif
 #if BY_CPU
 	k.cpu = bpf_get_smp_processor_id();
 #endif
@@ -235,6 +252,20 @@ static __always_inline void np_record(u32 stage, u64 delta, u32 ifindex, u32 net
 	v = hist.lookup_or_try_init(&k, &zero);
 	if (v && *v < delta)
 		*v = delta;
+#else
+	/* the common case: one per-CPU array lookup per sample */
+	struct np_stage_hist *h = stage_hist.lookup(&stage);
+	u64 *m;
+
+	if (!h)
+		return;
+	if (slot >= NSLOTS)
+		slot = NSLOTS - 1;
+	h->slots[slot] += 1;
+	m = stage_max.lookup(&stage);
+	if (m && *m < delta)
+		*m = delta;
+#endif
 }
 
 static __always_inline struct np_cpu_state *np_cpu(void)
@@ -709,15 +740,25 @@ queued:
 #if defined(USE_SOCKQ) && defined(HAS_SOCK_SOCK_RECV_LENGTH)
 	if (udp) {
 		/* every datagram goes in the FIFO, tracked or not, so reads stay in step */
-		struct np_fifo_key fk = {};
-		struct np_sk_fifo zero = {}, *fifo;
+		u64 skey = (u64)sk;
+		int zero = 0;
+		struct np_sk_fifo *fifo, *init;
+		struct np_ring_slot *slot;
 
-		fk.sk = (u64)sk;
-		fifo = fifos.lookup_or_try_init(&fk.sk, &zero);
-		if (!fifo)
-			return 0;
-		fk.seq = fifo->tail++;
-		fifo_items.update(&fk, &key);
+		fifo = fifos.lookup(&skey);
+		if (!fifo) {
+			init = fifo_zero.lookup(&zero);
+			if (!init)
+				return 0;
+			fifos.update(&skey, init);
+			fifo = fifos.lookup(&skey);
+			if (!fifo)
+				return 0;
+		}
+		slot = &fifo->slot[fifo->tail & (RING - 1)];
+		slot->seq = fifo->tail;
+		slot->skb = key;
+		fifo->tail++;
 	}
 #endif
 	return 0;
@@ -833,23 +874,22 @@ RAW_TRACEPOINT_PROBE(consume_skb)
 RAW_TRACEPOINT_PROBE(sock_recv_length)
 {
 	int ret = (int)ctx->args[1], flags = (int)ctx->args[2];
-	struct np_fifo_key fk = {};
+	u64 skey = ctx->args[0], seq, skb;
 	struct np_sk_fifo *fifo;
-	u64 *skb;
+	struct np_ring_slot *slot;
 
 	np_hit(H_RECV_LENGTH);
 	if (ret < 0 || (flags & NP_MSG_PEEK))
 		return 0;
-	fk.sk = ctx->args[0];
-	fifo = fifos.lookup(&fk.sk);
+	fifo = fifos.lookup(&skey);
 	if (!fifo || fifo->head == fifo->tail)
 		return 0;	/* not UDP, or nothing we saw enqueued */
-	fk.seq = fifo->head++;
-	skb = fifo_items.lookup(&fk);
-	if (!skb)
-		return 0;	/* evicted under pressure: skip it, stay in step */
-	np_read_skb(ctx, (void *)*skb);
-	fifo_items.delete(&fk);
+	seq = fifo->head++;
+	slot = &fifo->slot[seq & (RING - 1)];
+	if (slot->seq != seq)
+		return 0;	/* overwritten: more than RING datagrams were queued */
+	skb = slot->skb;
+	np_read_skb(ctx, (void *)skb);
 	return 0;
 }
 #endif

@@ -235,6 +235,47 @@ class TraceCollector:
         return list(self._attached)
 
     def read(self) -> Reading:
+        if self.query.per_iface:
+            slots, maxima = self._read_hash()
+        else:
+            slots, maxima = self._read_arrays()
+        napi: dict[tuple[int, int, int], dict[str, int]] = {}
+        for key, values in self.prog["napi_stats"].items():
+            ifindex, ns_inode, cpu = NAPI_KEY.unpack(bytes(key)[: NAPI_KEY.size])
+            napi[(ifindex, ns_inode, cpu)] = {
+                "polls": sum(v.polls for v in values),
+                "work": sum(v.work for v in values),
+                "exhausted": sum(v.exhausted for v in values),
+                "budget": max(v.budget for v in values),
+                "max_work": max(v.max_work for v in values),
+            }
+        counts = bpf.read_percpu_array(self.prog["hits"], len(HOOK_NAMES) + len(STAT_NAMES))
+        wanted = set(self.plan.tracepoints()) | {h for h, _ in self.plan.kprobes()}
+        hits = {name: counts[i] for i, name in enumerate(HOOK_NAMES) if name.split(":return")[0] in wanted}
+        stats = dict(zip(STAT_NAMES, counts[len(HOOK_NAMES):], strict=True))
+        return Reading(slots, maxima, napi, hits, stats)
+
+    def _read_arrays(self) -> tuple[dict[HistKey, dict[int, int]], dict[HistKey, int]]:
+        """Per-CPU arrays indexed by stage: slots cumulative, maxima zeroed after each read."""
+        slots: dict[HistKey, dict[int, int]] = {}
+        maxima: dict[HistKey, int] = {}
+        table, max_table = self.prog["stage_hist"], self.prog["stage_max"]
+        for stage in STAGE_BY_INDEX:
+            per_cpu = table.getvalue(table.Key(stage))
+            maxes = max_table.getvalue(max_table.Key(stage))
+            max_table[max_table.Key(stage)] = max_table.Leaf(*([0] * len(maxes)))
+            for cpu, value in enumerate(per_cpu):
+                counts = {i: int(n) for i, n in enumerate(value.slots) if n}
+                if not counts:
+                    continue
+                key = (stage, 0, 0, cpu if self.query.per_cpu else 0)
+                into = slots.setdefault(key, {})
+                for slot, n in counts.items():
+                    into[slot] = into.get(slot, 0) + n
+                maxima[key] = max(maxima.get(key, 0), int(maxes[cpu]))
+        return slots, maxima
+
+    def _read_hash(self) -> tuple[dict[HistKey, dict[int, int]], dict[HistKey, int]]:
         slots: dict[HistKey, dict[int, int]] = {}
         maxima: dict[HistKey, int] = {}
         table = self.prog["hist"]
@@ -253,21 +294,7 @@ class TraceCollector:
                 del table[key]
             except KeyError:
                 pass
-        napi: dict[tuple[int, int, int], dict[str, int]] = {}
-        for key, values in self.prog["napi_stats"].items():
-            ifindex, ns_inode, cpu = NAPI_KEY.unpack(bytes(key)[: NAPI_KEY.size])
-            napi[(ifindex, ns_inode, cpu)] = {
-                "polls": sum(v.polls for v in values),
-                "work": sum(v.work for v in values),
-                "exhausted": sum(v.exhausted for v in values),
-                "budget": max(v.budget for v in values),
-                "max_work": max(v.max_work for v in values),
-            }
-        counts = bpf.read_percpu_array(self.prog["hits"], len(HOOK_NAMES) + len(STAT_NAMES))
-        wanted = set(self.plan.tracepoints()) | {h for h, _ in self.plan.kprobes()}
-        hits = {name: counts[i] for i, name in enumerate(HOOK_NAMES) if name.split(":return")[0] in wanted}
-        stats = dict(zip(STAT_NAMES, counts[len(HOOK_NAMES):], strict=True))
-        return Reading(slots, maxima, napi, hits, stats)
+        return slots, maxima
 
     def poll(self, timeout_s: float) -> None:
         if self.query.slower_ns:

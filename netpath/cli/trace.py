@@ -38,8 +38,8 @@ still run. 'netpath probes' shows the plan without loading anything.
 
 \b
 --iface/--netns/--proto/--port/--host narrow the per-packet stages and gro.
-They cannot narrow {', '.join(UNFILTERED)} (CPU-wide
-events with no packet); --iface also cannot narrow napi_poll's work counts.
+They cannot narrow {', '.join(UNFILTERED)}: those are
+CPU-wide events with no packet (--per-iface still splits napi_poll by device).
 
 \b
 Examples:

@@ -171,7 +171,10 @@ def hist_lines(snap: TraceSnapshot, stage_id: str, width: int = 40) -> list[str]
 
 
 def slow_line(pkt: SlowPacket, names: Names) -> str:
+    """One slow packet, compact: where, which flow, who read it, the per-stage breakdown."""
     iface = names(pkt.netns, pkt.ifindex) or f"if{pkt.ifindex}"
-    flow = f"{pkt.proto} {pkt.saddr}:{pkt.sport} > {pkt.daddr}:{pkt.dport}" if pkt.family else "non-IP"
-    stages = " ".join(f"{k}={fmt_ns(v)}" for k, v in pkt.stages_ns.items())
-    return f"slow cpu{pkt.cpu} {iface} {flow} read by {pkt.comm}[{pkt.pid}]: {stages}"
+    flow = f"{pkt.proto} {pkt.saddr}:{pkt.sport}>{pkt.daddr}:{pkt.dport}" if pkt.family else "non-IP"
+    short = {"netif_receive_skb": "rx", "ip_rcv": "ip", "ip_local_deliver": "local", "transport": "l4",
+             "stack_total": "stack", "socket_queue": "queue"}
+    stages = " ".join(f"{short.get(k, k)}={fmt_ns(v)}" for k, v in pkt.stages_ns.items())
+    return f"slow cpu{pkt.cpu} {iface} {flow} {pkt.comm}[{pkt.pid}] {stages}"

@@ -12,32 +12,36 @@ _TEXT_TYPES = frozenset("tTwW")
 
 
 class Kallsyms:
-    def __init__(self, lines: list[tuple[int, str, str]]) -> None:
-        text = sorted((addr, name) for addr, kind, name in lines if kind in _TEXT_TYPES and addr)
+    def __init__(self, text_symbols: list[tuple[int, str]], all_names: set[str]) -> None:
+        text = sorted(text_symbols)
         self._addrs = [a for a, _ in text]
         self._names = [n for _, n in text]
-        self._all = {name for _addr, _kind, name in lines}
+        self._all = all_names
 
     @classmethod
     def parse(cls, text: str) -> Kallsyms:
-        lines = []
+        text_symbols: list[tuple[int, str]] = []
+        names: set[str] = set()
         for line in text.splitlines():
-            parts = line.split()
+            parts = line.split(None, 3)
             if len(parts) < 3:
                 continue
-            try:
-                addr = int(parts[0], 16)
-            except ValueError:
-                continue
-            lines.append((addr, parts[1], parts[2]))
-        return cls(lines)
+            names.add(parts[2])
+            if parts[1] in _TEXT_TYPES:
+                try:
+                    addr = int(parts[0], 16)
+                except ValueError:
+                    continue
+                if addr:
+                    text_symbols.append((addr, parts[2]))
+        return cls(text_symbols, names)
 
     @classmethod
     def load(cls, path: Path) -> Kallsyms:
         try:
             return cls.parse(path.read_text())
         except OSError:
-            return cls([])
+            return cls([], set())
 
     @property
     def has_addresses(self) -> bool:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 from pathlib import Path
 
 from netpath.kernel.btf import BTF, BTFError
+from netpath.kernel.cache import cache_dir, cached_json
+
+__all__ = ["FIELDS", "cache_dir", "compute", "load"]
 
 # cflag name -> (struct, member path). The C in bpf/ reads kernel memory only
 # through these, so it compiles with no kernel headers at all.
@@ -34,16 +35,6 @@ FIELDS: dict[str, tuple[str, str]] = {
     "OFF_SK_FAMILY": ("sock", "__sk_common.skc_family"),
 }
 
-CACHE_VERSION = 2
-
-
-def cache_dir() -> Path:
-    if os.geteuid() == 0:
-        return Path(os.environ.get("NETPATH_CACHE", "/var/cache/netpath"))
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(os.environ.get("NETPATH_CACHE", Path(base) / "netpath"))
-
-
 def compute(btf: BTF) -> dict[str, int]:
     out: dict[str, int] = {}
     for name, (struct_name, path) in FIELDS.items():
@@ -60,22 +51,5 @@ def compute(btf: BTF) -> dict[str, int]:
 
 def load(btf_path: Path, use_cache: bool = True) -> dict[str, int]:
     """Offsets (and sizes) for every field in FIELDS that this kernel has."""
-    blob = btf_path.read_bytes()
-    # the field list is part of the key: adding a field must not reuse an older cache file
-    digest = hashlib.sha256(blob + json.dumps(FIELDS, sort_keys=True).encode()).hexdigest()[:24]
-    cache_file = cache_dir() / f"offsets-v{CACHE_VERSION}-{digest}.json"
-    if use_cache:
-        try:
-            return dict(json.loads(cache_file.read_text()))
-        except (OSError, ValueError):
-            pass
-    offsets = compute(BTF(blob))
-    if use_cache:
-        try:
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps(offsets, sort_keys=True))
-            tmp.replace(cache_file)
-        except OSError:
-            pass
-    return offsets
+    fields_digest = hashlib.sha256(repr(sorted(FIELDS.items())).encode()).hexdigest()[:8]
+    return dict(cached_json(btf_path, f"offsets-{fields_digest}", lambda blob: compute(BTF(blob)), use_cache))

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from netpath.kernel.btf import BTF, KIND_ENUM, KIND_ENUM64, BTFError
+from netpath.kernel.cache import cached_json
 
 SUBSYS_SHIFT = 16
 _CORE_PREFIX = "SKB_DROP_REASON_"
@@ -80,15 +81,22 @@ def from_tracepoint(symbols: dict[int, str]) -> DropReasons:
     return DropReasons(dict(symbols), {}, {}, "tracepoint")
 
 
-def load(btf_path: Path | None, tracepoint_symbols: dict[int, str] | None) -> DropReasons:
+def load(btf_path: Path | None, tracepoint_symbols: dict[int, str] | None, use_cache: bool = True) -> DropReasons:
     if btf_path is not None and btf_path.exists():
         try:
-            return from_btf(BTF.from_path(btf_path), _module_btfs(btf_path.parent))
+            tables = cached_json(btf_path, "reasons", lambda blob: _tables(blob, btf_path.parent), use_cache)
+            core, subsystems, subsystem_reasons = ({int(k): v for k, v in t.items()} for t in tables)
+            return DropReasons(core, subsystems, subsystem_reasons, "btf")
         except BTFError:
             pass
     if tracepoint_symbols:
         return from_tracepoint(tracepoint_symbols)
     return DropReasons()
+
+
+def _tables(blob: bytes, btf_dir: Path) -> list[dict[int, str]]:
+    got = from_btf(BTF(blob), _module_btfs(btf_dir))
+    return [got.core, got.subsystems, got.subsystem_reasons]
 
 
 def _module_btfs(btf_dir: Path) -> dict[str, BTF]:

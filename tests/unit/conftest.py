@@ -3,3 +3,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    """Unit tests never read or write the machine's /var/cache/netpath."""
+    monkeypatch.setenv("NETPATH_CACHE", str(tmp_path / "cache"))

@@ -16,12 +16,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
 
-from netpath_testlib import veth_namespace  # noqa: E402
+from netpath_testlib import veth_namespace
 
-from netpath import bpf  # noqa: E402
-from netpath.collect import trace as trace_mod  # noqa: E402
-from netpath.kernel.facts import KernelFacts  # noqa: E402
-from netpath.plan import make_plan  # noqa: E402
+from netpath import bpf
+from netpath.collect import trace as trace_mod
+from netpath.kernel.facts import KernelFacts
+from netpath.plan import make_plan
 
 RECV = """
 import socket, sys, time
@@ -62,10 +62,11 @@ def flood(pair, port: int, seconds: float) -> tuple[float, float]:
 
 def prog_stats(prog) -> dict[str, tuple[int, int]]:
     out = {}
-    for name, fn in prog.funcs.items():
+    for name, fn in prog.funcs.items():  # fdinfo shows run_cnt/run_time_ns with bpf_stats on
         info = Path(f"/proc/self/fdinfo/{fn.fd}").read_text()
         fields = dict(line.split(":\t", 1) for line in info.splitlines() if ":\t" in line)
-        out[name.decode() if isinstance(name, bytes) else name] = (int(fields.get("run_cnt", 0)), int(fields.get("run_time_ns", 0)))
+        key = name.decode() if isinstance(name, bytes) else name
+        out[key] = (int(fields.get("run_cnt", 0)), int(fields.get("run_time_ns", 0)))
     return out
 
 

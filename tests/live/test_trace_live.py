@@ -124,3 +124,22 @@ def test_plain_output_fits_80_columns() -> None:
     assert proc.returncode == 0, proc.stderr
     assert "STAGE" in proc.stdout and "socket_queue" in proc.stdout
     assert max(len(line) for line in proc.stdout.splitlines()) <= 80
+
+
+def test_iface_and_netns_filters_follow_only_that_interface() -> None:
+    n, port = 30, 40888
+    with veth_namespace("nptf") as pair:
+        run = NetpathRun(["trace", "--json", "--interval", "1", "--netns", pair.ns, "--iface", pair.ns_if])
+        start = run.wait_start()
+        receiver = _start_receiver(pair, port, n, 0.0)
+        send_udp(pair.ns_addr, port, n)
+        receiver.communicate(timeout=30)
+        time.sleep(1.2)
+        run.proc.send_signal(2)
+        rc, _records, err = run.finish()
+    assert rc == 0, err
+    assert start["filters"]["netns"] is not None
+    summary = run.summary()
+    # only the namespace side's receive path: n datagrams (plus nothing from the root namespace)
+    assert _stage(summary, "socket_queue")["count"] == n
+    assert n <= _stage(summary, "netif_receive_skb")["count"] <= n + 4  # + possible ARP/ND

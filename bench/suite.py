@@ -172,6 +172,13 @@ def render(agg: dict[str, Any], meta: dict[str, Any]) -> None:
         for r in meta["targets"]:
             t.add_row(r["target"], r["measured"], {True: "yes", False: "NO", None: "n/a"}[r["met"]])
         console.print(t)
+    if meta.get("hook_breakdown"):
+        t = Table(title="Hook cost breakdown under the closed-port storm (bpf_stats, kfree_skb)")
+        for c in ("program", "ns/run", "runs", "pps"):
+            t.add_column(c)
+        for r in meta["hook_breakdown"]:
+            t.add_row(r["program"], fmt(r.get("ns_per_run"), 1), fmt(r.get("run_cnt")), fmt(r.get("pps")))
+        console.print(t)
     for n in meta.get("noise", []):
         console.print(f"round {n['round'] + 1}: load {n['loadavg_1m']}, busy before the round: "
                       f"{', '.join(n['busy_before_round']) or 'nothing'}")
@@ -245,6 +252,33 @@ def profile(topo: env.Topology, v: tools.Variant, seconds: float) -> dict[str, A
             "bpf_stats": env.prog_deltas(p0, p1, ids)}
 
 
+def hook_breakdown(topo: env.Topology, names: dict[int, str], seconds: float) -> list[dict[str, Any]]:
+    """ns/run of kfree_skb programs of growing work under the closed-port storm: where the hook cost goes."""
+    np = [sys.executable, "-m", "netpath", "drops", "--json", "--interval", "1"]
+    steps = [
+        tools.Variant("bpftrace: count only (tracepoint floor)", "bpftrace",
+                      ["bpftrace", "-B", "line", "-e", "tracepoint:skb:kfree_skb { @n = count(); }"]),
+        tools.Variant("bpftrace drops.bt: @[reason, location] = count()", "bpftrace",
+                      ["bpftrace", "-B", "line", str(tools.BT_DIR / "drops.bt")]),
+        tools.Variant("netpath drops --by reason", "netpath", [*np, "--by", "reason"]),
+        tools.Variant("netpath drops (default: reason,location,iface,proto)", "netpath", np),
+        tools.Variant("netpath drops --by reason,location,iface,proto,flow", "netpath",
+                      [*np, "--by", "reason,location,iface,proto,flow"]),
+    ]
+    out = []
+    for v in steps:
+        try:
+            rec = one_run(topo, WORKLOADS[2], v, seconds, names, -1)
+        except Exception as exc:
+            out.append({"program": v.name, "error": str(exc)[-200:]})
+            continue
+        p = next((x for x in rec.get("progs", []) if "kfree" in str(x["name"])), None)
+        out.append({"program": v.name, "ns_per_run": p["ns_per_run"] if p else None,
+                    "run_cnt": p["run_cnt"] if p else None, "pps": rec.get("pps")})
+        console.print(f"[dim]hook breakdown: {v.name}: {out[-1]}[/]")
+    return out
+
+
 def main(rounds: int, seconds: float) -> int:
     if os.geteuid() != 0:
         print("bench: run as root (namespaces, BPF, sysctl)", file=sys.stderr)
@@ -289,6 +323,7 @@ def main(rounds: int, seconds: float) -> int:
                 except Exception as exc:  # the figures above still get written
                     profiles.append({"variant": v.name, "error": str(exc)[-300:], "pps": None, "bpf_stats": [],
                                      "py_spy_top_own_frames": [], "py_spy_startup_inclusive": []})
+        meta["hook_breakdown"] = hook_breakdown(topo, names, max(3.0, seconds))
     meta["wall_s"] = round(time.monotonic() - t_start, 1)
     report(meta, runs, profiles)
     return 0

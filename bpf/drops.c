@@ -10,7 +10,26 @@
  */
 #include "netpath.h"
 
+/* The flow part exists only when rows group by flow: a shorter key hashes faster. */
 struct drop_key {
+	u64 location;
+	u32 reason;
+	u32 ifindex;
+	u32 netns;
+	u16 l3proto;
+	u8 l4proto;
+	u8 family;
+#if BY_FLOW
+	u32 saddr[4];
+	u32 daddr[4];
+	u16 sport;
+	u16 dport;
+	s32 pad;
+#endif
+};
+
+/* A sample always carries the whole flow, whatever the grouping. */
+struct drop_full_key {
 	u64 location;
 	u32 reason;
 	u32 ifindex;
@@ -26,7 +45,7 @@ struct drop_key {
 };
 
 struct drop_sample {
-	struct drop_key key;
+	struct drop_full_key key;
 	u64 ts_ns;
 	u32 len;
 	u32 pid;
@@ -70,6 +89,34 @@ static __always_inline void stat_add(int idx)
 		__sync_fetch_and_add(v, 1);
 }
 
+/* Namespace inode and ifindex of skb->dev, in three probe reads or fewer. */
+static __always_inline u32 drop_dev(void *skb, void **devp, u32 *ifindex)
+{
+#ifdef DEV_SPAN_OFF
+	void *dev = NULL, *net = NULL;
+	u8 span[DEV_SPAN_LEN];
+	u32 inum = 0;
+
+	NP_READ(dev, skb, OFF_SKB_DEV);
+	*devp = dev;
+	if (!dev)
+		return 0;
+	if (bpf_probe_read_kernel(span, sizeof(span), (char *)dev + DEV_SPAN_OFF))
+		return 0;
+	__builtin_memcpy(ifindex, span + (OFF_DEV_IFINDEX - DEV_SPAN_OFF), sizeof(*ifindex));
+	__builtin_memcpy(&net, span + (OFF_DEV_ND_NET - DEV_SPAN_OFF), sizeof(net));
+	if (net)
+		NP_READ(inum, net, OFF_NET_NS_INUM);
+	return inum;
+#else
+	u32 inum = np_skb_netns(skb, devp);
+
+	if (*devp)
+		NP_READ(*ifindex, *devp, OFF_DEV_IFINDEX);
+	return inum;
+#endif
+}
+
 RAW_TRACEPOINT_PROBE(kfree_skb)
 {
 	void *skb = (void *)ctx->args[0];
@@ -79,7 +126,6 @@ RAW_TRACEPOINT_PROBE(kfree_skb)
 	struct np_flow flow = {};
 	void *dev = NULL;
 	u32 netns, ifindex = 0;
-	int parsed;
 	u64 zero = 0, *count;
 
 	stat_add(STAT_HITS);
@@ -90,9 +136,7 @@ RAW_TRACEPOINT_PROBE(kfree_skb)
 	if (reason != FILTER_REASON)
 		return 0;
 #endif
-	netns = np_skb_netns(skb, &dev);
-	if (dev)
-		NP_READ(ifindex, dev, OFF_DEV_IFINDEX);
+	netns = drop_dev(skb, &dev, &ifindex);
 #ifdef FILTER_NETNS
 	if (netns != FILTER_NETNS)
 		return 0;
@@ -103,9 +147,13 @@ RAW_TRACEPOINT_PROBE(kfree_skb)
 	if (!iface_filter.lookup(&ifkey))
 		return 0;
 #endif
-	parsed = np_parse_flow(skb, &flow);
+#if BY_PROTO || BY_FLOW || SAMPLE_BUDGET > 0 || defined(FILTER_PROTO) || defined(FILTER_PORT) || \
+	defined(FILTER_HOST_FAMILY)
+	int parsed = np_parse_flow(skb, &flow);
+
 	if (!np_flow_matches(&flow, parsed))
 		return 0;
+#endif
 	stat_add(STAT_MATCHED);
 
 #if BY_REASON
@@ -157,8 +205,6 @@ RAW_TRACEPOINT_PROBE(kfree_skb)
 
 	struct drop_sample s = {};
 
-	s.key = key;
-	/* a sample always carries the flow, whatever the grouping */
 	s.key.reason = reason;
 	s.key.location = location;
 	s.key.ifindex = ifindex;

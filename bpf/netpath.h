@@ -82,59 +82,98 @@ static __always_inline u32 np_skb_netns(void *skb, void **devp)
  * success. Callers that run before the stack sets network_header (driver
  * hand-off, GRO) pass skb->data - skb->head instead.
  */
-static __always_inline int np_parse_flow_at(void *skb, unsigned char *head, u32 nh, struct np_flow *flow)
-{
-	u16 proto = 0;
-	struct np_ports ports = {};
-	u32 l4off;
+/* IP header and the L4 ports behind it, fetched with one probe read. */
+struct np_ip4_ports {
+	struct np_iphdr ip;
+	struct np_ports ports;
+};
 
-	NP_READ(proto, skb, OFF_SKB_PROTOCOL);
-	flow->l3proto = np_ntohs(proto);
+struct np_ip6_ports {
+	struct np_ipv6hdr ip6;
+	struct np_ports ports;
+};
+
+static __always_inline int np_parse_l3(unsigned char *head, u32 nh, struct np_flow *flow)
+{
+	struct np_ports ports = {};
+
 	if (!head || nh >= NP_UNSET_HEADER)
 		return -1;
 	if (flow->l3proto == NP_ETH_P_IP) {
-		struct np_iphdr ip = {};
+		struct np_ip4_ports h = {};
+		u32 ihl;
 
-		if (bpf_probe_read_kernel(&ip, sizeof(ip), head + nh))
+		if (bpf_probe_read_kernel(&h, sizeof(h), head + nh))
 			return -1;
-		if ((ip.ver_ihl >> 4) != 4)
+		if ((h.ip.ver_ihl >> 4) != 4)
 			return -1;
 		flow->family = 4;
-		flow->l4proto = ip.protocol;
-		flow->saddr[0] = ip.saddr;
-		flow->daddr[0] = ip.daddr;
-		l4off = nh + (ip.ver_ihl & 0xf) * 4;
+		flow->l4proto = h.ip.protocol;
+		flow->saddr[0] = h.ip.saddr;
+		flow->daddr[0] = h.ip.daddr;
+		ihl = (h.ip.ver_ihl & 0xf) * 4;
+		if (ihl == sizeof(h.ip))
+			ports = h.ports;
+		else if (bpf_probe_read_kernel(&ports, sizeof(ports), head + nh + ihl))
+			return 0;
 	} else if (flow->l3proto == NP_ETH_P_IPV6) {
-		struct np_ipv6hdr ip6 = {};
+		struct np_ip6_ports h = {};
 
-		if (bpf_probe_read_kernel(&ip6, sizeof(ip6), head + nh))
+		if (bpf_probe_read_kernel(&h, sizeof(h), head + nh))
 			return -1;
 		flow->family = 6;
-		flow->l4proto = ip6.nexthdr;
-		__builtin_memcpy(flow->saddr, ip6.saddr, 16);
-		__builtin_memcpy(flow->daddr, ip6.daddr, 16);
-		l4off = nh + sizeof(ip6);
+		flow->l4proto = h.ip6.nexthdr;
+		__builtin_memcpy(flow->saddr, h.ip6.saddr, 16);
+		__builtin_memcpy(flow->daddr, h.ip6.daddr, 16);
+		ports = h.ports;
 	} else {
 		return -1;
 	}
 	if (flow->l4proto == NP_IPPROTO_TCP || flow->l4proto == NP_IPPROTO_UDP) {
-		if (bpf_probe_read_kernel(&ports, sizeof(ports), head + l4off) == 0) {
-			flow->sport = np_ntohs(ports.source);
-			flow->dport = np_ntohs(ports.dest);
-		}
+		flow->sport = np_ntohs(ports.source);
+		flow->dport = np_ntohs(ports.dest);
 	}
 	return 0;
+}
+
+/*
+ * Parses L3/L4 from head + nh (the network header offset); returns 0 on
+ * success. Callers that run before the stack sets network_header (driver
+ * hand-off, GRO) pass skb->data - skb->head instead.
+ */
+static __always_inline int np_parse_flow_at(void *skb, unsigned char *head, u32 nh, struct np_flow *flow)
+{
+	u16 proto = 0;
+
+	NP_READ(proto, skb, OFF_SKB_PROTOCOL);
+	flow->l3proto = np_ntohs(proto);
+	return np_parse_l3(head, nh, flow);
 }
 
 /* Parses L3/L4 from skb->head + network_header; returns 0 on success. */
 static __always_inline int np_parse_flow(void *skb, struct np_flow *flow)
 {
+#ifdef SKB_SPAN_OFF
+	/* protocol, network_header and head sit close together: one read */
+	u8 span[SKB_SPAN_LEN];
+	unsigned char *head = NULL;
+	u16 nh = NP_UNSET_HEADER, proto = 0;
+
+	if (bpf_probe_read_kernel(span, sizeof(span), (char *)skb + SKB_SPAN_OFF))
+		return -1;
+	__builtin_memcpy(&proto, span + (OFF_SKB_PROTOCOL - SKB_SPAN_OFF), sizeof(proto));
+	__builtin_memcpy(&nh, span + (OFF_SKB_NETWORK_HEADER - SKB_SPAN_OFF), sizeof(nh));
+	__builtin_memcpy(&head, span + (OFF_SKB_HEAD - SKB_SPAN_OFF), sizeof(head));
+	flow->l3proto = np_ntohs(proto);
+	return np_parse_l3(head, nh, flow);
+#else
 	unsigned char *head = NULL;
 	u16 nh = NP_UNSET_HEADER;
 
 	NP_READ(head, skb, OFF_SKB_HEAD);
 	NP_READ(nh, skb, OFF_SKB_NETWORK_HEADER);
 	return np_parse_flow_at(skb, head, nh, flow);
+#endif
 }
 
 /*

@@ -9,6 +9,7 @@ from typing import Any
 
 from netpath import bpf, netns
 from netpath.errors import MissingCapability
+from netpath.kernel import offsets as kernel_offsets
 from netpath.kernel.facts import KernelFacts
 from netpath.kernel.reasons import DropReasons
 from netpath.links import IfaceNames
@@ -19,8 +20,9 @@ GROUP_FIELDS = ("reason", "location", "iface", "proto", "flow")
 DEFAULT_BY = ("reason", "location", "iface", "proto")
 MAX_ROWS = 16384
 
-# struct drop_key in bpf/drops.c
+# struct drop_full_key in bpf/drops.c; struct drop_key is its first 24 bytes unless rows group by flow
 KEY_FORMAT = struct.Struct("<QIIIHBB16s16sHHi")
+SHORT_KEY_SIZE = 24
 # struct drop_sample: key, ts_ns, len, pid, cpu, stackid, comm
 SAMPLE_FORMAT = struct.Struct(f"<{KEY_FORMAT.size}sQIIIi16s")
 STAT_NAMES = ("hits", "matched", "map_full", "sampled", "sample_budget")
@@ -67,6 +69,7 @@ def program_source(query: DropsQuery, facts: KernelFacts, offsets: dict[str, int
     if missing:
         raise MissingCapability(f"this kernel's BTF lacks struct fields netpath reads: {', '.join(missing)}")
     defines = {name: offsets[name] for name in needed}
+    defines.update(kernel_offsets.spans(offsets))
     defines["MAX_ROWS"] = MAX_ROWS
     defines["TP_HAS_REASON"] = int(has_reason_field(facts))
     for name in GROUP_FIELDS:
@@ -123,7 +126,7 @@ class DecodedKey:
 
     @classmethod
     def unpack(cls, raw: bytes) -> DecodedKey:
-        fields = KEY_FORMAT.unpack(raw[: KEY_FORMAT.size])
+        fields = KEY_FORMAT.unpack(raw[: KEY_FORMAT.size].ljust(KEY_FORMAT.size, b"\0"))
         return cls(*fields[:11])
 
 

@@ -117,3 +117,20 @@ def test_ipv6_and_non_ip_rows(facts):
     assert arp.proto == "arp"
     assert drops.proto_name(0, 0x88B5, 0) == "0x88b5"
     assert drops.proto_name(0, 0, 0) is None
+
+
+def test_spans_let_neighbouring_fields_share_one_read():
+    from netpath.kernel.offsets import spans
+
+    sizes = {"SIZE_SKB_PROTOCOL": 2, "SIZE_SKB_NETWORK_HEADER": 2, "SIZE_SKB_HEAD": 8,
+             "SIZE_DEV_IFINDEX": 4, "SIZE_DEV_ND_NET": 8}
+    got = spans({**OFFSETS, **sizes})
+    assert got == {"SKB_SPAN_OFF": 176, "SKB_SPAN_LEN": 24, "DEV_SPAN_OFF": 224, "DEV_SPAN_LEN": 48}
+    far = spans({**OFFSETS, **sizes, "OFF_SKB_HEAD": 400})
+    assert "SKB_SPAN_OFF" not in far and "DEV_SPAN_OFF" in far
+
+
+def test_short_key_without_flow_decodes():
+    raw = pack_key(0xFFFF_FFFF_8100_0000, 3, 1, 1, 0x0800, 17, 4)[: drops.SHORT_KEY_SIZE]
+    key = drops.DecodedKey.unpack(raw)
+    assert (key.location, key.reason, key.ifindex, key.l4proto, key.sport) == (0xFFFF_FFFF_8100_0000, 3, 1, 17, 0)

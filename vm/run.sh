@@ -66,8 +66,14 @@ GUEST_CMD="bash $(printf '%q' "$HERE/guest.sh") $(printf '%q' "$RUNDIR")"
 printf 'vm-run: booting %s (qemu TCG, %s CPUs, %s) ...\n' "$KVER" "${VM_CPUS:-2}" "${VM_MEMORY:-2G}" >&2
 start=$(date +%s.%N)
 # vng needs virtme-run etc. from its venv on PATH; stdin is passed to the guest.
-PATH="$VENV/bin:$PATH" timeout -k 15 "${VM_TIMEOUT:-1200}" \
-    "$VENV/bin/vng" "${VNG_ARGS[@]}" --exec "$GUEST_CMD"
+# Commands get /dev/null as stdin: under CI stdin may be closed, and vng then falls back to a mode
+# that loses the guest's stderr. Only the interactive shell gets the caller's stdin.
+if [ -n "$CMD" ]; then
+    PATH="$VENV/bin:$PATH" timeout -k 15 "${VM_TIMEOUT:-1200}" \
+        "$VENV/bin/vng" "${VNG_ARGS[@]}" --exec "$GUEST_CMD" < /dev/null
+else
+    PATH="$VENV/bin:$PATH" "$VENV/bin/vng" "${VNG_ARGS[@]}" --exec "$GUEST_CMD"
+fi
 vng_rc=$?
 end=$(date +%s.%N)
 wall=$(awk -v a="$start" -v b="$end" 'BEGIN{printf "%.1f", b-a}')

@@ -135,6 +135,7 @@ def _run(term: Terminal, query: trace_mod.TraceQuery, plan: AttachPlan, facts: K
     with SignalStop() as stop:
         try:
             collector.start()
+            unavailable.extend(collector.failed)
             softnet = {"base": _softnet()}
             softnet["last"] = softnet["base"]
             _emit_start(term, query, facts, collector, unavailable, opts)

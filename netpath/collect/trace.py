@@ -203,6 +203,7 @@ class TraceCollector:
         self.prog: Any = None
         self.slow: list[SlowPacket] = []
         self.slow_lost = 0
+        self.failed: list[dict[str, str]] = []  # planned hooks the kernel refused at attach time
         self._attached: list[dict[str, str]] = []
 
     def start(self) -> None:
@@ -222,14 +223,19 @@ class TraceCollector:
                         self.prog.attach_kprobe(event=symbol, fn_name=fn)
                     else:
                         self.prog.attach_kretprobe(event=symbol, fn_name=fn)
-                except Exception as exc:  # bcc raises bare Exception
-                    raise MissingCapability(f"could not attach kprobe {symbol}: {exc}") from None
+                except Exception as exc:  # bcc raises bare Exception; the rest of the plan still runs
+                    self.failed.append({"stage": self._stage_of(hook), "hook": symbol,
+                                        "reason": f"kprobe {symbol} did not attach: {exc}"})
+                    continue
                 self._attached.append({"hook": symbol if kind == "entry" else f"{symbol}:return",
                                        "method": "kretprobe" if kind == "return" else "kprobe"})
         tps = [{"hook": tp, "method": "raw_tracepoint"} for tp in self.plan.tracepoints()]
         self._attached = tps + self._attached
         if self.query.slower_ns:
             self.prog["slow"].open_perf_buffer(self._on_slow, page_cnt=64, lost_cb=self._on_lost)
+
+    def _stage_of(self, hook: str) -> str:
+        return next((c.stage.id for c in self.plan.available if hook in c.hooks), hook)
 
     def attached(self) -> list[dict[str, str]]:
         return list(self._attached)

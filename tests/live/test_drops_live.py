@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
+import sys
 import time
 
 import pytest
@@ -68,28 +68,39 @@ def test_netfilter_drop_in_a_namespace_is_counted_on_that_namespaces_interface()
         assert any(line.split()[0] == str(n) for line in counted.splitlines()[2:] if "DROP" in line)
 
 
+RCVBUF_RECEIVER = r"""
+import socket, sys
+rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+rx.bind((sys.argv[1], int(sys.argv[2])))
+print("ready", flush=True)
+sys.stdin.readline()
+rx.setblocking(False)
+n = 0
+try:
+    while True:
+        rx.recv(2048)
+        n += 1
+except BlockingIOError:
+    pass
+print(n, flush=True)
+"""
+
+
 def test_socket_receive_buffer_overflow_counts_what_the_socket_did_not_receive():
-    sent = 2000
-    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
-    rx.bind(("127.0.0.1", 0))
-    port = rx.getsockname()[1]
-    try:
-        run = NetpathRun(["drops", "--port", str(port), "--json", "--duration", "3"])
+    """A UDP socket with a tiny SO_RCVBUF that never reads, in its own namespace so SNMP is its own."""
+    sent, port = 2000, 40777
+    with veth_namespace() as pair:
+        rx = subprocess.Popen(["ip", "netns", "exec", pair.ns, sys.executable, "-c", RCVBUF_RECEIVER, pair.ns_addr,
+                               str(port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert rx.stdout is not None and rx.stdout.readline().strip() == "ready"
+        run = NetpathRun(["drops", "--netns", pair.ns, "--port", str(port), "--json", "--duration", "3"])
         run.wait_start()
-        send_udp("127.0.0.1", port, sent, payload=b"y" * 200)
-        received = 0
-        rx.setblocking(False)
-        try:
-            while True:
-                rx.recv(2048)
-                received += 1
-        except BlockingIOError:
-            pass
+        send_udp(pair.ns_addr, port, sent, payload=b"y" * 200)
+        time.sleep(0.5)
+        received = int(rx.communicate("go\n", timeout=30)[0].strip())
         rc, _records, err = run.finish()
         assert rc == 0, err
-    finally:
-        rx.close()
     summary = run.summary()
     assert 0 < received < sent
     assert rows_by_reason(summary) == {"SOCKET_RCVBUFF": sent - received}
@@ -144,23 +155,36 @@ def test_sigterm_prints_the_summary_and_detaches():
     assert run.summary()["stop_reason"] == "SIGTERM"
 
 
-def _netpath_prog_ids() -> set[int]:
+def _loaded_prog_ids() -> set[int]:
     out = subprocess.run(["bpftool", "prog", "show", "--json"], capture_output=True, text=True, check=True).stdout
-    return {p["id"] for p in json.loads(out) if p.get("name", "").startswith("kfree_skb")}
+    return {p["id"] for p in json.loads(out)}
+
+
+def _prog_ids_held_by(pid: int) -> set[int]:
+    """BPF programs whose fds this process holds (fdinfo names them by prog_id)."""
+    ids = set()
+    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
+        try:
+            text = open(f"/proc/{pid}/fdinfo/{fd}").read()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if line.startswith("prog_id:"):
+                ids.add(int(line.split()[1]))
+    return ids
 
 
 def test_kill_9_leaves_nothing_attached():
-    before = _netpath_prog_ids()
-    run = NetpathRun(["drops", "--json"])
+    run = NetpathRun(["drops", "--json", "--samples", "1", "--stack"])
     run.wait_start()
-    ours = _netpath_prog_ids() - before
-    assert ours, "the kfree_skb program should be loaded while netpath runs"
+    ours = _prog_ids_held_by(run.proc.pid)
+    assert ours and ours <= _loaded_prog_ids(), "the kfree_skb program should be loaded while netpath runs"
     run.proc.send_signal(signal.SIGKILL)
     run.proc.wait(timeout=10)
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and ours & _netpath_prog_ids():
+    while time.monotonic() < deadline and ours & _loaded_prog_ids():
         time.sleep(0.1)
-    assert not ours & _netpath_prog_ids()
+    assert not ours & _loaded_prog_ids()
 
 
 @pytest.mark.parametrize(

@@ -236,3 +236,23 @@ def wait_until(pred, timeout: float = 10.0, interval: float = 0.1) -> bool:
             return True
         time.sleep(interval)
     return bool(pred())
+
+
+# BCC 0.26 (Debian's python3-bpfcc) force-includes its own copy of uapi/linux/bpf.h, which predates
+# struct bpf_rb_root/bpf_rb_node (6.3), bpf_refcount (6.4) and bpf_wq (6.10). The 6.12 kernel's
+# include/linux/bpf.h takes __alignof__ of them, so any program that (indirectly) includes
+# linux/bpf.h -- e.g. via linux/skbuff.h or net/sock.h -- fails to compile against the real 6.12
+# headers. Prepend this to such a program's text (before its #includes) to supply them.
+BCC_UAPI_COMPAT = r"""
+#include <linux/version.h>
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 3, 0)
+struct bpf_rb_root { __u64 __opaque[2]; } __attribute__((aligned(8)));
+struct bpf_rb_node { __u64 __opaque[4]; } __attribute__((aligned(8)));
+#endif
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 4, 0)
+struct bpf_refcount { __u32 __opaque[1]; } __attribute__((aligned(4)));
+#endif
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 10, 0)
+struct bpf_wq { __u64 __opaque[2]; } __attribute__((aligned(8)));
+#endif
+"""

@@ -77,7 +77,7 @@ def test_btf_offsets_equal_the_real_headers_offsetof():
     """netpath's BTF reader against the compiler's offsetof on this kernel's exact headers."""
     code = (
         "import time, sys\nfrom bcc import BPF\n"
-        f"b = BPF(text={OFFSETOF_PROG!r})\n"
+        f"b = BPF(text={vmlab.BCC_UAPI_COMPAT + OFFSETOF_PROG!r})\n"
         "time.sleep(0.5)\n"
         "print(' '.join(str(b['out'][b['out'].Key(i)].value) for i in range(8)))\n"
     )

@@ -12,6 +12,8 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=5.0, help="seconds per workload run (default 5)")
     ap.add_argument("--storm", action="store_true", help="only the 30 s closed-port drop storm (issue 2)")
     ap.add_argument("--storm-seconds", type=float, default=30.0)
+    ap.add_argument("--profile", action="store_true",
+                    help="redo only the profiles and hook breakdown into an existing bench/results.json")
     ap.add_argument("--render", action="store_true", help="re-aggregate and print an existing bench/results.json")
     args = ap.parse_args()
     if args.storm:
@@ -22,6 +24,8 @@ def main() -> int:
 
     if args.render:
         return suite.rerender()
+    if args.profile:
+        return suite.reprofile()
     return suite.main(max(1, args.rounds), max(1.0, args.seconds))
 
 

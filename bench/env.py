@@ -94,14 +94,31 @@ def topology(subnet: int = 1) -> Iterator[Topology]:
 # ---------------------------------------------------------------- bpf_stats
 
 
+def _enable_stats_fd() -> int:
+    """BPF_ENABLE_STATS(BPF_STATS_RUN_TIME): a reference on the stats key that lasts while the fd is open.
+
+    The sysctl is a single shared switch: another process writing 0 to it (a concurrent measurement script
+    did, during a run here) would zero every later figure. The fd keeps stats on whatever the sysctl says.
+    """
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    nr_bpf, bpf_enable_stats = 321, 32  # x86_64 __NR_bpf; enum bpf_cmd BPF_ENABLE_STATS
+    attr = ctypes.create_string_buffer(128)  # union bpf_attr, enable_stats.type = BPF_STATS_RUN_TIME (0)
+    return int(libc.syscall(nr_bpf, bpf_enable_stats, attr, ctypes.c_uint(len(attr))))
+
+
 @contextmanager
 def bpf_stats_enabled() -> Iterator[None]:
     path = Path("/proc/sys/kernel/bpf_stats_enabled")
     old = path.read_text().strip()
     sh("sysctl", "-q", "-w", "kernel.bpf_stats_enabled=1")
+    fd = _enable_stats_fd() if os.uname().machine == "x86_64" else -1
     try:
         yield
     finally:
+        if fd >= 0:
+            os.close(fd)
         sh("sysctl", "-q", "-w", f"kernel.bpf_stats_enabled={old}", check=False)
 
 

@@ -258,7 +258,7 @@ def hook_breakdown(topo: env.Topology, names: dict[int, str], seconds: float) ->
     steps = [
         tools.Variant("bpftrace: count only (tracepoint floor)", "bpftrace",
                       ["bpftrace", "-B", "line", "-e", "tracepoint:skb:kfree_skb { @n = count(); }"]),
-        tools.Variant("bpftrace drops.bt: @[reason, location] = count()", "bpftrace",
+        tools.Variant("bpftrace drops.bt: @drops(reason, location) = count()", "bpftrace",
                       ["bpftrace", "-B", "line", str(tools.BT_DIR / "drops.bt")]),
         tools.Variant("netpath drops --by reason", "netpath", [*np, "--by", "reason"]),
         tools.Variant("netpath drops (default: reason,location,iface,proto)", "netpath", np),
@@ -326,6 +326,22 @@ def main(rounds: int, seconds: float) -> int:
         meta["hook_breakdown"] = hook_breakdown(topo, names, max(3.0, seconds))
     meta["wall_s"] = round(time.monotonic() - t_start, 1)
     report(meta, runs, profiles)
+    return 0
+
+
+def reprofile() -> int:
+    """Redo only the profiles and the hook breakdown, into an existing results.json (python -m bench --profile)."""
+    data = json.loads(OUT.read_text())
+    meta = {k: v for k, v in data.items() if k not in ("aggregate", "profiles", "runs")}
+    active = [v for v in tools.variants(tools.netpath_has("trace"), True, "") if v.kind == "netpath" and v.available]
+    names = tools.drop_reason_names()
+    profiles = []
+    with env.bpf_stats_enabled(), env.topology(subnet=3) as topo, workloads.servers(topo):
+        for v in active:
+            profiles.append(profile(topo, v, max(5.0, float(meta["seconds"]))))
+        meta["hook_breakdown"] = hook_breakdown(topo, names, max(3.0, float(meta["seconds"])))
+    meta["profiled"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    report(meta, data["runs"], profiles)
     return 0
 
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import time
 
-from pyroute2 import IPRoute
-
 from netpath import netns
 from netpath.errors import BadInput
 
@@ -14,6 +12,8 @@ _REFRESH_MIN_S = 1.0
 
 def list_links(ns: netns.Netns | None) -> list[tuple[int, str]]:
     def body() -> list[tuple[int, str]]:
+        from pyroute2 import IPRoute  # ~0.1 s to import: only when a name must be resolved
+
         with IPRoute() as ipr:
             return [(int(link["index"]), str(link.get_attr("IFLA_IFNAME"))) for link in ipr.get_links()]
 

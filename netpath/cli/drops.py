@@ -103,9 +103,10 @@ def _run(term: Terminal, query: drops_mod.DropsQuery, filters: Filters, facts: o
     iface_set = set(filters.ifaces) or None
     with SignalStop() as stop:
         try:
+            importing = counters_mod.prefetch_netlink()
             collector.start(decoder)
-            baseline = counters_mod.read_all(filters.netns, iface_set)
-            deltas = counters_mod.CounterDeltas(baseline)
+            importing.join()
+            deltas = counters_mod.CounterDeltas(counters_mod.read_all(filters.netns, iface_set))
             _emit_start(term, query, facts, collector, has_reason)
             state = {"last": {}, "stats": {}, "seq": 0, "last_ns": 0}
 

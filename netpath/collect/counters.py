@@ -6,10 +6,10 @@ per-interval deltas and run totals.
 
 from __future__ import annotations
 
+import importlib
+import threading
 from collections.abc import Iterable
 from pathlib import Path
-
-from pyroute2 import IPRoute
 
 from netpath import netns
 from netpath.model import Counter
@@ -108,6 +108,8 @@ def read_netns_counters(ifaces: set[str] | None) -> dict[CounterKey, int]:
     snmp |= parse_snmp6(_read(f"{base}/snmp6"))
     for name, value in snmp.items():
         values[("snmp", name, None, None)] = value
+    from pyroute2 import IPRoute  # imported late: it dominates start-up otherwise
+
     with IPRoute() as ipr:
         names: dict[int, str] = {}
         for link in ipr.get_links():
@@ -142,6 +144,16 @@ def _qdisc_drops(msg: object) -> int | None:
     if stats:
         return int(stats["drops"])
     return None
+
+
+def prefetch_netlink() -> threading.Thread:
+    """Import pyroute2 (~0.1-0.2 s) on another thread while the BPF compile runs.
+
+    BCC compiles inside a ctypes call, which releases the GIL, so the two overlap.
+    """
+    thread = threading.Thread(target=importlib.import_module, args=("pyroute2",), daemon=True)
+    thread.start()
+    return thread
 
 
 def read_all(ns: netns.Netns | None, ifaces: set[str] | None) -> dict[CounterKey, int]:

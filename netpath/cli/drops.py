@@ -123,14 +123,17 @@ def _run(term: Terminal, query: drops_mod.DropsQuery, filters: Filters, facts: o
                 snap = _snapshot(collector, decoder, interval_counts, counters, interval_stats, limit,
                                  elapsed_ns, collector.samples_lost - state.get("lost", 0))
                 state["lost"] = collector.samples_lost
-                totals = {drops_view.row_key(decoder.row(drops_mod.DecodedKey.unpack(k), v)): v
-                          for k, v in now.items()}
                 _flush_samples(term, collector)
                 if term.json_mode:
                     term.emit("interval", command="drops", seq=state["seq"], elapsed_ns=elapsed_ns,
                               interval_ns=span, **_snap_json(snap, query))
                 elif term.interactive:
-                    term.show(drops_view.drops_table(snap, totals, _title(elapsed_ns, snap.total), span))
+                    # the live table ranks rows by run total so quiet intervals don't blank it
+                    running = _snapshot(collector, decoder, now, counters, interval_stats, limit, elapsed_ns,
+                                        collector.samples_lost)
+                    rates = {drops_view.row_key(decoder.row(drops_mod.DecodedKey.unpack(k), v)): v
+                             for k, v in interval_counts.items() if v > 0}
+                    term.show(drops_view.drops_table(running, rates, _title(elapsed_ns, snap.total), span))
                 else:
                     term.plain("\n".join(drops_view.plain_lines(snap, _title(elapsed_ns, snap.total))))
                 collector.reset_sample_budget()

@@ -219,7 +219,7 @@ class DropsCollector:
             return None
         frames = [self.facts.kallsyms.symbolize(addr) for addr in self.prog["stacks"].walk(leaf.value)]
         # drop netpath's own frames: the BPF program and the tracepoint trampoline
-        while frames and frames[0].startswith(("bpf_prog_", "bpf_trace_run", "__bpf_trace_")):
+        while frames and frames[0].startswith(("bpf_prog_", "bpf_trace_run", "__bpf_trace_", "__traceiter_")):
             frames.pop(0)
         return frames
 

@@ -29,31 +29,42 @@ def _rate(count: int, elapsed_ns: int) -> str:
     return f"{rate:,.0f}" if rate >= 10 else f"{rate:.1f}"
 
 
-def drops_table(snap: DropSnapshot, totals: dict[tuple, int], title: str, interval_ns: int) -> RenderableType:
+def drops_table(snap: DropSnapshot, interval_counts: dict[tuple, int], title: str,
+                interval_ns: int) -> RenderableType:
+    """Rows carry run totals; the /s column is this interval's rate.
+
+    Flows and stacks are too wide for a cell: they follow the table, keyed by row number.
+    """
     table = Table(box=box.SIMPLE_HEAD, title=title, title_justify="left", expand=False, pad_edge=False)
+    table.add_column("#", justify="right", no_wrap=True)
     table.add_column("REASON", overflow="ellipsis", no_wrap=True, max_width=22)
     table.add_column("LOCATION", overflow="ellipsis", no_wrap=True, max_width=26)
     table.add_column("IFACE", overflow="ellipsis", no_wrap=True, max_width=10)
     table.add_column("PROTO", no_wrap=True, max_width=6)
     table.add_column("/s", justify="right", no_wrap=True)
     table.add_column("TOTAL", justify="right", no_wrap=True)
-    for row in snap.rows:
+    details: list[str] = []
+    for n, row in enumerate(snap.rows, 1):
         table.add_row(
+            str(n),
             row.reason or "-",
             _where(row),
             row.iface or (str(row.ifindex) if row.ifindex else "-"),
             row.proto or "-",
-            _rate(row.count, interval_ns),
-            f"{totals.get(row_key(row), row.count):,}",
+            _rate(interval_counts.get(row_key(row), 0), interval_ns),
+            f"{row.count:,}",
         )
         flow = _flow(row)
         if flow:
-            table.add_row(Text("  " + flow, style="dim"), "", "", "", "", "")
-        for frame in (row.stack or [])[:8]:
-            table.add_row(Text("    " + frame, style="dim"), "", "", "", "", "")
+            details.append(f"#{n} {flow}")
+        if row.stack:
+            details.append(f"#{n} stack:")
+            details.extend(f"      {frame}" for frame in row.stack[:12])
     if snap.other_rows:
-        table.add_row(f"({snap.other_rows} more rows)", "", "", "", _rate(snap.other_count, interval_ns), "")
+        table.add_row("", f"({snap.other_rows} more rows)", "", "", "", "", f"{snap.other_count:,}")
     parts: list[RenderableType] = [table]
+    if details:
+        parts.append(Text("\n".join(details), style="dim", overflow="ellipsis", no_wrap=True))
     if snap.counters:
         parts.append(counters_table(snap.counters))
     h = snap.health
@@ -89,11 +100,13 @@ def plain_lines(snap: DropSnapshot, title: str) -> list[str]:
     if not snap.rows:
         lines.append("  no drops")
     for row in snap.rows:
-        flow = _flow(row)
         lines.append(
-            f"  {row.count:>10,}  {(row.reason or '-'):<22} {_where(row):<30} {(row.iface or '-'):<10} "
-            f"{row.proto or '-'}" + (f"  {flow}" if flow else "")
+            f"  {row.count:>10,}  {(row.reason or '-'):<22.22} {_where(row):<26.26} {(row.iface or '-'):<9.9} "
+            f"{row.proto or '-'}"
         )
+        flow = _flow(row)
+        if flow:
+            lines.append(f"              {flow}")
         for frame in (row.stack or [])[:8]:
             lines.append(f"              {frame}")
     if snap.other_rows:

@@ -7,6 +7,7 @@ like the real one (proc/, sys/, lib/modules/), so nothing here needs root.
 from __future__ import annotations
 
 import gzip
+import re
 import subprocess
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -48,13 +49,10 @@ class KernelFacts:
 
     @cached_property
     def release_tuple(self) -> tuple[int, int, int]:
-        nums: list[int] = []
-        for part in self.release.replace("-", ".").split(".")[:3]:
-            digits = "".join(c for c in part if c.isdigit())
-            nums.append(int(digits) if digits else 0)
-        while len(nums) < 3:
-            nums.append(0)
-        return nums[0], nums[1], nums[2]
+        m = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", self.release)
+        if not m:
+            return 0, 0, 0
+        return int(m[1]), int(m[2]), int(m[3] or 0)
 
     @property
     def btf_path(self) -> Path:

@@ -68,13 +68,20 @@ start=$(date +%s.%N)
 # vng needs virtme-run etc. from its venv on PATH; stdin is passed to the guest.
 # Commands get /dev/null as stdin: under CI stdin may be closed, and vng then falls back to a mode
 # that loses the guest's stderr. Only the interactive shell gets the caller's stdin.
+# qemu opens the guest's output channels as /proc/self/fd/{1,2} with O_TRUNC: if our stdout or
+# stderr is a regular file (make test-vm > log), each boot would truncate it. Hand qemu pipes.
 if [ -n "$CMD" ]; then
+    exec {errfd}> >(cat >&2)
+    errpid=$!
     PATH="$VENV/bin:$PATH" timeout -k 15 "${VM_TIMEOUT:-1200}" \
-        "$VENV/bin/vng" "${VNG_ARGS[@]}" --exec "$GUEST_CMD" < /dev/null
+        "$VENV/bin/vng" "${VNG_ARGS[@]}" --exec "$GUEST_CMD" < /dev/null 2>&$errfd | cat
+    vng_rc=${PIPESTATUS[0]}
+    exec {errfd}>&-
+    wait "$errpid" 2>/dev/null
 else
     PATH="$VENV/bin:$PATH" "$VENV/bin/vng" "${VNG_ARGS[@]}" --exec "$GUEST_CMD"
+    vng_rc=$?
 fi
-vng_rc=$?
 end=$(date +%s.%N)
 wall=$(awk -v a="$start" -v b="$end" 'BEGIN{printf "%.1f", b-a}')
 

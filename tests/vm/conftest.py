@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -47,7 +47,7 @@ def _lab_guest_is_root():
 class LabKernel:
     release: str
     series: str
-    config: dict[str, str]
+    config: dict[str, str] = field(repr=False)
 
     @property
     def has_kprobes(self) -> bool:

@@ -9,6 +9,7 @@ from typing import Any
 
 from netpath import bpf, netns
 from netpath.errors import MissingCapability
+from netpath.filter_defines import filter_defines
 from netpath.kernel import offsets as kernel_offsets
 from netpath.kernel.facts import KernelFacts
 from netpath.kernel.reasons import DropReasons
@@ -29,7 +30,6 @@ STAT_NAMES = ("hits", "matched", "map_full", "sampled", "sample_budget")
 
 L4_NAMES = {0: "hopopt", 1: "icmp", 2: "igmp", 6: "tcp", 17: "udp", 47: "gre", 58: "icmpv6", 132: "sctp"}
 L3_NAMES = {0x0800: "ipv4", 0x86DD: "ipv6", 0x0806: "arp", 0x8100: "vlan", 0x88CC: "lldp", 0x8035: "rarp"}
-PROTO_NUMBERS = {"tcp": 6, "udp": 17, "icmp": 1}
 
 
 @dataclass
@@ -55,12 +55,6 @@ def has_reason_field(facts: KernelFacts) -> bool:
     return bool(fmt and fmt.has("reason"))
 
 
-def host_words(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> list[int]:
-    """The address as the u32 words the kernel holds, read as little-endian integers."""
-    raw = addr.packed
-    return [struct.unpack_from("<I", raw, i)[0] for i in range(0, len(raw), 4)]
-
-
 def program_source(query: DropsQuery, facts: KernelFacts, offsets: dict[str, int]) -> bpf.ProgramSource:
     """Pure: the C files and every number they are compiled with."""
     needed = ("OFF_SKB_DEV", "OFF_SKB_LEN", "OFF_SKB_HEAD", "OFF_SKB_PROTOCOL", "OFF_SKB_NETWORK_HEADER",
@@ -77,20 +71,9 @@ def program_source(query: DropsQuery, facts: KernelFacts, offsets: dict[str, int
     defines["SAMPLE_BUDGET"] = query.samples
     if query.stack:
         defines["WITH_STACK"] = 1
-    if query.netns is not None:
-        defines["FILTER_NETNS"] = query.netns.inode
-    if query.iface_keys:
-        defines["FILTER_IFACE"] = 1
     if query.reason_code is not None:
         defines["FILTER_REASON"] = query.reason_code
-    if query.proto is not None:
-        defines["FILTER_PROTO"] = PROTO_NUMBERS[query.proto]
-    if query.port is not None:
-        defines["FILTER_PORT"] = query.port
-    if query.host is not None:
-        defines["FILTER_HOST_FAMILY"] = query.host.version
-        for i, word in enumerate(host_words(query.host)):
-            defines[f"FILTER_HOST_W{i}"] = word
+    defines.update(filter_defines(query.netns, query.iface_keys, query.proto, query.port, query.host))
     return bpf.ProgramSource(["drops.c"], defines)
 
 

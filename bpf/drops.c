@@ -10,8 +10,8 @@
  */
 #include "netpath.h"
 
-/* The flow part exists only when rows group by flow: a shorter key hashes faster. */
-struct drop_key {
+/* Where and what: the key when rows do not group by flow. */
+struct drop_where {
 	u64 location;
 	u32 reason;
 	u32 ifindex;
@@ -19,29 +19,28 @@ struct drop_key {
 	u16 l3proto;
 	u8 l4proto;
 	u8 family;
-#if BY_FLOW
+};
+
+struct drop_flow {
 	u32 saddr[4];
 	u32 daddr[4];
 	u16 sport;
 	u16 dport;
 	s32 pad;
+};
+
+/* The flow part exists only when rows group by flow: a shorter key hashes faster. */
+struct drop_key {
+	struct drop_where w;
+#if BY_FLOW
+	struct drop_flow f;
 #endif
 };
 
 /* A sample always carries the whole flow, whatever the grouping. */
 struct drop_full_key {
-	u64 location;
-	u32 reason;
-	u32 ifindex;
-	u32 netns;
-	u16 l3proto;
-	u8 l4proto;
-	u8 family;
-	u32 saddr[4];
-	u32 daddr[4];
-	u16 sport;
-	u16 dport;
-	s32 pad;
+	struct drop_where w;
+	struct drop_flow f;
 };
 
 struct drop_sample {
@@ -87,6 +86,14 @@ static __always_inline void stat_add(int idx)
 
 	if (v)
 		__sync_fetch_and_add(v, 1);
+}
+
+static __always_inline void drop_flow_of(struct np_flow *flow, struct drop_flow *f)
+{
+	__builtin_memcpy(f->saddr, flow->saddr, sizeof(f->saddr));
+	__builtin_memcpy(f->daddr, flow->daddr, sizeof(f->daddr));
+	f->sport = flow->sport;
+	f->dport = flow->dport;
 }
 
 /* Namespace inode and ifindex of skb->dev, in three probe reads or fewer. */
@@ -157,25 +164,22 @@ RAW_TRACEPOINT_PROBE(kfree_skb)
 	stat_add(STAT_MATCHED);
 
 #if BY_REASON
-	key.reason = reason;
+	key.w.reason = reason;
 #endif
 #if BY_LOCATION
-	key.location = location;
+	key.w.location = location;
 #endif
 #if BY_IFACE
-	key.ifindex = ifindex;
-	key.netns = netns;
+	key.w.ifindex = ifindex;
+	key.w.netns = netns;
 #endif
 #if BY_PROTO || BY_FLOW
-	key.l3proto = flow.l3proto;
-	key.l4proto = flow.l4proto;
-	key.family = flow.family;
+	key.w.l3proto = flow.l3proto;
+	key.w.l4proto = flow.l4proto;
+	key.w.family = flow.family;
 #endif
 #if BY_FLOW
-	__builtin_memcpy(key.saddr, flow.saddr, sizeof(key.saddr));
-	__builtin_memcpy(key.daddr, flow.daddr, sizeof(key.daddr));
-	key.sport = flow.sport;
-	key.dport = flow.dport;
+	drop_flow_of(&flow, &key.f);
 #endif
 
 	count = drops.lookup_or_try_init(&key, &zero);
@@ -205,17 +209,14 @@ RAW_TRACEPOINT_PROBE(kfree_skb)
 
 	struct drop_sample s = {};
 
-	s.key.reason = reason;
-	s.key.location = location;
-	s.key.ifindex = ifindex;
-	s.key.netns = netns;
-	s.key.l3proto = flow.l3proto;
-	s.key.l4proto = flow.l4proto;
-	s.key.family = flow.family;
-	__builtin_memcpy(s.key.saddr, flow.saddr, sizeof(s.key.saddr));
-	__builtin_memcpy(s.key.daddr, flow.daddr, sizeof(s.key.daddr));
-	s.key.sport = flow.sport;
-	s.key.dport = flow.dport;
+	s.key.w.reason = reason;
+	s.key.w.location = location;
+	s.key.w.ifindex = ifindex;
+	s.key.w.netns = netns;
+	s.key.w.l3proto = flow.l3proto;
+	s.key.w.l4proto = flow.l4proto;
+	s.key.w.family = flow.family;
+	drop_flow_of(&flow, &s.key.f);
 	s.ts_ns = bpf_ktime_get_ns();
 	NP_READ(s.len, skb, OFF_SKB_LEN);
 	s.pid = bpf_get_current_pid_tgid() >> 32;

@@ -5,7 +5,18 @@
  * Per-invocation stages (hardirq, softirq_wait, net_rx_action, napi_poll,
  * gro) keep per-CPU start times. Per-packet stages keep one LRU entry per
  * skb address with a timestamp per checkpoint; each stage is the delta
- * between two consecutive checkpoints of the same skb. Every sample goes into
+ * between two consecutive checkpoints of the same skb. Cost matters here
+ * (every hook runs per packet), so:
+ *  - hook hit counters, per-CPU state and (without --per-iface) NAPI
+ *    counters share one per-CPU array value: one lookup per hook;
+ *  - no kernel memory is read for interface/namespace or headers unless a
+ *    filter, --per-iface or --slower needs it (NEED_WHERE, NEED_FLOW), and
+ *    neighbouring fields come in one probe read (*_SPAN_*);
+ *  - netif_receive_skb -> sk_data_ready runs synchronously on one CPU inside
+ *    one softirq, so the skb in __netif_receive_skb_core is also kept in a
+ *    per-CPU slot; sk_data_ready finds it there without a hash lookup;
+ *  - a UDP skb leaves the per-skb map at sk_data_ready: its timestamps travel
+ *    in its socket's FIFO slot to sock:sock_recv_length. Every sample goes into
  * a log2 histogram with 8 linear sub-buckets per power of two (slot), keyed
  * by stage [, ifindex+netns] [, cpu]; slot MAX_SLOT holds the maximum.
  *
@@ -21,6 +32,23 @@
 #define NP_IPPROTO_UDPLITE 136
 #define NP_MSG_PEEK	2
 #define MAX_SLOT	0xffff
+
+#if BY_IFACE || defined(FILTER_NETNS) || defined(FILTER_IFACE) || SLOWER_NS > 0
+#define NEED_WHERE 1	/* ifindex + netns of each skb are used */
+#else
+#define NEED_WHERE 0
+#endif
+#if defined(FILTER_PROTO) || defined(FILTER_PORT) || defined(FILTER_HOST_FAMILY)
+#define NEED_FLOW 1
+#else
+#define NEED_FLOW 0
+#endif
+/* kprobe checkpoints between netif_receive_skb and the socket live in the per-skb map */
+#if defined(USE_KP_IP_RCV) || defined(USE_KP_IP_LOCAL) || defined(USE_KP_TCP) || defined(USE_KP_UDP)
+#define KP_CHECKPOINTS 1
+#else
+#define KP_CHECKPOINTS 0
+#endif
 
 enum np_stage {
 	STAGE_HARDIRQ,
@@ -103,14 +131,24 @@ struct np_skb_state {
  * UDP reads copy linear skbs without skb:skb_copy_datagram_iovec and may
  * free them later on another CPU, so a UDP read is sock:sock_recv_length
  * popping the oldest skb this socket had enqueued (datagrams are FIFO):
- * per socket a ring of (sequence, skb). A slot overwritten by a newer
- * datagram (more than RING queued) is skipped, so reads stay in step.
+ * per socket a ring of (sequence, enqueue time[, iface][, skb and its
+ * checkpoints for --slower]). A slot overwritten by a newer datagram (more
+ * than RING queued) is skipped, so reads stay in step. t_enq == 0: a
+ * datagram the trace does not follow.
  */
 #define RING 128
 
 struct np_ring_slot {
 	u64 seq;
+	u64 t_enq;
+#if NEED_WHERE
+	u32 ifindex;
+	u32 netns;
+#endif
+#if SLOWER_NS > 0
 	u64 skb;
+	u64 t[CP_MAX];	/* every checkpoint, for the slow-packet event */
+#endif
 };
 
 struct np_sk_fifo {
@@ -119,7 +157,31 @@ struct np_sk_fifo {
 	struct np_ring_slot slot[RING];
 };
 
+struct np_napi_val {
+	u64 polls;
+	u64 work;
+	u64 exhausted;
+	u64 budget;
+	u64 max_work;
+};
+
+/* the skb this CPU's __netif_receive_skb_core is working on */
+#define CUR_TRACKED	1	/* passed the filters at netif_receive_skb */
+#define CUR_ENQUEUED	2	/* sk_data_ready saw it */
+#define CUR_IN_MAP	4	/* it also has an entry in skbs */
+#define NESTED_NS	10000000ULL	/* a nested netif_receive_skb round comes within 10 ms */
+
+struct np_cur_skb {
+	u64 skb;
+	u64 t[CP_MAX];
+	u32 ifindex;
+	u32 netns;
+	u32 flags;
+	u32 pad;
+};
+
 struct np_cpu_state {
+	u64 hits[H_MAX];
 	u64 irq_start;
 	u64 raise_ts;
 	u64 netrx_start;
@@ -131,20 +193,14 @@ struct np_cpu_state {
 	u32 gro_netns;
 	u32 in_netrx;
 	u32 gro_match;
+	struct np_napi_val napi;	/* without BY_IFACE: this CPU's NAPI counters */
+	struct np_cur_skb cur;
 };
 
 struct np_napi_key {
 	u32 ifindex;
 	u32 netns;
 	u32 cpu;
-};
-
-struct np_napi_val {
-	u64 polls;
-	u64 work;
-	u64 exhausted;
-	u64 budget;
-	u64 max_work;
 };
 
 struct np_slow_event {
@@ -173,14 +229,53 @@ struct np_stage_hist {
 
 #if BY_IFACE
 BPF_PERCPU_HASH(hist, struct np_hist_key, u64, HIST_ROWS);
+BPF_PERCPU_HASH(napi_stats, struct np_napi_key, struct np_napi_val, 1024);
 #else
 BPF_PERCPU_ARRAY(stage_hist, struct np_stage_hist, NSTAGES);
 BPF_PERCPU_ARRAY(stage_max, u64, NSTAGES);	/* netpath zeroes it every interval */
 #endif
-BPF_PERCPU_ARRAY(hits, u64, H_MAX);
 BPF_PERCPU_ARRAY(cpustate, struct np_cpu_state, 1);
+/*
+ * A/B knobs for measurement only: SKB_MAP_KIND=2 (per-CPU LRU lists,
+ * BPF_F_NO_COMMON_LRU) measured no faster here than the common LRU and splits
+ * capacity per CPU; NO_PEND turns the hand-off table off; NO_SK_SPAN reads
+ * sock fields one by one.
+ */
+#if SKB_MAP_KIND == 2
+BPF_F_TABLE("lru_hash", u64, struct np_skb_state, skbs, MAX_SKBS, BPF_F_NO_COMMON_LRU);
+#else
 BPF_TABLE("lru_hash", u64, struct np_skb_state, skbs, MAX_SKBS);
-BPF_PERCPU_HASH(napi_stats, struct np_napi_key, struct np_napi_val, 1024);
+#endif
+#if TRACK_SKBS && !defined(NO_PEND)
+#define USE_PEND 1
+/*
+ * Driver hand-off -> netif_receive_skb without a hash insert: a direct-mapped
+ * table indexed by the skb address, shared by all CPUs (RPS may move the skb).
+ * A slot held by another skb younger than PEND_STALE_NS sends this one to the
+ * per-skb map instead. Writers store the tag last, readers check it, so a slot
+ * torn by two CPUs at once reads as a miss.
+ */
+#define PEND_SLOTS	8192
+#define PEND_STALE_NS	1000000000ULL
+struct np_pend {
+	u64 skb;
+	u64 t;
+	u32 ifindex;
+	u32 netns;
+	u64 tag;
+};
+BPF_ARRAY(pend, struct np_pend, PEND_SLOTS);
+
+static __always_inline u32 np_pend_idx(u64 key)
+{
+	return ((key >> 8) ^ (key >> 21)) & (PEND_SLOTS - 1);
+}
+#else
+#define USE_PEND 0
+#endif
+#ifdef NO_SK_SPAN
+#undef SK_SPAN_OFF
+#endif
 BPF_HASH(nic_irqs, u32, u32, 256);	/* irq -> ifindex, filled by netpath */
 #ifdef HAS_SOCK_SOCK_RECV_LENGTH
 BPF_TABLE("lru_hash", u64, struct np_sk_fifo, fifos, 4096);
@@ -195,12 +290,32 @@ BPF_HASH(iface_filter, u64, u8, 64);	/* netns inode << 32 | ifindex */
 BPF_PERF_OUTPUT(slow);
 #endif
 
+static __always_inline struct np_cpu_state *np_cpu(void)
+{
+	int zero = 0;
+
+	return cpustate.lookup(&zero);
+}
+
+/* every hook starts here: its hit counter and this CPU's state, one lookup */
+static __always_inline struct np_cpu_state *np_enter(int idx)
+{
+	struct np_cpu_state *c = np_cpu();
+
+	if (c)
+		c->hits[idx] += 1;
+	return c;
+}
+
+static __always_inline void np_hit_c(struct np_cpu_state *c, int idx)
+{
+	if (c)
+		c->hits[idx] += 1;
+}
+
 static __always_inline void np_hit(int idx)
 {
-	u64 *v = hits.lookup(&idx);
-
-	if (v)
-		*v += 1;
+	np_hit_c(np_cpu(), idx);
 }
 
 static __always_inline u32 np_log2(u64 v)
@@ -253,7 +368,7 @@ static __always_inline void np_record(u32 stage, u64 delta, u32 ifindex, u32 net
 	if (v && *v < delta)
 		*v = delta;
 #else
-	/* the common case: one per-CPU array lookup per sample */
+	/* the common case: per-CPU array lookups, inlined by the verifier */
 	struct np_stage_hist *h = stage_hist.lookup(&stage);
 	u64 *m;
 
@@ -268,26 +383,7 @@ static __always_inline void np_record(u32 stage, u64 delta, u32 ifindex, u32 net
 #endif
 }
 
-static __always_inline struct np_cpu_state *np_cpu(void)
-{
-	int zero = 0;
-
-	return cpustate.lookup(&zero);
-}
-
 /* --- filters: netns/iface from the device, flow from the headers --- */
-
-static __always_inline int np_passes_flow(void *skb, unsigned char *head, u32 nh)
-{
-#if defined(FILTER_PROTO) || defined(FILTER_PORT) || defined(FILTER_HOST_FAMILY)
-	struct np_flow flow = {};
-	int parsed = np_parse_flow_at(skb, head, nh, &flow);
-
-	return np_flow_matches(&flow, parsed);
-#else
-	return 1;
-#endif
-}
 
 static __always_inline int np_passes_where(u32 netns, u32 ifindex)
 {
@@ -304,21 +400,62 @@ static __always_inline int np_passes_where(u32 netns, u32 ifindex)
 	return 1;
 }
 
-/* Before the stack sets network_header: skb->data is the L3 header. */
+/* ifindex and netns inode of a net_device */
+static __always_inline void np_dev_where(void *dev, u32 *ifindex, u32 *netns)
+{
+	void *net = NULL;
+
+	if (!dev)
+		return;
+#ifdef DEV_SPAN_OFF
+	u8 span[DEV_SPAN_LEN];
+
+	if (bpf_probe_read_kernel(span, sizeof(span), (char *)dev + DEV_SPAN_OFF))
+		return;
+	__builtin_memcpy(ifindex, span + (OFF_DEV_IFINDEX - DEV_SPAN_OFF), sizeof(*ifindex));
+	__builtin_memcpy(&net, span + (OFF_DEV_ND_NET - DEV_SPAN_OFF), sizeof(net));
+#else
+	NP_READ(*ifindex, dev, OFF_DEV_IFINDEX);
+	NP_READ(net, dev, OFF_DEV_ND_NET);
+#endif
+	if (net)
+		NP_READ(*netns, net, OFF_NET_NS_INUM);
+}
+
+/*
+ * Before the stack sets network_header: skb->data is the L3 header.
+ * Fills ifindex/netns only when something uses them (NEED_WHERE).
+ */
 static __always_inline int np_rx_skb_passes(void *skb, u32 *ifindex, u32 *netns)
 {
+#if NEED_WHERE
 	void *dev = NULL;
-	unsigned char *head = NULL, *data = NULL;
 
-	*netns = np_skb_netns(skb, &dev);
-	if (dev)
-		NP_READ(*ifindex, dev, OFF_DEV_IFINDEX);
+	NP_READ(dev, skb, OFF_SKB_DEV);
+	np_dev_where(dev, ifindex, netns);
 	if (!np_passes_where(*netns, *ifindex))
 		return 0;
-#if defined(FILTER_PROTO) || defined(FILTER_PORT) || defined(FILTER_HOST_FAMILY)
+#endif
+#if NEED_FLOW
+	struct np_flow flow = {};
+	unsigned char *head = NULL, *data = NULL;
+	u16 proto = 0;
+#ifdef SKB_RX_SPAN_OFF
+	/* protocol, head and data: one read */
+	u8 span[SKB_RX_SPAN_LEN];
+
+	if (bpf_probe_read_kernel(span, sizeof(span), (char *)skb + SKB_RX_SPAN_OFF))
+		return 0;
+	__builtin_memcpy(&proto, span + (OFF_SKB_PROTOCOL - SKB_RX_SPAN_OFF), sizeof(proto));
+	__builtin_memcpy(&head, span + (OFF_SKB_HEAD - SKB_RX_SPAN_OFF), sizeof(head));
+	__builtin_memcpy(&data, span + (OFF_SKB_DATA - SKB_RX_SPAN_OFF), sizeof(data));
+#else
+	NP_READ(proto, skb, OFF_SKB_PROTOCOL);
 	NP_READ(head, skb, OFF_SKB_HEAD);
 	NP_READ(data, skb, OFF_SKB_DATA);
-	return np_passes_flow(skb, head, (u32)(data - head));
+#endif
+	flow.l3proto = np_ntohs(proto);
+	return np_flow_matches(&flow, np_parse_l3(head, (u32)(data - head), &flow));
 #else
 	return 1;
 #endif
@@ -330,14 +467,12 @@ RAW_TRACEPOINT_PROBE(irq_handler_entry)
 {
 	u32 irq = (u32)ctx->args[0];
 	u32 *ifindex;
-	struct np_cpu_state *c;
+	struct np_cpu_state *c = np_enter(H_IRQ_ENTRY);
 
-	np_hit(H_IRQ_ENTRY);
+	if (!c)
+		return 0;
 	ifindex = nic_irqs.lookup(&irq);
 	if (!ifindex)
-		return 0;
-	c = np_cpu();
-	if (!c)
 		return 0;
 	c->irq = irq;
 	c->irq_ifindex = *ifindex;
@@ -348,10 +483,8 @@ RAW_TRACEPOINT_PROBE(irq_handler_entry)
 RAW_TRACEPOINT_PROBE(irq_handler_exit)
 {
 	u32 irq = (u32)ctx->args[0];
-	struct np_cpu_state *c;
+	struct np_cpu_state *c = np_enter(H_IRQ_EXIT);
 
-	np_hit(H_IRQ_EXIT);
-	c = np_cpu();
 	if (!c || !c->irq_start || c->irq != irq)
 		return 0;
 	np_record(STAGE_HARDIRQ, bpf_ktime_get_ns() - c->irq_start, c->irq_ifindex, 0);
@@ -364,12 +497,10 @@ RAW_TRACEPOINT_PROBE(irq_handler_exit)
 #ifdef USE_SOFTIRQ_WAIT
 RAW_TRACEPOINT_PROBE(softirq_raise)
 {
-	struct np_cpu_state *c;
+	struct np_cpu_state *c = np_enter(H_SOFTIRQ_RAISE);
 
-	np_hit(H_SOFTIRQ_RAISE);
 	if ((u32)ctx->args[0] != NET_RX_VEC)
 		return 0;
-	c = np_cpu();
 	if (c && !c->raise_ts)
 		c->raise_ts = bpf_ktime_get_ns();
 	return 0;
@@ -379,14 +510,10 @@ RAW_TRACEPOINT_PROBE(softirq_raise)
 #if defined(USE_SOFTIRQ_WAIT) || defined(USE_NETRX_TP) || defined(HAS_IRQ_SOFTIRQ_ENTRY)
 RAW_TRACEPOINT_PROBE(softirq_entry)
 {
-	struct np_cpu_state *c;
+	struct np_cpu_state *c = np_enter(H_SOFTIRQ_ENTRY);
 	u64 now;
 
-	np_hit(H_SOFTIRQ_ENTRY);
-	if ((u32)ctx->args[0] != NET_RX_VEC)
-		return 0;
-	c = np_cpu();
-	if (!c)
+	if ((u32)ctx->args[0] != NET_RX_VEC || !c)
 		return 0;
 	now = bpf_ktime_get_ns();
 #ifdef USE_SOFTIRQ_WAIT
@@ -405,12 +532,10 @@ RAW_TRACEPOINT_PROBE(softirq_entry)
 #if defined(USE_NETRX_TP) || defined(HAS_IRQ_SOFTIRQ_EXIT)
 RAW_TRACEPOINT_PROBE(softirq_exit)
 {
-	struct np_cpu_state *c;
+	struct np_cpu_state *c = np_enter(H_SOFTIRQ_EXIT);
 
-	np_hit(H_SOFTIRQ_EXIT);
 	if ((u32)ctx->args[0] != NET_RX_VEC)
 		return 0;
-	c = np_cpu();
 	if (!c || !c->in_netrx)
 		return 0;
 #ifdef USE_NETRX_TP
@@ -425,37 +550,38 @@ RAW_TRACEPOINT_PROBE(softirq_exit)
 #ifdef USE_NAPI
 RAW_TRACEPOINT_PROBE(napi_poll)
 {
-	void *n = (void *)ctx->args[0];
 	int work = (int)ctx->args[1], budget = (int)ctx->args[2];
-	void *dev = NULL, *net = NULL;
-	struct np_napi_key k = {};
-	struct np_napi_val zero = {}, *v;
-	struct np_cpu_state *c;
+	struct np_napi_val *v;
+	struct np_cpu_state *c = np_enter(H_NAPI_POLL);
 	u64 now = bpf_ktime_get_ns();
+#if BY_IFACE
+	void *n = (void *)ctx->args[0];
+	void *dev = NULL;
+	struct np_napi_key k = {};
+	struct np_napi_val zero = {};
 
-	np_hit(H_NAPI_POLL);
 	NP_READ(dev, n, OFF_NAPI_DEV);
-	if (dev) {
-		NP_READ(k.ifindex, dev, OFF_DEV_IFINDEX);
-		NP_READ(net, dev, OFF_DEV_ND_NET);
-		if (net)
-			NP_READ(k.netns, net, OFF_NET_NS_INUM);
-	}
+	np_dev_where(dev, &k.ifindex, &k.netns);
 #if BY_CPU
 	k.cpu = bpf_get_smp_processor_id();
 #endif
-	c = np_cpu();
 	if (c && c->in_netrx) {
 		np_record(STAGE_NAPI_POLL, now - c->last_poll_end, k.ifindex, k.netns);
 		c->last_poll_end = now;
 	}
-#if !BY_IFACE
-	k.ifindex = 0;
-	k.netns = 0;
-#endif
 	v = napi_stats.lookup_or_try_init(&k, &zero);
 	if (!v)
 		return 0;
+#else
+	/* no breakdown: counters in this CPU's state (netpath keys them by CPU for --per-cpu) */
+	if (!c)
+		return 0;
+	if (c->in_netrx) {
+		np_record(STAGE_NAPI_POLL, now - c->last_poll_end, 0, 0);
+		c->last_poll_end = now;
+	}
+	v = &c->napi;
+#endif
 	v->polls += 1;
 	if (work > 0)
 		v->work += work;
@@ -471,30 +597,111 @@ RAW_TRACEPOINT_PROBE(napi_poll)
 
 /* --- per-skb checkpoints --- */
 #if TRACK_SKBS
-static __always_inline void np_handoff(void *skb)
+/* hand-off checkpoint of an skb that passed the filters: the table, else the per-skb map */
+static __always_inline void np_track_handoff(struct np_cpu_state *c, u64 key, struct np_skb_state *st)
+{
+#if USE_PEND
+	u32 idx = np_pend_idx(key);
+	struct np_pend *p = pend.lookup(&idx);
+
+	if (p && (!p->skb || p->skb == key || st->t[CP_HANDOFF] - p->t > PEND_STALE_NS)) {
+		p->skb = 0;
+		asm volatile("" ::: "memory");
+		p->t = st->t[CP_HANDOFF];
+		p->ifindex = st->ifindex;
+		p->netns = st->netns;
+		p->tag = key ^ st->t[CP_HANDOFF] ^ ((u64)st->ifindex << 32 | st->netns);
+		asm volatile("" ::: "memory");
+		p->skb = key;
+		return;
+	}
+#endif
+	if (skbs.update(&key, st))
+		np_hit_c(c, H_LOST_SKBS);
+}
+
+static __always_inline void np_handoff(struct np_cpu_state *c, void *skb)
 {
 	struct np_skb_state st = {};
-	u64 key = (u64)skb;
 
 	if (!np_rx_skb_passes(skb, &st.ifindex, &st.netns))
 		return;
 	st.t[CP_HANDOFF] = bpf_ktime_get_ns();
-	if (skbs.update(&key, &st))
-		np_hit(H_LOST_SKBS);
+	np_track_handoff(c, (u64)skb, &st);
 }
+
+#if USE_PEND
+/* takes the skb's hand-off out of the table: 1 when it was there */
+static __always_inline int np_pend_take(u64 key, struct np_skb_state *st)
+{
+	u32 idx = np_pend_idx(key);
+	struct np_pend *p = pend.lookup(&idx);
+	u64 t, tag;
+	u32 ifindex, netns;
+
+	if (!p || p->skb != key)
+		return 0;
+	t = p->t;
+	ifindex = p->ifindex;
+	netns = p->netns;
+	tag = p->tag;
+	p->skb = 0;
+	if (tag != (key ^ t ^ ((u64)ifindex << 32 | netns)))
+		return 0;
+	st->t[CP_HANDOFF] = t;
+	st->ifindex = ifindex;
+	st->netns = netns;
+	return 1;
+}
+
+/* a freed skb leaves the table */
+static __always_inline void np_pend_forget(struct np_cpu_state *c, u64 key)
+{
+	u32 idx = np_pend_idx(key);
+	struct np_pend *p = pend.lookup(&idx);
+
+	if (p && p->skb == key)
+		p->skb = 0;
+	if (c && c->cur.skb == key)
+		c->cur.skb = 0;
+}
+
+/* IPv4/IPv6 UDP at skb->data (before the stack sets network_header) */
+static __always_inline int np_rx_is_udp(void *skb)
+{
+	unsigned char *head = NULL, *data = NULL;
+	u16 proto = 0;
+	u8 l4 = 0;
+#ifdef SKB_RX_SPAN_OFF
+	u8 span[SKB_RX_SPAN_LEN];
+
+	if (bpf_probe_read_kernel(span, sizeof(span), (char *)skb + SKB_RX_SPAN_OFF))
+		return 0;
+	__builtin_memcpy(&proto, span + (OFF_SKB_PROTOCOL - SKB_RX_SPAN_OFF), sizeof(proto));
+	__builtin_memcpy(&data, span + (OFF_SKB_DATA - SKB_RX_SPAN_OFF), sizeof(data));
+#else
+	NP_READ(proto, skb, OFF_SKB_PROTOCOL);
+	NP_READ(data, skb, OFF_SKB_DATA);
+#endif
+	proto = np_ntohs(proto);
+	if (proto == NP_ETH_P_IP)
+		NP_READ(l4, data, 9);	/* iphdr.protocol */
+	else if (proto == NP_ETH_P_IPV6)
+		NP_READ(l4, data, 6);	/* ipv6hdr.nexthdr */
+	return l4 == NP_IPPROTO_UDP || l4 == NP_IPPROTO_UDPLITE;
+}
+#endif
 #endif
 
 #ifdef USE_GRO
 RAW_TRACEPOINT_PROBE(napi_gro_receive_entry)
 {
 	void *skb = (void *)ctx->args[0];
-	struct np_cpu_state *c;
+	struct np_cpu_state *c = np_enter(H_GRO_ENTRY);
 	u32 ifindex = 0, netns = 0;
 	int match;
 
-	np_hit(H_GRO_ENTRY);
 	match = np_rx_skb_passes(skb, &ifindex, &netns);
-	c = np_cpu();
 	if (c) {
 		c->gro_match = match;
 		c->gro_ifindex = ifindex;
@@ -504,13 +711,11 @@ RAW_TRACEPOINT_PROBE(napi_gro_receive_entry)
 #if TRACK_SKBS && defined(HAS_NET_NAPI_GRO_RECEIVE_ENTRY)
 	if (match) {
 		struct np_skb_state st = {};
-		u64 key = (u64)skb;
 
 		st.ifindex = ifindex;
 		st.netns = netns;
 		st.t[CP_HANDOFF] = c ? c->gro_start : bpf_ktime_get_ns();
-		if (skbs.update(&key, &st))
-			np_hit(H_LOST_SKBS);
+		np_track_handoff(c, (u64)skb, &st);
 	}
 #endif
 	return 0;
@@ -518,10 +723,8 @@ RAW_TRACEPOINT_PROBE(napi_gro_receive_entry)
 
 RAW_TRACEPOINT_PROBE(napi_gro_receive_exit)
 {
-	struct np_cpu_state *c;
+	struct np_cpu_state *c = np_enter(H_GRO_EXIT);
 
-	np_hit(H_GRO_EXIT);
-	c = np_cpu();
 	if (!c || !c->gro_start)
 		return 0;
 	if (c->gro_match)
@@ -532,8 +735,7 @@ RAW_TRACEPOINT_PROBE(napi_gro_receive_exit)
 #elif TRACK_SKBS && defined(HAS_NET_NAPI_GRO_RECEIVE_ENTRY)
 RAW_TRACEPOINT_PROBE(napi_gro_receive_entry)
 {
-	np_hit(H_GRO_ENTRY);
-	np_handoff((void *)ctx->args[0]);
+	np_handoff(np_enter(H_GRO_ENTRY), (void *)ctx->args[0]);
 	return 0;
 }
 #endif
@@ -542,8 +744,7 @@ RAW_TRACEPOINT_PROBE(napi_gro_receive_entry)
 #ifdef HAS_NET_NETIF_RX
 RAW_TRACEPOINT_PROBE(netif_rx)
 {
-	np_hit(H_NETIF_RX);
-	np_handoff((void *)ctx->args[0]);
+	np_handoff(np_enter(H_NETIF_RX), (void *)ctx->args[0]);
 	return 0;
 }
 #endif
@@ -551,8 +752,7 @@ RAW_TRACEPOINT_PROBE(netif_rx)
 #ifdef HAS_NET_NETIF_RECEIVE_SKB_ENTRY
 RAW_TRACEPOINT_PROBE(netif_receive_skb_entry)
 {
-	np_hit(H_NRS_ENTRY);
-	np_handoff((void *)ctx->args[0]);
+	np_handoff(np_enter(H_NRS_ENTRY), (void *)ctx->args[0]);
 	return 0;
 }
 #endif
@@ -560,11 +760,22 @@ RAW_TRACEPOINT_PROBE(netif_receive_skb_entry)
 #ifdef HAS_NET_NETIF_RECEIVE_SKB_LIST_ENTRY
 RAW_TRACEPOINT_PROBE(netif_receive_skb_list_entry)
 {
-	np_hit(H_NRS_LIST_ENTRY);
-	np_handoff((void *)ctx->args[0]);
+	np_handoff(np_enter(H_NRS_LIST_ENTRY), (void *)ctx->args[0]);
 	return 0;
 }
 #endif
+
+/* the skb enters __netif_receive_skb_core on this CPU: remember it for sk_data_ready */
+static __always_inline void np_set_cur(struct np_cpu_state *c, u64 key, struct np_skb_state *st, u32 flags)
+{
+	if (!c)
+		return;
+	c->cur.skb = key;
+	__builtin_memcpy(c->cur.t, st->t, sizeof(c->cur.t));
+	c->cur.ifindex = st->ifindex;
+	c->cur.netns = st->netns;
+	c->cur.flags = CUR_TRACKED | flags;
+}
 
 /* __netif_receive_skb_core: the skb enters the protocol stack */
 RAW_TRACEPOINT_PROBE(netif_receive_skb)
@@ -572,8 +783,30 @@ RAW_TRACEPOINT_PROBE(netif_receive_skb)
 	void *skb = (void *)ctx->args[0];
 	u64 key = (u64)skb, now = bpf_ktime_get_ns();
 	struct np_skb_state *st, fresh = {};
+	struct np_cpu_state *c = np_enter(H_NRS);
 
-	np_hit(H_NRS);
+#if USE_PEND
+	if (np_pend_take(key, &fresh)) {
+		fresh.t[CP_CORE] = now;
+#ifdef USE_CORE
+		fresh.done |= 1 << STAGE_NETIF_RECEIVE_SKB;
+		np_record(STAGE_NETIF_RECEIVE_SKB, now - fresh.t[CP_HANDOFF], fresh.ifindex, fresh.netns);
+#endif
+		np_set_cur(c, key, &fresh, 0);
+		/*
+		 * Only this CPU's slot follows it now. A UDP datagram reaches its socket
+		 * from here, in this softirq; anything else may wait in a socket backlog
+		 * (TCP with the socket owned by the reader): that keeps a per-skb entry.
+		 */
+		if (KP_CHECKPOINTS || !np_rx_is_udp(skb)) {
+			if (skbs.update(&key, &fresh))
+				np_hit_c(c, H_LOST_SKBS);
+			else if (c)
+				c->cur.flags |= CUR_IN_MAP;
+		}
+		return 0;
+	}
+#endif
 	st = skbs.lookup(&key);
 	if (st) {
 		if (st->t[CP_CORE])
@@ -585,13 +818,24 @@ RAW_TRACEPOINT_PROBE(netif_receive_skb)
 			np_record(STAGE_NETIF_RECEIVE_SKB, now - st->t[CP_HANDOFF], st->ifindex, st->netns);
 		}
 #endif
+		np_set_cur(c, key, st, CUR_IN_MAP);
 		return 0;
 	}
-	if (!np_rx_skb_passes(skb, &fresh.ifindex, &fresh.netns))
+#if USE_PEND
+	/* a UDP skb from the hand-off table has no entry: its next round is known by this CPU's slot */
+	if (c && c->cur.skb == key && (c->cur.flags & (CUR_TRACKED | CUR_IN_MAP | CUR_ENQUEUED)) == CUR_TRACKED &&
+	    now - c->cur.t[CP_CORE] < NESTED_NS)
+		return 0;	/* another round (vlan, bridge): keep the first */
+#endif
+	if (!np_rx_skb_passes(skb, &fresh.ifindex, &fresh.netns)) {
+		if (c)
+			c->cur.skb = 0;
 		return 0;
+	}
 	fresh.t[CP_CORE] = now;
 	if (skbs.update(&key, &fresh))
-		np_hit(H_LOST_SKBS);
+		np_hit_c(c, H_LOST_SKBS);
+	np_set_cur(c, key, &fresh, CUR_IN_MAP);
 	return 0;
 }
 
@@ -684,25 +928,114 @@ int kp_udpv6_rcv(void *ctx)
 
 /* --- socket: enqueue (sk_data_ready, tail of sk_receive_queue) -> read --- */
 #if defined(USE_SOCKQ) || defined(USE_STACK_TOTAL)
-static __always_inline int np_on_data_ready(void *sk)
+#if defined(USE_SOCKQ) && defined(HAS_SOCK_SOCK_RECV_LENGTH)
+#define UDP_BY_RING 1
+#else
+#define UDP_BY_RING 0
+#endif
+
+#if UDP_BY_RING
+/* every datagram goes in its socket's FIFO, followed (t[CP_ENQ] set) or not, so reads stay in step */
+static __always_inline void np_fifo_push(u64 skey, u64 key, u64 *t, u32 ifindex, u32 netns)
+{
+	int zero = 0;
+	struct np_sk_fifo *fifo, *init;
+	struct np_ring_slot *slot;
+
+	fifo = fifos.lookup(&skey);
+	if (!fifo) {
+		init = fifo_zero.lookup(&zero);
+		if (!init)
+			return;
+		fifos.update(&skey, init);
+		fifo = fifos.lookup(&skey);
+		if (!fifo)
+			return;
+	}
+	slot = &fifo->slot[fifo->tail & (RING - 1)];
+	slot->seq = fifo->tail;
+	slot->t_enq = t ? t[CP_ENQ] : 0;
+#if NEED_WHERE
+	slot->ifindex = ifindex;
+	slot->netns = netns;
+#endif
+#if SLOWER_NS > 0
+	slot->skb = key;
+	if (t)
+		__builtin_memcpy(slot->t, t, sizeof(slot->t));
+#endif
+	fifo->tail++;
+}
+#endif
+
+static __always_inline int np_on_data_ready(struct np_cpu_state *c, void *sk)
 {
 	void *skb = NULL, *net = NULL;
 	u64 key, now;
 	struct np_skb_state *st, fresh = {};
-	unsigned char *head = NULL;
-	u16 nh = NP_UNSET_HEADER, sk_proto = 0, family = 0;
+	u16 sk_proto = 0, family = 0;
 	u32 udp;
 
+#ifdef SK_SPAN_OFF
+	/* family, netns and the receive queue's tail: one read */
+	u8 span[SK_SPAN_LEN];
+
+	if (bpf_probe_read_kernel(span, sizeof(span), (char *)sk + SK_SPAN_OFF))
+		return 0;
+	__builtin_memcpy(&family, span + (OFF_SK_FAMILY - SK_SPAN_OFF), sizeof(family));
+	__builtin_memcpy(&skb, span + (OFF_SK_RCVQ_PREV - SK_SPAN_OFF), sizeof(skb));
+	__builtin_memcpy(&net, span + (OFF_SK_NET - SK_SPAN_OFF), sizeof(net));
+#else
 	NP_READ(family, sk, OFF_SK_FAMILY);
+	NP_READ(skb, sk, OFF_SK_RCVQ_PREV);
+#endif
 	if (family != NP_AF_INET && family != NP_AF_INET6)
 		return 0;	/* unix, netlink, ...: not the IP receive path */
-	NP_READ(skb, sk, OFF_SK_RCVQ_PREV);
 	if (!skb || skb == (void *)((char *)sk + OFF_SK_RCVQ))
 		return 0;	/* empty queue: nothing was enqueued */
 	key = (u64)skb;
 	now = bpf_ktime_get_ns();
 	NP_READ(sk_proto, sk, OFF_SK_PROTOCOL);
 	udp = sk_proto == NP_IPPROTO_UDP || sk_proto == NP_IPPROTO_UDPLITE;
+
+#if !KP_CHECKPOINTS
+	/* fast path: the skb this CPU's netif_receive_skb is following, no map lookup */
+	if (c && c->cur.skb == key && (c->cur.flags & CUR_TRACKED)) {
+		if (c->cur.flags & CUR_ENQUEUED)
+			return 0;	/* already stamped (spurious wakeup) */
+		c->cur.flags |= CUR_ENQUEUED;
+		c->cur.t[CP_ENQ] = now;
+#ifdef USE_STACK_TOTAL
+		if (c->cur.t[CP_CORE])
+			np_record(STAGE_STACK_TOTAL, now - c->cur.t[CP_CORE], c->cur.ifindex, c->cur.netns);
+#endif
+#if UDP_BY_RING
+		if (udp) {
+			/* the FIFO slot carries it from here: the per-skb entry is done */
+			if (c->cur.flags & CUR_IN_MAP)
+				skbs.delete(&key);
+			np_fifo_push((u64)sk, key, c->cur.t, c->cur.ifindex, c->cur.netns);
+			return 0;
+		}
+#endif
+		/* TCP: stamp the entry (read at skb_copy_datagram_iovec; coalescing finds it stamped) */
+		st = skbs.lookup(&key);
+		if (st) {
+			st->t[CP_ENQ] = now;
+			st->udp = udp;
+			st->done |= 1 << STAGE_STACK_TOTAL;
+		} else {
+			__builtin_memcpy(fresh.t, c->cur.t, sizeof(fresh.t));
+			fresh.ifindex = c->cur.ifindex;
+			fresh.netns = c->cur.netns;
+			fresh.udp = udp;
+			fresh.done = (1 << STAGE_NETIF_RECEIVE_SKB) | (1 << STAGE_STACK_TOTAL);
+			if (skbs.update(&key, &fresh))
+				np_hit_c(c, H_LOST_SKBS);
+		}
+		return 0;
+	}
+#endif
 	st = skbs.lookup(&key);
 	if (st) {
 		if (st->t[CP_ENQ])
@@ -715,51 +1048,55 @@ static __always_inline int np_on_data_ready(void *sk)
 			np_record(STAGE_STACK_TOTAL, now - st->t[CP_CORE], st->ifindex, st->netns);
 		}
 #endif
-		goto queued;
+#if UDP_BY_RING
+		if (udp) {
+			fresh = *st;
+			skbs.delete(&key);
+			np_fifo_push((u64)sk, key, fresh.t, fresh.ifindex, fresh.netns);
+		}
+#endif
+		return 0;
 	}
 #ifdef USE_SOCKQ
 	/* not seen on the way in: the socket side still measures it */
+#if NEED_WHERE
 	NP_READ(fresh.ifindex, skb, OFF_SKB_SKB_IIF);
+#ifndef SK_SPAN_OFF
 	NP_READ(net, sk, OFF_SK_NET);
+#endif
 	if (net)
 		NP_READ(fresh.netns, net, OFF_NET_NS_INUM);
 #ifdef FILTER_NETNS
 	if (fresh.netns != FILTER_NETNS)
-		return 0;	/* a socket of another namespace: never ours */
+		goto untracked;	/* a socket of another namespace: never ours */
 #endif
-	NP_READ(head, skb, OFF_SKB_HEAD);
-	NP_READ(nh, skb, OFF_SKB_NETWORK_HEADER);
-	if (np_passes_where(fresh.netns, fresh.ifindex) && np_passes_flow(skb, head, nh)) {
-		fresh.t[CP_ENQ] = now;
-		fresh.udp = udp;
-		if (skbs.update(&key, &fresh))
-			np_hit(H_LOST_SKBS);
-	}
+	if (!np_passes_where(fresh.netns, fresh.ifindex))
+		goto untracked;
 #endif
-queued:
-#if defined(USE_SOCKQ) && defined(HAS_SOCK_SOCK_RECV_LENGTH)
-	if (udp) {
-		/* every datagram goes in the FIFO, tracked or not, so reads stay in step */
-		u64 skey = (u64)sk;
-		int zero = 0;
-		struct np_sk_fifo *fifo, *init;
-		struct np_ring_slot *slot;
+#if NEED_FLOW
+	{
+		struct np_flow flow = {};
 
-		fifo = fifos.lookup(&skey);
-		if (!fifo) {
-			init = fifo_zero.lookup(&zero);
-			if (!init)
-				return 0;
-			fifos.update(&skey, init);
-			fifo = fifos.lookup(&skey);
-			if (!fifo)
-				return 0;
-		}
-		slot = &fifo->slot[fifo->tail & (RING - 1)];
-		slot->seq = fifo->tail;
-		slot->skb = key;
-		fifo->tail++;
+		if (!np_flow_matches(&flow, np_parse_flow(skb, &flow)))
+			goto untracked;
 	}
+#endif
+	fresh.t[CP_ENQ] = now;
+	fresh.udp = udp;
+#if UDP_BY_RING
+	if (udp) {
+		np_fifo_push((u64)sk, key, fresh.t, fresh.ifindex, fresh.netns);
+		return 0;
+	}
+#endif
+	if (skbs.update(&key, &fresh))
+		np_hit_c(c, H_LOST_SKBS);
+	return 0;
+untracked:
+#endif
+#if UDP_BY_RING
+	if (udp)
+		np_fifo_push((u64)sk, key, NULL, 0, 0);
 #endif
 	return 0;
 }
@@ -767,43 +1104,42 @@ queued:
 #ifdef USE_KP_DATA_READY
 int kp_sock_def_readable(void *ctx)
 {
-	np_hit(H_KP_DATA_READY);
-	return np_on_data_ready((void *)KP_ARG0(ctx));
+	return np_on_data_ready(np_enter(H_KP_DATA_READY), (void *)KP_ARG0(ctx));
 }
 #else
 RAW_TRACEPOINT_PROBE(sk_data_ready)
 {
-	np_hit(H_DATA_READY);
-	return np_on_data_ready((void *)ctx->args[0]);
+	return np_on_data_ready(np_enter(H_DATA_READY), (void *)ctx->args[0]);
 }
 #endif
 #endif
 
 #ifdef USE_SOCKQ
-static __always_inline void np_emit_slow(void *ctx, void *skb, struct np_skb_state *st, u64 now, u64 queued)
+static __always_inline void np_emit_slow(void *ctx, struct np_cpu_state *c, void *skb, u64 *t, u32 ifindex,
+					 u32 netns, u64 now, u64 queued)
 {
 #if SLOWER_NS > 0
-	u64 total = st->t[CP_CORE] ? st->t[CP_ENQ] - st->t[CP_CORE] : 0;
+	u64 total = t[CP_CORE] ? t[CP_ENQ] - t[CP_CORE] : 0;
 	struct np_slow_event e = {};
 	struct np_flow flow = {};
 
 	if (queued <= SLOWER_NS && total <= SLOWER_NS)
 		return;
 	e.ts_ns = now;
-	if (st->t[CP_HANDOFF] && st->t[CP_CORE])
-		e.stage_ns[0] = st->t[CP_CORE] - st->t[CP_HANDOFF];
-	if (st->t[CP_CORE] && st->t[CP_IPRCV])
-		e.stage_ns[1] = st->t[CP_IPRCV] - st->t[CP_CORE];
-	if (st->t[CP_IPRCV] && st->t[CP_LOCAL])
-		e.stage_ns[2] = st->t[CP_LOCAL] - st->t[CP_IPRCV];
-	if (st->t[CP_LOCAL])
-		e.stage_ns[3] = st->t[CP_ENQ] - st->t[CP_LOCAL];
+	if (t[CP_HANDOFF] && t[CP_CORE])
+		e.stage_ns[0] = t[CP_CORE] - t[CP_HANDOFF];
+	if (t[CP_CORE] && t[CP_IPRCV])
+		e.stage_ns[1] = t[CP_IPRCV] - t[CP_CORE];
+	if (t[CP_IPRCV] && t[CP_LOCAL])
+		e.stage_ns[2] = t[CP_LOCAL] - t[CP_IPRCV];
+	if (t[CP_LOCAL])
+		e.stage_ns[3] = t[CP_ENQ] - t[CP_LOCAL];
 	e.stage_ns[4] = total;
 	e.stage_ns[5] = queued;
 	e.cpu = bpf_get_smp_processor_id();
 	e.pid = bpf_get_current_pid_tgid() >> 32;
-	e.ifindex = st->ifindex;
-	e.netns = st->netns;
+	e.ifindex = ifindex;
+	e.netns = netns;
 	if (np_parse_flow(skb, &flow) == 0) {
 		e.family = flow.family;
 		e.l4proto = flow.l4proto;
@@ -814,45 +1150,37 @@ static __always_inline void np_emit_slow(void *ctx, void *skb, struct np_skb_sta
 	}
 	bpf_get_current_comm(&e.comm, sizeof(e.comm));
 	slow.perf_submit(ctx, &e, sizeof(e));
-	np_hit(H_SLOW);
+	np_hit_c(c, H_SLOW);
 #endif
 }
 
-/* The application reads the skb: first copy to user space, or its free after a linear UDP copy. */
-static __always_inline void np_read_skb(void *ctx, void *skb)
+/* The application reads a followed skb: record socket_queue once. */
+static __always_inline void np_read(void *ctx, struct np_cpu_state *c, void *skb, u64 *t, u32 ifindex,
+				    u32 netns)
 {
-	u64 key = (u64)skb, now, queued;
-	struct np_skb_state *st = skbs.lookup(&key);
+	u64 now = bpf_ktime_get_ns(), queued = now - t[CP_ENQ];
 
-	if (!st)
-		return;
-	if (st->t[CP_ENQ] && !(st->done & (1 << STAGE_SOCKET_QUEUE))) {
-		now = bpf_ktime_get_ns();
-		queued = now - st->t[CP_ENQ];
-		np_record(STAGE_SOCKET_QUEUE, queued, st->ifindex, st->netns);
-		np_emit_slow(ctx, skb, st, now, queued);
-	}
+	np_record(STAGE_SOCKET_QUEUE, queued, ifindex, netns);
+	np_emit_slow(ctx, c, skb, t, ifindex, netns, now, queued);
+}
+
+/* first copy to user space (TCP), or the free after a linear UDP copy */
+static __always_inline void np_read_skb(void *ctx, struct np_cpu_state *c, u64 key, struct np_skb_state *st)
+{
+	if (st->t[CP_ENQ] && !(st->done & (1 << STAGE_SOCKET_QUEUE)))
+		np_read(ctx, c, (void *)key, st->t, st->ifindex, st->netns);
 	skbs.delete(&key);
 }
-
-#ifdef HAS_SOCK_SOCK_RECV_LENGTH
-#define UDP_BY_RING 1
-#else
-#define UDP_BY_RING 0
-#endif
 
 RAW_TRACEPOINT_PROBE(skb_copy_datagram_iovec)
 {
 	u64 key = ctx->args[0];
-	struct np_skb_state *st;
+	struct np_cpu_state *c = np_enter(H_COPY);
+	struct np_skb_state *st = skbs.lookup(&key);
 
-	np_hit(H_COPY);
-	if (UDP_BY_RING) {
-		st = skbs.lookup(&key);
-		if (!st || st->udp)
-			return 0;	/* UDP reads are counted at sock_recv_length */
-	}
-	np_read_skb(ctx, (void *)key);
+	if (!st || (UDP_BY_RING && st->udp))
+		return 0;	/* UDP reads are counted at sock_recv_length */
+	np_read_skb(ctx, c, key, st);
 	return 0;
 }
 
@@ -860,25 +1188,35 @@ RAW_TRACEPOINT_PROBE(skb_copy_datagram_iovec)
 RAW_TRACEPOINT_PROBE(consume_skb)
 {
 	u64 key = ctx->args[0];
+	struct np_cpu_state *c = np_enter(H_CONSUME);
+	struct np_skb_state *st;
 
-	np_hit(H_CONSUME);
+#if USE_PEND
+	np_pend_forget(c, key);
+#endif
+	st = skbs.lookup(&key);	/* lockless; most freed skbs were never followed */
+
+	if (!st)
+		return 0;
 	if (UDP_BY_RING)
 		skbs.delete(&key);	/* freed: forget it (a UDP free may come long after the read) */
 	else
-		np_read_skb(ctx, (void *)key);
+		np_read_skb(ctx, c, key, st);
 	return 0;
 }
 #endif
 
-#ifdef HAS_SOCK_SOCK_RECV_LENGTH
+#if UDP_BY_RING
 RAW_TRACEPOINT_PROBE(sock_recv_length)
 {
 	int ret = (int)ctx->args[1], flags = (int)ctx->args[2];
-	u64 skey = ctx->args[0], seq, skb;
+	u64 skey = ctx->args[0], seq;
 	struct np_sk_fifo *fifo;
 	struct np_ring_slot *slot;
+	struct np_cpu_state *c = np_enter(H_RECV_LENGTH);
+	u32 ifindex = 0, netns = 0;
+	u64 t[CP_MAX] = {};
 
-	np_hit(H_RECV_LENGTH);
 	if (ret < 0 || (flags & NP_MSG_PEEK))
 		return 0;
 	fifo = fifos.lookup(&skey);
@@ -886,10 +1224,18 @@ RAW_TRACEPOINT_PROBE(sock_recv_length)
 		return 0;	/* not UDP, or nothing we saw enqueued */
 	seq = fifo->head++;
 	slot = &fifo->slot[seq & (RING - 1)];
-	if (slot->seq != seq)
-		return 0;	/* overwritten: more than RING datagrams were queued */
-	skb = slot->skb;
-	np_read_skb(ctx, (void *)skb);
+	if (slot->seq != seq || !slot->t_enq)
+		return 0;	/* overwritten (more than RING datagrams were queued), or not followed */
+#if NEED_WHERE
+	ifindex = slot->ifindex;
+	netns = slot->netns;
+#endif
+#if SLOWER_NS > 0
+	np_read(ctx, c, (void *)slot->skb, slot->t, ifindex, netns);
+#else
+	t[CP_ENQ] = slot->t_enq;
+	np_read(ctx, c, NULL, t, ifindex, netns);
+#endif
 	return 0;
 }
 #endif
@@ -900,9 +1246,13 @@ RAW_TRACEPOINT_PROBE(sock_recv_length)
 RAW_TRACEPOINT_PROBE(kfree_skb)
 {
 	u64 key = ctx->args[0];
+	struct np_cpu_state *c = np_enter(H_KFREE);
 
-	np_hit(H_KFREE);
-	skbs.delete(&key);
+#if USE_PEND
+	np_pend_forget(c, key);
+#endif
+	if (skbs.lookup(&key))	/* lockless; delete takes the bucket lock */
+		skbs.delete(&key);
 	return 0;
 }
 #endif
@@ -911,9 +1261,8 @@ RAW_TRACEPOINT_PROBE(kfree_skb)
 #ifdef USE_KP_NET_RX_ACTION
 int kp_net_rx_action(void *ctx)
 {
-	struct np_cpu_state *c = np_cpu();
+	struct np_cpu_state *c = np_enter(H_KP_NET_RX);
 
-	np_hit(H_KP_NET_RX);
 	if (c) {
 		c->netrx_start = bpf_ktime_get_ns();
 		c->last_poll_end = c->netrx_start;
@@ -924,9 +1273,8 @@ int kp_net_rx_action(void *ctx)
 
 int kr_net_rx_action(void *ctx)
 {
-	struct np_cpu_state *c = np_cpu();
+	struct np_cpu_state *c = np_enter(H_KR_NET_RX);
 
-	np_hit(H_KR_NET_RX);
 	if (c && c->in_netrx) {
 		np_record(STAGE_NET_RX_ACTION, bpf_ktime_get_ns() - c->netrx_start, 0, 0);
 		c->in_netrx = 0;

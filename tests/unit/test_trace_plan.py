@@ -125,3 +125,16 @@ def test_nic_irqs_from_proc_interrupts() -> None:
             "LOC:      76078      84336   Local timer interrupts\n")
     devices = {"eth0": (2, "virtio2"), "ens5": (3, "0000:00:05.0")}
     assert trace_mod.nic_irqs(text, devices) == {38: 2, 50: 3}
+
+
+def test_trace_spans_merge_neighbouring_fields_into_one_read() -> None:
+    # sk_buff and sock offsets of the 6.18 development kernel
+    offsets = {"OFF_SKB_PROTOCOL": 176, "SIZE_SKB_PROTOCOL": 2, "OFF_SKB_HEAD": 192, "SIZE_SKB_HEAD": 8,
+               "OFF_SKB_DATA": 200, "SIZE_SKB_DATA": 8, "OFF_SK_FAMILY": 16, "SIZE_SK_FAMILY": 2,
+               "OFF_SK_NET": 48, "SIZE_SK_NET": 8, "OFF_SK_RCVQ_PREV": 176, "SIZE_SK_RCVQ_PREV": 8}
+    assert trace_mod.trace_spans(offsets) == {"SKB_RX_SPAN_OFF": 176, "SKB_RX_SPAN_LEN": 32,
+                                              "SK_SPAN_OFF": 16, "SK_SPAN_LEN": 168}
+    far = trace_mod.trace_spans({**offsets, "OFF_SK_RCVQ_PREV": 900})
+    assert "SK_SPAN_OFF" not in far and "SKB_RX_SPAN_OFF" in far
+    no_sizes = {k: v for k, v in offsets.items() if not k.startswith("SIZE_")}
+    assert trace_mod.trace_spans(no_sizes) == {}

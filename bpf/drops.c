@@ -65,11 +65,6 @@ enum drop_stat {
 BPF_PERCPU_HASH(drops, struct drop_key, u64, MAX_ROWS);
 BPF_PERCPU_ARRAY(stats, u64, STAT_MAX);
 
-#ifdef FILTER_IFACE
-/* key: netns inode << 32 | ifindex, filled by netpath from --iface */
-BPF_HASH(iface_filter, u64, u8, 64);
-#endif
-
 #ifdef WITH_STACK
 BPF_STACK_TRACE(stacks, 4096);
 BPF_HASH(drop_stack, struct drop_key, s32, MAX_ROWS);
@@ -144,16 +139,8 @@ RAW_TRACEPOINT_PROBE(kfree_skb)
 		return 0;
 #endif
 	netns = drop_dev(skb, &dev, &ifindex);
-#ifdef FILTER_NETNS
-	if (netns != FILTER_NETNS)
+	if (!np_passes_where(netns, ifindex))
 		return 0;
-#endif
-#ifdef FILTER_IFACE
-	u64 ifkey = ((u64)netns << 32) | ifindex;
-
-	if (!iface_filter.lookup(&ifkey))
-		return 0;
-#endif
 #if BY_PROTO || BY_FLOW || SAMPLE_BUDGET > 0 || defined(FILTER_PROTO) || defined(FILTER_PORT) || \
 	defined(FILTER_HOST_FAMILY)
 	int parsed = np_parse_flow(skb, &flow);

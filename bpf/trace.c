@@ -282,10 +282,6 @@ BPF_TABLE("lru_hash", u64, struct np_sk_fifo, fifos, 4096);
 BPF_PERCPU_ARRAY(fifo_zero, struct np_sk_fifo, 1);	/* never written: a new socket's ring */
 #endif
 
-#ifdef FILTER_IFACE
-BPF_HASH(iface_filter, u64, u8, 64);	/* netns inode << 32 | ifindex */
-#endif
-
 #if SLOWER_NS > 0
 BPF_PERF_OUTPUT(slow);
 #endif
@@ -385,20 +381,6 @@ static __always_inline void np_record(u32 stage, u64 delta, u32 ifindex, u32 net
 
 /* --- filters: netns/iface from the device, flow from the headers --- */
 
-static __always_inline int np_passes_where(u32 netns, u32 ifindex)
-{
-#ifdef FILTER_NETNS
-	if (netns != FILTER_NETNS)
-		return 0;
-#endif
-#ifdef FILTER_IFACE
-	u64 ifkey = ((u64)netns << 32) | ifindex;
-
-	if (!iface_filter.lookup(&ifkey))
-		return 0;
-#endif
-	return 1;
-}
 
 /* ifindex and netns inode of a net_device */
 static __always_inline void np_dev_where(void *dev, u32 *ifindex, u32 *netns)

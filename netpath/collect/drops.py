@@ -74,7 +74,7 @@ def program_source(query: DropsQuery, facts: KernelFacts, offsets: dict[str, int
     if query.reason_code is not None:
         defines["FILTER_REASON"] = query.reason_code
     defines.update(filter_defines(query.netns, query.iface_keys, query.proto, query.port, query.host))
-    return bpf.ProgramSource(["drops.c"], defines)
+    return bpf.ProgramSource(["where.c", "drops.c"], defines)
 
 
 def proto_name(family: int, l3proto: int, l4proto: int) -> str | None:

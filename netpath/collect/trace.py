@@ -124,7 +124,7 @@ def program_source(query: TraceQuery, plan: AttachPlan, offsets: dict[str, int])
         defines["FILTER_HOST_FAMILY"] = query.host.version
         for i, word in enumerate(host_words(query.host)):
             defines[f"FILTER_HOST_W{i}"] = word
-    return bpf.ProgramSource(["trace.c"], defines)
+    return bpf.ProgramSource(["where.c", "trace.c"], defines)
 
 
 _IRQ_LINE = re.compile(r"^\s*(\d+):(?:\s+\d+)+\s+(.*)$")

@@ -86,7 +86,7 @@ def test_program_source_takes_numbers_only() -> None:
     query = trace_mod.TraceQuery(proto="udp", port=5353, host=ipaddress.ip_address("10.201.1.2"), per_iface=True,
                                  slower_ns=5_000_000)
     src = trace_mod.program_source(query, plan, offsets)
-    assert src.files == ["trace.c"]
+    assert src.files == ["where.c", "trace.c"]
     assert all(isinstance(v, int) for v in src.defines.values())
     assert src.defines["FILTER_PORT"] == 5353 and src.defines["FILTER_PROTO"] == 17
     assert src.defines["FILTER_HOST_W0"] == int.from_bytes(bytes([10, 201, 1, 2]), "little")

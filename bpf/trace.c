@@ -221,7 +221,12 @@ struct np_slow_event {
 };
 
 #define NSTAGES		12
-#define NSLOTS		320	/* up to 2^42 ns (73 minutes); longer lands in the last slot */
+/*
+ * np_slot() tops out at 495 (2^64 ns): a power-of-two table lets a mask, not
+ * a branch, bound the index. Linux 6.1's verifier rejects the clamp clang
+ * emits for a branch (it walks the impossible side with inverted bounds).
+ */
+#define NSLOTS		512
 
 struct np_stage_hist {
 	u64 slots[NSLOTS];
@@ -370,9 +375,7 @@ static __always_inline void np_record(u32 stage, u64 delta, u32 ifindex, u32 net
 
 	if (!h)
 		return;
-	if (slot >= NSLOTS)
-		slot = NSLOTS - 1;
-	h->slots[slot] += 1;
+	h->slots[slot & (NSLOTS - 1)] += 1;
 	m = stage_max.lookup(&stage);
 	if (m && *m < delta)
 		*m = delta;

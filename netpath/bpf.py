@@ -110,6 +110,8 @@ def compile_program(source: ProgramSource, facts: KernelFacts) -> Any:
             os.environ.pop("BCC_KERNEL_SOURCE", None)
         else:
             os.environ["BCC_KERNEL_SOURCE"] = env_before
+    if os.environ.get("NETPATH_DEBUG"):
+        sys.stderr.write("\n".join(errors) + "\n")
     # clang's first "error:" line, else the verifier's first complaint, else what bcc raised
     detail = next((line for line in errors if "error:" in line), None) or next(
         (line for line in errors if line.strip() and not line.startswith(("bpf: Failed", " "))), str(failure)

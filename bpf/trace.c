@@ -98,6 +98,8 @@ enum np_hook {
 	H_LOST_ROWS,	/* histogram map full */
 	H_LOST_SKBS,	/* per-skb map update failed */
 	H_SLOW,		/* slow events sent */
+	H_ENQ_MISSED,	/* sk_data_ready found the datagram already read: not timed */
+	H_RING_OVERRUN,	/* more than RING datagrams queued on one socket: oldest not timed */
 	H_MAX,
 };
 
@@ -136,7 +138,7 @@ struct np_skb_state {
  * than RING queued) is skipped, so reads stay in step. t_enq == 0: a
  * datagram the trace does not follow.
  */
-#define RING 128
+/* RING (slots per socket, a power of two) comes from netpath as a -D number */
 
 struct np_ring_slot {
 	u64 seq;
@@ -976,8 +978,18 @@ static __always_inline int np_on_data_ready(struct np_cpu_state *c, void *sk)
 #endif
 	if (family != NP_AF_INET && family != NP_AF_INET6)
 		return 0;	/* unix, netlink, ...: not the IP receive path */
-	if (!skb || skb == (void *)((char *)sk + OFF_SK_RCVQ))
-		return 0;	/* empty queue: nothing was enqueued */
+	if (!skb || skb == (void *)((char *)sk + OFF_SK_RCVQ)) {
+		/*
+		 * Empty queue: a reader on another CPU took the datagram between its
+		 * enqueue and this wakeup. If this CPU was following an skb, that one
+		 * is lost to stack_total and socket_queue: say so in the health counts.
+		 */
+		if (c && (c->cur.flags & CUR_TRACKED) && !(c->cur.flags & CUR_ENQUEUED)) {
+			c->cur.flags |= CUR_ENQUEUED;
+			np_hit_c(c, H_ENQ_MISSED);
+		}
+		return 0;
+	}
 	key = (u64)skb;
 	now = bpf_ktime_get_ns();
 	NP_READ(sk_proto, sk, OFF_SK_PROTOCOL);
@@ -1209,8 +1221,12 @@ RAW_TRACEPOINT_PROBE(sock_recv_length)
 		return 0;	/* not UDP, or nothing we saw enqueued */
 	seq = fifo->head++;
 	slot = &fifo->slot[seq & (RING - 1)];
-	if (slot->seq != seq || !slot->t_enq)
-		return 0;	/* overwritten (more than RING datagrams were queued), or not followed */
+	if (slot->seq != seq) {
+		np_hit_c(c, H_RING_OVERRUN);	/* overwritten: more than RING datagrams were queued */
+		return 0;
+	}
+	if (!slot->t_enq)
+		return 0;	/* not followed */
 #if NEED_WHERE
 	ifindex = slot->ifindex;
 	netns = slot->netns;

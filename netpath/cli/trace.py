@@ -208,6 +208,8 @@ def _snap_json(snap: ts.TraceSnapshot, names: trace_view.Names, opts: Options) -
             "lost_samples": snap.stats.get("lost_rows", 0),
             "lost_skbs": snap.stats.get("lost_skbs", 0),
             "slow_sent": snap.stats.get("slow_sent", 0),
+            "missed_enqueue": snap.stats.get("missed_enqueue", 0),
+            "ring_overrun": snap.stats.get("ring_overrun", 0),
             "lost_events": snap.slow_lost,
         },
     }

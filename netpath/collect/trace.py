@@ -36,7 +36,8 @@ HOOK_NAMES = (
     "ip_rcv", "ipv6_rcv", "ip_local_deliver", "ip6_input", "tcp_v4_rcv", "tcp_v6_rcv", "udp_rcv", "udpv6_rcv",
     "net_rx_action", "net_rx_action:return", "sock_def_readable",
 )
-STAT_NAMES = ("lost_rows", "lost_skbs", "slow_sent")
+RING_SLOTS = 128  # datagrams timed per UDP socket queue; a power of two
+STAT_NAMES = ("lost_rows", "lost_skbs", "slow_sent", "missed_enqueue", "ring_overrun")
 KPROBE_FNS: dict[str, list[tuple[str, str]]] = {
     "ip_rcv": [("entry", "kp_ip_rcv")],
     "ipv6_rcv": [("entry", "kp_ipv6_rcv")],
@@ -108,6 +109,7 @@ def program_source(query: TraceQuery, plan: AttachPlan, offsets: dict[str, int])
     defines.update(plan.defines())
     defines["TRACK_SKBS"] = int(any(d in defines for d in PER_SKB_DEFINES))
     defines["MAX_SKBS"] = MAX_SKBS
+    defines["RING"] = RING_SLOTS
     defines["HIST_ROWS"] = HIST_ROWS
     defines["BY_IFACE"] = int(query.per_iface)
     defines["BY_CPU"] = int(query.per_cpu)

@@ -11,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from netpath.collect import hist
-from netpath.collect.trace import SlowPacket
+from netpath.collect.trace import RING_SLOTS, SlowPacket
 from netpath.collect.trace_stats import Dist, StageStat, TraceSnapshot
 
 SPARK = "▁▂▃▄▅▆▇█"
@@ -124,11 +124,15 @@ def trace_table(snap: TraceSnapshot, title: str, names: Names, per_iface: bool, 
 
 
 def health_lines(snap: TraceSnapshot) -> list[str]:
-    lost = snap.stats.get("lost_rows", 0) + snap.stats.get("lost_skbs", 0) + snap.slow_lost
-    if not lost:
-        return []
-    return [f"netpath lost: {snap.stats.get('lost_rows', 0)} samples (histogram map full), "
-            f"{snap.stats.get('lost_skbs', 0)} skbs (tracking map full), {snap.slow_lost} slow events"]
+    stats = snap.stats
+    lines = []
+    if stats.get("lost_rows", 0) + stats.get("lost_skbs", 0) + snap.slow_lost:
+        lines.append(f"netpath lost: {stats.get('lost_rows', 0)} samples (histogram map full), "
+                     f"{stats.get('lost_skbs', 0)} skbs (tracking map full), {snap.slow_lost} slow events")
+    if stats.get("missed_enqueue", 0) + stats.get("ring_overrun", 0):
+        lines.append(f"not timed: {stats.get('missed_enqueue', 0)} datagrams read before their wakeup, "
+                     f"{stats.get('ring_overrun', 0)} past a socket's {RING_SLOTS}-slot ring")
+    return lines
 
 
 def plain_lines(snap: TraceSnapshot, title: str, names: Names, per_iface: bool, per_cpu: bool,

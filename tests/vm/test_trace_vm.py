@@ -50,9 +50,14 @@ def test_udp_counts_equal_datagrams_at_every_kprobe_stage(netns_pair) -> None:
     vmlab.send_udp(p, p.a, p.addr_b, port, n)
     assert sink.wait() == n
     summary = _stop(run)
+    # a datagram the reader takes before its wakeup runs cannot be timed past the stack;
+    # netpath counts those (health.missed_enqueue), so nothing vanishes unaccounted
+    missed = summary["health"]["missed_enqueue"]
+    assert missed <= n // 20, summary["health"]
     for stage in ("netif_receive_skb", "ip_rcv", "ip_local_deliver", "udp_rcv", "stack_total", "socket_queue"):
         row = _stage(summary, stage)
-        assert row["count"] == n, (stage, row)
+        want = n - missed if stage in ("stack_total", "socket_queue") else n
+        assert row["count"] == want, (stage, row, summary["health"])
         assert row["p50_ns"] > 0 and row["max_ns"] >= row["p99_ns"] >= row["p50_ns"]
     assert _stage(summary, "tcp_v4_rcv")["count"] == 0
     assert summary["health"]["probe_hits"].get("ip_rcv", 0) >= n

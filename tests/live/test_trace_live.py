@@ -82,12 +82,16 @@ def test_stage_counts_equal_datagrams_on_a_veth() -> None:
     assert {u["stage"] for u in start["unavailable"]} <= {"ip_rcv", "ip_local_deliver", "tcp_v4_rcv", "udp_rcv"}
     summary = run.summary()
     assert summary["stop_reason"] == "SIGTERM"
-    for stage in ("netif_receive_skb", "stack_total", "socket_queue"):
-        assert _stage(summary, stage)["count"] == n, (stage, _stage(summary, stage))
+    # a datagram read before its wakeup ran is counted in health, not timed (a race the reader wins rarely)
+    missed = summary["health"]["missed_enqueue"]
+    assert missed <= n // 10, summary["health"]
+    assert _stage(summary, "netif_receive_skb")["count"] == n
+    for stage in ("stack_total", "socket_queue"):
+        assert _stage(summary, stage)["count"] == n - missed, (stage, _stage(summary, stage))
     parts = _stage(summary, "socket_queue")["breakdown"]
     assert [p["iface"] for p in parts] == [pair.ns_if]
     intervals = [r for r in records if r["type"] == "interval"]
-    assert sum(_stage(r, "socket_queue")["count"] for r in intervals) == n
+    assert sum(_stage(r, "socket_queue")["count"] for r in intervals) == n - missed
     assert summary["health"]["probe_hits"]["net:netif_receive_skb"] >= n
 
 
@@ -141,5 +145,7 @@ def test_iface_and_netns_filters_follow_only_that_interface() -> None:
     assert start["filters"]["netns"] is not None
     summary = run.summary()
     # only the namespace side's receive path: n datagrams (plus nothing from the root namespace)
-    assert _stage(summary, "socket_queue")["count"] == n
+    missed = summary["health"]["missed_enqueue"]
+    assert missed <= n // 10, summary["health"]
+    assert _stage(summary, "socket_queue")["count"] == n - missed
     assert n <= _stage(summary, "netif_receive_skb")["count"] <= n + 4  # + possible ARP/ND

@@ -72,6 +72,7 @@ def prog_stats(prog) -> dict[str, tuple[int, int]]:
 
 def main() -> None:
     seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 5.0
+    stats_before = Path("/proc/sys/kernel/bpf_stats_enabled").read_text().strip()
     subprocess.run(["sysctl", "-q", "kernel.bpf_stats_enabled=1"], check=True)
     facts = KernelFacts.load("/")
     plan = make_plan(facts)
@@ -98,7 +99,8 @@ def main() -> None:
                 ns = after[name][1] - before.get(name, (0, 0))[1]
                 if cnt:
                     print(f"  {name:<45} {cnt:>10,} runs {ns / cnt:>7.0f} ns/run")
-    subprocess.run(["sysctl", "-q", "kernel.bpf_stats_enabled=0"], check=False)
+    # restore, not zero: a benchmark running beside this may rely on the stats being on
+    subprocess.run(["sysctl", "-q", f"kernel.bpf_stats_enabled={stats_before}"], check=False)
 
 
 if __name__ == "__main__":

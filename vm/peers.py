@@ -32,7 +32,7 @@ CLOSED_PORT = 40999
 READY_TIMEOUT_S = 240
 
 
-def start(argv: list[str], ready: str | None, stdin: bool = False) -> subprocess.Popen[str]:
+def start(argv: list[str], ready: str | None, stdin: bool = False) -> subprocess.Popen[str] | str:
     """Start a tool and wait until its output shows `ready` (the tools print before attaching is done)."""
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             stdin=subprocess.PIPE if stdin else subprocess.DEVNULL, cwd=REPO)
@@ -48,7 +48,10 @@ def start(argv: list[str], ready: str | None, stdin: bool = False) -> subprocess
         proc.lines.append(line)  # type: ignore[attr-defined]
         if ready in line:
             return proc
-    raise SystemExit(f"{argv[0]} never printed {ready!r}: {''.join(proc.lines)[-800:]}")  # type: ignore[attr-defined]
+    proc.kill()
+    out = "".join(proc.lines)  # type: ignore[attr-defined]
+    errors = [ln.strip() for ln in out.splitlines() if "error" in ln.lower()]
+    return f"could not start: {errors[0] if errors else out[-300:]}"
 
 
 def stop(proc: subprocess.Popen[str]) -> str:
@@ -78,22 +81,23 @@ def main() -> None:
     have_netdm = Path(f"/lib/modules/{release}").exists() and subprocess.run(
         ["modprobe", "drop_monitor"], capture_output=True, check=False).returncode == 0
     with vmlab.netns_pair() as pair:
-        tools: dict[str, subprocess.Popen[str]] = {}
+        tools: dict[str, subprocess.Popen[str] | str] = {}
         tools["netpath drops"] = start([sys.executable, "-m", "netpath", "drops", "--netns", pair.b, "--json"],
                                        '"type":"start"')
         tools["netpath trace"] = start([sys.executable, "-m", "netpath", "trace", "--json"], '"type":"start"')
         tools["tcpdrop"] = start(["tcpdrop-bpfcc"], "TIME")
         tools["softirqs"] = start(["softirqs-bpfcc"], "Tracing")
         if have_netdm:
-            tools["dropwatch"] = start(["dropwatch", "-l", "kas"], None, stdin=True)
-            assert tools["dropwatch"].stdin is not None
-            tools["dropwatch"].stdin.write("start\n")
-            tools["dropwatch"].stdin.flush()
+            dropwatch = start(["dropwatch", "-l", "kas"], None, stdin=True)
+            assert not isinstance(dropwatch, str) and dropwatch.stdin is not None
+            dropwatch.stdin.write("start\n")
+            dropwatch.stdin.flush()
+            tools["dropwatch"] = dropwatch
         time.sleep(5)
         vmlab.send_udp(pair, pair.a, pair.addr_b, CLOSED_PORT, UDP_N)
         tcp_attempts(pair)
         time.sleep(3)
-        outputs = {name: stop(proc) for name, proc in tools.items()}
+        outputs = {name: proc if isinstance(proc, str) else stop(proc) for name, proc in tools.items()}
         snmp = pair.run(pair.b, ["cat", "/proc/net/snmp"]).stdout
     report(release, outputs, snmp, have_netdm)
 
@@ -110,6 +114,8 @@ def report(release: str, outputs: dict[str, str], snmp: str, have_netdm: bool) -
     for row in summary["rows"]:
         print(f"netpath drops: {row['count']:>6}  {row['reason']:<16} {row['location']:<28} "
               f"{row['iface']} {row['proto']}")
+    if outputs["tcpdrop"].startswith("could not start"):
+        print(f"tcpdrop:       {outputs['tcpdrop'][:150]}")
     tcp_lines = [ln for ln in outputs["tcpdrop"].splitlines() if re.match(r"^\d\d:\d\d:\d\d ", ln)]
     print(f"tcpdrop:       {len(tcp_lines):>6}  lines (TCP with a socket only: it sees no UDP and no "
           "socketless drops)")

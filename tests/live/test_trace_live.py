@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -67,16 +68,22 @@ def test_socket_queue_measures_the_application_delay(delay_ms: int) -> None:
     assert sq["method"] == "raw_tracepoint"
 
 
+def _burst(pair, args: list[str], port: int, n: int, sig: int) -> tuple[NetpathRun, dict]:
+    """Trace while n datagrams go to a receiver that reads at once, then stop netpath with sig."""
+    run = NetpathRun(["trace", "--json", "--interval", "1", *args])
+    start = run.wait_start()
+    receiver = _start_receiver(pair, port, n, 0.0)
+    send_udp(pair.ns_addr, port, n)
+    receiver.communicate(timeout=30)
+    time.sleep(1.2)
+    run.proc.send_signal(sig)
+    return run, start
+
+
 def test_stage_counts_equal_datagrams_on_a_veth() -> None:
     n, port = 50, 40555
     with veth_namespace("nptc") as pair:
-        run = NetpathRun(["trace", "--json", "--interval", "1", "--port", str(port), "--per-iface"])
-        start = run.wait_start()
-        receiver = _start_receiver(pair, port, n, 0.0)
-        send_udp(pair.ns_addr, port, n)
-        receiver.communicate(timeout=30)
-        time.sleep(1.2)
-        run.proc.send_signal(15)
+        run, start = _burst(pair, ["--port", str(port), "--per-iface"], port, n, signal.SIGTERM)
         rc, records, err = run.finish()
     assert rc == 0, err
     assert {u["stage"] for u in start["unavailable"]} <= {"ip_rcv", "ip_local_deliver", "tcp_v4_rcv", "udp_rcv"}
@@ -133,13 +140,7 @@ def test_plain_output_fits_80_columns() -> None:
 def test_iface_and_netns_filters_follow_only_that_interface() -> None:
     n, port = 30, 40888
     with veth_namespace("nptf") as pair:
-        run = NetpathRun(["trace", "--json", "--interval", "1", "--netns", pair.ns, "--iface", pair.ns_if])
-        start = run.wait_start()
-        receiver = _start_receiver(pair, port, n, 0.0)
-        send_udp(pair.ns_addr, port, n)
-        receiver.communicate(timeout=30)
-        time.sleep(1.2)
-        run.proc.send_signal(2)
+        run, start = _burst(pair, ["--netns", pair.ns, "--iface", pair.ns_if], port, n, signal.SIGINT)
         rc, _records, err = run.finish()
     assert rc == 0, err
     assert start["filters"]["netns"] is not None

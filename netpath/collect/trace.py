@@ -14,6 +14,7 @@ from typing import Any
 from netpath import bpf, netns
 from netpath.collect import hist
 from netpath.errors import MissingCapability
+from netpath.filter_defines import filter_defines
 from netpath.kernel import offsets as kernel_offsets
 from netpath.kernel.facts import KernelFacts
 from netpath.plan import AttachPlan
@@ -21,7 +22,6 @@ from netpath.stages import STAGES
 
 MAX_SKBS = 65536
 HIST_ROWS = 16384
-PROTO_NUMBERS = {"tcp": 6, "udp": 17, "icmp": 1}
 NEEDED = ("OFF_SKB_DEV", "OFF_SKB_HEAD", "OFF_SKB_DATA", "OFF_SKB_PROTOCOL", "OFF_SKB_NETWORK_HEADER",
           "OFF_SKB_SKB_IIF", "OFF_DEV_IFINDEX", "OFF_DEV_ND_NET", "OFF_NET_NS_INUM", "OFF_SK_NET",
           "OFF_SK_RCVQ", "OFF_SK_RCVQ_PREV", "OFF_NAPI_DEV", "OFF_SK_FAMILY", "OFF_SK_PROTOCOL")
@@ -72,30 +72,15 @@ class TraceQuery:
     slower_ns: int = 0
 
 
-# neighbouring fields bpf/trace.c fetches with one probe read (each read costs ~25 ns)
-TRACE_SPANS: dict[str, tuple[tuple[str, ...], int]] = {
+# neighbouring fields bpf/trace.c fetches with one probe read, beyond the shared ones
+TRACE_SPANS: kernel_offsets.SpanGroups = {
     "SKB_RX_SPAN": (("OFF_SKB_PROTOCOL", "OFF_SKB_HEAD", "OFF_SKB_DATA"), 64),
     "SK_SPAN": (("OFF_SK_FAMILY", "OFF_SK_NET", "OFF_SK_RCVQ_PREV"), 192),
 }
 
 
 def trace_spans(offsets: dict[str, int]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for prefix, (names, limit) in TRACE_SPANS.items():
-        sizes = [n.replace("OFF_", "SIZE_", 1) for n in names]
-        if not all(n in offsets for n in (*names, *sizes)):
-            continue
-        start = min(offsets[n] for n in names)
-        end = max(offsets[n] + offsets[z] for n, z in zip(names, sizes, strict=True))
-        if end - start <= limit:
-            out[f"{prefix}_OFF"] = start
-            out[f"{prefix}_LEN"] = end - start
-    return out
-
-
-def host_words(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> list[int]:
-    raw = addr.packed
-    return [struct.unpack_from("<I", raw, i)[0] for i in range(0, len(raw), 4)]
+    return kernel_offsets.spans(offsets, TRACE_SPANS)
 
 
 def program_source(query: TraceQuery, plan: AttachPlan, offsets: dict[str, int]) -> bpf.ProgramSource:
@@ -114,18 +99,7 @@ def program_source(query: TraceQuery, plan: AttachPlan, offsets: dict[str, int])
     defines["BY_IFACE"] = int(query.per_iface)
     defines["BY_CPU"] = int(query.per_cpu)
     defines["SLOWER_NS"] = int(query.slower_ns)
-    if query.netns is not None:
-        defines["FILTER_NETNS"] = query.netns.inode
-    if query.iface_keys:
-        defines["FILTER_IFACE"] = 1
-    if query.proto is not None:
-        defines["FILTER_PROTO"] = PROTO_NUMBERS[query.proto]
-    if query.port is not None:
-        defines["FILTER_PORT"] = query.port
-    if query.host is not None:
-        defines["FILTER_HOST_FAMILY"] = query.host.version
-        for i, word in enumerate(host_words(query.host)):
-            defines[f"FILTER_HOST_W{i}"] = word
+    defines.update(filter_defines(query.netns, query.iface_keys, query.proto, query.port, query.host))
     return bpf.ProgramSource(["where.c", "trace.c"], defines)
 
 

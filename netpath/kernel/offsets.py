@@ -55,22 +55,25 @@ def load(btf_path: Path, use_cache: bool = True) -> dict[str, int]:
     return dict(cached_json(btf_path, f"offsets-{fields_digest}", lambda blob: compute(BTF(blob)), use_cache))
 
 
-SPAN_MAX = 64
+SpanGroups = dict[str, tuple[tuple[str, ...], int]]
+
+# prefix -> (fields fetched together, the most bytes one read may span)
+SHARED_SPANS: SpanGroups = {
+    "SKB_SPAN": (("OFF_SKB_PROTOCOL", "OFF_SKB_NETWORK_HEADER", "OFF_SKB_HEAD"), 64),
+    "DEV_SPAN": (("OFF_DEV_IFINDEX", "OFF_DEV_ND_NET"), 64),
+}
 
 
-def spans(offsets: dict[str, int]) -> dict[str, int]:
+def spans(offsets: dict[str, int], groups: SpanGroups = SHARED_SPANS) -> dict[str, int]:
     """Defines letting C fetch neighbouring fields with one probe read (each read costs ~25 ns)."""
     out: dict[str, int] = {}
-    groups = {
-        "SKB_SPAN": ("OFF_SKB_PROTOCOL", "OFF_SKB_NETWORK_HEADER", "OFF_SKB_HEAD"),
-        "DEV_SPAN": ("OFF_DEV_IFINDEX", "OFF_DEV_ND_NET"),
-    }
-    for prefix, names in groups.items():
-        if not all(n in offsets and n.replace("OFF_", "SIZE_", 1) in offsets for n in names):
+    for prefix, (names, limit) in groups.items():
+        sizes = [n.replace("OFF_", "SIZE_", 1) for n in names]
+        if not all(n in offsets for n in (*names, *sizes)):
             continue
         start = min(offsets[n] for n in names)
-        end = max(offsets[n] + offsets[n.replace("OFF_", "SIZE_", 1)] for n in names)
-        if end - start <= SPAN_MAX:
+        end = max(offsets[n] + offsets[z] for n, z in zip(names, sizes, strict=True))
+        if end - start <= limit:
             out[f"{prefix}_OFF"] = start
             out[f"{prefix}_LEN"] = end - start
     return out

@@ -11,7 +11,6 @@ from netpath.cli.preflight import load_facts, require_capability
 from netpath.collect import counters as counters_mod
 from netpath.collect import drops as drops_mod
 from netpath.errors import EXIT_OK, EXIT_THRESHOLD, BadInput, MissingCapability
-from netpath.kernel import reasons as reasons_mod
 from netpath.links import IfaceNames
 from netpath.model import Counter, DropRow, DropSnapshot
 from netpath.render import drops_view
@@ -71,7 +70,7 @@ def drops(ctx: click.Context, ifaces: tuple[str, ...], netns_spec: str | None, p
     facts = load_facts()
     if not facts.has_tracepoint(drops_mod.TRACEPOINT):
         raise MissingCapability("this kernel has no skb:kfree_skb tracepoint (needs Linux 4.x+ with tracefs mounted)")
-    reasons = reasons_mod.load(facts.btf_path, _tp_symbols(facts))
+    reasons = drops_mod.drop_reasons(facts)
     reason_code = None
     if reason_name is not None:
         reason_code = reasons.code(reason_name)
@@ -85,11 +84,6 @@ def drops(ctx: click.Context, ifaces: tuple[str, ...], netns_spec: str | None, p
         return
     term = Terminal(json_mode)
     ctx.exit(_run(term, query, filters, facts, reasons, source, interval, duration, count, top, fail_on_drops))
-
-
-def _tp_symbols(facts: object) -> dict[int, str] | None:
-    fmt = facts.tracepoint_format(drops_mod.TRACEPOINT)  # type: ignore[attr-defined]
-    return fmt.symbols.get("reason") if fmt else None
 
 
 def _run(term: Terminal, query: drops_mod.DropsQuery, filters: Filters, facts: object, reasons: object,
@@ -120,22 +114,25 @@ def _run(term: Terminal, query: drops_mod.DropsQuery, filters: Filters, facts: o
                 state["seq"] += 1
                 span = elapsed_ns - state["last_ns"]
                 state["last_ns"] = elapsed_ns
-                snap = _snapshot(collector, decoder, interval_counts, counters, interval_stats, limit,
-                                 elapsed_ns, collector.samples_lost - state.get("lost", 0))
+                lost = collector.samples_lost - state.get("lost", 0)
                 state["lost"] = collector.samples_lost
                 _flush_samples(term, collector)
-                if term.json_mode:
-                    term.emit("interval", command="drops", seq=state["seq"], elapsed_ns=elapsed_ns,
-                              interval_ns=span, **_snap_json(snap, query))
-                elif term.interactive:
+                if term.interactive:
                     # the live table ranks rows by run total so quiet intervals don't blank it
-                    running = _snapshot(collector, decoder, now, counters, interval_stats, limit, elapsed_ns,
-                                        collector.samples_lost)
-                    rates = {drops_view.row_key(decoder.row(drops_mod.DecodedKey.unpack(k), v)): v
-                             for k, v in interval_counts.items() if v > 0}
-                    term.show(drops_view.drops_table(running, rates, _title(elapsed_ns, snap.total), span))
+                    running, keys = _snapshot_keyed(collector, decoder, now, counters, interval_stats, limit,
+                                                    elapsed_ns, collector.samples_lost)
+                    rates = {drops_view.row_key(row): interval_counts.get(raw, 0)
+                             for row, raw in zip(running.rows, keys, strict=True)}
+                    total = sum(v for v in interval_counts.values() if v > 0)
+                    term.show(drops_view.drops_table(running, rates, _title(elapsed_ns, total), span))
                 else:
-                    term.plain("\n".join(drops_view.plain_lines(snap, _title(elapsed_ns, snap.total))))
+                    snap = _snapshot(collector, decoder, interval_counts, counters, interval_stats, limit,
+                                     elapsed_ns, lost)
+                    if term.json_mode:
+                        term.emit("interval", command="drops", seq=state["seq"], elapsed_ns=elapsed_ns,
+                                  interval_ns=span, **_snap_json(snap, query))
+                    else:
+                        term.plain("\n".join(drops_view.plain_lines(snap, _title(elapsed_ns, snap.total))))
                 collector.reset_sample_budget()
 
             stop_reason, elapsed = run(interval, duration, count, on_interval, collector.poll, stop)
@@ -167,6 +164,13 @@ def _title(elapsed_ns: int, total: int) -> str:
 def _snapshot(collector: drops_mod.DropsCollector, decoder: drops_mod.RowDecoder, counts: dict[bytes, int],
               counters: list[Counter], stats: dict[str, int], limit: int | None, elapsed_ns: int,
               samples_lost: int) -> DropSnapshot:
+    return _snapshot_keyed(collector, decoder, counts, counters, stats, limit, elapsed_ns, samples_lost)[0]
+
+
+def _snapshot_keyed(collector: drops_mod.DropsCollector, decoder: drops_mod.RowDecoder, counts: dict[bytes, int],
+                    counters: list[Counter], stats: dict[str, int], limit: int | None, elapsed_ns: int,
+                    samples_lost: int) -> tuple[DropSnapshot, list[bytes]]:
+    """The snapshot and, row for row, the raw map keys its rows came from."""
     ranked = sorted(((v, k) for k, v in counts.items() if v > 0), key=lambda item: (-item[0], item[1]))
     shown = ranked if limit is None else ranked[:limit]
     rows: list[DropRow] = []
@@ -177,8 +181,9 @@ def _snapshot(collector: drops_mod.DropsCollector, decoder: drops_mod.RowDecoder
             row = DropRow(**{**row.__dict__, "stack": stack})
         rows.append(row)
     rest = ranked[len(shown):]
-    return DropSnapshot(rows, counters, drops_mod.health(stats, samples_lost), sum(v for v, _ in ranked),
+    snap = DropSnapshot(rows, counters, drops_mod.health(stats, samples_lost), sum(v for v, _ in ranked),
                         elapsed_ns, len(rest), sum(v for v, _ in rest))
+    return snap, [raw for _, raw in shown]
 
 
 def _snap_json(snap: DropSnapshot, query: drops_mod.DropsQuery) -> dict[str, object]:

@@ -10,7 +10,6 @@ from netpath import bpf
 from netpath.cli.console import Terminal
 from netpath.cli.preflight import load_facts
 from netpath.collect import drops as drops_mod
-from netpath.kernel import reasons as reasons_mod
 from netpath.kernel.facts import KernelFacts
 
 HELP = """Show what this kernel offers netpath and how each hook attaches.
@@ -71,8 +70,7 @@ def probes(json_mode: bool, show_reasons: bool) -> None:
     term = Terminal(json_mode)
     kernel = kernel_facts(facts)
     hooks = hook_rows(facts)
-    fmt = facts.tracepoint_format(drops_mod.TRACEPOINT)
-    reasons = reasons_mod.load(facts.btf_path, fmt.symbols.get("reason") if fmt else None)
+    reasons = drops_mod.drop_reasons(facts)
     if json_mode:
         extra: dict[str, object] = {}
         if show_reasons:

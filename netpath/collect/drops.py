@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
 import ipaddress
 import struct
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,6 +13,7 @@ from netpath import bpf, netns
 from netpath.errors import MissingCapability
 from netpath.filter_defines import filter_defines
 from netpath.kernel import offsets as kernel_offsets
+from netpath.kernel import reasons as reasons_mod
 from netpath.kernel.facts import KernelFacts
 from netpath.kernel.reasons import DropReasons
 from netpath.links import IfaceNames
@@ -48,6 +51,12 @@ class DropsQuery:
     @property
     def flow_keyed(self) -> bool:
         return "flow" in self.by or self.port is not None or self.host is not None
+
+
+def drop_reasons(facts: KernelFacts) -> DropReasons:
+    """This kernel's reason names: BTF first, the kfree_skb tracepoint's own table without it."""
+    fmt = facts.tracepoint_format(TRACEPOINT)
+    return reasons_mod.load(facts.btf_path, fmt.symbols.get("reason") if fmt else None)
 
 
 def has_reason_field(facts: KernelFacts) -> bool:
@@ -185,8 +194,6 @@ class DropsCollector:
         if self.query.samples:
             self.prog.perf_buffer_poll(timeout=int(timeout_s * 1000))
         else:
-            import time
-
             time.sleep(timeout_s)
 
     def reset_sample_budget(self) -> None:
@@ -207,8 +214,6 @@ class DropsCollector:
         return frames
 
     def _on_sample(self, _cpu: int, data: Any, size: int) -> None:
-        import ctypes
-
         raw = ctypes.string_at(data, min(size, SAMPLE_FORMAT.size))
         if len(raw) < SAMPLE_FORMAT.size or self._decoder is None:
             return

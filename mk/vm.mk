@@ -11,10 +11,12 @@ KERNEL ?= 6.1
 CMD ?=
 # Extra pytest arguments for test-vm, e.g. VM_PYTEST_ARGS='-k kprobe -x'
 VM_PYTEST_ARGS ?=
+# Tools vm-peers runs (default: all), e.g. PEERS='"netpath drops" dropwatch'
+PEERS ?=
 # Fixture series captured by vm-fixtures (6.18 = this host, no VM)
 VM_FIXTURE_KERNELS ?= $(VM_KERNELS)
 
-.PHONY: vm-setup vm-run test-vm vm-fixtures vm-fixtures-host vm-shell
+.PHONY: vm-setup vm-run test-vm vm-fixtures vm-fixtures-host vm-shell vm-peers
 
 ## vm-setup: qemu, udev, virtme-ng venv (vm/.venv), kernels 6.1 + 6.12 with exact headers
 vm-setup:
@@ -33,6 +35,11 @@ vm-shell: vm-setup
 ## test-vm: one boot per kernel running `python -m pytest tests/vm -v` inside; fails if any fails
 test-vm: vm-setup
 	@bash $(VM_DIR)/test-vm.sh $(VM_KERNELS) -- $(VM_PYTEST_ARGS)
+
+## vm-peers: netpath beside tcpdrop, softirqs (bpfcc-tools) and dropwatch, same traffic; one boot per kernel
+vm-peers: vm-setup
+	@set -e; for k in $(VM_KERNELS); do \
+	  VM_TIMEOUT=$${VM_TIMEOUT:-3000} bash $(VM_DIR)/run.sh $$k 'python -u vm/peers.py $(PEERS)'; done
 
 ## vm-fixtures: capture kernel-fact fixtures into tests/fixtures/<series>/ (guests + this host)
 vm-fixtures: vm-setup vm-fixtures-host

@@ -68,7 +68,8 @@ fi
 # qemu-system-x86: the emulator. udev: virtme-ng's guest init needs systemd-udevd to create
 # /dev/virtio-ports/virtme.* (without it, command output and exit status are lost).
 # busybox-static: virtme-ng's initramfs. kmod: depmod/modprobe. file: kernel version detection.
-PKGS=(qemu-system-x86 udev busybox-static kmod file python3-venv)
+# dropwatch: the NET_DM peer that vm/peers.py (make vm-peers) compares netpath with.
+PKGS=(qemu-system-x86 udev busybox-static kmod file python3-venv dropwatch)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

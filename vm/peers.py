@@ -38,7 +38,7 @@ import vmlab  # noqa: E402
 UDP_N = 500
 TCP_N = 50
 CLOSED_PORT = 40999
-READY_TIMEOUT_S = 300  # a BCC compile against full kernel headers takes minutes under TCG
+READY_TIMEOUT_S = 600  # a BCC compile against full kernel headers takes minutes under TCG
 STOP_TIMEOUT_S = 60
 SETTLE_S = 2.0
 
@@ -123,6 +123,8 @@ def run_round(tool: Tool, pair: vmlab.NetnsPair) -> Round:
         stdin=subprocess.PIPE,
         cwd=REPO,
         start_new_session=True,
+        # the peers print their "attached" line with stdio that a pipe would hold back until exit
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     assert proc.stdin is not None and proc.stdout is not None
     for line in tool.stdin_lines:
@@ -144,6 +146,7 @@ def run_round(tool: Tool, pair: vmlab.NetnsPair) -> Round:
         if proc.poll() is not None or time.monotonic() - t0 > READY_TIMEOUT_S:
             break
     if not ready.is_set():
+        exited = proc.poll()  # negative: killed by that signal (the OOM killer's is -9)
         _kill(proc)
         reader.join(5)
         out = "".join(lines)
@@ -151,7 +154,11 @@ def run_round(tool: Tool, pair: vmlab.NetnsPair) -> Round:
         errors = [
             ln.strip() for ln in out.splitlines() if re.search(r"error:|Unable to|not found", ln)
         ] + out.strip().splitlines()[-1:]
-        why = "exited" if proc.returncode is not None else f"no {tool.ready!r} within {READY_TIMEOUT_S} s"
+        why = (
+            f"no {tool.ready!r} within {READY_TIMEOUT_S} s"
+            if exited is None
+            else f"exit status {exited} after {time.monotonic() - t0:.0f} s"
+        )
         rnd.error = f"could not start ({why}): " + (errors[0] if errors else "no output")
         return rnd
     rnd.ready_s = time.monotonic() - t0
@@ -271,7 +278,7 @@ def tools() -> list[Tool]:
         ),
         Tool(
             "dropwatch",
-            lambda p: ["dropwatch", "-l", "kas"],
+            lambda p: ["stdbuf", "-oL", "dropwatch", "-l", "kas"],
             "monitoring activated",
             report_dropwatch,
             stdin_lines=("start",),

@@ -150,3 +150,33 @@ def test_iface_and_netns_filters_follow_only_that_interface() -> None:
     assert missed <= n // 10, summary["health"]
     assert _stage(summary, "socket_queue")["count"] == n - missed
     assert n <= _stage(summary, "netif_receive_skb")["count"] <= n + 4  # + possible ARP/ND
+
+
+def _enable_veth_gro(pair) -> None:
+    """Make the namespace's veth end receive through NAPI and GRO, as a NIC does. veth takes that path
+    only for traffic its features make eligible: GRO plus rx-udp-gro-forwarding (NETIF_F_GRO_UDP_FWD)."""
+    res = pair.ns_exec("ethtool", "-K", pair.ns_if, "gro", "on", "rx-udp-gro-forwarding", "on")
+    if res.returncode != 0 and "rx-udp-gro-forwarding" in res.stderr:
+        pytest.skip(f"this kernel's veth has no rx-udp-gro-forwarding (NETIF_F_GRO_UDP_FWD): {res.stderr.strip()}")
+    assert res.returncode == 0, res.stderr
+
+
+def test_gro_stage_and_napi_work_count_every_datagram_through_veth_napi() -> None:
+    n, port = 40, 40999
+    with veth_namespace("nptg") as pair:
+        _enable_veth_gro(pair)
+        run, _start = _burst(pair, ["--netns", pair.ns, "--port", str(port), "--per-iface"], port, n,
+                             signal.SIGINT)
+        rc, _records, err = run.finish()
+    assert rc == 0, err
+    summary = run.summary()
+    gro = _stage(summary, "gro")
+    assert gro["method"] == "raw_tracepoint"
+    # the receiver has a socket without UDP_GRO, so GRO merges nothing: one napi_gro_receive per datagram
+    assert gro["count"] == n, gro
+    assert 0 < gro["p50_ns"] < 1_000_000, gro
+    assert [p["iface"] for p in gro["breakdown"]] == [pair.ns_if]
+    assert _stage(summary, "netif_receive_skb")["count"] == n
+    # napi_poll is CPU-wide (no port filter), but --per-iface gives the veth's own NAPI instance
+    veth_napi = [d for d in _stage(summary, "napi_poll")["napi_breakdown"] if d["iface"] == pair.ns_if]
+    assert len(veth_napi) == 1 and veth_napi[0]["work"] >= n, veth_napi

@@ -18,7 +18,8 @@
  *  - a UDP skb leaves the per-skb map at sk_data_ready: its timestamps travel
  *    in its socket's FIFO slot to sock:sock_recv_length. Every sample goes into
  * a log2 histogram with 8 linear sub-buckets per power of two (slot), keyed
- * by stage [, ifindex+netns] [, cpu]; slot MAX_SLOT holds the maximum.
+ * by stage [, ifindex+netns] [, cpu]; slot MAX_SLOT holds the maximum and
+ * slot SUM_SLOT the sum of all samples (the stage's total time).
  *
  * Compile-time numbers: USE_* (stages from the attach plan), HAS_* (optional
  * tracepoints), TRACK_SKBS (any per-packet stage), BY_IFACE, BY_CPU,
@@ -32,6 +33,7 @@
 #define NP_IPPROTO_UDPLITE 136
 #define NP_MSG_PEEK	2
 #define MAX_SLOT	0xffff
+#define SUM_SLOT	511	/* above np_slot()'s 495, inside the NSLOTS table */
 
 #if BY_IFACE || defined(FILTER_NETNS) || defined(FILTER_IFACE) || SLOWER_NS > 0
 #define NEED_WHERE 1	/* ifindex + netns of each skb are used */
@@ -370,6 +372,10 @@ static __always_inline void np_record(u32 stage, u64 delta, u32 ifindex, u32 net
 	v = hist.lookup_or_try_init(&k, &zero);
 	if (v && *v < delta)
 		*v = delta;
+	k.slot = SUM_SLOT;
+	v = hist.lookup_or_try_init(&k, &zero);
+	if (v)
+		*v += delta;
 #else
 	/* the common case: per-CPU array lookups, inlined by the verifier */
 	struct np_stage_hist *h = stage_hist.lookup(&stage);
@@ -378,6 +384,7 @@ static __always_inline void np_record(u32 stage, u64 delta, u32 ifindex, u32 net
 	if (!h)
 		return;
 	h->slots[slot & (NSLOTS - 1)] += 1;
+	h->slots[SUM_SLOT] += delta;
 	m = stage_max.lookup(&stage);
 	if (m && *m < delta)
 		*m = delta;

@@ -227,10 +227,9 @@ def report_netpath_trace(rnd: Round) -> list[str]:
     summary = next(r for r in json_records(rnd.output) if r["type"] == "summary")
     out = []
     for st in summary["stages"]:
-        total_us = sum((b["lo_ns"] + b["hi_ns"]) / 2 * b["count"] for b in st.get("buckets", [])) / 1000
         out.append(
-            f"{st['stage']:<18} {st['method']:<15} n={st['count']:<6} "
-            f"p50={st['p50_ns'] / 1000:,.1f}us  ~{total_us:,.0f}us in all"
+            f"{st['stage']:<18} {st['method']:<15} n={st['count']:<5} p50={st['p50_ns'] / 1000:,.1f}us "
+            f"mean={st['mean_ns'] / 1000:,.1f}us total={st['sum_ns'] / 1000:,.0f}us"
         )
     return out + [f"{u['stage']:<18} not attached: {u.get('reason', '')}"[:76] for u in summary["unavailable"]]
 

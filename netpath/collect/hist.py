@@ -11,6 +11,7 @@ from collections.abc import Mapping
 
 SUB = 8
 MAX_SLOT = 0xFFFF  # the slot holding the maximum, not a count
+SUM_SLOT = 511  # the slot holding the sum of all samples in ns, not a count (above slot_of's 495)
 
 
 def slot_of(value: int) -> int:

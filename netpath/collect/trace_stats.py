@@ -14,10 +14,17 @@ NapiKey = tuple[int, int, int]  # ifindex, netns, cpu
 
 @dataclass
 class Dist:
-    """One distribution: counts per slot and the maximum seen."""
+    """One distribution: counts per slot, the maximum seen and the sum of all samples."""
 
     slots: dict[int, int] = field(default_factory=dict)
     max_ns: int = 0
+    sum_ns: int = 0
+
+    @classmethod
+    def of(cls, slots: dict[int, int], max_ns: int) -> Dist:
+        """From map slots, where SUM_SLOT carries the sum rather than a count."""
+        counts = dict(slots)
+        return cls(counts, max_ns, counts.pop(hist.SUM_SLOT, 0))
 
     @property
     def count(self) -> int:
@@ -27,6 +34,7 @@ class Dist:
         for slot, n in other.slots.items():
             self.slots[slot] = self.slots.get(slot, 0) + n
         self.max_ns = max(self.max_ns, other.max_ns)
+        self.sum_ns += other.sum_ns
 
     def pct(self, p: float) -> int:
         return hist.percentile(self.slots, p, self.max_ns or None)
@@ -38,6 +46,8 @@ class Dist:
             "p90_ns": self.pct(90),
             "p99_ns": self.pct(99),
             "max_ns": self.max_ns,
+            "sum_ns": self.sum_ns,
+            "mean_ns": self.sum_ns // self.count if self.count else 0,
             "buckets": hist.log2_buckets(self.slots),
         }
 
@@ -105,7 +115,7 @@ class Accumulator:
             before = self.prev_slots.get(key, {})
             delta = {s: n - before.get(s, 0) for s, n in slots.items() if n - before.get(s, 0) > 0}
             if delta:
-                dists[key] = Dist(delta, reading.maxima.get(key, 0))
+                dists[key] = Dist.of(delta, reading.maxima.get(key, 0))
         for key, value in reading.maxima.items():
             self.run_max[key] = max(self.run_max.get(key, 0), value)
         napi = {k: _napi_delta(v, self.prev_napi.get(k)) for k, v in reading.napi.items()}
@@ -120,7 +130,7 @@ class Accumulator:
     def totals(self) -> tuple[dict[HistKey, Dist], dict[NapiKey, NapiStat], dict[str, int], dict[str, int]]:
         if self.last is None:
             return {}, {}, {}, {}
-        dists = {k: Dist(dict(v), self.run_max.get(k, 0)) for k, v in self.last.slots.items()}
+        dists = {k: Dist.of(v, self.run_max.get(k, 0)) for k, v in self.last.slots.items()}
         napi = {k: _napi_delta(v, None) for k, v in self.last.napi.items()}
         return dists, napi, dict(self.last.hits), dict(self.last.stats)
 

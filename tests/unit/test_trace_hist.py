@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import re
+from pathlib import Path
 
 import pytest
 
@@ -24,6 +26,13 @@ def test_slot_matches_c_and_range_contains_value(v: int) -> None:
     low, high = hist.slot_range(s)
     assert low <= v < high
     assert s < hist.MAX_SLOT
+
+
+def test_sum_slot_is_above_every_count_slot_and_matches_the_c() -> None:
+    c_text = (Path(__file__).resolve().parents[2] / "bpf" / "trace.c").read_text()
+    c_defines = dict(re.findall(r"^#define\s+(SUM_SLOT|NSLOTS)\s+(\d+)", c_text, re.M))
+    assert int(c_defines["SUM_SLOT"]) == hist.SUM_SLOT < int(c_defines["NSLOTS"])
+    assert hist.slot_of(2**64 - 1) < hist.SUM_SLOT
 
 
 def test_slots_are_contiguous_and_at_most_12_5_percent_wide() -> None:

@@ -20,6 +20,7 @@ def reading(sq_values: list[int], napi_polls: int, hits: int) -> Reading:
     slots: dict[int, int] = {}
     for v in sq_values:
         slots[hist.slot_of(v)] = slots.get(hist.slot_of(v), 0) + 1
+    slots[hist.SUM_SLOT] = sum(sq_values)  # the map's running total, not a count
     return Reading(
         slots={(SQ, 4, 77, 0): slots},
         maxima={(SQ, 4, 77, 0): max(sq_values)},
@@ -47,8 +48,9 @@ def test_interval_deltas_and_contract_keys() -> None:
     assert sq["count"] == 3 and sq["method"] == "raw_tracepoint"
     assert abs(int(sq["p50_ns"]) - 40_000_000) < 0.07 * 40_000_000  # type: ignore[call-overload]
     assert sq["buckets"] == [{"lo_ns": 1 << 25, "hi_ns": 1 << 26, "count": 3}]
+    assert (sq["sum_ns"], sq["mean_ns"]) == (120_000_000, 40_000_000)  # exact, unlike the percentiles
     assert sq["breakdown"] == [{"iface": "veth1", "ifindex": 4, "netns": 77, **{k: sq[k] for k in (
-        "count", "p50_ns", "p90_ns", "p99_ns", "max_ns", "buckets")}}]
+        "count", "p50_ns", "p90_ns", "p99_ns", "max_ns", "sum_ns", "mean_ns", "buckets")}}]
     assert hits == {"sock:sk_data_ready": 3}
     napi_row = stage_json(next(r for r in rows if r.stage == "napi_poll"), names, False, False)
     assert napi_row["napi"] == {"polls": 5, "work": 10, "budget": 64, "exhausted": 0, "max_work": 64}
@@ -56,7 +58,8 @@ def test_interval_deltas_and_contract_keys() -> None:
     # the whole run: cumulative counts
     tdists, _tnapi, thits, _ = acc.totals()
     total = stage_stats(plan, tdists, {}, keep_parts=False)
-    assert stage_json(next(r for r in total if r.stage == "socket_queue"), names, False, False)["count"] == 8
+    run_sq = stage_json(next(r for r in total if r.stage == "socket_queue"), names, False, False)
+    assert (run_sq["count"], run_sq["sum_ns"], run_sq["mean_ns"]) == (8, 220_000_000, 27_500_000)
     assert thits == {"sock:sk_data_ready": 8}
 
 

@@ -112,77 +112,105 @@ def send_traffic(pair: vmlab.NetnsPair) -> None:
     pair.run(pair.a, [sys.executable, "-c", code])
 
 
-def run_round(tool: Tool, pair: vmlab.NetnsPair) -> Round:
-    rnd = Round(tool.name)
-    t0 = time.monotonic()
-    proc = subprocess.Popen(
-        tool.argv(pair),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        stdin=subprocess.PIPE,
-        cwd=REPO,
-        start_new_session=True,
-        # the peers print their "attached" line with stdio that a pipe would hold back until exit
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert proc.stdin is not None and proc.stdout is not None
-    for line in tool.stdin_lines:
-        proc.stdin.write(line + "\n")
-    proc.stdin.flush()
-    lines: list[str] = []
-    ready = threading.Event()
+class Running:
+    """One launched tool: its process, the lines it printed so far, and whether it said it is attached."""
 
-    def pump() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            if tool.ready in line:
-                ready.set()
+    def __init__(self, tool: Tool, pair: vmlab.NetnsPair) -> None:
+        self.tool = tool
+        self.t0 = time.monotonic()
+        self.proc = subprocess.Popen(
+            tool.argv(pair),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            stdin=subprocess.PIPE,
+            cwd=REPO,
+            start_new_session=True,
+            # the peers print their "attached" line with stdio that a pipe would hold back until exit
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        assert self.proc.stdin is not None
+        for line in tool.stdin_lines:
+            self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        self.lines: list[str] = []
+        self.ready = threading.Event()
+        self.reader = threading.Thread(target=self._pump, daemon=True)
+        self.reader.start()
 
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
-    while not ready.wait(0.5):
-        if proc.poll() is not None or time.monotonic() - t0 > READY_TIMEOUT_S:
-            break
-    if not ready.is_set():
-        exited = proc.poll()  # negative: killed by that signal (the OOM killer's is -9)
-        _kill(proc)
-        reader.join(5)
-        out = "".join(lines)
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            if self.tool.ready in line:
+                self.ready.set()
+
+    def wait_ready(self) -> str:
+        """ "" once attached; otherwise the tool is killed and this says why it did not start."""
+        while not self.ready.wait(0.5):
+            if self.proc.poll() is not None or time.monotonic() - self.t0 > READY_TIMEOUT_S:
+                break
+        if self.ready.is_set():
+            return ""
+        exited = self.proc.poll()  # negative: killed by that signal (the OOM killer's is -9)
+        _kill(self.proc)
+        self.reader.join(5)
+        out = "".join(self.lines)
         # an "error:"/"Unable to" line says more than the traceback that follows it
         errors = [
             ln.strip() for ln in out.splitlines() if re.search(r"error:|Unable to|not found", ln)
         ] + out.strip().splitlines()[-1:]
         why = (
-            f"no {tool.ready!r} within {READY_TIMEOUT_S} s"
+            f"no {self.tool.ready!r} within {READY_TIMEOUT_S} s"
             if exited is None
-            else f"exit status {exited} after {time.monotonic() - t0:.0f} s"
+            else f"exit status {exited} after {time.monotonic() - self.t0:.0f} s"
         )
-        rnd.error = f"could not start ({why}): " + (errors[0] if errors else "no output")
-        return rnd
-    rnd.ready_s = time.monotonic() - t0
+        return f"could not start ({why}): " + (errors[0] if errors else "no output")
+
+    def stop(self) -> tuple[str, str]:
+        """SIGINT, then the tool's own way out; (output, error)."""
+        assert self.proc.stdin is not None
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            for line in self.tool.stop_lines:
+                self.proc.stdin.write(line + "\n")
+            self.proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        error = ""
+        try:
+            self.proc.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            _kill(self.proc)
+            error = f"did not stop within {STOP_TIMEOUT_S} s of SIGINT (killed; output so far kept)"
+        self.reader.join(10)
+        return "".join(self.lines), error
+
+
+def run_round(tools: list[Tool], pair: vmlab.NetnsPair) -> list[Round]:
+    """Start the tools one after another, each attached before the next starts, then send the traffic
+    once and stop them all: tools in one round see the same packets and the same softirqs."""
+    rounds = [Round(t.name) for t in tools]
+    running: list[Running] = []
+    for tool, rnd in zip(tools, rounds, strict=True):
+        run = Running(tool, pair)
+        rnd.error = run.wait_ready()
+        if rnd.error:
+            for other in running:
+                other.stop()
+            return rounds
+        rnd.ready_s = time.monotonic() - run.t0
+        running.append(run)
     before = snmp(pair)
     time.sleep(SETTLE_S)
     send_traffic(pair)
     time.sleep(SETTLE_S)
     after = snmp(pair)
-    rnd.truth = Truth(*(after[k] - before[k] for k in ("Udp.NoPorts", "Tcp.OutRsts", "Ip.InReceives")))
-    proc.send_signal(signal.SIGINT)
-    try:
-        for line in tool.stop_lines:
-            proc.stdin.write(line + "\n")
-        proc.stdin.close()
-    except BrokenPipeError:
-        pass
-    try:
-        proc.wait(STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        _kill(proc)
-        rnd.error = f"did not stop within {STOP_TIMEOUT_S} s of SIGINT (killed; output so far kept)"
-    reader.join(10)
-    rnd.output = "".join(lines)
-    return rnd
+    truth = Truth(*(after[k] - before[k] for k in ("Udp.NoPorts", "Tcp.OutRsts", "Ip.InReceives")))
+    for run, rnd in zip(running, rounds, strict=True):
+        rnd.output, rnd.error = run.stop()
+        rnd.truth = truth
+    return rounds
 
 
 def _kill(proc: subprocess.Popen[str]) -> None:
@@ -311,11 +339,45 @@ def say(text: str) -> None:
     print(text, flush=True)
 
 
+def plan_rounds(selected: list[str]) -> list[list[Tool]] | str:
+    """Each tool alone, then netpath trace and softirqs together (the same softirq invocations, so their
+    NET_RX times must agree). SELECTED picks rounds by name ("netpath trace+softirqs-bpfcc" for that one)."""
+    by_name = {t.name: t for t in tools()}
+    rounds = [[t] for t in by_name.values()] + [[by_name["netpath trace"], by_name["softirqs-bpfcc"]]]
+    names = {"+".join(t.name for t in r): r for r in rounds}
+    unknown = [n for n in selected if n not in names]
+    if unknown:
+        return f"unknown round {unknown[0]!r}; known: {', '.join(repr(n) for n in names)}"
+    return [names[n] for n in selected] if selected else rounds
+
+
+def print_round(tools: list[Tool], rounds: list[Round], took_s: float) -> None:
+    for tool, rnd in zip(tools, rounds, strict=True):
+        head = f"\n-- {tool.name}" + (" (together with the others in this round)" if len(tools) > 1 else "") + ": "
+        if rnd.truth is None:
+            say(head + (rnd.error[:300] or "stopped unused: another tool in this round could not start"))
+            continue
+        t = rnd.truth
+        say(
+            head + f"attached in {rnd.ready_s:.1f} s, round {took_s:.0f} s; "
+            f"ground truth: Udp.NoPorts +{t.udp_noports}, Tcp.OutRsts +{t.tcp_outrsts}, "
+            f"Ip.InReceives +{t.ip_inreceives}"
+        )
+        if rnd.error:
+            say("   " + rnd.error)
+        try:
+            for line in tool.report(rnd):
+                say("   " + line)
+        except (StopIteration, KeyError, ValueError) as exc:
+            say(f"   could not read its output ({exc!r}); last lines:")
+            for line in rnd.output.strip().splitlines()[-8:]:
+                say("   | " + line)
+
+
 def main(selected: list[str]) -> int:
-    chosen = [t for t in tools() if not selected or t.name in selected]
-    if selected and len(chosen) != len(selected):
-        known = ", ".join(t.name for t in tools())
-        print(f"peers: unknown tool in {selected!r}; known: {known}", file=sys.stderr)
+    planned = plan_rounds(selected)
+    if isinstance(planned, str):
+        print(f"peers: {planned}", file=sys.stderr)
         return 2
     say(
         f"== peers on {os.uname().release}: each round sends {UDP_N} UDP datagrams and {TCP_N} TCP SYNs "
@@ -323,36 +385,19 @@ def main(selected: list[str]) -> int:
     )
     with vmlab.netns_pair() as pair:
         tcpdrop_started = False
-        for tool in chosen:
-            if tool.name == "tcpdrop-bpfcc+compat" and tcpdrop_started:
+        for round_tools in planned:
+            names = [t.name for t in round_tools]
+            if names == ["tcpdrop-bpfcc+compat"] and tcpdrop_started:
                 continue  # the plain tool worked: no need for the prelude
-            why_not = tool.needs()
+            why_not = next((f"{t.name}: {w}" for t in round_tools if (w := t.needs())), "")
             if why_not:
-                say(f"\n-- {tool.name}: not run: {why_not}")
+                say(f"\n-- {'+'.join(names)}: not run: {why_not}")
                 continue
             t0 = time.monotonic()
-            rnd = run_round(tool, pair)
-            if tool.name == "tcpdrop-bpfcc" and not rnd.error:
+            rounds = run_round(round_tools, pair)
+            if names == ["tcpdrop-bpfcc"] and not rounds[0].error:
                 tcpdrop_started = True
-            head = f"\n-- {tool.name}: "
-            if rnd.truth is None:
-                say(head + rnd.error[:300])
-                continue
-            t = rnd.truth
-            say(
-                head + f"attached in {rnd.ready_s:.1f} s, round {time.monotonic() - t0:.0f} s; "
-                f"ground truth: Udp.NoPorts +{t.udp_noports}, Tcp.OutRsts +{t.tcp_outrsts}, "
-                f"Ip.InReceives +{t.ip_inreceives}"
-            )
-            if rnd.error:
-                say("   " + rnd.error)
-            try:
-                for line in tool.report(rnd):
-                    say("   " + line)
-            except (StopIteration, KeyError, ValueError) as exc:
-                say(f"   could not read its output ({exc!r}); last lines:")
-                for line in rnd.output.strip().splitlines()[-8:]:
-                    say("   | " + line)
+            print_round(round_tools, rounds, time.monotonic() - t0)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""python -m bench [--rounds N] [--seconds S] | --storm [--storm-seconds S] | --render"""
+"""python -m bench [--rounds N] [--seconds S] | --storm [--storm-seconds S] | --observer [--rounds N] | --render"""
 
 from __future__ import annotations
 
@@ -14,12 +14,18 @@ def main() -> int:
     ap.add_argument("--storm-seconds", type=float, default=30.0)
     ap.add_argument("--profile", action="store_true",
                     help="redo only the profiles and hook breakdown into an existing bench/results.json")
+    ap.add_argument("--observer", action="store_true",
+                    help="only what netpath trace adds to the NET_RX softirq it times (bpftrace as reference)")
     ap.add_argument("--render", action="store_true", help="re-aggregate and print an existing bench/results.json")
     args = ap.parse_args()
     if args.storm:
         from bench import storm
 
         return storm.main(args.storm_seconds)
+    if args.observer:
+        from bench import observer
+
+        return observer.main(max(1, args.rounds))
     from bench import suite
 
     if args.render:

@@ -6,7 +6,7 @@ BENCH_SECONDS ?= 5
 BENCH_STORM_SECONDS ?= 30
 BENCH_PY = $(VENV)/bin/python
 
-.PHONY: bench bench-storm bench-deps bench-lint
+.PHONY: bench bench-storm bench-observer bench-deps bench-lint
 
 # Idempotent: apt only when bpftrace/sockperf are missing, pip only when py-spy is missing.
 bench-deps:
@@ -21,6 +21,9 @@ bench: bench-deps
 
 bench-storm: bench-deps
 	cd $(CURDIR) && $(BENCH_PY) -m bench --storm --storm-seconds $(BENCH_STORM_SECONDS)
+
+bench-observer: bench-deps
+	cd $(CURDIR) && $(BENCH_PY) -m bench --observer --rounds $(BENCH_ROUNDS)
 
 bench-lint:
 	$(VENV)/bin/ruff check bench

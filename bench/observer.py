@@ -22,7 +22,7 @@ PORT = 40999  # nothing listens there
 SEND = (
     "import socket, sys\n"
     "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
-    "for _ in range(int(sys.argv[2])): s.sendto(b'x' * 16, (sys.argv[1], 40999))\n"
+    "for _ in range(int(sys.argv[3])): s.sendto(b'x' * 16, (sys.argv[1], int(sys.argv[2])))\n"
 )
 
 
@@ -39,8 +39,8 @@ def _bt_mean(run: Running) -> tuple[int, float]:
     return int(runs[1]), int(total[1]) / int(runs[1])
 
 
-def _burst(topo_tx: str, rx_addr: str) -> None:
-    subprocess.run(["ip", "netns", "exec", topo_tx, sys.executable, "-c", SEND, rx_addr, str(DATAGRAMS)],
+def _burst(tx_ns: str, rx_addr: str) -> None:
+    subprocess.run(["ip", "netns", "exec", tx_ns, sys.executable, "-c", SEND, rx_addr, str(PORT), str(DATAGRAMS)],
                    check=True, timeout=120)
     time.sleep(0.5)
 

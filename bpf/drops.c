@@ -94,29 +94,13 @@ static __always_inline void drop_flow_of(struct np_flow *flow, struct drop_flow 
 /* Namespace inode and ifindex of skb->dev, in three probe reads or fewer. */
 static __always_inline u32 drop_dev(void *skb, void **devp, u32 *ifindex)
 {
-#ifdef DEV_SPAN_OFF
-	void *dev = NULL, *net = NULL;
-	u8 span[DEV_SPAN_LEN];
+	void *dev = NULL;
 	u32 inum = 0;
 
 	NP_READ(dev, skb, OFF_SKB_DEV);
 	*devp = dev;
-	if (!dev)
-		return 0;
-	if (bpf_probe_read_kernel(span, sizeof(span), (char *)dev + DEV_SPAN_OFF))
-		return 0;
-	__builtin_memcpy(ifindex, span + (OFF_DEV_IFINDEX - DEV_SPAN_OFF), sizeof(*ifindex));
-	__builtin_memcpy(&net, span + (OFF_DEV_ND_NET - DEV_SPAN_OFF), sizeof(net));
-	if (net)
-		NP_READ(inum, net, OFF_NET_NS_INUM);
+	np_dev_where(dev, ifindex, &inum);
 	return inum;
-#else
-	u32 inum = np_skb_netns(skb, devp);
-
-	if (*devp)
-		NP_READ(*ifindex, *devp, OFF_DEV_IFINDEX);
-	return inum;
-#endif
 }
 
 RAW_TRACEPOINT_PROBE(kfree_skb)

@@ -57,24 +57,35 @@ struct np_flow {
 #define NP_READ(dst, base, off) \
 	bpf_probe_read_kernel(&(dst), sizeof(dst), (void *)((char *)(base) + (off)))
 
+/* a field out of a span read in one go: SPAN holds the bytes from SPAN_OFF */
+#define NP_SPAN_GET(dst, span, span_off, off) \
+	__builtin_memcpy(&(dst), (span) + ((off) - (span_off)), sizeof(dst))
+
 static __always_inline u16 np_ntohs(u16 v)
 {
 	return (v >> 8) | (v << 8);
 }
 
-static __always_inline u32 np_skb_netns(void *skb, void **devp)
+/* ifindex and netns inode of a net_device, in two probe reads when the span allows */
+static __always_inline void np_dev_where(void *dev, u32 *ifindex, u32 *netns)
 {
-	void *dev = NULL, *net = NULL;
-	u32 inum = 0;
+	void *net = NULL;
 
-	NP_READ(dev, skb, OFF_SKB_DEV);
-	*devp = dev;
 	if (!dev)
-		return 0;
+		return;
+#ifdef DEV_SPAN_OFF
+	u8 span[DEV_SPAN_LEN];
+
+	if (bpf_probe_read_kernel(span, sizeof(span), (char *)dev + DEV_SPAN_OFF))
+		return;
+	NP_SPAN_GET(*ifindex, span, DEV_SPAN_OFF, OFF_DEV_IFINDEX);
+	NP_SPAN_GET(net, span, DEV_SPAN_OFF, OFF_DEV_ND_NET);
+#else
+	NP_READ(*ifindex, dev, OFF_DEV_IFINDEX);
 	NP_READ(net, dev, OFF_DEV_ND_NET);
+#endif
 	if (net)
-		NP_READ(inum, net, OFF_NET_NS_INUM);
-	return inum;
+		NP_READ(*netns, net, OFF_NET_NS_INUM);
 }
 
 /*
@@ -161,9 +172,9 @@ static __always_inline int np_parse_flow(void *skb, struct np_flow *flow)
 
 	if (bpf_probe_read_kernel(span, sizeof(span), (char *)skb + SKB_SPAN_OFF))
 		return -1;
-	__builtin_memcpy(&proto, span + (OFF_SKB_PROTOCOL - SKB_SPAN_OFF), sizeof(proto));
-	__builtin_memcpy(&nh, span + (OFF_SKB_NETWORK_HEADER - SKB_SPAN_OFF), sizeof(nh));
-	__builtin_memcpy(&head, span + (OFF_SKB_HEAD - SKB_SPAN_OFF), sizeof(head));
+	NP_SPAN_GET(proto, span, SKB_SPAN_OFF, OFF_SKB_PROTOCOL);
+	NP_SPAN_GET(nh, span, SKB_SPAN_OFF, OFF_SKB_NETWORK_HEADER);
+	NP_SPAN_GET(head, span, SKB_SPAN_OFF, OFF_SKB_HEAD);
 	flow->l3proto = np_ntohs(proto);
 	return np_parse_l3(head, nh, flow);
 #else

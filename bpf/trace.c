@@ -394,28 +394,6 @@ static __always_inline void np_record(u32 stage, u64 delta, u32 ifindex, u32 net
 /* --- filters: netns/iface from the device, flow from the headers --- */
 
 
-/* ifindex and netns inode of a net_device */
-static __always_inline void np_dev_where(void *dev, u32 *ifindex, u32 *netns)
-{
-	void *net = NULL;
-
-	if (!dev)
-		return;
-#ifdef DEV_SPAN_OFF
-	u8 span[DEV_SPAN_LEN];
-
-	if (bpf_probe_read_kernel(span, sizeof(span), (char *)dev + DEV_SPAN_OFF))
-		return;
-	__builtin_memcpy(ifindex, span + (OFF_DEV_IFINDEX - DEV_SPAN_OFF), sizeof(*ifindex));
-	__builtin_memcpy(&net, span + (OFF_DEV_ND_NET - DEV_SPAN_OFF), sizeof(net));
-#else
-	NP_READ(*ifindex, dev, OFF_DEV_IFINDEX);
-	NP_READ(net, dev, OFF_DEV_ND_NET);
-#endif
-	if (net)
-		NP_READ(*netns, net, OFF_NET_NS_INUM);
-}
-
 /*
  * Before the stack sets network_header: skb->data is the L3 header.
  * Fills ifindex/netns only when something uses them (NEED_WHERE).
@@ -440,9 +418,9 @@ static __always_inline int np_rx_skb_passes(void *skb, u32 *ifindex, u32 *netns)
 
 	if (bpf_probe_read_kernel(span, sizeof(span), (char *)skb + SKB_RX_SPAN_OFF))
 		return 0;
-	__builtin_memcpy(&proto, span + (OFF_SKB_PROTOCOL - SKB_RX_SPAN_OFF), sizeof(proto));
-	__builtin_memcpy(&head, span + (OFF_SKB_HEAD - SKB_RX_SPAN_OFF), sizeof(head));
-	__builtin_memcpy(&data, span + (OFF_SKB_DATA - SKB_RX_SPAN_OFF), sizeof(data));
+	NP_SPAN_GET(proto, span, SKB_RX_SPAN_OFF, OFF_SKB_PROTOCOL);
+	NP_SPAN_GET(head, span, SKB_RX_SPAN_OFF, OFF_SKB_HEAD);
+	NP_SPAN_GET(data, span, SKB_RX_SPAN_OFF, OFF_SKB_DATA);
 #else
 	NP_READ(proto, skb, OFF_SKB_PROTOCOL);
 	NP_READ(head, skb, OFF_SKB_HEAD);
@@ -671,8 +649,8 @@ static __always_inline int np_rx_is_udp(void *skb)
 
 	if (bpf_probe_read_kernel(span, sizeof(span), (char *)skb + SKB_RX_SPAN_OFF))
 		return 0;
-	__builtin_memcpy(&proto, span + (OFF_SKB_PROTOCOL - SKB_RX_SPAN_OFF), sizeof(proto));
-	__builtin_memcpy(&data, span + (OFF_SKB_DATA - SKB_RX_SPAN_OFF), sizeof(data));
+	NP_SPAN_GET(proto, span, SKB_RX_SPAN_OFF, OFF_SKB_PROTOCOL);
+	NP_SPAN_GET(data, span, SKB_RX_SPAN_OFF, OFF_SKB_DATA);
 #else
 	NP_READ(proto, skb, OFF_SKB_PROTOCOL);
 	NP_READ(data, skb, OFF_SKB_DATA);
@@ -976,9 +954,9 @@ static __always_inline int np_on_data_ready(struct np_cpu_state *c, void *sk)
 
 	if (bpf_probe_read_kernel(span, sizeof(span), (char *)sk + SK_SPAN_OFF))
 		return 0;
-	__builtin_memcpy(&family, span + (OFF_SK_FAMILY - SK_SPAN_OFF), sizeof(family));
-	__builtin_memcpy(&skb, span + (OFF_SK_RCVQ_PREV - SK_SPAN_OFF), sizeof(skb));
-	__builtin_memcpy(&net, span + (OFF_SK_NET - SK_SPAN_OFF), sizeof(net));
+	NP_SPAN_GET(family, span, SK_SPAN_OFF, OFF_SK_FAMILY);
+	NP_SPAN_GET(skb, span, SK_SPAN_OFF, OFF_SK_RCVQ_PREV);
+	NP_SPAN_GET(net, span, SK_SPAN_OFF, OFF_SK_NET);
 #else
 	NP_READ(family, sk, OFF_SK_FAMILY);
 	NP_READ(skb, sk, OFF_SK_RCVQ_PREV);

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -56,11 +57,14 @@ def drop_reason_names() -> dict[int, str]:
 @dataclass
 class Variant:
     name: str
-    kind: str  # untraced | netpath | bpftrace
+    kind: str  # untraced | netpath | bpftrace | other (ready = a substring of its output)
     argv: list[str] = field(default_factory=list)
     ready: str = ""  # what marks "attached"
     available: bool = True
     why_not: str = ""
+    stdin_lines: tuple[str, ...] = ()  # typed at the tool's prompt once it runs (dropwatch's "start")
+    stop_lines: tuple[str, ...] = ()  # typed after SIGINT, before stdin closes
+    env: dict[str, str] = field(default_factory=dict)  # added to the environment
 
 
 def variants(with_trace: bool, bt_ok: bool, bt_why: str) -> list[Variant]:
@@ -88,15 +92,33 @@ class Running:
         self.ready = threading.Event()
         self.t_launch = time.monotonic()
         self.t_ready: float | None = None
+        talks = bool(variant.stdin_lines or variant.stop_lines)
         self.proc = subprocess.Popen(variant.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     cwd=REPO, start_new_session=True)
+                                     cwd=REPO, start_new_session=True,
+                                     stdin=subprocess.PIPE if talks else None,
+                                     env={**os.environ, **variant.env} if variant.env else None)
+        self._type(variant.stdin_lines, close=False)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         self.cpu_mark = 0.0
 
+    def _type(self, lines: tuple[str, ...], close: bool) -> None:
+        if self.proc.stdin is None:
+            return
+        try:
+            for line in lines:
+                self.proc.stdin.write(line + "\n")
+            self.proc.stdin.flush()
+            if close:
+                self.proc.stdin.close()
+        except BrokenPipeError:
+            pass
+
     def _is_ready(self, line: str) -> bool:
         if self.variant.kind == "bpftrace":
             return line.startswith("Attaching ")
+        if self.variant.kind == "other":
+            return self.variant.ready in line
         if line.startswith("{"):
             try:
                 return json.loads(line).get("type") == "start"
@@ -117,8 +139,7 @@ class Running:
     def wait_ready(self, timeout: float = 60.0) -> float:
         self.ready.wait(timeout)
         if self.t_ready is None:
-            self.stop()
-            err = self.proc.stderr.read() if self.proc.stderr else ""
+            err = self.stop()  # stop() has read stderr already
             raise RuntimeError(f"{self.variant.name} did not become ready: rc={self.proc.returncode} {err[-500:]}")
         return self.t_ready - self.t_launch
 
@@ -131,6 +152,7 @@ class Running:
     def stop(self, timeout: float = 30.0) -> str:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
+        self._type(self.variant.stop_lines, close=True)
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:

@@ -20,10 +20,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,8 +32,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests" / "vm"))
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))
 
 import vmlab  # noqa: E402
+
+from bench.env import parse_snmp  # noqa: E402
+from bench.tools import Running, Variant  # noqa: E402
 
 UDP_N = 500
 TCP_N = 50
@@ -89,14 +93,7 @@ class Tool:
 
 
 def snmp(pair: vmlab.NetnsPair) -> dict[str, int]:
-    text = pair.run(pair.b, ["cat", "/proc/net/snmp"]).stdout
-    values: dict[str, int] = {}
-    lines = text.splitlines()
-    for head, vals in zip(lines[::2], lines[1::2], strict=False):
-        proto = head.split(":", 1)[0]
-        for k, v in zip(head.split()[1:], vals.split()[1:], strict=False):
-            values[f"{proto}.{k}"] = int(v)
-    return values
+    return parse_snmp(pair.run(pair.b, ["cat", "/proc/net/snmp"]).stdout)
 
 
 def send_traffic(pair: vmlab.NetnsPair) -> None:
@@ -112,79 +109,33 @@ def send_traffic(pair: vmlab.NetnsPair) -> None:
     pair.run(pair.a, [sys.executable, "-c", code])
 
 
-class Running:
-    """One launched tool: its process, the lines it printed so far, and whether it said it is attached."""
-
-    def __init__(self, tool: Tool, pair: vmlab.NetnsPair) -> None:
-        self.tool = tool
-        self.t0 = time.monotonic()
-        self.proc = subprocess.Popen(
+def launch(tool: Tool, pair: vmlab.NetnsPair) -> tuple[Running, float, str]:
+    """Start a tool and wait until it says it is attached: the run, seconds to attach, why it did not ("")."""
+    run = Running(
+        Variant(
+            tool.name,
+            "other",
             tool.argv(pair),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            stdin=subprocess.PIPE,
-            cwd=REPO,
-            start_new_session=True,
-            # the peers print their "attached" line with stdio that a pipe would hold back until exit
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            tool.ready,
+            stdin_lines=tool.stdin_lines,
+            stop_lines=tool.stop_lines,
+            # the peers print their "attached" line with stdio a pipe would hold until exit
+            env={"PYTHONUNBUFFERED": "1"},
         )
-        assert self.proc.stdin is not None
-        for line in tool.stdin_lines:
-            self.proc.stdin.write(line + "\n")
-        self.proc.stdin.flush()
-        self.lines: list[str] = []
-        self.ready = threading.Event()
-        self.reader = threading.Thread(target=self._pump, daemon=True)
-        self.reader.start()
-
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line)
-            if self.tool.ready in line:
-                self.ready.set()
-
-    def wait_ready(self) -> str:
-        """ "" once attached; otherwise the tool is killed and this says why it did not start."""
-        while not self.ready.wait(0.5):
-            if self.proc.poll() is not None or time.monotonic() - self.t0 > READY_TIMEOUT_S:
-                break
-        if self.ready.is_set():
-            return ""
-        exited = self.proc.poll()  # negative: killed by that signal (the OOM killer's is -9)
-        _kill(self.proc)
-        self.reader.join(5)
-        out = "".join(self.lines)
-        # an "error:"/"Unable to" line says more than the traceback that follows it
-        errors = [
-            ln.strip() for ln in out.splitlines() if re.search(r"error:|Unable to|not found", ln)
-        ] + out.strip().splitlines()[-1:]
+    )
+    try:
+        return run, run.wait_ready(READY_TIMEOUT_S), ""
+    except RuntimeError as exc:
+        took = time.monotonic() - run.t_launch
         why = (
-            f"no {self.tool.ready!r} within {READY_TIMEOUT_S} s"
-            if exited is None
-            else f"exit status {exited} after {time.monotonic() - self.t0:.0f} s"
+            f"no {tool.ready!r} within {READY_TIMEOUT_S} s"
+            if took >= READY_TIMEOUT_S
+            else (f"exit status {run.proc.returncode} after {took:.0f} s")
         )
-        return f"could not start ({why}): " + (errors[0] if errors else "no output")
-
-    def stop(self) -> tuple[str, str]:
-        """SIGINT, then the tool's own way out; (output, error)."""
-        assert self.proc.stdin is not None
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            for line in self.tool.stop_lines:
-                self.proc.stdin.write(line + "\n")
-            self.proc.stdin.close()
-        except BrokenPipeError:
-            pass
-        error = ""
-        try:
-            self.proc.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            _kill(self.proc)
-            error = f"did not stop within {STOP_TIMEOUT_S} s of SIGINT (killed; output so far kept)"
-        self.reader.join(10)
-        return "".join(self.lines), error
+        # an "error:"/"Unable to" line says more than the traceback that follows it
+        lines = [ln.strip() for ln in [*run.lines, *str(exc).splitlines()] if ln.strip()]
+        errors = [ln for ln in lines if re.search(r"error:|Unable to|not found", ln)] + lines[-1:]
+        return run, took, f"could not start ({why}): {errors[0]}"
 
 
 def run_round(tools: list[Tool], pair: vmlab.NetnsPair) -> list[Round]:
@@ -193,13 +144,11 @@ def run_round(tools: list[Tool], pair: vmlab.NetnsPair) -> list[Round]:
     rounds = [Round(t.name) for t in tools]
     running: list[Running] = []
     for tool, rnd in zip(tools, rounds, strict=True):
-        run = Running(tool, pair)
-        rnd.error = run.wait_ready()
+        run, rnd.ready_s, rnd.error = launch(tool, pair)
         if rnd.error:
             for other in running:
-                other.stop()
+                other.stop(STOP_TIMEOUT_S)
             return rounds
-        rnd.ready_s = time.monotonic() - run.t0
         running.append(run)
     before = snmp(pair)
     time.sleep(SETTLE_S)
@@ -208,17 +157,12 @@ def run_round(tools: list[Tool], pair: vmlab.NetnsPair) -> list[Round]:
     after = snmp(pair)
     truth = Truth(*(after[k] - before[k] for k in ("Udp.NoPorts", "Tcp.OutRsts", "Ip.InReceives")))
     for run, rnd in zip(running, rounds, strict=True):
-        rnd.output, rnd.error = run.stop()
+        run.stop(STOP_TIMEOUT_S)
+        if run.proc.returncode == -signal.SIGKILL:
+            rnd.error = f"did not stop within {STOP_TIMEOUT_S} s of SIGINT (killed; output so far kept)"
+        rnd.output = "\n".join(run.lines)
         rnd.truth = truth
     return rounds
-
-
-def _kill(proc: subprocess.Popen[str]) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
 
 
 def json_records(text: str) -> list[dict]:
@@ -277,11 +221,7 @@ def needs_netdm() -> str:
 
 
 def needs_program(name: str) -> Callable[[], str]:
-    return lambda: (
-        ""
-        if any((Path(d) / name).exists() for d in os.environ["PATH"].split(":"))
-        else f"{name} is not installed (make vm-peers installs it)"
-    )
+    return lambda: "" if shutil.which(name) else f"{name} is not installed (make vm-peers installs it)"
 
 
 def tools() -> list[Tool]:

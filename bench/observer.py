@@ -72,7 +72,7 @@ def main(rounds: int) -> int:
             if summary is None:
                 raise RuntimeError("netpath trace printed no summary")
             stage = next(s for s in summary["stages"] if s["stage"] == "net_rx_action")  # type: ignore[union-attr]
-            np_mean = stage["sum_ns"] / max(stage["count"], 1)
+            np_mean = stage["mean_ns"]
             alone.append(mean_alone)
             together.append(mean_both)
             gaps.append(np_mean / mean_both - 1)

@@ -45,7 +45,11 @@ class VethPair:
 
 @contextmanager
 def veth_namespace(prefix: str = "np", subnet: int | None = None) -> Iterator[VethPair]:
-    """A fresh namespace with a veth pair to the root namespace, 10.201.N.0/30 addressing."""
+    """A fresh namespace with a veth pair to the root namespace, 10.201.N.0/30 addressing.
+
+    The link is quiet: IPv6 is off on both ends before they come up (no DAD, MLD or router
+    solicitations) and the neighbour entries are static (no ARP), so the only packets on it are the
+    ones a test sends, and a test can count them exactly."""
     tag = uuid.uuid4().hex[:6]
     ns = f"{prefix}{tag}"
     host_if = f"nh{tag}"
@@ -56,15 +60,37 @@ def veth_namespace(prefix: str = "np", subnet: int | None = None) -> Iterator[Ve
     try:
         ip("link", "add", host_if, "type", "veth", "peer", "name", ns_if)
         ip("link", "set", ns_if, "netns", ns)
+        disable_ipv6(host_if)
+        disable_ipv6(ns_if, ns)
         ip("addr", "add", f"{host_addr}/30", "dev", host_if)
         ip("link", "set", host_if, "up")
         ip("-n", ns, "addr", "add", f"{ns_addr}/30", "dev", ns_if)
         ip("-n", ns, "link", "set", ns_if, "up")
         ip("-n", ns, "link", "set", "lo", "up")
+        ip("neigh", "replace", ns_addr, "lladdr", link_mac(ns_if, ns), "dev", host_if, "nud", "permanent")
+        ip("-n", ns, "neigh", "replace", host_addr, "lladdr", link_mac(host_if), "dev", ns_if, "nud", "permanent")
         yield VethPair(ns, ns_if, host_if, ns_addr, host_addr)
     finally:
         ip("link", "del", host_if, check=False)
         ip("netns", "del", ns, check=False)
+
+
+def disable_ipv6(dev: str, ns: str | None = None) -> None:
+    argv = ["sysctl", "-qw", f"net.ipv6.conf.{dev}.disable_ipv6=1"]
+    subprocess.run(["ip", "netns", "exec", ns, *argv] if ns else argv, check=True, capture_output=True)
+
+
+def _link_json(dev: str, ns: str | None) -> dict:
+    return json.loads(ip(*(["-n", ns] if ns else []), "-j", "-s", "link", "show", "dev", dev).stdout)[0]
+
+
+def link_mac(dev: str, ns: str | None = None) -> str:
+    return _link_json(dev, ns)["address"]
+
+
+def rx_packets(dev: str, ns: str | None = None) -> int:
+    """The interface's own count of packets received: the kernel's ground truth on a quiet link."""
+    return int(_link_json(dev, ns)["stats64"]["rx"]["packets"])
 
 
 class NetpathRun:

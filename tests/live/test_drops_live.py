@@ -46,7 +46,6 @@ def test_closed_port_on_loopback_counts_exactly_no_socket():
 def test_netfilter_drop_in_a_namespace_is_counted_on_that_namespaces_interface():
     n = 500
     with veth_namespace() as pair:
-        pair.ns_exec("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1")
         port = 40123
         rule = pair.ns_exec("iptables", "-A", "INPUT", "-p", "udp", "--dport", str(port), "-j", "DROP")
         assert rule.returncode == 0, rule.stderr

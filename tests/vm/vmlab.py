@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from netpath_testlib import link_mac
+
 IN_VM = os.environ.get("NETPATH_VM") == "1"
 SKIP_REASON = (
     "VM tier: runs only inside the kernel lab guest (NETPATH_VM=1 is set by vm/run.sh); run `make -f mk/vm.mk test-vm`"
@@ -123,20 +125,13 @@ def netns_pair(subnet: int | None = None) -> Iterator[NetnsPair]:
             ip("-n", ns, "link", "set", "lo", "up")
             ip("-n", ns, "addr", "add", f"{addr}/{pair.prefix}", "dev", dev)
             ip("-n", ns, "link", "set", dev, "up")
-        mac = {ns: _mac(ns, dev) for ns, dev in ((pair.a, pair.if_a), (pair.b, pair.if_b))}
+        mac = {ns: link_mac(dev, ns) for ns, dev in ((pair.a, pair.if_a), (pair.b, pair.if_b))}
         ip("-n", pair.a, "neigh", "replace", pair.addr_b, "lladdr", mac[pair.b], "dev", pair.if_a, "nud", "permanent")
         ip("-n", pair.b, "neigh", "replace", pair.addr_a, "lladdr", mac[pair.a], "dev", pair.if_b, "nud", "permanent")
         yield pair
     finally:
         ip("netns", "del", pair.a, check=False)  # deleting a namespace deletes its veth end (and the peer)
         ip("netns", "del", pair.b, check=False)
-
-
-def _mac(ns: str, dev: str) -> str:
-    out = ip("-n", ns, "-o", "link", "show", "dev", dev).stdout
-    m = re.search(r"link/ether ([0-9a-f:]{17})", out)
-    assert m, out
-    return m.group(1)
 
 
 UDP_SINK = r"""

@@ -150,13 +150,12 @@ def test_iface_and_netns_filters_follow_only_that_interface() -> None:
     assert rc == 0, err
     assert start["filters"]["netns"] is not None
     summary = run.summary()
-    # only the namespace side's receive path: the link is quiet (no ARP, no IPv6), so exactly the n
-    # datagrams, which the interface's own counter confirms; nothing from the root namespace
+    # only the namespace side's receive path, nothing from the root namespace: every packet the
+    # interface itself counted (on a quiet link, no ARP or IPv6, just the n datagrams)
     missed = summary["health"]["missed_enqueue"]
     assert missed <= n // 10, summary["health"]
     assert _stage(summary, "socket_queue")["count"] == n - missed
-    assert rx_seen == n
-    assert _stage(summary, "netif_receive_skb")["count"] == n
+    assert _stage(summary, "netif_receive_skb")["count"] == rx_seen >= n
 
 
 def _enable_veth_gro(pair) -> None:

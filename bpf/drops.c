@@ -10,56 +10,12 @@
  */
 #include "netpath.h"
 
-/* Where and what: the key when rows do not group by flow. */
-struct drop_where {
-	u64 location;
-	u32 reason;
-	u32 ifindex;
-	u32 netns;
-	u16 l3proto;
-	u8 l4proto;
-	u8 family;
-};
-
-struct drop_flow {
-	u32 saddr[4];
-	u32 daddr[4];
-	u16 sport;
-	u16 dport;
-	s32 pad;
-};
-
 /* The flow part exists only when rows group by flow: a shorter key hashes faster. */
 struct drop_key {
 	struct drop_where w;
 #if BY_FLOW
 	struct drop_flow f;
 #endif
-};
-
-/* A sample always carries the whole flow, whatever the grouping. */
-struct drop_full_key {
-	struct drop_where w;
-	struct drop_flow f;
-};
-
-struct drop_sample {
-	struct drop_full_key key;
-	u64 ts_ns;
-	u32 len;
-	u32 pid;
-	u32 cpu;
-	s32 stackid;
-	char comm[16];
-};
-
-enum drop_stat {
-	STAT_HITS,
-	STAT_MATCHED,
-	STAT_MAP_FULL,
-	STAT_SAMPLED,
-	STAT_SAMPLE_BUDGET,
-	STAT_MAX,
 };
 
 BPF_PERCPU_HASH(drops, struct drop_key, u64, MAX_ROWS);

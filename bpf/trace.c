@@ -32,8 +32,6 @@
 #define NP_AF_INET6	10
 #define NP_IPPROTO_UDPLITE 136
 #define NP_MSG_PEEK	2
-#define MAX_SLOT	0xffff
-#define SUM_SLOT	511	/* above np_slot()'s 495, inside the NSLOTS table */
 
 #if BY_IFACE || defined(FILTER_NETNS) || defined(FILTER_IFACE) || SLOWER_NS > 0
 #define NEED_WHERE 1	/* ifindex + netns of each skb are used */
@@ -45,65 +43,6 @@
 #else
 #define NEED_FLOW 0
 #endif
-/* kprobe checkpoints between netif_receive_skb and the socket live in the per-skb map */
-#if defined(USE_KP_IP_RCV) || defined(USE_KP_IP_LOCAL) || defined(USE_KP_TCP) || defined(USE_KP_UDP)
-#define KP_CHECKPOINTS 1
-#else
-#define KP_CHECKPOINTS 0
-#endif
-
-enum np_stage {
-	STAGE_HARDIRQ,
-	STAGE_SOFTIRQ_WAIT,
-	STAGE_NET_RX_ACTION,
-	STAGE_NAPI_POLL,
-	STAGE_GRO,
-	STAGE_NETIF_RECEIVE_SKB,
-	STAGE_IP_RCV,
-	STAGE_IP_LOCAL_DELIVER,
-	STAGE_TCP_RCV,
-	STAGE_UDP_RCV,
-	STAGE_SOCKET_QUEUE,
-	STAGE_STACK_TOTAL,
-};
-
-/* per-hook hit counters, HOOK_NAMES in netpath/collect/trace.py */
-enum np_hook {
-	H_IRQ_ENTRY,
-	H_IRQ_EXIT,
-	H_SOFTIRQ_RAISE,
-	H_SOFTIRQ_ENTRY,
-	H_SOFTIRQ_EXIT,
-	H_NAPI_POLL,
-	H_GRO_ENTRY,
-	H_GRO_EXIT,
-	H_NETIF_RX,
-	H_NRS_ENTRY,
-	H_NRS_LIST_ENTRY,
-	H_NRS,
-	H_DATA_READY,
-	H_COPY,
-	H_CONSUME,
-	H_KFREE,
-	H_RECV_LENGTH,
-	H_KP_IP_RCV,
-	H_KP_IPV6_RCV,
-	H_KP_IP_LOCAL,
-	H_KP_IP6_INPUT,
-	H_KP_TCP,
-	H_KP_TCP6,
-	H_KP_UDP,
-	H_KP_UDP6,
-	H_KP_NET_RX,
-	H_KR_NET_RX,
-	H_KP_DATA_READY,
-	H_LOST_ROWS,	/* histogram map full */
-	H_LOST_SKBS,	/* per-skb map update failed */
-	H_SLOW,		/* slow events sent */
-	H_ENQ_MISSED,	/* sk_data_ready found the datagram already read: not timed */
-	H_RING_OVERRUN,	/* more than RING datagrams queued on one socket: oldest not timed */
-	H_MAX,
-};
 
 /* checkpoints of one skb */
 enum np_cp {
@@ -113,14 +52,6 @@ enum np_cp {
 	CP_LOCAL,
 	CP_ENQ,
 	CP_MAX,
-};
-
-struct np_hist_key {
-	u16 stage;
-	u16 slot;
-	u32 ifindex;
-	u32 netns;
-	u32 cpu;
 };
 
 struct np_skb_state {
@@ -161,14 +92,6 @@ struct np_sk_fifo {
 	struct np_ring_slot slot[RING];
 };
 
-struct np_napi_val {
-	u64 polls;
-	u64 work;
-	u64 exhausted;
-	u64 budget;
-	u64 max_work;
-};
-
 /* the skb this CPU's __netif_receive_skb_core is working on */
 #define CUR_TRACKED	1	/* passed the filters at netif_receive_skb */
 #define CUR_ENQUEUED	2	/* sk_data_ready saw it */
@@ -185,7 +108,7 @@ struct np_cur_skb {
 };
 
 struct np_cpu_state {
-	u64 hits[H_MAX];
+	struct np_cpu_counters ctr;	/* first: netpath reads this part */
 	u64 irq_start;
 	u64 raise_ts;
 	u64 netrx_start;
@@ -197,44 +120,14 @@ struct np_cpu_state {
 	u32 gro_netns;
 	u32 in_netrx;
 	u32 gro_match;
-	struct np_napi_val napi;	/* without BY_IFACE: this CPU's NAPI counters */
 	struct np_cur_skb cur;
 };
 
-struct np_napi_key {
-	u32 ifindex;
-	u32 netns;
-	u32 cpu;
-};
-
-struct np_slow_event {
-	u64 ts_ns;
-	u64 stage_ns[6];	/* netif_receive_skb, ip_rcv, ip_local_deliver, l4, stack_total, socket_queue */
-	u32 cpu;
-	u32 pid;
-	u32 ifindex;
-	u32 netns;
-	u32 saddr[4];
-	u32 daddr[4];
-	u16 sport;
-	u16 dport;
-	u8 family;
-	u8 l4proto;
-	u16 pad;
-	char comm[16];
-};
-
-#define NSTAGES		12
 /*
  * np_slot() tops out at 495 (2^64 ns): a power-of-two table lets a mask, not
  * a branch, bound the index. Linux 6.1's verifier rejects the clamp clang
  * emits for a branch (it walks the impossible side with inverted bounds).
  */
-#define NSLOTS		512
-
-struct np_stage_hist {
-	u64 slots[NSLOTS];
-};
 
 #if BY_IFACE
 BPF_PERCPU_HASH(hist, struct np_hist_key, u64, HIST_ROWS);
@@ -308,14 +201,14 @@ static __always_inline struct np_cpu_state *np_enter(int idx)
 	struct np_cpu_state *c = np_cpu();
 
 	if (c)
-		c->hits[idx] += 1;
+		c->ctr.hits[idx] += 1;
 	return c;
 }
 
 static __always_inline void np_hit_c(struct np_cpu_state *c, int idx)
 {
 	if (c)
-		c->hits[idx] += 1;
+		c->ctr.hits[idx] += 1;
 }
 
 static __always_inline void np_hit(int idx)
@@ -552,7 +445,7 @@ RAW_TRACEPOINT_PROBE(napi_poll)
 		np_record(STAGE_NAPI_POLL, now - c->last_poll_end, 0, 0);
 		c->last_poll_end = now;
 	}
-	v = &c->napi;
+	v = &c->ctr.napi;
 #endif
 	v->polls += 1;
 	if (work > 0)

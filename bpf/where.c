@@ -8,7 +8,7 @@
 
 #ifdef FILTER_IFACE
 /* key: netns inode << 32 | ifindex, filled by netpath from --iface */
-BPF_HASH(iface_filter, u64, u8, 64);
+BPF_HASH(iface_filter, u64, u8, IFACE_FILTER_SLOTS);
 #endif
 
 /* FILTER_NETNS (inode) and FILTER_IFACE (iface_filter); returns 1 when the device passes. */

@@ -1,7 +1,10 @@
-"""The only module that imports bcc: compile, attach, read, detach.
+"""The only module that imports or touches bcc: compile, attach, read maps, poll, detach.
 
 Every value from the user arrives here as an integer in `defines` (a -D
 constant) or as a map entry; C text is never assembled from user input.
+`Program` hands maps and perf buffers to collectors as raw bytes, which they
+decode with the layouts in netpath/contract.py; tests/unit/fake_bpf.py is
+its stand-in for unit tests.
 """
 
 from __future__ import annotations
@@ -11,11 +14,13 @@ import ctypes
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from netpath import contract
 from netpath.errors import MissingCapability
 from netpath.kernel import offsets as kernel_offsets
 from netpath.kernel import shim
@@ -34,7 +39,8 @@ class ProgramSource:
     defines: dict[str, int] = field(default_factory=dict)
 
     def text(self) -> str:
-        return "\n".join((BPF_DIR / name).read_text() for name in self.files)
+        """The generated contract first, then the C files: bpf/netpath.h relies on the prelude."""
+        return contract.c_prelude() + "\n".join((BPF_DIR / name).read_text() for name in self.files)
 
     def cflags(self) -> list[str]:
         flags = [f"-I{BPF_DIR}"]
@@ -89,7 +95,7 @@ def _captured_stderr() -> Iterator[list[str]]:
             lines.extend(tmp.read().decode(errors="replace").splitlines())
 
 
-def compile_program(source: ProgramSource, facts: KernelFacts) -> Any:
+def compile_program(source: ProgramSource, facts: KernelFacts) -> Program:
     """Compile and load; BCC auto-attaches RAW_TRACEPOINT_PROBE/TRACEPOINT_PROBE functions."""
     bcc = import_bcc()
     mode = headers_mode(facts)
@@ -102,7 +108,7 @@ def compile_program(source: ProgramSource, facts: KernelFacts) -> Any:
             try:
                 prog = bcc.BPF(text=source.text(), cflags=source.cflags())
                 release_compiler_memory()
-                return prog
+                return Program(prog)
             except Exception as exc:  # bcc raises bare Exception for compile and attach failures
                 failure = exc
     finally:
@@ -147,19 +153,89 @@ def release_compiler_memory() -> None:
         libc.madvise(lo, hi - lo, _MADV_DONTNEED)
 
 
-def read_percpu_hash(table: Any) -> dict[bytes, int]:
-    """Sum a BPF_PERCPU_HASH of u64 counters: raw key bytes -> total."""
-    out: dict[bytes, int] = {}
-    for key, values in table.items():
-        out[bytes(key)] = sum(int(v) for v in values)
-    return out
+Loader = Callable[[ProgramSource, KernelFacts], "Program"]
+EventHandler = Callable[[bytes], None]
+LostHandler = Callable[[int], None]
 
 
-def read_percpu_array(table: Any, size: int) -> list[int]:
-    totals = []
-    for i in range(size):
-        totals.append(sum(int(v) for v in table[table.Key(i)]))
-    return totals
+def _per_cpu_bytes(values: Any, leaf_type: Any) -> list[bytes]:
+    """BCC hands per-CPU scalars back as Python ints and structs as ctypes objects: both become raw bytes."""
+    return [bytes(leaf_type(v)) if isinstance(v, int) else bytes(v) for v in values]
+
+
+class Program:
+    """A loaded BPF program. Keys and values cross this boundary as raw bytes."""
+
+    def __init__(self, prog: Any) -> None:
+        self._prog = prog
+        self._perf = False
+
+    def _table(self, name: str) -> Any:
+        return self._prog[name]
+
+    def percpu_items(self, name: str) -> dict[bytes, list[bytes]]:
+        """A per-CPU hash: key -> one value per possible CPU."""
+        table = self._table(name)
+        return {bytes(k): _per_cpu_bytes(values, table.sLeaf) for k, values in table.items()}
+
+    def percpu_value(self, name: str, index: int) -> list[bytes]:
+        """One slot of a per-CPU array, a value per possible CPU."""
+        table = self._table(name)
+        return _per_cpu_bytes(table.getvalue(table.Key(index)), table.sLeaf)
+
+    def percpu_zero(self, name: str, index: int) -> None:
+        table = self._table(name)
+        table[table.Key(index)] = table.Leaf(*([0] * len(table.getvalue(table.Key(index)))))
+
+    def lookup(self, name: str, key: bytes) -> bytes | None:
+        table = self._table(name)
+        leaf = table.get(table.Key.from_buffer_copy(key))
+        return None if leaf is None else bytes(leaf)
+
+    def update(self, name: str, key: bytes, value: bytes) -> None:
+        table = self._table(name)
+        table[table.Key.from_buffer_copy(key)] = table.Leaf.from_buffer_copy(value)
+
+    def delete(self, name: str, keys: list[bytes]) -> None:
+        table = self._table(name)
+        for key in keys:
+            try:
+                del table[table.Key.from_buffer_copy(key)]
+            except KeyError:  # gone already (LRU, or another reader)
+                pass
+
+    def clear(self, name: str) -> None:
+        self._table(name).clear()
+
+    def stack(self, name: str, stack_id: int) -> list[int]:
+        return [int(addr) for addr in self._table(name).walk(stack_id)]
+
+    def attach_kprobe(self, symbol: str, fn_name: str, is_return: bool = False) -> None:
+        """Raises MissingCapability with the kernel's refusal when the probe does not attach."""
+        try:
+            if is_return:
+                self._prog.attach_kretprobe(event=symbol, fn_name=fn_name)
+            else:
+                self._prog.attach_kprobe(event=symbol, fn_name=fn_name)
+        except Exception as exc:  # bcc raises bare Exception
+            raise MissingCapability(str(exc)) from None
+
+    def open_perf_buffer(self, name: str, on_event: EventHandler, on_lost: LostHandler) -> None:
+        def handle(_cpu: int, data: Any, size: int) -> None:
+            on_event(ctypes.string_at(data, size))
+
+        self._table(name).open_perf_buffer(handle, page_cnt=64, lost_cb=on_lost)
+        self._perf = True
+
+    def poll(self, timeout_s: float) -> None:
+        """Deliver pending perf events (and their losses), or just wait."""
+        if self._perf:
+            self._prog.perf_buffer_poll(timeout=max(int(timeout_s * 1000), 0))
+        elif timeout_s > 0:
+            time.sleep(timeout_s)
+
+    def close(self) -> None:
+        self._prog.cleanup()
 
 
 def dump_source(source: ProgramSource, facts: KernelFacts) -> str:
@@ -167,7 +243,7 @@ def dump_source(source: ProgramSource, facts: KernelFacts) -> str:
     mode = headers_mode(facts)
     header = "\n".join(
         [f"// headers: {mode}", "// cflags: " + " ".join(source.cflags())] + [
-            f"// --- {name}" for name in ["netpath.h", *source.files]
+            f"// --- {name}" for name in ["contract prelude", "netpath.h", *source.files]
         ]
     )
-    return header + "\n" + (BPF_DIR / "netpath.h").read_text() + "\n" + source.text()
+    return header + "\n" + source.text() + "\n// --- netpath.h\n" + (BPF_DIR / "netpath.h").read_text()

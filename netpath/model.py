@@ -1,8 +1,77 @@
-"""Plain snapshot dataclasses handed from collectors to renderers."""
+"""What every command reports, as plain data with finished numbers.
+
+Sessions (netpath/collect) build these from map readings: percentiles,
+means and buckets computed, interface names resolved. Renderers
+(netpath/render) only format them; nothing here reads the kernel.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+# ---------------------------------------------------------------- shared
+
+
+@dataclass(frozen=True)
+class Attached:
+    hook: str
+    method: str
+    program: str | None = None
+
+
+@dataclass(frozen=True)
+class Unavailable:
+    """A hook or stage this kernel could not attach, and why."""
+
+    hook: str
+    reason: str
+    stage: str | None = None
+
+
+@dataclass(frozen=True)
+class Filters:
+    """The filters a session runs with, as the start line reports them."""
+
+    netns: int | None = None
+    ifaces: tuple[str, ...] = ()
+    iface_keys: tuple[tuple[int, int], ...] = ()  # (netns inode, ifindex)
+    proto: str | None = None
+    port: int | None = None
+    host: str | None = None
+
+
+@dataclass(frozen=True)
+class Start:
+    """Everything attached: the data of the `start` line."""
+
+    command: str
+    kernel: str
+    headers: str
+    attached: tuple[Attached, ...]
+    unavailable: tuple[Unavailable, ...]
+    filters: Filters
+    # drops
+    group_by: tuple[str, ...] = ()
+    reason_code: int | None = None
+    # trace
+    stages: tuple[str, ...] = ()
+    unfiltered_stages: tuple[str, ...] = ()
+    per_iface: bool = False
+    per_cpu: bool = False
+    slower_ns: int = 0
+    fail_on_latency: tuple[dict[str, object], ...] = ()
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One --fail-on threshold at the end of a run."""
+
+    spec: dict[str, object]  # the threshold as the user gave it, in numbers
+    crossed: bool
+    value: int | None = None  # the measured value that crossed it
+
+
+# ---------------------------------------------------------------- drops
 
 
 @dataclass(frozen=True)
@@ -21,25 +90,7 @@ class DropRow:
     sport: int | None = None
     dport: int | None = None
     stack: list[str] | None = None
-
-    def as_json(self, with_flow: bool) -> dict[str, object]:
-        out: dict[str, object] = {
-            "reason": self.reason,
-            "reason_code": self.reason_code,
-            "location": self.location,
-            "iface": self.iface,
-            "ifindex": self.ifindex,
-            "netns": self.netns,
-            "proto": self.proto,
-            "count": self.count,
-        }
-        if with_flow:
-            out.update(
-                family=self.family, saddr=self.saddr, daddr=self.daddr, sport=self.sport, dport=self.dport
-            )
-        if self.stack is not None:
-            out["stack"] = self.stack
-        return out
+    interval_count: int | None = None  # live view: this interval's part of a run-total row
 
 
 @dataclass(frozen=True)
@@ -49,15 +100,6 @@ class Counter:
     count: int
     iface: str | None = None
     cpu: int | None = None
-
-    def as_json(self) -> dict[str, object]:
-        out: dict[str, object] = {"source": self.source, "name": self.name}
-        if self.iface is not None:
-            out["iface"] = self.iface
-        if self.cpu is not None:
-            out["cpu"] = self.cpu
-        out["count"] = self.count
-        return out
 
 
 @dataclass(frozen=True)
@@ -81,16 +123,6 @@ class Health:
     samples_lost: int = 0  # perf buffer overflow
     samples_skipped: int = 0  # over the per-CPU sample budget
 
-    def as_json(self) -> dict[str, object]:
-        return {
-            "probe_hits": dict(self.probe_hits),
-            "matched": self.matched,
-            "lost_rows": self.lost_rows,
-            "samples": self.samples,
-            "lost_samples": self.samples_lost,
-            "skipped_samples": self.samples_skipped,
-        }
-
 
 @dataclass
 class DropSnapshot:
@@ -101,3 +133,107 @@ class DropSnapshot:
     elapsed_ns: int
     other_rows: int = 0  # rows beyond --top, folded out of `rows`
     other_count: int = 0
+    flow_keyed: bool = False  # rows carry the 5-tuple
+    interval_ns: int = 0
+    interval_total: int = 0  # live view: drops this interval, while rows hold run totals
+
+
+# ---------------------------------------------------------------- trace
+
+
+@dataclass(frozen=True)
+class Bucket:
+    lo_ns: int
+    hi_ns: int
+    count: int
+
+
+@dataclass(frozen=True)
+class Latency:
+    count: int = 0
+    p50_ns: int = 0
+    p90_ns: int = 0
+    p99_ns: int = 0
+    max_ns: int = 0
+    sum_ns: int = 0
+    mean_ns: int = 0
+    buckets: tuple[Bucket, ...] = ()  # log2: [2^i, 2^(i+1)), the first from 0
+
+
+@dataclass(frozen=True)
+class Where:
+    """Which part of a stage a breakdown row is: interface and/or CPU."""
+
+    iface: str | None = None
+    ifindex: int | None = None
+    netns: int | None = None
+    cpu: int | None = None
+
+
+@dataclass(frozen=True)
+class Napi:
+    polls: int = 0
+    work: int = 0
+    budget: int = 0
+    exhausted: int = 0
+    max_work: int = 0
+
+
+@dataclass(frozen=True)
+class StageRow:
+    stage: str
+    hook: str
+    method: str | None
+    latency: Latency
+    parts: tuple[tuple[Where, Latency], ...] = ()
+    napi: Napi | None = None
+    napi_parts: tuple[tuple[Where, Napi], ...] = ()
+
+
+@dataclass(frozen=True)
+class TraceHealth:
+    probe_hits: dict[str, int] = field(default_factory=dict)
+    lost_samples: int = 0  # histogram map full
+    lost_skbs: int = 0  # per-skb map full
+    slow_sent: int = 0
+    missed_enqueue: int = 0  # datagrams read before their wakeup: not timed
+    ring_overrun: int = 0  # datagrams past a socket's ring: not timed
+    lost_events: int = 0  # slow events the perf buffer lost
+    ring_slots: int = 0  # the per-socket ring size, for the message
+
+
+@dataclass(frozen=True)
+class TraceSnapshot:
+    stages: tuple[StageRow, ...]
+    unavailable: tuple[Unavailable, ...]
+    softnet: dict[str, int]
+    health: TraceHealth
+    elapsed_ns: int
+    interval_ns: int = 0
+    per_iface: bool = False
+    per_cpu: bool = False
+
+    def stage(self, stage_id: str) -> StageRow | None:
+        return next((s for s in self.stages if s.stage == stage_id), None)
+
+
+@dataclass(frozen=True)
+class SlowPacket:
+    ts_ns: int
+    cpu: int
+    pid: int
+    comm: str
+    iface: str | None
+    ifindex: int
+    netns: int
+    family: int
+    proto: str | None
+    saddr: str | None
+    daddr: str | None
+    sport: int | None
+    dport: int | None
+    stages_ns: dict[str, int]
+
+
+Event = DropSample | SlowPacket
+Snapshot = DropSnapshot | TraceSnapshot

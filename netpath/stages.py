@@ -1,7 +1,8 @@
 """The RX path as data: every stage `netpath trace` measures, in path order.
 
 A stage lists the ways it can be measured (`HookSet`s) in preference order:
-tracepoints first, then fentry, then kprobes. `netpath.plan` picks the first
+tracepoints first, then kprobes (fentry is never chosen: BCC's kfunc programs
+need kernel headers). `netpath.plan` picks the first
 one this kernel can attach; nothing here touches the kernel.
 """
 
@@ -17,7 +18,7 @@ PER_INVOCATION = "per_invocation"
 class HookSet:
     """One way to measure a stage: every `required` hook must exist; `optional` ones add coverage."""
 
-    method: str  # raw_tracepoint, tracepoint, fentry, kprobe
+    method: str  # raw_tracepoint, tracepoint, kprobe
     required: tuple[str, ...]
     optional: tuple[str, ...] = ()
     define: str = ""  # the -D flags (comma-separated) that compile this variant into bpf/trace.c
@@ -36,11 +37,18 @@ class HookSet:
 @dataclass(frozen=True)
 class Stage:
     id: str
-    index: int  # STAGE_* in bpf/trace.c; the JSON order
+    c_name: str  # its enum np_stage member is STAGE_<c_name> (netpath/contract.py generates the enum)
     kind: str
     filterable: bool  # can --iface/--proto/--port/--host narrow it?
     summary: str
     choices: tuple[HookSet, ...] = field(default_factory=tuple)
+    # per-packet stages timed between kprobe checkpoints kept in the per-skb map
+    checkpoint: bool = False
+
+    @property
+    def index(self) -> int:
+        """Its position in path order: the np_stage value and the JSON order."""
+        return STAGE_IDS.index(self.id)
 
 
 def _kp(name: str, *optional: str, define: str, note: str) -> HookSet:
@@ -48,55 +56,55 @@ def _kp(name: str, *optional: str, define: str, note: str) -> HookSet:
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("hardirq", 0, PER_INVOCATION, False, "NIC hard IRQ handler run time", (
+    Stage("hardirq", "HARDIRQ", PER_INVOCATION, False, "NIC hard IRQ handler run time", (
         HookSet("raw_tracepoint", ("irq:irq_handler_entry", "irq:irq_handler_exit"), (), "USE_HARDIRQ",
                 "irq_handler_entry -> irq_handler_exit on the same CPU, NIC IRQ lines only"),
     )),
-    Stage("softirq_wait", 1, PER_INVOCATION, False, "NET_RX softirq raised -> softirq starts running", (
+    Stage("softirq_wait", "SOFTIRQ_WAIT", PER_INVOCATION, False,
+          "NET_RX softirq raised -> softirq starts running", (
         HookSet("raw_tracepoint", ("irq:softirq_raise", "irq:softirq_entry"), (), "USE_SOFTIRQ_WAIT",
                 "first softirq_raise(NET_RX) -> softirq_entry(NET_RX) on the same CPU"),
     )),
-    Stage("net_rx_action", 2, PER_INVOCATION, False, "NET_RX softirq run time per invocation", (
+    Stage("net_rx_action", "NET_RX_ACTION", PER_INVOCATION, False, "NET_RX softirq run time per invocation", (
         HookSet("raw_tracepoint", ("irq:softirq_entry", "irq:softirq_exit"), (), "USE_NETRX_TP",
                 "softirq_entry(NET_RX) -> softirq_exit(NET_RX) on the same CPU"),
         HookSet("kprobe", ("net_rx_action",), (), "USE_KP_NET_RX_ACTION", "kprobe -> kretprobe net_rx_action"),
     )),
-    Stage("napi_poll", 3, PER_INVOCATION, False, "driver poll: time, work against budget, budget exhaustion", (
+    Stage("napi_poll", "NAPI_POLL", PER_INVOCATION, False,
+          "driver poll: time, work against budget, budget exhaustion", (
         HookSet("raw_tracepoint", ("napi:napi_poll",), ("irq:softirq_entry", "irq:softirq_exit"), "USE_NAPI",
                 "napi:napi_poll gives work and budget; poll time is measured from the start of the NET_RX "
                 "softirq or the end of the previous poll on that CPU"),
     )),
-    Stage("gro", 4, PER_INVOCATION, True, "napi_gro_receive run time per packet", (
+    Stage("gro", "GRO", PER_INVOCATION, True, "napi_gro_receive run time per packet", (
         HookSet("raw_tracepoint", ("net:napi_gro_receive_entry", "net:napi_gro_receive_exit"), (), "USE_GRO",
                 "napi_gro_receive_entry -> napi_gro_receive_exit on the same CPU"),
     )),
-    Stage("netif_receive_skb", 5, PER_PACKET, True, "driver hand-off -> entry into the protocol stack", (
+    Stage("netif_receive_skb", "NETIF_RECEIVE_SKB", PER_PACKET, True,
+          "driver hand-off -> entry into the protocol stack", (
         HookSet("raw_tracepoint", ("net:netif_receive_skb",),
                 ("net:netif_rx", "net:napi_gro_receive_entry", "net:netif_receive_skb_entry",
                  "net:netif_receive_skb_list_entry", "skb:kfree_skb"), "USE_CORE",
                 "netif_rx / napi_gro_receive_entry / netif_receive_skb_entry -> net:netif_receive_skb "
                 "(__netif_receive_skb_core), per skb"),
     )),
-    Stage("ip_rcv", 6, PER_PACKET, True, "netif_receive_skb -> ip_rcv / ipv6_rcv", (
-        HookSet("fentry", ("ip_rcv",), ("ipv6_rcv",), "", ""),
+    Stage("ip_rcv", "IP_RCV", PER_PACKET, True, "netif_receive_skb -> ip_rcv / ipv6_rcv", (
         _kp("ip_rcv", "ipv6_rcv", define="USE_KP_IP_RCV", note="net:netif_receive_skb -> kprobe ip_rcv/ipv6_rcv"),
-    )),
-    Stage("ip_local_deliver", 7, PER_PACKET, True, "ip_rcv -> local delivery", (
-        HookSet("fentry", ("ip_local_deliver",), ("ip6_input",), "", ""),
+    ), checkpoint=True),
+    Stage("ip_local_deliver", "IP_LOCAL_DELIVER", PER_PACKET, True, "ip_rcv -> local delivery", (
         _kp("ip_local_deliver", "ip6_input", define="USE_KP_IP_LOCAL",
             note="kprobe ip_rcv -> kprobe ip_local_deliver (ipv6_rcv -> ip6_input)"),
-    )),
-    Stage("tcp_v4_rcv", 8, PER_PACKET, True, "local delivery -> TCP", (
-        HookSet("fentry", ("tcp_v4_rcv",), ("tcp_v6_rcv",), "", ""),
+    ), checkpoint=True),
+    Stage("tcp_v4_rcv", "TCP_RCV", PER_PACKET, True, "local delivery -> TCP", (
         _kp("tcp_v4_rcv", "tcp_v6_rcv", define="USE_KP_TCP",
             note="kprobe ip_local_deliver/ip6_input -> kprobe tcp_v4_rcv/tcp_v6_rcv"),
-    )),
-    Stage("udp_rcv", 9, PER_PACKET, True, "local delivery -> UDP", (
-        HookSet("fentry", ("udp_rcv",), ("udpv6_rcv",), "", ""),
+    ), checkpoint=True),
+    Stage("udp_rcv", "UDP_RCV", PER_PACKET, True, "local delivery -> UDP", (
         _kp("udp_rcv", "udpv6_rcv", define="USE_KP_UDP",
             note="kprobe ip_local_deliver/ip6_input -> kprobe udp_rcv/udpv6_rcv"),
-    )),
-    Stage("socket_queue", 10, PER_PACKET, True, "enqueued on the socket -> read by the application", (
+    ), checkpoint=True),
+    Stage("socket_queue", "SOCKET_QUEUE", PER_PACKET, True,
+          "enqueued on the socket -> read by the application", (
         HookSet("raw_tracepoint", ("sock:sk_data_ready", "skb:skb_copy_datagram_iovec", "sock:sock_recv_length"),
                 ("skb:consume_skb", "skb:kfree_skb"), "USE_SOCKQ",
                 "sock:sk_data_ready (the skb at the tail of sk_receive_queue) -> first "
@@ -110,7 +118,7 @@ STAGES: tuple[Stage, ...] = (
                 "skb:skb_copy_datagram_iovec (TCP) or skb:consume_skb after the UDP copy",
                 ("skb:skb_copy_datagram_iovec", "skb:consume_skb")),
     )),
-    Stage("stack_total", 11, PER_PACKET, True, "netif_receive_skb -> socket enqueue", (
+    Stage("stack_total", "STACK_TOTAL", PER_PACKET, True, "netif_receive_skb -> socket enqueue", (
         HookSet("raw_tracepoint", ("net:netif_receive_skb", "sock:sk_data_ready"), (), "USE_STACK_TOTAL",
                 "net:netif_receive_skb -> sock:sk_data_ready for the same skb"),
         HookSet("kprobe", ("sock_def_readable",), (), "USE_STACK_TOTAL,USE_KP_DATA_READY",

@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 
 from netpath.errors import BadInput
+from netpath.model import DropSnapshot, Snapshot, TraceSnapshot, Verdict
 from netpath.stages import STAGE_IDS
 
 UNITS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
@@ -30,9 +31,24 @@ class LatencyThreshold:
     stage: str
     pct: str  # p50, p90, p99, max
     limit_ns: int
+    per_interval: bool = True
 
     def as_json(self) -> dict[str, object]:
         return {"spec": self.spec, "stage": self.stage, "percentile": self.pct, "limit_ns": self.limit_ns}
+
+    def check(self, snap: Snapshot) -> int | None:
+        """The measured value when the stage's percentile is above the limit, else None."""
+        if not isinstance(snap, TraceSnapshot):
+            return None
+        row = snap.stage(self.stage)
+        if row is None or row.latency.count == 0:
+            return None
+        lat = row.latency
+        value = {"p50": lat.p50_ns, "p90": lat.p90_ns, "p99": lat.p99_ns, "max": lat.max_ns}[self.pct]
+        return value if value > self.limit_ns else None
+
+    def verdict(self, value: int | None) -> Verdict:
+        return Verdict(self.as_json(), value is not None, value)
 
 
 def parse_fail_on_latency(value: str) -> LatencyThreshold:
@@ -49,16 +65,18 @@ def parse_fail_on_latency(value: str) -> LatencyThreshold:
     return LatencyThreshold(value, stage, pct.lower(), limit)
 
 
-def value_of(stage_json: dict[str, object], pct: str) -> int:
-    key = "max_ns" if pct == "max" else f"{pct}_ns"
-    return int(stage_json.get(key, 0) or 0)  # type: ignore[call-overload]
+@dataclass(frozen=True)
+class DropsThreshold:
+    """--fail-on-drops N: at least N matching drops in the whole run."""
 
+    limit: int
+    per_interval: bool = False
 
-def crossed(threshold: LatencyThreshold, stages: list[dict[str, object]]) -> int | None:
-    """The measured value when the stage's percentile is above the limit, else None."""
-    for row in stages:
-        if row.get("stage") == threshold.stage and int(row.get("count", 0) or 0) > 0:  # type: ignore[call-overload]
-            value = value_of(row, threshold.pct)
-            if value > threshold.limit_ns:
-                return value
-    return None
+    def check(self, snap: Snapshot) -> int | None:
+        if isinstance(snap, DropSnapshot) and snap.total >= self.limit:
+            return snap.total
+        return None
+
+    def verdict(self, value: int | None) -> Verdict:
+        return Verdict({"fail_on_drops": self.limit}, value is not None, value)
+

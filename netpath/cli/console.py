@@ -19,8 +19,9 @@ class Terminal:
         self.interactive = not json_mode and sys.stdout.isatty()
         self._live: Live | None = None
 
-    def emit(self, kind: str, **fields: Any) -> None:
-        jsonl.emit(jsonl.record(kind, **fields))
+    def emit(self, obj: dict[str, Any]) -> None:
+        """One JSON line (built by netpath.render.records)."""
+        jsonl.emit(obj)
 
     def note(self, text: str) -> None:
         """Human progress notes go to stderr so stdout stays clean for pipes."""
@@ -39,6 +40,13 @@ class Terminal:
 
     def plain(self, text: str) -> None:
         print(text, flush=True)
+
+    def line(self, text: str) -> None:
+        """A line above the live view on a terminal, a plain line when piped."""
+        if self.interactive:
+            self.out.print(text, markup=False)
+        else:
+            self.plain(text)
 
     def close_live(self) -> None:
         if self._live is not None:

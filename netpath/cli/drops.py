@@ -6,15 +6,13 @@ import click
 
 from netpath import bpf
 from netpath.cli.console import Terminal
-from netpath.cli.options import Filters, common_options, resolve_filters
+from netpath.cli.options import common_options, resolve_filters
 from netpath.cli.preflight import load_facts, require_capability
-from netpath.collect import counters as counters_mod
+from netpath.cli.sinks import DropsView, JsonSink
 from netpath.collect import drops as drops_mod
-from netpath.errors import EXIT_OK, EXIT_THRESHOLD, BadInput, MissingCapability
-from netpath.links import IfaceNames
-from netpath.model import Counter, DropRow, DropSnapshot
-from netpath.render import drops_view
-from netpath.runloop import SignalStop, run
+from netpath.collect.session import drive
+from netpath.errors import BadInput, MissingCapability
+from netpath.thresholds import DropsThreshold
 
 HELP = """Show every dropped packet by the kernel's own drop reason.
 
@@ -83,154 +81,11 @@ def drops(ctx: click.Context, ifaces: tuple[str, ...], netns_spec: str | None, p
         click.echo(bpf.dump_source(source, facts))
         return
     term = Terminal(json_mode)
-    ctx.exit(_run(term, query, filters, facts, reasons, source, interval, duration, count, top, fail_on_drops))
-
-
-def _run(term: Terminal, query: drops_mod.DropsQuery, filters: Filters, facts: object, reasons: object,
-         source: bpf.ProgramSource, interval: float, duration: float | None, count: int | None,
-         top: int | None, fail_on: int | None) -> int:
-    ifnames = IfaceNames()
-    has_reason = drops_mod.has_reason_field(facts)  # type: ignore[arg-type]
-    decoder = drops_mod.RowDecoder(query, reasons, facts, ifnames, has_reason)  # type: ignore[arg-type]
-    collector = drops_mod.DropsCollector(query, facts, source)  # type: ignore[arg-type]
-    limit = top if top is not None else (None if term.json_mode else 10)
-    iface_set = set(filters.ifaces) or None
-    with SignalStop() as stop:
-        try:
-            importing = counters_mod.prefetch_netlink()
-            collector.start(decoder)
-            importing.join()
-            deltas = counters_mod.CounterDeltas(counters_mod.read_all(filters.netns, iface_set))
-            _emit_start(term, query, facts, collector, has_reason)
-            state = {"last": {}, "stats": {}, "seq": 0, "last_ns": 0}
-
-            def on_interval(elapsed_ns: int) -> None:
-                now = collector.counts()
-                stats = collector.stats()
-                interval_counts = {k: v - state["last"].get(k, 0) for k, v in now.items()}
-                interval_stats = {k: v - state["stats"].get(k, 0) for k, v in stats.items()}
-                state["last"], state["stats"] = now, stats
-                counters = deltas.step(counters_mod.read_all(filters.netns, iface_set))
-                state["seq"] += 1
-                span = elapsed_ns - state["last_ns"]
-                state["last_ns"] = elapsed_ns
-                lost = collector.samples_lost - state.get("lost", 0)
-                state["lost"] = collector.samples_lost
-                _flush_samples(term, collector)
-                if term.interactive:
-                    # the live table ranks rows by run total so quiet intervals don't blank it
-                    running, keys = _snapshot_keyed(collector, decoder, now, counters, interval_stats, limit,
-                                                    elapsed_ns, collector.samples_lost)
-                    rates = {drops_view.row_key(row): interval_counts.get(raw, 0)
-                             for row, raw in zip(running.rows, keys, strict=True)}
-                    total = sum(v for v in interval_counts.values() if v > 0)
-                    term.show(drops_view.drops_table(running, rates, _title(elapsed_ns, total), span))
-                else:
-                    snap = _snapshot(collector, decoder, interval_counts, counters, interval_stats, limit,
-                                     elapsed_ns, lost)
-                    if term.json_mode:
-                        term.emit("interval", command="drops", seq=state["seq"], elapsed_ns=elapsed_ns,
-                                  interval_ns=span, **_snap_json(snap, query))
-                    else:
-                        term.plain("\n".join(drops_view.plain_lines(snap, _title(elapsed_ns, snap.total))))
-                collector.reset_sample_budget()
-
-            stop_reason, elapsed = run(interval, duration, count, on_interval, collector.poll, stop)
-            final = collector.counts()
-            stats = collector.stats()
-            deltas.step(counters_mod.read_all(filters.netns, iface_set))
-            summary = _snapshot(collector, decoder, final, deltas.totals(), stats, limit, elapsed,
-                                collector.samples_lost)
-        finally:
-            collector.close()
-            term.close_live()
-    crossed = fail_on is not None and summary.total >= fail_on
-    threshold = {"fail_on_drops": fail_on, "crossed": crossed} if fail_on is not None else None
-    if term.json_mode:
-        term.emit("summary", command="drops", stop_reason=stop_reason, elapsed_ns=elapsed,
-                  **_snap_json(summary, query), threshold=threshold)
-    else:
-        term.plain("\n".join(drops_view.plain_lines(summary, f"summary ({stop_reason}, {elapsed / 1e9:.1f}s): "
-                                                    f"{summary.total:,} drops")))
-        if crossed:
-            term.plain(f"threshold crossed: {summary.total:,} drops >= --fail-on-drops {fail_on:,}")
-    return EXIT_THRESHOLD if crossed else EXIT_OK
-
-
-def _title(elapsed_ns: int, total: int) -> str:
-    return f"netpath drops  t={elapsed_ns / 1e9:.0f}s  {total:,} drops this interval"
-
-
-def _snapshot(collector: drops_mod.DropsCollector, decoder: drops_mod.RowDecoder, counts: dict[bytes, int],
-              counters: list[Counter], stats: dict[str, int], limit: int | None, elapsed_ns: int,
-              samples_lost: int) -> DropSnapshot:
-    return _snapshot_keyed(collector, decoder, counts, counters, stats, limit, elapsed_ns, samples_lost)[0]
-
-
-def _snapshot_keyed(collector: drops_mod.DropsCollector, decoder: drops_mod.RowDecoder, counts: dict[bytes, int],
-                    counters: list[Counter], stats: dict[str, int], limit: int | None, elapsed_ns: int,
-                    samples_lost: int) -> tuple[DropSnapshot, list[bytes]]:
-    """The snapshot and, row for row, the raw map keys its rows came from."""
-    ranked = sorted(((v, k) for k, v in counts.items() if v > 0), key=lambda item: (-item[0], item[1]))
-    shown = ranked if limit is None else ranked[:limit]
-    rows: list[DropRow] = []
-    for value, raw in shown:
-        row = decoder.row(drops_mod.DecodedKey.unpack(raw), value)
-        stack = collector.stack_of(raw)
-        if stack is not None:
-            row = DropRow(**{**row.__dict__, "stack": stack})
-        rows.append(row)
-    rest = ranked[len(shown):]
-    snap = DropSnapshot(rows, counters, drops_mod.health(stats, samples_lost), sum(v for v, _ in ranked),
-                        elapsed_ns, len(rest), sum(v for v, _ in rest))
-    return snap, [raw for _, raw in shown]
-
-
-def _snap_json(snap: DropSnapshot, query: drops_mod.DropsQuery) -> dict[str, object]:
-    out: dict[str, object] = {
-        "rows": [r.as_json(query.flow_keyed) for r in snap.rows],
-        "counters": [c.as_json() for c in snap.counters],
-        "total": snap.total,
-        "health": snap.health.as_json(),
-    }
-    if snap.other_rows:
-        out["other_rows"] = snap.other_rows
-        out["other_count"] = snap.other_count
-    return out
-
-
-def _flush_samples(term: Terminal, collector: drops_mod.DropsCollector) -> None:
-    for sample in collector.samples:
-        if term.json_mode:
-            term.emit("sample", command="drops", ts_ns=sample.ts_ns, cpu=sample.cpu, pid=sample.pid,
-                      comm=sample.comm, len=sample.len, **sample.row.as_json(True))
-        elif not term.interactive:
-            term.plain(drops_view.sample_line(sample))
-    collector.samples.clear()
-
-
-def _emit_start(term: Terminal, query: drops_mod.DropsQuery, facts: object, collector: drops_mod.DropsCollector,
-                has_reason: bool) -> None:
-    unavailable = []
-    if not has_reason:
-        unavailable.append({"hook": "skb:kfree_skb reason", "reason": "this kernel's kfree_skb has no reason field"})
-    if term.json_mode:
-        term.emit(
-            "start",
-            command="drops",
-            kernel=facts.release,  # type: ignore[attr-defined]
-            headers=bpf.headers_mode(facts),  # type: ignore[arg-type]
-            attached=collector.attached(),
-            unavailable=unavailable,
-            group_by=list(query.by) + (["flow"] if query.flow_keyed and "flow" not in query.by else []),
-            filters={
-                "netns": query.netns.inode if query.netns else None,
-                "iface": query.ifaces,
-                "proto": query.proto,
-                "port": query.port,
-                "host": str(query.host) if query.host else None,
-                "reason_code": query.reason_code,
-            },
-        )
-    else:
-        term.note("netpath drops: skb:kfree_skb attached; Ctrl-C for the summary")
+    limit = top if top is not None else (None if json_mode else 10)
+    session = drops_mod.DropsSession(query, facts, source, reasons, limit, live=term.interactive)
+    sink = JsonSink(term) if json_mode else DropsView(term)
+    thresholds = [DropsThreshold(fail_on_drops)] if fail_on_drops is not None else []
+    try:
+        ctx.exit(drive(session, sink, interval, duration, count, thresholds))
+    finally:
+        term.close_live()

@@ -10,6 +10,7 @@ import click
 from netpath import __version__
 from netpath.cli.drops import drops
 from netpath.cli.probes import probes
+from netpath.cli.trace import trace
 from netpath.errors import EXIT_ENVIRONMENT, EXIT_USAGE, NetpathError
 
 HELP = """eBPF observability for the Linux packet receive path.
@@ -33,12 +34,7 @@ def cli() -> None:
 
 cli.add_command(drops)
 cli.add_command(probes)
-try:
-    from netpath.cli.trace import trace
-
-    cli.add_command(trace)
-except ImportError:  # pragma: no cover - trace lands separately
-    pass
+cli.add_command(trace)
 
 
 def main(argv: list[str] | None = None) -> int:

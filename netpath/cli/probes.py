@@ -7,10 +7,12 @@ import textwrap
 import click
 
 from netpath import bpf
+from netpath import plan as plan_mod
 from netpath.cli.console import Terminal
 from netpath.cli.preflight import load_facts
 from netpath.collect import drops as drops_mod
 from netpath.kernel.facts import KernelFacts
+from netpath.render import records
 
 HELP = """Show what this kernel offers netpath and how each hook attaches.
 
@@ -40,10 +42,6 @@ def hook_rows(facts: KernelFacts) -> list[dict[str, object]]:
         "reason": ("kfree_skb " + ("with" if drops_mod.has_reason_field(facts) else "without") + " a reason field")
         if has_tp else "no skb:kfree_skb tracepoint on this kernel",
     })
-    try:
-        from netpath import plan as plan_mod
-    except ImportError:
-        return rows
     for row in plan_mod.probe_rows(facts):
         rows.append({"command": "trace", **row})
     return rows
@@ -76,7 +74,7 @@ def probes(json_mode: bool, show_reasons: bool) -> None:
         if show_reasons:
             extra["reasons"] = [{"reason": reasons.name(c), "reason_code": c} for c in sorted(reasons.core)]
             extra["reason_source"] = reasons.source
-        term.emit("probes", kernel=kernel, hooks=hooks, **extra)
+        term.emit(records.record("probes", kernel=kernel, hooks=hooks, **extra))
         return
     term.out.print(
         f"kernel {kernel['release']}  BTF {'yes' if kernel['btf'] else 'no'}  "

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib
 import threading
-from collections.abc import Iterable
 from pathlib import Path
 
 from netpath import netns
@@ -192,6 +191,3 @@ def _order(c: Counter) -> tuple[int, str, str, int]:
     rank = {"link": 0, "qdisc": 1, "softnet": 2, "snmp": 3}
     return rank.get(c.source, 9), c.iface or "", c.name, c.cpu if c.cpu is not None else -1
 
-
-def flatten(counters: Iterable[Counter]) -> list[dict[str, object]]:
-    return [c.as_json() for c in counters]

@@ -1,15 +1,14 @@
-"""netpath drops: build the kfree_skb program from a query, read and decode its maps."""
+"""netpath drops: build the kfree_skb program from a query, run it as a Session, decode its maps."""
 
 from __future__ import annotations
 
-import ctypes
 import ipaddress
 import struct
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from netpath import bpf, netns
+from netpath import bpf, contract, netns
+from netpath.collect import counters as counters_mod
 from netpath.errors import MissingCapability
 from netpath.filter_defines import filter_defines
 from netpath.kernel import offsets as kernel_offsets
@@ -17,19 +16,30 @@ from netpath.kernel import reasons as reasons_mod
 from netpath.kernel.facts import KernelFacts
 from netpath.kernel.reasons import DropReasons
 from netpath.links import IfaceNames
-from netpath.model import DropRow, DropSample, Health
+from netpath.model import (
+    Attached,
+    Counter,
+    DropRow,
+    DropSample,
+    DropSnapshot,
+    Event,
+    Filters,
+    Health,
+    Start,
+    Unavailable,
+)
 
 TRACEPOINT = "skb:kfree_skb"
 GROUP_FIELDS = ("reason", "location", "iface", "proto", "flow")
 DEFAULT_BY = ("reason", "location", "iface", "proto")
-MAX_ROWS = 16384
+MAX_ROWS = contract.MAX_ROWS
 
-# struct drop_full_key in bpf/drops.c; struct drop_key is its first 24 bytes unless rows group by flow
-KEY_FORMAT = struct.Struct("<QIIIHBB16s16sHHi")
-SHORT_KEY_SIZE = 24
-# struct drop_sample: key, ts_ns, len, pid, cpu, stackid, comm
-SAMPLE_FORMAT = struct.Struct(f"<{KEY_FORMAT.size}sQIIIi16s")
-STAT_NAMES = ("hits", "matched", "map_full", "sampled", "sample_budget")
+# struct drop_key is drop_where alone unless rows group by flow, then the whole drop_full_key
+SHORT_KEY_SIZE = contract.DROP_WHERE.size
+KEY_FIELDS = len(contract.DROP_FULL_KEY.fmt.unpack(bytes(contract.DROP_FULL_KEY.size)))
+COUNT = struct.Struct("<Q")
+STACK_ID = struct.Struct("<i")
+IFACE_KEY = struct.Struct("<Q")
 
 L4_NAMES = {0: "hopopt", 1: "icmp", 2: "igmp", 6: "tcp", 17: "udp", 47: "gre", 58: "icmpv6", 132: "sctp"}
 L3_NAMES = {0x0800: "ipv4", 0x86DD: "ipv6", 0x0806: "arp", 0x8100: "vlan", 0x88CC: "lldp", 0x8035: "rarp"}
@@ -118,8 +128,7 @@ class DecodedKey:
 
     @classmethod
     def unpack(cls, raw: bytes) -> DecodedKey:
-        fields = KEY_FORMAT.unpack(raw[: KEY_FORMAT.size].ljust(KEY_FORMAT.size, b"\0"))
-        return cls(*fields[:11])
+        return cls(*contract.DROP_FULL_KEY.unpack(raw)[:11])
 
 
 class RowDecoder:
@@ -159,74 +168,146 @@ class RowDecoder:
         return DropRow(reason, code, location, iface, ifindex, ns, proto, count, **extra)
 
 
-class DropsCollector:
-    """Owns the loaded program; read() returns cumulative counts per raw key."""
+class DropsSession:
+    """netpath drops as a Session: the kfree_skb program, its maps, the counters beside it.
 
-    def __init__(self, query: DropsQuery, facts: KernelFacts, source: bpf.ProgramSource) -> None:
+    `live`: interval snapshots rank rows by run total and carry this
+    interval's count per row (the refreshing terminal table); otherwise they
+    hold this interval's counts only.
+    """
+
+    def __init__(self, query: DropsQuery, facts: KernelFacts, source: bpf.ProgramSource, reasons: DropReasons,
+                 limit: int | None = None, live: bool = False, loader: bpf.Loader = bpf.compile_program) -> None:
         self.query = query
         self.facts = facts
         self.source = source
-        self.prog: Any = None
-        self.samples: list[DropSample] = []
-        self.samples_lost = 0
-        self._decoder: RowDecoder | None = None
+        self.limit = limit
+        self.live = live
+        self._loader = loader
+        self._has_reason = has_reason_field(facts)
+        self._decoder = RowDecoder(query, reasons, facts, IfaceNames(), self._has_reason)
+        self._iface_set = set(query.ifaces) or None
+        self.prog: bpf.Program | None = None
+        self._samples: list[DropSample] = []
+        self._samples_lost = 0
+        self._last_counts: dict[bytes, int] = {}
+        self._last_stats: dict[str, int] = {}
+        self._last_lost = 0
+        self._last_ns = 0
+        self._counters: counters_mod.CounterDeltas | None = None
 
-    def start(self, decoder: RowDecoder) -> None:
-        self._decoder = decoder
-        self.prog = bpf.compile_program(self.source, self.facts)
-        if self.query.iface_keys:
-            table = self.prog["iface_filter"]
-            for ns_inode, ifindex in self.query.iface_keys:
-                table[table.Key((ns_inode << 32) | ifindex)] = table.Leaf(1)
+    def _read_counters(self) -> dict[counters_mod.CounterKey, int]:
+        return counters_mod.read_all(self.query.netns, self._iface_set)
+
+    def start(self) -> Start:
+        importing = counters_mod.prefetch_netlink()
+        self.prog = prog = self._loader(self.source, self.facts)
+        for ns_inode, ifindex in self.query.iface_keys:
+            prog.update("iface_filter", IFACE_KEY.pack((ns_inode << 32) | ifindex), b"\x01")
         if self.query.samples:
-            self.prog["samples"].open_perf_buffer(self._on_sample, page_cnt=64, lost_cb=self._on_lost)
+            prog.open_perf_buffer("samples", self._on_sample, self._on_lost)
+        importing.join()
+        self._counters = counters_mod.CounterDeltas(self._read_counters())
+        q = self.query
+        unavailable = () if self._has_reason else (
+            Unavailable("skb:kfree_skb reason", "this kernel's kfree_skb has no reason field"),)
+        return Start(
+            "drops", self.facts.release, bpf.headers_mode(self.facts),
+            (Attached(TRACEPOINT, "raw_tracepoint", "kfree_skb"),), unavailable,
+            Filters(q.netns.inode if q.netns else None, tuple(q.ifaces), tuple(q.iface_keys), q.proto, q.port,
+                    str(q.host) if q.host else None),
+            group_by=tuple(q.by) + (("flow",) if q.flow_keyed and "flow" not in q.by else ()),
+            reason_code=q.reason_code,
+        )
 
-    def attached(self) -> list[dict[str, str]]:
-        return [{"hook": TRACEPOINT, "method": "raw_tracepoint", "program": "kfree_skb"}]
+    def wait(self, timeout_s: float) -> None:
+        if self.prog is not None:
+            self.prog.poll(timeout_s)
+
+    def events(self) -> list[Event]:
+        out: list[Event] = list(self._samples)
+        self._samples.clear()
+        return out
 
     def counts(self) -> dict[bytes, int]:
-        return bpf.read_percpu_hash(self.prog["drops"])
+        """Cumulative drops per raw map key."""
+        assert self.prog is not None
+        return {k: sum(COUNT.unpack(v)[0] for v in values) for k, values in self.prog.percpu_items("drops").items()}
 
     def stats(self) -> dict[str, int]:
-        return dict(zip(STAT_NAMES, bpf.read_percpu_array(self.prog["stats"], len(STAT_NAMES)), strict=True))
+        assert self.prog is not None
+        return {name: sum(COUNT.unpack(v)[0] for v in self.prog.percpu_value("stats", i))
+                for i, name in enumerate(contract.DROP_STATS)}
 
-    def poll(self, timeout_s: float) -> None:
-        if self.query.samples:
-            self.prog.perf_buffer_poll(timeout=int(timeout_s * 1000))
+    def interval(self, elapsed_ns: int) -> DropSnapshot:
+        assert self._counters is not None and self.prog is not None
+        now, stats = self.counts(), self.stats()
+        delta = {k: v - self._last_counts.get(k, 0) for k, v in now.items()}
+        interval_stats = {k: v - self._last_stats.get(k, 0) for k, v in stats.items()}
+        lost = self._samples_lost - self._last_lost
+        self._last_counts, self._last_stats, self._last_lost = now, stats, self._samples_lost
+        counters = self._counters.step(self._read_counters())
+        span, self._last_ns = elapsed_ns - self._last_ns, elapsed_ns
+        if self.live:
+            snap = self._snapshot(now, counters, interval_stats, elapsed_ns, self._samples_lost, delta)
+            snap.interval_total = sum(v for v in delta.values() if v > 0)
         else:
-            time.sleep(timeout_s)
-
-    def reset_sample_budget(self) -> None:
+            snap = self._snapshot(delta, counters, interval_stats, elapsed_ns, lost)
+            snap.interval_total = snap.total
+        snap.interval_ns = span
         if self.query.samples:
-            self.prog["sample_used"].clear()
+            self.prog.clear("sample_used")
+        return snap
+
+    def summary(self, elapsed_ns: int) -> DropSnapshot:
+        assert self._counters is not None
+        final, stats = self.counts(), self.stats()
+        self._counters.step(self._read_counters())
+        return self._snapshot(final, self._counters.totals(), stats, elapsed_ns, self._samples_lost)
+
+    def _snapshot(self, counts: dict[bytes, int], counters: list[Counter], stats: dict[str, int], elapsed_ns: int,
+                  samples_lost: int, interval_counts: dict[bytes, int] | None = None) -> DropSnapshot:
+        ranked = sorted(((v, k) for k, v in counts.items() if v > 0), key=lambda item: (-item[0], item[1]))
+        shown = ranked if self.limit is None else ranked[: self.limit]
+        rows: list[DropRow] = []
+        for value, raw in shown:
+            row = self._decoder.row(DecodedKey.unpack(raw), value)
+            stack = self.stack_of(raw)
+            extra = {"stack": stack} if stack is not None else {}
+            if interval_counts is not None:
+                extra["interval_count"] = interval_counts.get(raw, 0)
+            rows.append(replace(row, **extra) if extra else row)
+        rest = ranked[len(shown):]
+        return DropSnapshot(rows, counters, health(stats, samples_lost), sum(v for v, _ in ranked), elapsed_ns,
+                            len(rest), sum(v for v, _ in rest), self.query.flow_keyed)
 
     def stack_of(self, raw_key: bytes) -> list[str] | None:
-        if not self.query.stack:
+        if not self.query.stack or self.prog is None:
             return None
-        table = self.prog["drop_stack"]
-        leaf = table.get(table.Key.from_buffer_copy(raw_key))
-        if leaf is None or leaf.value < 0:
+        leaf = self.prog.lookup("drop_stack", raw_key)
+        stack_id = STACK_ID.unpack(leaf)[0] if leaf is not None else -1
+        if stack_id < 0:
             return None
-        frames = [self.facts.kallsyms.symbolize(addr) for addr in self.prog["stacks"].walk(leaf.value)]
+        frames = [self.facts.kallsyms.symbolize(addr) for addr in self.prog.stack("stacks", stack_id)]
         # drop netpath's own frames: the BPF program and the tracepoint trampoline
         while frames and frames[0].startswith(("bpf_prog_", "bpf_trace_run", "__bpf_trace_", "__traceiter_")):
             frames.pop(0)
         return frames
 
-    def _on_sample(self, _cpu: int, data: Any, size: int) -> None:
-        raw = ctypes.string_at(data, min(size, SAMPLE_FORMAT.size))
-        if len(raw) < SAMPLE_FORMAT.size or self._decoder is None:
+    def _on_sample(self, raw: bytes) -> None:
+        if len(raw) < contract.DROP_SAMPLE.size:
             return
-        key_raw, ts, length, pid, cpu, _stackid, comm = SAMPLE_FORMAT.unpack(raw)
-        row = self._decoder.row(DecodedKey.unpack(key_raw), 1, full=True)
-        self.samples.append(DropSample(ts, cpu, pid, comm.split(b"\0")[0].decode(errors="replace"), length, row))
+        fields = contract.DROP_SAMPLE.unpack(raw)
+        key, (ts, length, pid, cpu, _stackid, comm) = fields[:KEY_FIELDS], fields[KEY_FIELDS:]
+        row = self._decoder.row(DecodedKey(*key[:11]), 1, full=True)
+        self._samples.append(DropSample(ts, cpu, pid, comm.split(b"\0")[0].decode(errors="replace"), length, row))
 
     def _on_lost(self, lost: int) -> None:
-        self.samples_lost += lost
+        self._samples_lost += lost
 
     def close(self) -> None:
         if self.prog is not None:
-            self.prog.cleanup()
+            self.prog.close()
             self.prog = None
 
 

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from netpath.contract import MAX_SLOT, SUM_SLOT
+from netpath.model import Bucket, Latency
+
+__all__ = ["MAX_SLOT", "SUM_SLOT", "latency", "log2_buckets", "percentile", "slot_of", "slot_range"]
+
 SUB = 8
-MAX_SLOT = 0xFFFF  # the slot holding the maximum, not a count
-SUM_SLOT = 511  # the slot holding the sum of all samples in ns, not a count (above slot_of's 495)
 
 
 def slot_of(value: int) -> int:
@@ -66,3 +69,13 @@ def log2_buckets(slots: Mapping[int, int]) -> list[dict[str, int]]:
         index = max(low.bit_length() - 1, 0)
         out[index] = out.get(index, 0) + count
     return [{"lo_ns": 0 if i == 0 else 1 << i, "hi_ns": 1 << (i + 1), "count": out[i]} for i in sorted(out)]
+
+
+def latency(slots: Mapping[int, int], max_ns: int, sum_ns: int) -> Latency:
+    """The finished numbers of one distribution (slots hold counts only)."""
+    count = sum(slots.values())
+    if count == 0:
+        return Latency(max_ns=max_ns, sum_ns=sum_ns)
+    buckets = tuple(Bucket(b["lo_ns"], b["hi_ns"], b["count"]) for b in log2_buckets(slots))
+    return Latency(count, percentile(slots, 50, max_ns or None), percentile(slots, 90, max_ns or None),
+                   percentile(slots, 99, max_ns or None), max_ns, sum_ns, sum_ns // count, buckets)

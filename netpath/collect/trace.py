@@ -1,63 +1,36 @@
-"""netpath trace: build bpf/trace.c from the attach plan, load it, read its maps."""
+"""netpath trace: build bpf/trace.c from the attach plan, run it as a Session, decode its maps."""
 
 from __future__ import annotations
 
-import ctypes
 import ipaddress
 import re
 import struct
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from netpath import bpf, netns
-from netpath.collect import hist
+from netpath import bpf, contract, netns
+from netpath.collect import counters as counters_mod
+from netpath.collect import trace_stats
+from netpath.collect.trace_stats import HistKey, NapiKey, Reading
 from netpath.errors import MissingCapability
 from netpath.filter_defines import filter_defines
 from netpath.kernel import offsets as kernel_offsets
 from netpath.kernel.facts import KernelFacts
+from netpath.links import IfaceNames
+from netpath.model import Attached, Event, Filters, SlowPacket, Start, TraceHealth, TraceSnapshot, Unavailable
 from netpath.plan import AttachPlan
-from netpath.stages import STAGES
+from netpath.stages import PER_PACKET, STAGE_IDS, STAGES, UNFILTERED
 
-MAX_SKBS = 65536
-HIST_ROWS = 16384
+Names = Callable[[int, int], str | None]
+
 NEEDED = ("OFF_SKB_DEV", "OFF_SKB_HEAD", "OFF_SKB_DATA", "OFF_SKB_PROTOCOL", "OFF_SKB_NETWORK_HEADER",
           "OFF_SKB_SKB_IIF", "OFF_DEV_IFINDEX", "OFF_DEV_ND_NET", "OFF_NET_NS_INUM", "OFF_SK_NET",
           "OFF_SK_RCVQ", "OFF_SK_RCVQ_PREV", "OFF_NAPI_DEV", "OFF_SK_FAMILY", "OFF_SK_PROTOCOL")
 
-# enum np_hook in bpf/trace.c, in order; the names are what health.probe_hits reports
-HOOK_NAMES = (
-    "irq:irq_handler_entry", "irq:irq_handler_exit", "irq:softirq_raise", "irq:softirq_entry",
-    "irq:softirq_exit", "napi:napi_poll", "net:napi_gro_receive_entry", "net:napi_gro_receive_exit",
-    "net:netif_rx", "net:netif_receive_skb_entry", "net:netif_receive_skb_list_entry", "net:netif_receive_skb",
-    "sock:sk_data_ready", "skb:skb_copy_datagram_iovec", "skb:consume_skb", "skb:kfree_skb",
-    "sock:sock_recv_length",
-    "ip_rcv", "ipv6_rcv", "ip_local_deliver", "ip6_input", "tcp_v4_rcv", "tcp_v6_rcv", "udp_rcv", "udpv6_rcv",
-    "net_rx_action", "net_rx_action:return", "sock_def_readable",
-)
-RING_SLOTS = 128  # datagrams timed per UDP socket queue; a power of two
-STAT_NAMES = ("lost_rows", "lost_skbs", "slow_sent", "missed_enqueue", "ring_overrun")
-KPROBE_FNS: dict[str, list[tuple[str, str]]] = {
-    "ip_rcv": [("entry", "kp_ip_rcv")],
-    "ipv6_rcv": [("entry", "kp_ipv6_rcv")],
-    "ip_local_deliver": [("entry", "kp_ip_local_deliver")],
-    "ip6_input": [("entry", "kp_ip6_input")],
-    "tcp_v4_rcv": [("entry", "kp_tcp_v4_rcv")],
-    "tcp_v6_rcv": [("entry", "kp_tcp_v6_rcv")],
-    "udp_rcv": [("entry", "kp_udp_rcv")],
-    "udpv6_rcv": [("entry", "kp_udpv6_rcv")],
-    "net_rx_action": [("entry", "kp_net_rx_action"), ("return", "kr_net_rx_action")],
-    "sock_def_readable": [("entry", "kp_sock_def_readable")],
-}
-PER_SKB_DEFINES = ("USE_CORE", "USE_STACK_TOTAL", "USE_SOCKQ", "USE_KP_IP_RCV", "USE_KP_IP_LOCAL", "USE_KP_TCP",
-                   "USE_KP_UDP")
-
-HIST_KEY = struct.Struct("<HHIII")
-NAPI_KEY = struct.Struct("<III")
-# struct np_slow_event
-SLOW_FORMAT = struct.Struct("<Q6QIIII16s16sHHBBH16s")
-SLOW_STAGES = ("netif_receive_skb", "ip_rcv", "ip_local_deliver", "transport", "stack_total", "socket_queue")
+COUNT = struct.Struct("<Q")
+IFACE_KEY = struct.Struct("<Q")
+IRQ_ENTRY = struct.Struct("<I")
 
 
 @dataclass
@@ -92,10 +65,12 @@ def program_source(query: TraceQuery, plan: AttachPlan, offsets: dict[str, int])
     defines.update(kernel_offsets.spans(offsets))
     defines.update(trace_spans(offsets))
     defines.update(plan.defines())
-    defines["TRACK_SKBS"] = int(any(d in defines for d in PER_SKB_DEFINES))
-    defines["MAX_SKBS"] = MAX_SKBS
-    defines["RING"] = RING_SLOTS
-    defines["HIST_ROWS"] = HIST_ROWS
+    defines["TRACK_SKBS"] = int(any(c.stage.kind == PER_PACKET for c in plan.available))
+    defines["KP_CHECKPOINTS"] = int(any(c.stage.checkpoint for c in plan.available))
+    defines["MAX_SKBS"] = contract.MAX_SKBS
+    defines["RING"] = contract.RING_SLOTS
+    defines["HIST_ROWS"] = contract.HIST_ROWS
+    defines["NAPI_ROWS"] = contract.NAPI_ROWS
     defines["BY_IFACE"] = int(query.per_iface)
     defines["BY_CPU"] = int(query.per_cpu)
     defines["SLOWER_NS"] = int(query.slower_ns)
@@ -145,27 +120,11 @@ def local_devices(sysfs: Path = Path("/sys/class/net")) -> dict[str, tuple[int, 
     return out
 
 
-@dataclass
-class SlowPacket:
-    ts_ns: int
-    cpu: int
-    pid: int
-    comm: str
-    ifindex: int
-    netns: int
-    family: int
-    proto: str | None
-    saddr: str | None
-    daddr: str | None
-    sport: int | None
-    dport: int | None
-    stages_ns: dict[str, int]
-
-
-def decode_slow(raw: bytes) -> SlowPacket:
-    f = SLOW_FORMAT.unpack(raw[: SLOW_FORMAT.size])
-    ts, stage_ns = f[0], f[1:7]
-    cpu, pid, ifindex, ns_inode, saddr, daddr, sport, dport, family, l4, _pad, comm = f[7:]
+def decode_slow(raw: bytes, names: Names) -> SlowPacket:
+    f = contract.SLOW_EVENT.unpack(raw)
+    nstages = len(contract.SLOW_STAGES)
+    ts, stage_ns = f[0], f[1:1 + nstages]
+    cpu, pid, ifindex, ns_inode, saddr, daddr, sport, dport, family, l4, _pad, comm = f[1 + nstages:]
 
     def addr(b: bytes) -> str | None:
         if family == 4:
@@ -175,163 +134,86 @@ def decode_slow(raw: bytes) -> SlowPacket:
         return None
 
     proto = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmpv6"}.get(l4, f"ipproto-{l4}") if family else None
-    return SlowPacket(ts, cpu, pid, comm.split(b"\0")[0].decode(errors="replace"), ifindex, ns_inode, family,
-                      proto, addr(saddr), addr(daddr), sport if family else None, dport if family else None,
-                      {name: int(v) for name, v in zip(SLOW_STAGES, stage_ns, strict=True) if v})
+    return SlowPacket(ts, cpu, pid, comm.split(b"\0")[0].decode(errors="replace"), names(ns_inode, ifindex),
+                      ifindex, ns_inode, family, proto, addr(saddr), addr(daddr), sport if family else None,
+                      dport if family else None,
+                      {name: int(v) for name, v in zip(contract.SLOW_STAGES, stage_ns, strict=True) if v})
 
 
-HistKey = tuple[int, int, int, int]  # stage index, ifindex, netns, cpu
+class TraceReader:
+    """Decodes bpf/trace.c's maps (raw bytes from bpf.Program) into a cumulative Reading."""
 
-
-@dataclass
-class Reading:
-    """Cumulative slot counts, this interval's maxima, NAPI counters and hook hits."""
-
-    slots: dict[HistKey, dict[int, int]]
-    maxima: dict[HistKey, int]
-    napi: dict[tuple[int, int, int], dict[str, int]]
-    hits: dict[str, int]
-    stats: dict[str, int]
-
-
-class TraceCollector:
-    def __init__(self, query: TraceQuery, plan: AttachPlan, facts: KernelFacts, source: bpf.ProgramSource) -> None:
+    def __init__(self, query: TraceQuery, plan: AttachPlan) -> None:
         self.query = query
-        self.plan = plan
-        self.facts = facts
-        self.source = source
-        self.prog: Any = None
-        self.slow: list[SlowPacket] = []
-        self.slow_lost = 0
-        self.failed: list[dict[str, str]] = []  # planned hooks the kernel refused at attach time
-        self._attached: list[dict[str, str]] = []
+        self.wanted = set(plan.tracepoints()) | {h for h, _ in plan.kprobes()}
 
-    def start(self) -> None:
-        self.prog = bpf.compile_program(self.source, self.facts)
-        irqs = nic_irqs(_read("/proc/interrupts"), local_devices())
-        table = self.prog["nic_irqs"]
-        for irq, ifindex in irqs.items():
-            table[table.Key(irq)] = table.Leaf(ifindex)
-        if self.query.iface_keys:
-            filt = self.prog["iface_filter"]
-            for ns_inode, ifindex in self.query.iface_keys:
-                filt[filt.Key((ns_inode << 32) | ifindex)] = filt.Leaf(1)
-        for hook, symbol in self.plan.kprobes():
-            for kind, fn in KPROBE_FNS.get(hook, []):
-                try:
-                    if kind == "entry":
-                        self.prog.attach_kprobe(event=symbol, fn_name=fn)
-                    else:
-                        self.prog.attach_kretprobe(event=symbol, fn_name=fn)
-                except Exception as exc:  # bcc raises bare Exception; the rest of the plan still runs
-                    self.failed.append({"stage": self._stage_of(hook), "hook": symbol,
-                                        "reason": f"kprobe {symbol} did not attach: {exc}"})
-                    continue
-                self._attached.append({"hook": symbol if kind == "entry" else f"{symbol}:return",
-                                       "method": "kretprobe" if kind == "return" else "kprobe"})
-        tps = [{"hook": tp, "method": "raw_tracepoint"} for tp in self.plan.tracepoints()]
-        self._attached = tps + self._attached
-        if self.query.slower_ns:
-            self.prog["slow"].open_perf_buffer(self._on_slow, page_cnt=64, lost_cb=self._on_lost)
-
-    def _stage_of(self, hook: str) -> str:
-        return next((c.stage.id for c in self.plan.available if hook in c.hooks), hook)
-
-    def attached(self) -> list[dict[str, str]]:
-        return list(self._attached)
-
-    def read(self) -> Reading:
+    def read(self, prog: bpf.Program) -> Reading:
+        slots, maxima = self._read_hash(prog) if self.query.per_iface else self._read_arrays(prog)
+        per_cpu = [contract.CPU_COUNTERS.unpack(v) for v in prog.percpu_value("cpustate", 0)]
+        nhits = contract.HITS
+        napi: dict[NapiKey, dict[str, int]] = {}
         if self.query.per_iface:
-            slots, maxima = self._read_hash()
+            for key, values in prog.percpu_items("napi_stats").items():
+                ifindex, ns_inode, cpu = contract.NAPI_KEY.unpack(key)
+                napi[(ifindex, ns_inode, cpu)] = _napi_sum([contract.NAPI_VAL.unpack(v) for v in values])
         else:
-            slots, maxima = self._read_arrays()
-        state = self.prog["cpustate"]
-        per_cpu = state.getvalue(state.Key(0))  # hook hits, and the NAPI counters without --per-iface
-        napi: dict[tuple[int, int, int], dict[str, int]] = {}
-        if self.query.per_iface:
-            for key, values in self.prog["napi_stats"].items():
-                ifindex, ns_inode, cpu = NAPI_KEY.unpack(bytes(key)[: NAPI_KEY.size])
-                napi[(ifindex, ns_inode, cpu)] = _napi_sum(values)
-        else:
-            by_cpu: dict[tuple[int, int, int], list[Any]] = {}
+            by_cpu: dict[NapiKey, list[tuple]] = {}
             for cpu, value in enumerate(per_cpu):
-                if value.napi.polls:
-                    by_cpu.setdefault((0, 0, cpu if self.query.per_cpu else 0), []).append(value.napi)
+                counters = value[nhits:]
+                if counters[0]:  # polls
+                    by_cpu.setdefault((0, 0, cpu if self.query.per_cpu else 0), []).append(counters)
             napi = {key: _napi_sum(values) for key, values in by_cpu.items()}
-        counts = [sum(int(v.hits[i]) for v in per_cpu) for i in range(len(HOOK_NAMES) + len(STAT_NAMES))]
-        wanted = set(self.plan.tracepoints()) | {h for h, _ in self.plan.kprobes()}
-        hits = {name: counts[i] for i, name in enumerate(HOOK_NAMES) if name.split(":return")[0] in wanted}
-        stats = dict(zip(STAT_NAMES, counts[len(HOOK_NAMES):], strict=True))
+        counts = [sum(v[i] for v in per_cpu) for i in range(nhits)]
+        nhooks = len(contract.HOOK_NAMES)
+        hits = {name: counts[i] for i, name in enumerate(contract.HOOK_NAMES)
+                if name.removesuffix(":return") in self.wanted}
+        stats = dict(zip(contract.STAT_NAMES, counts[nhooks:], strict=True))
         return Reading(slots, maxima, napi, hits, stats)
 
-    def _read_arrays(self) -> tuple[dict[HistKey, dict[int, int]], dict[HistKey, int]]:
+    def _read_arrays(self, prog: bpf.Program) -> tuple[dict[HistKey, dict[int, int]], dict[HistKey, int]]:
         """Per-CPU arrays indexed by stage: slots cumulative, maxima zeroed after each read."""
         slots: dict[HistKey, dict[int, int]] = {}
         maxima: dict[HistKey, int] = {}
-        table, max_table = self.prog["stage_hist"], self.prog["stage_max"]
-        for stage in STAGE_BY_INDEX:
-            per_cpu = table.getvalue(table.Key(stage))
-            maxes = max_table.getvalue(max_table.Key(stage))
-            max_table[max_table.Key(stage)] = max_table.Leaf(*([0] * len(maxes)))
+        for stage in range(len(STAGES)):
+            per_cpu = prog.percpu_value("stage_hist", stage)
+            maxes = [COUNT.unpack(v)[0] for v in prog.percpu_value("stage_max", stage)]
+            prog.percpu_zero("stage_max", stage)
             for cpu, value in enumerate(per_cpu):
-                counts = {i: int(n) for i, n in enumerate(value.slots) if n}
+                counts = {i: n for i, n in enumerate(contract.STAGE_HIST.unpack(value)) if n}
                 if not counts:
                     continue
                 key = (stage, 0, 0, cpu if self.query.per_cpu else 0)
                 into = slots.setdefault(key, {})
                 for slot, n in counts.items():
                     into[slot] = into.get(slot, 0) + n
-                maxima[key] = max(maxima.get(key, 0), int(maxes[cpu]))
+                maxima[key] = max(maxima.get(key, 0), maxes[cpu])
         return slots, maxima
 
-    def _read_hash(self) -> tuple[dict[HistKey, dict[int, int]], dict[HistKey, int]]:
+    def _read_hash(self, prog: bpf.Program) -> tuple[dict[HistKey, dict[int, int]], dict[HistKey, int]]:
         slots: dict[HistKey, dict[int, int]] = {}
         maxima: dict[HistKey, int] = {}
-        table = self.prog["hist"]
         max_keys = []
-        for key, values in table.items():
-            raw = bytes(key)
-            stage, slot, ifindex, ns_inode, cpu = HIST_KEY.unpack(raw[: HIST_KEY.size])
+        for raw, values in prog.percpu_items("hist").items():
+            stage, slot, ifindex, ns_inode, cpu = contract.HIST_KEY.unpack(raw)
             hk = (stage, ifindex, ns_inode, cpu)
-            if slot == hist.MAX_SLOT:
-                maxima[hk] = max(int(v) for v in values)
-                max_keys.append(key)
+            numbers = [COUNT.unpack(v)[0] for v in values]
+            if slot == contract.MAX_SLOT:
+                maxima[hk] = max(numbers)
+                max_keys.append(raw)
             else:
-                slots.setdefault(hk, {})[slot] = sum(int(v) for v in values)
-        for key in max_keys:  # maxima are per interval
-            try:
-                del table[key]
-            except KeyError:
-                pass
+                slots.setdefault(hk, {})[slot] = sum(numbers)
+        prog.delete("hist", max_keys)  # maxima are per interval
         return slots, maxima
 
-    def poll(self, timeout_s: float) -> None:
-        if self.query.slower_ns:
-            self.prog.perf_buffer_poll(timeout=max(int(timeout_s * 1000), 1))
-        else:
-            time.sleep(timeout_s)
 
-    def _on_slow(self, _cpu: int, data: Any, size: int) -> None:
-        raw = ctypes.string_at(data, min(size, SLOW_FORMAT.size))
-        if len(raw) >= SLOW_FORMAT.size:
-            self.slow.append(decode_slow(raw))
-
-    def _on_lost(self, lost: int) -> None:
-        self.slow_lost += lost
-
-    def close(self) -> None:
-        if self.prog is not None:
-            self.prog.cleanup()
-            self.prog = None
-
-
-def _napi_sum(values: list[Any]) -> dict[str, int]:
+def _napi_sum(values: list[tuple]) -> dict[str, int]:
+    """Per-CPU np_napi_val tuples (polls, work, exhausted, budget, max_work) summed."""
     return {
-        "polls": sum(int(v.polls) for v in values),
-        "work": sum(int(v.work) for v in values),
-        "exhausted": sum(int(v.exhausted) for v in values),
-        "budget": max(int(v.budget) for v in values),
-        "max_work": max(int(v.max_work) for v in values),
+        "polls": sum(v[0] for v in values),
+        "work": sum(v[1] for v in values),
+        "exhausted": sum(v[2] for v in values),
+        "budget": max(v[3] for v in values),
+        "max_work": max(v[4] for v in values),
     }
 
 
@@ -342,4 +224,126 @@ def _read(path: str) -> str:
         return ""
 
 
-STAGE_BY_INDEX = {s.index: s for s in STAGES}
+def softnet_totals() -> dict[str, int]:
+    """time_squeeze and dropped summed over CPUs, from /proc/net/softnet_stat."""
+    out: dict[str, int] = {}
+    for cols in counters_mod.parse_softnet(_read("/proc/net/softnet_stat")).values():
+        for name in ("time_squeeze", "dropped"):
+            out[name] = out.get(name, 0) + cols.get(name, 0)
+    return out
+
+
+class TraceSession:
+    """netpath trace as a Session: bpf/trace.c from the attach plan, its histograms and softnet beside it."""
+
+    def __init__(self, query: TraceQuery, plan: AttachPlan, facts: KernelFacts, source: bpf.ProgramSource,
+                 fail_on_latency: tuple[dict[str, object], ...] = (),
+                 loader: bpf.Loader = bpf.compile_program) -> None:
+        self.query = query
+        self.plan = plan
+        self.facts = facts
+        self.source = source
+        self.fail_on_latency = fail_on_latency
+        self._loader = loader
+        self._reader = TraceReader(query, plan)
+        self._acc = trace_stats.Accumulator()
+        self._names = _iface_names()
+        self.prog: bpf.Program | None = None
+        self._slow: list[SlowPacket] = []
+        self._slow_lost = 0
+        self._last_lost = 0
+        self._last_ns = 0
+        self._unavailable: list[Unavailable] = [Unavailable(c.hook, c.reason, c.stage.id) for c in plan.unavailable]
+        self._softnet_base: dict[str, int] = {}
+        self._softnet_last: dict[str, int] = {}
+
+    def start(self) -> Start:
+        self.prog = prog = self._loader(self.source, self.facts)
+        for irq, ifindex in nic_irqs(_read("/proc/interrupts"), local_devices()).items():
+            prog.update("nic_irqs", IRQ_ENTRY.pack(irq), IRQ_ENTRY.pack(ifindex))
+        for ns_inode, ifindex in self.query.iface_keys:
+            prog.update("iface_filter", IFACE_KEY.pack((ns_inode << 32) | ifindex), b"\x01")
+        attached = [Attached(tp, "raw_tracepoint") for tp in self.plan.tracepoints()]
+        for hook, symbol in self.plan.kprobes():
+            for kind, fn in contract.kprobe_programs(hook):
+                try:
+                    prog.attach_kprobe(symbol, fn, is_return=kind == "return")
+                except MissingCapability as exc:  # the rest of the plan still runs
+                    self._unavailable.append(Unavailable(symbol, f"kprobe {symbol} did not attach: {exc}",
+                                                         self._stage_of(hook)))
+                    continue
+                attached.append(Attached(symbol if kind == "entry" else f"{symbol}:return",
+                                         "kretprobe" if kind == "return" else "kprobe"))
+        if self.query.slower_ns:
+            prog.open_perf_buffer("slow", self._on_slow, self._on_lost)
+        self._softnet_base = self._softnet_last = softnet_totals()
+        q = self.query
+        return Start(
+            "trace", self.facts.release, bpf.headers_mode(self.facts), tuple(attached), tuple(self._unavailable),
+            Filters(q.netns.inode if q.netns else None, (), tuple(q.iface_keys), q.proto, q.port,
+                    str(q.host) if q.host else None),
+            stages=STAGE_IDS, unfiltered_stages=UNFILTERED, per_iface=q.per_iface, per_cpu=q.per_cpu,
+            slower_ns=q.slower_ns, fail_on_latency=self.fail_on_latency,
+        )
+
+    def _stage_of(self, hook: str) -> str:
+        return next((c.stage.id for c in self.plan.available if hook in c.hooks), hook)
+
+    def wait(self, timeout_s: float) -> None:
+        if self.prog is not None:
+            self.prog.poll(timeout_s)
+
+    def events(self) -> list[Event]:
+        out: list[Event] = list(self._slow)
+        self._slow.clear()
+        return out
+
+    def interval(self, elapsed_ns: int) -> TraceSnapshot:
+        assert self.prog is not None
+        dists, napi, hits, stats = self._acc.step(self._reader.read(self.prog))
+        now = softnet_totals()
+        softnet = {k: v - self._softnet_last.get(k, 0) for k, v in now.items()}
+        self._softnet_last = now
+        lost, self._last_lost = self._slow_lost - self._last_lost, self._slow_lost
+        span, self._last_ns = elapsed_ns - self._last_ns, elapsed_ns
+        return self._snapshot(dists, napi, hits, stats, lost, softnet, elapsed_ns, span)
+
+    def summary(self, elapsed_ns: int) -> TraceSnapshot:
+        assert self.prog is not None
+        self._acc.step(self._reader.read(self.prog))
+        dists, napi, hits, stats = self._acc.totals()
+        softnet = {k: v - self._softnet_base.get(k, 0) for k, v in softnet_totals().items()}
+        return self._snapshot(dists, napi, hits, stats, self._slow_lost, softnet, elapsed_ns, 0)
+
+    def _snapshot(self, dists: dict[HistKey, trace_stats.Dist], napi: dict[NapiKey, trace_stats.NapiCount],
+                  hits: dict[str, int], stats: dict[str, int], lost: int, softnet: dict[str, int], elapsed_ns: int,
+                  span_ns: int) -> TraceSnapshot:
+        q = self.query
+        rows = trace_stats.stage_rows(self.plan, dists, napi, q.per_iface or q.per_cpu, self._names)
+        health = TraceHealth(hits, stats.get("lost_rows", 0), stats.get("lost_skbs", 0), stats.get("slow_sent", 0),
+                             stats.get("missed_enqueue", 0), stats.get("ring_overrun", 0), lost,
+                             contract.RING_SLOTS)
+        return TraceSnapshot(tuple(rows), tuple(self._unavailable), softnet, health, elapsed_ns, span_ns,
+                             q.per_iface, q.per_cpu)
+
+    def _on_slow(self, raw: bytes) -> None:
+        if len(raw) >= contract.SLOW_EVENT.size:
+            self._slow.append(decode_slow(raw, self._names))
+
+    def _on_lost(self, lost: int) -> None:
+        self._slow_lost += lost
+
+    def close(self) -> None:
+        if self.prog is not None:
+            self.prog.close()
+            self.prog = None
+
+
+def _iface_names() -> Names:
+    cache = IfaceNames()
+    here = netns.current().inode
+
+    def name(ns_inode: int, ifindex: int) -> str | None:
+        return cache.name(ns_inode or here, ifindex)
+
+    return name

@@ -1,4 +1,4 @@
-"""Pure: turn cumulative map readings into per-interval and whole-run stage statistics."""
+"""Pure: cumulative map readings -> per-interval and whole-run stage rows of the model."""
 
 from __future__ import annotations
 
@@ -6,10 +6,23 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from netpath.collect import hist
-from netpath.collect.trace import HistKey, Reading
+from netpath.model import Latency, Napi, StageRow, Where
 from netpath.plan import AttachPlan
 
+HistKey = tuple[int, int, int, int]  # stage index, ifindex, netns, cpu
 NapiKey = tuple[int, int, int]  # ifindex, netns, cpu
+Names = Callable[[int, int], str | None]
+
+
+@dataclass
+class Reading:
+    """Cumulative slot counts, this interval's maxima, NAPI counters and hook hits."""
+
+    slots: dict[HistKey, dict[int, int]]
+    maxima: dict[HistKey, int]
+    napi: dict[NapiKey, dict[str, int]]
+    hits: dict[str, int]
+    stats: dict[str, int]
 
 
 @dataclass
@@ -26,75 +39,36 @@ class Dist:
         counts = dict(slots)
         return cls(counts, max_ns, counts.pop(hist.SUM_SLOT, 0))
 
-    @property
-    def count(self) -> int:
-        return sum(self.slots.values())
-
     def add(self, other: Dist) -> None:
         for slot, n in other.slots.items():
             self.slots[slot] = self.slots.get(slot, 0) + n
         self.max_ns = max(self.max_ns, other.max_ns)
         self.sum_ns += other.sum_ns
 
-    def pct(self, p: float) -> int:
-        return hist.percentile(self.slots, p, self.max_ns or None)
-
-    def as_json(self) -> dict[str, object]:
-        return {
-            "count": self.count,
-            "p50_ns": self.pct(50),
-            "p90_ns": self.pct(90),
-            "p99_ns": self.pct(99),
-            "max_ns": self.max_ns,
-            "sum_ns": self.sum_ns,
-            "mean_ns": self.sum_ns // self.count if self.count else 0,
-            "buckets": hist.log2_buckets(self.slots),
-        }
+    def latency(self) -> Latency:
+        return hist.latency(self.slots, self.max_ns, self.sum_ns)
 
 
 @dataclass
-class NapiStat:
+class NapiCount:
     polls: int = 0
     work: int = 0
     exhausted: int = 0
     budget: int = 0
     max_work: int = 0
 
-    def add(self, other: NapiStat) -> None:
+    def add(self, other: NapiCount) -> None:
         self.polls += other.polls
         self.work += other.work
         self.exhausted += other.exhausted
         self.budget = max(self.budget, other.budget)
         self.max_work = max(self.max_work, other.max_work)
 
-    def as_json(self) -> dict[str, object]:
-        return {"polls": self.polls, "work": self.work, "budget": self.budget, "exhausted": self.exhausted,
-                "max_work": self.max_work}
+    def finished(self) -> Napi:
+        return Napi(self.polls, self.work, self.budget, self.exhausted, self.max_work)
 
 
-@dataclass
-class StageStat:
-    stage: str
-    hook: str
-    method: str | None
-    total: Dist
-    parts: dict[tuple[int, int, int], Dist] = field(default_factory=dict)  # (ifindex, netns, cpu) -> dist
-    napi: NapiStat | None = None
-    napi_parts: dict[NapiKey, NapiStat] = field(default_factory=dict)
-
-
-@dataclass
-class TraceSnapshot:
-    stages: list[StageStat]
-    unavailable: list[dict[str, str]]
-    hits: dict[str, int]
-    stats: dict[str, int]
-    slow_lost: int
-    softnet: dict[str, int]
-    elapsed_ns: int
-
-    def stage(self, stage_id: str) -> StageStat | None:
-        return next((s for s in self.stages if s.stage == stage_id), None)
+Step = tuple[dict[HistKey, Dist], dict[NapiKey, NapiCount], dict[str, int], dict[str, int]]
 
 
 class Accumulator:
@@ -108,8 +82,7 @@ class Accumulator:
         self.run_max: dict[HistKey, int] = {}
         self.last: Reading | None = None
 
-    def step(self, reading: Reading) -> tuple[dict[HistKey, Dist], dict[NapiKey, NapiStat], dict[str, int],
-                                               dict[str, int]]:
+    def step(self, reading: Reading) -> Step:
         dists: dict[HistKey, Dist] = {}
         for key, slots in reading.slots.items():
             before = self.prev_slots.get(key, {})
@@ -127,7 +100,7 @@ class Accumulator:
         self.last = reading
         return dists, {k: v for k, v in napi.items() if v.polls}, hits, stats
 
-    def totals(self) -> tuple[dict[HistKey, Dist], dict[NapiKey, NapiStat], dict[str, int], dict[str, int]]:
+    def totals(self) -> Step:
         if self.last is None:
             return {}, {}, {}, {}
         dists = {k: Dist.of(v, self.run_max.get(k, 0)) for k, v in self.last.slots.items()}
@@ -135,16 +108,20 @@ class Accumulator:
         return dists, napi, dict(self.last.hits), dict(self.last.stats)
 
 
-def _napi_delta(now: dict[str, int], before: dict[str, int] | None) -> NapiStat:
+def _napi_delta(now: dict[str, int], before: dict[str, int] | None) -> NapiCount:
     b = before or {}
-    return NapiStat(now["polls"] - b.get("polls", 0), now["work"] - b.get("work", 0),
-                    now["exhausted"] - b.get("exhausted", 0), now["budget"], now["max_work"])
+    return NapiCount(now["polls"] - b.get("polls", 0), now["work"] - b.get("work", 0),
+                     now["exhausted"] - b.get("exhausted", 0), now["budget"], now["max_work"])
 
 
-def stage_stats(plan: AttachPlan, dists: dict[HistKey, Dist], napi: dict[NapiKey, NapiStat],
-                keep_parts: bool) -> list[StageStat]:
-    """One StageStat per available stage, path order; parts when --per-iface/--per-cpu."""
-    out: list[StageStat] = []
+def _where(ifindex: int, ns_inode: int, cpu: int, names: Names) -> Where:
+    return Where(names(ns_inode, ifindex) if ifindex else None, ifindex or None, ns_inode or None, cpu)
+
+
+def stage_rows(plan: AttachPlan, dists: dict[HistKey, Dist], napi: dict[NapiKey, NapiCount], keep_parts: bool,
+               names: Names) -> list[StageRow]:
+    """One row per available stage, path order; breakdown parts with --per-iface/--per-cpu."""
+    out: list[StageRow] = []
     for choice in plan.available:
         index = choice.stage.index
         total = Dist()
@@ -155,41 +132,18 @@ def stage_stats(plan: AttachPlan, dists: dict[HistKey, Dist], napi: dict[NapiKey
             total.add(dist)
             if keep_parts:
                 parts.setdefault((ifindex, ns_inode, cpu), Dist()).add(dist)
-        row = StageStat(choice.stage.id, "+".join(choice.hooks), choice.method, total, parts)
+        napi_total: Napi | None = None
+        napi_parts: dict[NapiKey, NapiCount] = {}
         if choice.stage.id == "napi_poll":
-            row.napi = NapiStat()
+            acc = NapiCount()
             for key, stat in napi.items():
-                row.napi.add(stat)
+                acc.add(stat)
                 if keep_parts:
-                    row.napi_parts.setdefault(key, NapiStat()).add(stat)
-        out.append(row)
-    return out
-
-
-def stage_json(row: StageStat, names: Callable[[int, int], str | None], per_iface: bool,
-               per_cpu: bool) -> dict[str, object]:
-    out: dict[str, object] = {"stage": row.stage, "hook": row.hook, "method": row.method, **row.total.as_json()}
-    if row.parts:
-        parts = []
-        for (ifindex, ns_inode, cpu), dist in sorted(row.parts.items()):
-            part: dict[str, object] = {}
-            if per_iface:
-                part.update(iface=names(ns_inode, ifindex) if ifindex else None, ifindex=ifindex or None,
-                            netns=ns_inode or None)
-            if per_cpu:
-                part["cpu"] = cpu
-            parts.append({**part, **dist.as_json()})
-        out["breakdown"] = parts
-    if row.napi is not None:
-        out["napi"] = row.napi.as_json()
-        if row.napi_parts:
-            devs = []
-            for (ifindex, ns_inode, cpu), stat in sorted(row.napi_parts.items()):
-                dev: dict[str, object] = {}
-                if per_iface:
-                    dev.update(iface=names(ns_inode, ifindex) if ifindex else None, ifindex=ifindex or None)
-                if per_cpu:
-                    dev["cpu"] = cpu
-                devs.append({**dev, **stat.as_json()})
-            out["napi_breakdown"] = devs
+                    napi_parts.setdefault(key, NapiCount()).add(stat)
+            napi_total = acc.finished()
+        out.append(StageRow(
+            choice.stage.id, "+".join(choice.hooks), choice.method, total.latency(),
+            tuple((_where(*k, names), d.latency()) for k, d in sorted(parts.items())), napi_total,
+            tuple((_where(*k, names), n.finished()) for k, n in sorted(napi_parts.items())),
+        ))
     return out

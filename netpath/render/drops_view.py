@@ -7,7 +7,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from netpath.model import Counter, DropRow, DropSample, DropSnapshot
+from netpath.model import Counter, DropRow, DropSample, DropSnapshot, Verdict
 
 
 def _flow(row: DropRow) -> str:
@@ -29,8 +29,7 @@ def _rate(count: int, elapsed_ns: int) -> str:
     return f"{rate:,.0f}" if rate >= 10 else f"{rate:.1f}"
 
 
-def drops_table(snap: DropSnapshot, interval_counts: dict[tuple, int], title: str,
-                interval_ns: int) -> RenderableType:
+def drops_table(snap: DropSnapshot, title: str) -> RenderableType:
     """Rows carry run totals; the /s column is this interval's rate.
 
     Flows and stacks are too wide for a cell: they follow the table, keyed by row number.
@@ -51,7 +50,7 @@ def drops_table(snap: DropSnapshot, interval_counts: dict[tuple, int], title: st
             _where(row),
             row.iface or (str(row.ifindex) if row.ifindex else "-"),
             row.proto or "-",
-            _rate(interval_counts.get(row_key(row), 0), interval_ns),
+            _rate(row.interval_count or 0, snap.interval_ns),
             f"{row.count:,}",
         )
         flow = _flow(row)
@@ -90,11 +89,6 @@ def counters_table(counters: list[Counter]) -> Table:
     return table
 
 
-def row_key(row: DropRow) -> tuple:
-    return (row.reason_code, row.location, row.ifindex, row.netns, row.proto, row.saddr, row.daddr, row.sport,
-            row.dport)
-
-
 def plain_lines(snap: DropSnapshot, title: str) -> list[str]:
     lines = [title]
     if not snap.rows:
@@ -124,3 +118,8 @@ def sample_line(sample: DropSample) -> str:
     row = sample.row
     return (f"sample cpu{sample.cpu} {sample.comm}[{sample.pid}] {row.reason or '-'} {row.location or '-'} "
             f"{row.iface or '-'} {row.proto or '-'} {_flow(row)} len={sample.len}").rstrip()
+
+
+def verdict_lines(verdicts: list[Verdict]) -> list[str]:
+    return [f"threshold crossed: {v.value or 0:,} drops >= --fail-on-drops {v.spec['fail_on_drops']:,}"
+            for v in verdicts if v.crossed]

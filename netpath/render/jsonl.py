@@ -1,4 +1,4 @@
-"""JSON Lines on stdout: the machine contract (schema netpath/1)."""
+"""JSON Lines on stdout: one compact object per line (netpath.render.records builds them)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,9 @@ import json
 import sys
 from typing import IO, Any
 
-SCHEMA = "netpath/1"
+from netpath.render.records import SCHEMA, record
 
-
-def record(kind: str, **fields: Any) -> dict[str, Any]:
-    return {"schema": SCHEMA, "type": kind, **fields}
+__all__ = ["SCHEMA", "emit", "record"]
 
 
 def emit(obj: dict[str, Any], out: IO[str] | None = None) -> None:

@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Callable
 
 from rich import box
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from netpath.collect import hist
-from netpath.collect.trace import RING_SLOTS, SlowPacket
-from netpath.collect.trace_stats import Dist, StageStat, TraceSnapshot
+from netpath.model import Latency, SlowPacket, StageRow, TraceSnapshot, Unavailable, Verdict, Where
 
 SPARK = "▁▂▃▄▅▆▇█"
 ASCII_SPARK = ".:-=+*#@"
 METHOD_SHORT = {"raw_tracepoint": "rawtp", "tracepoint": "tp", "kprobe": "kprobe", "fentry": "fentry"}
 BAR_WIDTH = 10
-
-Names = Callable[[int, int], str | None]
 
 
 def fmt_ns(ns: int) -> str:
@@ -32,14 +27,14 @@ def fmt_ns(ns: int) -> str:
     return f"{ns / 1e9:.2f}s"
 
 
-def spark(dist: Dist, ascii_only: bool = False, width: int = BAR_WIDTH) -> str:
+def spark(lat: Latency, ascii_only: bool = False, width: int = BAR_WIDTH) -> str:
     """A small bar: one character per log2 bucket from the lowest to the highest seen."""
-    buckets = hist.log2_buckets(dist.slots)
+    buckets = lat.buckets
     if not buckets:
         return ""
     chars = ASCII_SPARK if ascii_only else SPARK
-    first = buckets[0]["lo_ns"].bit_length() - 1 if buckets[0]["lo_ns"] else 0
-    counts = {(b["lo_ns"].bit_length() - 1 if b["lo_ns"] else 0): b["count"] for b in buckets}
+    first = buckets[0].lo_ns.bit_length() - 1 if buckets[0].lo_ns else 0
+    counts = {(b.lo_ns.bit_length() - 1 if b.lo_ns else 0): b.count for b in buckets}
     last = max(counts)
     span = list(range(first, last + 1))
     if len(span) > width:  # fold neighbours so the bar keeps its width
@@ -52,25 +47,24 @@ def spark(dist: Dist, ascii_only: bool = False, width: int = BAR_WIDTH) -> str:
     return "".join(" " if v == 0 else chars[min(len(chars) - 1, v * len(chars) // (top + 1))] for v in values)
 
 
-def _label(row: StageStat) -> str:
+def _label(row: StageRow) -> str:
     return METHOD_SHORT.get(row.method or "", row.method or "-")
 
 
-def _part_label(key: tuple[int, int, int], names: Names, per_iface: bool, per_cpu: bool) -> str:
-    ifindex, ns_inode, cpu = key
+def _part_label(where: Where, per_iface: bool, per_cpu: bool) -> str:
     bits = []
     if per_iface:
-        bits.append((names(ns_inode, ifindex) or f"if{ifindex}") if ifindex else "-")
+        bits.append((where.iface or f"if{where.ifindex}") if where.ifindex else "-")
     if per_cpu:
-        bits.append(f"cpu{cpu}")
+        bits.append(f"cpu{where.cpu}")
     return "  " + "/".join(bits)
 
 
-def _cells(dist: Dist, ascii_only: bool) -> list[str]:
-    if dist.count == 0:
+def _cells(lat: Latency, ascii_only: bool) -> list[str]:
+    if lat.count == 0:
         return ["0", "-", "-", "-", "-", ""]
-    return [f"{dist.count:,}", fmt_ns(dist.pct(50)), fmt_ns(dist.pct(90)), fmt_ns(dist.pct(99)),
-            fmt_ns(dist.max_ns), spark(dist, ascii_only)]
+    return [f"{lat.count:,}", fmt_ns(lat.p50_ns), fmt_ns(lat.p90_ns), fmt_ns(lat.p99_ns), fmt_ns(lat.max_ns),
+            spark(lat, ascii_only)]
 
 
 def napi_line(snap: TraceSnapshot) -> str | None:
@@ -88,29 +82,28 @@ def napi_line(snap: TraceSnapshot) -> str | None:
     return "\n".join(textwrap.fill(p, 80, subsequent_indent="  ") for p in parts) if parts else None
 
 
-def unavailable_lines(unavailable: list[dict[str, str]]) -> list[str]:
+def unavailable_lines(unavailable: tuple[Unavailable, ...]) -> list[str]:
     by_reason: dict[str, list[str]] = {}
     for item in unavailable:
-        reason = item["reason"].split(": ", 1)[-1]
-        by_reason.setdefault(reason, []).append(item["stage"])
+        reason = item.reason.split(": ", 1)[-1]
+        by_reason.setdefault(reason, []).append(item.stage or item.hook)
     out: list[str] = []
     for reason, stages in by_reason.items():
         out.extend(textwrap.wrap(f"not attached: {', '.join(stages)} ({reason})", 80, subsequent_indent="  "))
     return out
 
 
-def trace_table(snap: TraceSnapshot, title: str, names: Names, per_iface: bool, per_cpu: bool,
-                hist_stage: str | None) -> RenderableType:
+def trace_table(snap: TraceSnapshot, title: str, hist_stage: str | None) -> RenderableType:
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, expand=False)
     for name, justify in (("STAGE", "left"), ("VIA", "left"), ("COUNT", "right"), ("P50", "right"),
                           ("P90", "right"), ("P99", "right"), ("MAX", "right"), ("HIST", "left")):
         table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     for row in snap.stages:
-        table.add_row(row.stage, _label(row), *_cells(row.total, False))
-        for key, dist in sorted(row.parts.items()):
-            table.add_row(_part_label(key, names, per_iface, per_cpu), "", *_cells(dist, False))
+        table.add_row(row.stage, _label(row), *_cells(row.latency, False))
+        for where, lat in row.parts:
+            table.add_row(_part_label(where, snap.per_iface, snap.per_cpu), "", *_cells(lat, False))
     for item in snap.unavailable:
-        table.add_row(Text(item["stage"], style="dim"), Text("-", style="dim"), "", "", "", "", "", "")
+        table.add_row(Text(item.stage or item.hook, style="dim"), Text("-", style="dim"), "", "", "", "", "", "")
     extra: list[RenderableType] = [table]
     line = napi_line(snap)
     if line:
@@ -124,29 +117,28 @@ def trace_table(snap: TraceSnapshot, title: str, names: Names, per_iface: bool, 
 
 
 def health_lines(snap: TraceSnapshot) -> list[str]:
-    stats = snap.stats
+    h = snap.health
     lines = []
-    if stats.get("lost_rows", 0) + stats.get("lost_skbs", 0) + snap.slow_lost:
-        lines.append(f"netpath lost: {stats.get('lost_rows', 0)} samples (histogram map full), "
-                     f"{stats.get('lost_skbs', 0)} skbs (tracking map full), {snap.slow_lost} slow events")
-    if stats.get("missed_enqueue", 0) + stats.get("ring_overrun", 0):
-        lines.append(f"not timed: {stats.get('missed_enqueue', 0)} datagrams read before their wakeup, "
-                     f"{stats.get('ring_overrun', 0)} past a socket's {RING_SLOTS}-slot ring")
+    if h.lost_samples + h.lost_skbs + h.lost_events:
+        lines.append(f"netpath lost: {h.lost_samples} samples (histogram map full), "
+                     f"{h.lost_skbs} skbs (tracking map full), {h.lost_events} slow events")
+    if h.missed_enqueue + h.ring_overrun:
+        lines.append(f"not timed: {h.missed_enqueue} datagrams read before their wakeup, "
+                     f"{h.ring_overrun} past a socket's {h.ring_slots}-slot ring")
     return lines
 
 
-def plain_lines(snap: TraceSnapshot, title: str, names: Names, per_iface: bool, per_cpu: bool,
-                hist_stage: str | None) -> list[str]:
+def plain_lines(snap: TraceSnapshot, title: str, hist_stage: str | None) -> list[str]:
     lines = [title, f"{'STAGE':<18}{'VIA':<7}{'COUNT':>9}{'P50':>8}{'P90':>8}{'P99':>8}{'MAX':>8}  HIST"]
 
-    def add(label: str, via: str, dist: Dist) -> None:
-        c = _cells(dist, True)
+    def add(label: str, via: str, lat: Latency) -> None:
+        c = _cells(lat, True)
         lines.append(f"{label:<18}{via:<7}{c[0]:>9}{c[1]:>8}{c[2]:>8}{c[3]:>8}{c[4]:>8}  {c[5]}".rstrip())
 
     for row in snap.stages:
-        add(row.stage, _label(row), row.total)
-        for key, dist in sorted(row.parts.items()):
-            add(_part_label(key, names, per_iface, per_cpu), "", dist)
+        add(row.stage, _label(row), row.latency)
+        for where, lat in row.parts:
+            add(_part_label(where, snap.per_iface, snap.per_cpu), "", lat)
     line = napi_line(snap)
     if line:
         lines.extend(line.splitlines())
@@ -162,23 +154,28 @@ def hist_lines(snap: TraceSnapshot, stage_id: str, width: int = 40) -> list[str]
     row = snap.stage(stage_id)
     if row is None:
         return [f"{stage_id}: not attached"]
-    buckets = hist.log2_buckets(row.total.slots)
+    buckets = row.latency.buckets
     if not buckets:
         return [f"{stage_id}: no samples"]
-    top = max(b["count"] for b in buckets)
-    out = [f"{stage_id} ({row.total.count:,} samples)", f"{'range':>21} : {'count':<9} distribution"]
+    top = max(b.count for b in buckets)
+    out = [f"{stage_id} ({row.latency.count:,} samples)", f"{'range':>21} : {'count':<9} distribution"]
     for b in buckets:
-        bar = "*" * max(1, b["count"] * width // top) if b["count"] else ""
-        rng = f"{fmt_ns(b['lo_ns'])} -> {fmt_ns(b['hi_ns'])}"
-        out.append(f"{rng:>21} : {b['count']:<9} |{bar:<{width}}|")
+        bar = "*" * max(1, b.count * width // top) if b.count else ""
+        rng = f"{fmt_ns(b.lo_ns)} -> {fmt_ns(b.hi_ns)}"
+        out.append(f"{rng:>21} : {b.count:<9} |{bar:<{width}}|")
     return out
 
 
-def slow_line(pkt: SlowPacket, names: Names) -> str:
+def slow_line(pkt: SlowPacket) -> str:
     """One slow packet, compact: where, which flow, who read it, the per-stage breakdown."""
-    iface = names(pkt.netns, pkt.ifindex) or f"if{pkt.ifindex}"
+    iface = pkt.iface or f"if{pkt.ifindex}"
     flow = f"{pkt.proto} {pkt.saddr}:{pkt.sport}>{pkt.daddr}:{pkt.dport}" if pkt.family else "non-IP"
     short = {"netif_receive_skb": "rx", "ip_rcv": "ip", "ip_local_deliver": "local", "transport": "l4",
              "stack_total": "stack", "socket_queue": "queue"}
     stages = " ".join(f"{short.get(k, k)}={fmt_ns(v)}" for k, v in pkt.stages_ns.items())
     return f"slow cpu{pkt.cpu} {iface} {flow} {pkt.comm}[{pkt.pid}] {stages}"
+
+
+def verdict_lines(verdicts: list[Verdict]) -> list[str]:
+    return [f"threshold crossed: --fail-on-latency {v.spec['spec']} (measured {fmt_ns(v.value or 0)})"
+            for v in verdicts if v.crossed]

@@ -9,7 +9,6 @@ from netpath.cli import main as main_mod
 from netpath.errors import EXIT_ENVIRONMENT, EXIT_USAGE
 from netpath.kernel import caps
 from netpath.render import jsonl
-from netpath.runloop import Stop, run
 
 
 def call(capsys, *argv):
@@ -84,24 +83,6 @@ def test_help_teaches(capsys):
 
 
 def test_json_records_carry_schema_and_type(capsys):
-    jsonl.emit(jsonl.record("start", command="drops"))
+    jsonl.emit(jsonl.record("start", command="drops"))  # the one builder: netpath.render.records
     line = capsys.readouterr().out
     assert json.loads(line) == {"schema": "netpath/1", "type": "start", "command": "drops"}
-
-
-def test_runloop_stops_on_count_and_duration():
-    ticks = []
-    reason, _ = run(0.1, None, 3, ticks.append, on_idle=lambda s: None)
-    assert reason == "count" and len(ticks) == 3
-    reason, elapsed = run(0.1, 0.35, None, ticks.append)
-    assert reason == "duration" and elapsed >= 0.35e9
-
-
-def test_runloop_stops_on_signal_flag():
-    stop = Stop()
-
-    def tick(_ns):
-        stop.reason = "SIGTERM"
-
-    reason, _ = run(0.1, None, None, tick, stop=stop)
-    assert reason == "SIGTERM"

@@ -1,5 +1,6 @@
 from netpath.collect import counters
 from netpath.model import Counter
+from netpath.render import records
 
 SNMP = """Ip: Forwarding DefaultTTL InReceives InHdrErrors InAddrErrors ForwDatagrams InUnknownProtos InDiscards
 Ip: 1 64 100 2 3 0 4 5
@@ -46,5 +47,5 @@ def test_deltas_per_interval_and_totals():
     assert d.step({key: 130, cpu: 5}) == [Counter("snmp", "UdpNoPorts", 30)]
     assert d.step({key: 130, cpu: 9}) == [Counter("softnet", "dropped", 4, None, 1)]
     assert d.totals() == [Counter("softnet", "dropped", 4, None, 1), Counter("snmp", "UdpNoPorts", 30)]
-    assert Counter("link", "rx_missed", 2, iface="eth0").as_json() == {
+    assert records.counter(Counter("link", "rx_missed", 2, iface="eth0")) == {
         "source": "link", "name": "rx_missed", "iface": "eth0", "count": 2}

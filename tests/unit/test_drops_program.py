@@ -5,12 +5,13 @@ from pathlib import Path
 import pytest
 from test_kernel_facts import DATA, make_root
 
-from netpath import bpf, netns
+from netpath import bpf, contract, netns
 from netpath.collect import drops
 from netpath.errors import MissingCapability
 from netpath.kernel.facts import KernelFacts
 from netpath.kernel.reasons import from_tracepoint
 from netpath.kernel.tracefs import parse_format
+from netpath.render import records
 
 OFFSETS = {
     "OFF_SKB_DEV": 16, "OFF_SKB_LEN": 112, "OFF_SKB_HEAD": 192, "OFF_SKB_PROTOCOL": 176,
@@ -76,8 +77,8 @@ def test_kernel_without_reason_field(tmp_path):
 
 
 def pack_key(location=0, reason=0, ifindex=0, ns=0, l3=0, l4=0, family=0, saddr=b"", daddr=b"", sport=0, dport=0):
-    return drops.KEY_FORMAT.pack(location, reason, ifindex, ns, l3, l4, family, saddr.ljust(16, b"\0"),
-                                 daddr.ljust(16, b"\0"), sport, dport, 0)
+    return contract.DROP_FULL_KEY.fmt.pack(location, reason, ifindex, ns, l3, l4, family, saddr.ljust(16, b"\0"),
+                                           daddr.ljust(16, b"\0"), sport, dport, 0)
 
 
 class FakeNames:
@@ -91,8 +92,8 @@ def decoder(facts, **query):
 
 
 def test_key_layout_matches_the_c_struct():
-    assert drops.KEY_FORMAT.size == 64
-    assert drops.SAMPLE_FORMAT.size == 64 + 8 + 4 * 4 + 16
+    assert contract.DROP_FULL_KEY.size == 64 and drops.SHORT_KEY_SIZE == 24
+    assert contract.DROP_SAMPLE.size == 64 + 8 + 4 * 4 + 16
 
 
 def test_row_decoding(facts):
@@ -103,8 +104,8 @@ def test_row_decoding(facts):
     assert row.saddr is None  # not flow-keyed
     flow = decoder(facts, port=53).row(drops.DecodedKey.unpack(raw), 1)
     assert (flow.saddr, flow.daddr, flow.sport, flow.dport, flow.family) == ("127.0.0.1", "127.0.0.1", 4000, 53, 4)
-    assert set(flow.as_json(True)) >= {"reason", "reason_code", "location", "iface", "ifindex", "netns", "proto",
-                                       "count", "family", "saddr", "daddr", "sport", "dport"}
+    assert set(records.drop_row(flow, True)) >= {"reason", "reason_code", "location", "iface", "ifindex", "netns",
+                                                 "proto", "count", "family", "saddr", "daddr", "sport", "dport"}
 
 
 def test_ipv6_and_non_ip_rows(facts):

@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 from rich.console import Console
 
 from netpath.model import Counter, DropRow, DropSnapshot, Health
@@ -20,7 +22,9 @@ def render(renderable) -> list[str]:
 
 
 def test_live_table_fits_80_columns_and_shows_rate_total_flow_stack():
-    lines = render(drops_view.drops_table(snapshot([ROW]), {drops_view.row_key(ROW): 400}, "t", 2_000_000_000))
+    snap = snapshot([replace(ROW, interval_count=400)])
+    snap.interval_ns = 2_000_000_000
+    lines = render(drops_view.drops_table(snap, "t"))
     text = "\n".join(lines)
     assert max(len(line) for line in lines) <= 80
     assert "NETFILTER_DROP" in text and "12,800" in text and "200" in text  # 400 in 2 s

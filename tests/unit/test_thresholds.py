@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from netpath.errors import EXIT_USAGE, BadInput
-from netpath.thresholds import crossed, parse_duration, parse_fail_on_latency
+from netpath.model import Latency, StageRow, TraceHealth, TraceSnapshot
+from netpath.thresholds import parse_duration, parse_fail_on_latency
 
 
 @pytest.mark.parametrize(("text", "ns"), [("10ms", 10_000_000), ("500us", 500_000), ("1s", 1_000_000_000),
@@ -42,13 +43,16 @@ def test_bad_fail_on_latency(spec: str, needle: str) -> None:
     assert needle in msg and repr(spec) in msg and "\n" not in msg
 
 
+def snap(count: int, p99_ns: int) -> TraceSnapshot:
+    row = StageRow("socket_queue", "sock:sk_data_ready", "raw_tracepoint", Latency(count, 1, 2, p99_ns, p99_ns))
+    return TraceSnapshot((row,), (), {}, TraceHealth(), 10**9)
+
+
 def test_crossed() -> None:
     t = parse_fail_on_latency("socket_queue:p99:10ms")
-    stages = [{"stage": "socket_queue", "count": 3, "p50_ns": 1, "p90_ns": 2, "p99_ns": 11_000_000, "max_ns": 1}]
-    assert crossed(t, stages) == 11_000_000
-    stages[0]["p99_ns"] = 10_000_000
-    assert crossed(t, stages) is None
-    assert crossed(t, [{"stage": "socket_queue", "count": 0, "p99_ns": 10**12}]) is None
+    assert t.check(snap(3, 11_000_000)) == 11_000_000
+    assert t.check(snap(3, 10_000_000)) is None
+    assert t.check(snap(0, 10**12)) is None
 
 
 def test_cli_bad_spec_is_exit_2_before_any_bpf(capsys: pytest.CaptureFixture[str]) -> None:

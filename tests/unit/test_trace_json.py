@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from netpath.collect import hist
-from netpath.collect.trace import Reading
-from netpath.collect.trace_stats import Accumulator, stage_json, stage_stats
+from netpath.collect.trace_stats import Accumulator, Reading, stage_rows
 from netpath.kernel.facts import KernelFacts
+from netpath.model import TraceHealth, TraceSnapshot, Unavailable
 from netpath.plan import make_plan
-from netpath.render import trace_view
+from netpath.render import records, trace_view
 
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "trace-6.12"
 SQ = 10  # socket_queue's index
@@ -40,9 +40,9 @@ def test_interval_deltas_and_contract_keys() -> None:
     acc = Accumulator()
     acc.step(reading([20_000_000] * 5, 10, 5))
     dists, napi, hits, _stats = acc.step(reading([20_000_000] * 5 + [40_000_000] * 3, 15, 8))
-    rows = stage_stats(plan, dists, napi, keep_parts=True)
+    rows = stage_rows(plan, dists, napi, True, names)
     assert [r.stage for r in rows] == [c.stage.id for c in plan.available]
-    sq = stage_json(next(r for r in rows if r.stage == "socket_queue"), names, True, False)
+    sq = records.stage_row(next(r for r in rows if r.stage == "socket_queue"), True, False)
     for key in ("stage", "hook", "method", "count", "p50_ns", "p90_ns", "p99_ns", "max_ns", "buckets"):
         assert key in sq
     assert sq["count"] == 3 and sq["method"] == "raw_tracepoint"
@@ -52,28 +52,26 @@ def test_interval_deltas_and_contract_keys() -> None:
     assert sq["breakdown"] == [{"iface": "veth1", "ifindex": 4, "netns": 77, **{k: sq[k] for k in (
         "count", "p50_ns", "p90_ns", "p99_ns", "max_ns", "sum_ns", "mean_ns", "buckets")}}]
     assert hits == {"sock:sk_data_ready": 3}
-    napi_row = stage_json(next(r for r in rows if r.stage == "napi_poll"), names, False, False)
+    napi_row = records.stage_row(next(r for r in rows if r.stage == "napi_poll"), False, False)
     assert napi_row["napi"] == {"polls": 5, "work": 10, "budget": 64, "exhausted": 0, "max_work": 64}
     assert napi_row["count"] == 0
     # the whole run: cumulative counts
     tdists, _tnapi, thits, _ = acc.totals()
-    total = stage_stats(plan, tdists, {}, keep_parts=False)
-    run_sq = stage_json(next(r for r in total if r.stage == "socket_queue"), names, False, False)
+    total = stage_rows(plan, tdists, {}, False, names)
+    run_sq = records.stage_row(next(r for r in total if r.stage == "socket_queue"), False, False)
     assert (run_sq["count"], run_sq["sum_ns"], run_sq["mean_ns"]) == (8, 220_000_000, 27_500_000)
     assert thits == {"sock:sk_data_ready": 8}
 
 
 def test_plain_view_fits_80_columns() -> None:
-    from netpath.collect.trace_stats import TraceSnapshot
-
     plan = make_plan(KernelFacts.load(FIXTURE))
     acc = Accumulator()
-    dists, napi, hits, stats = acc.step(reading([20_000_000, 25_000, 900, 3_000_000_000], 1_000_000, 4))
-    snap = TraceSnapshot(stage_stats(plan, dists, napi, True), [
-        {"stage": "ip_rcv", "hook": "ip_rcv", "reason": "kprobe ip_rcv: kernel built without CONFIG_KPROBES"},
-        {"stage": "udp_rcv", "hook": "udp_rcv", "reason": "kprobe udp_rcv: kernel built without CONFIG_KPROBES"},
-    ], hits, stats, 0, {"time_squeeze": 12345, "dropped": 3}, 10**9)
-    lines = trace_view.plain_lines(snap, "netpath trace", names, True, True, "socket_queue")
+    dists, napi, hits, _stats = acc.step(reading([20_000_000, 25_000, 900, 3_000_000_000], 1_000_000, 4))
+    snap = TraceSnapshot(tuple(stage_rows(plan, dists, napi, True, names)), (
+        Unavailable("ip_rcv", "kprobe ip_rcv: kernel built without CONFIG_KPROBES", "ip_rcv"),
+        Unavailable("udp_rcv", "kprobe udp_rcv: kernel built without CONFIG_KPROBES", "udp_rcv"),
+    ), {"time_squeeze": 12345, "dropped": 3}, TraceHealth(hits), 10**9, per_iface=True, per_cpu=True)
+    lines = trace_view.plain_lines(snap, "netpath trace", "socket_queue")
     assert max(len(line) for line in lines) <= 80, max(lines, key=len)
     assert any(line.startswith("socket_queue") for line in lines)
     assert any("time_squeeze 12,345" in line for line in lines)

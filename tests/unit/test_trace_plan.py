@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,6 @@ from netpath.stages import STAGE_IDS, STAGES, UNFILTERED
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 KPROBE_STAGES = {"ip_rcv", "ip_local_deliver", "tcp_v4_rcv", "udp_rcv"}
-REPO = Path(__file__).resolve().parent.parent.parent
 
 
 def facts(name: str) -> KernelFacts:
@@ -102,19 +100,15 @@ def test_program_source_names_missing_btf_fields() -> None:
                                  {n: 8 for n in trace_mod.NEEDED if n != "OFF_SK_RCVQ_PREV"})
 
 
-def _enum(text: str, name: str) -> list[str]:
-    body = re.search(rf"enum {name} \{{(.*?)\}};", text, re.S)
-    assert body
-    return [line.strip().rstrip(",").split()[0] for line in body.group(1).splitlines()
-            if line.strip() and not line.strip().startswith("/*")]
-
-
-def test_c_enums_match_python_tables() -> None:
-    text = (REPO / "bpf" / "trace.c").read_text()
-    hooks = _enum(text, "np_hook")
-    assert len(hooks) == len(trace_mod.HOOK_NAMES) + len(trace_mod.STAT_NAMES) + 1  # + H_MAX
-    stages = _enum(text, "np_stage")
-    assert len(stages) == len(STAGES)
+def test_program_source_takes_per_skb_and_checkpoint_switches_from_the_stage_table() -> None:
+    offsets = {n: 8 for n in trace_mod.NEEDED}
+    on_61 = trace_mod.program_source(trace_mod.TraceQuery(), make_plan(facts("trace-6.1")), offsets).defines
+    assert (on_61["TRACK_SKBS"], on_61["KP_CHECKPOINTS"]) == (1, 1)
+    on_618 = trace_mod.program_source(trace_mod.TraceQuery(), make_plan(facts("6.18")), offsets).defines
+    assert (on_618["TRACK_SKBS"], on_618["KP_CHECKPOINTS"]) == (1, 0)
+    hw_only = trace_mod.program_source(trace_mod.TraceQuery(), make_plan(facts("6.18"), only=("napi_poll",)),
+                                       offsets).defines
+    assert (hw_only["TRACK_SKBS"], hw_only["KP_CHECKPOINTS"]) == (0, 0)
 
 
 def test_nic_irqs_from_proc_interrupts() -> None:

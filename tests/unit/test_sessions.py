@@ -1,0 +1,246 @@
+"""Sessions against a fake BPF program: map decoding, deltas, samples, slow events and loss accounting."""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from pathlib import Path
+
+import pytest
+from fake_bpf import FakeProgram, loader
+from test_kernel_facts import DATA, make_root
+
+from netpath import bpf, contract
+from netpath.collect import counters as counters_mod
+from netpath.collect import drops as drops_mod
+from netpath.collect import hist
+from netpath.collect import trace as trace_mod
+from netpath.kernel.facts import KernelFacts
+from netpath.kernel.reasons import from_tracepoint
+from netpath.kernel.tracefs import parse_format
+from netpath.links import IfaceNames
+from netpath.model import DropSample, SlowPacket
+from netpath.plan import make_plan
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+SOURCE = bpf.ProgramSource(["where.c"], {})
+NAMES = {(1, 1): "lo", (77, 4): "veth1"}
+
+
+@pytest.fixture(autouse=True)
+def quiet_machine(monkeypatch):
+    """No netlink, no /proc: counters and interface names come from the test."""
+    readings = iter([{("snmp", "UdpNoPorts", None, None): 10}, {("snmp", "UdpNoPorts", None, None): 13},
+                     {("snmp", "UdpNoPorts", None, None): 20}, {("snmp", "UdpNoPorts", None, None): 20}])
+    monkeypatch.setattr(counters_mod, "read_all", lambda _ns, _ifaces: next(readings))
+    monkeypatch.setattr(IfaceNames, "name", lambda _self, ns, ifindex: NAMES.get((ns, ifindex)))
+    monkeypatch.setattr(trace_mod, "_iface_names", lambda: lambda ns, ifindex: NAMES.get((ns, ifindex)))
+    softnet = iter([{"time_squeeze": 5, "dropped": 0}, {"time_squeeze": 7, "dropped": 1},
+                    {"time_squeeze": 9, "dropped": 1}, {"time_squeeze": 9, "dropped": 1}])
+    monkeypatch.setattr(trace_mod, "softnet_totals", lambda: next(softnet))
+    monkeypatch.setattr(trace_mod, "_read", lambda _path: "")
+
+
+# ---------------------------------------------------------------- drops
+
+
+@pytest.fixture
+def drop_facts(tmp_path):
+    return KernelFacts.load(make_root(tmp_path, "6.18.1", (DATA / "kfree_skb-6.18.format").read_text(), False))
+
+
+def reasons():
+    return from_tracepoint(parse_format((DATA / "kfree_skb-6.18.format").read_text()).symbols["reason"])
+
+
+def short_key(reason: int, ifindex: int, ns: int, l4: int = 17) -> bytes:
+    return contract.DROP_WHERE.fmt.pack(0, reason, ifindex, ns, 0x0800, l4, 4)
+
+
+def set_drop_stats(prog: FakeProgram, hits: int, matched: int, full: int = 0) -> None:
+    for i, value in enumerate((hits, matched, full, 0, 0)):
+        prog.set_array_u64("stats", i, [value, 0])
+
+
+def test_drops_session_reports_interval_deltas_and_run_totals(drop_facts):
+    prog = FakeProgram()
+    query = drops_mod.DropsQuery(iface_keys=[(77, 4)], ifaces=["veth1"])
+    session = drops_mod.DropsSession(query, drop_facts, SOURCE, reasons(), loader=loader(prog))
+    no_socket, filtered = short_key(3, 1, 1), short_key(2, 4, 77, 6)
+    set_drop_stats(prog, 0, 0)
+    start = session.start()
+    assert start.command == "drops" and start.attached[0].hook == "skb:kfree_skb"
+    assert prog.maps["iface_filter"] == {struct.pack("<Q", (77 << 32) | 4): b"\x01"}
+    prog.set_percpu_u64("drops", no_socket, [1000, 2000])
+    prog.set_percpu_u64("drops", filtered, [5, 0])
+    set_drop_stats(prog, 3010, 3005)
+    first = session.interval(1_000_000_000)
+    assert [(r.reason, r.iface, r.proto, r.count) for r in first.rows] == [("NO_SOCKET", "lo", "udp", 3000),
+                                                                           ("NOT_SPECIFIED", "veth1", "tcp", 5)]
+    assert first.total == 3005 and first.health.matched == 3005 and first.health.probe_hits == {
+        "skb:kfree_skb": 3010}
+    assert [(c.name, c.count) for c in first.counters] == [("UdpNoPorts", 3)]
+    prog.set_percpu_u64("drops", no_socket, [1000, 2100])
+    set_drop_stats(prog, 3110, 3105)
+    second = session.interval(2_000_000_000)
+    assert [(r.reason, r.count) for r in second.rows] == [("NO_SOCKET", 100)]
+    assert (second.interval_ns, second.health.matched, second.counters[0].count) == (1_000_000_000, 100, 7)
+    summary = session.summary(2_100_000_000)
+    assert [r.count for r in summary.rows] == [3100, 5] and summary.total == 3105
+    assert summary.counters[0].count == 10  # 10 -> 20 over the run
+    session.close()
+    assert prog.closed
+
+
+def test_drops_live_view_ranks_by_run_total_with_this_intervals_count(drop_facts):
+    prog = FakeProgram()
+    session = drops_mod.DropsSession(drops_mod.DropsQuery(), drop_facts, SOURCE, reasons(), limit=1, live=True,
+                                     loader=loader(prog))
+    set_drop_stats(prog, 0, 0)
+    session.start()
+    prog.set_percpu_u64("drops", short_key(3, 1, 1), [50, 0])
+    prog.set_percpu_u64("drops", short_key(2, 1, 1), [10, 0])
+    session.interval(10**9)
+    prog.set_percpu_u64("drops", short_key(3, 1, 1), [50, 0])
+    prog.set_percpu_u64("drops", short_key(2, 1, 1), [12, 0])
+    snap = session.interval(2 * 10**9)
+    assert [(r.reason, r.count, r.interval_count) for r in snap.rows] == [("NO_SOCKET", 50, 0)]
+    assert (snap.other_rows, snap.other_count, snap.interval_total) == (1, 12, 2)
+
+
+def test_drop_samples_decode_with_their_flow_and_losses_are_counted(drop_facts):
+    prog = FakeProgram()
+    query = drops_mod.DropsQuery(samples=4, stack=True)
+    session = drops_mod.DropsSession(query, drop_facts, SOURCE, reasons(), loader=loader(prog))
+    set_drop_stats(prog, 0, 0)
+    session.start()
+    addr = ipaddress.ip_address("10.9.8.7").packed.ljust(16, b"\0")
+    sample = contract.DROP_SAMPLE.fmt.pack(0, 3, 1, 1, 0x0800, 17, 4, addr, addr, 4000, 53, 0, 555, 80, 42, 1, -1,
+                                           b"nc\0".ljust(16, b"\0"))
+    prog.send("samples", sample)
+    prog.lose("samples", 3)
+    key = short_key(3, 1, 1)
+    prog.set_percpu_u64("drops", key, [1, 0])
+    prog.update("drop_stack", key, struct.pack("<i", 7))
+    prog.stacks[7] = [0]
+    session.wait(0.01)
+    events = session.events()
+    assert len(events) == 1 and isinstance(events[0], DropSample)
+    s = events[0]
+    assert (s.ts_ns, s.len, s.pid, s.cpu, s.comm) == (555, 80, 42, 1, "nc")
+    assert (s.row.reason, s.row.saddr, s.row.sport, s.row.dport, s.row.proto) == ("NO_SOCKET", "10.9.8.7", 4000,
+                                                                                  53, "udp")
+    assert session.events() == []
+    snap = session.interval(10**9)
+    assert snap.health.samples_lost == 3
+    assert snap.rows[0].stack is not None
+    assert "sample_used" in prog.cleared  # the per-CPU budget starts again each interval
+    assert session.interval(2 * 10**9).health.samples_lost == 0
+    assert session.summary(2 * 10**9).health.samples_lost == 3
+
+
+# ---------------------------------------------------------------- trace
+
+
+def trace_facts(name: str) -> KernelFacts:
+    return KernelFacts.load(FIXTURES / name)
+
+
+def stage_hist(samples: list[int]) -> bytes:
+    slots = [0] * contract.NSLOTS
+    for v in samples:
+        slots[hist.slot_of(v)] += 1
+    slots[contract.SUM_SLOT] = sum(samples)
+    return contract.STAGE_HIST.fmt.pack(*slots)
+
+
+def cpu_counters(hits: dict[str, int], polls: int = 0, work: int = 0, exhausted: int = 0) -> bytes:
+    names = (*contract.HOOK_NAMES, *contract.STAT_NAMES)
+    values = [hits.get(n, 0) for n in names]
+    return contract.CPU_COUNTERS.fmt.pack(*values, polls, work, exhausted, 64, work)
+
+
+def play_trace(prog: FakeProgram, sq: list[int], hits: dict[str, int], polls: int, max_ns: int | None = None) -> None:
+    """Cumulative socket_queue samples; the maximum is this interval's, as the kernel keeps it."""
+    empty = stage_hist([])
+    sq_index = trace_mod.STAGE_IDS.index("socket_queue")
+    for stage in range(len(trace_mod.STAGES)):
+        prog.set_array("stage_hist", stage, [stage_hist(sq) if stage == sq_index else empty, empty])
+        top = max(sq, default=0) if max_ns is None else max_ns
+        prog.set_array_u64("stage_max", stage, [top if stage == sq_index else 0, 0])
+    prog.set_array("cpustate", 0, [cpu_counters(hits, polls, 2 * polls, 1), cpu_counters({}, 0)])
+
+
+def test_trace_session_decodes_histograms_hits_and_napi():
+    prog = FakeProgram()
+    plan = make_plan(trace_facts("6.18"))  # no kprobes: ip_rcv cannot be in the plan
+    session = trace_mod.TraceSession(trace_mod.TraceQuery(), plan, trace_facts("6.18"), SOURCE,
+                                     loader=loader(prog))
+    play_trace(prog, [], {}, 0)
+    start = session.start()
+    assert start.stages[0] == "hardirq" and start.attached and not prog.kprobes
+    play_trace(prog, [20_000_000] * 4, {"sock:sk_data_ready": 4, "missed_enqueue": 1, "ip_rcv": 9}, 10)
+    snap = session.interval(10**9)
+    sq = snap.stage("socket_queue")
+    assert sq is not None and sq.latency.count == 4 and sq.latency.sum_ns == 80_000_000
+    assert abs(sq.latency.p50_ns - 20_000_000) < 0.07 * 20_000_000
+    assert sq.latency.max_ns == 20_000_000
+    assert snap.health.probe_hits["sock:sk_data_ready"] == 4
+    assert "ip_rcv" not in snap.health.probe_hits  # not in this kernel's plan
+    assert snap.health.missed_enqueue == 1
+    napi = snap.stage("napi_poll")
+    assert napi is not None and napi.napi is not None and (napi.napi.polls, napi.napi.work) == (10, 20)
+    assert snap.softnet == {"time_squeeze": 2, "dropped": 1}
+    assert prog.arrays["stage_max"][10] == [bytes(8), bytes(8)]  # maxima are per interval
+    play_trace(prog, [20_000_000] * 4 + [1_000], {"sock:sk_data_ready": 5}, 12, max_ns=1_000)
+    second = session.interval(2 * 10**9)
+    sq2 = second.stage("socket_queue")
+    assert sq2 is not None and (sq2.latency.count, sq2.latency.max_ns) == (1, 1_000)
+    assert second.health.probe_hits["sock:sk_data_ready"] == 1
+    summary = session.summary(2 * 10**9)
+    total = summary.stage("socket_queue")
+    assert total is not None and (total.latency.count, total.latency.max_ns) == (5, 20_000_000)
+    assert summary.softnet == {"time_squeeze": 4, "dropped": 1}
+
+
+def slow_event(ts: int, queued: int) -> bytes:
+    addr = ipaddress.ip_address("10.0.0.2").packed.ljust(16, b"\0")
+    return contract.SLOW_EVENT.fmt.pack(ts, 9000, 0, 0, 0, 15000, queued, 1, 4242, 4, 77, addr, addr, 40000, 5353,
+                                        4, 17, 0, b"python".ljust(16, b"\0"))
+
+
+def test_slow_events_decode_and_losses_still_pending_at_exit_are_counted():
+    prog = FakeProgram()
+    plan = make_plan(trace_facts("trace-6.12"))
+    session = trace_mod.TraceSession(trace_mod.TraceQuery(slower_ns=1_000_000), plan, trace_facts("trace-6.12"),
+                                     SOURCE, loader=loader(prog))
+    play_trace(prog, [], {}, 0)
+    session.start()
+    prog.send("slow", slow_event(1, 5_000_000))
+    session.wait(0.01)
+    (pkt,) = session.events()
+    assert isinstance(pkt, SlowPacket)
+    assert (pkt.iface, pkt.proto, pkt.saddr, pkt.sport, pkt.dport, pkt.comm, pkt.pid) == (
+        "veth1", "udp", "10.0.0.2", 40000, 5353, "python", 4242)
+    assert pkt.stages_ns == {"netif_receive_skb": 9000, "stack_total": 15000, "socket_queue": 5_000_000}
+    play_trace(prog, [], {}, 0)
+    assert session.interval(10**9).health.lost_events == 0
+    prog.lose("slow", 25)  # reported by the kernel but not yet polled when the run ends
+    session.wait(0)
+    assert session.summary(2 * 10**9).health.lost_events == 25
+
+
+def test_a_refused_kprobe_is_reported_and_the_rest_still_attaches():
+    prog = FakeProgram()
+    plan = make_plan(trace_facts("trace-6.1"))
+    prog.refuse.add("udp_rcv")
+    session = trace_mod.TraceSession(trace_mod.TraceQuery(), plan, trace_facts("trace-6.1"), SOURCE,
+                                     loader=loader(prog))
+    play_trace(prog, [], {}, 0)
+    start = session.start()
+    assert ("tcp_v4_rcv", "kp_tcp_v4_rcv", False) in prog.kprobes
+    assert ("net_rx_action", "kr_net_rx_action", True) in prog.kprobes or plan.choice(
+        "net_rx_action").method != "kprobe"
+    refused = [u for u in start.unavailable if u.hook == "udp_rcv"]
+    assert refused and refused[0].stage == "udp_rcv" and "did not attach" in refused[0].reason
+    assert all(a.hook != "udp_rcv" for a in start.attached)

@@ -6,7 +6,9 @@
  *
  * Compile-time numbers: TP_HAS_REASON, BY_{REASON,LOCATION,IFACE,PROTO,FLOW},
  * FILTER_{NETNS,IFACE,REASON,PROTO,PORT,HOST_*}, SAMPLE_BUDGET, WITH_STACK,
- * MAX_ROWS and the OFF_* struct offsets.
+ * MAX_ROWS and the OFF_* struct offsets. struct drop_where, drop_flow,
+ * drop_sample and enum drop_stat come from netpath/contract.py, compiled
+ * ahead of this file.
  */
 #include "netpath.h"
 

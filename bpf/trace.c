@@ -22,8 +22,12 @@
  * slot SUM_SLOT the sum of all samples (the stage's total time).
  *
  * Compile-time numbers: USE_* (stages from the attach plan), HAS_* (optional
- * tracepoints), TRACK_SKBS (any per-packet stage), BY_IFACE, BY_CPU,
- * FILTER_*, SLOWER_NS, MAX_SKBS, HIST_ROWS and the OFF_* struct offsets.
+ * tracepoints), TRACK_SKBS (any per-packet stage), KP_CHECKPOINTS (a kprobe
+ * checkpoint stage), BY_IFACE, BY_CPU, FILTER_*, SLOWER_NS, MAX_SKBS,
+ * HIST_ROWS, NAPI_ROWS, RING and the OFF_* struct offsets. The stage and
+ * hook enums and every struct netpath reads back (np_hist_key,
+ * np_cpu_counters, np_slow_event, ...) come from netpath/contract.py,
+ * compiled ahead of this file.
  */
 #include "netpath.h"
 
@@ -131,7 +135,7 @@ struct np_cpu_state {
 
 #if BY_IFACE
 BPF_PERCPU_HASH(hist, struct np_hist_key, u64, HIST_ROWS);
-BPF_PERCPU_HASH(napi_stats, struct np_napi_key, struct np_napi_val, 1024);
+BPF_PERCPU_HASH(napi_stats, struct np_napi_key, struct np_napi_val, NAPI_ROWS);
 #else
 BPF_PERCPU_ARRAY(stage_hist, struct np_stage_hist, NSTAGES);
 BPF_PERCPU_ARRAY(stage_max, u64, NSTAGES);	/* netpath zeroes it every interval */

@@ -126,6 +126,5 @@ STAGES: tuple[Stage, ...] = (
     )),
 )
 
-BY_ID: dict[str, Stage] = {s.id: s for s in STAGES}
 STAGE_IDS: tuple[str, ...] = tuple(s.id for s in STAGES)
 UNFILTERED: tuple[str, ...] = tuple(s.id for s in STAGES if not s.filterable)

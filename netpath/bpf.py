@@ -22,8 +22,8 @@ from typing import Any
 
 from netpath import contract
 from netpath.errors import MissingCapability
+from netpath.kernel import bpfstats, shim
 from netpath.kernel import offsets as kernel_offsets
-from netpath.kernel import shim
 from netpath.kernel.facts import KernelFacts
 
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
@@ -233,6 +233,20 @@ class Program:
             self._prog.perf_buffer_poll(timeout=max(int(timeout_s * 1000), 0))
         elif timeout_s > 0:
             time.sleep(timeout_s)
+
+    def run_stats(self) -> dict[str, tuple[int, int]]:
+        """(runs, ns in the program) per loaded program, when kernel.bpf_stats_enabled=1; else empty."""
+        if not bpfstats.enabled():
+            return {}
+        out: dict[str, tuple[int, int]] = {}
+        for name, fn in self._prog.funcs.items():
+            try:
+                stats = bpfstats.parse_fdinfo(Path(f"/proc/self/fdinfo/{fn.fd}").read_text())
+            except OSError:
+                continue
+            if stats is not None:
+                out[name] = stats
+        return out
 
     def close(self) -> None:
         self._prog.cleanup()

@@ -57,3 +57,14 @@ class IfaceNames:
 
     def netns_label(self, inode: int) -> str | None:
         return self._labels.get(inode)
+
+
+def live_devices() -> set[tuple[int, int]]:
+    """(netns inode, ifindex) of every interface in every namespace netns.known_namespaces() finds, read now."""
+    out: set[tuple[int, int]] = set()
+    for ns in netns.known_namespaces():
+        try:
+            out.update((ns.inode, index) for index, _name in list_links(ns))
+        except OSError:  # gone while we looked
+            continue
+    return out

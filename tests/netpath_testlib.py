@@ -168,3 +168,37 @@ def send_udp(addr: str, port: int, count: int, payload: bytes = b"x" * 16, netns
 
 def have(tool: str) -> bool:
     return shutil.which(tool) is not None
+
+
+DELAYED_RECEIVER = """
+import select, socket, sys, time
+addr, port, n, delay = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((addr, port))
+print("ready", flush=True)
+got = 0
+while got < n:
+    r, _, _ = select.select([s], [], [], 30)
+    if not r:
+        break
+    time.sleep(delay)          # the datagram waits on the socket queue for `delay`
+    s.recv(2048)
+    got += 1
+print("got", got, flush=True)
+"""
+
+
+def start_receiver(pair: VethPair, port: int, n: int, delay_s: float) -> subprocess.Popen:
+    """A UDP receiver in the pair's namespace that waits delay_s before reading each of n datagrams."""
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", pair.ns, sys.executable, "-c", DELAYED_RECEIVER, pair.ns_addr, str(port), str(n),
+         str(delay_s)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def send_spaced(addr: str, port: int, n: int, gap_s: float) -> None:
+    for _ in range(n):
+        send_udp(addr, port, 1)
+        time.sleep(gap_s)

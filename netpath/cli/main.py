@@ -9,6 +9,7 @@ import click
 
 from netpath import __version__
 from netpath.cli.drops import drops
+from netpath.cli.export import export
 from netpath.cli.probes import probes
 from netpath.cli.trace import trace
 from netpath.errors import EXIT_ENVIRONMENT, EXIT_USAGE, NetpathError
@@ -19,6 +20,7 @@ HELP = """eBPF observability for the Linux packet receive path.
   netpath trace    where received packets spend their time, stage by stage
   netpath drops    where packets die: kernel drop reason, location, interface
   netpath probes   what this kernel offers and how each hook attaches
+  netpath export   the same drops and latencies as Prometheus metrics
 
 Every command takes --json (JSON Lines, schema netpath/1). Exit codes: 0 ok,
 1 a --fail-on threshold was crossed, 2 bad input, 3 the environment cannot run
@@ -33,6 +35,7 @@ def cli() -> None:
 
 
 cli.add_command(drops)
+cli.add_command(export)
 cli.add_command(probes)
 cli.add_command(trace)
 

@@ -294,6 +294,20 @@ class DropsSession:
             frames.pop(0)
         return frames
 
+    def forget_gone_devices(self, live: set[tuple[int, int]]) -> int:
+        """Deletes rows of interfaces not in `live` ((netns inode, ifindex)), so their series go away."""
+        if self.prog is None or "iface" not in self.query.by:
+            return 0
+        gone = []
+        for raw in self.counts():
+            key = DecodedKey.unpack(raw)
+            if key.ifindex and (key.netns, key.ifindex) not in live:
+                gone.append(raw)
+        self.prog.delete("drops", gone)
+        for raw in gone:
+            self._last_counts.pop(raw, None)
+        return len(gone)
+
     def _on_sample(self, raw: bytes) -> None:
         if len(raw) < contract.DROP_SAMPLE.size:
             return

@@ -43,6 +43,7 @@ class TraceQuery:
     per_iface: bool = False
     per_cpu: bool = False
     slower_ns: int = 0
+    napi_by_dev: bool = False  # NAPI counters per device without a per-interface histogram (export)
 
 
 # neighbouring fields bpf/trace.c fetches with one probe read, beyond the shared ones
@@ -72,6 +73,7 @@ def program_source(query: TraceQuery, plan: AttachPlan, offsets: dict[str, int])
     defines["HIST_ROWS"] = contract.HIST_ROWS
     defines["NAPI_ROWS"] = contract.NAPI_ROWS
     defines["BY_IFACE"] = int(query.per_iface)
+    defines["NAPI_BY_DEV"] = int(query.per_iface or query.napi_by_dev)
     defines["BY_CPU"] = int(query.per_cpu)
     defines["SLOWER_NS"] = int(query.slower_ns)
     defines.update(filter_defines(query.netns, query.iface_keys, query.proto, query.port, query.host))
@@ -152,7 +154,7 @@ class TraceReader:
         per_cpu = [contract.CPU_COUNTERS.unpack(v) for v in prog.percpu_value("cpustate", 0)]
         nhits = contract.HITS
         napi: dict[NapiKey, dict[str, int]] = {}
-        if self.query.per_iface:
+        if self.query.per_iface or self.query.napi_by_dev:
             for key, values in prog.percpu_items("napi_stats").items():
                 ifindex, ns_inode, cpu = contract.NAPI_KEY.unpack(key)
                 napi[(ifindex, ns_inode, cpu)] = _napi_sum([contract.NAPI_VAL.unpack(v) for v in values])
@@ -319,12 +321,25 @@ class TraceSession:
                   hits: dict[str, int], stats: dict[str, int], lost: int, softnet: dict[str, int], elapsed_ns: int,
                   span_ns: int) -> TraceSnapshot:
         q = self.query
-        rows = trace_stats.stage_rows(self.plan, dists, napi, q.per_iface or q.per_cpu, self._names)
+        rows = trace_stats.stage_rows(self.plan, dists, napi, q.per_iface or q.per_cpu, self._names,
+                                      q.per_iface or q.per_cpu or q.napi_by_dev)
         health = TraceHealth(hits, stats.get("lost_rows", 0), stats.get("lost_skbs", 0), stats.get("slow_sent", 0),
                              stats.get("missed_enqueue", 0), stats.get("ring_overrun", 0), lost,
                              contract.RING_SLOTS)
         return TraceSnapshot(tuple(rows), tuple(self._unavailable), softnet, health, elapsed_ns, span_ns,
                              q.per_iface, q.per_cpu)
+
+    def forget_gone_devices(self, live: set[tuple[int, int]]) -> int:
+        """Deletes NAPI rows of devices not in `live` ((netns inode, ifindex)), so their series go away."""
+        if self.prog is None or not (self.query.per_iface or self.query.napi_by_dev):
+            return 0
+        gone = []
+        for raw in self.prog.percpu_items("napi_stats"):
+            ifindex, ns_inode, _cpu = contract.NAPI_KEY.unpack(raw)
+            if ifindex and (ns_inode, ifindex) not in live:
+                gone.append(raw)
+        self.prog.delete("napi_stats", gone)
+        return len(gone)
 
     def _on_slow(self, raw: bytes) -> None:
         if len(raw) >= contract.SLOW_EVENT.size:
@@ -347,3 +362,4 @@ def _iface_names() -> Names:
         return cache.name(ns_inode or here, ifindex)
 
     return name
+

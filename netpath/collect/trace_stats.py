@@ -119,8 +119,12 @@ def _where(ifindex: int, ns_inode: int, cpu: int, names: Names) -> Where:
 
 
 def stage_rows(plan: AttachPlan, dists: dict[HistKey, Dist], napi: dict[NapiKey, NapiCount], keep_parts: bool,
-               names: Names) -> list[StageRow]:
-    """One row per available stage, path order; breakdown parts with --per-iface/--per-cpu."""
+               names: Names, keep_napi_parts: bool | None = None) -> list[StageRow]:
+    """One row per available stage, path order; breakdown parts with --per-iface/--per-cpu.
+
+    keep_napi_parts (default: keep_parts) keeps NAPI counters per device on their own.
+    """
+    keep_napi = keep_parts if keep_napi_parts is None else keep_napi_parts
     out: list[StageRow] = []
     for choice in plan.available:
         index = choice.stage.index
@@ -138,7 +142,7 @@ def stage_rows(plan: AttachPlan, dists: dict[HistKey, Dist], napi: dict[NapiKey,
             acc = NapiCount()
             for key, stat in napi.items():
                 acc.add(stat)
-                if keep_parts:
+                if keep_napi:
                     napi_parts.setdefault(key, NapiCount()).add(stat)
             napi_total = acc.finished()
         out.append(StageRow(

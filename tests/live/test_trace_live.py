@@ -3,48 +3,14 @@
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
-from netpath_testlib import NetpathRun, run_netpath, rx_packets, send_udp, veth_namespace
-
-RECEIVER = """
-import select, socket, sys, time
-addr, port, n, delay = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind((addr, port))
-print("ready", flush=True)
-got = 0
-while got < n:
-    r, _, _ = select.select([s], [], [], 30)
-    if not r:
-        break
-    time.sleep(delay)          # the datagram waits on the socket queue for `delay`
-    s.recv(2048)
-    got += 1
-print("got", got, flush=True)
-"""
+from netpath_testlib import NetpathRun, run_netpath, rx_packets, send_spaced, send_udp, start_receiver, veth_namespace
 
 
 def _stage(record: dict, stage: str) -> dict:
     return next(s for s in record["stages"] if s["stage"] == stage)
-
-
-def _start_receiver(pair, port: int, n: int, delay_s: float) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        ["ip", "netns", "exec", pair.ns, sys.executable, "-c", RECEIVER, pair.ns_addr, str(port), str(n),
-         str(delay_s)], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    assert proc.stdout.readline().strip() == "ready"
-    return proc
-
-
-def _send_spaced(addr: str, port: int, n: int, gap_s: float) -> None:
-    for _ in range(n):
-        send_udp(addr, port, 1)
-        time.sleep(gap_s)
 
 
 @pytest.mark.parametrize("delay_ms", [20, 100])
@@ -53,8 +19,8 @@ def test_socket_queue_measures_the_application_delay(delay_ms: int) -> None:
     with veth_namespace("nptq") as pair:
         run = NetpathRun(["trace", "--json", "--interval", "1", "--proto", "udp", "--port", str(port)])
         run.wait_start()
-        receiver = _start_receiver(pair, port, n, delay_ms / 1000)
-        _send_spaced(pair.ns_addr, port, n, delay_ms / 1000 + 0.04)
+        receiver = start_receiver(pair, port, n, delay_ms / 1000)
+        send_spaced(pair.ns_addr, port, n, delay_ms / 1000 + 0.04)
         receiver.communicate(timeout=60)
         time.sleep(1.2)
         run.proc.send_signal(2)
@@ -73,7 +39,7 @@ def _burst(pair, args: list[str], port: int, n: int, sig: int) -> tuple[NetpathR
     """Trace while n datagrams go to a receiver that reads at once, then stop netpath with sig."""
     run = NetpathRun(["trace", "--json", "--interval", "1", *args])
     start = run.wait_start()
-    receiver = _start_receiver(pair, port, n, 0.0)
+    receiver = start_receiver(pair, port, n, 0.0)
     send_udp(pair.ns_addr, port, n)
     receiver.communicate(timeout=30)
     time.sleep(1.2)
@@ -111,8 +77,8 @@ def test_slower_streams_slow_packets_and_fail_on_latency_exits_1() -> None:
         run = NetpathRun(["trace", "--json", "--interval", "0.5", "--port", str(port), "--slower", "10ms",
                           "--fail-on-latency", "socket_queue:p50:5ms"])
         run.wait_start()
-        receiver = _start_receiver(pair, port, 3, 0.03)
-        _send_spaced(pair.ns_addr, port, 3, 0.06)
+        receiver = start_receiver(pair, port, 3, 0.03)
+        send_spaced(pair.ns_addr, port, 3, 0.06)
         receiver.communicate(timeout=30)
         time.sleep(1.0)
         run.proc.send_signal(2)

@@ -28,6 +28,7 @@ class FakeProgram:
         self.cleared: list[str] = []
         self.closed = False
         self.polls = 0
+        self.runs: dict[str, tuple[int, int]] = {}
 
     # the bpf.Program interface
     def percpu_items(self, name: str) -> dict[bytes, list[bytes]]:
@@ -76,6 +77,9 @@ class FakeProgram:
                 on_lost(item)
             else:
                 on_event(item)
+
+    def run_stats(self) -> dict[str, tuple[int, int]]:
+        return dict(self.runs)
 
     def close(self) -> None:
         self.closed = True

@@ -1,0 +1,68 @@
+"""`netpath export`: the drops and trace sessions behind one Prometheus collector, read at scrape time.
+
+Nothing runs per packet in Python: every scrape reads the in-kernel maps
+once (each session's whole-run `summary()`), turns them into metric
+families (netpath/render/metrics.py) and forgets rows of interfaces that
+no longer exist, so their series go away.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from prometheus_client.core import Metric
+
+from netpath import __version__, bpf, links
+from netpath.collect.drops import DropsSession
+from netpath.collect.trace import TraceSession
+from netpath.model import Start
+from netpath.render.metrics import MetricSet
+
+
+class ExportCollector:
+    """A prometheus_client collector: collect() is called once per scrape, on the serving thread."""
+
+    def __init__(self, drops: DropsSession, trace: TraceSession | None, max_series: int) -> None:
+        self.drops = drops
+        self.trace = trace
+        self.metrics = MetricSet(max_series)
+        self.starts: list[Start] = []
+        self._t0 = 0
+        self.scrapes = 0
+
+    def start(self) -> list[Start]:
+        self.starts = [self.drops.start()]
+        if self.trace is not None:
+            self.starts.append(self.trace.start())
+        self._t0 = time.monotonic_ns()
+        return self.starts
+
+    def collect(self) -> Iterator[Metric]:
+        began = time.perf_counter()
+        live = links.live_devices()
+        self.drops.forget_gone_devices(live)
+        elapsed = time.monotonic_ns() - self._t0
+        drops = self.drops.summary(elapsed)
+        families = list(self.metrics.drops(drops))
+        hits = {("drops", hook): n for hook, n in drops.health.probe_hits.items()}
+        runs = _runs("drops", self.drops.prog)
+        if self.trace is not None:
+            self.trace.forget_gone_devices(live)
+            trace = self.trace.summary(elapsed)
+            families.extend(self.metrics.trace(trace))
+            hits.update({("trace", hook): n for hook, n in trace.health.probe_hits.items()})
+            runs.update(_runs("trace", self.trace.prog))
+        families.append(self.metrics.build_info(self.starts[0], __version__))
+        self.scrapes += 1
+        yield from families
+        yield from self.metrics.health(hits, time.perf_counter() - began, runs)
+
+    def close(self) -> None:
+        self.drops.close()
+        if self.trace is not None:
+            self.trace.close()
+
+
+def _runs(name: str, prog: bpf.Program | None) -> dict[tuple[str, str], tuple[int, int]]:
+    return {(name, fn): v for fn, v in prog.run_stats().items()} if prog is not None else {}

@@ -1,0 +1,200 @@
+"""Snapshots as Prometheus metric families: the `netpath export` contract (netpath-export(8)).
+
+Counters come from run totals, so they only go up. Each labelled family
+has a series budget: label sets past it fold into one `_other` series
+(counted in netpath_series_dropped_total) and stay folded, so no counter
+ever moves between series and goes backwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+
+from netpath.model import DropSnapshot, Latency, Start, TraceSnapshot
+
+OTHER = "_other"
+# histogram bounds: powers of two from 128 ns to 17 s; the in-kernel slots split exactly at them
+LE_NS = tuple(1 << i for i in range(7, 35))
+
+Labels = tuple[str, ...]
+
+
+class SeriesBudget:
+    """At most `limit` label sets per family; the rest fold into one overflow series that never shrinks.
+
+    Values are tuples (a family and its companions, such as NAPI polls, work
+    and budget exhaustion, fold together).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.admitted: set[Labels] = set()
+        self.folded: set[Labels] = set()
+        self.retired: tuple[float, ...] = ()  # what folded series had counted before they went away
+        self.last: dict[Labels, tuple[float, ...]] = {}
+
+    def split(self, values: dict[Labels, tuple[float, ...]]) -> tuple[dict[Labels, tuple[float, ...]],
+                                                                       tuple[float, ...] | None]:
+        """(series that keep their labels, the overflow series' values or None while nothing folded)."""
+        for gone in set(self.last) - set(values):
+            if gone in self.folded:
+                self.retired = _add(self.retired, self.last[gone])
+                self.folded.discard(gone)
+            self.admitted.discard(gone)
+        own: dict[Labels, tuple[float, ...]] = {}
+        overflow = self.retired
+        for labels, value in sorted(values.items(), key=lambda kv: (-kv[1][0], kv[0])):
+            if labels not in self.admitted and labels not in self.folded:
+                (self.admitted if len(self.admitted) < self.limit else self.folded).add(labels)
+            if labels in self.admitted:
+                own[labels] = value
+            else:
+                overflow = _add(overflow, value)
+        self.last = dict(values)
+        return own, (overflow if overflow else None)
+
+    @property
+    def dropped(self) -> int:
+        return len(self.folded)
+
+
+def _add(a: tuple[float, ...], b: tuple[float, ...]) -> tuple[float, ...]:
+    if not a:
+        return b
+    return tuple(x + y for x, y in zip(a, b, strict=True))
+
+
+class MetricSet:
+    """Builds every family of one scrape; holds the series budgets across scrapes."""
+
+    FAMILIES = ("netpath_drops_total", "netpath_rx_stat_total", "netpath_napi_polls_total")
+
+    def __init__(self, max_series: int) -> None:
+        self.budgets = {name: SeriesBudget(max_series) for name in self.FAMILIES}
+        self.dropped_ever: dict[str, int] = dict.fromkeys(self.FAMILIES, 0)
+
+    def _bounded(self, key: str, families: list[CounterMetricFamily], values: dict[Labels, tuple[float, ...]],
+                 width: int) -> None:
+        """Adds each series to the families (one per tuple position), folded past the budget."""
+        budget = self.budgets[key]
+        own, overflow = budget.split(values)
+        for labels, vector in sorted(own.items()):
+            for fam, value in zip(families, vector, strict=True):
+                fam.add_metric(list(labels), value)
+        if overflow is not None:
+            for fam, value in zip(families, overflow, strict=True):
+                fam.add_metric([OTHER] * width, value)
+        self.dropped_ever[key] = max(self.dropped_ever[key], budget.dropped)
+
+    def build_info(self, start: Start, version: str) -> Metric:
+        g = GaugeMetricFamily("netpath_build_info", "netpath version, kernel release and header mode; always 1",
+                              labels=["version", "kernel", "headers"])
+        g.add_metric([version, start.kernel, start.headers], 1)
+        return g
+
+    def drops(self, snap: DropSnapshot) -> Iterator[Metric]:
+        fam = CounterMetricFamily("netpath_drops_total", "Packets the kernel dropped (skb:kfree_skb), by its drop "
+                                  "reason, interface, network namespace inode and protocol",
+                                  labels=["reason", "iface", "netns", "proto"])
+        values: dict[Labels, tuple[float, ...]] = {}
+        for row in snap.rows:
+            labels = (row.reason or "", row.iface or (str(row.ifindex) if row.ifindex else ""),
+                      str(row.netns or ""), row.proto or "")
+            values[labels] = _add(values.get(labels, ()), (row.count,))
+        self._bounded("netpath_drops_total", [fam], values, 4)
+        yield fam
+        counters = CounterMetricFamily("netpath_rx_stat_total", "Drop counters no skb event carries (link stats, "
+                                       "qdisc drops, SNMP), by source and counter name",
+                                       labels=["source", "stat", "iface"])
+        cvalues: dict[Labels, tuple[float, ...]] = {}
+        for c in snap.counters:
+            if c.source == "softnet":  # node_exporter exports node_softnet_*: not twice
+                continue
+            key = (c.source, c.name, c.iface or "")
+            cvalues[key] = _add(cvalues.get(key, ()), (c.count,))
+        self._bounded("netpath_rx_stat_total", [counters], cvalues, 3)
+        yield counters
+        h = snap.health
+        yield _counter("netpath_drops_matched_total", "Drops that passed netpath's filters (exact, map full or not)",
+                       h.matched)
+        yield _counter("netpath_drops_map_full_total", "Drops counted in matched but not in a row: the drops map was "
+                       "full", h.lost_rows)
+
+    def trace(self, snap: TraceSnapshot) -> Iterator[Metric]:
+        hist = HistogramMetricFamily("netpath_stage_latency_seconds", "Receive-path stage latency, from the "
+                                     "in-kernel log2 histogram", labels=["stage"])
+        napi_labels = ["iface", "netns"]
+        polls = CounterMetricFamily("netpath_napi_polls", "NAPI polls, by device", labels=napi_labels)
+        work = CounterMetricFamily("netpath_napi_packets", "Packets NAPI polls handled (their work), by device",
+                                   labels=napi_labels)
+        exhausted = CounterMetricFamily("netpath_napi_budget_exhausted", "NAPI polls that used up their budget, by "
+                                        "device", labels=napi_labels)
+        napi: dict[Labels, tuple[float, ...]] = {}
+        for row in snap.stages:
+            hist.add_metric([row.stage], _buckets(row.latency), row.latency.sum_ns / 1e9)
+            for where, n in row.napi_parts:
+                labels = (where.iface or (str(where.ifindex) if where.ifindex else ""), str(where.netns or ""))
+                napi[labels] = _add(napi.get(labels, ()), (n.polls, n.work, n.exhausted))
+        yield hist
+        self._bounded("netpath_napi_polls_total", [polls, work, exhausted], napi, 2)
+        yield polls
+        yield work
+        yield exhausted
+        un = GaugeMetricFamily("netpath_stage_unavailable", "Stages this kernel could not attach (1), with the reason",
+                               labels=["stage", "reason"])
+        for item in snap.unavailable:
+            un.add_metric([item.stage or item.hook, item.reason], 1)
+        yield un
+        h = snap.health
+        untimed = CounterMetricFamily("netpath_trace_untimed_total", "Packets a stage counted but could not time, "
+                                      "by why", labels=["why"])
+        for why, value in (("histogram_map_full", h.lost_samples), ("skb_map_full", h.lost_skbs),
+                           ("read_before_wakeup", h.missed_enqueue), ("socket_ring_overrun", h.ring_overrun)):
+            untimed.add_metric([why], value)
+        yield untimed
+
+    def health(self, hits: dict[tuple[str, str], int], scrape_s: float,
+               bpf_runs: dict[tuple[str, str], tuple[int, int]]) -> Iterable[Metric]:
+        """hits: (program, hook) -> runs; bpf_runs: (program, BPF function) -> (runs, ns)."""
+        fam = CounterMetricFamily("netpath_probe_hits_total", "Times each hook ran, by netpath program (drops, "
+                                  "trace)", labels=["program", "hook"])
+        for (prog, hook), value in sorted(hits.items()):
+            fam.add_metric([prog, hook], value)
+        yield fam
+        dropped = CounterMetricFamily("netpath_series_dropped_total", "Label sets folded into a family's _other "
+                                      "series by --max-series", labels=["metric"])
+        for name, value in sorted(self.dropped_ever.items()):
+            dropped.add_metric([name], value)
+        yield dropped
+        yield GaugeMetricFamily("netpath_scrape_duration_seconds", "Time netpath spent reading maps for this "
+                                "scrape", value=scrape_s)
+        if bpf_runs:
+            runs = CounterMetricFamily("netpath_bpf_runs_total", "Runs of each BPF function "
+                                       "(kernel.bpf_stats_enabled=1)", labels=["program", "function"])
+            secs = CounterMetricFamily("netpath_bpf_run_seconds_total", "Time spent in each BPF function "
+                                       "(kernel.bpf_stats_enabled=1)", labels=["program", "function"])
+            for (prog, fn), (count, ns) in sorted(bpf_runs.items()):
+                runs.add_metric([prog, fn], count)
+                secs.add_metric([prog, fn], ns / 1e9)
+            yield runs
+            yield secs
+
+
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name.removesuffix("_total"), doc, value=value)
+
+
+def _buckets(lat: Latency) -> list[tuple[str, float]]:
+    out: list[tuple[str, float]] = []
+    for le in LE_NS:
+        below = sum(b.count for b in lat.buckets if b.hi_ns <= le)
+        out.append((repr(le / 1e9), below))
+    out.append(("+Inf", lat.count))
+    return out

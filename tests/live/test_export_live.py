@@ -1,0 +1,185 @@
+"""netpath export scraped by a real Prometheus server (Debian's prometheus), against real traffic in namespaces."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from netpath_testlib import REPO, netpath_argv, run_netpath, send_spaced, send_udp, start_receiver, veth_namespace
+from prometheus_client.parser import text_string_to_metric_families
+
+pytestmark = pytest.mark.skipif(shutil.which("prometheus") is None or shutil.which("promtool") is None,
+                                reason="Debian's prometheus package is not installed: run 'make install'")
+
+
+def free_tcp_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ExportRun:
+    """A running `netpath export`; ready once it says where it serves (after every probe is attached)."""
+
+    def __init__(self, *args: str) -> None:
+        self.port = free_tcp_port()
+        self.proc = subprocess.Popen([*netpath_argv(), "export", "--listen", f"127.0.0.1:{self.port}", *args],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+        assert self.proc.stderr is not None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.proc.stderr], [], [], deadline - time.monotonic())
+            line = self.proc.stderr.readline() if ready else ""
+            if "serving http://" in line:
+                return
+            if not line:
+                break
+        self.proc.kill()
+        raise AssertionError(f"netpath export did not become ready: {self.proc.communicate()}")
+
+    def scrape(self, openmetrics: bool = False) -> str:
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}/metrics")
+        if openmetrics:
+            req.add_header("Accept", "application/openmetrics-text; version=1.0.0; charset=utf-8")
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.read().decode()
+
+    def stop(self) -> tuple[int, str]:
+        self.proc.send_signal(signal.SIGTERM)
+        _out, err = self.proc.communicate(timeout=30)
+        return self.proc.returncode, err
+
+
+@contextmanager
+def exporter(*args: str) -> Iterator[ExportRun]:
+    run = ExportRun(*args)
+    try:
+        yield run
+    finally:
+        if run.proc.poll() is None:
+            run.stop()
+
+
+@contextmanager
+def prometheus(target_port: int) -> Iterator[str]:
+    """A Prometheus server on loopback scraping the exporter every second; yields its base URL."""
+    port = free_tcp_port()
+    with tempfile.TemporaryDirectory(prefix="netpath-prom-") as tmp:
+        config = Path(tmp) / "prometheus.yml"
+        config.write_text("global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n"
+                          f"  - job_name: netpath\n    static_configs:\n      - targets: ['127.0.0.1:{target_port}']\n")
+        proc = subprocess.Popen(["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp}/data",
+                                 f"--web.listen-address=127.0.0.1:{port}"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            wait_for(lambda: _get(f"{base}/-/ready") is not None, 60, "prometheus did not become ready")
+            yield base
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+def _get(url: str) -> bytes | None:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.read()
+    except OSError:
+        return None
+
+
+def query(base: str, promql: str) -> list[dict]:
+    raw = _get(f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": promql}))
+    if raw is None:
+        return []
+    return json.loads(raw)["data"]["result"]
+
+
+def wait_for(check, timeout: float, what: str):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = check()
+        if got:
+            return got
+        time.sleep(0.5)
+    raise AssertionError(what)
+
+
+def samples(text: str, name: str) -> dict[tuple, float]:
+    out: dict[tuple, float] = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == name:
+                out[tuple(sorted(s.labels.items()))] = s.value
+    return out
+
+
+def test_prometheus_sees_exactly_the_drops_sent_and_the_receivers_queueing_delay():
+    n, closed_port, port, delay_ms = 400, 40911, 40912, 50
+    with veth_namespace("npex") as pair, exporter("--netns", pair.ns, "--stages", "napi_poll,socket_queue") as run:
+        with prometheus(run.port) as prom:
+            wait_for(lambda: query(prom, 'up{job="netpath"} == 1'), 30, "prometheus never scraped netpath")
+            send_udp(pair.ns_addr, closed_port, n)
+            promql = f'netpath_drops_total{{reason="NO_SOCKET",iface="{pair.ns_if}",proto="udp"}}'
+            got = wait_for(lambda: [r for r in query(prom, promql) if float(r["value"][1]) == n], 30,
+                           f"{promql} never reached {n}: {query(prom, promql)}")
+            assert got[0]["metric"]["netns"] == str(os.stat(f"/run/netns/{pair.ns}").st_ino)
+            receiver = start_receiver(pair, port, 8, delay_ms / 1000)
+            send_spaced(pair.ns_addr, port, 8, delay_ms / 1000 + 0.03)
+            receiver.communicate(timeout=60)
+            p50 = 'histogram_quantile(0.5, netpath_stage_latency_seconds_bucket{stage="socket_queue"})'
+            counted = 'netpath_stage_latency_seconds_count{stage="socket_queue"} == 8'
+            wait_for(lambda: query(prom, counted), 30, "socket_queue never counted 8 datagrams")
+            value = float(query(prom, p50)[0]["value"][1])
+            assert abs(value - delay_ms / 1000) <= 0.2 * delay_ms / 1000, value
+            assert query(prom, f'{promql} - {n}')[0]["value"][1] == "0"
+        text = run.scrape()
+        check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True,
+                               check=False)
+        assert check.returncode == 0, check.stdout + check.stderr
+        assert "# EOF" in run.scrape(openmetrics=True)
+        rc, err = run.stop()
+    assert rc == 0, err
+    assert "stopped (SIGTERM)" in err
+
+
+def test_series_past_max_series_fold_into_one_counted_overflow_and_totals_stay_exact():
+    with veth_namespace("npov") as pair, exporter("--netns", pair.ns, "--max-series", "1", "--stages", "none") as run:
+        rule = pair.ns_exec("iptables", "-A", "INPUT", "-p", "udp", "--dport", "40931", "-j", "DROP")
+        assert rule.returncode == 0, rule.stderr
+        send_udp(pair.ns_addr, 40930, 300)  # closed port: NO_SOCKET
+        send_udp(pair.ns_addr, 40931, 200)  # netfilter: NETFILTER_DROP
+        time.sleep(0.3)
+        first = samples(run.scrape(), "netpath_drops_total")
+        reasons = {dict(k)["reason"]: v for k, v in first.items()}
+        assert reasons == {"NO_SOCKET": 300, "_other": 200}
+        assert samples(run.scrape(), "netpath_series_dropped_total")[(("metric", "netpath_drops_total"),)] == 1
+        assert samples(run.scrape(), "netpath_drops_matched_total") == {(): 500}
+        send_udp(pair.ns_addr, 40931, 500)  # the folded series grows past the kept one: it stays folded
+        time.sleep(0.3)
+        after = {dict(k)["reason"]: v for k, v in samples(run.scrape(), "netpath_drops_total").items()}
+        assert after == {"NO_SOCKET": 300, "_other": 700}
+
+
+def test_bad_listen_is_exit_2_and_a_busy_port_is_exit_3():
+    bad = run_netpath("export", "--listen", "localhost:99999")
+    assert bad.returncode == 2 and "99999" in bad.stderr and bad.stderr.count("\n") == 1
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        taken = run_netpath("export", "--listen", f"127.0.0.1:{port}")
+    assert taken.returncode == 3 and "already in use" in taken.stderr and "Traceback" not in taken.stderr

@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.netpath-installed
-APT_PACKAGES := python3-bpfcc bpfcc-tools bpftool linux-libc-dev python3-venv iproute2 iptables sockperf procps ethtool
+APT_PACKAGES := python3-bpfcc bpfcc-tools bpftool linux-libc-dev python3-venv iproute2 iptables sockperf procps ethtool prometheus
 export PATH := /usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
 .PHONY: install apt venv link tracefs demo test test-unit test-live lint bench clean help
@@ -31,7 +31,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || /usr/bin/python3 -m venv --system-site-packages $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
-	@$(PY) -c 'import bcc, pyroute2, click, rich' || { echo "bcc/pyroute2/click/rich not importable from $(VENV)"; exit 1; }
+	@$(PY) -c 'import bcc, pyroute2, click, rich, prometheus_client' || { echo "bcc/pyroute2/click/rich not importable from $(VENV)"; exit 1; }
 	@touch $@
 
 # A symlink into this checkout's venv: the entry script's shebang pins the venv python.

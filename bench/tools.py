@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from pathlib import Path
 from bench.env import REPO, proc_cpu_s, proc_hwm_kb, sh
 
 BT_DIR = Path(__file__).resolve().parent / "bpftrace"
+EXPORT_PORT = 19872  # off the default, so a running exporter does not clash
 BT_DROP_LINE = re.compile(r"^@drops\[([^,]+), (.*)\]: (\d+)$")
 
 
@@ -75,6 +77,10 @@ def variants(with_trace: bool, bt_ok: bool, bt_why: str) -> list[Variant]:
         Variant("netpath drops", "netpath", [*np, "drops", "--json", "--interval", "1"], "start line"),
         Variant("netpath trace", "netpath", [*np, "trace", "--json", "--interval", "1"], "start line",
                 with_trace, "" if with_trace else "`netpath trace` does not exist in this checkout yet"),
+        # the exporter's default profile; its ready line goes to stderr, hence the shell
+        Variant("netpath export", "other", ["sh", "-c", f"exec {shlex.join(np)} export --listen 127.0.0.1:{EXPORT_PORT}"
+                                            " 2>&1"], "serving http://",
+                netpath_has("export"), "" if netpath_has("export") else "no `netpath export` in this checkout"),
         Variant("bpftrace drops", "bpftrace", [*bt, str(BT_DIR / "drops.bt")], "Attaching N probes",
                 bt_ok, "" if bt_ok else bt_why),
         Variant("bpftrace stages", "bpftrace", [*bt, str(BT_DIR / "stages.bt")], "Attaching N probes",

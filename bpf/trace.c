@@ -23,7 +23,8 @@
  *
  * Compile-time numbers: USE_* (stages from the attach plan), HAS_* (optional
  * tracepoints), TRACK_SKBS (any per-packet stage), KP_CHECKPOINTS (a kprobe
- * checkpoint stage), BY_IFACE, BY_CPU, FILTER_*, SLOWER_NS, MAX_SKBS,
+ * checkpoint stage), BY_IFACE, BY_CPU, NAPI_BY_DEV (NAPI counters per device,
+ * implied by BY_IFACE), FILTER_*, SLOWER_NS, MAX_SKBS,
  * HIST_ROWS, NAPI_ROWS, RING and the OFF_* struct offsets. The stage and
  * hook enums and every struct netpath reads back (np_hist_key,
  * np_cpu_counters, np_slow_event, ...) come from netpath/contract.py,
@@ -133,9 +134,11 @@ struct np_cpu_state {
  * emits for a branch (it walks the impossible side with inverted bounds).
  */
 
+#if NAPI_BY_DEV
+BPF_PERCPU_HASH(napi_stats, struct np_napi_key, struct np_napi_val, NAPI_ROWS);
+#endif
 #if BY_IFACE
 BPF_PERCPU_HASH(hist, struct np_hist_key, u64, HIST_ROWS);
-BPF_PERCPU_HASH(napi_stats, struct np_napi_key, struct np_napi_val, NAPI_ROWS);
 #else
 BPF_PERCPU_ARRAY(stage_hist, struct np_stage_hist, NSTAGES);
 BPF_PERCPU_ARRAY(stage_max, u64, NSTAGES);	/* netpath zeroes it every interval */
@@ -423,7 +426,7 @@ RAW_TRACEPOINT_PROBE(napi_poll)
 	struct np_napi_val *v;
 	struct np_cpu_state *c = np_enter(H_NAPI_POLL);
 	u64 now = bpf_ktime_get_ns();
-#if BY_IFACE
+#if NAPI_BY_DEV
 	void *n = (void *)ctx->args[0];
 	void *dev = NULL;
 	struct np_napi_key k = {};
@@ -810,6 +813,7 @@ static __always_inline void np_fifo_push(u64 skey, u64 key, u64 *t, u32 ifindex,
 	int zero = 0;
 	struct np_sk_fifo *fifo, *init;
 	struct np_ring_slot *slot;
+	u64 seq;
 
 	fifo = fifos.lookup(&skey);
 	if (!fifo) {
@@ -821,8 +825,9 @@ static __always_inline void np_fifo_push(u64 skey, u64 key, u64 *t, u32 ifindex,
 		if (!fifo)
 			return;
 	}
-	slot = &fifo->slot[fifo->tail & (RING - 1)];
-	slot->seq = fifo->tail;
+	/* two CPUs may enqueue on one socket at once: each takes its own sequence number */
+	seq = __sync_fetch_and_add(&fifo->tail, 1);
+	slot = &fifo->slot[seq & (RING - 1)];
 	slot->t_enq = t ? t[CP_ENQ] : 0;
 #if NEED_WHERE
 	slot->ifindex = ifindex;
@@ -833,9 +838,25 @@ static __always_inline void np_fifo_push(u64 skey, u64 key, u64 *t, u32 ifindex,
 	if (t)
 		__builtin_memcpy(slot->t, t, sizeof(slot->t));
 #endif
-	fifo->tail++;
+	slot->seq = seq;	/* last: a reader that gets here first sees the old number */
 }
 #endif
+
+/* NP_QUEUE_HOPS links at most: is skb queued ahead of tail on the same list? */
+#define NP_QUEUE_HOPS	4
+static __always_inline int np_queued_before(u64 skb, u64 tail)
+{
+	u64 next = skb;
+
+#pragma unroll
+	for (int i = 0; i < NP_QUEUE_HOPS; i++) {
+		if (bpf_probe_read_kernel(&next, sizeof(next), (void *)(next + OFF_SKB_NEXT)) || !next)
+			return 0;
+		if (next == tail)
+			return 1;
+	}
+	return 0;
+}
 
 static __always_inline int np_on_data_ready(struct np_cpu_state *c, void *sk)
 {
@@ -876,6 +897,20 @@ static __always_inline int np_on_data_ready(struct np_cpu_state *c, void *sk)
 	now = bpf_ktime_get_ns();
 	NP_READ(sk_proto, sk, OFF_SK_PROTOCOL);
 	udp = sk_proto == NP_IPPROTO_UDP || sk_proto == NP_IPPROTO_UDPLITE;
+	/*
+	 * UDP wakes the socket once per datagram, right after this CPU enqueued
+	 * the skb it is following; the tail may already be another CPU's newer
+	 * datagram. Ours then sits a few links before the tail; not finding it
+	 * there means a reader took it before this wakeup.
+	 */
+	if (udp && c && (c->cur.flags & CUR_TRACKED) && !(c->cur.flags & CUR_ENQUEUED) && c->cur.skb != key) {
+		if (!np_queued_before(c->cur.skb, key)) {
+			c->cur.flags |= CUR_ENQUEUED;
+			np_hit_c(c, H_ENQ_MISSED);
+			return 0;
+		}
+		key = c->cur.skb;
+	}
 
 #if !KP_CHECKPOINTS
 	/* fast path: the skb this CPU's netif_receive_skb is following, no map lookup */
@@ -960,6 +995,7 @@ static __always_inline int np_on_data_ready(struct np_cpu_state *c, void *sk)
 			goto untracked;
 	}
 #endif
+	np_hit_c(c, H_ENQ_UNSEEN);	/* stack_total cannot time it; socket_queue still does */
 	fresh.t[CP_ENQ] = now;
 	fresh.udp = udp;
 #if UDP_BY_RING
@@ -1099,9 +1135,13 @@ RAW_TRACEPOINT_PROBE(sock_recv_length)
 	if (ret < 0 || (flags & NP_MSG_PEEK))
 		return 0;
 	fifo = fifos.lookup(&skey);
-	if (!fifo || fifo->head == fifo->tail)
-		return 0;	/* not UDP, or nothing we saw enqueued */
-	seq = fifo->head++;
+	if (!fifo)
+		return 0;	/* not UDP, or no datagram of it followed */
+	if (fifo->head >= fifo->tail) {
+		np_hit_c(c, H_READ_UNSEEN);	/* enqueued before the trace, or its wakeup was missed */
+		return 0;
+	}
+	seq = __sync_fetch_and_add(&fifo->head, 1);
 	slot = &fifo->slot[seq & (RING - 1)];
 	if (slot->seq != seq) {
 		np_hit_c(c, H_RING_OVERRUN);	/* overwritten: more than RING datagrams were queued */

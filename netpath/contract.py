@@ -152,6 +152,8 @@ TRACE_STATS: tuple[Hook, ...] = (
     Hook("slow_sent", "H_SLOW"),  # slow events sent
     Hook("missed_enqueue", "H_ENQ_MISSED"),  # sk_data_ready found the datagram already read: not timed
     Hook("ring_overrun", "H_RING_OVERRUN"),  # more than RING datagrams queued on one socket
+    Hook("unseen_enqueue", "H_ENQ_UNSEEN"),  # a matching datagram enqueued that netif_receive_skb did not follow
+    Hook("unseen_read", "H_READ_UNSEEN"),  # a UDP read with no enqueue seen for it
 )
 HOOK_NAMES: tuple[str, ...] = tuple(h.name for h in TRACE_HOOKS)
 STAT_NAMES: tuple[str, ...] = tuple(h.name for h in TRACE_STATS)

@@ -200,6 +200,8 @@ class TraceHealth:
     ring_overrun: int = 0  # datagrams past a socket's ring: not timed
     lost_events: int = 0  # slow events the perf buffer lost
     ring_slots: int = 0  # the per-socket ring size, for the message
+    unseen_enqueue: int = 0  # datagrams enqueued that netif_receive_skb did not follow: no stack_total
+    unseen_read: int = 0  # UDP reads with no enqueue seen for them: no socket_queue
 
 
 @dataclass(frozen=True)

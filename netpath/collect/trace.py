@@ -26,7 +26,8 @@ Names = Callable[[int, int], str | None]
 
 NEEDED = ("OFF_SKB_DEV", "OFF_SKB_HEAD", "OFF_SKB_DATA", "OFF_SKB_PROTOCOL", "OFF_SKB_NETWORK_HEADER",
           "OFF_SKB_SKB_IIF", "OFF_DEV_IFINDEX", "OFF_DEV_ND_NET", "OFF_NET_NS_INUM", "OFF_SK_NET",
-          "OFF_SK_RCVQ", "OFF_SK_RCVQ_PREV", "OFF_NAPI_DEV", "OFF_SK_FAMILY", "OFF_SK_PROTOCOL")
+          "OFF_SK_RCVQ", "OFF_SK_RCVQ_PREV", "OFF_NAPI_DEV", "OFF_SK_FAMILY", "OFF_SK_PROTOCOL",
+          "OFF_SKB_NEXT")
 
 COUNT = struct.Struct("<Q")
 IFACE_KEY = struct.Struct("<Q")
@@ -325,7 +326,7 @@ class TraceSession:
                                       q.per_iface or q.per_cpu or q.napi_by_dev)
         health = TraceHealth(hits, stats.get("lost_rows", 0), stats.get("lost_skbs", 0), stats.get("slow_sent", 0),
                              stats.get("missed_enqueue", 0), stats.get("ring_overrun", 0), lost,
-                             contract.RING_SLOTS)
+                             contract.RING_SLOTS, stats.get("unseen_enqueue", 0), stats.get("unseen_read", 0))
         return TraceSnapshot(tuple(rows), tuple(self._unavailable), softnet, health, elapsed_ns, span_ns,
                              q.per_iface, q.per_cpu)
 

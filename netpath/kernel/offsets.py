@@ -29,6 +29,7 @@ FIELDS: dict[str, tuple[str, str]] = {
     "OFF_SK_PROTOCOL": ("sock", "sk_protocol"),
     # netpath trace
     "OFF_SKB_DATA": ("sk_buff", "data"),
+    "OFF_SKB_NEXT": ("sk_buff", "next"),
     "OFF_SK_RCVQ": ("sock", "sk_receive_queue"),
     "OFF_SK_RCVQ_PREV": ("sock", "sk_receive_queue.prev"),
     "OFF_NAPI_DEV": ("napi_struct", "dev"),

@@ -145,6 +145,8 @@ def _trace_body(snap: TraceSnapshot) -> Record:
             "missed_enqueue": h.missed_enqueue,
             "ring_overrun": h.ring_overrun,
             "lost_events": h.lost_events,
+            "unseen_enqueue": h.unseen_enqueue,
+            "unseen_read": h.unseen_read,
         },
     }
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -152,3 +155,49 @@ def test_gro_stage_and_napi_work_count_every_datagram_through_veth_napi() -> Non
     # napi_poll is CPU-wide (no port filter), but --per-iface gives the veth's own NAPI instance
     veth_napi = [d for d in _stage(summary, "napi_poll")["napi_breakdown"] if d["iface"] == pair.ns_if]
     assert len(veth_napi) == 1 and veth_napi[0]["work"] >= n, veth_napi
+
+
+BLAST_RECEIVER = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, 33, 64 << 20)  # SO_RCVBUFFORCE: room for every datagram, so none is dropped
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.settimeout(3)
+print("ready", flush=True)
+n = 0
+try:
+    while True:
+        s.recv(2048)
+        n += 1
+except socket.timeout:
+    pass
+print(n, flush=True)
+"""
+BLAST = ("import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
+         "for _ in range(int(sys.argv[3])): s.sendto(b'x'*32,(sys.argv[1],int(sys.argv[2])))\n")
+
+
+def test_two_senders_on_two_cpus_into_one_socket_account_for_every_datagram() -> None:
+    """Every datagram is either timed by a stage or counted in a health counter saying why not."""
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("needs two CPUs to enqueue on one socket at once")
+    n, port = 40000, 40991
+    with veth_namespace("np2c") as pair:
+        rx = subprocess.Popen(["ip", "netns", "exec", pair.ns, sys.executable, "-c", BLAST_RECEIVER, pair.ns_addr,
+                               str(port)], stdout=subprocess.PIPE, text=True)
+        assert rx.stdout is not None and rx.stdout.readline().strip() == "ready"
+        run = NetpathRun(["trace", "--json", "--interval", "1", "--port", str(port)])
+        run.wait_start()
+        senders = [subprocess.Popen(["taskset", "-c", str(cpu), sys.executable, "-c", BLAST, pair.ns_addr,
+                                     str(port), str(n)]) for cpu in (0, 1)]
+        for proc in senders:
+            assert proc.wait(timeout=120) == 0
+        received = int(rx.communicate(timeout=60)[0].strip())
+        run.proc.send_signal(signal.SIGINT)
+        rc, _records, err = run.finish()
+    assert rc == 0, err
+    assert received == 2 * n
+    summary = run.summary()
+    h = summary["health"]
+    assert _stage(summary, "stack_total")["count"] + h["missed_enqueue"] + h["unseen_enqueue"] == received, h
+    assert _stage(summary, "socket_queue")["count"] + h["ring_overrun"] + h["unseen_read"] == received, h

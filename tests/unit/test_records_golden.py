@@ -52,7 +52,14 @@ def names(_ns: int, ifindex: int) -> str | None:
     return {4: "veth1"}.get(ifindex)
 
 
+# health fields added after the rebuild (issue: every untimed packet is counted); absent from the golden bytes
+ADDED_HEALTH = ("unseen_enqueue", "unseen_read")
+
+
 def line(obj: dict[str, object]) -> str:
+    health = obj.get("health")
+    if isinstance(health, dict) and obj.get("command") == "trace":
+        obj = {**obj, "health": {k: v for k, v in health.items() if k not in ADDED_HEALTH}}
     return json.dumps(obj, separators=(",", ":"))
 
 

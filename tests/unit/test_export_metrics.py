@@ -1,0 +1,142 @@
+"""netpath export's metric families from model snapshots: names, buckets, the series bound."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from netpath.cli.export import parse_listen, parse_stages
+from netpath.errors import BadInput
+from netpath.kernel import bpfstats
+from netpath.model import (
+    Bucket,
+    Counter,
+    DropRow,
+    DropSnapshot,
+    Health,
+    Latency,
+    Napi,
+    StageRow,
+    TraceHealth,
+    TraceSnapshot,
+    Unavailable,
+    Where,
+)
+from netpath.render.metrics import OTHER, MetricSet, SeriesBudget
+
+
+def row(reason: str, iface: str, count: int) -> DropRow:
+    return DropRow(reason, 3, None, iface, 7, 4026532000, "udp", count)
+
+
+def drops(*rows: DropRow) -> DropSnapshot:
+    counters = [Counter("snmp", "UdpNoPorts", 5), Counter("softnet", "dropped", 2, cpu=0)]
+    return DropSnapshot(list(rows), counters, Health({"skb:kfree_skb": 9}, sum(r.count for r in rows)),
+                        sum(r.count for r in rows), 10**9)
+
+
+def values(metrics, name: str) -> dict[tuple, float]:
+    return {tuple(sorted(s.labels.items())): s.value for fam in metrics for s in fam.samples if s.name == name}
+
+
+def test_drops_by_reason_and_stats_without_softnet():
+    got = list(MetricSet(10).drops(drops(row("NO_SOCKET", "lo", 30), row("NETFILTER_DROP", "veth0", 4))))
+    d = values(got, "netpath_drops_total")
+    assert d == {(("iface", "lo"), ("netns", "4026532000"), ("proto", "udp"), ("reason", "NO_SOCKET")): 30,
+                 (("iface", "veth0"), ("netns", "4026532000"), ("proto", "udp"), ("reason", "NETFILTER_DROP")): 4}
+    assert values(got, "netpath_rx_stat_total") == {(("iface", ""), ("source", "snmp"), ("stat", "UdpNoPorts")): 5}
+    assert values(got, "netpath_drops_matched_total") == {(): 34}
+
+
+def test_overflow_is_sticky_counted_and_never_goes_backwards():
+    m = MetricSet(1)
+    first = values(list(m.drops(drops(row("NO_SOCKET", "lo", 30), row("NETFILTER_DROP", "lo", 4)))),
+                   "netpath_drops_total")
+    assert {dict(k)["reason"]: v for k, v in first.items()} == {"NO_SOCKET": 30, OTHER: 4}
+    # the folded row overtakes the kept one: it stays folded, nothing moves between series
+    second = values(list(m.drops(drops(row("NO_SOCKET", "lo", 31), row("NETFILTER_DROP", "lo", 90)))),
+                    "netpath_drops_total")
+    assert {dict(k)["reason"]: v for k, v in second.items()} == {"NO_SOCKET": 31, OTHER: 90}
+    # the folded interface goes away: _other keeps what it had counted
+    third = values(list(m.drops(drops(row("NO_SOCKET", "lo", 32)))), "netpath_drops_total")
+    assert {dict(k)["reason"]: v for k, v in third.items()} == {"NO_SOCKET": 32, OTHER: 90}
+    health = values(list(m.health({}, 0.01, {})), "netpath_series_dropped_total")
+    assert health[(("metric", "netpath_drops_total"),)] == 1
+
+
+def test_a_kept_series_that_goes_away_frees_its_place():
+    budget = SeriesBudget(1)
+    assert budget.split({("a",): (5.0,)}) == ({("a",): (5.0,)}, None)
+    assert budget.split({("b",): (2.0,)}) == ({("b",): (2.0,)}, None)
+
+
+def test_histograms_use_power_of_two_bounds_in_seconds_and_napi_per_device():
+    lat = Latency(3, 1, 2, 3, 40_000_000, 60_000_000, 20_000_000,
+                  (Bucket(1 << 24, 1 << 25, 2), Bucket(1 << 25, 1 << 26, 1)))
+    napi = Napi(10, 25, 64, 1, 64)
+    stages = (StageRow("socket_queue", "h", "raw_tracepoint", lat),
+              StageRow("napi_poll", "h", "raw_tracepoint", Latency(), (), napi,
+                       ((Where("veth0", 7, 4026532000, 0), napi),)))
+    snap = TraceSnapshot(stages, (Unavailable("ip_rcv", "kprobe ip_rcv: no kprobes", "ip_rcv"),), {},
+                         TraceHealth({"napi:napi_poll": 10}, missed_enqueue=2), 10**9)
+    got = list(MetricSet(10).trace(snap))
+    buckets = values(got, "netpath_stage_latency_seconds_bucket")
+    sq = {dict(k)["le"]: v for k, v in buckets.items() if dict(k)["stage"] == "socket_queue"}
+    assert sq[repr((1 << 24) / 1e9)] == 0 and sq[repr((1 << 25) / 1e9)] == 2 and sq[repr((1 << 26) / 1e9)] == 3
+    assert sq["+Inf"] == 3
+    assert values(got, "netpath_stage_latency_seconds_sum")[(("stage", "socket_queue"),)] == 0.06
+    dev = (("iface", "veth0"), ("netns", "4026532000"))
+    assert values(got, "netpath_napi_polls_total") == {dev: 10}
+    assert values(got, "netpath_napi_packets_total") == {dev: 25}
+    assert values(got, "netpath_napi_budget_exhausted_total") == {dev: 1}
+    assert values(got, "netpath_stage_unavailable") == {(("reason", "kprobe ip_rcv: no kprobes"),
+                                                         ("stage", "ip_rcv")): 1}
+    assert values(got, "netpath_trace_untimed_total")[(("why", "read_before_wakeup"),)] == 2
+
+
+def test_exposition_is_valid_text_with_build_info_and_bpf_run_time():
+    class One:
+        def collect(self):
+            m = MetricSet(5)
+            yield from m.drops(drops(row("NO_SOCKET", "lo", 1)))
+            yield from m.health({("drops", "skb:kfree_skb"): 1}, 0.002, {("drops", "kfree_skb"): (10, 2500)})
+
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(One())  # type: ignore[arg-type]
+    text = generate_latest(reg).decode()
+    assert 'netpath_probe_hits_total{hook="skb:kfree_skb",program="drops"} 1.0' in text
+    assert 'netpath_bpf_run_seconds_total{function="kfree_skb",program="drops"} 2.5e-06' in text
+    assert "# TYPE netpath_drops_total counter" in text
+
+
+@pytest.mark.parametrize(("text", "want"), [("127.0.0.1:9872", ("127.0.0.1", 9872)), (":9000", ("::", 9000)),
+                                            ("[::1]:9872", ("::1", 9872)), ("localhost:1", ("127.0.0.1", 1)),
+                                            ("0.0.0.0:80", ("0.0.0.0", 80))])
+def test_listen_addresses(text: str, want: tuple[str, int]):
+    assert parse_listen(text) == want
+
+
+@pytest.mark.parametrize("text", ["9872", "host:9872", "127.0.0.1:0", "127.0.0.1:65536", "1.2.3.4:x", ""])
+def test_bad_listen_names_the_value(text: str):
+    with pytest.raises(BadInput, match=repr(text).replace("[", r"\[").replace(".", r"\.")):
+        parse_listen(text)
+
+
+def test_stages_option():
+    assert parse_stages("napi_poll, socket_queue") == ("napi_poll", "socket_queue")
+    assert parse_stages("none") == ()
+    with pytest.raises(BadInput, match="'sockq'"):
+        parse_stages("napi_poll,sockq")
+    with pytest.raises(BadInput, match="empty"):
+        parse_stages(" , ")
+
+
+def test_bpf_stats_from_fdinfo(tmp_path):
+    fdinfo = "pos:\t0\nflags:\t02000002\nprog_type:\t17\nrun_time_ns:\t123456\nrun_cnt:\t789\n"
+    assert bpfstats.parse_fdinfo(fdinfo) == (789, 123456)
+    assert bpfstats.parse_fdinfo("pos:\t0\n") is None
+    sysctl = tmp_path / "bpf_stats_enabled"
+    sysctl.write_text("0\n")
+    assert not bpfstats.enabled(sysctl)
+    sysctl.write_text("1\n")
+    assert bpfstats.enabled(sysctl)

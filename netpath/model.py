@@ -126,6 +126,8 @@ class Health:
 
 @dataclass
 class DropSnapshot:
+    """total is the exact count of matching drops; rows are those that found room in the map (health.lost_rows)."""
+
     rows: list[DropRow]
     counters: list[Counter]
     health: Health
@@ -136,6 +138,7 @@ class DropSnapshot:
     flow_keyed: bool = False  # rows carry the 5-tuple
     interval_ns: int = 0
     interval_total: int = 0  # live view: drops this interval, while rows hold run totals
+    warnings: list[str] = field(default_factory=list)  # what changed under the run (a namespace deleted)
 
 
 # ---------------------------------------------------------------- trace

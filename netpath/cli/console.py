@@ -11,17 +11,30 @@ from rich.live import Live
 from netpath.render import jsonl
 
 
+class OutputClosed(Exception):
+    """stdout's reader is gone (EPIPE). Not an OSError: click would turn that into exit 1."""
+
+
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        """rich would exit 1 here, which our contract reserves for a crossed threshold."""
+        raise OutputClosed
+
+
 class Terminal:
     def __init__(self, json_mode: bool) -> None:
         self.json_mode = json_mode
-        self.out = Console(highlight=False, soft_wrap=False)
-        self.err = Console(stderr=True, highlight=False)
+        self.out = _Console(highlight=False, soft_wrap=False)
+        self.err = _Console(stderr=True, highlight=False)
         self.interactive = not json_mode and sys.stdout.isatty()
         self._live: Live | None = None
 
     def emit(self, obj: dict[str, Any]) -> None:
         """One JSON line (built by netpath.render.records)."""
-        jsonl.emit(obj)
+        try:
+            jsonl.emit(obj)
+        except BrokenPipeError:
+            raise OutputClosed from None
 
     def note(self, text: str) -> None:
         """Human progress notes go to stderr so stdout stays clean for pipes."""
@@ -30,21 +43,34 @@ class Terminal:
 
     def show(self, renderable: RenderableType) -> None:
         """Refresh the live view on a terminal; print one block per call otherwise."""
-        if self.interactive:
-            if self._live is None:
-                self._live = Live(renderable, console=self.out, auto_refresh=False, transient=False)
-                self._live.start()
-            self._live.update(renderable, refresh=True)
-        else:
-            self.out.print(renderable)
+        try:
+            if self.interactive:
+                if self._live is None:
+                    self._live = Live(renderable, console=self.out, auto_refresh=False, transient=False)
+                    self._live.start()
+                self._live.update(renderable, refresh=True)
+            else:
+                self.out.print(renderable)
+        except BrokenPipeError:
+            raise OutputClosed from None
+
+    def print(self, text: str, **style: Any) -> None:
+        """A line of text for people (rich markup off)."""
+        try:
+            self.out.print(text, markup=False, **style)
+        except BrokenPipeError:
+            raise OutputClosed from None
 
     def plain(self, text: str) -> None:
-        print(text, flush=True)
+        try:
+            print(text, flush=True)
+        except BrokenPipeError:
+            raise OutputClosed from None
 
     def line(self, text: str) -> None:
         """A line above the live view on a terminal, a plain line when piped."""
         if self.interactive:
-            self.out.print(text, markup=False)
+            self.print(text)
         else:
             self.plain(text)
 

@@ -8,6 +8,7 @@ import sys
 import click
 
 from netpath import __version__
+from netpath.cli.console import OutputClosed
 from netpath.cli.drops import drops
 from netpath.cli.export import export
 from netpath.cli.probes import probes
@@ -40,10 +41,38 @@ cli.add_command(probes)
 cli.add_command(trace)
 
 
+# the reader of our output went away (`netpath drops --json | head -1`): the shell's SIGPIPE status,
+# which a script cannot mistake for 1 (threshold), 2 (usage) or 3 (environment)
+EXIT_PIPE_CLOSED = 141
+
+
+def _stdout_closed() -> bool:
+    try:
+        os.fstat(1)
+    except OSError:
+        return True
+    return sys.stdout is None
+
+
+def _silence_stdout() -> None:
+    """After EPIPE, point fd 1 at /dev/null so the interpreter's last flush cannot fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.close(devnull)
+
+
 def main(argv: list[str] | None = None) -> int:
+    if _stdout_closed():
+        sys.stderr and sys.stderr.write(
+            "netpath: error: standard output is closed: give netpath somewhere to write "
+            "(a file, a pipe, or > /dev/null)\n")
+        return EXIT_ENVIRONMENT
     try:
         rv = cli.main(args=argv, prog_name="netpath", standalone_mode=False)
         return int(rv or 0)
+    except OutputClosed:
+        _silence_stdout()
+        return EXIT_PIPE_CLOSED
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except click.exceptions.Abort:
@@ -55,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         click.echo(f"netpath: error: {exc}", err=True)
         return exc.exit_code
     except BrokenPipeError:
-        return 0
+        _silence_stdout()
+        return EXIT_PIPE_CLOSED
     except Exception as exc:  # no traceback reaches the user; NETPATH_DEBUG=1 shows it
         if os.environ.get("NETPATH_DEBUG"):
             raise

@@ -76,21 +76,21 @@ def probes(json_mode: bool, show_reasons: bool) -> None:
             extra["reason_source"] = reasons.source
         term.emit(records.record("probes", kernel=kernel, hooks=hooks, **extra))
         return
-    term.out.print(
+    term.print(
         f"kernel {kernel['release']}  BTF {'yes' if kernel['btf'] else 'no'}  "
         f"headers {'yes' if kernel['headers'] else 'no (using netpath header shim)'}\n"
         f"kprobes: {'yes' if kernel['kprobes'] else 'no'} ({facts.kprobe_reason})  tracefs {kernel['tracefs']}"
     )
-    term.out.print(f"{'STAGE':<18} {'METHOD':<15} HOOK", style="bold")
+    term.print(f"{'STAGE':<18} {'METHOD':<15} HOOK", style="bold")
     for row in hooks:
         method = str(row["method"] or "unavailable")
         hooks_text = textwrap.wrap(str(row["hook"]).replace("+", " + "), width=80 - 35) or ["-"]
-        term.out.print(f"{row['stage']!s:<18} {method:<15} {hooks_text[0]}", markup=False)
+        term.print(f"{row['stage']!s:<18} {method:<15} {hooks_text[0]}")
         for line in hooks_text[1:]:
-            term.out.print(" " * 35 + line, markup=False)
+            term.print(" " * 35 + line)
         for line in textwrap.wrap(str(row["reason"]), width=80 - 19):
-            term.out.print(" " * 19 + line, style="dim", markup=False)
+            term.print(" " * 19 + line, style="dim")
     if show_reasons:
-        term.out.print(f"drop reasons ({reasons.source}):")
+        term.print(f"drop reasons ({reasons.source}):")
         for code in sorted(reasons.core):
-            term.out.print(f"  {code:>5}  {reasons.name(code)}")
+            term.print(f"  {code:>5}  {reasons.name(code)}")

@@ -195,9 +195,25 @@ class DropsSession:
         self._last_lost = 0
         self._last_ns = 0
         self._counters: counters_mod.CounterDeltas | None = None
+        self._last_counters: dict[counters_mod.CounterKey, int] = {}
+        self._netns_gone = False
+        self._run_matched = 0
+        self._warnings: list[str] = []  # said once, in the next snapshot and the summary
+        self._said = 0
 
     def _read_counters(self) -> dict[counters_mod.CounterKey, int]:
-        return counters_mod.read_all(self.query.netns, self._iface_set)
+        """The counters now; a namespace deleted mid-run freezes its counters at their last values."""
+        if self._netns_gone:
+            return self._last_counters
+        try:
+            self._last_counters = counters_mod.read_all(self.query.netns, self._iface_set)
+        except OSError as exc:
+            if self.query.netns is None:
+                raise
+            self._netns_gone = True
+            self._warnings.append(f"network namespace {self.query.netns.label!r} is gone ({exc.strerror}): its "
+                                  "counters stop here; drops it had are still counted")
+        return self._last_counters
 
     def start(self) -> Start:
         importing = counters_mod.prefetch_netlink()
@@ -249,12 +265,14 @@ class DropsSession:
         counters = self._counters.step(self._read_counters())
         span, self._last_ns = elapsed_ns - self._last_ns, elapsed_ns
         if self.live:
+            self._run_matched = stats.get("matched", 0)
             snap = self._snapshot(now, counters, interval_stats, elapsed_ns, self._samples_lost, delta)
-            snap.interval_total = sum(v for v in delta.values() if v > 0)
+            snap.interval_total = interval_stats.get("matched", 0)
         else:
             snap = self._snapshot(delta, counters, interval_stats, elapsed_ns, lost)
             snap.interval_total = snap.total
         snap.interval_ns = span
+        snap.warnings, self._said = self._warnings[self._said:], len(self._warnings)
         if self.query.samples:
             self.prog.clear("sample_used")
         return snap
@@ -263,7 +281,9 @@ class DropsSession:
         assert self._counters is not None
         final, stats = self.counts(), self.stats()
         self._counters.step(self._read_counters())
-        return self._snapshot(final, self._counters.totals(), stats, elapsed_ns, self._samples_lost)
+        snap = self._snapshot(final, self._counters.totals(), stats, elapsed_ns, self._samples_lost)
+        snap.warnings = list(self._warnings)
+        return snap
 
     def _snapshot(self, counts: dict[bytes, int], counters: list[Counter], stats: dict[str, int], elapsed_ns: int,
                   samples_lost: int, interval_counts: dict[bytes, int] | None = None) -> DropSnapshot:
@@ -278,8 +298,10 @@ class DropsSession:
                 extra["interval_count"] = interval_counts.get(raw, 0)
             rows.append(replace(row, **extra) if extra else row)
         rest = ranked[len(shown):]
-        return DropSnapshot(rows, counters, health(stats, samples_lost), sum(v for v, _ in ranked), elapsed_ns,
-                            len(rest), sum(v for v, _ in rest), self.query.flow_keyed)
+        # the exact count of matching drops, whether or not each found room in the map
+        total = stats.get("matched", 0) if interval_counts is None else self._run_matched
+        return DropSnapshot(rows, counters, health(stats, samples_lost), total, elapsed_ns, len(rest),
+                            sum(v for v, _ in rest), self.query.flow_keyed)
 
     def stack_of(self, raw_key: bytes) -> list[str] | None:
         if not self.query.stack or self.prog is None:

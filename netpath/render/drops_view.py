@@ -74,6 +74,7 @@ def drops_table(snap: DropSnapshot, title: str) -> RenderableType:
             style="dim",
         )
     )
+    parts.extend(Text(f"warning: {w}", style="bold") for w in snap.warnings)
     return Group(*parts)
 
 
@@ -111,6 +112,7 @@ def plain_lines(snap: DropSnapshot, title: str) -> list[str]:
     h = snap.health
     lines.append(f"  health: hits={h.probe_hits.get('skb:kfree_skb', 0)} matched={h.matched} "
                  f"lost_rows={h.lost_rows} samples={h.samples} lost_samples={h.samples_lost}")
+    lines.extend(f"  warning: {w}" for w in snap.warnings)
     return lines
 
 

@@ -78,6 +78,8 @@ def _drops_body(snap: DropSnapshot) -> Record:
     if snap.other_rows:
         out["other_rows"] = snap.other_rows
         out["other_count"] = snap.other_count
+    if snap.warnings:
+        out["warnings"] = list(snap.warnings)
     return out
 
 

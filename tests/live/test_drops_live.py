@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
 import time
 
 import pytest
-from netpath_testlib import NetpathRun, free_udp_port, ip, run_netpath, send_udp, veth_namespace
+from netpath_testlib import NetpathRun, free_udp_port, ip, netpath_argv, run_netpath, send_udp, veth_namespace
 
 
 def rows_by_reason(summary: dict) -> dict[str, int]:
@@ -217,3 +218,40 @@ def test_iface_in_wrong_namespace_is_bad_input():
         proc = run_netpath("drops", "--iface", pair.ns_if, "--duration", "1")  # lives in pair.ns, not here
         assert proc.returncode == 2 and pair.ns_if in proc.stderr
         ip("link", "show", pair.host_if)
+
+
+def test_a_namespace_deleted_mid_run_is_reported_and_the_run_still_summarises():
+    n, port = 200, 40555
+    with veth_namespace("npgone") as pair:
+        run = NetpathRun(["drops", "--netns", pair.ns, "--json", "--interval", "0.5", "--duration", "3"])
+        run.wait_start()
+        send_udp(pair.ns_addr, port, n)
+        time.sleep(0.8)
+        ip("link", "del", pair.host_if)
+        ip("netns", "del", pair.ns)
+        rc, records, err = run.finish()
+    assert rc == 0, err
+    summary = run.summary()
+    assert summary["stop_reason"] == "duration"
+    assert any("is gone" in w for w in summary.get("warnings", [])), summary
+    said = [w for rec in records if rec["type"] == "interval" for w in rec.get("warnings", [])]
+    assert len(said) == 1
+    assert rows_by_reason(summary).get("NO_SOCKET") == n
+
+
+def test_a_reader_that_goes_away_is_a_quiet_exit_not_a_threshold():
+    """`netpath drops --json | head -1`: 141 (SIGPIPE's status), never 1, 2 or 3, and no traceback."""
+    cmd = " ".join(shlex.quote(a) for a in netpath_argv())
+    for args in ("drops --json --interval 0.2 --duration 5", "trace --interval 0.2 --duration 5"):
+        proc = subprocess.run(["bash", "-c", f"{cmd} {args} | head -1 >/dev/null; echo ${{PIPESTATUS[0]}}"],
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert proc.stdout.strip() == "141", (args, proc.stdout, proc.stderr)
+        assert "Traceback" not in proc.stderr and "error" not in proc.stderr
+
+
+def test_closed_stdout_is_exit_3_with_the_fix():
+    cmd = " ".join(shlex.quote(a) for a in netpath_argv())
+    proc = subprocess.run(["bash", "-c", f"{cmd} drops --duration 1 >&-"], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert proc.returncode == 3
+    assert proc.stderr.count("\n") == 1 and "standard output is closed" in proc.stderr

@@ -100,12 +100,56 @@ def test_drops_live_view_ranks_by_run_total_with_this_intervals_count(drop_facts
     session.start()
     prog.set_percpu_u64("drops", short_key(3, 1, 1), [50, 0])
     prog.set_percpu_u64("drops", short_key(2, 1, 1), [10, 0])
+    set_drop_stats(prog, 60, 60)
     session.interval(10**9)
     prog.set_percpu_u64("drops", short_key(3, 1, 1), [50, 0])
     prog.set_percpu_u64("drops", short_key(2, 1, 1), [12, 0])
+    set_drop_stats(prog, 62, 62)
     snap = session.interval(2 * 10**9)
+    assert snap.total == 62
     assert [(r.reason, r.count, r.interval_count) for r in snap.rows] == [("NO_SOCKET", 50, 0)]
     assert (snap.other_rows, snap.other_count, snap.interval_total) == (1, 12, 2)
+
+
+def test_a_full_drops_map_never_hides_drops_from_the_total_or_the_threshold(drop_facts):
+    """Rows that found no room are reported (lost_rows), not subtracted: total is the exact matched count."""
+    from netpath.thresholds import DropsThreshold
+
+    prog = FakeProgram()
+    session = drops_mod.DropsSession(drops_mod.DropsQuery(), drop_facts, SOURCE, reasons(), loader=loader(prog))
+    set_drop_stats(prog, 0, 0)
+    session.start()
+    prog.set_percpu_u64("drops", short_key(3, 1, 1), [600, 300])
+    set_drop_stats(prog, 3_200_000, 3_200_000, full=3_199_100)
+    snap = session.interval(10**9)
+    assert sum(r.count for r in snap.rows) == 900
+    assert (snap.total, snap.health.lost_rows) == (3_200_000, 3_199_100)
+    summary = session.summary(10**9)
+    assert summary.total == 3_200_000
+    assert DropsThreshold(1_500_000).check(summary) == 3_200_000
+
+
+def test_a_namespace_deleted_mid_run_freezes_its_counters_and_says_so_once(drop_facts, monkeypatch):
+    from netpath import netns
+
+    reads = iter([{("snmp", "UdpNoPorts", None, None): 1}, FileNotFoundError(2, "No such file or directory")])
+
+    def read_all(_ns, _ifaces):
+        item = next(reads)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    monkeypatch.setattr(counters_mod, "read_all", read_all)
+    prog = FakeProgram()
+    query = drops_mod.DropsQuery(netns=netns.Netns(Path("/run/netns/gone"), 4026532999, "gone"))
+    session = drops_mod.DropsSession(query, drop_facts, SOURCE, reasons(), loader=loader(prog))
+    set_drop_stats(prog, 0, 0)
+    session.start()
+    first = session.interval(10**9)
+    assert len(first.warnings) == 1 and "'gone' is gone" in first.warnings[0]
+    assert session.interval(2 * 10**9).warnings == []
+    assert len(session.summary(2 * 10**9).warnings) == 1
 
 
 def test_drop_samples_decode_with_their_flow_and_losses_are_counted(drop_facts):

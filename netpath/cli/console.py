@@ -29,6 +29,10 @@ class Terminal:
         self.interactive = not json_mode and sys.stdout.isatty()
         self._live: Live | None = None
 
+    @property
+    def width(self) -> int:
+        return self.out.width
+
     def emit(self, obj: dict[str, Any]) -> None:
         """One JSON line (built by netpath.render.records)."""
         try:

@@ -46,7 +46,7 @@ class DropsView:
         assert isinstance(snap, DropSnapshot)
         title = f"netpath drops  t={snap.elapsed_ns / 1e9:.0f}s  {snap.interval_total:,} drops this interval"
         if self.term.interactive:
-            self.term.show(drops_view.drops_table(snap, title))
+            self.term.show(drops_view.drops_table(snap, title, self.term.width))
         else:
             self.term.plain("\n".join(drops_view.plain_lines(snap, title)))
 
@@ -79,7 +79,7 @@ class TraceView:
         assert isinstance(snap, TraceSnapshot)
         title = f"netpath trace  t={snap.elapsed_ns / 1e9:.0f}s  interval {snap.interval_ns / 1e9:.1f}s"
         if self.term.interactive:
-            self.term.show(trace_view.trace_table(snap, title, self.hist_stage))
+            self.term.show(trace_view.trace_table(snap, title, self.hist_stage, self.term.width))
         else:
             self.term.plain("\n".join(trace_view.plain_lines(snap, title, self.hist_stage)) + "\n")
 

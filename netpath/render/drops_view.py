@@ -8,6 +8,7 @@ from rich.table import Table
 from rich.text import Text
 
 from netpath.model import Counter, DropRow, DropSample, DropSnapshot, Verdict
+from netpath.render.fit import Column, fitted_table
 
 
 def _flow(row: DropRow) -> str:
@@ -29,22 +30,27 @@ def _rate(count: int, elapsed_ns: int) -> str:
     return f"{rate:,.0f}" if rate >= 10 else f"{rate:.1f}"
 
 
-def drops_table(snap: DropSnapshot, title: str) -> RenderableType:
+# TOTAL and REASON stay at any width; the rest go, least useful first, as the terminal narrows
+DROP_COLUMNS = [
+    Column("#", 1, "right"),
+    Column("REASON", 0, max_width=22, squeeze=True, least=10),
+    Column("LOCATION", 3, max_width=26, squeeze=True),
+    Column("IFACE", 5, max_width=10, squeeze=True),
+    Column("PROTO", 2, max_width=6),
+    Column("/s", 4, "right"),
+    Column("TOTAL", 0, "right"),
+]
+
+
+def drops_table(snap: DropSnapshot, title: str, width: int = 80) -> RenderableType:
     """Rows carry run totals; the /s column is this interval's rate.
 
     Flows and stacks are too wide for a cell: they follow the table, keyed by row number.
     """
-    table = Table(box=box.SIMPLE_HEAD, title=title, title_justify="left", expand=False, pad_edge=False)
-    table.add_column("#", justify="right", no_wrap=True)
-    table.add_column("REASON", overflow="ellipsis", no_wrap=True, max_width=22)
-    table.add_column("LOCATION", overflow="ellipsis", no_wrap=True, max_width=26)
-    table.add_column("IFACE", overflow="ellipsis", no_wrap=True, max_width=10)
-    table.add_column("PROTO", no_wrap=True, max_width=6)
-    table.add_column("/s", justify="right", no_wrap=True)
-    table.add_column("TOTAL", justify="right", no_wrap=True)
     details: list[str] = []
+    cells: list[list[str | Text]] = []
     for n, row in enumerate(snap.rows, 1):
-        table.add_row(
+        cells.append([
             str(n),
             row.reason or "-",
             _where(row),
@@ -52,7 +58,7 @@ def drops_table(snap: DropSnapshot, title: str) -> RenderableType:
             row.proto or "-",
             _rate(row.interval_count or 0, snap.interval_ns),
             f"{row.count:,}",
-        )
+        ])
         flow = _flow(row)
         if flow:
             details.append(f"#{n} {flow}")
@@ -60,7 +66,8 @@ def drops_table(snap: DropSnapshot, title: str) -> RenderableType:
             details.append(f"#{n} stack:")
             details.extend(f"      {frame}" for frame in row.stack[:12])
     if snap.other_rows:
-        table.add_row("", f"({snap.other_rows} more rows)", "", "", "", "", f"{snap.other_count:,}")
+        cells.append(["", f"({snap.other_rows} more rows)", "", "", "", "", f"{snap.other_count:,}"])
+    table = fitted_table(title, DROP_COLUMNS, cells, width)
     parts: list[RenderableType] = [table]
     if details:
         parts.append(Text("\n".join(details), style="dim", overflow="ellipsis", no_wrap=True))

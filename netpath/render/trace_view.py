@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import textwrap
 
-from rich import box
 from rich.console import Group, RenderableType
-from rich.table import Table
 from rich.text import Text
 
 from netpath.model import Latency, SlowPacket, StageRow, TraceSnapshot, Unavailable, Verdict, Where
+from netpath.render.fit import Column, fitted_table
 
 SPARK = "▁▂▃▄▅▆▇█"
 ASCII_SPARK = ".:-=+*#@"
@@ -93,17 +92,28 @@ def unavailable_lines(unavailable: tuple[Unavailable, ...]) -> list[str]:
     return out
 
 
-def trace_table(snap: TraceSnapshot, title: str, hist_stage: str | None) -> RenderableType:
-    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, expand=False)
-    for name, justify in (("STAGE", "left"), ("VIA", "left"), ("COUNT", "right"), ("P50", "right"),
-                          ("P90", "right"), ("P99", "right"), ("MAX", "right"), ("HIST", "left")):
-        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+# STAGE and COUNT stay at any width; the rest go, least useful first, as the terminal narrows
+TRACE_COLUMNS = [
+    Column("STAGE", 0, max_width=18, squeeze=True, least=12),
+    Column("VIA", 1),
+    Column("COUNT", 0, "right"),
+    Column("P50", 6, "right"),
+    Column("P90", 3, "right"),
+    Column("P99", 5, "right"),
+    Column("MAX", 4, "right"),
+    Column("HIST", 2),
+]
+
+
+def trace_table(snap: TraceSnapshot, title: str, hist_stage: str | None, width: int = 80) -> RenderableType:
+    cells: list[list[str | Text]] = []
     for row in snap.stages:
-        table.add_row(row.stage, _label(row), *_cells(row.latency, False))
+        cells.append([row.stage, _label(row), *_cells(row.latency, False)])
         for where, lat in row.parts:
-            table.add_row(_part_label(where, snap.per_iface, snap.per_cpu), "", *_cells(lat, False))
+            cells.append([_part_label(where, snap.per_iface, snap.per_cpu), "", *_cells(lat, False)])
     for item in snap.unavailable:
-        table.add_row(Text(item.stage or item.hook, style="dim"), Text("-", style="dim"), "", "", "", "", "", "")
+        cells.append([Text(item.stage or item.hook, style="dim"), Text("-", style="dim"), "", "", "", "", "", ""])
+    table = fitted_table(title, TRACE_COLUMNS, cells, width)
     extra: list[RenderableType] = [table]
     line = napi_line(snap)
     if line:

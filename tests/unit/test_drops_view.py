@@ -1,5 +1,6 @@
 from dataclasses import replace
 
+import pytest
 from rich.console import Console
 
 from netpath.model import Counter, DropRow, DropSnapshot, Health
@@ -40,3 +41,15 @@ def test_plain_lines_fit_80_columns_without_flow():
     assert any("NO_SOCKET" in line and "3,000" in line for line in lines)
     assert max(len(line) for line in lines) <= 80
     assert drops_view.plain_lines(snapshot([]), "t")[1] == "  no drops"
+
+
+@pytest.mark.parametrize("width", [40, 50, 60, 70, 80, 120])
+def test_counts_stay_whole_at_any_width_down_to_40(width):
+    big = replace(ROW, count=1_234_567, interval_count=400)
+    snap = snapshot([big])
+    snap.interval_ns = 10**9
+    console = Console(width=width, record=True, force_terminal=False, color_system=None)
+    console.print(drops_view.drops_table(snap, "t", width))
+    lines = console.export_text().splitlines()
+    assert max(len(line.rstrip()) for line in lines) <= width
+    assert any("1,234,567" in line and "NETF" in line for line in lines)

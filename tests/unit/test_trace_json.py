@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from netpath.collect import hist
 from netpath.collect.trace_stats import Accumulator, Reading, stage_rows
 from netpath.kernel.facts import KernelFacts
@@ -77,3 +79,17 @@ def test_plain_view_fits_80_columns() -> None:
     assert any("time_squeeze 12,345" in line for line in lines)
     assert any("not attached: ip_rcv, udp_rcv" in line for line in lines)
     assert trace_view.fmt_ns(20_000_000) == "20.0ms" and trace_view.fmt_ns(999) == "999ns"
+
+
+@pytest.mark.parametrize("width", [40, 55, 80])
+def test_live_table_keeps_stage_and_count_down_to_40_columns(width: int) -> None:
+    from rich.console import Console
+
+    plan = make_plan(KernelFacts.load(FIXTURE))
+    dists, napi, hits, _stats = Accumulator().step(reading([20_000_000] * 123_456, 10, 4))
+    snap = TraceSnapshot(tuple(stage_rows(plan, dists, napi, False, names)), (), {}, TraceHealth(hits), 10**9)
+    console = Console(width=width, record=True, force_terminal=False, color_system=None)
+    console.print(trace_view.trace_table(snap, "netpath trace", None, width))
+    lines = console.export_text().splitlines()
+    assert max(len(line.rstrip()) for line in lines) <= width
+    assert any(line.lstrip().startswith("socket_q") and "123,456" in line for line in lines)

@@ -25,6 +25,7 @@ from netpath.errors import MissingCapability
 from netpath.kernel import bpfstats, shim
 from netpath.kernel import offsets as kernel_offsets
 from netpath.kernel.facts import KernelFacts
+from netpath.memory import trim_heap
 
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
 if not BPF_DIR.is_dir():  # installed as a wheel: the C travels inside the package
@@ -137,9 +138,9 @@ def release_compiler_memory() -> None:
     dropping them is safe: anything that runs that code again faults it back in.
     Writable or relocated (RELRO) mappings are never touched.
     """
+    trim_heap()
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.malloc_trim(0)
         libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
         with open("/proc/self/maps") as maps:
             lines = maps.read().splitlines()

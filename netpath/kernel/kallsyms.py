@@ -1,61 +1,90 @@
-"""Kernel symbol lookups: address -> func+0xoff and name -> real (suffixed) symbol."""
+"""Kernel symbol lookups: address -> func+0xoff and name -> real (suffixed) symbol.
+
+/proc/kallsyms has 100k+ lines; as Python tuples and strings they held ~50 MB
+for the whole run. Text symbols are kept packed instead (an address array,
+one bytes blob of names, an offset array: a few MB), and the set of all
+names that `resolve` needs is built only when asked (attach planning).
+"""
 
 from __future__ import annotations
 
 import bisect
 import re
+from array import array
+from collections.abc import Callable
 from pathlib import Path
+
+from netpath.memory import trim_heap
 
 # GCC clones a function under a suffixed name; the probe must use the real one.
 _CLONE_SUFFIX = re.compile(r"^(?P<base>[\w$]+?)(?:\.(?:isra|constprop|part|cold|llvm)\.\d+)+$")
-_TEXT_TYPES = frozenset("tTwW")
+_TEXT_LINE = re.compile(rb"^([0-9a-fA-F]+) [tTwW] (\S+)", re.M)
+_ANY_LINE = re.compile(rb"^[0-9a-fA-F]+ \S (\S+)", re.M)
 
 
 class Kallsyms:
-    def __init__(self, text_symbols: list[tuple[int, str]], all_names: set[str]) -> None:
-        text = sorted(text_symbols)
-        self._addrs = [a for a, _ in text]
-        self._names = [n for _, n in text]
-        self._all = all_names
+    def __init__(self, raw: Callable[[], bytes]) -> None:
+        self._raw = raw
+        self._addrs = array("Q")
+        self._offsets = array("I", [0])
+        self._blob = b""
+        self._all: set[str] | None = None
+        self._pack(raw())
+
+    def _pack(self, data: bytes) -> None:
+        addrs = array("Q")
+        names: list[bytes] = []
+        for m in _TEXT_LINE.finditer(data):
+            addr = int(m.group(1), 16)
+            if addr:  # zero when kptr_restrict hides addresses
+                addrs.append(addr)
+                names.append(m.group(2))
+        if any(addrs[i] > addrs[i + 1] for i in range(len(addrs) - 1)):
+            order = sorted(range(len(addrs)), key=addrs.__getitem__)
+            addrs = array("Q", (addrs[i] for i in order))
+            names = [names[i] for i in order]
+        offsets = array("I", [0])
+        pos = 0
+        for n in names:
+            pos += len(n)
+            offsets.append(pos)
+        self._addrs, self._offsets, self._blob = addrs, offsets, b"".join(names)
+        del names
+        trim_heap()
 
     @classmethod
     def parse(cls, text: str) -> Kallsyms:
-        text_symbols: list[tuple[int, str]] = []
-        names: set[str] = set()
-        for line in text.splitlines():
-            parts = line.split(None, 3)
-            if len(parts) < 3:
-                continue
-            names.add(parts[2])
-            if parts[1] in _TEXT_TYPES:
-                try:
-                    addr = int(parts[0], 16)
-                except ValueError:
-                    continue
-                if addr:
-                    text_symbols.append((addr, parts[2]))
-        return cls(text_symbols, names)
+        data = text.encode()
+        return cls(lambda: data)
 
     @classmethod
     def load(cls, path: Path) -> Kallsyms:
-        try:
-            return cls.parse(path.read_text())
-        except OSError:
-            return cls([], set())
+        def read() -> bytes:
+            try:
+                return path.read_bytes()
+            except OSError:
+                return b""
+
+        return cls(read)
 
     @property
     def has_addresses(self) -> bool:
         return bool(self._addrs)
+
+    def _name(self, i: int) -> str:
+        return self._blob[self._offsets[i]:self._offsets[i + 1]].decode(errors="replace")
 
     def symbolize(self, addr: int) -> str:
         """`func+0xoff` for a kernel text address; hex when unknown."""
         i = bisect.bisect_right(self._addrs, addr) - 1
         if i < 0 or addr == 0:
             return f"0x{addr:x}"
-        return f"{self._names[i]}+0x{addr - self._addrs[i]:x}"
+        return f"{self._name(i)}+0x{addr - self._addrs[i]:x}"
 
     def resolve(self, name: str) -> str | None:
         """The symbol to probe for function `name`: itself, else a .isra/.constprop clone."""
+        if self._all is None:
+            self._all = {m.group(1).decode(errors="replace") for m in _ANY_LINE.finditer(self._raw())}
         if name in self._all:
             return name
         clones = sorted(

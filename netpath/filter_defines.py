@@ -9,6 +9,10 @@ from netpath import netns
 
 PROTO_NUMBERS = {"tcp": 6, "udp": 17, "icmp": 1}
 
+# Entries in bpf/where.c's iface_filter map: one per (netns, ifindex) named by --iface. The CLI refuses
+# more (exit 2, naming the limit) instead of failing on the map update after the program loaded.
+IFACE_FILTER_CAPACITY = 64
+
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
@@ -25,6 +29,7 @@ def filter_defines(ns: netns.Netns | None, iface_keys: list[tuple[int, int]], pr
         defines["FILTER_NETNS"] = ns.inode
     if iface_keys:
         defines["FILTER_IFACE"] = 1
+        defines["FILTER_IFACE_MAX"] = IFACE_FILTER_CAPACITY
     if proto is not None:
         defines["FILTER_PROTO"] = PROTO_NUMBERS[proto]
     if port is not None:

@@ -17,6 +17,7 @@ import json
 import os
 import secrets
 import stat
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,12 @@ def cache_dir() -> Path:
         return configured
     if os.geteuid() == 0:
         return SYSTEM_CACHE
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    base = os.environ.get("XDG_CACHE_HOME")
+    if not base:
+        try:
+            base = str(Path.home() / ".cache")
+        except RuntimeError:  # no HOME and no passwd entry (a bare uid in a container)
+            return Path(tempfile.gettempdir()) / f"netpath-{os.geteuid()}"
     return Path(base) / "netpath"
 
 

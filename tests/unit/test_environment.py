@@ -198,3 +198,27 @@ def test_a_partly_readable_events_dir_gives_no_tracepoints_not_a_traceback(tmp_p
 
     monkeypatch.setattr(Path, "iterdir", denied)
     assert facts.KernelFacts.load(tmp_path).tracepoints == frozenset()
+
+
+# --- every NETPATH_* the code reads is documented -------------------------------------------------
+
+def _variables_read_by_netpath() -> set[str]:
+    import re
+
+    package = Path(__file__).resolve().parents[2] / "netpath"
+    names: set[str] = set()
+    for path in package.rglob("*.py"):
+        names |= set(re.findall(r"\b(NETPATH_[A-Z][A-Z0-9_]*)\b", path.read_text()))
+    return names
+
+
+def test_every_netpath_variable_is_documented():
+    top = Path(__file__).resolve().parents[2]
+    man = (top / "man/man8/netpath.8").read_text().replace("\\_", "_")
+    readme = (top / "README.md").read_text()
+    environment = readme[readme.index("## Environment"):]
+    names = _variables_read_by_netpath()
+    assert {"NETPATH_CACHE", "NETPATH_ROOT", "NETPATH_HEADERS", "NETPATH_DEBUG"} <= names
+    for name in names:
+        assert f".B {name}" in man, f"{name}: not in netpath(8) ENVIRONMENT"
+        assert f"`{name}`" in environment, f"{name}: not in README's Environment section"

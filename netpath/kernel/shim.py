@@ -16,6 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from netpath.errors import MissingCapability
 from netpath.kernel import cache, caps
 
 # uapi headers BCC's helpers.h pulls in, copied from the distro's linux-libc-dev.
@@ -67,8 +68,8 @@ STUBS = {
 SHIM_VERSION = 2
 
 
-class ShimError(Exception):
-    pass
+class ShimError(MissingCapability):
+    """The shim cannot be built here: an environment fault (exit 3) whose message carries the fix."""
 
 
 def _uapi_roots() -> list[Path]:
@@ -127,10 +128,12 @@ def _ensure_in(dir_fd: int, name: str, files: dict[str, bytes]) -> bool:
     except OSError:
         return False
     try:
-        _discard(dir_fd, name)
-        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        # another netpath may have put a good tree in place while we built ours: never pull it away
+        if not verify(dir_fd, name, files):
+            _discard(dir_fd, name)
+            os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except OSError:
-        pass  # another netpath won the race, or the directory is read-only: check what is there
+        pass  # lost a race, or a read-only directory: what is there now decides
     _discard(dir_fd, tmp)
     return verify(dir_fd, name, files)
 
@@ -220,7 +223,12 @@ def _private_dir(st: os.stat_result) -> bool:
 
 def _private_tree(files: dict[str, bytes]) -> Path:
     """A throwaway tree only this user can reach, removed at exit."""
-    root = Path(tempfile.mkdtemp(prefix="netpath-shim-"))
+    try:
+        root = Path(tempfile.mkdtemp(prefix="netpath-shim-"))
+    except OSError as exc:
+        raise ShimError(f"cannot build the BCC header shim: the cache ({cache.cache_dir()}) is not usable and "
+                        f"no private temporary directory can be made ({exc.strerror}): set TMPDIR or "
+                        "NETPATH_CACHE to a writable directory") from None
     atexit.register(shutil.rmtree, root, True)
     root_fd = os.open(root, cache.DIR_FLAGS)
     try:

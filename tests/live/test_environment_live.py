@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from netpath_testlib import REPO, free_udp_port, send_udp
+from netpath_testlib import REPO, NetpathRun, free_udp_port, send_udp
 
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 # a private mount namespace: unmounting tracefs or covering /var/cache there touches nothing else
@@ -85,3 +85,37 @@ def test_a_read_only_var_cache_still_counts_drops_and_cleans_up(tmp_path):
     assert '"reason":"NO_SOCKET"' in out.replace(" ", "") and '"count":300' in out.replace(" ", "")
     assert "Traceback" not in err
     assert not list(private_tmp.iterdir())  # the private shim tree went away with netpath
+
+
+def test_a_shim_header_planted_by_another_user_never_reaches_the_compiler(tmp_path):
+    """The issue's attack: an open (umask 000) shim tree and a header in it owned by someone else."""
+    from netpath.kernel import facts as facts_mod
+    from netpath.kernel import shim
+
+    cdir = tmp_path / "cache"
+    release = facts_mod.KernelFacts.load("/").release_tuple
+    root = shim.ensure(cdir, release)
+    for path in [root, *root.rglob("*")]:
+        path.chmod(0o777 if path.is_dir() else 0o666)
+    planted = root / "include/linux/types.h"
+    planted.write_text("#error planted by another user\n")
+    os.chown(planted, 65534, 65534)
+    port = free_udp_port()
+
+    job = NetpathRun(["drops", "--port", str(port), "--json", "--duration", "3"], env={"NETPATH_CACHE": str(cdir)})
+    job.wait_start()
+    send_udp("127.0.0.1", port, 3000)
+    rc, _records, err = job.finish()
+    assert rc == 0, err
+    assert sum(r["count"] for r in job.summary()["rows"] if r["reason"] == "NO_SOCKET") == 3000
+    assert planted.read_text() == shim.STUBS["include/linux/types.h"] and planted.stat().st_uid == 0
+    assert all((p.stat().st_mode & 0o022) == 0 for p in [root, *root.rglob("*")])
+
+
+@pytest.mark.skipif(not shutil.which("setpriv"), reason="needs setpriv (util-linux)")
+def test_a_pid_nobody_may_not_open_is_reported_as_such():
+    got = subprocess.run([*NOBODY, sys.executable, "-m", "netpath", "drops", "--netns", "1"], capture_output=True,
+                         text=True, cwd="/", env={**os.environ, "HOME": "/nonexistent", "PYTHONPATH": str(REPO)},
+                         timeout=60, check=False)
+    assert got.returncode == 2 and one_line(got.stderr), got.stderr
+    assert "'1'" in got.stderr and "cannot be opened" in got.stderr

@@ -242,3 +242,29 @@ def test_an_unwritable_cache_still_answers(btf, tmp_path, monkeypatch):
     monkeypatch.setenv("NETPATH_CACHE", str(blocker / "cache"))
     assert offsets.load(btf) == good_offsets(btf)
     assert reasons.load(btf, None).core == good_reasons(btf).core
+
+
+def test_missing_uapi_headers_are_an_environment_fault_with_the_fix(cdir, monkeypatch, tmp_path):
+    monkeypatch.setattr(shim, "_uapi_roots", lambda: [tmp_path / "no-include"])
+    with pytest.raises(shim.ShimError) as info:
+        shim.ensure(cdir, RELEASE)
+    assert info.value.exit_code == 3 and "apt-get install linux-libc-dev" in str(info.value)
+
+
+def test_no_cache_and_no_temp_dir_is_an_environment_fault_with_the_fix(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setattr(shim.tempfile, "tempdir", str(blocker))  # mkdtemp under a regular file fails
+    with pytest.raises(shim.ShimError) as info:
+        shim.ensure(blocker / "cache", RELEASE)
+    assert info.value.exit_code == 3 and "TMPDIR" in str(info.value)
+
+
+def test_a_good_tree_another_netpath_just_built_is_kept(cdir, monkeypatch):
+    root = _shim_root(cdir)
+    inode = root.stat().st_ino
+    calls = iter([False, True, True])  # ours looked bad, then the other's is good by the time we built
+    real_verify = shim.verify
+    monkeypatch.setattr(shim, "verify", lambda *a: next(calls) and real_verify(*a))
+    assert _shim_root(cdir) == root and root.stat().st_ino == inode
+    assert not [p for p in cdir.iterdir() if p.name.endswith(".tmp")]

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from netpath.errors import MissingCapability
 from netpath.kernel import caps
 
 CACHE_VERSION = 2
@@ -167,10 +168,18 @@ def _decode(raw: bytes | None, valid: Callable[[Any], bool]) -> tuple[bool, Any]
         return False, None
 
 
+def read_btf(btf_path: Path) -> bytes:
+    try:
+        return btf_path.read_bytes()
+    except OSError as exc:
+        raise MissingCapability(f"cannot read the kernel's BTF at {btf_path} ({exc.strerror}): netpath reads "
+                                "struct layouts and drop reasons from it; run it as root") from None
+
+
 def cached_json(btf_path: Path, kind: str, compute: Callable[[bytes], Any], use_cache: bool = True,
                 valid: Callable[[Any], bool] = lambda _value: True) -> Any:
     """compute(blob) once per kernel build; later runs read the JSON it returned if `valid` accepts it."""
-    blob = btf_path.read_bytes()
+    blob = read_btf(btf_path)
     if not use_cache:
         return compute(blob)
     digest = hashlib.sha256(blob).hexdigest()[:24]

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from netpath.errors import MissingCapability
 from netpath.kernel.btf import BTF, KIND_ENUM, KIND_ENUM64, BTFError
 from netpath.kernel.cache import cached_json
 
@@ -88,7 +89,7 @@ def load(btf_path: Path | None, tracepoint_symbols: dict[int, str] | None, use_c
                                  valid=valid_cached)
             core, subsystems, subsystem_reasons = ({int(k): v for k, v in t.items()} for t in tables)
             return DropReasons(core, subsystems, subsystem_reasons, "btf")
-        except BTFError:
+        except (BTFError, MissingCapability):  # unparsable or unreadable BTF: the tracepoint's own table will do
             pass
     if tracepoint_symbols:
         return from_tracepoint(tracepoint_symbols)

@@ -222,3 +222,21 @@ def test_every_netpath_variable_is_documented():
     for name in names:
         assert f".B {name}" in man, f"{name}: not in netpath(8) ENVIRONMENT"
         assert f"`{name}`" in environment, f"{name}: not in README's Environment section"
+
+
+# --- other faults a user can cause are exit 3, not internal errors ---------------------------------
+
+def test_an_unenterable_namespace_for_iface_is_exit_3(monkeypatch, capsys):
+    def no_setns(_ns, _fn):
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr("netpath.netns.run_in", no_setns)
+    rc = main_mod.main(["drops", "--netns", "/proc/self/ns/net", "--iface", "lo"])
+    err = capsys.readouterr().err
+    assert rc == EXIT_ENVIRONMENT and one_line(err) and "'lo'" in err and "root" in err
+
+
+def test_unreadable_btf_is_exit_3_with_the_fix(tmp_path):
+    with pytest.raises(MissingCapability) as info:
+        cache.cached_json(tmp_path / "no-such-vmlinux", "offsets", lambda blob: {})
+    assert "BTF" in str(info.value) and "root" in str(info.value)

@@ -66,7 +66,8 @@ class Options:
 @click.option("--per-cpu", is_flag=True, help="Break every stage down by CPU.")
 @click.option("--hist", "hist_stage", type=click.Choice(STAGE_IDS), metavar="STAGE",
               help="Also print the full log2 histogram of STAGE.")
-@click.option("--fail-on-latency", "fail_specs", multiple=True, metavar="STAGE:PCT:DURATION",
+@click.option("--fail-on-latency", "fail_specs", multiple=True, metavar="STAGE:PCT:DURATION",  # checked while parsing
+              callback=lambda _ctx, _param, specs: (tuple(map(parse_fail_on_latency, specs)), specs)[1],
               help="Exit 1 when STAGE's PCT (p50, p90, p99, max) exceeds DURATION in any interval or "
                    "the whole run, e.g. socket_queue:p99:10ms (repeatable).")
 @click.option("--slower", "slower", metavar="DURATION",  # checked while parsing: "" is bad input, not "off"

@@ -142,3 +142,14 @@ def test_good_values_pass_parsing(capsys):
                                        "must print click errors on one line")
 def test_a_newline_in_a_stray_argument_is_still_one_line(capsys):
     assert_bad_input(capsys, ["drops", "extra\narg"], "extra")
+
+
+@pytest.mark.parametrize(("command", "option", "value"), [
+    ("drops", "--duration", "nan"), ("drops", "--interval", "inf"), ("drops", "--count", "0"),
+    ("drops", "--port", "0"), ("drops", "--top", "0"), ("drops", "--samples", "-1"),
+    ("drops", "--fail-on-drops", "0"), ("trace", "--slower", "1e30s"),
+    ("trace", "--fail-on-latency", "socket_queue:p99:99999999999s"),
+])
+def test_numbers_are_checked_while_parsing_before_any_name_is_looked_up(capsys, command, option, value):
+    # an unknown interface would be reported by resolve_filters; the number must be caught first
+    assert_bad_input(capsys, [command, "--iface", "nosuchif0", option, value], value)

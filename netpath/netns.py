@@ -10,6 +10,7 @@ import ctypes
 import errno
 import fcntl
 import os
+import stat
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -90,7 +91,10 @@ def resolve(spec: str) -> Netns:
         raise BadInput(f"bad --netns {spec!r}: empty; name an 'ip netns' namespace, a netns file or a PID")
     path = _ns_spec_path(spec)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        # nsfs files are regular files; opening anything else (a FIFO, a device) could block or act
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise BadInput(f"bad --netns {spec!r}: {path} is not a namespace file")
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
     except ValueError:  # an embedded NUL byte
         raise BadInput(f"bad --netns {spec!r}: not a valid path") from None
     except OSError as exc:

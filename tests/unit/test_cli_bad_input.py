@@ -29,7 +29,8 @@ COMMON: list[tuple[str, list[Value]]] = [
     ("--host", ["", "10.0.0.300", "nothost", "1.2.3.4/24", "::g"]),
     ("--iface", ["nosuchif0", ""]),
     ("--netns", ["", "   ", "no-such-ns-xyz", "..", "/nonexistent/ns", "999999999", "/proc/self/ns/mnt",
-                 "/proc/self/ns/user", "/etc/hostname", "/tmp", "{regular_file}", "{directory}"]),
+                 "/proc/self/ns/user", "/etc/hostname", "/tmp", "/dev/null", "{regular_file}", "{directory}",
+                 "{fifo}"]),
 ]
 
 DROPS_ONLY: list[tuple[str, list[Value]]] = [
@@ -72,6 +73,9 @@ def _fill(value: str, tmp_path: Path) -> str:
         return str(path)
     if value == "{directory}":
         return str(tmp_path)
+    if value == "{fifo}":  # opening it would block: it must be refused without being opened
+        os.mkfifo(tmp_path / "fifo")
+        return str(tmp_path / "fifo")
     return value
 
 

@@ -230,10 +230,14 @@ def _private_tree(files: dict[str, bytes]) -> Path:
                         f"no private temporary directory can be made ({exc.strerror}): set TMPDIR or "
                         "NETPATH_CACHE to a writable directory") from None
     atexit.register(shutil.rmtree, root, True)
-    root_fd = os.open(root, cache.DIR_FLAGS)
     try:
-        for rel, data in files.items():
-            _write_file(root_fd, rel, data)
-    finally:
-        os.close(root_fd)
+        root_fd = os.open(root, cache.DIR_FLAGS)
+        try:
+            for rel, data in files.items():
+                _write_file(root_fd, rel, data)
+        finally:
+            os.close(root_fd)
+    except OSError as exc:
+        raise ShimError(f"cannot write the BCC header shim in {root} ({exc.strerror}): free space there, or set "
+                        "TMPDIR or NETPATH_CACHE to a writable directory") from None
     return root

@@ -80,3 +80,6 @@ clean:
 
 -include mk/vm.mk
 -include mk/bench.mk
+
+# bench runs from the checkout's .venv, which `install` no longer builds (it installs the wheel)
+bench-deps: venv

@@ -119,3 +119,24 @@ def test_a_pid_nobody_may_not_open_is_reported_as_such():
                          timeout=60, check=False)
     assert got.returncode == 2 and one_line(got.stderr), got.stderr
     assert "'1'" in got.stderr and "cannot be opened" in got.stderr
+
+
+def test_umask_000_still_makes_a_0755_0644_cache(tmp_path):
+    cdir = tmp_path / "fresh" / "cache"
+    script = f"umask 000 && exec {netpath_cmd('drops', '--json', '--duration', '0.5')}"
+    got = sh([], script, env={"NETPATH_CACHE": str(cdir)})
+    assert got.returncode == 0, got.stderr
+    paths = [cdir.parent, cdir, *cdir.rglob("*")]
+    assert len(paths) > 10  # offsets, reasons and the shim tree were all written
+    for path in paths:
+        assert (path.stat().st_mode & 0o777) == (0o755 if path.is_dir() else 0o644), path
+
+
+def test_a_cache_dir_owned_by_another_user_is_ignored_with_one_warning(tmp_path):
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    os.chown(theirs, 65534, 65534)
+    got = sh([], netpath_cmd("drops", "--json", "--duration", "0.5"), env={"NETPATH_CACHE": str(theirs)})
+    assert got.returncode == 0, got.stderr
+    assert one_line(got.stderr) and "NETPATH_CACHE" in got.stderr and "uid 65534" in got.stderr
+    assert not list(theirs.iterdir())

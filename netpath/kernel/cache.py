@@ -176,9 +176,13 @@ def read_btf(btf_path: Path) -> bytes:
                                 "struct layouts and drop reasons from it; run it as root") from None
 
 
-def cached_json(btf_path: Path, kind: str, compute: Callable[[bytes], Any], use_cache: bool = True,
-                valid: Callable[[Any], bool] = lambda _value: True) -> Any:
-    """compute(blob) once per kernel build; later runs read the JSON it returned if `valid` accepts it."""
+def cached_json(btf_path: Path, kind: str, compute: Callable[[bytes], Any], use_cache: bool = True, *,
+                valid: Callable[[Any], bool]) -> Any:
+    """compute(blob) once per kernel build; later runs read the JSON it returned if `valid` accepts it.
+
+    `valid` is required: whatever is read back from disk is checked for the shape compute() returns,
+    so a corrupt or truncated entry is rebuilt instead of breaking every later run.
+    """
     blob = read_btf(btf_path)
     if not use_cache:
         return compute(blob)

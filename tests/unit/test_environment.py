@@ -238,5 +238,5 @@ def test_an_unenterable_namespace_for_iface_is_exit_3(monkeypatch, capsys):
 
 def test_unreadable_btf_is_exit_3_with_the_fix(tmp_path):
     with pytest.raises(MissingCapability) as info:
-        cache.cached_json(tmp_path / "no-such-vmlinux", "offsets", lambda blob: {})
+        cache.cached_json(tmp_path / "no-such-vmlinux", "offsets", lambda blob: {}, valid=lambda _v: True)
     assert "BTF" in str(info.value) and "root" in str(info.value)

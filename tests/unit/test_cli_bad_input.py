@@ -157,3 +157,10 @@ def test_a_newline_in_a_stray_argument_is_still_one_line(capsys):
 def test_numbers_are_checked_while_parsing_before_any_name_is_looked_up(capsys, command, option, value):
     # an unknown interface would be reported by resolve_filters; the number must be caught first
     assert_bad_input(capsys, [command, "--iface", "nosuchif0", option, value], value)
+
+
+def test_the_filter_capacity_reaches_the_program_as_a_define():
+    from netpath.filter_defines import filter_defines
+
+    assert filter_defines(None, [(1, 1)], None, None, None)["FILTER_IFACE_MAX"] == IFACE_FILTER_CAPACITY
+    assert "FILTER_IFACE_MAX" not in filter_defines(None, [], None, None, None)

@@ -3,18 +3,26 @@ SHELL := /bin/bash
 VENV := $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.netpath-installed
-APT_PACKAGES := python3-bpfcc bpfcc-tools bpftool linux-libc-dev python3-venv iproute2 iptables sockperf procps ethtool prometheus
+# The system install: a wheel of this checkout in a root-owned venv, linked onto root's PATH.
+PREFIX ?= /opt/netpath
+BINDIR ?= /usr/local/bin
+APT_PACKAGES := python3-bpfcc bpfcc-tools bpftool linux-libc-dev python3-venv python3-wheel iproute2 iptables sockperf procps ethtool prometheus
 export PATH := /usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
-.PHONY: install apt venv link tracefs demo test test-unit test-live lint bench clean help
+.PHONY: install system apt venv link dev-link uninstall tracefs demo test test-unit test-live lint bench clean help
 
 help:
-	@echo "make install   apt packages, .venv, netpath on PATH (/usr/local/bin/netpath)"
-	@echo "make test      install, lint, unit + live tests, then the VM tier (make test-vm)"
+	@echo "make install   apt packages, a wheel of this checkout in $(PREFIX), $(BINDIR)/netpath"
+	@echo "make dev-link  point $(BINDIR)/netpath at this checkout's .venv instead (development)"
+	@echo "make test      install, .venv, lint, unit + live tests, then the VM tier (make test-vm)"
 	@echo "make demo      install, then run netpath against built-in demo traffic"
 	@echo "make bench     overhead and capacity benchmarks (bench/)"
 
-install: apt venv link tracefs
+install: apt system link tracefs
+
+# Rebuilds only when the sources in the wheel changed (scripts/install-system.sh keeps their hash).
+system: apt
+	@bash scripts/install-system.sh $(PREFIX)
 
 apt:
 	@missing=""; \
@@ -34,10 +42,18 @@ $(STAMP): pyproject.toml
 	@$(PY) -c 'import bcc, pyroute2, click, rich, prometheus_client' || { echo "bcc/pyroute2/click/rich not importable from $(VENV)"; exit 1; }
 	@touch $@
 
-# A symlink into this checkout's venv: the entry script's shebang pins the venv python.
-link: venv
-	@ln -sfn $(VENV)/bin/netpath /usr/local/bin/netpath
+# The entry script's shebang pins its venv's python, so a symlink is all PATH needs.
+link: system
+	@ln -sfn $(PREFIX)/bin/netpath $(BINDIR)/netpath
+
+# Development: netpath on PATH runs this checkout's code (editable .venv) instead of the wheel.
+dev-link: venv
+	@ln -sfn $(VENV)/bin/netpath $(BINDIR)/netpath
 	@chmod -R a+rX $(CURDIR)/netpath $(CURDIR)/bpf 2>/dev/null || true
+
+uninstall:
+	@if [ "$$(readlink $(BINDIR)/netpath)" = "$(PREFIX)/bin/netpath" ]; then rm -f $(BINDIR)/netpath; fi
+	rm -rf $(PREFIX)
 
 tracefs:
 	@test -d /sys/kernel/tracing/events || mount -t tracefs tracefs /sys/kernel/tracing || true
@@ -45,13 +61,14 @@ tracefs:
 lint: venv
 	$(PY) -m ruff check netpath tests
 
-test-unit: install
+# The suite runs from this checkout's .venv; `install` also puts the system netpath in place.
+test-unit: install venv
 	$(PY) -m pytest -q tests/unit
 
-test-live: install
+test-live: install venv
 	$(PY) -m pytest -q tests/live
 
-test: install lint
+test: install venv lint
 	$(PY) -m pytest -q tests/unit tests/live
 	@if grep -q '^test-vm:' mk/vm.mk 2>/dev/null; then $(MAKE) --no-print-directory test-vm; fi
 
@@ -63,3 +80,6 @@ clean:
 
 -include mk/vm.mk
 -include mk/bench.mk
+
+# bench runs from the checkout's .venv, which `install` no longer builds (it installs the wheel)
+bench-deps: venv

@@ -5,9 +5,13 @@ from __future__ import annotations
 import ipaddress
 import struct
 
-from netpath import netns
+from netpath import contract, netns
 
 PROTO_NUMBERS = {"tcp": 6, "udp": 17, "icmp": 1}
+
+# Entries in bpf/where.c's iface_filter map: one per (netns, ifindex) named by --iface. The CLI refuses
+# more (exit 2, naming the limit) instead of failing on the map update after the program loaded.
+IFACE_FILTER_CAPACITY = contract.IFACE_FILTER_SLOTS  # the device filter map's size, owned by the contract
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from netpath import netns
-from netpath.errors import BadInput
+from netpath.errors import BadInput, MissingCapability
 
 _REFRESH_MIN_S = 1.0
 
@@ -21,7 +21,13 @@ def list_links(ns: netns.Netns | None) -> list[tuple[int, str]]:
 
 
 def ifindex_of(name: str, ns: netns.Netns | None) -> int:
-    for index, ifname in list_links(ns):
+    try:
+        links = list_links(ns)
+    except OSError as exc:  # setns() needs CAP_SYS_ADMIN: an environment fault, not a bad name
+        where = f"network namespace {ns.label!r}" if ns else "this network namespace"
+        raise MissingCapability(f"cannot list the interfaces of {where} to resolve --iface {name!r} "
+                                f"({exc.strerror or exc}): run netpath as root") from None
+    for index, ifname in links:
         if ifname == name:
             return index
     where = f" in network namespace {ns.label!r}" if ns else ""

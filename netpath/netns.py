@@ -7,7 +7,10 @@ looked up in the namespace the packet was in (identified by its inode).
 from __future__ import annotations
 
 import ctypes
+import errno
+import fcntl
 import os
+import stat
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,23 +37,80 @@ def current() -> Netns:
     return Netns(path, os.stat(path).st_ino, "host")
 
 
-def resolve(spec: str) -> Netns:
-    """--netns NAME (ip netns), PATH (a netns file) or PID."""
-    if spec.isdigit():
-        path = Path(f"/proc/{spec}/ns/net")
-    elif "/" in spec:
-        path = Path(spec)
-    else:
-        path = NETNS_RUN_DIR / spec
+# ioctl(NS_GET_NSTYPE) (Linux 4.11+) answers "what kind of namespace is this fd?"; any other file says ENOTTY.
+NS_GET_NSTYPE = 0xB703
+NS_TYPES = {
+    0x00020000: "mount", 0x02000000: "cgroup", 0x04000000: "uts", 0x08000000: "ipc",
+    0x10000000: "user", 0x20000000: "pid", CLONE_NEWNET: "network", 0x00000080: "time",
+}
+
+
+def _ns_spec_path(spec: str) -> Path:
+    """Where --netns SPEC lives: a PID's /proc entry, a path, or an `ip netns` name under /run/netns."""
+    if spec.isascii() and spec.isdigit():
+        return Path(f"/proc/{int(spec)}/ns/net")
+    if "/" in spec:
+        return Path(spec)
+    if spec in (".", ".."):
+        raise BadInput(f"bad --netns {spec!r}: not a namespace name")
+    return NETNS_RUN_DIR / spec
+
+
+def _open_failure(spec: str, path: Path, exc: OSError) -> BadInput:
+    if spec.isascii() and spec.isdigit():
+        if not Path(f"/proc/{int(spec)}").exists():
+            return BadInput(f"bad --netns {spec!r}: no process with PID {int(spec)}")
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            return BadInput(f"bad --netns {spec!r}: process {int(spec)} exists but its network namespace "
+                            f"cannot be opened ({exc.strerror}): run netpath as root")
+        return BadInput(f"bad --netns {spec!r}: process {int(spec)} has no network namespace to open "
+                        f"({exc.strerror}; exited or a zombie?)")
+    if exc.errno == errno.ENOENT:
+        return BadInput(f"unknown network namespace {spec!r} (no {path})")
+    return BadInput(f"cannot open network namespace {spec!r} ({path}): {exc.strerror}")
+
+
+def _ns_type(fd: int) -> int | None:
+    """The namespace type of fd (CLONE_NEW*), None when fd is no namespace at all."""
     try:
-        inode = os.stat(path).st_ino
-    except OSError:
-        raise BadInput(f"unknown network namespace {spec!r} (no {path})") from None
-    try:
-        with open(path, "rb"):
-            pass
+        return int(fcntl.ioctl(fd, NS_GET_NSTYPE))
     except OSError as exc:
-        raise BadInput(f"cannot open network namespace {spec!r}: {exc.strerror}") from None
+        if exc.errno != errno.ENOTTY:
+            raise
+    # before 4.11 nsfs had no NS_GET_NSTYPE: a file on the nsfs device is still a namespace
+    try:
+        nsfs_dev = os.stat("/proc/self/ns/net").st_dev
+    except OSError:
+        return None
+    return CLONE_NEWNET if os.fstat(fd).st_dev == nsfs_dev else None
+
+
+def resolve(spec: str) -> Netns:
+    """--netns NAME (ip netns), PATH (a netns file) or PID, checked to really be a network namespace."""
+    if not spec.strip():
+        raise BadInput(f"bad --netns {spec!r}: empty; name an 'ip netns' namespace, a netns file or a PID")
+    path = _ns_spec_path(spec)
+    try:
+        # nsfs files are regular files; opening anything else (a FIFO, a device) could block or act
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise BadInput(f"bad --netns {spec!r}: {path} is not a namespace file")
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+    except ValueError:  # an embedded NUL byte
+        raise BadInput(f"bad --netns {spec!r}: not a valid path") from None
+    except OSError as exc:
+        raise _open_failure(spec, path, exc) from None
+    try:
+        kind = _ns_type(fd)
+        inode = os.fstat(fd).st_ino
+    except OSError as exc:
+        raise BadInput(f"cannot inspect network namespace {spec!r} ({path}): {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    if kind is None:
+        raise BadInput(f"bad --netns {spec!r}: {path} is not a namespace file")
+    if kind != CLONE_NEWNET:
+        raise BadInput(f"bad --netns {spec!r}: {path} is a {NS_TYPES.get(kind, hex(kind))} namespace, "
+                       "not a network namespace")
     return Netns(path, inode, spec)
 
 

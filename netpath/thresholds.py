@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -11,17 +12,26 @@ from netpath.stages import STAGE_IDS
 
 UNITS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
 PCTS = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "max": 100.0}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ns|us|µs|ms|s)\s*$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ns|us|µs|ms|s)\s*$", re.ASCII)
+
+# The longest run netpath accepts (--duration) and so the longest latency it can ever observe: both
+# checkpoints of a packet fall inside one run. It keeps every ns value far inside int64/u64 (292 years),
+# so a --slower or --fail-on-latency value reaches the BPF program as a plain 64-bit constant.
+LONGEST_S = 365 * 24 * 3600
+LONGEST_NS = LONGEST_S * UNITS["s"]
 
 
 def parse_duration(value: str, what: str = "duration") -> int:
-    """'10ms' -> 10_000_000 ns. A unit is required: ns, us, ms or s."""
+    """'10ms' -> 10_000_000 ns. A unit is required: ns, us, ms or s; at most one year."""
     m = _DURATION.match(value)
     if not m:
         raise BadInput(f"bad {what} {value!r}: expected a number with a unit, e.g. 500us, 10ms, 1s")
-    ns = int(float(m.group(1)) * UNITS[m.group(2)])
+    ns_float = float(m.group(1)) * UNITS[m.group(2)]
+    if not math.isfinite(ns_float) or ns_float > LONGEST_NS:
+        raise BadInput(f"bad {what} {value!r}: at most one year ({LONGEST_S}s), the longest run netpath accepts")
+    ns = int(ns_float)
     if ns <= 0:
-        raise BadInput(f"bad {what} {value!r}: must be more than 0")
+        raise BadInput(f"bad {what} {value!r}: must be at least 1ns")
     return ns
 
 

@@ -49,12 +49,12 @@ def parse_by(value: str) -> tuple[str, ...]:
 @click.option("--reason", "reason_name", metavar="NAME", help="Only this drop reason (e.g. NO_SOCKET).")
 @click.option("--by", "by_spec", default=",".join(drops_mod.DEFAULT_BY), show_default=True, metavar="FIELDS",
               help="What rows group by: any of reason,location,iface,proto,flow.")
-@click.option("--top", type=click.IntRange(1, None), metavar="N",
+@click.option("--top", type=click.IntRange(1, drops_mod.MAX_ROWS), metavar="N",  # no more rows than the map holds
               help="Show the N busiest rows per report [default: 10 on a terminal, all in --json].")
 @click.option("--stack", is_flag=True, help="Add the kernel stack of the last drop for each shown row.")
-@click.option("--samples", type=click.IntRange(0, 10000), default=0, show_default=True, metavar="N",
+@click.option("--samples", type=click.IntRange(0, 10000), default=0, show_default=True, metavar="N",  # samples only
               help="Also stream up to N sampled drops per CPU per interval, with their flow.")
-@click.option("--fail-on-drops", type=click.IntRange(1, None), metavar="N",
+@click.option("--fail-on-drops", type=click.IntRange(1, 2**63 - 1), metavar="N",  # counts are int64 in JSON
               help="Exit 1 when at least N matching drops were seen.")
 @click.pass_context
 def drops(ctx: click.Context, ifaces: tuple[str, ...], netns_spec: str | None, proto: str | None,

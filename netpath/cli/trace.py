@@ -49,10 +49,12 @@ Examples:
 @click.option("--per-cpu", is_flag=True, help="Break every stage down by CPU.")
 @click.option("--hist", "hist_stage", type=click.Choice(STAGE_IDS), metavar="STAGE",
               help="Also print the full log2 histogram of STAGE.")
-@click.option("--fail-on-latency", "fail_specs", multiple=True, metavar="STAGE:PCT:DURATION",
+@click.option("--fail-on-latency", "fail_specs", multiple=True, metavar="STAGE:PCT:DURATION",  # checked while parsing
+              callback=lambda _ctx, _param, specs: (tuple(map(parse_fail_on_latency, specs)), specs)[1],
               help="Exit 1 when STAGE's PCT (p50, p90, p99, max) exceeds DURATION in any interval or "
                    "the whole run, e.g. socket_queue:p99:10ms (repeatable).")
-@click.option("--slower", "slower", metavar="DURATION",
+@click.option("--slower", "slower", metavar="DURATION",  # checked while parsing: "" is bad input, not "off"
+              callback=lambda _ctx, _param, v: None if v is None else (parse_duration(v, "--slower duration"), v)[1],
               help="Also stream each packet whose stack_total or socket_queue exceeds DURATION (e.g. 5ms).")
 @click.pass_context
 def trace(ctx: click.Context, ifaces: tuple[str, ...], netns_spec: str | None, proto: str | None,

@@ -6,13 +6,17 @@ like the real one (proc/, sys/, lib/modules/), so nothing here needs root.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import gzip
+import os
 import re
-import subprocess
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+from netpath.errors import MissingCapability
+from netpath.kernel import caps
 from netpath.kernel.kallsyms import Kallsyms
 from netpath.kernel.tracefs import TracepointFormat, parse_format
 
@@ -33,11 +37,33 @@ class KernelFacts:
 
     @classmethod
     def load(cls, root: Path | str = "/", mount_tracefs: bool = False) -> KernelFacts:
-        facts = cls(Path(root))
+        """Facts from `root`; with mount_tracefs, tracefs is mounted if need be or MissingCapability says why not."""
+        facts = cls(_trusted_root(root))
         if mount_tracefs and facts.tracefs is None and facts.root == Path("/"):
-            _try_mount_tracefs()
+            facts.require_readable_tracefs()
+            _mount_tracefs()
             facts.__dict__.pop("tracefs", None)
+            if facts.tracefs is None:
+                raise MissingCapability(f"tracefs is mounted at /{TRACEFS_MOUNT} but has no events/ directory: "
+                                        "this kernel lacks tracepoints (CONFIG_TRACING)")
         return facts
+
+    def unreadable_tracefs(self) -> Path | None:
+        """A tracefs that is there but that this user may not read (it is mode 0700, root's, by default)."""
+        for rel in TRACEFS_CANDIDATES:
+            try:
+                os.stat(self.root / rel / "events")
+            except PermissionError:
+                return self.root / rel
+            except OSError:
+                continue
+        return None
+
+    def require_readable_tracefs(self) -> None:
+        denied = self.unreadable_tracefs()
+        if denied is not None:
+            raise MissingCapability(f"{denied} is not readable by uid {os.geteuid()}: netpath reads the kernel's "
+                                    "tracepoints there; run it as root (sudo netpath ...)")
 
     @cached_property
     def release(self) -> str:
@@ -66,8 +92,11 @@ class KernelFacts:
     def tracefs(self) -> Path | None:
         for rel in TRACEFS_CANDIDATES:
             path = self.root / rel
-            if (path / "events").is_dir():
-                return path
+            try:
+                if (path / "events").is_dir():
+                    return path
+            except OSError:  # is_dir() raises on EACCES in some Pythons
+                continue
         return None
 
     @cached_property
@@ -79,9 +108,13 @@ class KernelFacts:
         if text is not None:
             return frozenset(line.strip() for line in text.splitlines() if ":" in line)
         events = self.tracefs / "events"
-        return frozenset(
-            f"{sub.name}:{ev.name}" for sub in events.iterdir() if sub.is_dir() for ev in sub.iterdir() if ev.is_dir()
-        )
+        try:
+            return frozenset(
+                f"{sub.name}:{ev.name}" for sub in events.iterdir() if sub.is_dir()
+                for ev in sub.iterdir() if ev.is_dir()
+            )
+        except OSError:  # partly readable: report none rather than a traceback
+            return frozenset()
 
     def has_tracepoint(self, name: str) -> bool:
         return name in self.tracepoints
@@ -149,10 +182,27 @@ class KernelFacts:
         return (self.headers_dir / "include").is_dir()
 
 
-def _try_mount_tracefs() -> None:
-    subprocess.run(
-        ["mount", "-t", "tracefs", "tracefs", "/sys/kernel/tracing"],
-        check=False,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+TRACEFS_MOUNT = "sys/kernel/tracing"
+
+
+def _mount_tracefs() -> None:
+    """mount -t tracefs tracefs /sys/kernel/tracing, by the syscall: no mount(8) needed on PATH."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    target = f"/{TRACEFS_MOUNT}".encode()
+    if libc.mount(b"tracefs", target, b"tracefs", ctypes.c_ulong(0), None) == 0:
+        return
+    err = ctypes.get_errno()
+    if err == errno.EBUSY:  # mounted meanwhile (another netpath): fine
+        return
+    hint = "run netpath as root" if err in (errno.EPERM, errno.EACCES) else "check that the kernel has CONFIG_TRACING"
+    raise MissingCapability(f"tracefs is not mounted and mounting it at /{TRACEFS_MOUNT} failed "
+                            f"({os.strerror(err)}): {hint}, or mount it yourself as root: "
+                            f"mount -t tracefs tracefs /{TRACEFS_MOUNT}")
+
+
+def _trusted_root(root: Path | str) -> Path:
+    """NETPATH_ROOT redirects every kernel fact netpath reads; as root, one another user controls is ignored."""
+    env = os.environ.get("NETPATH_ROOT")
+    if env and Path(root) == Path(env) and Path(env) != Path("/"):
+        return caps.env_path("NETPATH_ROOT") or Path("/")
+    return Path(root)

@@ -36,6 +36,7 @@ FIELDS: dict[str, tuple[str, str]] = {
     "OFF_SK_FAMILY": ("sock", "__sk_common.skc_family"),
 }
 
+
 def compute(btf: BTF) -> dict[str, int]:
     out: dict[str, int] = {}
     for name, (struct_name, path) in FIELDS.items():
@@ -50,10 +51,25 @@ def compute(btf: BTF) -> dict[str, int]:
     return out
 
 
+MAX_OFFSET = 1 << 20  # no kernel struct netpath reads is anywhere near a megabyte
+
+
+def valid_cached(value: object) -> bool:
+    """What a cache file holds must look like compute()'s output: it becomes -D constants."""
+    if not isinstance(value, dict):
+        return False
+    for name, number in value.items():
+        off_name = name.replace("SIZE_", "OFF_", 1) if isinstance(name, str) else None
+        if off_name not in FIELDS or type(number) is not int or not 0 <= number < MAX_OFFSET:
+            return False
+    return all(name.replace("OFF_", "SIZE_", 1) in value for name in value if name.startswith("OFF_"))
+
+
 def load(btf_path: Path, use_cache: bool = True) -> dict[str, int]:
     """Offsets (and sizes) for every field in FIELDS that this kernel has."""
     fields_digest = hashlib.sha256(repr(sorted(FIELDS.items())).encode()).hexdigest()[:8]
-    return dict(cached_json(btf_path, f"offsets-{fields_digest}", lambda blob: compute(BTF(blob)), use_cache))
+    return dict(cached_json(btf_path, f"offsets-{fields_digest}", lambda blob: compute(BTF(blob)), use_cache,
+                            valid=valid_cached))
 
 
 SpanGroups = dict[str, tuple[tuple[str, ...], int]]

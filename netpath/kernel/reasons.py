@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from netpath.errors import MissingCapability
 from netpath.kernel.btf import BTF, KIND_ENUM, KIND_ENUM64, BTFError
 from netpath.kernel.cache import cached_json
 
@@ -84,14 +85,30 @@ def from_tracepoint(symbols: dict[int, str]) -> DropReasons:
 def load(btf_path: Path | None, tracepoint_symbols: dict[int, str] | None, use_cache: bool = True) -> DropReasons:
     if btf_path is not None and btf_path.exists():
         try:
-            tables = cached_json(btf_path, "reasons", lambda blob: _tables(blob, btf_path.parent), use_cache)
+            tables = cached_json(btf_path, "reasons", lambda blob: _tables(blob, btf_path.parent), use_cache,
+                                 valid=valid_cached)
             core, subsystems, subsystem_reasons = ({int(k): v for k, v in t.items()} for t in tables)
             return DropReasons(core, subsystems, subsystem_reasons, "btf")
-        except BTFError:
+        except (BTFError, MissingCapability):  # unparsable or unreadable BTF: the tracepoint's own table will do
             pass
     if tracepoint_symbols:
         return from_tracepoint(tracepoint_symbols)
     return DropReasons()
+
+
+def valid_cached(value: object) -> bool:
+    """Three tables of code -> name, as _tables() returns them once through JSON (keys become strings)."""
+    if not isinstance(value, list) or len(value) != 3:
+        return False
+    for table in value:
+        if not isinstance(table, dict):
+            return False
+        for code, name in table.items():
+            if not (isinstance(code, str) and code.isascii() and code.isdigit() and int(code) < 1 << 32):
+                return False
+            if not isinstance(name, str) or not name:
+                return False
+    return True
 
 
 def _tables(blob: bytes, btf_dir: Path) -> list[dict[int, str]]:

@@ -22,7 +22,7 @@ from typing import Any
 
 from netpath import contract
 from netpath.errors import MissingCapability
-from netpath.kernel import bpfstats, shim
+from netpath.kernel import bpfstats, caps, shim
 from netpath.kernel import offsets as kernel_offsets
 from netpath.kernel.facts import KernelFacts
 from netpath.memory import trim_heap
@@ -57,6 +57,8 @@ def headers_mode(facts: KernelFacts) -> str:
     forced = os.environ.get("NETPATH_HEADERS", "")
     if forced in ("kernel", "shim"):
         return forced
+    if forced:
+        caps.warn_once("NETPATH_HEADERS", f"ignoring NETPATH_HEADERS={forced!r}: expected 'kernel' or 'shim'")
     return "kernel" if facts.has_headers else "shim"
 
 
@@ -104,6 +106,8 @@ def compile_program(source: ProgramSource, facts: KernelFacts) -> Program:
     if mode == "shim":
         root = shim.ensure(kernel_offsets.cache_dir(), facts.release_tuple)
         os.environ["BCC_KERNEL_SOURCE"] = str(root)
+    elif env_before is not None and caps.env_path("BCC_KERNEL_SOURCE") is None:
+        os.environ.pop("BCC_KERNEL_SOURCE")  # headers another user controls would decide what root compiles
     try:
         with _captured_stderr() as errors:
             try:

@@ -6,12 +6,14 @@ import click
 
 from netpath import bpf
 from netpath.cli.console import Terminal
-from netpath.cli.options import common_options, resolve_filters
-from netpath.cli.preflight import load_facts, require_capability
+from netpath.cli.options import COUNT_THRESHOLD_MAX, bounded_int, common_options, resolve_filters
+from netpath.cli.preflight import kernel_root, load_facts, require_capability
 from netpath.cli.sinks import DropsView, JsonSink
 from netpath.collect import drops as drops_mod
 from netpath.collect.session import drive
 from netpath.errors import BadInput, MissingCapability
+from netpath.kernel import reasons as reasons_mod
+from netpath.kernel.facts import KernelFacts
 from netpath.thresholds import DropsThreshold
 
 HELP = """Show every dropped packet by the kernel's own drop reason.
@@ -34,6 +36,23 @@ Examples:
 """
 
 
+def _reason_from_btf(name: str) -> int | None:
+    """The reason's code from BTF (readable by everyone); None when BTF cannot say. Unknown: BadInput."""
+    facts = KernelFacts.load(kernel_root())
+    if not facts.has_btf:
+        return None
+    try:
+        reasons = reasons_mod.load(facts.btf_path, None)
+    except MissingCapability:
+        return None
+    if reasons.source != "btf":
+        return None
+    code = reasons.code(name)
+    if code is None:
+        raise BadInput(f"unknown drop reason {name!r} on this kernel (see 'netpath probes --reasons')")
+    return code
+
+
 def parse_by(value: str) -> tuple[str, ...]:
     fields = tuple(part.strip().lower() for part in value.split(",") if part.strip())
     for name in fields:
@@ -49,12 +68,13 @@ def parse_by(value: str) -> tuple[str, ...]:
 @click.option("--reason", "reason_name", metavar="NAME", help="Only this drop reason (e.g. NO_SOCKET).")
 @click.option("--by", "by_spec", default=",".join(drops_mod.DEFAULT_BY), show_default=True, metavar="FIELDS",
               help="What rows group by: any of reason,location,iface,proto,flow.")
-@click.option("--top", type=click.IntRange(1, drops_mod.MAX_ROWS), metavar="N",  # no more rows than the map holds
+@click.option("--top", type=bounded_int(1, drops_mod.MAX_ROWS, "rows the drops map holds"), metavar="N",
               help="Show the N busiest rows per report [default: 10 on a terminal, all in --json].")
 @click.option("--stack", is_flag=True, help="Add the kernel stack of the last drop for each shown row.")
-@click.option("--samples", type=click.IntRange(0, 10000), default=0, show_default=True, metavar="N",  # samples only
+@click.option("--samples", type=bounded_int(0, 10000, "samples per CPU per interval"), default=0, show_default=True,
+              metavar="N",
               help="Also stream up to N sampled drops per CPU per interval, with their flow.")
-@click.option("--fail-on-drops", type=click.IntRange(1, 2**63 - 1), metavar="N",  # counts are int64 in JSON
+@click.option("--fail-on-drops", type=bounded_int(1, COUNT_THRESHOLD_MAX), metavar="N",  # counts are int64 in JSON
               help="Exit 1 when at least N matching drops were seen.")
 @click.pass_context
 def drops(ctx: click.Context, ifaces: tuple[str, ...], netns_spec: str | None, proto: str | None,
@@ -63,14 +83,16 @@ def drops(ctx: click.Context, ifaces: tuple[str, ...], netns_spec: str | None, p
           samples: int, fail_on_drops: int | None) -> None:
     by = parse_by(by_spec)
     filters = resolve_filters(ifaces, netns_spec, proto, port, host)
+    reason_code = None
+    if reason_name is not None and (code := _reason_from_btf(reason_name)) is not None:
+        reason_code = code  # checked before the capability: a typo is bad input, whoever runs it
     if not ebpf:
         require_capability()
     facts = load_facts()
     if not facts.has_tracepoint(drops_mod.TRACEPOINT):
         raise MissingCapability("this kernel has no skb:kfree_skb tracepoint (needs Linux 4.x+ with tracefs mounted)")
     reasons = drops_mod.drop_reasons(facts)
-    reason_code = None
-    if reason_name is not None:
+    if reason_name is not None and reason_code is None:
         reason_code = reasons.code(reason_name)
         if reason_code is None:
             raise BadInput(f"unknown drop reason {reason_name!r} on this kernel (see 'netpath probes --reasons')")

@@ -15,7 +15,14 @@ from prometheus_client import CollectorRegistry, make_wsgi_app
 
 from netpath import bpf
 from netpath.cli.console import Terminal
-from netpath.cli.options import filter_options, resolve_filters
+from netpath.cli.options import (
+    DURATION_MAX_S,
+    DURATION_MIN_S,
+    bounded_float,
+    bounded_int,
+    filter_options,
+    resolve_filters,
+)
 from netpath.cli.preflight import load_facts, require_capability
 from netpath.collect import drops as drops_mod
 from netpath.collect import trace as trace_mod
@@ -143,9 +150,11 @@ class Routes:
               help="Where to serve /metrics; :PORT or [::]:PORT for every address.")
 @click.option("--stages", "stages_spec", default=",".join(DEFAULT_STAGES), show_default=True, metavar="LIST",
               help="Trace stages to export as histograms (comma-separated), or 'none'.")
-@click.option("--max-series", type=click.IntRange(1, 100_000), default=DEFAULT_MAX_SERIES, show_default=True,
-              metavar="N", help="Label sets per metric family; the rest fold into one _other series.")
-@click.option("--duration", type=click.FloatRange(0.1, 10 * 365 * 86400.0), metavar="SECONDS",
+@click.option("--max-series", type=bounded_int(1, 100_000, "series per family"), default=DEFAULT_MAX_SERIES,
+              show_default=True, metavar="N",
+              help="Label sets per metric family; the rest fold into one _other series.")
+@click.option("--duration", type=bounded_float(DURATION_MIN_S, DURATION_MAX_S, "seconds, at most a year"),
+              metavar="SECONDS",
               help="Stop after this many seconds (default: until SIGTERM or Ctrl-C).")
 @click.pass_context
 def export(ctx: click.Context, ifaces: tuple[str, ...], netns_spec: str | None, proto: str | None,

@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Abort:
         return 130
     except click.ClickException as exc:
-        click.echo(f"netpath: error: {exc.format_message()}", err=True)
+        # one line, even when the bad value itself holds a newline
+        click.echo(f"netpath: error: {' '.join(exc.format_message().split())}", err=True)
         return EXIT_USAGE
     except NetpathError as exc:
         click.echo(f"netpath: error: {exc}", err=True)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
-
 from netpath.errors import MissingCapability
-from netpath.kernel.caps import missing_capability
+from netpath.kernel.caps import env_path, missing_capability
 from netpath.kernel.facts import KernelFacts
 
 
@@ -15,8 +13,13 @@ def require_capability() -> None:
         raise MissingCapability(fix)
 
 
+def kernel_root() -> str:
+    """NETPATH_ROOT (a captured kernel tree) when trustworthy, else the running kernel."""
+    return str(env_path("NETPATH_ROOT") or "/")
+
+
 def load_facts() -> KernelFacts:
-    facts = KernelFacts.load(os.environ.get("NETPATH_ROOT", "/"), mount_tracefs=True)
+    facts = KernelFacts.load(kernel_root(), mount_tracefs=True)
     if facts.tracefs is None:
         raise MissingCapability("tracefs is not mounted: mount -t tracefs tracefs /sys/kernel/tracing")
     return facts

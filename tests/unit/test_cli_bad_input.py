@@ -144,8 +144,6 @@ def test_good_values_pass_parsing(capsys):
     assert main_mod.main(argv) == 3
 
 
-@pytest.mark.xfail(strict=True, reason="click's extra-argument message keeps the newline: cli/main.py (lead) "
-                                       "must print click errors on one line")
 def test_a_newline_in_a_stray_argument_is_still_one_line(capsys):
     assert_bad_input(capsys, ["drops", "extra\narg"], "extra")
 

@@ -4,8 +4,10 @@
  * user groups by, so counts stay exact at any drop rate. Optional per-drop
  * samples go out through a perf buffer under a per-CPU budget.
  *
- * Compile-time numbers: TP_HAS_REASON, BY_{REASON,LOCATION,IFACE,PROTO,FLOW},
- * FILTER_{NETNS,IFACE,REASON,PROTO,PORT,HOST_*}, SAMPLE_BUDGET, WITH_STACK,
+ * Compile-time numbers: TP_HAS_REASON, TP_HAS_RX_SK,
+ * BY_{REASON,LOCATION,IFACE,PROTO,FLOW,SOCKET,CGROUP} (BY_OWNER: either of the
+ * last two), FILTER_{NETNS,IFACE,REASON,PROTO,PORT,HOST_*,CGROUP},
+ * SAMPLE_BUDGET, WITH_STACK,
  * MAX_ROWS and the OFF_* struct offsets. struct drop_where, drop_flow,
  * drop_sample and enum drop_stat come from netpath/contract.py, compiled
  * ahead of this file.
@@ -17,6 +19,9 @@ struct drop_key {
 	struct drop_where w;
 #if BY_FLOW
 	struct drop_flow f;
+#endif
+#if BY_OWNER
+	struct drop_owner o;
 #endif
 };
 
@@ -49,6 +54,37 @@ static __always_inline void drop_flow_of(struct np_flow *flow, struct drop_flow 
 	f->dport = flow->dport;
 }
 
+#if BY_OWNER || defined(FILTER_CGROUP) || SAMPLE_BUDGET > 0
+#define NP_TCP_TIME_WAIT	6
+#define NP_TCP_NEW_SYN_RECV	12
+/*
+ * The receiving socket: the tracepoint's rx_sk where the kernel passes it
+ * (Linux 6.11+), else skb->sk. Time-wait and request socks are not full
+ * sockets (no sk_socket, no cgroup): those stay unknown, never guessed.
+ */
+static __always_inline void drop_owner_of(void *skb, void *rx_sk, struct drop_owner *o)
+{
+	void *sk = rx_sk, *sock = NULL, *cg = NULL, *kn = NULL;
+	u8 state = 0;
+
+	if (!sk)
+		NP_READ(sk, skb, OFF_SKB_SK);
+	if (!sk)
+		return;
+	NP_READ(state, sk, OFF_SK_STATE);
+	if (state == NP_TCP_TIME_WAIT || state == NP_TCP_NEW_SYN_RECV)
+		return;
+	NP_READ(sock, sk, OFF_SK_SOCKET);
+	if (sock)
+		NP_READ(o->sk_ino, sock, OFF_SOCKET_INODE + OFF_INODE_INO);
+	NP_READ(cg, sk, OFF_SK_CGROUP);
+	if (cg)
+		NP_READ(kn, cg, OFF_CGROUP_KN);
+	if (kn)
+		NP_READ(o->cgroup, kn, OFF_KN_ID);
+}
+#endif
+
 /* Namespace inode and ifindex of skb->dev, in three probe reads or fewer. */
 static __always_inline u32 drop_dev(void *skb, void **devp, u32 *ifindex)
 {
@@ -71,10 +107,15 @@ RAW_TRACEPOINT_PROBE(kfree_skb)
 	void *dev = NULL;
 	u32 netns, ifindex = 0;
 	u64 zero = 0, *count;
+	void *rx_sk = NULL;
+	struct drop_owner owner = {};
 
 	stat_add(STAT_HITS);
 #if TP_HAS_REASON
 	reason = (u32)ctx->args[2];
+#endif
+#if TP_HAS_RX_SK
+	rx_sk = (void *)ctx->args[3];
 #endif
 #ifdef FILTER_REASON
 	if (reason != FILTER_REASON)
@@ -89,6 +130,13 @@ RAW_TRACEPOINT_PROBE(kfree_skb)
 
 	if (!np_flow_matches(&flow, parsed))
 		return 0;
+#endif
+#if BY_OWNER || defined(FILTER_CGROUP)
+	drop_owner_of(skb, rx_sk, &owner);
+#ifdef FILTER_CGROUP
+	if (owner.cgroup != FILTER_CGROUP)
+		return 0;
+#endif
 #endif
 	stat_add(STAT_MATCHED);
 
@@ -109,6 +157,12 @@ RAW_TRACEPOINT_PROBE(kfree_skb)
 #endif
 #if BY_FLOW
 	drop_flow_of(&flow, &key.f);
+#endif
+#if BY_SOCKET
+	key.o.sk_ino = owner.sk_ino;
+#endif
+#if BY_CGROUP
+	key.o.cgroup = owner.cgroup;
 #endif
 
 	count = drops.lookup_or_try_init(&key, &zero);
@@ -146,6 +200,11 @@ RAW_TRACEPOINT_PROBE(kfree_skb)
 	s.key.w.l4proto = flow.l4proto;
 	s.key.w.family = flow.family;
 	drop_flow_of(&flow, &s.key.f);
+#if BY_OWNER || defined(FILTER_CGROUP)
+	s.owner = owner;
+#else
+	drop_owner_of(skb, rx_sk, &s.owner);
+#endif
 	s.ts_ns = bpf_ktime_get_ns();
 	NP_READ(s.len, skb, OFF_SKB_LEN);
 	s.pid = bpf_get_current_pid_tgid() >> 32;

@@ -24,7 +24,7 @@
  * Compile-time numbers: USE_* (stages from the attach plan), HAS_* (optional
  * tracepoints), TRACK_SKBS (any per-packet stage), KP_CHECKPOINTS (a kprobe
  * checkpoint stage), BY_IFACE, BY_CPU, NAPI_BY_DEV (NAPI counters per device,
- * implied by BY_IFACE), FILTER_*, SLOWER_NS, MAX_SKBS,
+ * implied by BY_IFACE), BY_OWNER (socket_queue per reading process), OWNER_ROWS, FILTER_*, SLOWER_NS, MAX_SKBS,
  * HIST_ROWS, NAPI_ROWS, RING and the OFF_* struct offsets. The stage and
  * hook enums and every struct netpath reads back (np_hist_key,
  * np_cpu_counters, np_slow_event, ...) come from netpath/contract.py,
@@ -1070,12 +1070,44 @@ static __always_inline void np_emit_slow(void *ctx, struct np_cpu_state *c, void
 }
 
 /* The application reads a followed skb: record socket_queue once. */
+#if BY_OWNER
+/* socket_queue per reader: the reading process (tgid) and its cgroup v2, known here in its own context */
+BPF_PERCPU_HASH(owner_hist, struct np_owner_key, u64, OWNER_ROWS);
+
+static __always_inline void np_record_owner(struct np_cpu_state *c, u64 delta)
+{
+	struct np_owner_key k = {};
+	u64 zero = 0, *v;
+
+	k.cgroup = bpf_get_current_cgroup_id();
+	k.tgid = bpf_get_current_pid_tgid() >> 32;
+	k.slot = np_slot(delta);
+	v = owner_hist.lookup_or_try_init(&k, &zero);
+	if (!v) {
+		np_hit_c(c, H_LOST_ROWS);
+		return;
+	}
+	*v += 1;
+	k.slot = MAX_SLOT;
+	v = owner_hist.lookup_or_try_init(&k, &zero);
+	if (v && *v < delta)
+		*v = delta;
+	k.slot = SUM_SLOT;
+	v = owner_hist.lookup_or_try_init(&k, &zero);
+	if (v)
+		*v += delta;
+}
+#endif
+
 static __always_inline void np_read(void *ctx, struct np_cpu_state *c, void *skb, u64 *t, u32 ifindex,
 				    u32 netns)
 {
 	u64 now = bpf_ktime_get_ns(), queued = now - t[CP_ENQ];
 
 	np_record(STAGE_SOCKET_QUEUE, queued, ifindex, netns);
+#if BY_OWNER
+	np_record_owner(c, queued);
+#endif
 	np_emit_slow(ctx, c, skb, t, ifindex, netns, now, queued);
 }
 

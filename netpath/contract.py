@@ -206,12 +206,18 @@ DROP_FLOW = Layout("drop_flow", (
     _f("pad", "s32")))
 DROP_FULL_KEY = Layout("drop_full_key", (_f("w", DROP_WHERE), _f("f", DROP_FLOW)),
                        "a sample always carries the whole flow, whatever the grouping")
+DROP_OWNER = Layout("drop_owner", (_f("sk_ino", "u64"), _f("cgroup", "u64")),
+                    "the receiving socket (its inode) and its cgroup v2 id; zero when the kernel does not know")
 DROP_SAMPLE = Layout("drop_sample", (
-    _f("key", DROP_FULL_KEY), _f("ts_ns", "u64"), _f("len", "u32"), _f("pid", "u32"), _f("cpu", "u32"),
-    _f("stackid", "s32"), _f("comm", "char", 16)))
+    _f("key", DROP_FULL_KEY), _f("owner", DROP_OWNER), _f("ts_ns", "u64"), _f("len", "u32"), _f("pid", "u32"),
+    _f("cpu", "u32"), _f("stackid", "s32"), _f("comm", "char", 16)))
+# socket_queue per reader (trace --per-socket): the reading process and its cgroup
+OWNER_HIST_KEY = Layout("np_owner_key", (_f("cgroup", "u64"), _f("tgid", "u32"), _f("slot", "u16"),
+                                         _f("pad", "u16")))
+OWNER_ROWS = 4096
 
 SHARED_LAYOUTS: tuple[Layout, ...] = (NAPI_VAL, CPU_COUNTERS, HIST_KEY, NAPI_KEY, STAGE_HIST, SLOW_EVENT,
-                                      DROP_WHERE, DROP_FLOW, DROP_FULL_KEY, DROP_SAMPLE)
+                                      OWNER_HIST_KEY, DROP_WHERE, DROP_FLOW, DROP_FULL_KEY, DROP_OWNER, DROP_SAMPLE)
 
 # ---------------------------------------------------------------- C text
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from netpath import netns
 from netpath.errors import BadInput, MissingCapability
@@ -62,7 +63,16 @@ class IfaceNames:
         return self._names.get(key)
 
     def netns_label(self, inode: int) -> str | None:
-        return self._labels.get(inode)
+        """The namespace for people: its `ip netns` name, "host", else what runs in it (comm[pid])."""
+        label = self._labels.get(inode)
+        if label is not None and label.startswith("pid:"):
+            pid = label.removeprefix("pid:")
+            try:
+                comm = Path(f"/proc/{pid}/comm").read_text().strip()
+            except OSError:
+                return label
+            return f"{comm}[{pid}]"
+        return label
 
 
 def live_devices() -> set[tuple[int, int]]:

@@ -38,6 +38,7 @@ class Filters:
     proto: str | None = None
     port: int | None = None
     host: str | None = None
+    cgroup: int | None = None  # cgroup v2 id
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,31 @@ class Verdict:
     value: int | None = None  # the measured value that crossed it
 
 
+# ---------------------------------------------------------------- attribution
+
+
+@dataclass(frozen=True)
+class SockInfo:
+    """A socket as /proc/net lists it."""
+
+    inode: int
+    proto: str  # udp, tcp, raw, udplite
+    family: int  # 4 or 6
+    laddr: str
+    lport: int
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Whose packet: the socket (where the kernel knows it), its holder, its cgroup and the container."""
+
+    sock: SockInfo | None = None
+    pid: int | None = None
+    comm: str | None = None
+    cgroup: str | None = None  # path in the cgroup v2 hierarchy
+    container: str | None = None  # named from the cgroup path (netpath.containers)
+
+
 # ---------------------------------------------------------------- drops
 
 
@@ -91,6 +117,8 @@ class DropRow:
     dport: int | None = None
     stack: list[str] | None = None
     interval_count: int | None = None  # live view: this interval's part of a run-total row
+    owner: Owner | None = None  # rows grouped by socket or cgroup (and samples)
+    netns_label: str | None = None  # the namespace for people: its ip netns name, else who runs in it
 
 
 @dataclass(frozen=True)
@@ -136,6 +164,7 @@ class DropSnapshot:
     other_rows: int = 0  # rows beyond --top, folded out of `rows`
     other_count: int = 0
     flow_keyed: bool = False  # rows carry the 5-tuple
+    owner_keyed: bool = False  # rows carry the receiving socket's owner
     interval_ns: int = 0
     interval_total: int = 0  # live view: drops this interval, while rows hold run totals
     warnings: list[str] = field(default_factory=list)  # what changed under the run (a namespace deleted)
@@ -191,6 +220,7 @@ class StageRow:
     parts: tuple[tuple[Where, Latency], ...] = ()
     napi: Napi | None = None
     napi_parts: tuple[tuple[Where, Napi], ...] = ()
+    owners: tuple[tuple[Owner, Latency], ...] = ()  # socket_queue per reading process (--per-socket)
 
 
 @dataclass(frozen=True)

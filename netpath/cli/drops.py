@@ -13,6 +13,7 @@ from netpath.collect import drops as drops_mod
 from netpath.collect.session import drive
 from netpath.errors import BadInput, MissingCapability
 from netpath.kernel import reasons as reasons_mod
+from netpath.kernel.cgroups import CgroupTree, find_mount
 from netpath.kernel.facts import KernelFacts
 from netpath.thresholds import DropsThreshold
 
@@ -32,6 +33,8 @@ Examples:
   sudo netpath drops --iface eth0 --duration 30 --json
   sudo netpath drops --proto udp --port 53 --by reason,flow
   sudo netpath drops --netns web --iface veth0 --reason NETFILTER_DROP
+  sudo netpath drops --by reason,socket        whose socket overflowed
+  sudo netpath drops --by reason,cgroup --cgroup /system.slice/dns.service
   sudo netpath drops --duration 60 --fail-on-drops 1000  # exit 1 at >= 1000
 """
 
@@ -67,7 +70,10 @@ def parse_by(value: str) -> tuple[str, ...]:
 @common_options
 @click.option("--reason", "reason_name", metavar="NAME", help="Only this drop reason (e.g. NO_SOCKET).")
 @click.option("--by", "by_spec", default=",".join(drops_mod.DEFAULT_BY), show_default=True, metavar="FIELDS",
-              help="What rows group by: any of reason,location,iface,proto,flow.")
+              help="What rows group by: any of reason,location,iface,proto,flow,socket,cgroup "
+                   "(socket: the receiving socket and its process; cgroup: its cgroup and container).")
+@click.option("--cgroup", "cgroup_spec", metavar="PATH",
+              help="Only drops whose receiving socket is in this cgroup v2 (e.g. /system.slice/nginx.service).")
 @click.option("--top", type=bounded_int(1, drops_mod.MAX_ROWS, "rows the drops map holds"), metavar="N",
               help="Show the N busiest rows per report [default: 10 on a terminal, all in --json].")
 @click.option("--stack", is_flag=True, help="Add the kernel stack of the last drop for each shown row.")
@@ -79,9 +85,10 @@ def parse_by(value: str) -> tuple[str, ...]:
 @click.pass_context
 def drops(ctx: click.Context, ifaces: tuple[str, ...], netns_spec: str | None, proto: str | None,
           port: int | None, host: str | None, interval: float, duration: float | None, count: int | None,
-          json_mode: bool, ebpf: bool, reason_name: str | None, by_spec: str, top: int | None, stack: bool,
-          samples: int, fail_on_drops: int | None) -> None:
+          json_mode: bool, ebpf: bool, reason_name: str | None, by_spec: str, cgroup_spec: str | None,
+          top: int | None, stack: bool, samples: int, fail_on_drops: int | None) -> None:
     by = parse_by(by_spec)
+    cgroup_id = CgroupTree(find_mount()).id_of(cgroup_spec) if cgroup_spec is not None else None
     filters = resolve_filters(ifaces, netns_spec, proto, port, host)
     reason_code = None
     if reason_name is not None and (code := _reason_from_btf(reason_name)) is not None:
@@ -97,7 +104,7 @@ def drops(ctx: click.Context, ifaces: tuple[str, ...], netns_spec: str | None, p
         if reason_code is None:
             raise BadInput(f"unknown drop reason {reason_name!r} on this kernel (see 'netpath probes --reasons')")
     query = drops_mod.DropsQuery(filters.netns, filters.ifaces, filters.iface_keys, filters.proto, filters.port,
-                                 filters.host, reason_code, by, stack, samples)
+                                 filters.host, reason_code, by, stack, samples, cgroup_id)
     source = drops_mod.program_source(query, facts, bpf.struct_offsets(facts))
     if ebpf:
         click.echo(bpf.dump_source(source, facts))

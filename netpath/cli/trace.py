@@ -39,6 +39,7 @@ Examples:
   sudo netpath trace --proto udp --port 5353 --hist socket_queue
   sudo netpath trace --per-iface --duration 30 --json
   sudo netpath trace --slower 5ms                  stream slow packets too
+  sudo netpath trace --per-socket --port 53        which reader is slow
   sudo netpath trace --duration 60 --fail-on-latency socket_queue:p99:10ms
 """
 
@@ -47,6 +48,8 @@ Examples:
 @common_options
 @click.option("--per-iface", is_flag=True, help="Break every stage down by interface.")
 @click.option("--per-cpu", is_flag=True, help="Break every stage down by CPU.")
+@click.option("--per-socket", is_flag=True,
+              help="Break socket_queue down by who reads: the process and its cgroup (and container).")
 @click.option("--hist", "hist_stage", type=click.Choice(STAGE_IDS), metavar="STAGE",
               help="Also print the full log2 histogram of STAGE.")
 @click.option("--fail-on-latency", "fail_specs", multiple=True, metavar="STAGE:PCT:DURATION",  # checked while parsing
@@ -59,7 +62,7 @@ Examples:
 @click.pass_context
 def trace(ctx: click.Context, ifaces: tuple[str, ...], netns_spec: str | None, proto: str | None,
           port: int | None, host: str | None, interval: float, duration: float | None, count: int | None,
-          json_mode: bool, ebpf: bool, per_iface: bool, per_cpu: bool, hist_stage: str | None,
+          json_mode: bool, ebpf: bool, per_iface: bool, per_cpu: bool, per_socket: bool, hist_stage: str | None,
           fail_specs: tuple[str, ...], slower: str | None) -> None:
     thresholds = [parse_fail_on_latency(s) for s in fail_specs]
     slower_ns = parse_duration(slower, "--slower duration") if slower else 0
@@ -73,7 +76,7 @@ def trace(ctx: click.Context, ifaces: tuple[str, ...], netns_spec: str | None, p
         if not choice.available:
             raise BadInput(f"bad --fail-on-latency {t.spec!r}: stage {t.stage} cannot attach here ({choice.reason})")
     query = trace_mod.TraceQuery(filters.netns, filters.iface_keys, filters.proto, filters.port, filters.host,
-                                 per_iface, per_cpu, slower_ns)
+                                 per_iface, per_cpu, slower_ns, per_socket=per_socket)
     source = trace_mod.program_source(query, plan, bpf.struct_offsets(facts))
     if ebpf:
         click.echo(bpf.dump_source(source, facts))

@@ -9,6 +9,7 @@ from typing import Any
 
 from netpath import bpf, contract, netns
 from netpath.collect import counters as counters_mod
+from netpath.collect.owners import OwnerResolver
 from netpath.errors import MissingCapability
 from netpath.filter_defines import filter_defines
 from netpath.kernel import offsets as kernel_offsets
@@ -30,7 +31,7 @@ from netpath.model import (
 )
 
 TRACEPOINT = "skb:kfree_skb"
-GROUP_FIELDS = ("reason", "location", "iface", "proto", "flow")
+GROUP_FIELDS = ("reason", "location", "iface", "proto", "flow", "socket", "cgroup")
 DEFAULT_BY = ("reason", "location", "iface", "proto")
 MAX_ROWS = contract.MAX_ROWS
 
@@ -57,6 +58,12 @@ class DropsQuery:
     by: tuple[str, ...] = DEFAULT_BY
     stack: bool = False
     samples: int = 0  # per CPU per interval
+    cgroup_id: int | None = None  # --cgroup: only drops whose socket is in this cgroup v2
+
+    @property
+    def owner_keyed(self) -> bool:
+        """Rows carry the receiving socket and/or its cgroup."""
+        return "socket" in self.by or "cgroup" in self.by
 
     @property
     def flow_keyed(self) -> bool:
@@ -67,6 +74,16 @@ def drop_reasons(facts: KernelFacts) -> DropReasons:
     """This kernel's reason names: BTF first, the kfree_skb tracepoint's own table without it."""
     fmt = facts.tracepoint_format(TRACEPOINT)
     return reasons_mod.load(facts.btf_path, fmt.symbols.get("reason") if fmt else None)
+
+
+OWNER_FIELDS = ("OFF_SKB_SK", "OFF_SK_STATE", "OFF_SK_SOCKET", "OFF_SK_CGROUP", "OFF_CGROUP_KN", "OFF_KN_ID",
+                "OFF_SOCKET_INODE", "OFF_INODE_INO")
+
+
+def has_rx_sk_field(facts: KernelFacts) -> bool:
+    """kfree_skb carries the receiving socket since Linux 6.11."""
+    fmt = facts.tracepoint_format(TRACEPOINT)
+    return bool(fmt and fmt.has("rx_sk"))
 
 
 def has_reason_field(facts: KernelFacts) -> bool:
@@ -87,6 +104,16 @@ def program_source(query: DropsQuery, facts: KernelFacts, offsets: dict[str, int
     defines["TP_HAS_REASON"] = int(has_reason_field(facts))
     for name in GROUP_FIELDS:
         defines[f"BY_{name.upper()}"] = int(name in query.by or (name == "flow" and query.flow_keyed))
+    defines["BY_OWNER"] = int(query.owner_keyed)
+    defines["TP_HAS_RX_SK"] = int(has_rx_sk_field(facts))
+    if query.owner_keyed or query.samples or query.cgroup_id is not None:
+        missing = [n for n in OWNER_FIELDS if n not in offsets]
+        if missing:
+            raise MissingCapability("this kernel's BTF lacks the socket fields attribution reads: "
+                                    + ", ".join(missing))
+        defines.update({name: offsets[name] for name in OWNER_FIELDS})
+    if query.cgroup_id is not None:
+        defines["FILTER_CGROUP"] = query.cgroup_id
     defines["SAMPLE_BUDGET"] = query.samples
     if query.stack:
         defines["WITH_STACK"] = 1
@@ -126,21 +153,32 @@ class DecodedKey:
     sport: int
     dport: int
 
+    sk_ino: int = 0
+    cgroup: int = 0
+
     @classmethod
-    def unpack(cls, raw: bytes) -> DecodedKey:
-        return cls(*contract.DROP_FULL_KEY.unpack(raw)[:11])
+    def unpack(cls, raw: bytes, flow: bool = True, owner: bool = False) -> DecodedKey:
+        """The map key as bpf/drops.c lays it out: where, then flow and owner when rows group by them."""
+        where = contract.DROP_WHERE.unpack(raw)
+        rest = raw[contract.DROP_WHERE.size:]
+        flow_part = contract.DROP_FLOW.unpack(rest if flow else b"")[:4]
+        if flow:
+            rest = rest[contract.DROP_FLOW.size:]
+        sk_ino, cgroup = contract.DROP_OWNER.unpack(rest) if owner else (0, 0)
+        return cls(*where, *flow_part, sk_ino, cgroup)
 
 
 class RowDecoder:
     """Turns a decoded key and count into a DropRow with names from the kernel."""
 
     def __init__(self, query: DropsQuery, reasons: DropReasons, facts: KernelFacts, ifaces: IfaceNames,
-                 has_reason: bool) -> None:
+                 has_reason: bool, owners: OwnerResolver | None = None) -> None:
         self.query = query
         self.reasons = reasons
         self.facts = facts
         self.ifaces = ifaces
         self.has_reason = has_reason
+        self.owners = owners
 
     def row(self, key: DecodedKey, count: int, full: bool = False) -> DropRow:
         by = set(self.query.by) | ({"reason", "location", "iface", "proto", "flow"} if full else set())
@@ -165,6 +203,10 @@ class RowDecoder:
                 "sport": key.sport if key.family and key.l4proto in (6, 17) else None,
                 "dport": key.dport if key.family and key.l4proto in (6, 17) else None,
             }
+        if (full or self.query.owner_keyed) and self.owners is not None:
+            extra["owner"] = self.owners.of_socket(key.sk_ino, key.cgroup, key.netns or None)
+        if "iface" in by and key.netns:
+            extra["netns_label"] = self.ifaces.netns_label(key.netns)
         return DropRow(reason, code, location, iface, ifindex, ns, proto, count, **extra)
 
 
@@ -185,7 +227,8 @@ class DropsSession:
         self.live = live
         self._loader = loader
         self._has_reason = has_reason_field(facts)
-        self._decoder = RowDecoder(query, reasons, facts, IfaceNames(), self._has_reason)
+        owners = OwnerResolver() if query.owner_keyed or query.samples else None
+        self._decoder = RowDecoder(query, reasons, facts, IfaceNames(), self._has_reason, owners)
         self._iface_set = set(query.ifaces) or None
         self.prog: bpf.Program | None = None
         self._samples: list[DropSample] = []
@@ -231,7 +274,7 @@ class DropsSession:
             "drops", self.facts.release, bpf.headers_mode(self.facts),
             (Attached(TRACEPOINT, "raw_tracepoint", "kfree_skb"),), unavailable,
             Filters(q.netns.inode if q.netns else None, tuple(q.ifaces), tuple(q.iface_keys), q.proto, q.port,
-                    str(q.host) if q.host else None),
+                    str(q.host) if q.host else None, q.cgroup_id),
             group_by=tuple(q.by) + (("flow",) if q.flow_keyed and "flow" not in q.by else ()),
             reason_code=q.reason_code,
         )
@@ -291,7 +334,7 @@ class DropsSession:
         shown = ranked if self.limit is None else ranked[: self.limit]
         rows: list[DropRow] = []
         for value, raw in shown:
-            row = self._decoder.row(DecodedKey.unpack(raw), value)
+            row = self._decoder.row(self._key(raw), value)
             stack = self.stack_of(raw)
             extra = {"stack": stack} if stack is not None else {}
             if interval_counts is not None:
@@ -301,7 +344,7 @@ class DropsSession:
         # the exact count of matching drops, whether or not each found room in the map
         total = stats.get("matched", 0) if interval_counts is None else self._run_matched
         return DropSnapshot(rows, counters, health(stats, samples_lost), total, elapsed_ns, len(rest),
-                            sum(v for v, _ in rest), self.query.flow_keyed)
+                            sum(v for v, _ in rest), self.query.flow_keyed, self.query.owner_keyed)
 
     def stack_of(self, raw_key: bytes) -> list[str] | None:
         if not self.query.stack or self.prog is None:
@@ -316,13 +359,16 @@ class DropsSession:
             frames.pop(0)
         return frames
 
+    def _key(self, raw: bytes) -> DecodedKey:
+        return DecodedKey.unpack(raw, self.query.flow_keyed, self.query.owner_keyed)
+
     def forget_gone_devices(self, live: set[tuple[int, int]]) -> int:
         """Deletes rows of interfaces not in `live` ((netns inode, ifindex)), so their series go away."""
         if self.prog is None or "iface" not in self.query.by:
             return 0
         gone = []
         for raw in self.counts():
-            key = DecodedKey.unpack(raw)
+            key = self._key(raw)
             if key.ifindex and (key.netns, key.ifindex) not in live:
                 gone.append(raw)
         self.prog.delete("drops", gone)
@@ -334,8 +380,10 @@ class DropsSession:
         if len(raw) < contract.DROP_SAMPLE.size:
             return
         fields = contract.DROP_SAMPLE.unpack(raw)
-        key, (ts, length, pid, cpu, _stackid, comm) = fields[:KEY_FIELDS], fields[KEY_FIELDS:]
-        row = self._decoder.row(DecodedKey(*key[:11]), 1, full=True)
+        key, (sk_ino, cgroup), (ts, length, pid, cpu, _stackid, comm) = (fields[:KEY_FIELDS],
+                                                                         fields[KEY_FIELDS:KEY_FIELDS + 2],
+                                                                         fields[KEY_FIELDS + 2:])
+        row = self._decoder.row(DecodedKey(*key[:11], sk_ino, cgroup), 1, full=True)
         self._samples.append(DropSample(ts, cpu, pid, comm.split(b"\0")[0].decode(errors="replace"), length, row))
 
     def _on_lost(self, lost: int) -> None:

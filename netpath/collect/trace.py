@@ -6,13 +6,14 @@ import ipaddress
 import re
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from netpath import bpf, contract, netns
 from netpath.collect import counters as counters_mod
 from netpath.collect import trace_stats
-from netpath.collect.trace_stats import HistKey, NapiKey, Reading
+from netpath.collect.owners import OwnerResolver
+from netpath.collect.trace_stats import HistKey, NapiKey, OwnerKey, Reading
 from netpath.errors import MissingCapability
 from netpath.filter_defines import filter_defines
 from netpath.kernel import offsets as kernel_offsets
@@ -45,6 +46,7 @@ class TraceQuery:
     per_cpu: bool = False
     slower_ns: int = 0
     napi_by_dev: bool = False  # NAPI counters per device without a per-interface histogram (export)
+    per_socket: bool = False  # socket_queue per reading process and cgroup
 
 
 # neighbouring fields bpf/trace.c fetches with one probe read, beyond the shared ones
@@ -73,6 +75,8 @@ def program_source(query: TraceQuery, plan: AttachPlan, offsets: dict[str, int])
     defines["RING"] = contract.RING_SLOTS
     defines["HIST_ROWS"] = contract.HIST_ROWS
     defines["NAPI_ROWS"] = contract.NAPI_ROWS
+    defines["BY_OWNER"] = int(query.per_socket)
+    defines["OWNER_ROWS"] = contract.OWNER_ROWS
     defines["BY_IFACE"] = int(query.per_iface)
     defines["NAPI_BY_DEV"] = int(query.per_iface or query.napi_by_dev)
     defines["BY_CPU"] = int(query.per_cpu)
@@ -171,7 +175,26 @@ class TraceReader:
         hits = {name: counts[i] for i, name in enumerate(contract.HOOK_NAMES)
                 if name.removesuffix(":return") in self.wanted}
         stats = dict(zip(contract.STAT_NAMES, counts[nhooks:], strict=True))
-        return Reading(slots, maxima, napi, hits, stats)
+        reading = Reading(slots, maxima, napi, hits, stats)
+        if self.query.per_socket:
+            reading.owner_slots, reading.owner_maxima = self._read_owners(prog)
+        return reading
+
+    @staticmethod
+    def _read_owners(prog: bpf.Program) -> tuple[dict[OwnerKey, dict[int, int]], dict[OwnerKey, int]]:
+        slots: dict[OwnerKey, dict[int, int]] = {}
+        maxima: dict[OwnerKey, int] = {}
+        max_keys = []
+        for raw, values in prog.percpu_items("owner_hist").items():
+            cgroup, tgid, slot, _pad = contract.OWNER_HIST_KEY.unpack(raw)
+            numbers = [COUNT.unpack(v)[0] for v in values]
+            if slot == contract.MAX_SLOT:
+                maxima[(cgroup, tgid)] = max(numbers)
+                max_keys.append(raw)
+            else:
+                slots.setdefault((cgroup, tgid), {})[slot] = sum(numbers)
+        prog.delete("owner_hist", max_keys)  # maxima are per interval
+        return slots, maxima
 
     def _read_arrays(self, prog: bpf.Program) -> tuple[dict[HistKey, dict[int, int]], dict[HistKey, int]]:
         """Per-CPU arrays indexed by stage: slots cumulative, maxima zeroed after each read."""
@@ -251,6 +274,7 @@ class TraceSession:
         self._reader = TraceReader(query, plan)
         self._acc = trace_stats.Accumulator()
         self._names = _iface_names()
+        self._owners = OwnerResolver() if query.per_socket else None
         self.prog: bpf.Program | None = None
         self._slow: list[SlowPacket] = []
         self._slow_lost = 0
@@ -304,26 +328,32 @@ class TraceSession:
     def interval(self, elapsed_ns: int) -> TraceSnapshot:
         assert self.prog is not None
         dists, napi, hits, stats = self._acc.step(self._reader.read(self.prog))
+        owners = self._acc.owner_step
         now = softnet_totals()
         softnet = {k: v - self._softnet_last.get(k, 0) for k, v in now.items()}
         self._softnet_last = now
         lost, self._last_lost = self._slow_lost - self._last_lost, self._slow_lost
         span, self._last_ns = elapsed_ns - self._last_ns, elapsed_ns
-        return self._snapshot(dists, napi, hits, stats, lost, softnet, elapsed_ns, span)
+        return self._snapshot(dists, napi, hits, stats, lost, softnet, elapsed_ns, span, owners)
 
     def summary(self, elapsed_ns: int) -> TraceSnapshot:
         assert self.prog is not None
         self._acc.step(self._reader.read(self.prog))
         dists, napi, hits, stats = self._acc.totals()
         softnet = {k: v - self._softnet_base.get(k, 0) for k, v in softnet_totals().items()}
-        return self._snapshot(dists, napi, hits, stats, self._slow_lost, softnet, elapsed_ns, 0)
+        return self._snapshot(dists, napi, hits, stats, self._slow_lost, softnet, elapsed_ns, 0,
+                              self._acc.owner_totals())
 
     def _snapshot(self, dists: dict[HistKey, trace_stats.Dist], napi: dict[NapiKey, trace_stats.NapiCount],
                   hits: dict[str, int], stats: dict[str, int], lost: int, softnet: dict[str, int], elapsed_ns: int,
-                  span_ns: int) -> TraceSnapshot:
+                  span_ns: int, owners: dict[OwnerKey, trace_stats.Dist] | None = None) -> TraceSnapshot:
         q = self.query
         rows = trace_stats.stage_rows(self.plan, dists, napi, q.per_iface or q.per_cpu, self._names,
                                       q.per_iface or q.per_cpu or q.napi_by_dev)
+        if self._owners is not None and owners:
+            owner_rows = tuple((self._owners.of_reader(tgid, cgroup), dist.latency())
+                               for (cgroup, tgid), dist in sorted(owners.items(), key=lambda kv: -kv[1].sum_ns))
+            rows = [replace(r, owners=owner_rows) if r.stage == "socket_queue" else r for r in rows]
         health = TraceHealth(hits, stats.get("lost_rows", 0), stats.get("lost_skbs", 0), stats.get("slow_sent", 0),
                              stats.get("missed_enqueue", 0), stats.get("ring_overrun", 0), lost,
                              contract.RING_SLOTS, stats.get("unseen_enqueue", 0), stats.get("unseen_read", 0))

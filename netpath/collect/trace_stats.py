@@ -11,6 +11,7 @@ from netpath.plan import AttachPlan
 
 HistKey = tuple[int, int, int, int]  # stage index, ifindex, netns, cpu
 NapiKey = tuple[int, int, int]  # ifindex, netns, cpu
+OwnerKey = tuple[int, int]  # cgroup id, reader tgid
 Names = Callable[[int, int], str | None]
 
 
@@ -23,6 +24,8 @@ class Reading:
     napi: dict[NapiKey, dict[str, int]]
     hits: dict[str, int]
     stats: dict[str, int]
+    owner_slots: dict[OwnerKey, dict[int, int]] = field(default_factory=dict)  # socket_queue per reader
+    owner_maxima: dict[OwnerKey, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -81,6 +84,9 @@ class Accumulator:
         self.prev_stats: dict[str, int] = {}
         self.run_max: dict[HistKey, int] = {}
         self.last: Reading | None = None
+        self.prev_owners: dict[OwnerKey, dict[int, int]] = {}
+        self.owner_run_max: dict[OwnerKey, int] = {}
+        self.owner_step: dict[OwnerKey, Dist] = {}  # the last step's socket_queue per reader
 
     def step(self, reading: Reading) -> Step:
         dists: dict[HistKey, Dist] = {}
@@ -97,8 +103,15 @@ class Accumulator:
         self.prev_slots = {k: dict(v) for k, v in reading.slots.items()}
         self.prev_napi = {k: dict(v) for k, v in reading.napi.items()}
         self.prev_hits, self.prev_stats = dict(reading.hits), dict(reading.stats)
+        self.owner_step = _deltas(reading.owner_slots, self.prev_owners, reading.owner_maxima)
+        for key, value in reading.owner_maxima.items():
+            self.owner_run_max[key] = max(self.owner_run_max.get(key, 0), value)
+        self.prev_owners = {k: dict(v) for k, v in reading.owner_slots.items()}
         self.last = reading
         return dists, {k: v for k, v in napi.items() if v.polls}, hits, stats
+
+    def owner_totals(self) -> dict[OwnerKey, Dist]:
+        return {k: Dist.of(v, self.owner_run_max.get(k, 0)) for k, v in self.prev_owners.items()}
 
     def totals(self) -> Step:
         if self.last is None:
@@ -106,6 +119,17 @@ class Accumulator:
         dists = {k: Dist.of(v, self.run_max.get(k, 0)) for k, v in self.last.slots.items()}
         napi = {k: _napi_delta(v, None) for k, v in self.last.napi.items()}
         return dists, napi, dict(self.last.hits), dict(self.last.stats)
+
+
+def _deltas(now: dict[OwnerKey, dict[int, int]], before: dict[OwnerKey, dict[int, int]],
+            maxima: dict[OwnerKey, int]) -> dict[OwnerKey, Dist]:
+    out: dict[OwnerKey, Dist] = {}
+    for key, slots in now.items():
+        prev = before.get(key, {})
+        delta = {s: n - prev.get(s, 0) for s, n in slots.items() if n - prev.get(s, 0) > 0}
+        if delta:
+            out[key] = Dist.of(delta, maxima.get(key, 0))
+    return out
 
 
 def _napi_delta(now: dict[str, int], before: dict[str, int] | None) -> NapiCount:

@@ -30,6 +30,14 @@ FIELDS: dict[str, tuple[str, str]] = {
     # netpath trace
     "OFF_SKB_DATA": ("sk_buff", "data"),
     "OFF_SKB_NEXT": ("sk_buff", "next"),
+    # attribution: the socket's inode and cgroup v2 id
+    "OFF_SK_STATE": ("sock", "__sk_common.skc_state"),
+    "OFF_SK_SOCKET": ("sock", "sk_socket"),
+    "OFF_SK_CGROUP": ("sock", "sk_cgrp_data.cgroup"),
+    "OFF_CGROUP_KN": ("cgroup", "kn"),
+    "OFF_KN_ID": ("kernfs_node", "id"),
+    "OFF_SOCKET_INODE": ("socket_alloc", "vfs_inode"),
+    "OFF_INODE_INO": ("inode", "i_ino"),
     "OFF_SK_RCVQ": ("sock", "sk_receive_queue"),
     "OFF_SK_RCVQ_PREV": ("sock", "sk_receive_queue.prev"),
     "OFF_NAPI_DEV": ("napi_struct", "dev"),

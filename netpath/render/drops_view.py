@@ -7,7 +7,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from netpath.model import Counter, DropRow, DropSample, DropSnapshot, Verdict
+from netpath.model import Counter, DropRow, DropSample, DropSnapshot, Owner, Verdict
 from netpath.render.fit import Column, fitted_table
 
 
@@ -17,6 +17,21 @@ def _flow(row: DropRow) -> str:
     if row.sport is not None:
         return f"{row.saddr}:{row.sport} > {row.daddr}:{row.dport}"
     return f"{row.saddr} > {row.daddr}"
+
+
+def owner_text(o: Owner | None) -> str:
+    """python3[4242] udp 10.0.0.2:5353 /x.service (systemd:x.service), or why not."""
+    if o is None:
+        return ""
+    bits = []
+    if o.pid is not None:
+        bits.append(f"{o.comm or '?'}[{o.pid}]")
+    if o.sock is not None:
+        host = f"[{o.sock.laddr}]" if o.sock.family == 6 else o.sock.laddr
+        bits.append(f"{o.sock.proto} {host}:{o.sock.lport}")
+    if o.cgroup is not None:
+        bits.append(o.cgroup + (f" ({o.container})" if o.container else ""))
+    return " ".join(bits) or "no socket"
 
 
 def _where(row: DropRow) -> str:
@@ -62,6 +77,8 @@ def drops_table(snap: DropSnapshot, title: str, width: int = 80) -> RenderableTy
         flow = _flow(row)
         if flow:
             details.append(f"#{n} {flow}")
+        if snap.owner_keyed:
+            details.append(f"#{n} owner: {owner_text(row.owner)}")
         if row.stack:
             details.append(f"#{n} stack:")
             details.extend(f"      {frame}" for frame in row.stack[:12])
@@ -109,6 +126,8 @@ def plain_lines(snap: DropSnapshot, title: str) -> list[str]:
         flow = _flow(row)
         if flow:
             lines.append(f"              {flow}")
+        if snap.owner_keyed:
+            lines.append(f"              owner: {owner_text(row.owner)}")
         for frame in (row.stack or [])[:8]:
             lines.append(f"              {frame}")
     if snap.other_rows:

@@ -11,8 +11,10 @@ from netpath.model import (
     DropSnapshot,
     Latency,
     Napi,
+    Owner,
     SlowPacket,
     Snapshot,
+    SockInfo,
     StageRow,
     Start,
     TraceSnapshot,
@@ -32,7 +34,19 @@ def record(kind: str, **fields: Any) -> Record:
 # ---------------------------------------------------------------- drops
 
 
-def drop_row(row: DropRow, with_flow: bool) -> Record:
+def sock(info: SockInfo | None) -> Record | None:
+    if info is None:
+        return None
+    return {"inode": info.inode, "proto": info.proto, "family": info.family, "laddr": info.laddr,
+            "lport": info.lport}
+
+
+def owner(o: Owner | None) -> Record:
+    o = o or Owner()
+    return {"sock": sock(o.sock), "pid": o.pid, "comm": o.comm, "cgroup": o.cgroup, "container": o.container}
+
+
+def drop_row(row: DropRow, with_flow: bool, with_owner: bool = False) -> Record:
     out: Record = {
         "reason": row.reason,
         "reason_code": row.reason_code,
@@ -40,11 +54,14 @@ def drop_row(row: DropRow, with_flow: bool) -> Record:
         "iface": row.iface,
         "ifindex": row.ifindex,
         "netns": row.netns,
-        "proto": row.proto,
-        "count": row.count,
     }
+    if row.netns_label is not None:
+        out["netns_label"] = row.netns_label
+    out.update(proto=row.proto, count=row.count)
     if with_flow:
         out.update(family=row.family, saddr=row.saddr, daddr=row.daddr, sport=row.sport, dport=row.dport)
+    if with_owner:
+        out.update(owner(row.owner))
     if row.stack is not None:
         out["stack"] = row.stack
     return out
@@ -63,7 +80,7 @@ def counter(c: Counter) -> Record:
 def _drops_body(snap: DropSnapshot) -> Record:
     h = snap.health
     out: Record = {
-        "rows": [drop_row(r, snap.flow_keyed) for r in snap.rows],
+        "rows": [drop_row(r, snap.flow_keyed, snap.owner_keyed) for r in snap.rows],
         "counters": [counter(c) for c in snap.counters],
         "total": snap.total,
         "health": {
@@ -85,7 +102,7 @@ def _drops_body(snap: DropSnapshot) -> Record:
 
 def drop_sample(sample: DropSample) -> Record:
     return record("sample", command="drops", ts_ns=sample.ts_ns, cpu=sample.cpu, pid=sample.pid,
-                  comm=sample.comm, len=sample.len, **drop_row(sample.row, True))
+                  comm=sample.comm, len=sample.len, **drop_row(sample.row, True, True))
 
 
 # ---------------------------------------------------------------- trace
@@ -121,6 +138,8 @@ def stage_row(row: StageRow, per_iface: bool, per_cpu: bool) -> Record:
     out: Record = {"stage": row.stage, "hook": row.hook, "method": row.method, **latency(row.latency)}
     if row.parts:
         out["breakdown"] = [{**_where(w, per_iface, per_cpu, True), **latency(lat)} for w, lat in row.parts]
+    if row.owners:
+        out["by_socket"] = [{k: v for k, v in owner(o).items() if k != "sock"} | latency(lat) for o, lat in row.owners]
     if row.napi is not None:
         out["napi"] = napi(row.napi)
         if row.napi_parts:
@@ -197,7 +216,8 @@ def start(info: Start) -> Record:
         return record("start", command="drops", kernel=info.kernel, headers=info.headers, attached=attached,
                       unavailable=unavail, group_by=list(info.group_by),
                       filters={"netns": f.netns, "iface": list(f.ifaces), "proto": f.proto, "port": f.port,
-                               "host": f.host, "reason_code": info.reason_code})
+                               "host": f.host, "reason_code": info.reason_code,
+                               **({"cgroup": f.cgroup} if f.cgroup is not None else {})})
     return record("start", command=info.command, kernel=info.kernel, headers=info.headers, stages=list(info.stages),
                   attached=attached, unavailable=unavail,
                   filters={"netns": f.netns, "iface_keys": [list(k) for k in f.iface_keys], "proto": f.proto,

@@ -7,7 +7,7 @@ import textwrap
 from rich.console import Group, RenderableType
 from rich.text import Text
 
-from netpath.model import Latency, SlowPacket, StageRow, TraceSnapshot, Unavailable, Verdict, Where
+from netpath.model import Latency, Owner, SlowPacket, StageRow, TraceSnapshot, Unavailable, Verdict, Where
 from netpath.render.fit import Column, fitted_table
 
 SPARK = "▁▂▃▄▅▆▇█"
@@ -57,6 +57,11 @@ def _part_label(where: Where, per_iface: bool, per_cpu: bool) -> str:
     if per_cpu:
         bits.append(f"cpu{where.cpu}")
     return "  " + "/".join(bits)
+
+
+def _owner_label(who: Owner) -> str:
+    """A reader as the table shows it: comm[pid], its container or cgroup below in JSON."""
+    return f"  {who.comm or '?'}[{who.pid}]" if who.pid else "  ?"
 
 
 def _cells(lat: Latency, ascii_only: bool) -> list[str]:
@@ -111,6 +116,8 @@ def trace_table(snap: TraceSnapshot, title: str, hist_stage: str | None, width: 
         cells.append([row.stage, _label(row), *_cells(row.latency, False)])
         for where, lat in row.parts:
             cells.append([_part_label(where, snap.per_iface, snap.per_cpu), "", *_cells(lat, False)])
+        for who, lat in row.owners:
+            cells.append([_owner_label(who), "", *_cells(lat, False)])
     for item in snap.unavailable:
         cells.append([Text(item.stage or item.hook, style="dim"), Text("-", style="dim"), "", "", "", "", "", ""])
     table = fitted_table(title, TRACE_COLUMNS, cells, width)
@@ -151,6 +158,8 @@ def plain_lines(snap: TraceSnapshot, title: str, hist_stage: str | None) -> list
         add(row.stage, _label(row), row.latency)
         for where, lat in row.parts:
             add(_part_label(where, snap.per_iface, snap.per_cpu), "", lat)
+        for who, lat in row.owners:
+            add(_owner_label(who), "", lat)
     line = napi_line(snap)
     if line:
         lines.extend(line.splitlines())

@@ -16,6 +16,9 @@ from netpath.render import records
 OFFSETS = {
     "OFF_SKB_DEV": 16, "OFF_SKB_LEN": 112, "OFF_SKB_HEAD": 192, "OFF_SKB_PROTOCOL": 176,
     "OFF_SKB_NETWORK_HEADER": 180, "OFF_DEV_IFINDEX": 224, "OFF_DEV_ND_NET": 264, "OFF_NET_NS_INUM": 176,
+    # attribution (offsets of the 6.18 development kernel)
+    "OFF_SKB_SK": 24, "OFF_SK_STATE": 18, "OFF_SK_SOCKET": 288, "OFF_SK_CGROUP": 672, "OFF_CGROUP_KN": 256,
+    "OFF_KN_ID": 96, "OFF_SOCKET_INODE": 128, "OFF_INODE_INO": 64,
 }
 
 
@@ -85,6 +88,9 @@ class FakeNames:
     def name(self, ns, ifindex):
         return {(1, 1): "lo", (5, 3): "veth0"}.get((ns, ifindex))
 
+    def netns_label(self, ns):
+        return {1: "host", 5: "web"}.get(ns)
+
 
 def decoder(facts, **query):
     reasons = from_tracepoint(parse_format((DATA / "kfree_skb-6.18.format").read_text()).symbols["reason"])
@@ -93,7 +99,7 @@ def decoder(facts, **query):
 
 def test_key_layout_matches_the_c_struct():
     assert contract.DROP_FULL_KEY.size == 64 and drops.SHORT_KEY_SIZE == 24
-    assert contract.DROP_SAMPLE.size == 64 + 8 + 4 * 4 + 16
+    assert contract.DROP_SAMPLE.size == 64 + 16 + 8 + 4 * 4 + 16
 
 
 def test_row_decoding(facts):

@@ -104,7 +104,7 @@ def test_drops_intervals_and_summaries_match_the_golden_bytes():
         snap = DropSnapshot(rows, [Counter("snmp", "UdpNoPorts", 5), Counter("softnet", "dropped", 1, cpu=1),
                                    Counter("link", "rx_dropped", 2, iface="lo")],
                             Health({"skb:kfree_skb": 13000}, 12800, 1, 2, 3, 4), sum(r.count for r in rows), 10**9,
-                            other, 9 if other else 0, flow, 10**9)
+                            other, 9 if other else 0, flow_keyed=flow, interval_ns=10**9)
         out.append(line(records.interval(snap, 1)))
         verdict = Verdict({"fail_on_drops": 5}, True, snap.total)
         out.append(line(records.summary(snap, "SIGINT", [verdict])))

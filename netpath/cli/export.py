@@ -153,12 +153,14 @@ class Routes:
 @click.option("--max-series", type=bounded_int(1, 100_000, "series per family"), default=DEFAULT_MAX_SERIES,
               show_default=True, metavar="N",
               help="Label sets per metric family; the rest fold into one _other series.")
+@click.option("--by-cgroup", is_flag=True,
+              help="Also label drops with the receiving socket's cgroup and container (bounded by --max-series).")
 @click.option("--duration", type=bounded_float(DURATION_MIN_S, DURATION_MAX_S, "seconds, at most a year"),
               metavar="SECONDS",
               help="Stop after this many seconds (default: until SIGTERM or Ctrl-C).")
 @click.pass_context
 def export(ctx: click.Context, ifaces: tuple[str, ...], netns_spec: str | None, proto: str | None,
-           port: int | None, host: str | None, listen: str, stages_spec: str, max_series: int,
+           port: int | None, host: str | None, listen: str, stages_spec: str, max_series: int, by_cgroup: bool,
            duration: float | None) -> None:
     address = parse_listen(listen)
     stages = parse_stages(stages_spec)
@@ -173,7 +175,7 @@ def export(ctx: click.Context, ifaces: tuple[str, ...], netns_spec: str | None, 
     try:
         offsets = bpf.struct_offsets(facts)
         query = drops_mod.DropsQuery(filters.netns, filters.ifaces, filters.iface_keys, filters.proto,
-                                     filters.port, filters.host, by=EXPORT_BY)
+                                     filters.port, filters.host, by=EXPORT_BY + (("cgroup",) if by_cgroup else ()))
         drops = drops_mod.DropsSession(query, facts, drops_mod.program_source(query, facts, offsets),
                                        drops_mod.drop_reasons(facts))
         trace = None

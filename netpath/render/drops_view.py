@@ -34,6 +34,12 @@ def owner_text(o: Owner | None) -> str:
     return " ".join(bits) or "no socket"
 
 
+def _iface(row: DropRow) -> str:
+    """veth0@web: the interface and, outside the host namespace, the namespace's name for people."""
+    name = row.iface or (str(row.ifindex) if row.ifindex else "-")
+    return f"{name}@{row.netns_label}" if row.netns_label and row.netns_label != "host" else name
+
+
 def _where(row: DropRow) -> str:
     return row.location or "-"
 
@@ -50,7 +56,7 @@ DROP_COLUMNS = [
     Column("#", 1, "right"),
     Column("REASON", 0, max_width=22, squeeze=True, least=10),
     Column("LOCATION", 3, max_width=26, squeeze=True),
-    Column("IFACE", 5, max_width=10, squeeze=True),
+    Column("IFACE", 5, max_width=16, squeeze=True),
     Column("PROTO", 2, max_width=6),
     Column("/s", 4, "right"),
     Column("TOTAL", 0, "right"),
@@ -69,7 +75,7 @@ def drops_table(snap: DropSnapshot, title: str, width: int = 80) -> RenderableTy
             str(n),
             row.reason or "-",
             _where(row),
-            row.iface or (str(row.ifindex) if row.ifindex else "-"),
+            _iface(row),
             row.proto or "-",
             _rate(row.interval_count or 0, snap.interval_ns),
             f"{row.count:,}",
@@ -120,7 +126,7 @@ def plain_lines(snap: DropSnapshot, title: str) -> list[str]:
         lines.append("  no drops")
     for row in snap.rows:
         lines.append(
-            f"  {row.count:>10,}  {(row.reason or '-'):<22.22} {_where(row):<26.26} {(row.iface or '-'):<9.9} "
+            f"  {row.count:>10,}  {(row.reason or '-'):<22.22} {_where(row):<26.26} {_iface(row):<9.9} "
             f"{row.proto or '-'}"
         )
         flow = _flow(row)

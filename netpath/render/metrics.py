@@ -17,7 +17,7 @@ from prometheus_client.core import (
     Metric,
 )
 
-from netpath.model import DropSnapshot, Latency, Start, TraceSnapshot
+from netpath.model import DropSnapshot, Latency, Owner, Start, TraceSnapshot
 
 OTHER = "_other"
 # histogram bounds: powers of two from 128 ns to 17 s; the in-kernel slots split exactly at them
@@ -100,15 +100,21 @@ class MetricSet:
         return g
 
     def drops(self, snap: DropSnapshot) -> Iterator[Metric]:
+        names = ["reason", "iface", "netns", "netns_label", "proto"]
+        if snap.owner_keyed:
+            names += ["cgroup", "container"]
         fam = CounterMetricFamily("netpath_drops_total", "Packets the kernel dropped (skb:kfree_skb), by its drop "
-                                  "reason, interface, network namespace inode and protocol",
-                                  labels=["reason", "iface", "netns", "proto"])
+                                  "reason, interface, network namespace (inode and name) and protocol [and the "
+                                  "receiving socket's cgroup and container]", labels=names)
         values: dict[Labels, tuple[float, ...]] = {}
         for row in snap.rows:
-            labels = (row.reason or "", row.iface or (str(row.ifindex) if row.ifindex else ""),
-                      str(row.netns or ""), row.proto or "")
+            labels: Labels = (row.reason or "", row.iface or (str(row.ifindex) if row.ifindex else ""),
+                              str(row.netns or ""), row.netns_label or "", row.proto or "")
+            if snap.owner_keyed:
+                who = row.owner or Owner()
+                labels += (who.cgroup or "", who.container or "")
             values[labels] = _add(values.get(labels, ()), (row.count,))
-        self._bounded("netpath_drops_total", [fam], values, 4)
+        self._bounded("netpath_drops_total", [fam], values, len(names))
         yield fam
         counters = CounterMetricFamily("netpath_rx_stat_total", "Drop counters no skb event carries (link stats, "
                                        "qdisc drops, SNMP), by source and counter name",

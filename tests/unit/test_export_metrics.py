@@ -42,10 +42,25 @@ def values(metrics, name: str) -> dict[tuple, float]:
 def test_drops_by_reason_and_stats_without_softnet():
     got = list(MetricSet(10).drops(drops(row("NO_SOCKET", "lo", 30), row("NETFILTER_DROP", "veth0", 4))))
     d = values(got, "netpath_drops_total")
-    assert d == {(("iface", "lo"), ("netns", "4026532000"), ("proto", "udp"), ("reason", "NO_SOCKET")): 30,
-                 (("iface", "veth0"), ("netns", "4026532000"), ("proto", "udp"), ("reason", "NETFILTER_DROP")): 4}
+    assert d == {(("iface", "lo"), ("netns", "4026532000"), ("netns_label", ""), ("proto", "udp"),
+                  ("reason", "NO_SOCKET")): 30,
+                 (("iface", "veth0"), ("netns", "4026532000"), ("netns_label", ""), ("proto", "udp"),
+                  ("reason", "NETFILTER_DROP")): 4}
     assert values(got, "netpath_rx_stat_total") == {(("iface", ""), ("source", "snmp"), ("stat", "UdpNoPorts")): 5}
     assert values(got, "netpath_drops_matched_total") == {(): 34}
+
+
+def test_drops_by_cgroup_carry_cgroup_and_container_labels():
+    from dataclasses import replace
+
+    from netpath.model import Owner
+
+    snap = drops(replace(row("SOCKET_RCVBUFF", "veth0", 7), owner=Owner(cgroup="/system.slice/dns.service",
+                                                                        container="systemd:dns.service")))
+    snap.owner_keyed = True
+    d = values(list(MetricSet(10).drops(snap)), "netpath_drops_total")
+    (labels,) = d
+    assert dict(labels)["cgroup"] == "/system.slice/dns.service" and dict(labels)["container"] == "systemd:dns.service"
 
 
 def test_overflow_is_sticky_counted_and_never_goes_backwards():

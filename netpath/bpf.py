@@ -250,7 +250,8 @@ class Program:
             except OSError:
                 continue
             if stats is not None:
-                out[name] = stats
+                label = name.decode() if isinstance(name, bytes) else str(name)
+                out[label.removeprefix("raw_tracepoint__")] = stats
         return out
 
     def close(self) -> None:

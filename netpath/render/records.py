@@ -101,8 +101,9 @@ def _drops_body(snap: DropSnapshot) -> Record:
 
 
 def drop_sample(sample: DropSample) -> Record:
+    # pid/comm here are the task the drop happened in; the receiving socket's holder is under "owner"
     return record("sample", command="drops", ts_ns=sample.ts_ns, cpu=sample.cpu, pid=sample.pid,
-                  comm=sample.comm, len=sample.len, **drop_row(sample.row, True, True))
+                  comm=sample.comm, len=sample.len, **drop_row(sample.row, True), owner=owner(sample.row.owner))
 
 
 # ---------------------------------------------------------------- trace

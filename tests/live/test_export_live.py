@@ -183,3 +183,20 @@ def test_bad_listen_is_exit_2_and_a_busy_port_is_exit_3():
         port = busy.getsockname()[1]
         taken = run_netpath("export", "--listen", f"127.0.0.1:{port}")
     assert taken.returncode == 3 and "already in use" in taken.stderr and "Traceback" not in taken.stderr
+
+
+def test_bpf_run_time_per_program_when_the_kernel_keeps_bpf_stats():
+    sysctl = Path("/proc/sys/kernel/bpf_stats_enabled")
+    before = sysctl.read_text().strip()
+    sysctl.write_text("1\n")
+    try:
+        with exporter("--stages", "none") as run:
+            send_udp("127.0.0.1", 40941, 100)
+            time.sleep(0.3)
+            text = run.scrape()
+    finally:
+        sysctl.write_text(before + "\n")
+    runs = samples(text, "netpath_bpf_runs_total")
+    kfree = runs[(("function", "kfree_skb"), ("program", "drops"))]
+    assert kfree >= 100  # every drop ran the program, and other drops on the host may add more
+    assert samples(text, "netpath_bpf_run_seconds_total")[(("function", "kfree_skb"), ("program", "drops"))] > 0

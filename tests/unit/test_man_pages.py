@@ -1,0 +1,22 @@
+"""Every command has a man page with the sections an operator looks for."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from netpath.cli.main import cli
+
+MAN = Path(__file__).resolve().parents[2] / "man" / "man8"
+SECTIONS = ("NAME", "SYNOPSIS", "DESCRIPTION", "OPTIONS", "EXAMPLES", "EXIT STATUS", "OVERHEAD", "SEE ALSO")
+
+
+@pytest.mark.parametrize("command", sorted(cli.commands))
+def test_each_command_has_a_page_with_every_section(command: str) -> None:
+    page = (MAN / f"netpath-{command}.8").read_text()
+    heads = [line[4:].strip().strip('"') for line in page.splitlines() if line.startswith(".SH ")]
+    for section in SECTIONS:
+        assert section in heads, f"netpath-{command}.8 lacks {section}"
+    assert "FIELDS" in heads or "METRICS" in heads
+    assert f"netpath\\-{command}" in (MAN / "netpath.8").read_text(), f"netpath(8) does not point at {command}"

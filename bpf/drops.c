@@ -161,8 +161,8 @@ RAW_TRACEPOINT_PROBE(kfree_skb)
 #if BY_SOCKET
 	key.o.sk_ino = owner.sk_ino;
 #endif
-#if BY_CGROUP
-	key.o.cgroup = owner.cgroup;
+#if BY_SOCKET || BY_CGROUP
+	key.o.cgroup = owner.cgroup;	/* a socket has one cgroup: it does not split socket rows */
 #endif
 
 	count = drops.lookup_or_try_init(&key, &zero);

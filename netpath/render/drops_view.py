@@ -40,6 +40,13 @@ def _iface(row: DropRow) -> str:
     return f"{name}@{row.netns_label}" if row.netns_label and row.netns_label != "host" else name
 
 
+def _place(row: DropRow) -> str:
+    """Location and interface in 36 columns; the interface gets them all when rows do not group by location."""
+    if row.location is None:
+        return f"{_iface(row):<36.36}"
+    return f"{row.location:<26.26} {_iface(row):<9.9}"
+
+
 def _where(row: DropRow) -> str:
     return row.location or "-"
 
@@ -126,8 +133,7 @@ def plain_lines(snap: DropSnapshot, title: str) -> list[str]:
         lines.append("  no drops")
     for row in snap.rows:
         lines.append(
-            f"  {row.count:>10,}  {(row.reason or '-'):<22.22} {_where(row):<26.26} {_iface(row):<9.9} "
-            f"{row.proto or '-'}"
+            f"  {row.count:>10,}  {(row.reason or '-'):<22.22} {_place(row)} {row.proto or '-'}".rstrip()
         )
         flow = _flow(row)
         if flow:

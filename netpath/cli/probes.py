@@ -8,6 +8,7 @@ import click
 
 from netpath import bpf
 from netpath.cli.console import Terminal
+from netpath.cli import rx_path
 from netpath.cli.preflight import load_facts
 from netpath.collect import drops as drops_mod
 from netpath.kernel.facts import KernelFacts
@@ -76,7 +77,7 @@ def probes(json_mode: bool, show_reasons: bool) -> None:
         if show_reasons:
             extra["reasons"] = [{"reason": reasons.name(c), "reason_code": c} for c in sorted(reasons.core)]
             extra["reason_source"] = reasons.source
-        term.emit("probes", kernel=kernel, hooks=hooks, **extra)
+        term.emit("probes", kernel=kernel, hooks=hooks, **rx_path.report(), **extra)
         return
     term.out.print(
         f"kernel {kernel['release']}  BTF {'yes' if kernel['btf'] else 'no'}  "
@@ -92,6 +93,8 @@ def probes(json_mode: bool, show_reasons: bool) -> None:
             term.out.print(" " * 35 + line, markup=False)
         for line in textwrap.wrap(str(row["reason"]), width=80 - 19):
             term.out.print(" " * 19 + line, style="dim", markup=False)
+    for line in rx_path.lines(rx_path.report()):
+        term.out.print(line, markup=False)
     if show_reasons:
         term.out.print(f"drop reasons ({reasons.source}):")
         for code in sorted(reasons.core):

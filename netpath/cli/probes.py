@@ -7,8 +7,8 @@ import textwrap
 import click
 
 from netpath import bpf
-from netpath.cli.console import Terminal
 from netpath.cli import rx_path
+from netpath.cli.console import Terminal
 from netpath.cli.preflight import load_facts
 from netpath.collect import drops as drops_mod
 from netpath.kernel.facts import KernelFacts

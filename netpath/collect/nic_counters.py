@@ -140,10 +140,9 @@ def parse_qstats_message(msg: object) -> QueueStats | None:
             continue
         name = attr[len("NETDEV_A_QSTATS_"):].lower().replace("_", "-")
         if isinstance(value, bytes | bytearray):
-            if len(value) not in (4, 8):
-                continue
-            value = int.from_bytes(value, "little")
-        if isinstance(value, int):
+            if len(value) in (4, 8):
+                values[name] = int.from_bytes(value, "little")
+        elif isinstance(value, int):
             values[name] = value
     if "ifindex" not in values or "queue-type" not in values:
         return None

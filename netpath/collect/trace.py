@@ -145,7 +145,7 @@ def local_devices(sysfs: Path = Path("/sys/class/net")) -> dict[str, tuple[int, 
     # A NIC moved into another namespace leaves this one's /sys/class/net, but its interrupt lines
     # stay: keep every virtio-net device of the bus (ifindex 0: not known from here).
     try:
-        bound = list(Path("/sys/bus/virtio/drivers/virtio_net").glob("virtio*"))
+        bound = list((sysfs.parent.parent / "bus/virtio/drivers/virtio_net").glob("virtio*"))
     except OSError:
         bound = []
     seen = {busdev for _, busdev in out.values()}

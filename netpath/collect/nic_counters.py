@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
 import re
 import struct
@@ -279,13 +280,11 @@ class XdpExceptions:
                 fd = libc.syscall(_SYS_PERF_EVENT_OPEN, ctypes.byref(attr), -1, cpu, -1, 8)  # FD_CLOEXEC
                 if fd < 0:
                     continue  # an offline CPU
-                filt = ctypes.create_string_buffer(f"ifindex == {ifindex}".encode())
-                import fcntl
-
                 try:
-                    fcntl.ioctl(fd, PERF_EVENT_IOC_SET_FILTER, ctypes.addressof(filt))
+                    # a bytes argument: fcntl passes a pointer to a copy, the C string the ioctl reads
+                    fcntl.ioctl(fd, PERF_EVENT_IOC_SET_FILTER, f"ifindex == {ifindex}".encode() + b"\0")
                     fcntl.ioctl(fd, PERF_EVENT_IOC_ENABLE, 0)
-                except OSError as exc:
+                except (OSError, ValueError, OverflowError) as exc:
                     os.close(fd)
                     self.reason = f"perf counter on xdp:xdp_exception refused: {exc}"
                     continue
@@ -324,7 +323,7 @@ def _links() -> _Links:
             ifname = str(link.get_attr("IFLA_IFNAME"))
             names[int(link["index"])] = ifname
             x = link.get_attr("IFLA_XDP")
-            if x is not None and x.get_attr("IFLA_XDP_ATTACHED"):
+            if x is not None and x.get_attr("IFLA_XDP_ATTACHED"):  # None, or a mode name
                 xdp[ifname] = int(link["index"])
     return _Links(names, xdp)
 

@@ -13,7 +13,9 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-XDP_MODES = {1: "driver", 2: "generic", 3: "offload", 4: "multi"}
+# IFLA_XDP_ATTACHED: pyroute2 gives its own names for the kernel's XDP_ATTACHED_* values
+XDP_MODES: dict[int | str, str] = {1: "driver", 2: "generic", 3: "offload", 4: "multi", "xdp": "driver",
+                                   "xdpgeneric": "generic", "xdpoffload": "offload", "xdpmulti": "multi"}
 # IFLA_XDP_* attribute -> mode, for devices with programs in several modes at once
 XDP_MODE_ATTRS = (("IFLA_XDP_DRV_PROG_ID", "driver"), ("IFLA_XDP_SKB_PROG_ID", "generic"),
                   ("IFLA_XDP_HW_PROG_ID", "offload"))
@@ -51,7 +53,7 @@ def xdp_programs(links: Iterable[object], name_of: NameOf) -> list[RxProgram]:
         xdp = link.get_attr("IFLA_XDP")  # type: ignore[attr-defined]
         if xdp is None:
             continue
-        attached = int(xdp.get_attr("IFLA_XDP_ATTACHED") or 0)
+        attached = xdp.get_attr("IFLA_XDP_ATTACHED")
         if not attached:
             continue
         iface = str(link.get_attr("IFLA_IFNAME"))  # type: ignore[attr-defined]

@@ -91,6 +91,10 @@ def rps_run(nics: vmlab.RealNics) -> dict[str, Any]:
     packets to CPU 1, under `netpath trace --per-iface --per-cpu`; ground truth before and after."""
     p = nics
     _set_irq_cpu(p.input_a + p.input_b, CPU_IRQ)
+    # x86 moves an MSI's affinity at its next interrupt, on the old CPU: take one on each NIC first
+    vmlab.send_udp(p, p.a, p.addr_b, 9, 3)
+    vmlab.send_udp(p, p.b, p.addr_a, 9, 3)
+    time.sleep(0.5)
     _rps(p, 1 << CPU_STACK)
     irqs = list(p.input_a + p.input_b)
     try:

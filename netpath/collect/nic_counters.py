@@ -43,11 +43,23 @@ _DROPLIKE = re.compile(
 _XDP = re.compile(r"xdp", re.IGNORECASE)
 
 
+_AGGREGATE = re.compile(r"^(rx|tx)_(.+)$")
+_PER_QUEUE = re.compile(r"^(rx|tx)\d+_(.+)$")
+
+
 def classify_ethtool(iface: str, stats: Iterable[tuple[str, int]]) -> dict[CounterKey, int]:
-    """ethtool -S (name, value) pairs -> the drop/error-like counters, XDP ones under `xdp`."""
+    """ethtool -S (name, value) pairs -> the drop/error-like counters, XDP ones under `xdp`.
+
+    A device-wide total (virtio_net's rx_drops) is left out when the driver also gives it per
+    queue (rx0_drops, rx1_drops): the queues say the same, and where."""
+    pairs = list(stats)
+    per_queue = {(m.group(1), m.group(2)) for m in (_PER_QUEUE.match(n) for n, _ in pairs) if m}
     out: dict[CounterKey, int] = {}
-    for name, value in stats:
+    for name, value in pairs:
         if not _DROPLIKE.search(name):
+            continue
+        agg = _AGGREGATE.match(name)
+        if agg and (agg.group(1), agg.group(2)) in per_queue:
             continue
         source = "xdp" if _XDP.search(name) else "ethtool"
         out[(source, name, iface, None)] = int(value)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -21,6 +22,7 @@ XDP_MODE_ATTRS = (("IFLA_XDP_DRV_PROG_ID", "driver"), ("IFLA_XDP_SKB_PROG_ID", "
                   ("IFLA_XDP_HW_PROG_ID", "offload"))
 TC_H_INGRESS_PARENTS = {0xFFFFFFF1: "ingress", 0xFFFFFFF2: "clsact ingress"}
 TCA_BPF_FLAG_ACT_DIRECT = 1
+TCA_BPF_ID = 11  # pyroute2's cls_bpf map stops before it, so it is read from the raw attribute
 
 
 @dataclass(frozen=True)
@@ -79,14 +81,29 @@ def tc_programs(filters: Iterable[object], names: dict[int, str]) -> list[RxProg
         opts = f.get_attr("TCA_OPTIONS")  # type: ignore[attr-defined]
         if not opts:
             continue
-        prog_id = opts.get_attr("TCA_BPF_ID")
-        if prog_id is None:
-            continue  # the filter's head message, before any program
+        raw = _nested(opts)
+        if TCA_BPF_ID not in raw or len(raw[TCA_BPF_ID]) != 4:
+            continue
+        prog_id = int.from_bytes(raw[TCA_BPF_ID], "little")
         flags = int(opts.get_attr("TCA_BPF_FLAGS") or 0)
         ifindex = int(f["index"])  # type: ignore[index]
         out.append(RxProgram(names.get(ifindex, str(ifindex)), ifindex, "tc", where, int(prog_id),
                              opts.get_attr("TCA_BPF_NAME"), bool(flags & TCA_BPF_FLAG_ACT_DIRECT),
                              int(f["info"]) >> 16))  # type: ignore[index]
+    return out
+
+
+def _nested(attr: object) -> dict[int, bytes]:
+    """type -> payload of the attributes nested in a decoded pyroute2 nla, from its raw bytes."""
+    data = bytes(attr.data)  # type: ignore[attr-defined]
+    off, end = attr.offset + 4, attr.offset + attr.length  # type: ignore[attr-defined]
+    out: dict[int, bytes] = {}
+    while off + 4 <= end:
+        length, kind = struct.unpack_from("=HH", data, off)
+        if length < 4:
+            break
+        out[kind & 0x3FFF] = data[off + 4: off + length]
+        off += (length + 3) & ~3
     return out
 
 

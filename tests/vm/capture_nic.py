@@ -5,7 +5,8 @@
 With the two virtio-net NICs in their namespaces, XDP (drop/abort by port) and a tc ingress
 program on B and some traffic through them, it writes what netpath parses: `ethtool -S` of B,
 the rtnetlink link and tc-filter dumps of B's namespace and the netdev qstats-get dump (raw
-netlink bytes as hex), and what the kernel tools say about the same (bpftool net -j).
+netlink bytes as hex), /proc/interrupts with both NICs moved out of the root namespace, and what
+the kernel tools say about the same (bpftool net -j, sysfs rx_packets).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ def main(dest: str) -> None:
             grab["iface"] = p.if_b
             grab["ifindex"] = p.ifindex(p.b, p.if_b)
             grab["bpftool_net"] = json.loads(p.run(p.b, ["bpftool", "-j", "net"]).stdout)
+            (out / "interrupts.txt").write_text(Path("/proc/interrupts").read_text())
             (out / "ethtool-S.txt").write_text(p.run(p.b, ["ethtool", "-S", p.if_b]).stdout)
             (out / "rtnl.json").write_text(json.dumps(grab, indent=1) + "\n")
             (out / "sysfs-rx_packets").write_text(

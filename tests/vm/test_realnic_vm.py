@@ -101,9 +101,9 @@ def rps_run(nics: vmlab.RealNics) -> dict[str, Any]:
         run = _start(["trace", "--per-iface", "--per-cpu"])
         before = {"irq": vmlab.irq_counts(irqs), "rx_a": rx_packets(p.if_a, p.a), "rx_b": rx_packets(p.if_b, p.b),
                   "softnet": vmlab.softnet()}
-        sink = vmlab.UdpSink(p, p.b, p.addr_b, 5201, want=N_UDP, timeout=120)
-        vmlab.send_udp(p, p.a, p.addr_b, 5201, N_UDP)
-        assert sink.wait() == N_UDP
+        sink = vmlab.UdpSink(p, p.b, p.addr_b, 5201, want=N_UDP, timeout=60)
+        vmlab.send_udp(p, p.a, p.addr_b, 5201, N_UDP, burst=50, pause=0.02)
+        got = sink.wait()
         assert vmlab.tcp_transfer(p, p.b, p.addr_b, 5202, p.a, TCP_BYTES) == TCP_BYTES
         time.sleep(1)
         after = {"irq": vmlab.irq_counts(irqs), "rx_a": rx_packets(p.if_a, p.a), "rx_b": rx_packets(p.if_b, p.b),
@@ -111,7 +111,12 @@ def rps_run(nics: vmlab.RealNics) -> dict[str, Any]:
         summary = _stop(run)
     finally:
         _rps(p, 0)
-    return {"summary": summary, "before": before, "after": after}
+    # a loaded host can starve CPU 1 long enough for its backlog (netdev_max_backlog) to overflow:
+    # every datagram is then either read by the sink or counted as a softnet drop
+    dropped = sum(_softnet_delta(before["softnet"], after["softnet"], 1))
+    assert got + dropped == N_UDP, (got, dropped)
+    assert got > N_UDP // 2
+    return {"summary": summary, "before": before, "after": after, "udp": got}
 
 
 def test_hardirq_counts_equal_virtio_input_interrupts(nics: vmlab.RealNics, rps_run: dict[str, Any]) -> None:
@@ -131,7 +136,7 @@ def test_napi_work_per_device_equals_rx_packets(nics: vmlab.RealNics, rps_run: d
     work_a = sum(_parts(napi, nics.if_a, "napi_breakdown").values())
     print(f"napi_poll: {nics.if_b} work {work_b} rx_packets +{a['rx_b'] - b['rx_b']}; "
           f"{nics.if_a} work {work_a} rx_packets +{a['rx_a'] - b['rx_a']}; all polls {napi['napi']}")
-    assert work_b == a["rx_b"] - b["rx_b"] > N_UDP
+    assert work_b == a["rx_b"] - b["rx_b"] > rps_run["udp"]
     assert work_a == a["rx_a"] - b["rx_a"] > 0  # the TCP ACKs
     assert napi["napi"]["budget"] == 64  # the driver's NAPI weight
 
@@ -143,7 +148,7 @@ def test_gro_coalesces_tcp_and_netpath_shows_segments_and_skbs(nics: vmlab.RealN
     skbs = sum(_parts(_stage(s, "netif_receive_skb"), nics.if_b).values())
     # every frame B's driver took went through napi_gro_receive; only B's skbs reach CPU 1's stack
     processed = _softnet_delta(b["softnet"], a["softnet"], 0)[CPU_STACK]
-    tcp_segments, tcp_skbs = segments - N_UDP, skbs - N_UDP
+    tcp_segments, tcp_skbs = segments - N_UDP, skbs - rps_run["udp"]
     print(f"gro: {segments} segments -> {skbs} skbs ({tcp_segments} TCP segments -> {tcp_skbs} TCP skbs, "
           f"{tcp_segments / max(tcp_skbs, 1):.2f}:1); softnet processed +{processed} on CPU {CPU_STACK}")
     assert segments == a["rx_b"] - b["rx_b"]
@@ -163,8 +168,8 @@ def test_rps_moves_the_stack_to_the_other_cpu_and_per_cpu_shows_it(nics: vmlab.R
           f"udp_rcv per CPU {udp_b}, softnet received_rps {rps_ipis}")
     assert irq_b[CPU_IRQ] > 0 and sum(irq_b) == irq_b[CPU_IRQ]
     assert set(napi_b) == {CPU_IRQ} and napi_b[CPU_IRQ] == a["rx_b"] - b["rx_b"]
-    assert set(ip_b) == {CPU_STACK} and ip_b[CPU_STACK] > N_UDP
-    assert udp_b == {CPU_STACK: N_UDP}
+    assert set(ip_b) == {CPU_STACK} and ip_b[CPU_STACK] > rps_run["udp"]
+    assert udp_b == {CPU_STACK: rps_run["udp"]}
     assert rps_ipis[CPU_STACK] > 0
 
 

@@ -154,12 +154,15 @@ print(n, flush=True)
 """
 
 UDP_SEND = r"""
-import socket, sys
+import socket, sys, time
 addr, port, count, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+burst, pause = int(sys.argv[5]), float(sys.argv[6])
 s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_DGRAM)
 payload = b"n" * size
-for _ in range(count):
+for i in range(count):
     s.sendto(payload, (addr, port))
+    if burst and (i + 1) % burst == 0:
+        time.sleep(pause)
 """
 
 
@@ -183,8 +186,11 @@ class UdpSink:
         return int(out.strip().splitlines()[-1])
 
 
-def send_udp(pair: NetnsPair, ns: str, addr: str, port: int, count: int, size: int = 32) -> None:
-    pair.run(ns, [sys.executable, "-c", UDP_SEND, addr, str(port), str(count), str(size)])
+def send_udp(pair: NetnsPair, ns: str, addr: str, port: int, count: int, size: int = 32, burst: int = 0,
+             pause: float = 0.0) -> None:
+    """`count` datagrams; with `burst`, a `pause` after every `burst` of them (a real NIC's
+    receiver can fall behind a sender under TCG, where a veth's cannot)."""
+    pair.run(ns, [sys.executable, "-c", UDP_SEND, addr, str(port), str(count), str(size), str(burst), str(pause)])
 
 
 TCP_SERVER = r"""

@@ -129,3 +129,20 @@ def test_hardirq_maps_virtio_input_lines_of_nics_in_other_namespaces(series: str
     devices = trace_mod.local_devices(tmp_path / "sys" / "class" / "net")
     assert len(nets) == 2 and len(inputs) == 2
     assert trace_mod.nic_irqs(text, devices) == dict.fromkeys(sorted(inputs), 0)
+
+
+def test_probes_text_lists_programs_and_counter_sources() -> None:
+    from netpath.cli import rx_path
+
+    rep = {"rx_programs": [
+        {"iface": "rnb1", "ifindex": 3, "hook": "xdp", "mode": "driver", "prog_id": 61, "name": "xdp_drop_port"},
+        {"iface": "rnb1", "ifindex": 3, "hook": "tc", "mode": "clsact ingress", "prog_id": 62, "name": "tc_rx_pass",
+         "direct_action": True, "pref": 49152}],
+        "counter_sources": [{"source": "qstats", "available": False, "reason": "no netdev family"}]}
+    assert rx_path.lines(rep) == [
+        "receive-path BPF programs (XDP, tc ingress):",
+        "  rnb1             xdp  driver          id 61     xdp_drop_port",
+        "  rnb1             tc   clsact ingress  id 62     tc_rx_pass pref 49152 direct-action",
+        "NIC counter sources (netpath drops):",
+        "  qstats   no   no netdev family",
+    ]

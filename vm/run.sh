@@ -11,7 +11,8 @@
 # Environment: NETPATH_VM_HOME (/var/lib/netpath-vm), NETPATH_VM_VENV (<checkout>/vm/.venv),
 #   VM_MEMORY (2G), VM_CPUS (2), VM_TIMEOUT (seconds, 1200), VM_PYTHON (python used inside; default:
 #   <checkout>/.venv/bin/python if it has pytest, else the virtme-ng venv's python), VM_VERBOSE=1
-#   (show the guest kernel console).
+#   (show the guest kernel console), VM_REALNIC (1: two virtio-net NICs joined by a qemu hub, see
+#   vm/README.md; 0: none).
 set -uo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -60,6 +61,15 @@ printf '%s\n' "$CMD" > "$RUNDIR/cmd"
 VNG_ARGS=(--run "$KIMG" --disable-kvm --memory "${VM_MEMORY:-2G}" --cpus "${VM_CPUS:-2}"
           --rwdir="$ROOT" --cwd "$ROOT")
 [ "${VM_VERBOSE:-0}" = 1 ] && VNG_ARGS+=(--verbose)
+# The real-driver lab: two virtio-net NICs whose only peer is each other, through a qemu hub that has
+# no other port, so nothing they send leaves the guest. A hub port has a single queue pair, which is
+# all qemu lets virtio-net negotiate with it (mq needs a multiqueue backend such as tap). The MACs are
+# how tests/vm/vmlab.py finds them, whatever udev names them.
+if [ "${VM_REALNIC:-1}" = 1 ]; then
+    for i in 1 2; do
+        VNG_ARGS+=(--qemu-opts="-netdev hubport,id=npnic$i,hubid=14 -device virtio-net-pci,netdev=npnic$i,mac=52:54:00:6e:70:0$i")
+    done
+fi
 GUEST_CMD="bash $(printf '%q' "$HERE/guest.sh") $(printf '%q' "$RUNDIR")"
 [ -n "$CMD" ] || GUEST_CMD="$GUEST_CMD --interactive"
 

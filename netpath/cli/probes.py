@@ -8,6 +8,7 @@ import click
 
 from netpath import bpf
 from netpath import plan as plan_mod
+from netpath.cli import rx_path
 from netpath.cli.console import Terminal
 from netpath.cli.preflight import load_facts
 from netpath.collect import drops as drops_mod
@@ -74,7 +75,7 @@ def probes(json_mode: bool, show_reasons: bool) -> None:
         if show_reasons:
             extra["reasons"] = [{"reason": reasons.name(c), "reason_code": c} for c in sorted(reasons.core)]
             extra["reason_source"] = reasons.source
-        term.emit(records.record("probes", kernel=kernel, hooks=hooks, **extra))
+        term.emit(records.record("probes", kernel=kernel, hooks=hooks, **rx_path.report(), **extra))
         return
     term.print(
         f"kernel {kernel['release']}  BTF {'yes' if kernel['btf'] else 'no'}  "
@@ -90,6 +91,8 @@ def probes(json_mode: bool, show_reasons: bool) -> None:
             term.print(" " * 35 + line)
         for line in textwrap.wrap(str(row["reason"]), width=80 - 19):
             term.print(" " * 19 + line, style="dim")
+    for line in rx_path.lines(rx_path.report()):
+        term.print(line)
     if show_reasons:
         term.print(f"drop reasons ({reasons.source}):")
         for code in sorted(reasons.core):

@@ -156,7 +156,9 @@ def prefetch_netlink() -> threading.Thread:
 
 
 def read_all(ns: netns.Netns | None, ifaces: set[str] | None) -> dict[CounterKey, int]:
-    values = netns.run_in(ns, lambda: read_netns_counters(ifaces))
+    from netpath.collect import nic_counters  # NIC driver counters: ethtool -S, qstats, XDP
+
+    values = netns.run_in(ns, lambda: read_netns_counters(ifaces) | nic_counters.read_nic_counters(ifaces))
     for cpu, cols in parse_softnet(_read("/proc/net/softnet_stat")).items():
         for name, value in cols.items():
             values[("softnet", name, None, cpu)] = value
@@ -188,6 +190,6 @@ def _diff(before: dict[CounterKey, int], after: dict[CounterKey, int]) -> list[C
 
 
 def _order(c: Counter) -> tuple[int, str, str, int]:
-    rank = {"link": 0, "qdisc": 1, "softnet": 2, "snmp": 3}
+    rank = {"link": 0, "ethtool": 0, "xdp": 0, "qstats": 0, "qdisc": 1, "softnet": 2, "snmp": 3}
     return rank.get(c.source, 9), c.iface or "", c.name, c.cpu if c.cpu is not None else -1
 

@@ -124,6 +124,18 @@ def local_devices(sysfs: Path = Path("/sys/class/net")) -> dict[str, tuple[int, 
         dev = entry / "device"
         busdev = dev.resolve().name if dev.exists() else None
         out[entry.name] = (index, busdev)
+    # A NIC moved into another namespace leaves this one's /sys/class/net, but its interrupt lines
+    # stay: keep every virtio-net device of the bus (ifindex 0: not known from here). The key has a
+    # '/', which no interface name can, so only the device's input lines match it, not its
+    # config or output lines.
+    try:
+        bound = list((sysfs.parent.parent / "bus/virtio/drivers/virtio_net").glob("virtio*"))
+    except OSError:
+        bound = []
+    seen = {busdev for _, busdev in out.values()}
+    for dev in bound:
+        if dev.name not in seen:
+            out[f"{dev.name}/"] = (0, dev.name)
     return out
 
 

@@ -154,12 +154,15 @@ print(n, flush=True)
 """
 
 UDP_SEND = r"""
-import socket, sys
+import socket, sys, time
 addr, port, count, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+burst, pause = int(sys.argv[5]), float(sys.argv[6])
 s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_DGRAM)
 payload = b"n" * size
-for _ in range(count):
+for i in range(count):
     s.sendto(payload, (addr, port))
+    if burst and (i + 1) % burst == 0:
+        time.sleep(pause)
 """
 
 
@@ -183,8 +186,11 @@ class UdpSink:
         return int(out.strip().splitlines()[-1])
 
 
-def send_udp(pair: NetnsPair, ns: str, addr: str, port: int, count: int, size: int = 32) -> None:
-    pair.run(ns, [sys.executable, "-c", UDP_SEND, addr, str(port), str(count), str(size)])
+def send_udp(pair: NetnsPair, ns: str, addr: str, port: int, count: int, size: int = 32, burst: int = 0,
+             pause: float = 0.0) -> None:
+    """`count` datagrams; with `burst`, a `pause` after every `burst` of them (a real NIC's
+    receiver can fall behind a sender under TCG, where a veth's cannot)."""
+    pair.run(ns, [sys.executable, "-c", UDP_SEND, addr, str(port), str(count), str(size), str(burst), str(pause)])
 
 
 TCP_SERVER = r"""
@@ -251,3 +257,157 @@ struct bpf_refcount { __u32 __opaque[1]; } __attribute__((aligned(4)));
 struct bpf_wq { __u64 __opaque[2]; } __attribute__((aligned(8)));
 #endif
 """
+
+
+# --- the real-NIC lab: two virtio-net NICs joined by a qemu hub (vm/run.sh, VM_REALNIC) ---
+
+REALNIC_MACS = ("52:54:00:6e:70:01", "52:54:00:6e:70:02")
+
+
+def nic_by_mac(mac: str) -> str | None:
+    """The root-namespace interface with this MAC, if it is here (not moved to a namespace)."""
+    for dev in Path("/sys/class/net").iterdir():
+        try:
+            if (dev / "address").read_text().strip() == mac:
+                return dev.name
+        except OSError:
+            continue
+    return None
+
+
+def virtio_bus_name(ifname: str) -> str:
+    """virtio8 for a virtio-net interface of the root namespace: the name its IRQ lines carry."""
+    return Path(f"/sys/class/net/{ifname}/device").resolve().name
+
+
+def irq_lines(prefix: str) -> dict[int, str]:
+    """IRQ number -> action for the /proc/interrupts lines whose action starts with prefix."""
+    out = {}
+    for line in Path("/proc/interrupts").read_text().splitlines()[1:]:
+        head, _, rest = line.partition(":")
+        if head.strip().isdigit() and rest.split() and rest.split()[-1].startswith(prefix):
+            out[int(head)] = rest.split()[-1]
+    return out
+
+
+def irq_counts(irqs: list[int]) -> dict[int, list[int]]:
+    """IRQ number -> per-CPU counts from /proc/interrupts."""
+    lines = Path("/proc/interrupts").read_text().splitlines()
+    ncpu = len(lines[0].split())
+    out = {}
+    for line in lines[1:]:
+        head, _, rest = line.partition(":")
+        if head.strip().isdigit() and int(head) in irqs:
+            out[int(head)] = [int(x) for x in rest.split()[:ncpu]]
+    return out
+
+
+def softnet() -> list[list[int]]:
+    """/proc/net/softnet_stat, one row of columns per online CPU (0 processed, 1 dropped,
+    2 time_squeeze, 9 received_rps)."""
+    return [[int(c, 16) for c in line.split()] for line in Path("/proc/net/softnet_stat").read_text().splitlines()]
+
+
+def ethtool_stats(pair: NetnsPair, ns: str, dev: str) -> dict[str, int]:
+    """`ethtool -S` as the ethtool tool prints it: the ground truth for netpath's ioctl read."""
+    out = {}
+    for line in pair.run(ns, ["ethtool", "-S", dev]).stdout.splitlines()[1:]:
+        name, _, value = line.strip().rpartition(":")
+        if value.strip().isdigit():
+            out[name.strip()] = int(value)
+    return out
+
+
+@dataclass
+class RealNics(NetnsPair):
+    """NetnsPair over the two virtio-net NICs; `bus_a`/`bus_b` are their virtio device names and
+    `input_a`/`input_b` their receive-queue IRQ lines."""
+
+    bus_a: str = ""
+    bus_b: str = ""
+    input_a: tuple[int, ...] = ()
+    input_b: tuple[int, ...] = ()
+
+
+@contextmanager
+def realnic_pair(subnet: int = 250) -> Iterator[RealNics]:
+    """Move the lab's two virtio-net NICs (joined to each other by qemu) into fresh namespaces
+    npa<tag>/npb<tag>, renamed rna<tag>/rnb<tag>, IPv6 off before up and static neighbours, so the
+    only frames on the wire are the ones a test sends. Deleting the namespaces returns the NICs."""
+    devs = [nic_by_mac(m) for m in REALNIC_MACS]
+    if None in devs:
+        raise AssertionError(f"the lab guest has no virtio-net NICs {REALNIC_MACS} (vm/run.sh VM_REALNIC=1)")
+    tag = uuid.uuid4().hex[:6]
+    bus = [virtio_bus_name(d) for d in devs]  # type: ignore[arg-type]
+    pair = RealNics(a=f"npa{tag}", b=f"npb{tag}", if_a=f"rna{tag}", if_b=f"rnb{tag}",
+                    addr_a=f"10.200.{subnet}.1", addr_b=f"10.200.{subnet}.2", bus_a=bus[0], bus_b=bus[1],
+                    input_a=tuple(irq_lines(f"{bus[0]}-input")), input_b=tuple(irq_lines(f"{bus[1]}-input")))
+    ip("netns", "add", pair.a)
+    try:
+        ip("netns", "add", pair.b)
+        ends = ((devs[0], pair.a, pair.if_a, pair.addr_a), (devs[1], pair.b, pair.if_b, pair.addr_b))
+        for dev, ns, name, addr in ends:
+            ip("link", "set", "dev", str(dev), "down")
+            ip("link", "set", "dev", str(dev), "netns", ns, "name", name)
+            ip("-n", ns, "link", "set", "lo", "up")
+            subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw", f"net.ipv6.conf.{name}.disable_ipv6=1"],
+                           check=True, capture_output=True)
+            ip("-n", ns, "addr", "add", f"{addr}/{pair.prefix}", "dev", name)
+            ip("-n", ns, "link", "set", name, "up")
+        mac = {pair.a: link_mac(pair.if_a, pair.a), pair.b: link_mac(pair.if_b, pair.b)}
+        ip("-n", pair.a, "neigh", "replace", pair.addr_b, "lladdr", mac[pair.b], "dev", pair.if_a, "nud", "permanent")
+        ip("-n", pair.b, "neigh", "replace", pair.addr_a, "lladdr", mac[pair.a], "dev", pair.if_b, "nud", "permanent")
+        yield pair
+    finally:
+        ip("netns", "del", pair.a, check=False)
+        ip("netns", "del", pair.b, check=False)
+        # namespace teardown is asynchronous: wait for the NICs to be back for the next user
+        wait_until(lambda: all(nic_by_mac(m) for m in REALNIC_MACS), timeout=60)
+
+
+def pktgen(pair: NetnsPair, ns: str, dev: str, dst: str, dst_mac: str, count: int, udp_port: int,
+           size: int = 60) -> None:
+    """Send `count` UDP frames from `dev` with the kernel's packet generator (pktgen), which
+    keeps a NIC's receive ring fuller than any user-space sender under TCG."""
+    subprocess.run(["modprobe", "pktgen"], check=True, capture_output=True)
+    cmds = [
+        ("kpktgend_0", "rem_device_all"), ("kpktgend_0", f"add_device {dev}"),
+        (dev, f"count {count}"), (dev, "clone_skb 0"), (dev, f"pkt_size {size}"), (dev, "delay 0"),
+        (dev, f"dst {dst}"), (dev, f"dst_mac {dst_mac}"), (dev, f"udp_dst_min {udp_port}"),
+        (dev, f"udp_dst_max {udp_port}"), ("pgctrl", "start"),
+    ]
+    script = "; ".join(f"echo '{c}' > /proc/net/pktgen/{f}" for f, c in cmds)
+    pair.run(ns, ["sh", "-c", script], timeout=600)
+
+
+LOAD_RX_PROGRAMS = r"""
+import sys
+from bcc import BPF
+from pyroute2 import IPRoute
+src, dev, drop, abort = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+b = BPF(src_file=src, cflags=[f"-DDROP_PORT={drop}", f"-DABORT_PORT={abort}"])
+xdp = b.load_func("xdp_drop_port", BPF.XDP)
+tc = b.load_func("tc_rx_pass", BPF.SCHED_CLS)
+b.attach_xdp(dev, xdp, 0)
+with IPRoute() as ipr:
+    idx = ipr.link_lookup(ifname=dev)[0]
+    ipr.tc("add", "clsact", idx)
+    ipr.tc("add-filter", "bpf", idx, ":1", fd=tc.fd, name=tc.name.decode(), parent="ffff:fff2",
+           classid=1, direct_action=True)
+print("attached", flush=True)
+"""
+
+
+def attach_rx_programs(pair: NetnsPair, ns: str, dev: str, drop_port: int, abort_port: int) -> None:
+    """XDP (drop/abort by UDP port) and a pass-all tc ingress program on `dev`; both stay
+    attached after the loader exits, until detach_rx_programs."""
+    src = str(Path(__file__).with_name("xdp_rx_test.c"))
+    out = pair.run(ns, [sys.executable, "-c", LOAD_RX_PROGRAMS, src, dev, str(drop_port), str(abort_port)],
+                   timeout=600).stdout
+    assert "attached" in out, out
+
+
+def detach_rx_programs(pair: NetnsPair, ns: str, dev: str) -> None:
+    ip("-n", ns, "link", "set", "dev", dev, "xdp", "off", check=False)
+    subprocess.run(["ip", "netns", "exec", ns, "tc", "qdisc", "del", "dev", dev, "clsact"], check=False,
+                   capture_output=True)

@@ -1,4 +1,5 @@
-"""python -m bench [--rounds N] [--seconds S] | --storm [--storm-seconds S] | --observer [--rounds N] | --render"""
+"""python -m bench [--rounds N] [--seconds S] | --storm [--storm-seconds S] | --soak [--soak-seconds S] |
+--observer [--rounds N] | --render"""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=5.0, help="seconds per workload run (default 5)")
     ap.add_argument("--storm", action="store_true", help="only the 30 s closed-port drop storm (issue 2)")
     ap.add_argument("--storm-seconds", type=float, default=30.0)
+    ap.add_argument("--soak", action="store_true",
+                    help="only netpath export under a drop storm, scraped every second (issue 11 figures)")
+    ap.add_argument("--soak-seconds", type=float, default=600.0)
     ap.add_argument("--profile", action="store_true",
                     help="redo only the profiles and hook breakdown into an existing bench/results.json")
     ap.add_argument("--observer", action="store_true",
@@ -22,6 +26,10 @@ def main() -> int:
         from bench import storm
 
         return storm.main(args.storm_seconds)
+    if args.soak:
+        from bench import soak
+
+        return soak.main(args.soak_seconds)
     if args.observer:
         from bench import observer
 

@@ -167,13 +167,21 @@ def proc_cpu_s(pid: int) -> float:
     return sum(int(fields[i]) for i in (11, 12, 13, 14)) / CLK_TCK
 
 
-def proc_hwm_kb(pid: int) -> int:
+def _status_kb(pid: int, field: str) -> int:
     try:
         text = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return 0
-    m = re.search(r"VmHWM:\s+(\d+) kB", text)
+    m = re.search(rf"{field}:\s+(\d+) kB", text)
     return int(m.group(1)) if m else 0
+
+
+def proc_hwm_kb(pid: int) -> int:
+    return _status_kb(pid, "VmHWM")
+
+
+def proc_rss_kb(pid: int) -> int:
+    return _status_kb(pid, "VmRSS")
 
 
 def kernel_release() -> str:

@@ -6,7 +6,9 @@ BENCH_SECONDS ?= 5
 BENCH_STORM_SECONDS ?= 30
 BENCH_PY = $(VENV)/bin/python
 
-.PHONY: bench bench-storm bench-observer bench-deps bench-lint
+BENCH_SOAK_SECONDS ?= 600
+
+.PHONY: bench bench-storm bench-soak bench-observer bench-deps bench-lint
 
 # Idempotent: apt only when bpftrace/sockperf are missing, pip only when py-spy is missing.
 bench-deps:
@@ -21,6 +23,9 @@ bench: bench-deps
 
 bench-storm: bench-deps
 	cd $(CURDIR) && $(BENCH_PY) -m bench --storm --storm-seconds $(BENCH_STORM_SECONDS)
+
+bench-soak: bench-deps
+	cd $(CURDIR) && $(BENCH_PY) -m bench --soak --soak-seconds $(BENCH_SOAK_SECONDS)
 
 bench-observer: bench-deps
 	cd $(CURDIR) && $(BENCH_PY) -m bench --observer --rounds $(BENCH_ROUNDS)

@@ -255,3 +255,19 @@ def test_closed_stdout_is_exit_3_with_the_fix():
                           timeout=60, check=False)
     assert proc.returncode == 3
     assert proc.stderr.count("\n") == 1 and "standard output is closed" in proc.stderr
+
+
+def test_a_stopped_and_continued_run_reports_the_gap_once_not_a_burst_of_empty_intervals():
+    run = NetpathRun(["drops", "--json", "--interval", "0.5", "--count", "4"])
+    run.wait_start()
+    time.sleep(0.7)
+    run.proc.send_signal(signal.SIGSTOP)
+    time.sleep(3.0)
+    run.proc.send_signal(signal.SIGCONT)
+    rc, records, err = run.finish()
+    assert rc == 0, err
+    intervals = [r for r in records if r["type"] == "interval"]
+    assert len(intervals) == 4 and run.summary()["stop_reason"] == "count"
+    spans = [r["interval_ns"] for r in intervals]
+    assert max(spans) >= 2.5e9, spans  # one report covers the stop
+    assert min(spans) >= 0.25e9, spans  # and no catch-up reports right after it

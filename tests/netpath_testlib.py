@@ -202,3 +202,24 @@ def send_spaced(addr: str, port: int, n: int, gap_s: float) -> None:
     for _ in range(n):
         send_udp(addr, port, 1)
         time.sleep(gap_s)
+
+
+# binds with a tiny receive buffer, says ready, reads nothing until a line on stdin, then reports how many
+# datagrams it got: the rest overflowed its buffer (SOCKET_RCVBUFF, UdpRcvbufErrors)
+STALLED_RECEIVER = r"""
+import socket, sys
+rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+rx.bind((sys.argv[1], int(sys.argv[2])))
+print("ready", flush=True)
+sys.stdin.readline()
+rx.setblocking(False)
+n = 0
+try:
+    while True:
+        rx.recv(2048)
+        n += 1
+except BlockingIOError:
+    pass
+print(n, flush=True)
+"""

@@ -10,6 +10,7 @@ from typing import Any
 from netpath import bpf, contract, netns
 from netpath.collect import counters as counters_mod
 from netpath.collect.owners import OwnerResolver
+from netpath.collect.session import ProgramSession
 from netpath.errors import MissingCapability
 from netpath.filter_defines import filter_defines
 from netpath.kernel import offsets as kernel_offsets
@@ -23,7 +24,6 @@ from netpath.model import (
     DropRow,
     DropSample,
     DropSnapshot,
-    Event,
     Filters,
     Health,
     Start,
@@ -40,7 +40,6 @@ SHORT_KEY_SIZE = contract.DROP_WHERE.size
 KEY_FIELDS = len(contract.DROP_FULL_KEY.fmt.unpack(bytes(contract.DROP_FULL_KEY.size)))
 COUNT = struct.Struct("<Q")
 STACK_ID = struct.Struct("<i")
-IFACE_KEY = struct.Struct("<Q")
 
 L4_NAMES = {0: "hopopt", 1: "icmp", 2: "igmp", 6: "tcp", 17: "udp", 47: "gre", 58: "icmpv6", 132: "sctp"}
 L3_NAMES = {0x0800: "ipv4", 0x86DD: "ipv6", 0x0806: "arp", 0x8100: "vlan", 0x88CC: "lldp", 0x8035: "rarp"}
@@ -210,7 +209,7 @@ class RowDecoder:
         return DropRow(reason, code, location, iface, ifindex, ns, proto, count, **extra)
 
 
-class DropsSession:
+class DropsSession(ProgramSession):
     """netpath drops as a Session: the kfree_skb program, its maps, the counters beside it.
 
     `live`: interval snapshots rank rows by run total and carry this
@@ -220,18 +219,16 @@ class DropsSession:
 
     def __init__(self, query: DropsQuery, facts: KernelFacts, source: bpf.ProgramSource, reasons: DropReasons,
                  limit: int | None = None, live: bool = False, loader: bpf.Loader = bpf.compile_program) -> None:
+        super().__init__(loader)
         self.query = query
         self.facts = facts
         self.source = source
         self.limit = limit
         self.live = live
-        self._loader = loader
         self._has_reason = has_reason_field(facts)
         owners = OwnerResolver() if query.owner_keyed or query.samples else None
         self._decoder = RowDecoder(query, reasons, facts, IfaceNames(), self._has_reason, owners)
         self._iface_set = set(query.ifaces) or None
-        self.prog: bpf.Program | None = None
-        self._samples: list[DropSample] = []
         self._samples_lost = 0
         self._last_counts: dict[bytes, int] = {}
         self._last_stats: dict[str, int] = {}
@@ -260,9 +257,7 @@ class DropsSession:
 
     def start(self) -> Start:
         importing = counters_mod.prefetch_netlink()
-        self.prog = prog = self._loader(self.source, self.facts)
-        for ns_inode, ifindex in self.query.iface_keys:
-            prog.update("iface_filter", IFACE_KEY.pack((ns_inode << 32) | ifindex), b"\x01")
+        prog = self._load(self.source, self.facts, self.query.iface_keys)
         if self.query.samples:
             prog.open_perf_buffer("samples", self._on_sample, self._on_lost)
         importing.join()
@@ -278,15 +273,6 @@ class DropsSession:
             group_by=tuple(q.by) + (("flow",) if q.flow_keyed and "flow" not in q.by else ()),
             reason_code=q.reason_code,
         )
-
-    def wait(self, timeout_s: float) -> None:
-        if self.prog is not None:
-            self.prog.poll(timeout_s)
-
-    def events(self) -> list[Event]:
-        out: list[Event] = list(self._samples)
-        self._samples.clear()
-        return out
 
     def counts(self) -> dict[bytes, int]:
         """Cumulative drops per raw map key."""
@@ -384,15 +370,10 @@ class DropsSession:
                                                                          fields[KEY_FIELDS:KEY_FIELDS + 2],
                                                                          fields[KEY_FIELDS + 2:])
         row = self._decoder.row(DecodedKey(*key[:11], sk_ino, cgroup), 1, full=True)
-        self._samples.append(DropSample(ts, cpu, pid, comm.split(b"\0")[0].decode(errors="replace"), length, row))
+        self._events.append(DropSample(ts, cpu, pid, comm.split(b"\0")[0].decode(errors="replace"), length, row))
 
     def _on_lost(self, lost: int) -> None:
         self._samples_lost += lost
-
-    def close(self) -> None:
-        if self.prog is not None:
-            self.prog.close()
-            self.prog = None
 
 
 def health(stats: dict[str, int], samples_lost: int) -> Health:

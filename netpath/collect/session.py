@@ -12,12 +12,15 @@ read snapshots. `netpath export` calls the same methods at scrape time.
 from __future__ import annotations
 
 import signal
+import struct
 import time
 from dataclasses import dataclass
 from types import FrameType
 from typing import Protocol
 
+from netpath import bpf
 from netpath.errors import EXIT_OK, EXIT_THRESHOLD
+from netpath.kernel.facts import KernelFacts
 from netpath.model import Event, Snapshot, Start, Verdict
 
 
@@ -56,6 +59,38 @@ class Threshold(Protocol):
         """The measured value when snap crosses the threshold, else None."""
 
     def verdict(self, value: int | None) -> Verdict: ...
+
+
+IFACE_KEY = struct.Struct("<Q")  # bpf/where.c: netns inode << 32 | ifindex
+
+
+class ProgramSession:
+    """What every session has in common: one loaded program, its perf events, the device filter."""
+
+    def __init__(self, loader: bpf.Loader) -> None:
+        self._loader = loader
+        self.prog: bpf.Program | None = None
+        self._events: list[Event] = []
+
+    def _load(self, source: bpf.ProgramSource, facts: KernelFacts,
+              iface_keys: list[tuple[int, int]]) -> bpf.Program:
+        self.prog = prog = self._loader(source, facts)
+        for ns_inode, ifindex in iface_keys:
+            prog.update("iface_filter", IFACE_KEY.pack((ns_inode << 32) | ifindex), b"\x01")
+        return prog
+
+    def wait(self, timeout_s: float) -> None:
+        if self.prog is not None:
+            self.prog.poll(timeout_s)
+
+    def events(self) -> list[Event]:
+        out, self._events = self._events, []
+        return out
+
+    def close(self) -> None:
+        if self.prog is not None:
+            self.prog.close()
+            self.prog = None
 
 
 @dataclass

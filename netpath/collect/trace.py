@@ -13,13 +13,14 @@ from netpath import bpf, contract, netns
 from netpath.collect import counters as counters_mod
 from netpath.collect import trace_stats
 from netpath.collect.owners import OwnerResolver
+from netpath.collect.session import ProgramSession
 from netpath.collect.trace_stats import HistKey, NapiKey, OwnerKey, Reading
 from netpath.errors import MissingCapability
 from netpath.filter_defines import filter_defines
 from netpath.kernel import offsets as kernel_offsets
 from netpath.kernel.facts import KernelFacts
 from netpath.links import IfaceNames
-from netpath.model import Attached, Event, Filters, SlowPacket, Start, TraceHealth, TraceSnapshot, Unavailable
+from netpath.model import Attached, Filters, SlowPacket, Start, TraceHealth, TraceSnapshot, Unavailable
 from netpath.plan import AttachPlan
 from netpath.stages import PER_PACKET, STAGE_IDS, STAGES, UNFILTERED
 
@@ -31,7 +32,6 @@ NEEDED = ("OFF_SKB_DEV", "OFF_SKB_HEAD", "OFF_SKB_DATA", "OFF_SKB_PROTOCOL", "OF
           "OFF_SKB_NEXT")
 
 COUNT = struct.Struct("<Q")
-IFACE_KEY = struct.Struct("<Q")
 IRQ_ENTRY = struct.Struct("<I")
 
 
@@ -271,24 +271,22 @@ def softnet_totals() -> dict[str, int]:
     return out
 
 
-class TraceSession:
+class TraceSession(ProgramSession):
     """netpath trace as a Session: bpf/trace.c from the attach plan, its histograms and softnet beside it."""
 
     def __init__(self, query: TraceQuery, plan: AttachPlan, facts: KernelFacts, source: bpf.ProgramSource,
                  fail_on_latency: tuple[dict[str, object], ...] = (),
                  loader: bpf.Loader = bpf.compile_program) -> None:
+        super().__init__(loader)
         self.query = query
         self.plan = plan
         self.facts = facts
         self.source = source
         self.fail_on_latency = fail_on_latency
-        self._loader = loader
         self._reader = TraceReader(query, plan)
         self._acc = trace_stats.Accumulator()
         self._names = _iface_names()
         self._owners = OwnerResolver() if query.per_socket else None
-        self.prog: bpf.Program | None = None
-        self._slow: list[SlowPacket] = []
         self._slow_lost = 0
         self._last_lost = 0
         self._last_ns = 0
@@ -297,11 +295,9 @@ class TraceSession:
         self._softnet_last: dict[str, int] = {}
 
     def start(self) -> Start:
-        self.prog = prog = self._loader(self.source, self.facts)
+        prog = self._load(self.source, self.facts, self.query.iface_keys)
         for irq, ifindex in nic_irqs(_read("/proc/interrupts"), local_devices()).items():
             prog.update("nic_irqs", IRQ_ENTRY.pack(irq), IRQ_ENTRY.pack(ifindex))
-        for ns_inode, ifindex in self.query.iface_keys:
-            prog.update("iface_filter", IFACE_KEY.pack((ns_inode << 32) | ifindex), b"\x01")
         attached = [Attached(tp, "raw_tracepoint") for tp in self.plan.tracepoints()]
         for hook, symbol in self.plan.kprobes():
             for kind, fn in contract.kprobe_programs(hook):
@@ -327,15 +323,6 @@ class TraceSession:
 
     def _stage_of(self, hook: str) -> str:
         return next((c.stage.id for c in self.plan.available if hook in c.hooks), hook)
-
-    def wait(self, timeout_s: float) -> None:
-        if self.prog is not None:
-            self.prog.poll(timeout_s)
-
-    def events(self) -> list[Event]:
-        out: list[Event] = list(self._slow)
-        self._slow.clear()
-        return out
 
     def interval(self, elapsed_ns: int) -> TraceSnapshot:
         assert self.prog is not None
@@ -386,15 +373,10 @@ class TraceSession:
 
     def _on_slow(self, raw: bytes) -> None:
         if len(raw) >= contract.SLOW_EVENT.size:
-            self._slow.append(decode_slow(raw, self._names))
+            self._events.append(decode_slow(raw, self._names))
 
     def _on_lost(self, lost: int) -> None:
         self._slow_lost += lost
-
-    def close(self) -> None:
-        if self.prog is not None:
-            self.prog.close()
-            self.prog = None
 
 
 def _iface_names() -> Names:

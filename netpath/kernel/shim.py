@@ -173,9 +173,7 @@ def _write_file(root_fd: int, rel: str, data: bytes) -> None:
                 os.fchmod(fd, cache.DIR_MODE)
         out = cache.create_private(fd, leaf)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(out, view):]
+            cache.write_all(out, data)
         finally:
             os.close(out)
     finally:

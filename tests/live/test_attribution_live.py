@@ -12,31 +12,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from netpath_testlib import NetpathRun, send_spaced, send_udp, veth_namespace
+from netpath_testlib import STALLED_RECEIVER, NetpathRun, send_spaced, send_udp, veth_namespace
 
 from netpath.kernel.cgroups import find_mount
 
 CGROUP2 = find_mount()
 pytestmark = pytest.mark.skipif(CGROUP2 is None, reason="no cgroup v2 hierarchy mounted (CONFIG_CGROUPS)")
-
-# binds, says ready, then never reads until told; reports how many datagrams it got
-STALLED = r"""
-import socket, sys
-rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
-rx.bind((sys.argv[1], int(sys.argv[2])))
-print("ready", flush=True)
-sys.stdin.readline()
-rx.setblocking(False)
-n = 0
-try:
-    while True:
-        rx.recv(2048)
-        n += 1
-except BlockingIOError:
-    pass
-print(n, flush=True)
-"""
 
 # reads each datagram after a fixed delay
 DELAYED = r"""
@@ -95,7 +76,7 @@ def test_a_stalled_receiver_is_named_by_pid_comm_port_and_cgroup():
     sent, port = 1500, 40801
     with veth_namespace("npat") as pair, cgroup("netpath-at") as (cg_dir, cg_path):
         before = snmp(pair.ns, "UdpRcvbufErrors")
-        rx = in_cgroup(cg_dir, pair.ns, STALLED, pair.ns_addr, str(port))
+        rx = in_cgroup(cg_dir, pair.ns, STALLED_RECEIVER, pair.ns_addr, str(port))
         run = NetpathRun(["drops", "--netns", pair.ns, "--by", "reason,iface,socket,cgroup", "--json",
                           "--duration", "3"])
         run.wait_start()
@@ -119,8 +100,8 @@ def test_two_cgroups_are_separated_exactly_and_the_cgroup_filter_narrows_to_one(
     sent = {40811: 900, 40812: 600}
     with veth_namespace("npcg") as pair, cgroup("netpath-a") as (dir_a, path_a), \
             cgroup("netpath-b") as (dir_b, path_b):
-        rx_a = in_cgroup(dir_a, pair.ns, STALLED, pair.ns_addr, "40811")
-        rx_b = in_cgroup(dir_b, pair.ns, STALLED, pair.ns_addr, "40812")
+        rx_a = in_cgroup(dir_a, pair.ns, STALLED_RECEIVER, pair.ns_addr, "40811")
+        rx_b = in_cgroup(dir_b, pair.ns, STALLED_RECEIVER, pair.ns_addr, "40812")
         by_cgroup = NetpathRun(["drops", "--netns", pair.ns, "--by", "reason,cgroup", "--json", "--duration", "3"])
         only_a = NetpathRun(["drops", "--netns", pair.ns, "--cgroup", path_a, "--json", "--duration", "3"])
         by_cgroup.wait_start()

@@ -11,7 +11,16 @@ import sys
 import time
 
 import pytest
-from netpath_testlib import NetpathRun, free_udp_port, ip, netpath_argv, run_netpath, send_udp, veth_namespace
+from netpath_testlib import (
+    STALLED_RECEIVER,
+    NetpathRun,
+    free_udp_port,
+    ip,
+    netpath_argv,
+    run_netpath,
+    send_udp,
+    veth_namespace,
+)
 
 
 def rows_by_reason(summary: dict) -> dict[str, int]:
@@ -68,30 +77,11 @@ def test_netfilter_drop_in_a_namespace_is_counted_on_that_namespaces_interface()
         assert any(line.split()[0] == str(n) for line in counted.splitlines()[2:] if "DROP" in line)
 
 
-RCVBUF_RECEIVER = r"""
-import socket, sys
-rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
-rx.bind((sys.argv[1], int(sys.argv[2])))
-print("ready", flush=True)
-sys.stdin.readline()
-rx.setblocking(False)
-n = 0
-try:
-    while True:
-        rx.recv(2048)
-        n += 1
-except BlockingIOError:
-    pass
-print(n, flush=True)
-"""
-
-
 def test_socket_receive_buffer_overflow_counts_what_the_socket_did_not_receive():
     """A UDP socket with a tiny SO_RCVBUF that never reads, in its own namespace so SNMP is its own."""
     sent, port = 2000, 40777
     with veth_namespace() as pair:
-        rx = subprocess.Popen(["ip", "netns", "exec", pair.ns, sys.executable, "-c", RCVBUF_RECEIVER, pair.ns_addr,
+        rx = subprocess.Popen(["ip", "netns", "exec", pair.ns, sys.executable, "-c", STALLED_RECEIVER, pair.ns_addr,
                                str(port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert rx.stdout is not None and rx.stdout.readline().strip() == "ready"
         run = NetpathRun(["drops", "--netns", pair.ns, "--port", str(port), "--json", "--duration", "3"])

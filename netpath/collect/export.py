@@ -19,6 +19,9 @@ from netpath.collect.trace import TraceSession
 from netpath.model import Start
 from netpath.render.metrics import MetricSet
 
+# how stale the list of existing interfaces may be before a deleted one's series are dropped
+LIVE_EVERY_S = 10.0
+
 
 class ExportCollector:
     """A prometheus_client collector: collect() is called once per scrape, on the serving thread."""
@@ -30,6 +33,8 @@ class ExportCollector:
         self.starts: list[Start] = []
         self._t0 = 0
         self.scrapes = 0
+        self._live: set[tuple[int, int]] | None = None
+        self._live_at = 0.0
 
     def start(self) -> list[Start]:
         self.starts = [self.drops.start()]
@@ -40,7 +45,7 @@ class ExportCollector:
 
     def collect(self) -> Iterator[Metric]:
         began = time.perf_counter()
-        live = links.live_devices()
+        live = self._live_devices()
         self.drops.forget_gone_devices(live)
         elapsed = time.monotonic_ns() - self._t0
         drops = self.drops.summary(elapsed)
@@ -57,6 +62,13 @@ class ExportCollector:
         self.scrapes += 1
         yield from families
         yield from self.metrics.health(hits, time.perf_counter() - began, runs)
+
+    def _live_devices(self) -> set[tuple[int, int]]:
+        """Every (netns, ifindex) on the host, looked up at most every LIVE_EVERY_S: it enters each namespace."""
+        now = time.monotonic()
+        if self._live is None or now - self._live_at >= LIVE_EVERY_S:
+            self._live, self._live_at = links.live_devices(), now
+        return self._live
 
     def close(self) -> None:
         self.drops.close()

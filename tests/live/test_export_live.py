@@ -200,3 +200,15 @@ def test_bpf_run_time_per_program_when_the_kernel_keeps_bpf_stats():
     kfree = runs[(("function", "kfree_skb"), ("program", "drops"))]
     assert kfree >= 100  # every drop ran the program, and other drops on the host may add more
     assert samples(text, "netpath_bpf_run_seconds_total")[(("function", "kfree_skb"), ("program", "drops"))] > 0
+
+
+def test_series_of_a_deleted_namespace_go_away():
+    with exporter("--stages", "none") as run:
+        with veth_namespace("npdel") as pair:
+            send_udp(pair.ns_addr, 40951, 30)
+            time.sleep(0.3)
+            label = ("iface", pair.ns_if)
+            assert any(label in k for k in samples(run.scrape(), "netpath_drops_total")), "no series for the veth"
+        time.sleep(11)  # the exporter looks for deleted interfaces at most every 10 s
+        after = samples(run.scrape(), "netpath_drops_total")
+        assert not any(label in k for k in after), after

@@ -77,6 +77,10 @@ def variants(with_trace: bool, bt_ok: bool, bt_why: str) -> list[Variant]:
         Variant("netpath drops", "netpath", [*np, "drops", "--json", "--interval", "1"], "start line"),
         Variant("netpath trace", "netpath", [*np, "trace", "--json", "--interval", "1"], "start line",
                 with_trace, "" if with_trace else "`netpath trace` does not exist in this checkout yet"),
+        # attribution costs only when asked for: the same drops program keyed by socket (and its cgroup)
+        Variant("netpath drops --by socket", "netpath",
+                [*np, "drops", "--json", "--interval", "1", "--by", "reason,location,iface,proto,socket"],
+                "start line"),
         # the exporter's default profile; its ready line goes to stderr, hence the shell
         Variant("netpath export", "other", ["sh", "-c", f"exec {shlex.join(np)} export --listen 127.0.0.1:{EXPORT_PORT}"
                                             " 2>&1"], "serving http://",

@@ -39,7 +39,7 @@ ip link set lo up 2>/dev/null
 export NETPATH_VM=1 NETPATH_VM_KERNEL="$KV" NETPATH_VM_SERIES NETPATH_VM_PYTHON
 export PATH="$(dirname "$NETPATH_VM_PYTHON"):/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 export PYTHONDONTWRITEBYTECODE=1
-cd "$NETPATH_ROOT" || exit 125
+cd "$NETPATH_VM_CHECKOUT" || exit 125
 
 if [ "${2:-}" = --interactive ]; then
     bash -i

@@ -55,7 +55,7 @@ printf '%s\n' "$CMD" > "$RUNDIR/cmd"
 {
     printf 'NETPATH_VM_PYTHON=%q\n' "$VM_PYTHON"
     printf 'NETPATH_VM_SERIES=%q\n' "$KERNEL"
-    printf 'NETPATH_ROOT=%q\n' "$ROOT"
+    printf 'NETPATH_VM_CHECKOUT=%q\n' "$ROOT"
 } > "$RUNDIR/env"
 
 VNG_ARGS=(--run "$KIMG" --disable-kvm --memory "${VM_MEMORY:-2G}" --cpus "${VM_CPUS:-2}"

@@ -279,13 +279,15 @@ def hook_breakdown(topo: env.Topology, names: dict[int, str], seconds: float) ->
     return out
 
 
-def main(rounds: int, seconds: float) -> int:
+def main(rounds: int, seconds: float, variants: list[str] | None = None, only_workloads: list[str] | None = None,
+         profile: bool = True, out: str = "") -> int:
     if os.geteuid() != 0:
         print("bench: run as root (namespaces, BPF, sysctl)", file=sys.stderr)
         return 3
     bt_ok, bt_why = tools.bpftrace_check()
     all_variants = tools.variants(tools.netpath_has("trace"), bt_ok, bt_why)
-    active = [v for v in all_variants if v.available]
+    active = [v for v in all_variants if v.available and (not variants or v.kind == "untraced" or v.name in variants)]
+    wls = [w for w in WORKLOADS if not only_workloads or w.name in only_workloads]
     names = tools.drop_reason_names()
     meta: dict[str, Any] = {
         "kernel": env.kernel_release(), "cpu_model": env.cpu_model(), "ncpu": os.cpu_count(),
@@ -303,7 +305,7 @@ def main(rounds: int, seconds: float) -> int:
             noise = {"round": rnd, "loadavg_1m": env.loadavg(), "busy_before_round": env.busy_processes()}
             meta.setdefault("noise", []).append(noise)
             console.print(f"[dim]round {rnd + 1}: load {noise['loadavg_1m']}, busy: {noise['busy_before_round']}[/]")
-            for w in WORKLOADS:
+            for w in wls:
                 order = active if rnd % 2 == 0 else [active[0], *reversed(active[1:])]
                 for v in order:
                     try:
@@ -316,16 +318,17 @@ def main(rounds: int, seconds: float) -> int:
                                   f"pps={fmt(rec.get('pps'))} start={rec.get('start_s', '-')} "
                                   f"cpu%={rec.get('cpu_pct', '-')} seen/truth={rec.get('seen', '-')}/"
                                   f"{rec.get('truth', '-')}{' ERROR ' + rec['error'] if 'error' in rec else ''}[/]")
-        for v in active:
+        for v in active if profile else []:
             if v.kind == "netpath":
                 try:
                     profiles.append(profile(topo, v, max(5.0, seconds)))
                 except Exception as exc:  # the figures above still get written
                     profiles.append({"variant": v.name, "error": str(exc)[-300:], "pps": None, "bpf_stats": [],
                                      "py_spy_top_own_frames": [], "py_spy_startup_inclusive": []})
-        meta["hook_breakdown"] = hook_breakdown(topo, names, max(3.0, seconds))
+        if profile:
+            meta["hook_breakdown"] = hook_breakdown(topo, names, max(3.0, seconds))
     meta["wall_s"] = round(time.monotonic() - t_start, 1)
-    report(meta, runs, profiles)
+    report(meta, runs, profiles, Path(out) if out else OUT)
     return 0
 
 
@@ -353,7 +356,8 @@ def rerender() -> int:
     return 0
 
 
-def report(meta: dict[str, Any], runs: list[dict[str, Any]], profiles: list[dict[str, Any]]) -> None:
+def report(meta: dict[str, Any], runs: list[dict[str, Any]], profiles: list[dict[str, Any]],
+           out: Path = OUT) -> None:
     active = [tools.Variant(v["name"], "untraced" if v["name"] == "untraced" else v["name"].split()[0],
                             v["argv"], v["ready"]) for v in meta["variants"] if v["available"]]
     ok_runs = [r for r in runs if r.get("pps") is not None]
@@ -369,5 +373,5 @@ def report(meta: dict[str, Any], runs: list[dict[str, Any]], profiles: list[dict
         console.print("  py-spy, start-up to first interval (inclusive samples at 500 Hz):")
         for frame, n in p["py_spy_startup_inclusive"]:
             console.print(f"    {n:6}  {frame}")
-    OUT.write_text(json.dumps({**meta, "aggregate": agg, "profiles": profiles, "runs": runs}, indent=1))
-    console.print(f"wrote {OUT}")
+    out.write_text(json.dumps({**meta, "aggregate": agg, "profiles": profiles, "runs": runs}, indent=1))
+    console.print(f"wrote {out}")

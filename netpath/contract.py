@@ -154,6 +154,7 @@ TRACE_STATS: tuple[Hook, ...] = (
     Hook("ring_overrun", "H_RING_OVERRUN"),  # more than RING datagrams queued on one socket
     Hook("unseen_enqueue", "H_ENQ_UNSEEN"),  # a matching datagram enqueued that netif_receive_skb did not follow
     Hook("unseen_read", "H_READ_UNSEEN"),  # a UDP read with no enqueue seen for it
+    Hook("unstamped", "H_UNSTAMPED"),  # rx timestamps: netif_receive_skb saw no usable skb->tstamp, not timed
 )
 HOOK_NAMES: tuple[str, ...] = tuple(h.name for h in TRACE_HOOKS)
 STAT_NAMES: tuple[str, ...] = tuple(h.name for h in TRACE_STATS)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +26,7 @@ from netpath.stages import PER_PACKET, STAGE_IDS, STAGES, UNFILTERED
 
 Names = Callable[[int, int], str | None]
 
-NEEDED = ("OFF_SKB_DEV", "OFF_SKB_HEAD", "OFF_SKB_DATA", "OFF_SKB_PROTOCOL", "OFF_SKB_NETWORK_HEADER",
+NEEDED = ("OFF_SKB_DEV", "OFF_SKB_TSTAMP", "OFF_SKB_HEAD", "OFF_SKB_DATA", "OFF_SKB_PROTOCOL", "OFF_SKB_NETWORK_HEADER",
           "OFF_SKB_SKB_IIF", "OFF_DEV_IFINDEX", "OFF_DEV_ND_NET", "OFF_NET_NS_INUM", "OFF_SK_NET",
           "OFF_SK_RCVQ", "OFF_SK_RCVQ_PREV", "OFF_NAPI_DEV", "OFF_SK_FAMILY", "OFF_SK_PROTOCOL",
           "OFF_SKB_NEXT")
@@ -45,6 +47,7 @@ class TraceQuery:
     per_cpu: bool = False
     slower_ns: int = 0
     napi_by_dev: bool = False  # NAPI counters per device without a per-interface histogram (export)
+    tai_offset_ns: int = 0  # CLOCK_TAI - CLOCK_REALTIME, whole seconds (tai_offset_ns()): skb->tstamp is REALTIME
 
 
 # neighbouring fields bpf/trace.c fetches with one probe read, beyond the shared ones
@@ -77,8 +80,27 @@ def program_source(query: TraceQuery, plan: AttachPlan, offsets: dict[str, int])
     defines["NAPI_BY_DEV"] = int(query.per_iface or query.napi_by_dev)
     defines["BY_CPU"] = int(query.per_cpu)
     defines["SLOWER_NS"] = int(query.slower_ns)
+    defines["RX_TSTAMP"] = int(plan.rx_tstamp)
+    defines["TAI_OFFSET_NS"] = int(query.tai_offset_ns)
     defines.update(filter_defines(query.netns, query.iface_keys, query.proto, query.port, query.host))
     return bpf.ProgramSource(["where.c", "trace.c"], defines)
+
+
+def tai_offset_ns() -> int:
+    """CLOCK_TAI - CLOCK_REALTIME: the kernel keeps it a whole number of seconds (0 until NTP sets it)."""
+    return round((time.clock_gettime_ns(time.CLOCK_TAI) - time.time_ns()) / 1e9) * 1_000_000_000
+
+
+SO_TIMESTAMPNS = 35  # SO_TIMESTAMPNS_OLD in asm-generic/socket.h; not in Python's socket module
+
+
+def rx_timestamping() -> socket.socket:
+    """A socket that asks for software RX timestamps: while it is open the kernel stamps skb->tstamp on
+    receive (net_enable_timestamp), which is what the hand-off time is read from. The kernel turns it on
+    from a workqueue, so open it before the compile."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    return sock
 
 
 _IRQ_LINE = re.compile(r"^\s*(\d+):(?:\s+\d+)+\s+(.*)$")
@@ -259,8 +281,11 @@ class TraceSession:
         self._unavailable: list[Unavailable] = [Unavailable(c.hook, c.reason, c.stage.id) for c in plan.unavailable]
         self._softnet_base: dict[str, int] = {}
         self._softnet_last: dict[str, int] = {}
+        self._tstamp_sock: socket.socket | None = None
 
     def start(self) -> Start:
+        if self.plan.rx_tstamp and self._tstamp_sock is None:
+            self._tstamp_sock = rx_timestamping()
         self.prog = prog = self._loader(self.source, self.facts)
         for irq, ifindex in nic_irqs(_read("/proc/interrupts"), local_devices()).items():
             prog.update("nic_irqs", IRQ_ENTRY.pack(irq), IRQ_ENTRY.pack(ifindex))
@@ -287,6 +312,7 @@ class TraceSession:
                     str(q.host) if q.host else None),
             stages=STAGE_IDS, unfiltered_stages=UNFILTERED, per_iface=q.per_iface, per_cpu=q.per_cpu,
             slower_ns=q.slower_ns, fail_on_latency=self.fail_on_latency,
+            handoff=self.plan.handoff if any(c.stage.kind == "per_packet" for c in self.plan.available) else None,
         )
 
     def _stage_of(self, hook: str) -> str:
@@ -326,7 +352,8 @@ class TraceSession:
                                       q.per_iface or q.per_cpu or q.napi_by_dev)
         health = TraceHealth(hits, stats.get("lost_rows", 0), stats.get("lost_skbs", 0), stats.get("slow_sent", 0),
                              stats.get("missed_enqueue", 0), stats.get("ring_overrun", 0), lost,
-                             contract.RING_SLOTS, stats.get("unseen_enqueue", 0), stats.get("unseen_read", 0))
+                             contract.RING_SLOTS, stats.get("unseen_enqueue", 0), stats.get("unseen_read", 0),
+                             stats.get("unstamped", 0))
         return TraceSnapshot(tuple(rows), tuple(self._unavailable), softnet, health, elapsed_ns, span_ns,
                              q.per_iface, q.per_cpu)
 
@@ -353,6 +380,9 @@ class TraceSession:
         if self.prog is not None:
             self.prog.close()
             self.prog = None
+        if self._tstamp_sock is not None:
+            self._tstamp_sock.close()
+            self._tstamp_sock = None
 
 
 def _iface_names() -> Names:

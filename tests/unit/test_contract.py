@@ -90,7 +90,7 @@ def test_shared_struct_sizes_are_pinned():
         "np_stage_hist": 8 * 512, "np_slow_event": 128, "drop_where": 24, "drop_flow": 40, "drop_full_key": 64,
         "drop_sample": 104,
     }
-    assert contract.HITS == 35
+    assert contract.HITS == 36
 
 
 def test_a_layout_change_on_the_python_side_shows_in_both_sizes():

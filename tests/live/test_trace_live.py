@@ -11,7 +11,6 @@ import time
 import pytest
 from netpath_testlib import NetpathRun, run_netpath, rx_packets, send_spaced, send_udp, start_receiver, veth_namespace
 
-
 # the default takes the hand-off time from skb->tstamp; --exact keeps netpath's own hand-off hooks
 MODES = [pytest.param([], id="tstamp"), pytest.param(["--exact"], id="exact")]
 

@@ -47,7 +47,7 @@ def one_run(topo: env.Topology, w: Workload, v: tools.Variant, seconds: float, n
         err = tool.stop()
     if w.drop_reason:
         rec["truth"] = rec["rx_count"]
-        if v.kind == "netpath" and v.name == "netpath drops":
+        if v.kind == "netpath" and v.name.endswith(" drops"):
             rec["seen"] = tools.netpath_drop_count(tool.summary(), topo.netns_inode(topo.rx), w.drop_reason)
         elif v.name == "bpftrace drops":
             rec["seen"] = tool.bt_drops(names).get(w.drop_reason, 0)

@@ -250,7 +250,7 @@ class Program:
             except OSError:
                 continue
             if stats is not None:
-                out[name] = stats
+                out[name.decode() if isinstance(name, bytes) else name] = stats  # BCC keys funcs by bytes
         return out
 
     def close(self) -> None:

@@ -198,6 +198,9 @@ SLOW_EVENT = Layout("np_slow_event", (
 
 DROP_STATS = ("hits", "matched", "map_full", "sampled", "sample_budget")
 MAX_ROWS = 16384
+# per-CPU slots bpf/drops.c counts its hottest keys in before the hash; a power of two. A slot is taken by
+# the first key that hashes to it and keeps it: counts never move between slot and hash, so reads stay exact.
+DROP_CACHE_SLOTS = 16
 
 DROP_WHERE = Layout("drop_where", (
     _f("location", "u64"), _f("reason", "u32"), _f("ifindex", "u32"), _f("netns", "u32"), _f("l3proto", "u16"),
@@ -230,7 +233,8 @@ def c_prelude() -> str:
         _enum("np_hook", tuple(h.c_id for h in (*TRACE_HOOKS, *TRACE_STATS)), "H_MAX"),
         _enum("drop_stat", tuple(f"STAT_{s.upper()}" for s in DROP_STATS), "STAT_MAX"),
         "\n".join([f"#define NSLOTS\t\t{NSLOTS}", f"#define SUM_SLOT\t{SUM_SLOT}", f"#define MAX_SLOT\t{MAX_SLOT:#x}",
-                   f"#define NP_SLOW_STAGES\t{len(SLOW_STAGES)}", f"#define IFACE_FILTER_SLOTS\t{IFACE_FILTER_SLOTS}"]),
+                   f"#define NP_SLOW_STAGES\t{len(SLOW_STAGES)}", f"#define IFACE_FILTER_SLOTS\t{IFACE_FILTER_SLOTS}",
+                   f"#define DROP_CACHE_SLOTS\t{DROP_CACHE_SLOTS}"]),
         *(layout.c_decl() for layout in SHARED_LAYOUTS),
     ]
     return "\n\n".join(["/* generated from netpath/contract.py: edit it there */", *parts]) + "\n"

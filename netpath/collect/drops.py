@@ -198,6 +198,7 @@ class DropsSession:
         self._last_counters: dict[counters_mod.CounterKey, int] = {}
         self._netns_gone = False
         self._run_matched = 0
+        self._forgotten: set[bytes] = set()  # keys of devices gone (forget_gone_devices)
         self._warnings: list[str] = []  # said once, in the next snapshot and the summary
         self._said = 0
 
@@ -246,14 +247,27 @@ class DropsSession:
         return out
 
     def counts(self) -> dict[bytes, int]:
-        """Cumulative drops per raw map key."""
+        """Cumulative drops per raw map key: the hash rows plus every CPU's cache slots (bpf/drops.c)."""
         assert self.prog is not None
-        return {k: sum(COUNT.unpack(v)[0] for v in values) for k, values in self.prog.percpu_items("drops").items()}
+        out = {k: sum(COUNT.unpack(v)[0] for v in values) for k, values in self.prog.percpu_items("drops").items()}
+        key_size = contract.DROP_FULL_KEY.size if self.source.defines.get("BY_FLOW") else contract.DROP_WHERE.size
+        slot = key_size + COUNT.size
+        for raw in self.prog.percpu_value("drop_cache", 0):
+            for off in range(0, min(len(raw), slot * contract.DROP_CACHE_SLOTS), slot):
+                n = COUNT.unpack_from(raw, off + key_size)[0]
+                key = raw[off:off + key_size]
+                if n and key not in self._forgotten:
+                    out[key] = out.get(key, 0) + n
+        return out
 
     def stats(self) -> dict[str, int]:
+        """The health counters: one per-CPU value holding every enum drop_stat slot."""
         assert self.prog is not None
-        return {name: sum(COUNT.unpack(v)[0] for v in self.prog.percpu_value("stats", i))
-                for i, name in enumerate(contract.DROP_STATS)}
+        totals = [0] * len(contract.DROP_STATS)
+        for raw in self.prog.percpu_value("stats", 0):
+            for i in range(min(len(totals), len(raw) // COUNT.size)):
+                totals[i] += COUNT.unpack_from(raw, i * COUNT.size)[0]
+        return dict(zip(contract.DROP_STATS, totals, strict=True))
 
     def interval(self, elapsed_ns: int) -> DropSnapshot:
         assert self._counters is not None and self.prog is not None
@@ -326,6 +340,7 @@ class DropsSession:
             if key.ifindex and (key.netns, key.ifindex) not in live:
                 gone.append(raw)
         self.prog.delete("drops", gone)
+        self._forgotten.update(gone)  # a cache slot cannot be freed under the program: its count is left out
         for raw in gone:
             self._last_counts.pop(raw, None)
         return len(gone)

@@ -7,7 +7,7 @@ import struct
 from pathlib import Path
 
 import pytest
-from fake_bpf import FakeProgram, loader
+from fake_bpf import U64, FakeProgram, loader
 from test_kernel_facts import DATA, make_root
 
 from netpath import bpf, contract
@@ -58,8 +58,10 @@ def short_key(reason: int, ifindex: int, ns: int, l4: int = 17) -> bytes:
 
 
 def set_drop_stats(prog: FakeProgram, hits: int, matched: int, full: int = 0) -> None:
-    for i, value in enumerate((hits, matched, full, 0, 0)):
-        prog.set_array_u64("stats", i, [value, 0])
+    """The one per-CPU value of struct drop_stats (bpf/drops.c), and an empty key cache."""
+    prog.set_array("stats", 0, [b"".join(U64.pack(v) for v in (hits, matched, full, 0, 0)), bytes(40)])
+    if 0 not in prog.arrays.get("drop_cache", {}):
+        prog.set_array("drop_cache", 0, [bytes(32 * contract.DROP_CACHE_SLOTS)] * 2)
 
 
 def test_drops_session_reports_interval_deltas_and_run_totals(drop_facts):

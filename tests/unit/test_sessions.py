@@ -64,6 +64,35 @@ def set_drop_stats(prog: FakeProgram, hits: int, matched: int, full: int = 0) ->
         prog.set_array("drop_cache", 0, [bytes(32 * contract.DROP_CACHE_SLOTS)] * 2)
 
 
+def cache_slots(*entries: tuple[int, bytes, int]) -> bytes:
+    """One CPU's struct drop_cache: (slot, key, count) entries, the rest free."""
+    slot = contract.DROP_WHERE.size + 8
+    raw = bytearray(slot * contract.DROP_CACHE_SLOTS)
+    for i, key, count in entries:
+        raw[i * slot:(i + 1) * slot] = key + U64.pack(count)
+    return bytes(raw)
+
+
+def test_drops_counted_in_the_per_cpu_key_cache_add_to_the_hash_rows(drop_facts):
+    prog = FakeProgram()
+    session = drops_mod.DropsSession(drops_mod.DropsQuery(), drop_facts, SOURCE, reasons(), loader=loader(prog))
+    no_socket, other = short_key(3, 1, 1), short_key(2, 1, 1, 6)
+    set_drop_stats(prog, 0, 0)
+    session.start()
+    # CPU 0 counts no_socket in slot 5, CPU 1 in slot 9; a collision sent 7 of them to the hash
+    cpu1 = cache_slots((9, no_socket, 993))
+    prog.set_array("drop_cache", 0, [cache_slots((5, no_socket, 1000), (6, other, 4)), cpu1])
+    prog.set_percpu_u64("drops", no_socket, [7, 0])
+    set_drop_stats(prog, 2004, 2004)
+    first = session.interval(1_000_000_000)
+    assert sorted((r.reason, r.count) for r in first.rows) == [("NOT_SPECIFIED", 4), ("NO_SOCKET", 2000)]
+    cpu1 = cache_slots((9, no_socket, 993))
+    prog.set_array("drop_cache", 0, [cache_slots((5, no_socket, 1010), (6, other, 4)), cpu1])
+    second = session.interval(2_000_000_000)
+    assert [(r.reason, r.count) for r in second.rows] == [("NO_SOCKET", 10)]
+    assert [r.count for r in session.summary(2_000_000_000).rows] == [2010, 4]
+
+
 def test_drops_session_reports_interval_deltas_and_run_totals(drop_facts):
     prog = FakeProgram()
     query = drops_mod.DropsQuery(iface_keys=[(77, 4)], ifaces=["veth1"])

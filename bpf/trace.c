@@ -926,6 +926,24 @@ static __always_inline void np_fifo_push(u64 skey, u64 key, u64 *t, u32 ifindex,
 }
 #endif
 
+/*
+ * RX_TSTAMP: the slot's skb address can be a new skb's after a free nobody
+ * saw; the receive timestamp tells them apart (when the slot has one).
+ */
+static __always_inline int np_cur_is(struct np_cpu_state *c, u64 key)
+{
+#if RX_TSTAMP
+	u64 ts;
+
+	if (!c->cur.t[CP_HANDOFF])
+		return 1;
+	ts = np_skb_tstamp((void *)key);
+	return ts && ts + TAI_OFFSET_NS == c->cur.t[CP_HANDOFF];
+#else
+	return 1;
+#endif
+}
+
 /* NP_QUEUE_HOPS links at most: is skb queued ahead of tail on the same list? */
 #define NP_QUEUE_HOPS	4
 static __always_inline int np_queued_before(u64 skb, u64 tail)
@@ -965,6 +983,17 @@ static __always_inline int np_on_data_ready(struct np_cpu_state *c, void *sk)
 #endif
 	if (family != NP_AF_INET && family != NP_AF_INET6)
 		return 0;	/* unix, netlink, ...: not the IP receive path */
+	now = NP_PKT_NOW();
+#if RX_TSTAMP
+	/*
+	 * Nothing forgets a freed skb here (no kfree_skb/consume_skb hooks): a
+	 * followed skb that was dropped leaves this CPU's slot set. A datagram is
+	 * enqueued microseconds after netif_receive_skb, so an older slot is not
+	 * followed any more (its address may be another skb's by now).
+	 */
+	if (c && (c->cur.flags & CUR_TRACKED) && !(c->cur.flags & CUR_ENQUEUED) && now - c->cur.t[CP_CORE] >= NESTED_NS)
+		c->cur.flags = 0;
+#endif
 	if (!skb || skb == (void *)((char *)sk + OFF_SK_RCVQ)) {
 		/*
 		 * Empty queue: a reader on another CPU took the datagram between its
@@ -978,7 +1007,6 @@ static __always_inline int np_on_data_ready(struct np_cpu_state *c, void *sk)
 		return 0;
 	}
 	key = (u64)skb;
-	now = NP_PKT_NOW();
 	NP_READ(sk_proto, sk, OFF_SK_PROTOCOL);
 	udp = sk_proto == NP_IPPROTO_UDP || sk_proto == NP_IPPROTO_UDPLITE;
 	/*
@@ -998,7 +1026,7 @@ static __always_inline int np_on_data_ready(struct np_cpu_state *c, void *sk)
 
 #if !KP_CHECKPOINTS
 	/* fast path: the skb this CPU's netif_receive_skb is following, no map lookup */
-	if (c && c->cur.skb == key && (c->cur.flags & CUR_TRACKED)) {
+	if (c && c->cur.skb == key && (c->cur.flags & CUR_TRACKED) && np_cur_is(c, key)) {
 		if (c->cur.flags & CUR_ENQUEUED)
 			return 0;	/* already stamped (spurious wakeup) */
 		c->cur.flags |= CUR_ENQUEUED;

@@ -212,3 +212,54 @@ def test_two_senders_on_two_cpus_into_one_socket_account_for_every_datagram(mode
     h = summary["health"]
     assert _stage(summary, "stack_total")["count"] + h["missed_enqueue"] + h["unseen_enqueue"] == received, h
     assert _stage(summary, "socket_queue")["count"] + h["ring_overrun"] + h["unseen_read"] == received, h
+
+
+TCP_RECEIVER = r"""
+import socket, sys, time
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind((sys.argv[1], int(sys.argv[2])))
+srv.listen(1)
+print("ready", flush=True)
+conn, _ = srv.accept()
+got = 0
+while got < int(sys.argv[3]):
+    time.sleep(0.01)  # let segments queue: socket_queue has something to time
+    data = conn.recv(65536)
+    if not data:
+        break
+    got += len(data)
+print(got, flush=True)
+"""
+TCP_SENDER = ("import socket,sys,time\nc=socket.create_connection((sys.argv[1],int(sys.argv[2])))\n"
+              "c.setsockopt(socket.IPPROTO_TCP,socket.TCP_NODELAY,1)\n"
+              "for _ in range(int(sys.argv[3])):\n c.sendall(b'x'*100); time.sleep(0.002)\nc.close()\n")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_tcp_segments_are_timed_to_their_first_copy(mode: list[str]) -> None:
+    """TCP keeps a per-skb entry from enqueue to copy: every timed read is bounded by the run, none stale."""
+    n, port = 200, 40444
+    with veth_namespace("nptt") as pair:
+        rx = subprocess.Popen(["ip", "netns", "exec", pair.ns, sys.executable, "-c", TCP_RECEIVER, pair.ns_addr,
+                               str(port), str(100 * n)], stdout=subprocess.PIPE, text=True)
+        assert rx.stdout is not None and rx.stdout.readline().strip() == "ready"
+        run = NetpathRun(["trace", "--json", "--interval", "1", "--proto", "tcp", "--port", str(port), *mode])
+        run.wait_start()
+        t0 = time.monotonic()
+        subprocess.run([sys.executable, "-c", TCP_SENDER, pair.ns_addr, str(port), str(n)], check=True, timeout=60)
+        assert int(rx.communicate(timeout=60)[0].strip()) == 100 * n
+        elapsed_ns = (time.monotonic() - t0) * 1e9
+        time.sleep(1.2)
+        run.proc.send_signal(signal.SIGINT)
+        rc, _records, err = run.finish()
+    assert rc == 0, err
+    summary = run.summary()
+    sq, st = _stage(summary, "socket_queue"), _stage(summary, "stack_total")
+    # coalescing merges segments into one skb, so reads are fewer than segments, but some are timed
+    assert 0 < sq["count"] <= n and 0 < st["count"] <= n + 10, (sq, st)
+    assert sq["max_ns"] < elapsed_ns, sq
+    assert st["max_ns"] < elapsed_ns, st
+    # TCP between namespaces of one host keeps the sender's departure time (EDT, CLOCK_MONOTONIC) in
+    # skb->tstamp up to local delivery: with the kernel's receive timestamp those are counted, not timed
+    assert _stage(summary, "netif_receive_skb")["count"] + summary["health"]["unstamped"] >= n

@@ -153,6 +153,11 @@ struct np_cpu_state {
 	u32 in_netrx;
 	u32 gro_match;
 	struct np_cur_skb cur;
+	/* NAPI_BY_DEV: the device of the last NAPI instance polled here, re-read at most every second */
+	u64 napi;
+	u64 napi_at;
+	u32 napi_ifindex;
+	u32 napi_netns;
 };
 
 /*
@@ -459,8 +464,24 @@ RAW_TRACEPOINT_PROBE(napi_poll)
 	struct np_napi_key k = {};
 	struct np_napi_val zero = {};
 
-	NP_READ(dev, n, OFF_NAPI_DEV);
-	np_dev_where(dev, &k.ifindex, &k.netns);
+	/*
+	 * A CPU polls the same few NAPI instances over and over: their device's
+	 * ifindex and namespace (three probe reads) are kept for a second, so a
+	 * device moved to another namespace is seen within a second.
+	 */
+	if (c && c->napi == (u64)n && now - c->napi_at < 1000000000ULL) {
+		k.ifindex = c->napi_ifindex;
+		k.netns = c->napi_netns;
+	} else {
+		NP_READ(dev, n, OFF_NAPI_DEV);
+		np_dev_where(dev, &k.ifindex, &k.netns);
+		if (c) {
+			c->napi = (u64)n;
+			c->napi_at = now;
+			c->napi_ifindex = k.ifindex;
+			c->napi_netns = k.netns;
+		}
+	}
 #if BY_CPU
 	k.cpu = bpf_get_smp_processor_id();
 #endif
@@ -468,9 +489,21 @@ RAW_TRACEPOINT_PROBE(napi_poll)
 		np_record(STAGE_NAPI_POLL, now - c->last_poll_end, k.ifindex, k.netns);
 		c->last_poll_end = now;
 	}
-	v = napi_stats.lookup_or_try_init(&k, &zero);
-	if (!v)
-		return 0;
+	/*
+	 * The first device this CPU polls keeps the CPU's own counters (ctr.napi,
+	 * unused for anything else here) for the whole run, its key beside them
+	 * in ctr.napi_key: no hash lookup for a CPU's usual NAPI instance. Other
+	 * devices go to the hash. netpath adds both; a count never moves.
+	 */
+	if (c && (!c->ctr.napi.polls || (c->ctr.napi_key.ifindex == k.ifindex && c->ctr.napi_key.netns == k.netns &&
+					 c->ctr.napi_key.cpu == k.cpu))) {
+		c->ctr.napi_key = k;
+		v = &c->ctr.napi;
+	} else {
+		v = napi_stats.lookup_or_try_init(&k, &zero);
+		if (!v)
+			return 0;
+	}
 #else
 	/* no breakdown: counters in this CPU's state (netpath keys them by CPU for --per-cpu) */
 	if (!c)

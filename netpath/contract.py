@@ -182,11 +182,13 @@ IFACE_FILTER_SLOTS = 64  # --iface entries the device filter map holds
 
 NAPI_VAL = Layout("np_napi_val", (_f("polls", "u64"), _f("work", "u64"), _f("exhausted", "u64"),
                                   _f("budget", "u64"), _f("max_work", "u64")))
-CPU_COUNTERS = Layout("np_cpu_counters", (_f("hits", "u64", HITS), _f("napi", NAPI_VAL)),
-                      "what netpath reads of np_cpu_state: hook hits, and NAPI counters without BY_IFACE")
 HIST_KEY = Layout("np_hist_key", (_f("stage", "u16"), _f("slot", "u16"), _f("ifindex", "u32"),
                                   _f("netns", "u32"), _f("cpu", "u32")))
 NAPI_KEY = Layout("np_napi_key", (_f("ifindex", "u32"), _f("netns", "u32"), _f("cpu", "u32")))
+CPU_COUNTERS = Layout("np_cpu_counters", (_f("hits", "u64", HITS), _f("napi", NAPI_VAL), _f("napi_key", NAPI_KEY),
+                                          _f("pad", "u32")),
+                      "what netpath reads of np_cpu_state: hook hits, and NAPI counters (without a device "
+                      "breakdown: this CPU's; with NAPI_BY_DEV: those of napi_key, the first device it polled)")
 STAGE_HIST = Layout("np_stage_hist", (_f("slots", "u64", NSLOTS),))
 SLOW_EVENT = Layout("np_slow_event", (
     _f("ts_ns", "u64"), _f("stage_ns", "u64", len(SLOW_STAGES)), _f("cpu", "u32"), _f("pid", "u32"),
@@ -214,7 +216,7 @@ DROP_SAMPLE = Layout("drop_sample", (
     _f("key", DROP_FULL_KEY), _f("ts_ns", "u64"), _f("len", "u32"), _f("pid", "u32"), _f("cpu", "u32"),
     _f("stackid", "s32"), _f("comm", "char", 16)))
 
-SHARED_LAYOUTS: tuple[Layout, ...] = (NAPI_VAL, CPU_COUNTERS, HIST_KEY, NAPI_KEY, STAGE_HIST, SLOW_EVENT,
+SHARED_LAYOUTS: tuple[Layout, ...] = (NAPI_VAL, HIST_KEY, NAPI_KEY, CPU_COUNTERS, STAGE_HIST, SLOW_EVENT,
                                       DROP_WHERE, DROP_FLOW, DROP_FULL_KEY, DROP_SAMPLE)
 
 # ---------------------------------------------------------------- C text

@@ -171,6 +171,7 @@ class TraceReader:
     def __init__(self, query: TraceQuery, plan: AttachPlan) -> None:
         self.query = query
         self.wanted = set(plan.tracepoints()) | {h for h, _ in plan.kprobes()}
+        self.forgotten: set[tuple[int, int]] = set()  # (ifindex, netns) of devices gone: left out
 
     def read(self, prog: bpf.Program) -> Reading:
         slots, maxima = self._read_hash(prog) if self.query.per_iface else self._read_arrays(prog)
@@ -178,9 +179,16 @@ class TraceReader:
         nhits = contract.HITS
         napi: dict[NapiKey, dict[str, int]] = {}
         if self.query.per_iface or self.query.napi_by_dev:
+            rows: dict[NapiKey, list[tuple]] = {}
             for key, values in prog.percpu_items("napi_stats").items():
                 ifindex, ns_inode, cpu = contract.NAPI_KEY.unpack(key)
-                napi[(ifindex, ns_inode, cpu)] = _napi_sum([contract.NAPI_VAL.unpack(v) for v in values])
+                rows.setdefault((ifindex, ns_inode, cpu), []).extend(contract.NAPI_VAL.unpack(v) for v in values)
+            # each CPU's first device keeps its counters in the CPU's own state (bpf/trace.c, napi_poll)
+            for value in per_cpu:
+                counters, (ifindex, ns_inode, cpu) = value[nhits:nhits + 5], value[nhits + 5:nhits + 8]
+                if counters[0] and (ifindex, ns_inode) not in self.forgotten:
+                    rows.setdefault((ifindex, ns_inode, cpu), []).append(counters)
+            napi = {key: _napi_sum(values) for key, values in rows.items()}
         else:
             by_cpu: dict[NapiKey, list[tuple]] = {}
             for cpu, value in enumerate(per_cpu):
@@ -367,6 +375,12 @@ class TraceSession:
             if ifindex and (ns_inode, ifindex) not in live:
                 gone.append(raw)
         self.prog.delete("napi_stats", gone)
+        # a CPU's own NAPI counters cannot be cleared under the program: a gone device's are left out
+        for value in self.prog.percpu_value("cpustate", 0):
+            ifindex, ns_inode, _cpu = contract.CPU_COUNTERS.unpack(value)[contract.HITS + 5:contract.HITS + 8]
+            if ifindex and (ns_inode, ifindex) not in live and (ifindex, ns_inode) not in self._reader.forgotten:
+                self._reader.forgotten.add((ifindex, ns_inode))
+                gone.append(b"")
         return len(gone)
 
     def _on_slow(self, raw: bytes) -> None:

@@ -232,7 +232,7 @@ def stage_hist(samples: list[int]) -> bytes:
 def cpu_counters(hits: dict[str, int], polls: int = 0, work: int = 0, exhausted: int = 0) -> bytes:
     names = (*contract.HOOK_NAMES, *contract.STAT_NAMES)
     values = [hits.get(n, 0) for n in names]
-    return contract.CPU_COUNTERS.fmt.pack(*values, polls, work, exhausted, 64, work)
+    return contract.CPU_COUNTERS.fmt.pack(*values, polls, work, exhausted, 64, work, 0, 0, 0, 0)
 
 
 def play_trace(prog: FakeProgram, sq: list[int], hits: dict[str, int], polls: int, max_ns: int | None = None) -> None:
@@ -276,6 +276,29 @@ def test_trace_session_decodes_histograms_hits_and_napi():
     total = summary.stage("socket_queue")
     assert total is not None and (total.latency.count, total.latency.max_ns) == (5, 20_000_000)
     assert summary.softnet == {"time_squeeze": 4, "dropped": 1}
+
+
+def test_napi_by_device_adds_each_cpus_own_device_counters_to_the_hash_rows():
+    prog = FakeProgram()
+    plan = make_plan(trace_facts("6.18"), only=("napi_poll",))
+    session = trace_mod.TraceSession(trace_mod.TraceQuery(napi_by_dev=True), plan, trace_facts("6.18"), SOURCE,
+                                     loader=loader(prog))
+    play_trace(prog, [], {}, 0)
+    session.start()
+
+    def cpu(polls: int, ifindex: int) -> bytes:  # this CPU's first device keeps its counters in cpustate
+        names = (*contract.HOOK_NAMES, *contract.STAT_NAMES)
+        return contract.CPU_COUNTERS.fmt.pack(*[0] * len(names), polls, 3 * polls, 0, 64, 3, ifindex, 77, 0, 0)
+
+    prog.set_array("cpustate", 0, [cpu(10, 4), cpu(5, 4)])
+    napi_row = contract.NAPI_VAL.fmt.pack(2, 6, 1, 64, 3)
+    prog.percpu["napi_stats"] = {contract.NAPI_KEY.fmt.pack(4, 77, 0): [napi_row, bytes(40)],
+                                 contract.NAPI_KEY.fmt.pack(9, 77, 0): [bytes(40), napi_row]}
+    snap = session.interval(10**9)
+    row = snap.stage("napi_poll")
+    assert row is not None and row.napi is not None and (row.napi.polls, row.napi.exhausted) == (19, 2)
+    assert session.forget_gone_devices({(77, 9)}) == 2  # the hash row and CPU-held counters of ifindex 4
+    assert session.interval(2 * 10**9).stage("napi_poll").napi.polls == 0
 
 
 def slow_event(ts: int, queued: int) -> bytes:

@@ -13,6 +13,13 @@
  * the first key that lands in it for the whole run, so a count never moves
  * between the two: netpath adds both up.
  *
+ * TP_BTF=1: the program is loaded as a BTF-typed raw tracepoint (netpath's
+ * own bpf() call: BCC's loader cannot), so skb, its device and that device's
+ * namespace are typed kernel pointers the verifier lets it load from
+ * directly: four plain loads instead of three probe-read helper calls. The
+ * packet headers (skb->head is not a typed pointer) are still probe reads.
+ * netpath falls back to TP_BTF=0 (a raw tracepoint) where the kernel refuses.
+ *
  * Compile-time numbers: TP_HAS_REASON, BY_{REASON,LOCATION,IFACE,PROTO,FLOW},
  * FILTER_{NETNS,IFACE,REASON,PROTO,PORT,HOST_*}, SAMPLE_BUDGET, WITH_STACK,
  * MAX_ROWS and the OFF_* struct offsets. struct drop_where, drop_flow,
@@ -104,9 +111,32 @@ static __always_inline void drop_flow_of(struct np_flow *flow, struct drop_flow 
 	f->dport = flow->dport;
 }
 
+#ifndef TP_BTF
+#define TP_BTF 0
+#endif
+
 /* Namespace inode and ifindex of skb->dev, in three probe reads or fewer. */
 static __always_inline u32 drop_dev(void *skb, void **devp, u32 *ifindex)
 {
+#if TP_BTF
+	/*
+	 * Direct loads through BTF-typed pointers (a faulting load reads 0).
+	 * The empty asm hides the pointer's origin from BCC, which would
+	 * otherwise rewrite the loads into probe reads.
+	 */
+	u64 s = (u64)skb, dev, net;
+
+	asm volatile("" : "+r"(s));
+	dev = *(u64 *)(s + OFF_SKB_DEV);
+	*devp = (void *)dev;
+	if (!dev)
+		return 0;
+	*ifindex = *(u32 *)(dev + OFF_DEV_IFINDEX);
+	net = *(u64 *)(dev + OFF_DEV_ND_NET);
+	if (!net)
+		return 0;
+	return *(u32 *)(net + OFF_NET_NS_INUM);
+#else
 	void *dev = NULL;
 	u32 inum = 0;
 
@@ -114,9 +144,14 @@ static __always_inline u32 drop_dev(void *skb, void **devp, u32 *ifindex)
 	*devp = dev;
 	np_dev_where(dev, ifindex, &inum);
 	return inum;
+#endif
 }
 
+#if TP_BTF
+int kfree_skb(struct bpf_raw_tracepoint_args *ctx)
+#else
 RAW_TRACEPOINT_PROBE(kfree_skb)
+#endif
 {
 	void *skb = (void *)ctx->args[0];
 	u64 location = ctx->args[1];

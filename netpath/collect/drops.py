@@ -57,6 +57,7 @@ class DropsQuery:
     by: tuple[str, ...] = DEFAULT_BY
     stack: bool = False
     samples: int = 0  # per CPU per interval
+    tp_btf: bool = True  # load kfree_skb as a BTF-typed raw tracepoint where the kernel allows it
 
     @property
     def flow_keyed(self) -> bool:
@@ -93,6 +94,9 @@ def program_source(query: DropsQuery, facts: KernelFacts, offsets: dict[str, int
     if query.reason_code is not None:
         defines["FILTER_REASON"] = query.reason_code
     defines.update(filter_defines(query.netns, query.iface_keys, query.proto, query.port, query.host))
+    if query.tp_btf:
+        defines["TP_BTF"] = 1
+        return bpf.ProgramSource(["where.c", "drops.c"], defines, {"kfree_skb": "kfree_skb"})
     return bpf.ProgramSource(["where.c", "drops.c"], defines)
 
 
@@ -230,7 +234,7 @@ class DropsSession:
             Unavailable("skb:kfree_skb reason", "this kernel's kfree_skb has no reason field"),)
         return Start(
             "drops", self.facts.release, bpf.headers_mode(self.facts),
-            (Attached(TRACEPOINT, "raw_tracepoint", "kfree_skb"),), unavailable,
+            (Attached(TRACEPOINT, "tp_btf" if prog.tp_btf else "raw_tracepoint", "kfree_skb"),), unavailable,
             Filters(q.netns.inode if q.netns else None, tuple(q.ifaces), tuple(q.iface_keys), q.proto, q.port,
                     str(q.host) if q.host else None),
             group_by=tuple(q.by) + (("flow",) if q.flow_keyed and "flow" not in q.by else ()),

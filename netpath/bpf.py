@@ -120,7 +120,7 @@ def compile_program(source: ProgramSource, facts: KernelFacts) -> Program:
     except OSError as exc:
         prog.close()
         fallback = _compile(source.without_tp_btf(), facts)
-        fallback.tp_btf_refused = str(exc)
+        fallback.tp_btf_refused = exc.strerror or str(exc)
         return fallback
 
 

@@ -54,8 +54,8 @@ Examples:
               help="Exit 1 when STAGE's PCT (p50, p90, p99, max) exceeds DURATION in any interval or "
                    "the whole run, e.g. socket_queue:p99:10ms (repeatable).")
 @click.option("--exact", is_flag=True,
-              help="Time the hand-off with netpath's own hooks and a per-skb table, as before 6.1, instead of "
-                   "the kernel's receive timestamp (skb->tstamp): two more hook runs per packet.")
+              help="Time the hand-off with netpath's own hooks and a per-skb table (as on kernels before 6.1) "
+                   "instead of the kernel's receive timestamp (skb->tstamp): two more hook runs per packet.")
 @click.option("--slower", "slower", metavar="DURATION",  # checked while parsing: "" is bad input, not "off"
               callback=lambda _ctx, _param, v: None if v is None else (parse_duration(v, "--slower duration"), v)[1],
               help="Also stream each packet whose stack_total or socket_queue exceeds DURATION (e.g. 5ms).")

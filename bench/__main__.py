@@ -21,6 +21,11 @@ def main() -> int:
     ap.add_argument("--observer", action="store_true",
                     help="only what netpath trace adds to the NET_RX softirq it times (bpftrace as reference)")
     ap.add_argument("--render", action="store_true", help="re-aggregate and print an existing bench/results.json")
+    ap.add_argument("--variants", default="", help="comma-separated variant names to run (default all; "
+                    "untraced always runs)")
+    ap.add_argument("--workloads", default="", help="comma-separated workloads (default all)")
+    ap.add_argument("--no-profile", action="store_true", help="skip the py-spy profiles and hook breakdown")
+    ap.add_argument("--out", default="", help="results file (default bench/results.json)")
     args = ap.parse_args()
     if args.storm:
         from bench import storm
@@ -40,7 +45,10 @@ def main() -> int:
         return suite.rerender()
     if args.profile:
         return suite.reprofile()
-    return suite.main(max(1, args.rounds), max(1.0, args.seconds))
+    return suite.main(max(1, args.rounds), max(1.0, args.seconds),
+                      variants=[v for v in args.variants.split(",") if v],
+                      only_workloads=[w for w in args.workloads.split(",") if w], profile=not args.no_profile,
+                      out=args.out)
 
 
 if __name__ == "__main__":

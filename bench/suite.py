@@ -17,7 +17,9 @@ from bench import env, tools, workloads
 from bench.workloads import WORKLOADS, Workload
 
 OUT = Path(__file__).resolve().parent / "results.json"
-TARGETS = {"trace_ratio": 0.90, "drops_ratio": 0.98, "ns_per_hook": 60, "start_s": 0.5, "rss_mb": 100}
+TARGETS = {"trace_ratio": 0.90, "drops_ratio": 0.97, "export_ratio": 0.97, "ns_per_hook": 60,
+           "ns_per_invocation_hook": 80, "trace_ns_per_datagram": 400, "start_s": 0.5, "rss_mb": 100}
+PER_INVOCATION_PROGS = ("softirq_raise", "softirq_entry", "softirq_exit", "napi_poll")
 console = Console(width=None if sys.stdout.isatty() else 160)
 
 
@@ -47,7 +49,7 @@ def one_run(topo: env.Topology, w: Workload, v: tools.Variant, seconds: float, n
         err = tool.stop()
     if w.drop_reason:
         rec["truth"] = rec["rx_count"]
-        if v.kind == "netpath" and v.name == "netpath drops":
+        if v.kind == "netpath" and v.name.endswith(" drops"):
             rec["seen"] = tools.netpath_drop_count(tool.summary(), topo.netns_inode(topo.rx), w.drop_reason)
         elif v.name == "bpftrace drops":
             rec["seen"] = tool.bt_drops(names).get(w.drop_reason, 0)
@@ -79,12 +81,17 @@ def aggregate(runs: list[dict[str, Any]], active: list[tools.Variant]) -> dict[s
             pps = [r["pps"] for r in rs]
             sent = [r["sent_pps"] for r in rs if r.get("sent_pps")]
             ratios = [r["pps"] / base[(r["round"], w.name)] for r in rs if base.get((r["round"], w.name))]
+            # all of the tool's BPF time over the workload, per packet the receiver counted
+            per_pkt = [sum(p["run_time_ns"] for p in r["progs"]) / r["rx_count"]
+                       for r in rs if r.get("progs") and r.get("rx_count")]
             agg["throughput"].append({
                 "workload": w.name, "variant": v.name, "rounds": len(rs), "pps_median": med(pps),
                 "pps_min_max": spread(pps), "sent_pps_median": med(sent),
                 "pps_spread_pct": round(100 * (max(pps) - min(pps)) / med(pps), 1) if med(pps) else None,
                 "ratio_median": round(med(ratios), 3) if ratios else None,
                 "ratio_min_max": [round(x, 3) for x in spread(ratios) or []],
+                "bpf_ns_per_rx_pkt_median": round(med(per_pkt), 1) if per_pkt else None,
+                "bpf_ns_per_rx_pkt_min_max": [round(x, 1) for x in spread(per_pkt) or []],
             })
             if v.kind == "untraced":
                 continue
@@ -133,14 +140,14 @@ def render(agg: dict[str, Any], meta: dict[str, Any]) -> None:
                   f"{meta['rounds']} rounds x {meta['seconds']} s")
     t = Table(title="Message rate (receiver-side pps) and ratio to untraced, same round")
     for c in ("workload", "variant", "pps median", "pps min-max", "spread %", "ratio median", "ratio min-max",
-              "sender pps"):
+              "sender pps", "BPF ns/pkt"):
         t.add_column(c, justify="right" if c not in ("workload", "variant") else "left")
     for r in agg["throughput"]:
         mm = r["pps_min_max"] or [None, None]
         rm = r["ratio_min_max"] or [None, None]
         t.add_row(r["workload"], r["variant"], fmt(r["pps_median"]), f"{fmt(mm[0])}-{fmt(mm[1])}",
                   fmt(r["pps_spread_pct"], 1), fmt(r["ratio_median"], 3), f"{fmt(rm[0], 3)}-{fmt(rm[1], 3)}",
-                  fmt(r.get("sent_pps_median")))
+                  fmt(r.get("sent_pps_median")), fmt(r.get("bpf_ns_per_rx_pkt_median"), 0))
     console.print(t)
     t = Table(title="bpf_stats: ns per run of every program (kernel.bpf_stats_enabled=1)")
     for c in ("workload", "variant", "program", "ns/run median", "ns/run min-max", "runs/s"):
@@ -194,7 +201,8 @@ def targets(agg: dict[str, Any]) -> list[dict[str, Any]]:
         return [(r["workload"], r["ratio_median"]) for r in agg["throughput"]
                 if r["variant"] == variant and r["ratio_median"] is not None]
 
-    for variant, goal in (("netpath drops", TARGETS["drops_ratio"]), ("netpath trace", TARGETS["trace_ratio"])):
+    for variant, goal in (("netpath drops", TARGETS["drops_ratio"]), ("netpath trace", TARGETS["trace_ratio"]),
+                          ("netpath export", TARGETS["export_ratio"])):
         for wname, x in ratio(variant):
             out.append({"target": f"{variant} pps ratio >= {goal} ({wname})", "measured": f"{x:.3f}",
                         "met": x >= goal})
@@ -204,6 +212,17 @@ def targets(agg: dict[str, Any]) -> list[dict[str, Any]]:
         if wname in peer:
             out.append({"target": f"trace ahead of bpftrace stages ({wname})",
                         "measured": f"{x:.3f} vs {peer[wname]:.3f}", "met": x > peer[wname]})
+    for r in agg["throughput"]:
+        if r["variant"] == "netpath trace" and r["workload"] == "udp" and r.get("bpf_ns_per_rx_pkt_median"):
+            x = r["bpf_ns_per_rx_pkt_median"]
+            out.append({"target": f"netpath trace BPF ns per delivered datagram <= {TARGETS['trace_ns_per_datagram']}",
+                        "measured": f"{x:.0f}", "met": x <= TARGETS["trace_ns_per_datagram"]})
+    for r in agg["hooks"]:
+        if (r["variant"] in ("netpath trace", "netpath export") and r["program"].removeprefix("raw_tracepoint__")
+                in PER_INVOCATION_PROGS and r["ns_per_run_median"] is not None):
+            out.append({"target": f"<= {TARGETS['ns_per_invocation_hook']} ns/run {r['program']} ({r['variant']}, "
+                                  f"{r['workload']})", "measured": f"{r['ns_per_run_median']:.1f}",
+                        "met": r["ns_per_run_median"] <= TARGETS["ns_per_invocation_hook"]})
     for r in agg["hooks"]:
         if r["variant"].startswith("netpath") and r["ns_per_run_median"] is not None:
             out.append({"target": f"<= {TARGETS['ns_per_hook']} ns/run {r['program']} ({r['workload']})",
@@ -279,13 +298,15 @@ def hook_breakdown(topo: env.Topology, names: dict[int, str], seconds: float) ->
     return out
 
 
-def main(rounds: int, seconds: float) -> int:
+def main(rounds: int, seconds: float, variants: list[str] | None = None, only_workloads: list[str] | None = None,
+         profile: bool = True, out: str = "") -> int:
     if os.geteuid() != 0:
         print("bench: run as root (namespaces, BPF, sysctl)", file=sys.stderr)
         return 3
     bt_ok, bt_why = tools.bpftrace_check()
     all_variants = tools.variants(tools.netpath_has("trace"), bt_ok, bt_why)
-    active = [v for v in all_variants if v.available]
+    active = [v for v in all_variants if v.available and (not variants or v.kind == "untraced" or v.name in variants)]
+    wls = [w for w in WORKLOADS if not only_workloads or w.name in only_workloads]
     names = tools.drop_reason_names()
     meta: dict[str, Any] = {
         "kernel": env.kernel_release(), "cpu_model": env.cpu_model(), "ncpu": os.cpu_count(),
@@ -303,7 +324,7 @@ def main(rounds: int, seconds: float) -> int:
             noise = {"round": rnd, "loadavg_1m": env.loadavg(), "busy_before_round": env.busy_processes()}
             meta.setdefault("noise", []).append(noise)
             console.print(f"[dim]round {rnd + 1}: load {noise['loadavg_1m']}, busy: {noise['busy_before_round']}[/]")
-            for w in WORKLOADS:
+            for w in wls:
                 order = active if rnd % 2 == 0 else [active[0], *reversed(active[1:])]
                 for v in order:
                     try:
@@ -316,16 +337,17 @@ def main(rounds: int, seconds: float) -> int:
                                   f"pps={fmt(rec.get('pps'))} start={rec.get('start_s', '-')} "
                                   f"cpu%={rec.get('cpu_pct', '-')} seen/truth={rec.get('seen', '-')}/"
                                   f"{rec.get('truth', '-')}{' ERROR ' + rec['error'] if 'error' in rec else ''}[/]")
-        for v in active:
+        for v in active if profile else []:
             if v.kind == "netpath":
                 try:
                     profiles.append(profile(topo, v, max(5.0, seconds)))
                 except Exception as exc:  # the figures above still get written
                     profiles.append({"variant": v.name, "error": str(exc)[-300:], "pps": None, "bpf_stats": [],
                                      "py_spy_top_own_frames": [], "py_spy_startup_inclusive": []})
-        meta["hook_breakdown"] = hook_breakdown(topo, names, max(3.0, seconds))
+        if profile:
+            meta["hook_breakdown"] = hook_breakdown(topo, names, max(3.0, seconds))
     meta["wall_s"] = round(time.monotonic() - t_start, 1)
-    report(meta, runs, profiles)
+    report(meta, runs, profiles, Path(out) if out else OUT)
     return 0
 
 
@@ -353,7 +375,8 @@ def rerender() -> int:
     return 0
 
 
-def report(meta: dict[str, Any], runs: list[dict[str, Any]], profiles: list[dict[str, Any]]) -> None:
+def report(meta: dict[str, Any], runs: list[dict[str, Any]], profiles: list[dict[str, Any]],
+           out: Path = OUT) -> None:
     active = [tools.Variant(v["name"], "untraced" if v["name"] == "untraced" else v["name"].split()[0],
                             v["argv"], v["ready"]) for v in meta["variants"] if v["available"]]
     ok_runs = [r for r in runs if r.get("pps") is not None]
@@ -369,5 +392,5 @@ def report(meta: dict[str, Any], runs: list[dict[str, Any]], profiles: list[dict
         console.print("  py-spy, start-up to first interval (inclusive samples at 500 Hz):")
         for frame, n in p["py_spy_startup_inclusive"]:
             console.print(f"    {n:6}  {frame}")
-    OUT.write_text(json.dumps({**meta, "aggregate": agg, "profiles": profiles, "runs": runs}, indent=1))
-    console.print(f"wrote {OUT}")
+    out.write_text(json.dumps({**meta, "aggregate": agg, "profiles": profiles, "runs": runs}, indent=1))
+    console.print(f"wrote {out}")

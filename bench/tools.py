@@ -17,7 +17,7 @@ from pathlib import Path
 from bench.env import REPO, proc_cpu_s, proc_hwm_kb, sh
 
 BT_DIR = Path(__file__).resolve().parent / "bpftrace"
-EXPORT_PORT = 19872  # off the default, so a running exporter does not clash
+EXPORT_PORT = int(os.environ.get("BENCH_EXPORT_PORT", "19872"))  # off the default, so a running exporter does not clash
 BT_DROP_LINE = re.compile(r"^@drops\[([^,]+), (.*)\]: (\d+)$")
 
 
@@ -67,6 +67,7 @@ class Variant:
     stdin_lines: tuple[str, ...] = ()  # typed at the tool's prompt once it runs (dropwatch's "start")
     stop_lines: tuple[str, ...] = ()  # typed after SIGINT, before stdin closes
     env: dict[str, str] = field(default_factory=dict)  # added to the environment
+    cwd: str = ""  # run from here (a baseline checkout: `python -m netpath` imports the cwd's netpath)
 
 
 def variants(with_trace: bool, bt_ok: bool, bt_why: str) -> list[Variant]:
@@ -85,11 +86,22 @@ def variants(with_trace: bool, bt_ok: bool, bt_why: str) -> list[Variant]:
         Variant("netpath export", "other", ["sh", "-c", f"exec {shlex.join(np)} export --listen 127.0.0.1:{EXPORT_PORT}"
                                             " 2>&1"], "serving http://",
                 netpath_has("export"), "" if netpath_has("export") else "no `netpath export` in this checkout"),
+        Variant("netpath trace --exact", "netpath", [*np, "trace", "--json", "--interval", "1", "--exact"],
+                "start line", with_trace, "" if with_trace else "no `netpath trace` in this checkout"),
         Variant("bpftrace drops", "bpftrace", [*bt, str(BT_DIR / "drops.bt")], "Attaching N probes",
                 bt_ok, "" if bt_ok else bt_why),
         Variant("bpftrace stages", "bpftrace", [*bt, str(BT_DIR / "stages.bt")], "Attaching N probes",
                 bt_ok, "" if bt_ok else bt_why),
     ]
+    base = os.environ.get("BENCH_BASELINE", "")  # an unpacked older checkout (git archive REV | tar -x -C DIR)
+    if base and Path(base, "netpath").is_dir():
+        tag = os.environ.get("BENCH_BASELINE_NAME", Path(base).name)
+        out += [
+            Variant(f"{tag} drops", "netpath", [*np, "drops", "--json", "--interval", "1"], "start line", cwd=base),
+            Variant(f"{tag} trace", "netpath", [*np, "trace", "--json", "--interval", "1"], "start line", cwd=base),
+            Variant(f"{tag} export", "other", ["sh", "-c", f"exec {shlex.join(np)} export --listen "
+                                                     f"127.0.0.1:{EXPORT_PORT} 2>&1"], "serving http://", cwd=base),
+        ]
     return out
 
 
@@ -104,7 +116,7 @@ class Running:
         self.t_ready: float | None = None
         talks = bool(variant.stdin_lines or variant.stop_lines)
         self.proc = subprocess.Popen(variant.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     cwd=REPO, start_new_session=True,
+                                     cwd=variant.cwd or REPO, start_new_session=True,
                                      stdin=subprocess.PIPE if talks else None,
                                      env={**os.environ, **variant.env} if variant.env else None)
         self._type(variant.stdin_lines, close=False)

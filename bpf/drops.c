@@ -4,6 +4,22 @@
  * user groups by, so counts stay exact at any drop rate. Optional per-drop
  * samples go out through a perf buffer under a per-CPU budget.
  *
+ * Cost is per drop, so under a storm every nanosecond shows: the health
+ * counters are one per-CPU value (one lookup, plain adds: a program never
+ * runs nested on its own CPU, the kernel skips such a run), and a drop is
+ * counted first in a small per-CPU table of the keys seen (DROP_CACHE_SLOTS
+ * direct-mapped slots, compared word by word) and only on a slot collision
+ * in the hash, which costs a key hash and a bucket walk. A slot belongs to
+ * the first key that lands in it for the whole run, so a count never moves
+ * between the two: netpath adds both up.
+ *
+ * TP_BTF=1: the program is loaded as a BTF-typed raw tracepoint (netpath's
+ * own bpf() call: BCC's loader cannot), so skb, its device and that device's
+ * namespace are typed kernel pointers the verifier lets it load from
+ * directly: four plain loads instead of three probe-read helper calls. The
+ * packet headers (skb->head is not a typed pointer) are still probe reads.
+ * netpath falls back to TP_BTF=0 (a raw tracepoint) where the kernel refuses.
+ *
  * Compile-time numbers: TP_HAS_REASON, TP_HAS_RX_SK,
  * BY_{REASON,LOCATION,IFACE,PROTO,FLOW,SOCKET,CGROUP} (BY_OWNER: either of the
  * last two), FILTER_{NETNS,IFACE,REASON,PROTO,PORT,HOST_*,CGROUP},
@@ -25,8 +41,25 @@ struct drop_key {
 #endif
 };
 
+#define DROP_KEY_WORDS	(sizeof(struct drop_key) / sizeof(u64))
+_Static_assert(sizeof(struct drop_key) % sizeof(u64) == 0, "drop_key is compared in u64 words");
+
+struct drop_stats {
+	u64 v[STAT_MAX];
+};
+
+struct drop_slot {
+	struct drop_key key;
+	u64 count;	/* 0: free; set after the key, so a reader never sees a count without its key */
+};
+
+struct drop_cache {
+	struct drop_slot slot[DROP_CACHE_SLOTS];
+};
+
 BPF_PERCPU_HASH(drops, struct drop_key, u64, MAX_ROWS);
-BPF_PERCPU_ARRAY(stats, u64, STAT_MAX);
+BPF_PERCPU_ARRAY(stats, struct drop_stats, 1);
+BPF_PERCPU_ARRAY(drop_cache, struct drop_cache, 1);
 
 #ifdef WITH_STACK
 BPF_STACK_TRACE(stacks, 4096);
@@ -38,12 +71,41 @@ BPF_PERF_OUTPUT(samples);
 BPF_PERCPU_ARRAY(sample_used, u32, 1);
 #endif
 
-static __always_inline void stat_add(int idx)
+static __always_inline int drop_key_eq(struct drop_key *a, struct drop_key *b)
 {
-	u64 *v = stats.lookup(&idx);
+	u64 *x = (u64 *)a, *y = (u64 *)b;
 
-	if (v)
-		__sync_fetch_and_add(v, 1);
+#pragma unroll
+	for (int i = 0; i < DROP_KEY_WORDS; i++)
+		if (x[i] != y[i])
+			return 0;
+	return 1;
+}
+
+/* this CPU's slot for the key, when it holds the key or is free: 1 when counted there */
+static __always_inline int drop_count_cached(struct drop_key *key)
+{
+	int zero = 0;
+	struct drop_cache *cache = drop_cache.lookup(&zero);
+	struct drop_slot *s;
+	u32 idx;
+
+	if (!cache)
+		return 0;
+	idx = (u32)(key->w.location ^ (key->w.location >> 23)) ^ key->w.reason * 0x9e3779b1u ^ key->w.ifindex ^
+	      key->w.netns ^ key->w.l4proto;
+	idx ^= idx >> 16;
+	s = &cache->slot[idx & (DROP_CACHE_SLOTS - 1)];
+	if (s->count) {
+		if (!drop_key_eq(&s->key, key))
+			return 0;	/* taken by another key: the hash counts this one */
+		s->count += 1;
+		return 1;
+	}
+	__builtin_memcpy(&s->key, key, sizeof(*key));
+	asm volatile("" ::: "memory");
+	s->count = 1;
+	return 1;
 }
 
 static __always_inline void drop_flow_of(struct np_flow *flow, struct drop_flow *f)
@@ -85,9 +147,32 @@ static __always_inline void drop_owner_of(void *skb, void *rx_sk, struct drop_ow
 }
 #endif
 
+#ifndef TP_BTF
+#define TP_BTF 0
+#endif
+
 /* Namespace inode and ifindex of skb->dev, in three probe reads or fewer. */
 static __always_inline u32 drop_dev(void *skb, void **devp, u32 *ifindex)
 {
+#if TP_BTF
+	/*
+	 * Direct loads through BTF-typed pointers (a faulting load reads 0).
+	 * The empty asm hides the pointer's origin from BCC, which would
+	 * otherwise rewrite the loads into probe reads.
+	 */
+	u64 s = (u64)skb, dev, net;
+
+	asm volatile("" : "+r"(s));
+	dev = *(u64 *)(s + OFF_SKB_DEV);
+	*devp = (void *)dev;
+	if (!dev)
+		return 0;
+	*ifindex = *(u32 *)(dev + OFF_DEV_IFINDEX);
+	net = *(u64 *)(dev + OFF_DEV_ND_NET);
+	if (!net)
+		return 0;
+	return *(u32 *)(net + OFF_NET_NS_INUM);
+#else
 	void *dev = NULL;
 	u32 inum = 0;
 
@@ -95,9 +180,14 @@ static __always_inline u32 drop_dev(void *skb, void **devp, u32 *ifindex)
 	*devp = dev;
 	np_dev_where(dev, ifindex, &inum);
 	return inum;
+#endif
 }
 
+#if TP_BTF
+int kfree_skb(struct bpf_raw_tracepoint_args *ctx)
+#else
 RAW_TRACEPOINT_PROBE(kfree_skb)
+#endif
 {
 	void *skb = (void *)ctx->args[0];
 	u64 location = ctx->args[1];
@@ -109,8 +199,12 @@ RAW_TRACEPOINT_PROBE(kfree_skb)
 	u64 zero = 0, *count;
 	void *rx_sk = NULL;
 	struct drop_owner owner = {};
+	int szero = 0;
+	struct drop_stats *st = stats.lookup(&szero);
 
-	stat_add(STAT_HITS);
+	if (!st)
+		return 0;
+	st->v[STAT_HITS] += 1;
 #if TP_HAS_REASON
 	reason = (u32)ctx->args[2];
 #endif
@@ -138,7 +232,7 @@ RAW_TRACEPOINT_PROBE(kfree_skb)
 		return 0;
 #endif
 #endif
-	stat_add(STAT_MATCHED);
+	st->v[STAT_MATCHED] += 1;
 
 #if BY_REASON
 	key.w.reason = reason;
@@ -165,12 +259,14 @@ RAW_TRACEPOINT_PROBE(kfree_skb)
 	key.o.cgroup = owner.cgroup;	/* a socket has one cgroup: it does not split socket rows */
 #endif
 
-	count = drops.lookup_or_try_init(&key, &zero);
-	if (!count) {
-		stat_add(STAT_MAP_FULL);
-		return 0;
+	if (!drop_count_cached(&key)) {
+		count = drops.lookup_or_try_init(&key, &zero);
+		if (!count) {
+			st->v[STAT_MAP_FULL] += 1;
+			return 0;
+		}
+		*count += 1;	/* this CPU's value: no other writer */
 	}
-	__sync_fetch_and_add(count, 1);
 
 #ifdef WITH_STACK
 	s32 stackid = stacks.get_stackid(ctx, 0);
@@ -185,7 +281,7 @@ RAW_TRACEPOINT_PROBE(kfree_skb)
 	if (!used)
 		return 0;
 	if (*used >= SAMPLE_BUDGET) {
-		stat_add(STAT_SAMPLE_BUDGET);
+		st->v[STAT_SAMPLE_BUDGET] += 1;
 		return 0;
 	}
 	*used += 1;
@@ -216,7 +312,7 @@ RAW_TRACEPOINT_PROBE(kfree_skb)
 #endif
 	bpf_get_current_comm(&s.comm, sizeof(s.comm));
 	samples.perf_submit(ctx, &s, sizeof(s));
-	stat_add(STAT_SAMPLED);
+	st->v[STAT_SAMPLED] += 1;
 #endif
 	return 0;
 }

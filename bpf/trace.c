@@ -21,10 +21,26 @@
  * by stage [, ifindex+netns] [, cpu]; slot MAX_SLOT holds the maximum and
  * slot SUM_SLOT the sum of all samples (the stage's total time).
  *
+ * RX_TSTAMP=1 (the default on 6.1+ without kprobe checkpoints) replaces the
+ * driver hand-off hooks and the hand-off table with the kernel's own receive
+ * timestamp: netpath keeps software RX timestamping on (a socket with
+ * SO_TIMESTAMPNS), so netif_rx / netif_receive_skb_internal stamp skb->tstamp
+ * with CLOCK_REALTIME, and netif_receive_skb reads it against
+ * bpf_ktime_get_tai_ns() - TAI_OFFSET_NS (TAI is REALTIME plus a whole number
+ * of seconds, from the same timekeeper, so the delta is exact). The per-packet
+ * hooks then all use the TAI clock, one read per hook. Nothing is kept per skb
+ * between hand-off and netif_receive_skb, so netif_rx, napi_gro_receive_entry
+ * (as a hand-off), netif_receive_skb_[list_]entry, consume_skb and kfree_skb
+ * are not attached for this: a UDP datagram costs 7 hook runs instead of 9.
+ * A TCP skb gets its per-skb entry only at sk_data_ready (written whole, so a
+ * reused address starts clean) and loses it at its first copy to user space;
+ * one freed unread (a socket closed with data queued) is left to the LRU.
+ *
  * Compile-time numbers: USE_* (stages from the attach plan), HAS_* (optional
  * tracepoints), TRACK_SKBS (any per-packet stage), KP_CHECKPOINTS (a kprobe
- * checkpoint stage), BY_IFACE, BY_CPU, NAPI_BY_DEV (NAPI counters per device,
- * implied by BY_IFACE), BY_OWNER (socket_queue per reading process), OWNER_ROWS, FILTER_*, SLOWER_NS, MAX_SKBS,
+ * checkpoint stage), RX_TSTAMP and TAI_OFFSET_NS, BY_IFACE, BY_CPU, NAPI_BY_DEV
+ * (NAPI counters per device, implied by BY_IFACE), BY_OWNER (socket_queue per
+ * reading process), OWNER_ROWS, FILTER_*, SLOWER_NS, MAX_SKBS,
  * HIST_ROWS, NAPI_ROWS, RING and the OFF_* struct offsets. The stage and
  * hook enums and every struct netpath reads back (np_hist_key,
  * np_cpu_counters, np_slow_event, ...) come from netpath/contract.py,
@@ -47,6 +63,18 @@
 #define NEED_FLOW 1
 #else
 #define NEED_FLOW 0
+#endif
+
+#ifndef RX_TSTAMP
+#define RX_TSTAMP 0
+#endif
+#if RX_TSTAMP
+/* skb->tstamp is CLOCK_REALTIME: compare it with TAI less the TAI offset */
+#define NP_PKT_NOW()	bpf_ktime_get_tai_ns()
+/* a stamp further back than this is not this hop's (a sender's EDT time, a stale clock) */
+#define TSTAMP_MAX_NS	10000000000ULL
+#else
+#define NP_PKT_NOW()	bpf_ktime_get_ns()
 #endif
 
 /* checkpoints of one skb */
@@ -126,6 +154,11 @@ struct np_cpu_state {
 	u32 in_netrx;
 	u32 gro_match;
 	struct np_cur_skb cur;
+	/* NAPI_BY_DEV: the device of the last NAPI instance polled here, re-read at most every second */
+	u64 napi;
+	u64 napi_at;
+	u32 napi_ifindex;
+	u32 napi_netns;
 };
 
 /*
@@ -155,7 +188,7 @@ BPF_F_TABLE("lru_hash", u64, struct np_skb_state, skbs, MAX_SKBS, BPF_F_NO_COMMO
 #else
 BPF_TABLE("lru_hash", u64, struct np_skb_state, skbs, MAX_SKBS);
 #endif
-#if TRACK_SKBS && !defined(NO_PEND)
+#if TRACK_SKBS && !defined(NO_PEND) && !RX_TSTAMP
 #define USE_PEND 1
 /*
  * Driver hand-off -> netif_receive_skb without a hash insert: a direct-mapped
@@ -183,6 +216,14 @@ static __always_inline u32 np_pend_idx(u64 key)
 #define USE_PEND 0
 #endif
 #ifdef NO_SK_SPAN
+#undef SK_SPAN_OFF
+#endif
+/*
+ * The socket span (family .. receive queue tail, 168 bytes here) pays only
+ * when the namespace inside it is used: measured, one 168-byte probe read
+ * costs 20 ns over none, two small reads 12 ns.
+ */
+#if defined(SK_SPAN_OFF) && !NEED_WHERE
 #undef SK_SPAN_OFF
 #endif
 BPF_HASH(nic_irqs, u32, u32, 256);	/* irq -> ifindex, filled by netpath */
@@ -432,8 +473,24 @@ RAW_TRACEPOINT_PROBE(napi_poll)
 	struct np_napi_key k = {};
 	struct np_napi_val zero = {};
 
-	NP_READ(dev, n, OFF_NAPI_DEV);
-	np_dev_where(dev, &k.ifindex, &k.netns);
+	/*
+	 * A CPU polls the same few NAPI instances over and over: their device's
+	 * ifindex and namespace (three probe reads) are kept for a second, so a
+	 * device moved to another namespace is seen within a second.
+	 */
+	if (c && c->napi == (u64)n && now - c->napi_at < 1000000000ULL) {
+		k.ifindex = c->napi_ifindex;
+		k.netns = c->napi_netns;
+	} else {
+		NP_READ(dev, n, OFF_NAPI_DEV);
+		np_dev_where(dev, &k.ifindex, &k.netns);
+		if (c) {
+			c->napi = (u64)n;
+			c->napi_at = now;
+			c->napi_ifindex = k.ifindex;
+			c->napi_netns = k.netns;
+		}
+	}
 #if BY_CPU
 	k.cpu = bpf_get_smp_processor_id();
 #endif
@@ -441,9 +498,21 @@ RAW_TRACEPOINT_PROBE(napi_poll)
 		np_record(STAGE_NAPI_POLL, now - c->last_poll_end, k.ifindex, k.netns);
 		c->last_poll_end = now;
 	}
-	v = napi_stats.lookup_or_try_init(&k, &zero);
-	if (!v)
-		return 0;
+	/*
+	 * The first device this CPU polls keeps the CPU's own counters (ctr.napi,
+	 * unused for anything else here) for the whole run, its key beside them
+	 * in ctr.napi_key: no hash lookup for a CPU's usual NAPI instance. Other
+	 * devices go to the hash. netpath adds both; a count never moves.
+	 */
+	if (c && (!c->ctr.napi.polls || (c->ctr.napi_key.ifindex == k.ifindex && c->ctr.napi_key.netns == k.netns &&
+					 c->ctr.napi_key.cpu == k.cpu))) {
+		c->ctr.napi_key = k;
+		v = &c->ctr.napi;
+	} else {
+		v = napi_stats.lookup_or_try_init(&k, &zero);
+		if (!v)
+			return 0;
+	}
 #else
 	/* no breakdown: counters in this CPU's state (netpath keys them by CPU for --per-cpu) */
 	if (!c)
@@ -580,7 +649,7 @@ RAW_TRACEPOINT_PROBE(napi_gro_receive_entry)
 		c->gro_netns = netns;
 		c->gro_start = bpf_ktime_get_ns();
 	}
-#if TRACK_SKBS && defined(HAS_NET_NAPI_GRO_RECEIVE_ENTRY)
+#if TRACK_SKBS && defined(HAS_NET_NAPI_GRO_RECEIVE_ENTRY) && !RX_TSTAMP
 	if (match) {
 		struct np_skb_state st = {};
 
@@ -604,7 +673,7 @@ RAW_TRACEPOINT_PROBE(napi_gro_receive_exit)
 	c->gro_start = 0;
 	return 0;
 }
-#elif TRACK_SKBS && defined(HAS_NET_NAPI_GRO_RECEIVE_ENTRY)
+#elif TRACK_SKBS && defined(HAS_NET_NAPI_GRO_RECEIVE_ENTRY) && !RX_TSTAMP
 RAW_TRACEPOINT_PROBE(napi_gro_receive_entry)
 {
 	np_handoff(np_enter(H_GRO_ENTRY), (void *)ctx->args[0]);
@@ -649,6 +718,62 @@ static __always_inline void np_set_cur(struct np_cpu_state *c, u64 key, struct n
 	c->cur.flags = CUR_TRACKED | flags;
 }
 
+#if RX_TSTAMP
+static __always_inline u64 np_skb_tstamp(void *skb)
+{
+	u64 ts = 0;
+
+	NP_READ(ts, skb, OFF_SKB_TSTAMP);
+	return ts;
+}
+
+/*
+ * __netif_receive_skb_core with the kernel's receive timestamp: the hand-off
+ * time is skb->tstamp, so nothing was kept for this skb before it got here.
+ * This CPU's slot follows it on to sk_data_ready.
+ */
+RAW_TRACEPOINT_PROBE(netif_receive_skb)
+{
+	void *skb = (void *)ctx->args[0];
+	u64 key = (u64)skb, now, ts;
+	struct np_cpu_state *c = np_enter(H_NRS);
+	u32 ifindex = 0, netns = 0;
+
+	if (!c)
+		return 0;
+	ts = np_skb_tstamp(skb);
+	now = NP_PKT_NOW();
+	if (ts)
+		ts += TAI_OFFSET_NS;
+	/*
+	 * Another round of the same skb (vlan, bridge) carries the same stamp;
+	 * a new skb at a reused address does not. Keep the first round.
+	 */
+	if (c->cur.skb == key && ts && c->cur.t[CP_HANDOFF] == ts && (c->cur.flags & CUR_TRACKED) &&
+	    !(c->cur.flags & CUR_ENQUEUED))
+		return 0;
+	if (!np_rx_skb_passes(skb, &ifindex, &netns)) {
+		c->cur.skb = 0;
+		return 0;
+	}
+	if (ts && now >= ts && now - ts < TSTAMP_MAX_NS) {
+#ifdef USE_CORE
+		np_record(STAGE_NETIF_RECEIVE_SKB, now - ts, ifindex, netns);
+#endif
+	} else {
+		ts = 0;
+		c->ctr.hits[H_UNSTAMPED] += 1;	/* no receive timestamp of this hop: not timed */
+	}
+	c->cur.skb = key;
+	c->cur.t[CP_HANDOFF] = ts;
+	c->cur.t[CP_CORE] = now;
+	c->cur.t[CP_ENQ] = 0;
+	c->cur.ifindex = ifindex;
+	c->cur.netns = netns;
+	c->cur.flags = CUR_TRACKED;
+	return 0;
+}
+#else
 /* __netif_receive_skb_core: the skb enters the protocol stack */
 RAW_TRACEPOINT_PROBE(netif_receive_skb)
 {
@@ -710,6 +835,7 @@ RAW_TRACEPOINT_PROBE(netif_receive_skb)
 	np_set_cur(c, key, &fresh, CUR_IN_MAP);
 	return 0;
 }
+#endif /* RX_TSTAMP */
 
 /* A checkpoint after `prev`: records stage `stage` once per skb. */
 static __always_inline void np_checkpoint(void *skb, int prev, int cp, u32 stage)
@@ -842,6 +968,24 @@ static __always_inline void np_fifo_push(u64 skey, u64 key, u64 *t, u32 ifindex,
 }
 #endif
 
+/*
+ * RX_TSTAMP: the slot's skb address can be a new skb's after a free nobody
+ * saw; the receive timestamp tells them apart (when the slot has one).
+ */
+static __always_inline int np_cur_is(struct np_cpu_state *c, u64 key)
+{
+#if RX_TSTAMP
+	u64 ts;
+
+	if (!c->cur.t[CP_HANDOFF])
+		return 1;
+	ts = np_skb_tstamp((void *)key);
+	return ts && ts + TAI_OFFSET_NS == c->cur.t[CP_HANDOFF];
+#else
+	return 1;
+#endif
+}
+
 /* NP_QUEUE_HOPS links at most: is skb queued ahead of tail on the same list? */
 #define NP_QUEUE_HOPS	4
 static __always_inline int np_queued_before(u64 skb, u64 tail)
@@ -881,6 +1025,17 @@ static __always_inline int np_on_data_ready(struct np_cpu_state *c, void *sk)
 #endif
 	if (family != NP_AF_INET && family != NP_AF_INET6)
 		return 0;	/* unix, netlink, ...: not the IP receive path */
+	now = NP_PKT_NOW();
+#if RX_TSTAMP
+	/*
+	 * Nothing forgets a freed skb here (no kfree_skb/consume_skb hooks): a
+	 * followed skb that was dropped leaves this CPU's slot set. A datagram is
+	 * enqueued microseconds after netif_receive_skb, so an older slot is not
+	 * followed any more (its address may be another skb's by now).
+	 */
+	if (c && (c->cur.flags & CUR_TRACKED) && !(c->cur.flags & CUR_ENQUEUED) && now - c->cur.t[CP_CORE] >= NESTED_NS)
+		c->cur.flags = 0;
+#endif
 	if (!skb || skb == (void *)((char *)sk + OFF_SK_RCVQ)) {
 		/*
 		 * Empty queue: a reader on another CPU took the datagram between its
@@ -894,7 +1049,6 @@ static __always_inline int np_on_data_ready(struct np_cpu_state *c, void *sk)
 		return 0;
 	}
 	key = (u64)skb;
-	now = bpf_ktime_get_ns();
 	NP_READ(sk_proto, sk, OFF_SK_PROTOCOL);
 	udp = sk_proto == NP_IPPROTO_UDP || sk_proto == NP_IPPROTO_UDPLITE;
 	/*
@@ -914,7 +1068,7 @@ static __always_inline int np_on_data_ready(struct np_cpu_state *c, void *sk)
 
 #if !KP_CHECKPOINTS
 	/* fast path: the skb this CPU's netif_receive_skb is following, no map lookup */
-	if (c && c->cur.skb == key && (c->cur.flags & CUR_TRACKED)) {
+	if (c && c->cur.skb == key && (c->cur.flags & CUR_TRACKED) && np_cur_is(c, key)) {
 		if (c->cur.flags & CUR_ENQUEUED)
 			return 0;	/* already stamped (spurious wakeup) */
 		c->cur.flags |= CUR_ENQUEUED;
@@ -933,7 +1087,11 @@ static __always_inline int np_on_data_ready(struct np_cpu_state *c, void *sk)
 		}
 #endif
 		/* TCP: stamp the entry (read at skb_copy_datagram_iovec; coalescing finds it stamped) */
+#if RX_TSTAMP
+		st = NULL;	/* nothing keeps an entry up to here: one left by a freed skb is stale */
+#else
 		st = skbs.lookup(&key);
+#endif
 		if (st) {
 			st->t[CP_ENQ] = now;
 			st->udp = udp;
@@ -1102,7 +1260,7 @@ static __always_inline void np_record_owner(struct np_cpu_state *c, u64 delta)
 static __always_inline void np_read(void *ctx, struct np_cpu_state *c, void *skb, u64 *t, u32 ifindex,
 				    u32 netns)
 {
-	u64 now = bpf_ktime_get_ns(), queued = now - t[CP_ENQ];
+	u64 now = NP_PKT_NOW(), queued = now - t[CP_ENQ];
 
 	np_record(STAGE_SOCKET_QUEUE, queued, ifindex, netns);
 #if BY_OWNER

@@ -38,6 +38,12 @@ class ProgramSource:
 
     files: list[str]
     defines: dict[str, int] = field(default_factory=dict)
+    # C function -> tracepoint: load these as BTF-typed raw tracepoints (tp_btf) when the kernel allows it;
+    # the C is compiled with TP_BTF=1 for them, and again with TP_BTF=0 as raw tracepoints if it does not
+    tp_btf: dict[str, str] = field(default_factory=dict)
+
+    def without_tp_btf(self) -> ProgramSource:
+        return ProgramSource(list(self.files), {**self.defines, "TP_BTF": 0}, {})
 
     def text(self) -> str:
         """The generated contract first, then the C files: bpf/netpath.h relies on the prelude."""
@@ -99,7 +105,26 @@ def _captured_stderr() -> Iterator[list[str]]:
 
 
 def compile_program(source: ProgramSource, facts: KernelFacts) -> Program:
-    """Compile and load; BCC auto-attaches RAW_TRACEPOINT_PROBE/TRACEPOINT_PROBE functions."""
+    """Compile and load; BCC auto-attaches RAW_TRACEPOINT_PROBE/TRACEPOINT_PROBE functions.
+
+    The source's tp_btf functions are loaded here as BTF-typed raw tracepoints; if this kernel refuses
+    that, the source is built again as plain raw tracepoints (Program.tp_btf_refused says why)."""
+    prog = _compile(source, facts)
+    if not source.tp_btf:
+        return prog
+    try:
+        ids = tp_btf_ids(facts.btf_path, tuple(source.tp_btf.values()))
+        for fn, tp in source.tp_btf.items():
+            prog.attach_tp_btf(fn, tp, ids[tp])
+        return prog
+    except OSError as exc:
+        prog.close()
+        fallback = _compile(source.without_tp_btf(), facts)
+        fallback.tp_btf_refused = exc.strerror or str(exc)
+        return fallback
+
+
+def _compile(source: ProgramSource, facts: KernelFacts) -> Program:
     bcc = import_bcc()
     mode = headers_mode(facts)
     env_before = os.environ.get("BCC_KERNEL_SOURCE")
@@ -174,6 +199,35 @@ class Program:
     def __init__(self, prog: Any) -> None:
         self._prog = prog
         self._perf = False
+        self._tp_btf: dict[str, tuple[int, int]] = {}  # function -> (program fd, link fd)
+        self.tp_btf_refused = ""  # why tp_btf programs were built as raw tracepoints instead
+
+    @property
+    def tp_btf(self) -> tuple[str, ...]:
+        """The functions running as BTF-typed raw tracepoints."""
+        return tuple(self._tp_btf)
+
+    def attach_tp_btf(self, fn: str, tracepoint: str, btf_id: int) -> None:
+        """Load BCC's bytecode for `fn` as BPF_PROG_TYPE_TRACING / BPF_TRACE_RAW_TP with the tracepoint's
+        BTF id (BCC's own loader cannot: it picks the attach type from the name prefix), then attach it.
+        Raises OSError with the kernel's answer."""
+        from bcc import libbcc  # the module BCC's own BPF class calls into
+
+        name = fn.encode()
+        start = libbcc.lib.bpf_function_start(self._prog.module, name)
+        size = libbcc.lib.bpf_function_size(self._prog.module, name)
+        if not start or not size:
+            raise OSError(0, f"no BPF function {fn} in the compiled program")
+        if btf_id <= 0:
+            raise OSError(0, f"no btf_trace_{tracepoint} in this kernel's BTF")
+        prog_fd, log = _prog_load_tracing(start, size, fn, btf_id)
+        if prog_fd < 0:
+            raise OSError(-prog_fd, f"tp_btf {tracepoint}: {os.strerror(-prog_fd)}{': ' + log if log else ''}")
+        link_fd = _raw_tp_open(prog_fd)
+        if link_fd < 0:
+            os.close(prog_fd)
+            raise OSError(-link_fd, f"tp_btf {tracepoint}: attach: {os.strerror(-link_fd)}")
+        self._tp_btf[fn] = (prog_fd, link_fd)
 
     def _table(self, name: str) -> Any:
         return self._prog[name]
@@ -244,9 +298,11 @@ class Program:
         if not bpfstats.enabled():
             return {}
         out: dict[str, tuple[int, int]] = {}
-        for name, fn in self._prog.funcs.items():
+        fds = [(name, fn.fd) for name, fn in self._prog.funcs.items()]
+        fds += [(name, prog_fd) for name, (prog_fd, _link) in self._tp_btf.items()]
+        for name, fd in fds:
             try:
-                stats = bpfstats.parse_fdinfo(Path(f"/proc/self/fdinfo/{fn.fd}").read_text())
+                stats = bpfstats.parse_fdinfo(Path(f"/proc/self/fdinfo/{fd}").read_text())
             except OSError:
                 continue
             if stats is not None:
@@ -255,7 +311,110 @@ class Program:
         return out
 
     def close(self) -> None:
+        for prog_fd, link_fd in self._tp_btf.values():
+            os.close(link_fd)  # detaches
+            os.close(prog_fd)
+        self._tp_btf.clear()
         self._prog.cleanup()
+
+
+# ---------------------------------------------------------------- tp_btf, by bpf(2) itself
+
+_BPF_PROG_LOAD = 5
+_BPF_RAW_TRACEPOINT_OPEN = 17
+_BPF_PROG_TYPE_TRACING = 26
+_BPF_TRACE_RAW_TP = 23
+_SYS_BPF = {"x86_64": 321, "aarch64": 280}.get(os.uname().machine, -1)
+
+
+class _ProgLoadAttr(ctypes.Structure):
+    """union bpf_attr for BPF_PROG_LOAD, up to attach_prog_fd (uapi/linux/bpf.h); zero beyond."""
+
+    _fields_ = [("prog_type", ctypes.c_uint32), ("insn_cnt", ctypes.c_uint32), ("insns", ctypes.c_uint64),
+                ("license", ctypes.c_uint64), ("log_level", ctypes.c_uint32), ("log_size", ctypes.c_uint32),
+                ("log_buf", ctypes.c_uint64), ("kern_version", ctypes.c_uint32), ("prog_flags", ctypes.c_uint32),
+                ("prog_name", ctypes.c_char * 16), ("prog_ifindex", ctypes.c_uint32),
+                ("expected_attach_type", ctypes.c_uint32), ("prog_btf_fd", ctypes.c_uint32),
+                ("func_info_rec_size", ctypes.c_uint32), ("func_info", ctypes.c_uint64),
+                ("func_info_cnt", ctypes.c_uint32), ("line_info_rec_size", ctypes.c_uint32),
+                ("line_info", ctypes.c_uint64), ("line_info_cnt", ctypes.c_uint32), ("attach_btf_id", ctypes.c_uint32),
+                ("attach_prog_fd", ctypes.c_uint32), ("_rest", ctypes.c_uint8 * 64)]
+
+
+class _RawTpOpenAttr(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_uint64), ("prog_fd", ctypes.c_uint32), ("_pad", ctypes.c_uint32),
+                ("cookie", ctypes.c_uint64)]
+
+
+def _sys_bpf(cmd: int, attr: ctypes.Structure) -> int:
+    """bpf(2): the fd, or -errno."""
+    if _SYS_BPF < 0:
+        return -38  # ENOSYS: an architecture this table does not know
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    ret = libc.syscall(ctypes.c_long(_SYS_BPF), ctypes.c_long(cmd), ctypes.byref(attr),
+                       ctypes.c_long(ctypes.sizeof(attr)))
+    return int(ret) if ret >= 0 else -ctypes.get_errno()
+
+
+def _prog_load_tracing(insns: int, size: int, name: str, btf_id: int) -> tuple[int, str]:
+    """(fd or -errno, the verifier's last words on failure)."""
+    license_ = ctypes.create_string_buffer(b"GPL")
+    log = ctypes.create_string_buffer(1 << 16)
+    attr = _ProgLoadAttr(prog_type=_BPF_PROG_TYPE_TRACING, insn_cnt=size // 8, insns=insns,
+                         license=ctypes.addressof(license_), prog_name=name.encode()[:15],
+                         expected_attach_type=_BPF_TRACE_RAW_TP, attach_btf_id=btf_id)
+    fd = _sys_bpf(_BPF_PROG_LOAD, attr)
+    if fd >= 0:
+        return fd, ""
+    # again with the log, only to say why
+    attr.log_level, attr.log_size, attr.log_buf = 1, len(log), ctypes.addressof(log)
+    retry = _sys_bpf(_BPF_PROG_LOAD, attr)
+    if retry >= 0:
+        os.close(retry)
+    lines = [line for line in log.value.decode(errors="replace").splitlines() if line.strip()]
+    return fd, lines[-2 if len(lines) > 1 and lines[-1].startswith("processed") else -1] if lines else ""
+
+
+def _raw_tp_open(prog_fd: int) -> int:
+    """BPF_RAW_TRACEPOINT_OPEN with no name: a tp_btf program attaches where its BTF id says."""
+    return _sys_bpf(_BPF_RAW_TRACEPOINT_OPEN, _RawTpOpenAttr(name=0, prog_fd=prog_fd))
+
+
+def tp_btf_ids(btf_path: Path, tracepoints: tuple[str, ...]) -> dict[str, int]:
+    """btf_trace_<tp> typedef ids from vmlinux BTF (0: none), cached per kernel build."""
+    from netpath.kernel.btf import BTF
+    from netpath.kernel.cache import cached_json
+
+    def compute(blob: bytes) -> dict[str, int]:
+        btf = BTF(blob)
+        return {tp: btf.typedef_id(f"btf_trace_{tp}") or 0 for tp in TP_BTF_TRACEPOINTS}
+
+    def valid(v: object) -> bool:
+        return isinstance(v, dict) and all(isinstance(v.get(tp), int) for tp in TP_BTF_TRACEPOINTS)
+
+    ids = cached_json(btf_path, "tp-btf-ids", compute, valid=valid)
+    return {tp: int(ids.get(tp, 0)) for tp in tracepoints}
+
+
+TP_BTF_TRACEPOINTS = ("kfree_skb",)  # the tracepoints netpath may attach as tp_btf (the cache holds these)
+
+
+def tp_btf_allowed(btf_path: Path) -> tuple[bool, str]:
+    """Does this kernel load a BTF-typed raw tracepoint program (tp_btf) for netpath? A two-instruction
+    program (r0 = 0; exit) on skb:kfree_skb is loaded and closed, never attached. Needs CAP_BPF."""
+    try:
+        btf_id = tp_btf_ids(btf_path, ("kfree_skb",))["kfree_skb"]
+    except (OSError, ValueError) as exc:
+        return False, f"BTF unreadable: {exc}"
+    if not btf_id:
+        return False, "no btf_trace_kfree_skb in this kernel's BTF"
+    insns = (ctypes.c_uint64 * 2)(0x00000000000000B7, 0x0000000000000095)  # mov r0, 0; exit
+    fd, log = _prog_load_tracing(ctypes.addressof(insns), ctypes.sizeof(insns), "np_tp_btf_probe", btf_id)
+    if fd < 0:
+        return False, f"the kernel refuses tp_btf programs: {os.strerror(-fd)}{': ' + log if log else ''}"
+    os.close(fd)
+    return True, "BTF-typed raw tracepoints load: direct reads of kernel structs, no probe-read helper"
 
 
 def dump_source(source: ProgramSource, facts: KernelFacts) -> str:

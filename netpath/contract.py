@@ -154,6 +154,7 @@ TRACE_STATS: tuple[Hook, ...] = (
     Hook("ring_overrun", "H_RING_OVERRUN"),  # more than RING datagrams queued on one socket
     Hook("unseen_enqueue", "H_ENQ_UNSEEN"),  # a matching datagram enqueued that netif_receive_skb did not follow
     Hook("unseen_read", "H_READ_UNSEEN"),  # a UDP read with no enqueue seen for it
+    Hook("unstamped", "H_UNSTAMPED"),  # rx timestamps: netif_receive_skb saw no usable skb->tstamp, not timed
 )
 HOOK_NAMES: tuple[str, ...] = tuple(h.name for h in TRACE_HOOKS)
 STAT_NAMES: tuple[str, ...] = tuple(h.name for h in TRACE_STATS)
@@ -181,11 +182,13 @@ IFACE_FILTER_SLOTS = 64  # --iface entries the device filter map holds
 
 NAPI_VAL = Layout("np_napi_val", (_f("polls", "u64"), _f("work", "u64"), _f("exhausted", "u64"),
                                   _f("budget", "u64"), _f("max_work", "u64")))
-CPU_COUNTERS = Layout("np_cpu_counters", (_f("hits", "u64", HITS), _f("napi", NAPI_VAL)),
-                      "what netpath reads of np_cpu_state: hook hits, and NAPI counters without BY_IFACE")
 HIST_KEY = Layout("np_hist_key", (_f("stage", "u16"), _f("slot", "u16"), _f("ifindex", "u32"),
                                   _f("netns", "u32"), _f("cpu", "u32")))
 NAPI_KEY = Layout("np_napi_key", (_f("ifindex", "u32"), _f("netns", "u32"), _f("cpu", "u32")))
+CPU_COUNTERS = Layout("np_cpu_counters", (_f("hits", "u64", HITS), _f("napi", NAPI_VAL), _f("napi_key", NAPI_KEY),
+                                          _f("pad", "u32")),
+                      "what netpath reads of np_cpu_state: hook hits, and NAPI counters (without a device "
+                      "breakdown: this CPU's; with NAPI_BY_DEV: those of napi_key, the first device it polled)")
 STAGE_HIST = Layout("np_stage_hist", (_f("slots", "u64", NSLOTS),))
 SLOW_EVENT = Layout("np_slow_event", (
     _f("ts_ns", "u64"), _f("stage_ns", "u64", len(SLOW_STAGES)), _f("cpu", "u32"), _f("pid", "u32"),
@@ -197,6 +200,9 @@ SLOW_EVENT = Layout("np_slow_event", (
 
 DROP_STATS = ("hits", "matched", "map_full", "sampled", "sample_budget")
 MAX_ROWS = 16384
+# per-CPU slots bpf/drops.c counts its hottest keys in before the hash; a power of two. A slot is taken by
+# the first key that hashes to it and keeps it: counts never move between slot and hash, so reads stay exact.
+DROP_CACHE_SLOTS = 16
 
 DROP_WHERE = Layout("drop_where", (
     _f("location", "u64"), _f("reason", "u32"), _f("ifindex", "u32"), _f("netns", "u32"), _f("l3proto", "u16"),
@@ -216,7 +222,7 @@ OWNER_HIST_KEY = Layout("np_owner_key", (_f("cgroup", "u64"), _f("tgid", "u32"),
                                          _f("pad", "u16")))
 OWNER_ROWS = 4096
 
-SHARED_LAYOUTS: tuple[Layout, ...] = (NAPI_VAL, CPU_COUNTERS, HIST_KEY, NAPI_KEY, STAGE_HIST, SLOW_EVENT,
+SHARED_LAYOUTS: tuple[Layout, ...] = (NAPI_VAL, HIST_KEY, NAPI_KEY, CPU_COUNTERS, STAGE_HIST, SLOW_EVENT,
                                       OWNER_HIST_KEY, DROP_WHERE, DROP_FLOW, DROP_FULL_KEY, DROP_OWNER, DROP_SAMPLE)
 
 # ---------------------------------------------------------------- C text
@@ -235,7 +241,8 @@ def c_prelude() -> str:
         _enum("np_hook", tuple(h.c_id for h in (*TRACE_HOOKS, *TRACE_STATS)), "H_MAX"),
         _enum("drop_stat", tuple(f"STAT_{s.upper()}" for s in DROP_STATS), "STAT_MAX"),
         "\n".join([f"#define NSLOTS\t\t{NSLOTS}", f"#define SUM_SLOT\t{SUM_SLOT}", f"#define MAX_SLOT\t{MAX_SLOT:#x}",
-                   f"#define NP_SLOW_STAGES\t{len(SLOW_STAGES)}", f"#define IFACE_FILTER_SLOTS\t{IFACE_FILTER_SLOTS}"]),
+                   f"#define NP_SLOW_STAGES\t{len(SLOW_STAGES)}", f"#define IFACE_FILTER_SLOTS\t{IFACE_FILTER_SLOTS}",
+                   f"#define DROP_CACHE_SLOTS\t{DROP_CACHE_SLOTS}"]),
         *(layout.c_decl() for layout in SHARED_LAYOUTS),
     ]
     return "\n\n".join(["/* generated from netpath/contract.py: edit it there */", *parts]) + "\n"

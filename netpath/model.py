@@ -61,6 +61,7 @@ class Start:
     per_cpu: bool = False
     slower_ns: int = 0
     fail_on_latency: tuple[dict[str, object], ...] = ()
+    handoff: str | None = None  # trace: where the hand-off time comes from ("skb_tstamp" or "hooks")
 
 
 @dataclass(frozen=True)
@@ -235,6 +236,7 @@ class TraceHealth:
     ring_slots: int = 0  # the per-socket ring size, for the message
     unseen_enqueue: int = 0  # datagrams enqueued that netif_receive_skb did not follow: no stack_total
     unseen_read: int = 0  # UDP reads with no enqueue seen for them: no socket_queue
+    unstamped: int = 0  # rx timestamps: packets at netif_receive_skb without a usable skb->tstamp: not timed
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,20 @@ tests run it against fixture kernel trees.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from netpath.kernel.facts import KernelFacts
-from netpath.stages import STAGES, HookSet, Stage
+from netpath.stages import PER_PACKET, STAGES, HookSet, Stage
 
 TP_METHODS = ("raw_tracepoint", "tracepoint")
+# With the kernel's receive timestamp (skb->tstamp) as the hand-off time, these hooks have no job left as
+# optional hooks: they stamped the hand-off, or forgot a freed skb's per-skb state. A stage that requires
+# one (gro needs napi_gro_receive_entry, socket_queue without sock_recv_length needs consume_skb) keeps it.
+TSTAMP_UNNEEDED = ("net:netif_rx", "net:napi_gro_receive_entry", "net:netif_receive_skb_entry",
+                   "net:netif_receive_skb_list_entry", "skb:consume_skb", "skb:kfree_skb")
+TSTAMP_MIN_KERNEL = (6, 1)  # bpf_ktime_get_tai_ns(): TAI is the clock skb->tstamp (REALTIME) is read against
+TSTAMP_NOTE = ("skb->tstamp (the kernel's software RX timestamp, taken at netif_rx / netif_receive_skb while "
+               "netpath holds RX timestamping on) -> net:netif_receive_skb (__netif_receive_skb_core), per skb")
 FENTRY_REASON = "fentry not used: BCC kfunc programs need kernel headers, and fentry is refused on some kernels"
 
 
@@ -49,6 +57,12 @@ class Choice:
 @dataclass(frozen=True)
 class AttachPlan:
     choices: tuple[Choice, ...]
+    rx_tstamp: bool = False  # hand-off times from skb->tstamp, not from hand-off hooks and a per-skb table
+    handoff_reason: str = ""  # why rx_tstamp is what it is (netpath probes prints it)
+
+    @property
+    def handoff(self) -> str:
+        return "skb_tstamp" if self.rx_tstamp else "hooks"
 
     def choice(self, stage_id: str) -> Choice:
         return next(c for c in self.choices if c.stage.id == stage_id)
@@ -138,9 +152,37 @@ def choose(stage: Stage, facts: KernelFacts) -> Choice:
     return Choice(stage, None, {}, (), "; ".join(r for r in reasons if r != FENTRY_REASON) or "no hook")
 
 
-def make_plan(facts: KernelFacts, only: tuple[str, ...] | None = None) -> AttachPlan:
+def rx_tstamp_choice(facts: KernelFacts, choices: tuple[Choice, ...], exact: bool) -> tuple[bool, str]:
+    """Can the hand-off time come from skb->tstamp here? (yes/no, why)"""
+    if exact:
+        return False, "--exact: hand-off hooks and a per-skb table time every packet from its own hooks"
+    if tuple(facts.release_tuple[:2]) < TSTAMP_MIN_KERNEL:
+        return False, "kernel older than 6.1 (no bpf_ktime_get_tai_ns): hand-off hooks and a per-skb table"
+    if any(c.available and c.stage.checkpoint for c in choices):
+        return False, "kprobe checkpoint stages keep every skb in the per-skb table: hand-off hooks kept"
+    return True, ("skb->tstamp: the kernel's receive timestamp is the hand-off time (no hand-off hooks, no "
+                  "per-skb table; --exact restores them)")
+
+
+def make_plan(facts: KernelFacts, only: tuple[str, ...] | None = None, exact: bool = False) -> AttachPlan:
     stages = [s for s in STAGES if only is None or s.id in only]
-    return AttachPlan(tuple(choose(s, facts) for s in stages))
+    choices = tuple(choose(s, facts) for s in stages)
+    rx_tstamp, why = rx_tstamp_choice(facts, choices, exact)
+    if not any(c.available and c.stage.kind == PER_PACKET for c in choices):
+        return AttachPlan(choices, False, "no per-packet stage")
+    if rx_tstamp:
+        choices = tuple(_without_handoff_hooks(c) for c in choices)
+    return AttachPlan(choices, rx_tstamp, why)
+
+
+def _without_handoff_hooks(c: Choice) -> Choice:
+    if not c.available:
+        return c
+    kept = tuple(h for h in c.attached_optional if h not in TSTAMP_UNNEEDED)
+    reason = c.reason
+    if c.stage.id == "netif_receive_skb":
+        reason = f"net:netif_receive_skb present: {TSTAMP_NOTE}"
+    return replace(c, attached_optional=kept, reason=reason)
 
 
 def probe_rows(facts: KernelFacts) -> list[dict[str, object]]:

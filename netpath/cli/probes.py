@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
 import click
 
@@ -12,6 +13,7 @@ from netpath.cli import rx_path
 from netpath.cli.console import Terminal
 from netpath.cli.preflight import load_facts
 from netpath.collect import drops as drops_mod
+from netpath.kernel import caps
 from netpath.kernel.facts import KernelFacts
 from netpath.render import records
 
@@ -31,24 +33,37 @@ Examples:
 """
 
 
-def hook_rows(facts: KernelFacts) -> list[dict[str, object]]:
+def tp_btf_check(facts: KernelFacts) -> tuple[bool | None, str]:
+    """Whether this kernel loads netpath's tp_btf programs: tried (a 2-instruction program, loaded and closed,
+    never attached) only on the running kernel with CAP_BPF; None when it could not be tried."""
+    if facts.root != Path("/") or not facts.has_btf:
+        return None, "not checked (not the running kernel, or no BTF)"
+    if caps.missing_capability() is not None:
+        return None, "not checked: loading a test program needs root (CAP_BPF); drops falls back by itself"
+    return bpf.tp_btf_allowed(facts.btf_path)
+
+
+def hook_rows(facts: KernelFacts, tp_btf: tuple[bool | None, str] = (None, "")) -> list[dict[str, object]]:
     rows: list[dict[str, object]] = []
     has_tp = facts.has_tracepoint(drops_mod.TRACEPOINT)
+    reason = ("kfree_skb " + ("with" if drops_mod.has_reason_field(facts) else "without") + " a reason field")
+    if tp_btf[0] is not None:
+        reason += "; tp_btf: " + ("yes" if tp_btf[0] else "no, raw_tracepoint instead") + f" ({tp_btf[1]})"
     rows.append({
         "command": "drops",
         "stage": "drops",
         "hook": drops_mod.TRACEPOINT,
-        "method": "raw_tracepoint" if has_tp else None,
+        "method": ("tp_btf" if tp_btf[0] else "raw_tracepoint") if has_tp else None,
         "available": has_tp,
-        "reason": ("kfree_skb " + ("with" if drops_mod.has_reason_field(facts) else "without") + " a reason field")
-        if has_tp else "no skb:kfree_skb tracepoint on this kernel",
+        "reason": reason if has_tp else "no skb:kfree_skb tracepoint on this kernel",
     })
     for row in plan_mod.probe_rows(facts):
         rows.append({"command": "trace", **row})
     return rows
 
 
-def kernel_facts(facts: KernelFacts) -> dict[str, object]:
+def kernel_facts(facts: KernelFacts, tp_btf: tuple[bool | None, str] = (None, "")) -> dict[str, object]:
+    plan = plan_mod.make_plan(facts)
     return {
         "release": facts.release,
         "btf": facts.has_btf,
@@ -58,6 +73,10 @@ def kernel_facts(facts: KernelFacts) -> dict[str, object]:
         "kprobes_reason": facts.kprobe_reason,
         "tracefs": str(facts.tracefs) if facts.tracefs else None,
         "tracepoints": len(facts.tracepoints),
+        "tp_btf": tp_btf[0],
+        "tp_btf_reason": tp_btf[1],
+        "trace_handoff": plan.handoff,
+        "trace_handoff_reason": plan.handoff_reason,
     }
 
 
@@ -67,8 +86,9 @@ def kernel_facts(facts: KernelFacts) -> dict[str, object]:
 def probes(json_mode: bool, show_reasons: bool) -> None:
     facts = load_facts()
     term = Terminal(json_mode)
-    kernel = kernel_facts(facts)
-    hooks = hook_rows(facts)
+    tp_btf = tp_btf_check(facts)
+    kernel = kernel_facts(facts, tp_btf)
+    hooks = hook_rows(facts, tp_btf)
     reasons = drops_mod.drop_reasons(facts)
     if json_mode:
         extra: dict[str, object] = {}
@@ -82,6 +102,9 @@ def probes(json_mode: bool, show_reasons: bool) -> None:
         f"headers {'yes' if kernel['headers'] else 'no (using netpath header shim)'}\n"
         f"kprobes: {'yes' if kernel['kprobes'] else 'no'} ({facts.kprobe_reason})  tracefs {kernel['tracefs']}"
     )
+    for line in textwrap.wrap(f"trace hand-off time: {kernel['trace_handoff_reason']}", width=80,
+                              subsequent_indent="  "):
+        term.print(line)
     term.print(f"{'STAGE':<18} {'METHOD':<15} HOOK", style="bold")
     for row in hooks:
         method = str(row["method"] or "unavailable")

@@ -56,6 +56,9 @@ Examples:
               callback=lambda _ctx, _param, specs: (tuple(map(parse_fail_on_latency, specs)), specs)[1],
               help="Exit 1 when STAGE's PCT (p50, p90, p99, max) exceeds DURATION in any interval or "
                    "the whole run, e.g. socket_queue:p99:10ms (repeatable).")
+@click.option("--exact", is_flag=True,
+              help="Time the hand-off with netpath's own hooks and a per-skb table (as on kernels before 6.1) "
+                   "instead of the kernel's receive timestamp (skb->tstamp): two more hook runs per packet.")
 @click.option("--slower", "slower", metavar="DURATION",  # checked while parsing: "" is bad input, not "off"
               callback=lambda _ctx, _param, v: None if v is None else (parse_duration(v, "--slower duration"), v)[1],
               help="Also stream each packet whose stack_total or socket_queue exceeds DURATION (e.g. 5ms).")
@@ -63,20 +66,21 @@ Examples:
 def trace(ctx: click.Context, ifaces: tuple[str, ...], netns_spec: str | None, proto: str | None,
           port: int | None, host: str | None, interval: float, duration: float | None, count: int | None,
           json_mode: bool, ebpf: bool, per_iface: bool, per_cpu: bool, per_socket: bool, hist_stage: str | None,
-          fail_specs: tuple[str, ...], slower: str | None) -> None:
+          fail_specs: tuple[str, ...], exact: bool, slower: str | None) -> None:
     thresholds = [parse_fail_on_latency(s) for s in fail_specs]
     slower_ns = parse_duration(slower, "--slower duration") if slower else 0
     filters = resolve_filters(ifaces, netns_spec, proto, port, host)
     if not ebpf:
         require_capability()
     facts = load_facts()
-    plan = make_plan(facts)
+    plan = make_plan(facts, exact=exact)
     for t in thresholds:
         choice = plan.choice(t.stage)
         if not choice.available:
             raise BadInput(f"bad --fail-on-latency {t.spec!r}: stage {t.stage} cannot attach here ({choice.reason})")
     query = trace_mod.TraceQuery(filters.netns, filters.iface_keys, filters.proto, filters.port, filters.host,
-                                 per_iface, per_cpu, slower_ns, per_socket=per_socket)
+                                 per_iface, per_cpu, slower_ns, per_socket=per_socket,
+                                 tai_offset_ns=trace_mod.tai_offset_ns())
     source = trace_mod.program_source(query, plan, bpf.struct_offsets(facts))
     if ebpf:
         click.echo(bpf.dump_source(source, facts))

@@ -58,6 +58,7 @@ class DropsQuery:
     stack: bool = False
     samples: int = 0  # per CPU per interval
     cgroup_id: int | None = None  # --cgroup: only drops whose socket is in this cgroup v2
+    tp_btf: bool = True  # load kfree_skb as a BTF-typed raw tracepoint where the kernel allows it
 
     @property
     def owner_keyed(self) -> bool:
@@ -119,6 +120,9 @@ def program_source(query: DropsQuery, facts: KernelFacts, offsets: dict[str, int
     if query.reason_code is not None:
         defines["FILTER_REASON"] = query.reason_code
     defines.update(filter_defines(query.netns, query.iface_keys, query.proto, query.port, query.host))
+    if query.tp_btf:
+        defines["TP_BTF"] = 1
+        return bpf.ProgramSource(["where.c", "drops.c"], defines, {"kfree_skb": "kfree_skb"})
     return bpf.ProgramSource(["where.c", "drops.c"], defines)
 
 
@@ -238,6 +242,7 @@ class DropsSession(ProgramSession):
         self._last_counters: dict[counters_mod.CounterKey, int] = {}
         self._netns_gone = False
         self._run_matched = 0
+        self._forgotten: set[bytes] = set()  # keys of devices gone (forget_gone_devices)
         self._warnings: list[str] = []  # said once, in the next snapshot and the summary
         self._said = 0
 
@@ -267,7 +272,7 @@ class DropsSession(ProgramSession):
             Unavailable("skb:kfree_skb reason", "this kernel's kfree_skb has no reason field"),)
         return Start(
             "drops", self.facts.release, bpf.headers_mode(self.facts),
-            (Attached(TRACEPOINT, "raw_tracepoint", "kfree_skb"),), unavailable,
+            (Attached(TRACEPOINT, "tp_btf" if prog.tp_btf else "raw_tracepoint", "kfree_skb"),), unavailable,
             Filters(q.netns.inode if q.netns else None, tuple(q.ifaces), tuple(q.iface_keys), q.proto, q.port,
                     str(q.host) if q.host else None, q.cgroup_id),
             group_by=tuple(q.by) + (("flow",) if q.flow_keyed and "flow" not in q.by else ()),
@@ -275,14 +280,28 @@ class DropsSession(ProgramSession):
         )
 
     def counts(self) -> dict[bytes, int]:
-        """Cumulative drops per raw map key."""
+        """Cumulative drops per raw map key: the hash rows plus every CPU's cache slots (bpf/drops.c)."""
         assert self.prog is not None
-        return {k: sum(COUNT.unpack(v)[0] for v in values) for k, values in self.prog.percpu_items("drops").items()}
+        out = {k: sum(COUNT.unpack(v)[0] for v in values) for k, values in self.prog.percpu_items("drops").items()}
+        key_size = (contract.DROP_WHERE.size + (contract.DROP_FLOW.size if self.query.flow_keyed else 0)
+                    + (contract.DROP_OWNER.size if self.query.owner_keyed else 0))
+        slot = key_size + COUNT.size
+        for raw in self.prog.percpu_value("drop_cache", 0):
+            for off in range(0, min(len(raw), slot * contract.DROP_CACHE_SLOTS), slot):
+                n = COUNT.unpack_from(raw, off + key_size)[0]
+                key = raw[off:off + key_size]
+                if n and key not in self._forgotten:
+                    out[key] = out.get(key, 0) + n
+        return out
 
     def stats(self) -> dict[str, int]:
+        """The health counters: one per-CPU value holding every enum drop_stat slot."""
         assert self.prog is not None
-        return {name: sum(COUNT.unpack(v)[0] for v in self.prog.percpu_value("stats", i))
-                for i, name in enumerate(contract.DROP_STATS)}
+        totals = [0] * len(contract.DROP_STATS)
+        for raw in self.prog.percpu_value("stats", 0):
+            for i in range(min(len(totals), len(raw) // COUNT.size)):
+                totals[i] += COUNT.unpack_from(raw, i * COUNT.size)[0]
+        return dict(zip(contract.DROP_STATS, totals, strict=True))
 
     def interval(self, elapsed_ns: int) -> DropSnapshot:
         assert self._counters is not None and self.prog is not None
@@ -358,6 +377,7 @@ class DropsSession(ProgramSession):
             if key.ifindex and (key.netns, key.ifindex) not in live:
                 gone.append(raw)
         self.prog.delete("drops", gone)
+        self._forgotten.update(gone)  # a cache slot cannot be freed under the program: its count is left out
         for raw in gone:
             self._last_counts.pop(raw, None)
         return len(gone)

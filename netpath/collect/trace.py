@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -26,7 +28,7 @@ from netpath.stages import PER_PACKET, STAGE_IDS, STAGES, UNFILTERED
 
 Names = Callable[[int, int], str | None]
 
-NEEDED = ("OFF_SKB_DEV", "OFF_SKB_HEAD", "OFF_SKB_DATA", "OFF_SKB_PROTOCOL", "OFF_SKB_NETWORK_HEADER",
+NEEDED = ("OFF_SKB_DEV", "OFF_SKB_TSTAMP", "OFF_SKB_HEAD", "OFF_SKB_DATA", "OFF_SKB_PROTOCOL", "OFF_SKB_NETWORK_HEADER",
           "OFF_SKB_SKB_IIF", "OFF_DEV_IFINDEX", "OFF_DEV_ND_NET", "OFF_NET_NS_INUM", "OFF_SK_NET",
           "OFF_SK_RCVQ", "OFF_SK_RCVQ_PREV", "OFF_NAPI_DEV", "OFF_SK_FAMILY", "OFF_SK_PROTOCOL",
           "OFF_SKB_NEXT")
@@ -47,6 +49,7 @@ class TraceQuery:
     slower_ns: int = 0
     napi_by_dev: bool = False  # NAPI counters per device without a per-interface histogram (export)
     per_socket: bool = False  # socket_queue per reading process and cgroup
+    tai_offset_ns: int = 0  # CLOCK_TAI - CLOCK_REALTIME, whole seconds (tai_offset_ns()): skb->tstamp is REALTIME
 
 
 # neighbouring fields bpf/trace.c fetches with one probe read, beyond the shared ones
@@ -81,8 +84,27 @@ def program_source(query: TraceQuery, plan: AttachPlan, offsets: dict[str, int])
     defines["NAPI_BY_DEV"] = int(query.per_iface or query.napi_by_dev)
     defines["BY_CPU"] = int(query.per_cpu)
     defines["SLOWER_NS"] = int(query.slower_ns)
+    defines["RX_TSTAMP"] = int(plan.rx_tstamp)
+    defines["TAI_OFFSET_NS"] = int(query.tai_offset_ns)
     defines.update(filter_defines(query.netns, query.iface_keys, query.proto, query.port, query.host))
     return bpf.ProgramSource(["where.c", "trace.c"], defines)
+
+
+def tai_offset_ns() -> int:
+    """CLOCK_TAI - CLOCK_REALTIME: the kernel keeps it a whole number of seconds (0 until NTP sets it)."""
+    return round((time.clock_gettime_ns(time.CLOCK_TAI) - time.time_ns()) / 1e9) * 1_000_000_000
+
+
+SO_TIMESTAMPNS = 35  # SO_TIMESTAMPNS_OLD in asm-generic/socket.h; not in Python's socket module
+
+
+def rx_timestamping() -> socket.socket:
+    """A socket that asks for software RX timestamps: while it is open the kernel stamps skb->tstamp on
+    receive (net_enable_timestamp), which is what the hand-off time is read from. The kernel turns it on
+    from a workqueue, so open it before the compile."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    return sock
 
 
 _IRQ_LINE = re.compile(r"^\s*(\d+):(?:\s+\d+)+\s+(.*)$")
@@ -165,6 +187,7 @@ class TraceReader:
     def __init__(self, query: TraceQuery, plan: AttachPlan) -> None:
         self.query = query
         self.wanted = set(plan.tracepoints()) | {h for h, _ in plan.kprobes()}
+        self.forgotten: set[tuple[int, int]] = set()  # (ifindex, netns) of devices gone: left out
 
     def read(self, prog: bpf.Program) -> Reading:
         slots, maxima = self._read_hash(prog) if self.query.per_iface else self._read_arrays(prog)
@@ -172,9 +195,16 @@ class TraceReader:
         nhits = contract.HITS
         napi: dict[NapiKey, dict[str, int]] = {}
         if self.query.per_iface or self.query.napi_by_dev:
+            rows: dict[NapiKey, list[tuple]] = {}
             for key, values in prog.percpu_items("napi_stats").items():
                 ifindex, ns_inode, cpu = contract.NAPI_KEY.unpack(key)
-                napi[(ifindex, ns_inode, cpu)] = _napi_sum([contract.NAPI_VAL.unpack(v) for v in values])
+                rows.setdefault((ifindex, ns_inode, cpu), []).extend(contract.NAPI_VAL.unpack(v) for v in values)
+            # each CPU's first device keeps its counters in the CPU's own state (bpf/trace.c, napi_poll)
+            for value in per_cpu:
+                counters, (ifindex, ns_inode, cpu) = value[nhits:nhits + 5], value[nhits + 5:nhits + 8]
+                if counters[0] and (ifindex, ns_inode) not in self.forgotten:
+                    rows.setdefault((ifindex, ns_inode, cpu), []).append(counters)
+            napi = {key: _napi_sum(values) for key, values in rows.items()}
         else:
             by_cpu: dict[NapiKey, list[tuple]] = {}
             for cpu, value in enumerate(per_cpu):
@@ -293,8 +323,11 @@ class TraceSession(ProgramSession):
         self._unavailable: list[Unavailable] = [Unavailable(c.hook, c.reason, c.stage.id) for c in plan.unavailable]
         self._softnet_base: dict[str, int] = {}
         self._softnet_last: dict[str, int] = {}
+        self._tstamp_sock: socket.socket | None = None
 
     def start(self) -> Start:
+        if self.plan.rx_tstamp and self._tstamp_sock is None:
+            self._tstamp_sock = rx_timestamping()
         prog = self._load(self.source, self.facts, self.query.iface_keys)
         for irq, ifindex in nic_irqs(_read("/proc/interrupts"), local_devices()).items():
             prog.update("nic_irqs", IRQ_ENTRY.pack(irq), IRQ_ENTRY.pack(ifindex))
@@ -319,6 +352,7 @@ class TraceSession(ProgramSession):
                     str(q.host) if q.host else None),
             stages=STAGE_IDS, unfiltered_stages=UNFILTERED, per_iface=q.per_iface, per_cpu=q.per_cpu,
             slower_ns=q.slower_ns, fail_on_latency=self.fail_on_latency,
+            handoff=self.plan.handoff if any(c.stage.kind == "per_packet" for c in self.plan.available) else None,
         )
 
     def _stage_of(self, hook: str) -> str:
@@ -355,7 +389,8 @@ class TraceSession(ProgramSession):
             rows = [replace(r, owners=owner_rows) if r.stage == "socket_queue" else r for r in rows]
         health = TraceHealth(hits, stats.get("lost_rows", 0), stats.get("lost_skbs", 0), stats.get("slow_sent", 0),
                              stats.get("missed_enqueue", 0), stats.get("ring_overrun", 0), lost,
-                             contract.RING_SLOTS, stats.get("unseen_enqueue", 0), stats.get("unseen_read", 0))
+                             contract.RING_SLOTS, stats.get("unseen_enqueue", 0), stats.get("unseen_read", 0),
+                             stats.get("unstamped", 0))
         return TraceSnapshot(tuple(rows), tuple(self._unavailable), softnet, health, elapsed_ns, span_ns,
                              q.per_iface, q.per_cpu)
 
@@ -369,6 +404,12 @@ class TraceSession(ProgramSession):
             if ifindex and (ns_inode, ifindex) not in live:
                 gone.append(raw)
         self.prog.delete("napi_stats", gone)
+        # a CPU's own NAPI counters cannot be cleared under the program: a gone device's are left out
+        for value in self.prog.percpu_value("cpustate", 0):
+            ifindex, ns_inode, _cpu = contract.CPU_COUNTERS.unpack(value)[contract.HITS + 5:contract.HITS + 8]
+            if ifindex and (ns_inode, ifindex) not in live and (ifindex, ns_inode) not in self._reader.forgotten:
+                self._reader.forgotten.add((ifindex, ns_inode))
+                gone.append(b"")
         return len(gone)
 
     def _on_slow(self, raw: bytes) -> None:
@@ -377,6 +418,12 @@ class TraceSession(ProgramSession):
 
     def _on_lost(self, lost: int) -> None:
         self._slow_lost += lost
+
+    def close(self) -> None:
+        super().close()
+        if self._tstamp_sock is not None:  # software RX timestamping stays on only while we run
+            self._tstamp_sock.close()
+            self._tstamp_sock = None
 
 
 def _iface_names() -> Names:

@@ -146,6 +146,20 @@ class BTF:
             return self._base.find(name, kinds)
         raise BTFError(f"no {name!r} in BTF")
 
+    def typedef_id(self, name: str) -> int | None:
+        """The type id of typedef `name` (vmlinux only: btf_trace_<tracepoint>, what tp_btf attaches by)."""
+        if self._base is not None:
+            return self._base.typedef_id(name)
+        at = self._blob.find(b"\0" + name.encode() + b"\0", self._str_start, self._str_end)
+        if at < 0:
+            return None
+        name_off = at + 1 - self._str_start
+        for type_id in range(1, len(self._offsets)):
+            pos = self._offsets[type_id]
+            if struct.unpack_from("<I", self._blob, pos)[0] == name_off and self.kind(type_id) == KIND_TYPEDEF:
+                return type_id
+        return None
+
     def has(self, name: str, kinds: tuple[int, ...]) -> bool:
         if any(self.kind(t) in kinds for t in self._by_name.get(name, [])):
             return True

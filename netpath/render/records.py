@@ -169,6 +169,7 @@ def _trace_body(snap: TraceSnapshot) -> Record:
             "lost_events": h.lost_events,
             "unseen_enqueue": h.unseen_enqueue,
             "unseen_read": h.unseen_read,
+            "unstamped": h.unstamped,
         },
     }
 
@@ -224,4 +225,5 @@ def start(info: Start) -> Record:
                   filters={"netns": f.netns, "iface_keys": [list(k) for k in f.iface_keys], "proto": f.proto,
                            "port": f.port, "host": f.host, "unfiltered_stages": list(info.unfiltered_stages)},
                   per_iface=info.per_iface, per_cpu=info.per_cpu, slower_ns=info.slower_ns or None,
-                  fail_on_latency=list(info.fail_on_latency))
+                  fail_on_latency=list(info.fail_on_latency),
+                  **({"handoff": info.handoff} if info.handoff else {}))

@@ -139,6 +139,8 @@ def health_lines(snap: TraceSnapshot) -> list[str]:
     if h.lost_samples + h.lost_skbs + h.lost_events:
         lines.append(f"netpath lost: {h.lost_samples} samples (histogram map full), "
                      f"{h.lost_skbs} skbs (tracking map full), {h.lost_events} slow events")
+    if h.unstamped:
+        lines.append(f"not timed: {h.unstamped} packets at netif_receive_skb with no kernel receive timestamp")
     if h.missed_enqueue + h.ring_overrun + h.unseen_enqueue + h.unseen_read:
         text = (f"not timed: {h.missed_enqueue} datagrams read before their wakeup, {h.ring_overrun} past a "
                 f"socket's {h.ring_slots}-slot ring, {h.unseen_enqueue} enqueued unfollowed, {h.unseen_read} "

@@ -11,16 +11,20 @@ import time
 import pytest
 from netpath_testlib import NetpathRun, run_netpath, rx_packets, send_spaced, send_udp, start_receiver, veth_namespace
 
+# the default takes the hand-off time from skb->tstamp; --exact keeps netpath's own hand-off hooks
+MODES = [pytest.param([], id="tstamp"), pytest.param(["--exact"], id="exact")]
+
 
 def _stage(record: dict, stage: str) -> dict:
     return next(s for s in record["stages"] if s["stage"] == stage)
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("delay_ms", [20, 100])
-def test_socket_queue_measures_the_application_delay(delay_ms: int) -> None:
+def test_socket_queue_measures_the_application_delay(delay_ms: int, mode: list[str]) -> None:
     n, port = 10, 40000 + delay_ms
     with veth_namespace("nptq") as pair:
-        run = NetpathRun(["trace", "--json", "--interval", "1", "--proto", "udp", "--port", str(port)])
+        run = NetpathRun(["trace", "--json", "--interval", "1", "--proto", "udp", "--port", str(port), *mode])
         run.wait_start()
         receiver = start_receiver(pair, port, n, delay_ms / 1000)
         send_spaced(pair.ns_addr, port, n, delay_ms / 1000 + 0.04)
@@ -50,12 +54,16 @@ def _burst(pair, args: list[str], port: int, n: int, sig: int) -> tuple[NetpathR
     return run, start
 
 
-def test_stage_counts_equal_datagrams_on_a_veth() -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_stage_counts_equal_datagrams_on_a_veth(mode: list[str]) -> None:
     n, port = 50, 40555
     with veth_namespace("nptc") as pair:
-        run, start = _burst(pair, ["--port", str(port), "--per-iface"], port, n, signal.SIGTERM)
+        run, start = _burst(pair, ["--port", str(port), "--per-iface", *mode], port, n, signal.SIGTERM)
         rc, records, err = run.finish()
     assert rc == 0, err
+    assert start["handoff"] == ("hooks" if mode else "skb_tstamp")
+    hooked = {a["hook"] for a in start["attached"]}
+    assert ("net:netif_rx" in hooked) == bool(mode) and ("skb:consume_skb" in hooked) == bool(mode)
     assert {u["stage"] for u in start["unavailable"]} <= {"ip_rcv", "ip_local_deliver", "tcp_v4_rcv", "udp_rcv"}
     summary = run.summary()
     assert summary["stop_reason"] == "SIGTERM"
@@ -72,6 +80,7 @@ def test_stage_counts_equal_datagrams_on_a_veth() -> None:
     intervals = [r for r in records if r["type"] == "interval"]
     assert sum(_stage(r, "socket_queue")["count"] for r in intervals) == n - missed
     assert summary["health"]["probe_hits"]["net:netif_receive_skb"] >= n
+    assert summary["health"]["unstamped"] == 0
 
 
 def test_slower_streams_slow_packets_and_fail_on_latency_exits_1() -> None:
@@ -136,11 +145,12 @@ def _enable_veth_gro(pair) -> None:
     assert res.returncode == 0, res.stderr
 
 
-def test_gro_stage_and_napi_work_count_every_datagram_through_veth_napi() -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_gro_stage_and_napi_work_count_every_datagram_through_veth_napi(mode: list[str]) -> None:
     n, port = 40, 40999
     with veth_namespace("nptg") as pair:
         _enable_veth_gro(pair)
-        run, _start = _burst(pair, ["--netns", pair.ns, "--port", str(port), "--per-iface"], port, n,
+        run, _start = _burst(pair, ["--netns", pair.ns, "--port", str(port), "--per-iface", *mode], port, n,
                              signal.SIGINT)
         rc, _records, err = run.finish()
     assert rc == 0, err
@@ -177,7 +187,8 @@ BLAST = ("import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n
          "for _ in range(int(sys.argv[3])): s.sendto(b'x'*32,(sys.argv[1],int(sys.argv[2])))\n")
 
 
-def test_two_senders_on_two_cpus_into_one_socket_account_for_every_datagram() -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_two_senders_on_two_cpus_into_one_socket_account_for_every_datagram(mode: list[str]) -> None:
     """Every datagram is either timed by a stage or counted in a health counter saying why not."""
     if (os.cpu_count() or 1) < 2:
         pytest.skip("needs two CPUs to enqueue on one socket at once")
@@ -186,7 +197,7 @@ def test_two_senders_on_two_cpus_into_one_socket_account_for_every_datagram() ->
         rx = subprocess.Popen(["ip", "netns", "exec", pair.ns, sys.executable, "-c", BLAST_RECEIVER, pair.ns_addr,
                                str(port)], stdout=subprocess.PIPE, text=True)
         assert rx.stdout is not None and rx.stdout.readline().strip() == "ready"
-        run = NetpathRun(["trace", "--json", "--interval", "1", "--port", str(port)])
+        run = NetpathRun(["trace", "--json", "--interval", "1", "--port", str(port), *mode])
         run.wait_start()
         senders = [subprocess.Popen(["taskset", "-c", str(cpu), sys.executable, "-c", BLAST, pair.ns_addr,
                                      str(port), str(n)]) for cpu in (0, 1)]
@@ -201,3 +212,54 @@ def test_two_senders_on_two_cpus_into_one_socket_account_for_every_datagram() ->
     h = summary["health"]
     assert _stage(summary, "stack_total")["count"] + h["missed_enqueue"] + h["unseen_enqueue"] == received, h
     assert _stage(summary, "socket_queue")["count"] + h["ring_overrun"] + h["unseen_read"] == received, h
+
+
+TCP_RECEIVER = r"""
+import socket, sys, time
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind((sys.argv[1], int(sys.argv[2])))
+srv.listen(1)
+print("ready", flush=True)
+conn, _ = srv.accept()
+got = 0
+while got < int(sys.argv[3]):
+    time.sleep(0.01)  # let segments queue: socket_queue has something to time
+    data = conn.recv(65536)
+    if not data:
+        break
+    got += len(data)
+print(got, flush=True)
+"""
+TCP_SENDER = ("import socket,sys,time\nc=socket.create_connection((sys.argv[1],int(sys.argv[2])))\n"
+              "c.setsockopt(socket.IPPROTO_TCP,socket.TCP_NODELAY,1)\n"
+              "for _ in range(int(sys.argv[3])):\n c.sendall(b'x'*100); time.sleep(0.002)\nc.close()\n")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_tcp_segments_are_timed_to_their_first_copy(mode: list[str]) -> None:
+    """TCP keeps a per-skb entry from enqueue to copy: every timed read is bounded by the run, none stale."""
+    n, port = 200, 40444
+    with veth_namespace("nptt") as pair:
+        rx = subprocess.Popen(["ip", "netns", "exec", pair.ns, sys.executable, "-c", TCP_RECEIVER, pair.ns_addr,
+                               str(port), str(100 * n)], stdout=subprocess.PIPE, text=True)
+        assert rx.stdout is not None and rx.stdout.readline().strip() == "ready"
+        run = NetpathRun(["trace", "--json", "--interval", "1", "--proto", "tcp", "--port", str(port), *mode])
+        run.wait_start()
+        t0 = time.monotonic()
+        subprocess.run([sys.executable, "-c", TCP_SENDER, pair.ns_addr, str(port), str(n)], check=True, timeout=60)
+        assert int(rx.communicate(timeout=60)[0].strip()) == 100 * n
+        elapsed_ns = (time.monotonic() - t0) * 1e9
+        time.sleep(1.2)
+        run.proc.send_signal(signal.SIGINT)
+        rc, _records, err = run.finish()
+    assert rc == 0, err
+    summary = run.summary()
+    sq, st = _stage(summary, "socket_queue"), _stage(summary, "stack_total")
+    # coalescing merges segments into one skb, so reads are fewer than segments, but some are timed
+    assert 0 < sq["count"] <= n and 0 < st["count"] <= n + 10, (sq, st)
+    assert sq["max_ns"] < elapsed_ns, sq
+    assert st["max_ns"] < elapsed_ns, st
+    # TCP between namespaces of one host keeps the sender's departure time (EDT, CLOCK_MONOTONIC) in
+    # skb->tstamp up to local delivery: with the kernel's receive timestamp those are counted, not timed
+    assert _stage(summary, "netif_receive_skb")["count"] + summary["health"]["unstamped"] >= n

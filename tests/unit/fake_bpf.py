@@ -29,6 +29,8 @@ class FakeProgram:
         self.closed = False
         self.polls = 0
         self.runs: dict[str, tuple[int, int]] = {}
+        self.tp_btf: tuple[str, ...] = ()  # functions loaded as BTF-typed raw tracepoints
+        self.tp_btf_refused = ""
 
     # the bpf.Program interface
     def percpu_items(self, name: str) -> dict[bytes, list[bytes]]:

@@ -7,7 +7,7 @@ import struct
 from pathlib import Path
 
 import pytest
-from fake_bpf import FakeProgram, loader
+from fake_bpf import U64, FakeProgram, loader
 from test_kernel_facts import DATA, make_root
 
 from netpath import bpf, contract
@@ -58,8 +58,39 @@ def short_key(reason: int, ifindex: int, ns: int, l4: int = 17) -> bytes:
 
 
 def set_drop_stats(prog: FakeProgram, hits: int, matched: int, full: int = 0) -> None:
-    for i, value in enumerate((hits, matched, full, 0, 0)):
-        prog.set_array_u64("stats", i, [value, 0])
+    """The one per-CPU value of struct drop_stats (bpf/drops.c), and an empty key cache."""
+    prog.set_array("stats", 0, [b"".join(U64.pack(v) for v in (hits, matched, full, 0, 0)), bytes(40)])
+    if 0 not in prog.arrays.get("drop_cache", {}):
+        prog.set_array("drop_cache", 0, [bytes(32 * contract.DROP_CACHE_SLOTS)] * 2)
+
+
+def cache_slots(*entries: tuple[int, bytes, int]) -> bytes:
+    """One CPU's struct drop_cache: (slot, key, count) entries, the rest free."""
+    slot = contract.DROP_WHERE.size + 8
+    raw = bytearray(slot * contract.DROP_CACHE_SLOTS)
+    for i, key, count in entries:
+        raw[i * slot:(i + 1) * slot] = key + U64.pack(count)
+    return bytes(raw)
+
+
+def test_drops_counted_in_the_per_cpu_key_cache_add_to_the_hash_rows(drop_facts):
+    prog = FakeProgram()
+    session = drops_mod.DropsSession(drops_mod.DropsQuery(), drop_facts, SOURCE, reasons(), loader=loader(prog))
+    no_socket, other = short_key(3, 1, 1), short_key(2, 1, 1, 6)
+    set_drop_stats(prog, 0, 0)
+    session.start()
+    # CPU 0 counts no_socket in slot 5, CPU 1 in slot 9; a collision sent 7 of them to the hash
+    cpu1 = cache_slots((9, no_socket, 993))
+    prog.set_array("drop_cache", 0, [cache_slots((5, no_socket, 1000), (6, other, 4)), cpu1])
+    prog.set_percpu_u64("drops", no_socket, [7, 0])
+    set_drop_stats(prog, 2004, 2004)
+    first = session.interval(1_000_000_000)
+    assert sorted((r.reason, r.count) for r in first.rows) == [("NOT_SPECIFIED", 4), ("NO_SOCKET", 2000)]
+    cpu1 = cache_slots((9, no_socket, 993))
+    prog.set_array("drop_cache", 0, [cache_slots((5, no_socket, 1010), (6, other, 4)), cpu1])
+    second = session.interval(2_000_000_000)
+    assert [(r.reason, r.count) for r in second.rows] == [("NO_SOCKET", 10)]
+    assert [r.count for r in session.summary(2_000_000_000).rows] == [2010, 4]
 
 
 def test_drops_session_reports_interval_deltas_and_run_totals(drop_facts):
@@ -201,7 +232,7 @@ def stage_hist(samples: list[int]) -> bytes:
 def cpu_counters(hits: dict[str, int], polls: int = 0, work: int = 0, exhausted: int = 0) -> bytes:
     names = (*contract.HOOK_NAMES, *contract.STAT_NAMES)
     values = [hits.get(n, 0) for n in names]
-    return contract.CPU_COUNTERS.fmt.pack(*values, polls, work, exhausted, 64, work)
+    return contract.CPU_COUNTERS.fmt.pack(*values, polls, work, exhausted, 64, work, 0, 0, 0, 0)
 
 
 def play_trace(prog: FakeProgram, sq: list[int], hits: dict[str, int], polls: int, max_ns: int | None = None) -> None:
@@ -245,6 +276,29 @@ def test_trace_session_decodes_histograms_hits_and_napi():
     total = summary.stage("socket_queue")
     assert total is not None and (total.latency.count, total.latency.max_ns) == (5, 20_000_000)
     assert summary.softnet == {"time_squeeze": 4, "dropped": 1}
+
+
+def test_napi_by_device_adds_each_cpus_own_device_counters_to_the_hash_rows():
+    prog = FakeProgram()
+    plan = make_plan(trace_facts("6.18"), only=("napi_poll",))
+    session = trace_mod.TraceSession(trace_mod.TraceQuery(napi_by_dev=True), plan, trace_facts("6.18"), SOURCE,
+                                     loader=loader(prog))
+    play_trace(prog, [], {}, 0)
+    session.start()
+
+    def cpu(polls: int, ifindex: int) -> bytes:  # this CPU's first device keeps its counters in cpustate
+        names = (*contract.HOOK_NAMES, *contract.STAT_NAMES)
+        return contract.CPU_COUNTERS.fmt.pack(*[0] * len(names), polls, 3 * polls, 0, 64, 3, ifindex, 77, 0, 0)
+
+    prog.set_array("cpustate", 0, [cpu(10, 4), cpu(5, 4)])
+    napi_row = contract.NAPI_VAL.fmt.pack(2, 6, 1, 64, 3)
+    prog.percpu["napi_stats"] = {contract.NAPI_KEY.fmt.pack(4, 77, 0): [napi_row, bytes(40)],
+                                 contract.NAPI_KEY.fmt.pack(9, 77, 0): [bytes(40), napi_row]}
+    snap = session.interval(10**9)
+    row = snap.stage("napi_poll")
+    assert row is not None and row.napi is not None and (row.napi.polls, row.napi.exhausted) == (19, 2)
+    assert session.forget_gone_devices({(77, 9)}) == 2  # the hash row and CPU-held counters of ifindex 4
+    assert session.interval(2 * 10**9).stage("napi_poll").napi.polls == 0
 
 
 def slow_event(ts: int, queued: int) -> bytes:

@@ -132,3 +132,28 @@ def test_trace_spans_merge_neighbouring_fields_into_one_read() -> None:
     assert "SK_SPAN_OFF" not in far and "SKB_RX_SPAN_OFF" in far
     no_sizes = {k: v for k, v in offsets.items() if not k.startswith("SIZE_")}
     assert trace_mod.trace_spans(no_sizes) == {}
+
+
+def test_hand_off_time_comes_from_skb_tstamp_unless_exact_or_kprobe_checkpoints() -> None:
+    fast = make_plan(facts("6.18"))
+    assert fast.rx_tstamp and fast.handoff == "skb_tstamp"
+    hooks = set(fast.tracepoints())
+    # nothing stamps the hand-off or forgets a freed skb: those hooks are not attached
+    assert not hooks & {"net:netif_rx", "net:netif_receive_skb_entry", "net:netif_receive_skb_list_entry",
+                        "skb:consume_skb", "skb:kfree_skb"}
+    assert {"net:netif_receive_skb", "sock:sk_data_ready", "sock:sock_recv_length"} <= hooks
+    assert "skb->tstamp" in fast.choice("netif_receive_skb").reason
+    exact = make_plan(facts("6.18"), exact=True)
+    assert not exact.rx_tstamp and exact.handoff == "hooks" and "--exact" in exact.handoff_reason
+    assert {"net:netif_rx", "skb:consume_skb", "skb:kfree_skb"} <= set(exact.tracepoints())
+    offsets = {n: 8 for n in trace_mod.NEEDED}
+    source = trace_mod.program_source(trace_mod.TraceQuery(tai_offset_ns=37_000_000_000), fast, offsets)
+    assert source.defines["RX_TSTAMP"] == 1 and source.defines["TAI_OFFSET_NS"] == 37_000_000_000
+    assert trace_mod.program_source(trace_mod.TraceQuery(), exact, offsets).defines["RX_TSTAMP"] == 0
+
+
+def test_kprobe_checkpoints_keep_the_hand_off_hooks() -> None:
+    plan = make_plan(facts("trace-6.1"))
+    if not any(c.stage.checkpoint for c in plan.available):
+        pytest.skip("fixture without kprobe checkpoint stages")
+    assert not plan.rx_tstamp and "kprobe checkpoint" in plan.handoff_reason

@@ -22,7 +22,7 @@ from netpath.filter_defines import filter_defines
 from netpath.kernel import offsets as kernel_offsets
 from netpath.kernel.facts import KernelFacts
 from netpath.links import IfaceNames
-from netpath.model import Attached, Filters, SlowPacket, Start, TraceHealth, TraceSnapshot, Unavailable
+from netpath.model import Attached, Filters, Napi, SlowPacket, Start, TraceHealth, TraceSnapshot, Unavailable
 from netpath.plan import AttachPlan
 from netpath.stages import PER_PACKET, STAGE_IDS, STAGES, UNFILTERED
 
@@ -377,7 +377,7 @@ class TraceSession(ProgramSession):
         return self._snapshot(dists, napi, hits, stats, self._slow_lost, softnet, elapsed_ns, 0,
                               self._acc.owner_totals())
 
-    def _snapshot(self, dists: dict[HistKey, trace_stats.Dist], napi: dict[NapiKey, trace_stats.NapiCount],
+    def _snapshot(self, dists: dict[HistKey, trace_stats.Dist], napi: dict[NapiKey, Napi],
                   hits: dict[str, int], stats: dict[str, int], lost: int, softnet: dict[str, int], elapsed_ns: int,
                   span_ns: int, owners: dict[OwnerKey, trace_stats.Dist] | None = None) -> TraceSnapshot:
         q = self.query

@@ -52,26 +52,13 @@ class Dist:
         return hist.latency(self.slots, self.max_ns, self.sum_ns)
 
 
-@dataclass
-class NapiCount:
-    polls: int = 0
-    work: int = 0
-    exhausted: int = 0
-    budget: int = 0
-    max_work: int = 0
-
-    def add(self, other: NapiCount) -> None:
-        self.polls += other.polls
-        self.work += other.work
-        self.exhausted += other.exhausted
-        self.budget = max(self.budget, other.budget)
-        self.max_work = max(self.max_work, other.max_work)
-
-    def finished(self) -> Napi:
-        return Napi(self.polls, self.work, self.budget, self.exhausted, self.max_work)
+def napi_sum(a: Napi, b: Napi) -> Napi:
+    """Two devices' or CPUs' NAPI counters as one: counts add, budget and largest poll are maxima."""
+    return Napi(a.polls + b.polls, a.work + b.work, max(a.budget, b.budget), a.exhausted + b.exhausted,
+                max(a.max_work, b.max_work))
 
 
-Step = tuple[dict[HistKey, Dist], dict[NapiKey, NapiCount], dict[str, int], dict[str, int]]
+Step = tuple[dict[HistKey, Dist], dict[NapiKey, Napi], dict[str, int], dict[str, int]]
 
 
 class Accumulator:
@@ -132,17 +119,17 @@ def _deltas(now: dict[OwnerKey, dict[int, int]], before: dict[OwnerKey, dict[int
     return out
 
 
-def _napi_delta(now: dict[str, int], before: dict[str, int] | None) -> NapiCount:
+def _napi_delta(now: dict[str, int], before: dict[str, int] | None) -> Napi:
     b = before or {}
-    return NapiCount(now["polls"] - b.get("polls", 0), now["work"] - b.get("work", 0),
-                     now["exhausted"] - b.get("exhausted", 0), now["budget"], now["max_work"])
+    return Napi(now["polls"] - b.get("polls", 0), now["work"] - b.get("work", 0), now["budget"],
+                now["exhausted"] - b.get("exhausted", 0), now["max_work"])
 
 
 def _where(ifindex: int, ns_inode: int, cpu: int, names: Names) -> Where:
     return Where(names(ns_inode, ifindex) if ifindex else None, ifindex or None, ns_inode or None, cpu)
 
 
-def stage_rows(plan: AttachPlan, dists: dict[HistKey, Dist], napi: dict[NapiKey, NapiCount], keep_parts: bool,
+def stage_rows(plan: AttachPlan, dists: dict[HistKey, Dist], napi: dict[NapiKey, Napi], keep_parts: bool,
                names: Names, keep_napi_parts: bool | None = None) -> list[StageRow]:
     """One row per available stage, path order; breakdown parts with --per-iface/--per-cpu.
 
@@ -161,17 +148,16 @@ def stage_rows(plan: AttachPlan, dists: dict[HistKey, Dist], napi: dict[NapiKey,
             if keep_parts:
                 parts.setdefault((ifindex, ns_inode, cpu), Dist()).add(dist)
         napi_total: Napi | None = None
-        napi_parts: dict[NapiKey, NapiCount] = {}
+        napi_parts: dict[NapiKey, Napi] = {}
         if choice.stage.id == "napi_poll":
-            acc = NapiCount()
+            napi_total = Napi()
             for key, stat in napi.items():
-                acc.add(stat)
+                napi_total = napi_sum(napi_total, stat)
                 if keep_napi:
-                    napi_parts.setdefault(key, NapiCount()).add(stat)
-            napi_total = acc.finished()
+                    napi_parts[key] = napi_sum(napi_parts.get(key, Napi()), stat)
         out.append(StageRow(
             choice.stage.id, "+".join(choice.hooks), choice.method, total.latency(),
             tuple((_where(*k, names), d.latency()) for k, d in sorted(parts.items())), napi_total,
-            tuple((_where(*k, names), n.finished()) for k, n in sorted(napi_parts.items())),
+            tuple((_where(*k, names), n) for k, n in sorted(napi_parts.items())),
         ))
     return out

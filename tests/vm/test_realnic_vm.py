@@ -167,7 +167,10 @@ def test_rps_moves_the_stack_to_the_other_cpu_and_per_cpu_shows_it(nics: vmlab.R
     print(f"rps: {nics.if_b} IRQs per CPU {irq_b}, NAPI work per CPU {napi_b}, ip_rcv per CPU {ip_b}, "
           f"udp_rcv per CPU {udp_b}, softnet received_rps {rps_ipis}")
     assert irq_b[CPU_IRQ] > 0 and sum(irq_b) == irq_b[CPU_IRQ]
-    assert set(napi_b) == {CPU_IRQ} and napi_b[CPU_IRQ] == a["rx_b"] - b["rx_b"]
+    # every received frame is polled where the IRQ fires; a poll with no work elsewhere (virtio-net's
+    # TX NAPI cleaning after the ACKs the stack on CPU_STACK sends) is not receive work
+    received = {cpu: work for cpu, work in napi_b.items() if work}
+    assert received == {CPU_IRQ: a["rx_b"] - b["rx_b"]}
     assert set(ip_b) == {CPU_STACK} and ip_b[CPU_STACK] > rps_run["udp"]
     assert udp_b == {CPU_STACK: rps_run["udp"]}
     assert rps_ipis[CPU_STACK] > 0

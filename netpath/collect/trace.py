@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TypeVar
 
 from netpath import bpf, contract, netns
 from netpath.collect import counters as counters_mod
@@ -27,6 +28,7 @@ from netpath.plan import AttachPlan
 from netpath.stages import PER_PACKET, STAGE_IDS, STAGES, UNFILTERED
 
 Names = Callable[[int, int], str | None]
+K = TypeVar("K")
 
 NEEDED = ("OFF_SKB_DEV", "OFF_SKB_TSTAMP", "OFF_SKB_HEAD", "OFF_SKB_DATA", "OFF_SKB_PROTOCOL", "OFF_SKB_NETWORK_HEADER",
           "OFF_SKB_SKB_IIF", "OFF_DEV_IFINDEX", "OFF_DEV_ND_NET", "OFF_NET_NS_INUM", "OFF_SK_NET",
@@ -224,19 +226,11 @@ class TraceReader:
 
     @staticmethod
     def _read_owners(prog: bpf.Program) -> tuple[dict[OwnerKey, dict[int, int]], dict[OwnerKey, int]]:
-        slots: dict[OwnerKey, dict[int, int]] = {}
-        maxima: dict[OwnerKey, int] = {}
-        max_keys = []
-        for raw, values in prog.percpu_items("owner_hist").items():
+        def split(raw: bytes) -> tuple[OwnerKey, int]:
             cgroup, tgid, slot, _pad = contract.OWNER_HIST_KEY.unpack(raw)
-            numbers = [COUNT.unpack(v)[0] for v in values]
-            if slot == contract.MAX_SLOT:
-                maxima[(cgroup, tgid)] = max(numbers)
-                max_keys.append(raw)
-            else:
-                slots.setdefault((cgroup, tgid), {})[slot] = sum(numbers)
-        prog.delete("owner_hist", max_keys)  # maxima are per interval
-        return slots, maxima
+            return (cgroup, tgid), slot
+
+        return _read_hash_hist(prog, "owner_hist", split)
 
     def _read_arrays(self, prog: bpf.Program) -> tuple[dict[HistKey, dict[int, int]], dict[HistKey, int]]:
         """Per-CPU arrays indexed by stage: slots cumulative, maxima zeroed after each read."""
@@ -257,21 +251,32 @@ class TraceReader:
                 maxima[key] = max(maxima.get(key, 0), maxes[cpu])
         return slots, maxima
 
-    def _read_hash(self, prog: bpf.Program) -> tuple[dict[HistKey, dict[int, int]], dict[HistKey, int]]:
-        slots: dict[HistKey, dict[int, int]] = {}
-        maxima: dict[HistKey, int] = {}
-        max_keys = []
-        for raw, values in prog.percpu_items("hist").items():
+    @staticmethod
+    def _read_hash(prog: bpf.Program) -> tuple[dict[HistKey, dict[int, int]], dict[HistKey, int]]:
+        def split(raw: bytes) -> tuple[HistKey, int]:
             stage, slot, ifindex, ns_inode, cpu = contract.HIST_KEY.unpack(raw)
-            hk = (stage, ifindex, ns_inode, cpu)
-            numbers = [COUNT.unpack(v)[0] for v in values]
-            if slot == contract.MAX_SLOT:
-                maxima[hk] = max(numbers)
-                max_keys.append(raw)
-            else:
-                slots.setdefault(hk, {})[slot] = sum(numbers)
-        prog.delete("hist", max_keys)  # maxima are per interval
-        return slots, maxima
+            return (stage, ifindex, ns_inode, cpu), slot
+
+        return _read_hash_hist(prog, "hist", split)
+
+
+def _read_hash_hist(prog: bpf.Program, name: str, split: Callable[[bytes], tuple[K, int]]
+                    ) -> tuple[dict[K, dict[int, int]], dict[K, int]]:
+    """A per-CPU hash histogram (one row per key and slot): cumulative slot counts, and the maxima of this
+    interval, whose MAX_SLOT rows are deleted so the next interval starts from zero."""
+    slots: dict[K, dict[int, int]] = {}
+    maxima: dict[K, int] = {}
+    max_keys = []
+    for raw, values in prog.percpu_items(name).items():
+        key, slot = split(raw)
+        numbers = [COUNT.unpack(v)[0] for v in values]
+        if slot == contract.MAX_SLOT:
+            maxima[key] = max(numbers)
+            max_keys.append(raw)
+        else:
+            slots.setdefault(key, {})[slot] = sum(numbers)
+    prog.delete(name, max_keys)
+    return slots, maxima
 
 
 def _napi_sum(values: list[tuple]) -> dict[str, int]:

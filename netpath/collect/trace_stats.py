@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from netpath.collect import hist
 from netpath.model import Latency, Napi, StageRow, Where
@@ -61,62 +62,61 @@ def napi_sum(a: Napi, b: Napi) -> Napi:
 Step = tuple[dict[HistKey, Dist], dict[NapiKey, Napi], dict[str, int], dict[str, int]]
 
 
+class Histograms:
+    """Cumulative slot counts of some histograms (by any key) -> per-step and whole-run Dists."""
+
+    def __init__(self) -> None:
+        self.prev: dict[Any, dict[int, int]] = {}
+        self.run_max: dict[Any, int] = {}
+
+    def step(self, slots: dict[Any, dict[int, int]], maxima: dict[Any, int]) -> dict[Any, Dist]:
+        """This step's part; maxima are the step's own (the kernel zeroes them at each read)."""
+        out: dict[Any, Dist] = {}
+        for key, now in slots.items():
+            before = self.prev.get(key, {})
+            delta = {s: n - before.get(s, 0) for s, n in now.items() if n - before.get(s, 0) > 0}
+            if delta:
+                out[key] = Dist.of(delta, maxima.get(key, 0))
+        for key, value in maxima.items():
+            self.run_max[key] = max(self.run_max.get(key, 0), value)
+        self.prev = {k: dict(v) for k, v in slots.items()}
+        return out
+
+    def totals(self) -> dict[Any, Dist]:
+        return {k: Dist.of(v, self.run_max.get(k, 0)) for k, v in self.prev.items()}
+
+
 class Accumulator:
     """Keeps the previous cumulative reading; step() returns the interval's dists, totals() the run's."""
 
     def __init__(self) -> None:
-        self.prev_slots: dict[HistKey, dict[int, int]] = {}
+        self.stages = Histograms()
+        self.owners = Histograms()  # socket_queue per reader
         self.prev_napi: dict[NapiKey, dict[str, int]] = {}
         self.prev_hits: dict[str, int] = {}
         self.prev_stats: dict[str, int] = {}
-        self.run_max: dict[HistKey, int] = {}
         self.last: Reading | None = None
-        self.prev_owners: dict[OwnerKey, dict[int, int]] = {}
-        self.owner_run_max: dict[OwnerKey, int] = {}
         self.owner_step: dict[OwnerKey, Dist] = {}  # the last step's socket_queue per reader
 
     def step(self, reading: Reading) -> Step:
-        dists: dict[HistKey, Dist] = {}
-        for key, slots in reading.slots.items():
-            before = self.prev_slots.get(key, {})
-            delta = {s: n - before.get(s, 0) for s, n in slots.items() if n - before.get(s, 0) > 0}
-            if delta:
-                dists[key] = Dist.of(delta, reading.maxima.get(key, 0))
-        for key, value in reading.maxima.items():
-            self.run_max[key] = max(self.run_max.get(key, 0), value)
+        dists = self.stages.step(reading.slots, reading.maxima)
+        self.owner_step = self.owners.step(reading.owner_slots, reading.owner_maxima)
         napi = {k: _napi_delta(v, self.prev_napi.get(k)) for k, v in reading.napi.items()}
         hits = {k: v - self.prev_hits.get(k, 0) for k, v in reading.hits.items()}
         stats = {k: v - self.prev_stats.get(k, 0) for k, v in reading.stats.items()}
-        self.prev_slots = {k: dict(v) for k, v in reading.slots.items()}
         self.prev_napi = {k: dict(v) for k, v in reading.napi.items()}
         self.prev_hits, self.prev_stats = dict(reading.hits), dict(reading.stats)
-        self.owner_step = _deltas(reading.owner_slots, self.prev_owners, reading.owner_maxima)
-        for key, value in reading.owner_maxima.items():
-            self.owner_run_max[key] = max(self.owner_run_max.get(key, 0), value)
-        self.prev_owners = {k: dict(v) for k, v in reading.owner_slots.items()}
         self.last = reading
         return dists, {k: v for k, v in napi.items() if v.polls}, hits, stats
 
     def owner_totals(self) -> dict[OwnerKey, Dist]:
-        return {k: Dist.of(v, self.owner_run_max.get(k, 0)) for k, v in self.prev_owners.items()}
+        return self.owners.totals()
 
     def totals(self) -> Step:
         if self.last is None:
             return {}, {}, {}, {}
-        dists = {k: Dist.of(v, self.run_max.get(k, 0)) for k, v in self.last.slots.items()}
         napi = {k: _napi_delta(v, None) for k, v in self.last.napi.items()}
-        return dists, napi, dict(self.last.hits), dict(self.last.stats)
-
-
-def _deltas(now: dict[OwnerKey, dict[int, int]], before: dict[OwnerKey, dict[int, int]],
-            maxima: dict[OwnerKey, int]) -> dict[OwnerKey, Dist]:
-    out: dict[OwnerKey, Dist] = {}
-    for key, slots in now.items():
-        prev = before.get(key, {})
-        delta = {s: n - prev.get(s, 0) for s, n in slots.items() if n - prev.get(s, 0) > 0}
-        if delta:
-            out[key] = Dist.of(delta, maxima.get(key, 0))
-    return out
+        return self.stages.totals(), napi, dict(self.last.hits), dict(self.last.stats)
 
 
 def _napi_delta(now: dict[str, int], before: dict[str, int] | None) -> Napi:

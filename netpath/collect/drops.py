@@ -241,7 +241,6 @@ class DropsSession(ProgramSession):
         self._counters: counters_mod.CounterDeltas | None = None
         self._last_counters: dict[counters_mod.CounterKey, int] = {}
         self._netns_gone = False
-        self._run_matched = 0
         self._forgotten: set[bytes] = set()  # keys of devices gone (forget_gone_devices)
         self._warnings: list[str] = []  # said once, in the next snapshot and the summary
         self._said = 0
@@ -312,12 +311,13 @@ class DropsSession(ProgramSession):
         self._last_counts, self._last_stats, self._last_lost = now, stats, self._samples_lost
         counters = self._counters.step(self._read_counters())
         span, self._last_ns = elapsed_ns - self._last_ns, elapsed_ns
-        if self.live:
-            self._run_matched = stats.get("matched", 0)
-            snap = self._snapshot(now, counters, interval_stats, elapsed_ns, self._samples_lost, delta)
+        if self.live:  # rows and total for the run, the interval's part beside them
+            snap = self._snapshot(now, counters, interval_stats, stats.get("matched", 0), elapsed_ns,
+                                  self._samples_lost, delta)
             snap.interval_total = interval_stats.get("matched", 0)
         else:
-            snap = self._snapshot(delta, counters, interval_stats, elapsed_ns, lost)
+            snap = self._snapshot(delta, counters, interval_stats, interval_stats.get("matched", 0), elapsed_ns,
+                                  lost)
             snap.interval_total = snap.total
         snap.interval_ns = span
         snap.warnings, self._said = self._warnings[self._said:], len(self._warnings)
@@ -329,12 +329,15 @@ class DropsSession(ProgramSession):
         assert self._counters is not None
         final, stats = self.counts(), self.stats()
         self._counters.step(self._read_counters())
-        snap = self._snapshot(final, self._counters.totals(), stats, elapsed_ns, self._samples_lost)
+        snap = self._snapshot(final, self._counters.totals(), stats, stats.get("matched", 0), elapsed_ns,
+                              self._samples_lost)
         snap.warnings = list(self._warnings)
         return snap
 
-    def _snapshot(self, counts: dict[bytes, int], counters: list[Counter], stats: dict[str, int], elapsed_ns: int,
-                  samples_lost: int, interval_counts: dict[bytes, int] | None = None) -> DropSnapshot:
+    def _snapshot(self, counts: dict[bytes, int], counters: list[Counter], stats: dict[str, int], total: int,
+                  elapsed_ns: int, samples_lost: int, interval_counts: dict[bytes, int] | None = None
+                  ) -> DropSnapshot:
+        """total: the exact count of matching drops, whether or not each found room in the map."""
         ranked = sorted(((v, k) for k, v in counts.items() if v > 0), key=lambda item: (-item[0], item[1]))
         shown = ranked if self.limit is None else ranked[: self.limit]
         rows: list[DropRow] = []
@@ -346,8 +349,6 @@ class DropsSession(ProgramSession):
                 extra["interval_count"] = interval_counts.get(raw, 0)
             rows.append(replace(row, **extra) if extra else row)
         rest = ranked[len(shown):]
-        # the exact count of matching drops, whether or not each found room in the map
-        total = stats.get("matched", 0) if interval_counts is None else self._run_matched
         return DropSnapshot(rows, counters, health(stats, samples_lost), total, elapsed_ns, len(rest),
                             sum(v for v, _ in rest), self.query.flow_keyed, self.query.owner_keyed)
 

@@ -33,7 +33,6 @@ class ExportCollector:
         self.starts: list[Start] = []
         self._t0 = 0
         self.scrapes = 0
-        self._live: set[tuple[int, int]] | None = None
         self._live_at = 0.0
 
     def start(self) -> list[Start]:
@@ -45,15 +44,17 @@ class ExportCollector:
 
     def collect(self) -> Iterator[Metric]:
         began = time.perf_counter()
-        live = self._live_devices()
-        self.drops.forget_gone_devices(live)
+        live = self._fresh_live_devices()
+        if live is not None:  # only a new look can find an interface gone; forgetting re-reads the maps
+            self.drops.forget_gone_devices(live)
         elapsed = time.monotonic_ns() - self._t0
         drops = self.drops.summary(elapsed)
         families = list(self.metrics.drops(drops))
         hits = {("drops", hook): n for hook, n in drops.health.probe_hits.items()}
         runs = _runs("drops", self.drops.prog)
         if self.trace is not None:
-            self.trace.forget_gone_devices(live)
+            if live is not None:
+                self.trace.forget_gone_devices(live)
             trace = self.trace.summary(elapsed)
             families.extend(self.metrics.trace(trace))
             hits.update({("trace", hook): n for hook, n in trace.health.probe_hits.items()})
@@ -63,12 +64,14 @@ class ExportCollector:
         yield from families
         yield from self.metrics.health(hits, time.perf_counter() - began, runs)
 
-    def _live_devices(self) -> set[tuple[int, int]]:
-        """Every (netns, ifindex) on the host, looked up at most every LIVE_EVERY_S: it enters each namespace."""
+    def _fresh_live_devices(self) -> set[tuple[int, int]] | None:
+        """Every (netns, ifindex) on the host when LIVE_EVERY_S has passed since the last look (it enters
+        each namespace), else None."""
         now = time.monotonic()
-        if self._live is None or now - self._live_at >= LIVE_EVERY_S:
-            self._live, self._live_at = links.live_devices(), now
-        return self._live
+        if self._live_at and now - self._live_at < LIVE_EVERY_S:
+            return None
+        self._live_at = now
+        return links.live_devices()
 
     def close(self) -> None:
         self.drops.close()

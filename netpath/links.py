@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from netpath import netns
@@ -45,11 +46,7 @@ class IfaceNames:
 
     def refresh(self) -> None:
         self._last_refresh = time.monotonic()
-        for ns in netns.known_namespaces():
-            try:
-                links = list_links(ns)
-            except OSError:
-                continue
+        for ns, links in all_links():
             self._labels[ns.inode] = ns.label
             for index, name in links:
                 self._names[(ns.inode, index)] = name
@@ -75,12 +72,15 @@ class IfaceNames:
         return label
 
 
-def live_devices() -> set[tuple[int, int]]:
-    """(netns inode, ifindex) of every interface in every namespace netns.known_namespaces() finds, read now."""
-    out: set[tuple[int, int]] = set()
+def all_links() -> Iterator[tuple[netns.Netns, list[tuple[int, str]]]]:
+    """Every namespace netns.known_namespaces() finds, with its links read now; one gone meanwhile is skipped."""
     for ns in netns.known_namespaces():
         try:
-            out.update((ns.inode, index) for index, _name in list_links(ns))
-        except OSError:  # gone while we looked
+            yield ns, list_links(ns)
+        except OSError:
             continue
-    return out
+
+
+def live_devices() -> set[tuple[int, int]]:
+    """(netns inode, ifindex) of every interface on the host, read now."""
+    return {(ns.inode, index) for ns, links in all_links() for index, _name in links}

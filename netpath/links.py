@@ -47,7 +47,7 @@ class IfaceNames:
     def refresh(self) -> None:
         self._last_refresh = time.monotonic()
         for ns, links in all_links():
-            self._labels[ns.inode] = ns.label
+            self._labels[ns.inode] = _for_people(ns.label)
             for index, name in links:
                 self._names[(ns.inode, index)] = name
 
@@ -61,14 +61,17 @@ class IfaceNames:
 
     def netns_label(self, inode: int) -> str | None:
         """The namespace for people: its `ip netns` name, "host", else what runs in it (comm[pid])."""
-        label = self._labels.get(inode)
-        if label is not None and label.startswith("pid:"):
-            pid = label.removeprefix("pid:")
-            try:
-                comm = Path(f"/proc/{pid}/comm").read_text().strip()
-            except OSError:
-                return label
-            return f"{comm}[{pid}]"
+        return self._labels.get(inode)
+
+
+def _for_people(label: str) -> str:
+    """netns.known_namespaces() labels a nameless namespace pid:N: name it by what that process runs."""
+    if not label.startswith("pid:"):
+        return label
+    pid = label.removeprefix("pid:")
+    try:
+        return f"{Path(f'/proc/{pid}/comm').read_text().strip()}[{pid}]"
+    except OSError:
         return label
 
 

@@ -197,8 +197,10 @@ RAW_TRACEPOINT_PROBE(kfree_skb)
 	void *dev = NULL;
 	u32 netns, ifindex = 0;
 	u64 zero = 0, *count;
+#if BY_OWNER || defined(FILTER_CGROUP) || SAMPLE_BUDGET > 0
 	void *rx_sk = NULL;
 	struct drop_owner owner = {};
+#endif
 	int szero = 0;
 	struct drop_stats *st = stats.lookup(&szero);
 
@@ -208,7 +210,7 @@ RAW_TRACEPOINT_PROBE(kfree_skb)
 #if TP_HAS_REASON
 	reason = (u32)ctx->args[2];
 #endif
-#if TP_HAS_RX_SK
+#if TP_HAS_RX_SK && (BY_OWNER || defined(FILTER_CGROUP) || SAMPLE_BUDGET > 0)
 	rx_sk = (void *)ctx->args[3];
 #endif
 #ifdef FILTER_REASON

@@ -77,6 +77,21 @@
 #define NP_PKT_NOW()	bpf_ktime_get_ns()
 #endif
 
+/*
+ * SAMPLE_SHIFT > 0: time one NET_RX cycle (softirq_wait, net_rx_action and
+ * its napi polls) in 2^SAMPLE_SHIFT, and one packet in 2^SAMPLE_SHIFT from
+ * netif_receive_skb on, each picked by a per-CPU xorshift. A clock read
+ * costs more than the rest of a hook (~21 ns of ~55 here), so an untimed
+ * run only counts: every stage's exact count is in ctr.seen, its histogram
+ * holds the timed ones. Breakdowns (--per-iface, --per-cpu, --per-socket,
+ * --slower) and --exact are built with SAMPLE_SHIFT 0.
+ */
+#ifndef SAMPLE_SHIFT
+#define SAMPLE_SHIFT 0
+#endif
+/* t_enq of a datagram followed but not timed: no real timestamp is 1 */
+#define NP_UNTIMED	1
+
 /* checkpoints of one skb */
 enum np_cp {
 	CP_HANDOFF,
@@ -119,9 +134,15 @@ struct np_ring_slot {
 #endif
 };
 
+/*
+ * head is the reader's (another CPU, usually), tail the enqueuing softirq's:
+ * a cache line each, so neither write takes the other's line away.
+ */
 struct np_sk_fifo {
 	u64 head;
+	u64 head_pad[7];
 	u64 tail;
+	u64 tail_pad[7];
 	struct np_ring_slot slot[RING];
 };
 
@@ -129,6 +150,7 @@ struct np_sk_fifo {
 #define CUR_TRACKED	1	/* passed the filters at netif_receive_skb */
 #define CUR_ENQUEUED	2	/* sk_data_ready saw it */
 #define CUR_IN_MAP	4	/* it also has an entry in skbs */
+#define CUR_TIMED	8	/* sampled: its stages are timed, not only counted */
 #define NESTED_NS	10000000ULL	/* a nested netif_receive_skb round comes within 10 ms */
 
 struct np_cur_skb {
@@ -159,6 +181,9 @@ struct np_cpu_state {
 	u64 napi_at;
 	u32 napi_ifindex;
 	u32 napi_netns;
+	u64 rng;	/* SAMPLE_SHIFT: xorshift64 state, seeded on first use */
+	u32 raised;	/* NET_RX raised since its last run here */
+	u32 cycle_timed;	/* this NET_RX cycle is sampled */
 };
 
 /*
@@ -262,6 +287,37 @@ static __always_inline void np_hit_c(struct np_cpu_state *c, int idx)
 static __always_inline void np_hit(int idx)
 {
 	np_hit_c(np_cpu(), idx);
+}
+
+/* the exact count of a stage whose timing is sampled (netpath uses it only then) */
+static __always_inline void np_seen(struct np_cpu_state *c, u32 stage)
+{
+#if SAMPLE_SHIFT > 0
+	if (c && stage < NSTAGES)
+		c->ctr.seen[stage] += 1;
+#endif
+}
+
+/* time this one? 1 in 2^SAMPLE_SHIFT, independent of the traffic's pattern */
+static __always_inline int np_pick(struct np_cpu_state *c)
+{
+#if SAMPLE_SHIFT > 0
+	u64 x;
+
+	if (!c)
+		return 1;
+	x = c->rng;
+
+	if (!x)
+		x = bpf_get_prandom_u32() | 1;
+	x ^= x << 13;
+	x ^= x >> 7;
+	x ^= x << 17;
+	c->rng = x;
+	return (x >> (64 - SAMPLE_SHIFT)) == 0;
+#else
+	return 1;
+#endif
 }
 
 static __always_inline u32 np_log2(u64 v)
@@ -412,10 +468,11 @@ RAW_TRACEPOINT_PROBE(softirq_raise)
 {
 	struct np_cpu_state *c = np_enter(H_SOFTIRQ_RAISE);
 
-	if ((u32)ctx->args[0] != NET_RX_VEC)
+	if ((u32)ctx->args[0] != NET_RX_VEC || !c || c->raised)
 		return 0;
-	if (c && !c->raise_ts)
-		c->raise_ts = bpf_ktime_get_ns();
+	c->raised = 1;	/* the first raise since the last run: this cycle's wait starts */
+	c->cycle_timed = np_pick(c);
+	c->raise_ts = c->cycle_timed ? bpf_ktime_get_ns() : 0;
 	return 0;
 }
 #endif
@@ -424,17 +481,29 @@ RAW_TRACEPOINT_PROBE(softirq_raise)
 RAW_TRACEPOINT_PROBE(softirq_entry)
 {
 	struct np_cpu_state *c = np_enter(H_SOFTIRQ_ENTRY);
-	u64 now;
+	u64 now = 0;
+	int timed;
 
 	if ((u32)ctx->args[0] != NET_RX_VEC || !c)
 		return 0;
-	now = bpf_ktime_get_ns();
 #ifdef USE_SOFTIRQ_WAIT
-	if (c->raise_ts) {
-		np_record(STAGE_SOFTIRQ_WAIT, now - c->raise_ts, 0, 0);
-		c->raise_ts = 0;
+	/* raised before netpath attached, or by a path softirq_raise misses: decided here */
+	timed = c->raised ? c->cycle_timed : np_pick(c);
+	if (timed)
+		now = bpf_ktime_get_ns();
+	if (c->raised) {
+		np_seen(c, STAGE_SOFTIRQ_WAIT);
+		if (c->raise_ts)
+			np_record(STAGE_SOFTIRQ_WAIT, now - c->raise_ts, 0, 0);
 	}
+	c->raised = 0;
+	c->raise_ts = 0;
+#else
+	timed = np_pick(c);
+	if (timed)
+		now = bpf_ktime_get_ns();
 #endif
+	c->cycle_timed = timed;
 	c->netrx_start = now;
 	c->last_poll_end = now;
 	c->in_netrx = 1;
@@ -452,7 +521,9 @@ RAW_TRACEPOINT_PROBE(softirq_exit)
 	if (!c || !c->in_netrx)
 		return 0;
 #ifdef USE_NETRX_TP
-	np_record(STAGE_NET_RX_ACTION, bpf_ktime_get_ns() - c->netrx_start, 0, 0);
+	np_seen(c, STAGE_NET_RX_ACTION);
+	if (c->cycle_timed)
+		np_record(STAGE_NET_RX_ACTION, bpf_ktime_get_ns() - c->netrx_start, 0, 0);
 #endif
 	c->in_netrx = 0;
 	return 0;
@@ -466,8 +537,8 @@ RAW_TRACEPOINT_PROBE(napi_poll)
 	int work = (int)ctx->args[1], budget = (int)ctx->args[2];
 	struct np_napi_val *v;
 	struct np_cpu_state *c = np_enter(H_NAPI_POLL);
-	u64 now = bpf_ktime_get_ns();
 #if NAPI_BY_DEV
+	u64 now = bpf_ktime_get_ns();	/* the device cache's age; built unsampled */
 	void *n = (void *)ctx->args[0];
 	void *dev = NULL;
 	struct np_napi_key k = {};
@@ -518,8 +589,13 @@ RAW_TRACEPOINT_PROBE(napi_poll)
 	if (!c)
 		return 0;
 	if (c->in_netrx) {
-		np_record(STAGE_NAPI_POLL, now - c->last_poll_end, 0, 0);
-		c->last_poll_end = now;
+		np_seen(c, STAGE_NAPI_POLL);
+		if (c->cycle_timed) {
+			u64 now = bpf_ktime_get_ns();
+
+			np_record(STAGE_NAPI_POLL, now - c->last_poll_end, 0, 0);
+			c->last_poll_end = now;
+		}
 	}
 	v = &c->ctr.napi;
 #endif
@@ -715,7 +791,7 @@ static __always_inline void np_set_cur(struct np_cpu_state *c, u64 key, struct n
 	__builtin_memcpy(c->cur.t, st->t, sizeof(c->cur.t));
 	c->cur.ifindex = st->ifindex;
 	c->cur.netns = st->netns;
-	c->cur.flags = CUR_TRACKED | flags;
+	c->cur.flags = CUR_TRACKED | CUR_TIMED | flags;	/* built unsampled: every skb is timed */
 }
 
 #if RX_TSTAMP
@@ -735,14 +811,13 @@ static __always_inline u64 np_skb_tstamp(void *skb)
 RAW_TRACEPOINT_PROBE(netif_receive_skb)
 {
 	void *skb = (void *)ctx->args[0];
-	u64 key = (u64)skb, now, ts;
+	u64 key = (u64)skb, now = 0, ts;
 	struct np_cpu_state *c = np_enter(H_NRS);
-	u32 ifindex = 0, netns = 0;
+	u32 ifindex = 0, netns = 0, timed;
 
 	if (!c)
 		return 0;
 	ts = np_skb_tstamp(skb);
-	now = NP_PKT_NOW();
 	if (ts)
 		ts += TAI_OFFSET_NS;
 	/*
@@ -756,13 +831,19 @@ RAW_TRACEPOINT_PROBE(netif_receive_skb)
 		c->cur.skb = 0;
 		return 0;
 	}
-	if (ts && now >= ts && now - ts < TSTAMP_MAX_NS) {
+	timed = np_pick(c);
+#ifdef USE_CORE
+	np_seen(c, STAGE_NETIF_RECEIVE_SKB);
+#endif
+	if (timed)
+		now = NP_PKT_NOW();
+	if (!ts || (timed && (now < ts || now - ts >= TSTAMP_MAX_NS))) {
+		ts = 0;
+		c->ctr.hits[H_UNSTAMPED] += 1;	/* no receive timestamp of this hop: not timed */
+	} else if (timed) {
 #ifdef USE_CORE
 		np_record(STAGE_NETIF_RECEIVE_SKB, now - ts, ifindex, netns);
 #endif
-	} else {
-		ts = 0;
-		c->ctr.hits[H_UNSTAMPED] += 1;	/* no receive timestamp of this hop: not timed */
 	}
 	c->cur.skb = key;
 	c->cur.t[CP_HANDOFF] = ts;
@@ -770,7 +851,7 @@ RAW_TRACEPOINT_PROBE(netif_receive_skb)
 	c->cur.t[CP_ENQ] = 0;
 	c->cur.ifindex = ifindex;
 	c->cur.netns = netns;
-	c->cur.flags = CUR_TRACKED;
+	c->cur.flags = CUR_TRACKED | (timed ? CUR_TIMED : 0);
 	return 0;
 }
 #else
@@ -978,7 +1059,7 @@ static __always_inline int np_cur_is(struct np_cpu_state *c, u64 key)
 	u64 ts;
 
 	if (!c->cur.t[CP_HANDOFF])
-		return 1;
+		return (c->cur.flags & CUR_TIMED) != 0;	/* untimed and unstamped: nothing to tell them apart */
 	ts = np_skb_tstamp((void *)key);
 	return ts && ts + TAI_OFFSET_NS == c->cur.t[CP_HANDOFF];
 #else
@@ -1025,15 +1106,18 @@ static __always_inline int np_on_data_ready(struct np_cpu_state *c, void *sk)
 #endif
 	if (family != NP_AF_INET && family != NP_AF_INET6)
 		return 0;	/* unix, netlink, ...: not the IP receive path */
-	now = NP_PKT_NOW();
+	/* a followed skb that is timed, or none: this enqueue is timed (the clock is read once) */
+	now = !c || (c->cur.flags & CUR_TIMED) || !(c->cur.flags & CUR_TRACKED) ? NP_PKT_NOW() : 0;
 #if RX_TSTAMP
 	/*
 	 * Nothing forgets a freed skb here (no kfree_skb/consume_skb hooks): a
 	 * followed skb that was dropped leaves this CPU's slot set. A datagram is
 	 * enqueued microseconds after netif_receive_skb, so an older slot is not
-	 * followed any more (its address may be another skb's by now).
+	 * followed any more (its address may be another skb's by now). An untimed
+	 * slot has no time: its receive timestamp alone tells (np_cur_is).
 	 */
-	if (c && (c->cur.flags & CUR_TRACKED) && !(c->cur.flags & CUR_ENQUEUED) && now - c->cur.t[CP_CORE] >= NESTED_NS)
+	if (c && (c->cur.flags & CUR_TIMED) && (c->cur.flags & CUR_TRACKED) && !(c->cur.flags & CUR_ENQUEUED) &&
+	    now - c->cur.t[CP_CORE] >= NESTED_NS)
 		c->cur.flags = 0;
 #endif
 	if (!skb || skb == (void *)((char *)sk + OFF_SK_RCVQ)) {
@@ -1072,9 +1156,10 @@ static __always_inline int np_on_data_ready(struct np_cpu_state *c, void *sk)
 		if (c->cur.flags & CUR_ENQUEUED)
 			return 0;	/* already stamped (spurious wakeup) */
 		c->cur.flags |= CUR_ENQUEUED;
-		c->cur.t[CP_ENQ] = now;
+		c->cur.t[CP_ENQ] = now ? now : NP_UNTIMED;
 #ifdef USE_STACK_TOTAL
-		if (c->cur.t[CP_CORE])
+		np_seen(c, STAGE_STACK_TOTAL);
+		if (now && c->cur.t[CP_CORE])
 			np_record(STAGE_STACK_TOTAL, now - c->cur.t[CP_CORE], c->cur.ifindex, c->cur.netns);
 #endif
 #if UDP_BY_RING
@@ -1108,6 +1193,8 @@ static __always_inline int np_on_data_ready(struct np_cpu_state *c, void *sk)
 		return 0;
 	}
 #endif
+	if (!now)	/* not the skb this CPU follows: sampled on its own */
+		now = np_pick(c) ? NP_PKT_NOW() : NP_UNTIMED;
 	st = skbs.lookup(&key);
 	if (st) {
 		if (st->t[CP_ENQ])
@@ -1115,7 +1202,7 @@ static __always_inline int np_on_data_ready(struct np_cpu_state *c, void *sk)
 		st->t[CP_ENQ] = now;
 		st->udp = udp;
 #ifdef USE_STACK_TOTAL
-		if (st->t[CP_CORE]) {
+		if (st->t[CP_CORE] && now != NP_UNTIMED) {
 			st->done |= 1 << STAGE_STACK_TOTAL;
 			np_record(STAGE_STACK_TOTAL, now - st->t[CP_CORE], st->ifindex, st->netns);
 		}
@@ -1260,8 +1347,13 @@ static __always_inline void np_record_owner(struct np_cpu_state *c, u64 delta)
 static __always_inline void np_read(void *ctx, struct np_cpu_state *c, void *skb, u64 *t, u32 ifindex,
 				    u32 netns)
 {
-	u64 now = NP_PKT_NOW(), queued = now - t[CP_ENQ];
+	u64 now, queued;
 
+	np_seen(c, STAGE_SOCKET_QUEUE);
+	if (t[CP_ENQ] == NP_UNTIMED)
+		return;	/* counted, not sampled */
+	now = NP_PKT_NOW();
+	queued = now - t[CP_ENQ];
 	np_record(STAGE_SOCKET_QUEUE, queued, ifindex, netns);
 #if BY_OWNER
 	np_record_owner(c, queued);

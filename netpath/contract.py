@@ -186,9 +186,15 @@ HIST_KEY = Layout("np_hist_key", (_f("stage", "u16"), _f("slot", "u16"), _f("ifi
                                   _f("netns", "u32"), _f("cpu", "u32")))
 NAPI_KEY = Layout("np_napi_key", (_f("ifindex", "u32"), _f("netns", "u32"), _f("cpu", "u32")))
 CPU_COUNTERS = Layout("np_cpu_counters", (_f("hits", "u64", HITS), _f("napi", NAPI_VAL), _f("napi_key", NAPI_KEY),
-                                          _f("pad", "u32")),
-                      "what netpath reads of np_cpu_state: hook hits, and NAPI counters (without a device "
-                      "breakdown: this CPU's; with NAPI_BY_DEV: those of napi_key, the first device it polled)")
+                                          _f("pad", "u32"), _f("seen", "u64", len(STAGES))),
+                      "what netpath reads of np_cpu_state: hook hits, NAPI counters (without a device "
+                      "breakdown: this CPU's; with NAPI_BY_DEV: those of napi_key, the first device it polled), "
+                      "and each stage's exact count when its timing is sampled (SAMPLE_SHIFT)")
+# where CPU_COUNTERS.unpack() puts each part
+CTR_NAPI = HITS  # 5 np_napi_val numbers
+CTR_NAPI_KEY = HITS + 5  # 3 np_napi_key numbers
+CTR_SEEN = HITS + 9  # one per stage, path order
+SAMPLE_MAX = 1024  # --sample N: N a power of two up to this
 STAGE_HIST = Layout("np_stage_hist", (_f("slots", "u64", NSLOTS),))
 SLOW_EVENT = Layout("np_slow_event", (
     _f("ts_ns", "u64"), _f("stage_ns", "u64", len(SLOW_STAGES)), _f("cpu", "u32"), _f("pid", "u32"),

@@ -62,6 +62,7 @@ class Start:
     slower_ns: int = 0
     fail_on_latency: tuple[dict[str, object], ...] = ()
     handoff: str | None = None  # trace: where the hand-off time comes from ("skb_tstamp" or "hooks")
+    sample_every: int = 1  # trace: 1 in how many NET_RX runs and packets is timed
 
 
 @dataclass(frozen=True)
@@ -222,6 +223,13 @@ class StageRow:
     napi: Napi | None = None
     napi_parts: tuple[tuple[Where, Napi], ...] = ()
     owners: tuple[tuple[Owner, Latency], ...] = ()  # socket_queue per reading process (--per-socket)
+    seen: int | None = None  # sampled timing: every packet (or run) of the stage; latency.count is the timed ones
+    sample_every: int = 1  # 1 in how many is timed
+
+    @property
+    def count(self) -> int:
+        """Exact: every packet (or run) the stage saw, timed or not."""
+        return self.latency.count if self.seen is None else self.seen
 
 
 @dataclass(frozen=True)

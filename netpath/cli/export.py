@@ -23,6 +23,9 @@ from netpath.cli.options import (
     filter_options,
     resolve_filters,
 )
+from netpath.cli.options import (
+    parse_stages as parse_stage_list,
+)
 from netpath.cli.preflight import load_facts, require_capability
 from netpath.collect import drops as drops_mod
 from netpath.collect import trace as trace_mod
@@ -30,7 +33,6 @@ from netpath.collect.export import ExportCollector
 from netpath.collect.session import SignalStop
 from netpath.errors import EXIT_OK, BadInput, MissingCapability
 from netpath.plan import make_plan
-from netpath.stages import STAGE_IDS
 
 DEFAULT_PORT = 9872
 DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_PORT}"
@@ -89,15 +91,7 @@ def parse_listen(value: str) -> tuple[str, int]:
 
 
 def parse_stages(value: str) -> tuple[str, ...]:
-    if value.strip().lower() == "none":
-        return ()
-    names = tuple(part.strip() for part in value.split(",") if part.strip())
-    if not names:
-        raise BadInput("empty --stages: give stage names, or 'none' for drops only")
-    for name in names:
-        if name not in STAGE_IDS:
-            raise BadInput(f"bad --stages value {name!r}: choose from {', '.join(STAGE_IDS)}, or 'none'")
-    return names
+    return parse_stage_list(value, none_means="drops only")
 
 
 class _QuietHandler(WSGIRequestHandler):

@@ -131,6 +131,32 @@ class Filters:
     host: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
 
 
+def parse_stages(value: str, option: str = "--stages", none_means: str = "") -> tuple[str, ...]:
+    """A comma-separated list of stage ids; 'all' for every stage; 'none' (when none_means says what that is)."""
+    from netpath.stages import STAGE_IDS
+
+    word = value.strip().lower()
+    if word == "all":
+        return STAGE_IDS
+    if word == "none" and none_means:
+        return ()
+    extra = ", 'all'" + (f", or 'none' for {none_means}" if none_means else "")
+    names = tuple(part.strip() for part in value.split(",") if part.strip())
+    if not names:
+        raise BadInput(f"empty {option}: give stage names{extra}")
+    for name in names:
+        if name not in STAGE_IDS:
+            raise BadInput(f"bad {option} value {name!r}: choose from {', '.join(STAGE_IDS)}{extra}")
+    return tuple(s for s in STAGE_IDS if s in names)  # path order, each once
+
+
+def parse_sample(value: int, limit: int) -> int:
+    """--sample N: 1 (time every one) or a power of two up to `limit`."""
+    if value < 1 or value > limit or value & (value - 1):
+        raise BadInput(f"bad --sample {value}: use 1 (time every packet) or a power of two up to {limit}")
+    return value
+
+
 def parse_host(value: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     if value is None:
         return None

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from netpath import bpf
+from netpath import bpf, contract
 from netpath.cli.console import Terminal
-from netpath.cli.options import common_options, resolve_filters
+from netpath.cli.options import bounded_int, common_options, parse_sample, parse_stages, resolve_filters
 from netpath.cli.preflight import load_facts, require_capability
 from netpath.cli.sinks import JsonSink, TraceView
 from netpath.collect import trace as trace_mod
@@ -15,6 +15,10 @@ from netpath.errors import BadInput
 from netpath.plan import make_plan
 from netpath.stages import STAGE_IDS, UNFILTERED
 from netpath.thresholds import parse_duration, parse_fail_on_latency
+
+# 1 in 16: an untimed hook only counts, and the clock read it skips is most of a hook's cost; at 10k
+# packets/s that still times 625 a second (make bench: the figures are in netpath-trace(8), OVERHEAD)
+DEFAULT_SAMPLE = 16
 
 HELP = f"""Show where received packets spend their time, stage by stage.
 
@@ -59,6 +63,14 @@ Examples:
 @click.option("--exact", is_flag=True,
               help="Time the hand-off with netpath's own hooks and a per-skb table (as on kernels before 6.1) "
                    "instead of the kernel's receive timestamp (skb->tstamp): two more hook runs per packet.")
+@click.option("--stages", "stages_spec", default="all", show_default=True, metavar="LIST",
+              callback=lambda _ctx, _param, v: (parse_stages(v), v)[1],  # checked while parsing
+              help="Only these stages (comma-separated, path order), or 'all'. Fewer stages, fewer hooks per "
+                   "packet.")
+@click.option("--sample", "sample_every", type=bounded_int(1, contract.SAMPLE_MAX), default=DEFAULT_SAMPLE,
+              show_default=True, metavar="N",
+              help="Time 1 in N NET_RX runs and packets (a power of two; 1 times every one). Counts stay "
+                   "exact. --per-iface, --per-cpu, --per-socket, --slower and --exact time every one.")
 @click.option("--slower", "slower", metavar="DURATION",  # checked while parsing: "" is bad input, not "off"
               callback=lambda _ctx, _param, v: None if v is None else (parse_duration(v, "--slower duration"), v)[1],
               help="Also stream each packet whose stack_total or socket_queue exceeds DURATION (e.g. 5ms).")
@@ -66,21 +78,26 @@ Examples:
 def trace(ctx: click.Context, ifaces: tuple[str, ...], netns_spec: str | None, proto: str | None,
           port: int | None, host: str | None, interval: float, duration: float | None, count: int | None,
           json_mode: bool, ebpf: bool, per_iface: bool, per_cpu: bool, per_socket: bool, hist_stage: str | None,
-          fail_specs: tuple[str, ...], exact: bool, slower: str | None) -> None:
+          fail_specs: tuple[str, ...], exact: bool, stages_spec: str, sample_every: int, slower: str | None) -> None:
     thresholds = [parse_fail_on_latency(s) for s in fail_specs]
+    stages = parse_stages(stages_spec)
+    parse_sample(sample_every, contract.SAMPLE_MAX)
+    for t in thresholds:
+        if t.stage not in stages:
+            raise BadInput(f"bad --fail-on-latency {t.spec!r}: stage {t.stage} is not in --stages {stages_spec}")
     slower_ns = parse_duration(slower, "--slower duration") if slower else 0
     filters = resolve_filters(ifaces, netns_spec, proto, port, host)
     if not ebpf:
         require_capability()
     facts = load_facts()
-    plan = make_plan(facts, exact=exact)
+    plan = make_plan(facts, only=None if stages == STAGE_IDS else stages, exact=exact)
     for t in thresholds:
         choice = plan.choice(t.stage)
         if not choice.available:
             raise BadInput(f"bad --fail-on-latency {t.spec!r}: stage {t.stage} cannot attach here ({choice.reason})")
     query = trace_mod.TraceQuery(filters.netns, filters.iface_keys, filters.proto, filters.port, filters.host,
                                  per_iface, per_cpu, slower_ns, per_socket=per_socket,
-                                 tai_offset_ns=trace_mod.tai_offset_ns())
+                                 tai_offset_ns=trace_mod.tai_offset_ns(), sample_every=sample_every)
     source = trace_mod.program_source(query, plan, bpf.struct_offsets(facts))
     if ebpf:
         click.echo(bpf.dump_source(source, facts))

@@ -25,7 +25,7 @@ from netpath.kernel.facts import KernelFacts
 from netpath.links import IfaceNames
 from netpath.model import Attached, Filters, Napi, SlowPacket, Start, TraceHealth, TraceSnapshot, Unavailable
 from netpath.plan import AttachPlan
-from netpath.stages import PER_PACKET, STAGE_IDS, STAGES, UNFILTERED
+from netpath.stages import PER_PACKET, STAGES, UNFILTERED
 
 Names = Callable[[int, int], str | None]
 K = TypeVar("K")
@@ -52,6 +52,15 @@ class TraceQuery:
     napi_by_dev: bool = False  # NAPI counters per device without a per-interface histogram (export)
     per_socket: bool = False  # socket_queue per reading process and cgroup
     tai_offset_ns: int = 0  # CLOCK_TAI - CLOCK_REALTIME, whole seconds (tai_offset_ns()): skb->tstamp is REALTIME
+    sample_every: int = 1  # --sample N: time one NET_RX cycle and one packet in N (a power of two)
+
+    def breakdown(self) -> bool:
+        """Rows split by interface, CPU or reader, or slow packets streamed: every packet is timed."""
+        return self.per_iface or self.per_cpu or self.per_socket or self.napi_by_dev or bool(self.slower_ns)
+
+    def sampled_every(self, plan: AttachPlan) -> int:
+        """1 in how many is timed: sampling needs the receive-timestamp build and no breakdown."""
+        return self.sample_every if plan.rx_tstamp and not self.breakdown() else 1
 
 
 # neighbouring fields bpf/trace.c fetches with one probe read, beyond the shared ones
@@ -88,6 +97,7 @@ def program_source(query: TraceQuery, plan: AttachPlan, offsets: dict[str, int])
     defines["SLOWER_NS"] = int(query.slower_ns)
     defines["RX_TSTAMP"] = int(plan.rx_tstamp)
     defines["TAI_OFFSET_NS"] = int(query.tai_offset_ns)
+    defines["SAMPLE_SHIFT"] = query.sampled_every(plan).bit_length() - 1
     defines.update(filter_defines(query.netns, query.iface_keys, query.proto, query.port, query.host))
     return bpf.ProgramSource(["where.c", "trace.c"], defines)
 
@@ -203,14 +213,15 @@ class TraceReader:
                 rows.setdefault((ifindex, ns_inode, cpu), []).extend(contract.NAPI_VAL.unpack(v) for v in values)
             # each CPU's first device keeps its counters in the CPU's own state (bpf/trace.c, napi_poll)
             for value in per_cpu:
-                counters, (ifindex, ns_inode, cpu) = value[nhits:nhits + 5], value[nhits + 5:nhits + 8]
+                counters = value[contract.CTR_NAPI:contract.CTR_NAPI + 5]
+                ifindex, ns_inode, cpu = value[contract.CTR_NAPI_KEY:contract.CTR_NAPI_KEY + 3]
                 if counters[0] and (ifindex, ns_inode) not in self.forgotten:
                     rows.setdefault((ifindex, ns_inode, cpu), []).append(counters)
             napi = {key: _napi_sum(values) for key, values in rows.items()}
         else:
             by_cpu: dict[NapiKey, list[tuple]] = {}
             for cpu, value in enumerate(per_cpu):
-                counters = value[nhits:]
+                counters = value[contract.CTR_NAPI:contract.CTR_NAPI + 5]
                 if counters[0]:  # polls
                     by_cpu.setdefault((0, 0, cpu if self.query.per_cpu else 0), []).append(counters)
             napi = {key: _napi_sum(values) for key, values in by_cpu.items()}
@@ -219,7 +230,8 @@ class TraceReader:
         hits = {name: counts[i] for i, name in enumerate(contract.HOOK_NAMES)
                 if name.removesuffix(":return") in self.wanted}
         stats = dict(zip(contract.STAT_NAMES, counts[nhooks:], strict=True))
-        reading = Reading(slots, maxima, napi, hits, stats)
+        seen = {stage: sum(v[contract.CTR_SEEN + stage] for v in per_cpu) for stage in range(len(STAGES))}
+        reading = Reading(slots, maxima, napi, hits, stats, seen=seen)
         if self.query.per_socket:
             reading.owner_slots, reading.owner_maxima = self._read_owners(prog)
         return reading
@@ -355,7 +367,9 @@ class TraceSession(ProgramSession):
             "trace", self.facts.release, bpf.headers_mode(self.facts), tuple(attached), tuple(self._unavailable),
             Filters(q.netns.inode if q.netns else None, (), tuple(q.iface_keys), q.proto, q.port,
                     str(q.host) if q.host else None),
-            stages=STAGE_IDS, unfiltered_stages=UNFILTERED, per_iface=q.per_iface, per_cpu=q.per_cpu,
+            stages=tuple(c.stage.id for c in self.plan.choices),
+            unfiltered_stages=tuple(s for s in UNFILTERED if any(c.stage.id == s for c in self.plan.choices)),
+            per_iface=q.per_iface, per_cpu=q.per_cpu, sample_every=q.sampled_every(self.plan),
             slower_ns=q.slower_ns, fail_on_latency=self.fail_on_latency,
             handoff=self.plan.handoff if any(c.stage.kind == "per_packet" for c in self.plan.available) else None,
         )
@@ -372,7 +386,7 @@ class TraceSession(ProgramSession):
         self._softnet_last = now
         lost, self._last_lost = self._slow_lost - self._last_lost, self._slow_lost
         span, self._last_ns = elapsed_ns - self._last_ns, elapsed_ns
-        return self._snapshot(dists, napi, hits, stats, lost, softnet, elapsed_ns, span, owners)
+        return self._snapshot(dists, napi, hits, stats, lost, softnet, elapsed_ns, span, owners, self._acc.seen_step)
 
     def summary(self, elapsed_ns: int) -> TraceSnapshot:
         assert self.prog is not None
@@ -380,14 +394,15 @@ class TraceSession(ProgramSession):
         dists, napi, hits, stats = self._acc.totals()
         softnet = {k: v - self._softnet_base.get(k, 0) for k, v in softnet_totals().items()}
         return self._snapshot(dists, napi, hits, stats, self._slow_lost, softnet, elapsed_ns, 0,
-                              self._acc.owner_totals())
+                              self._acc.owner_totals(), self._acc.seen_totals())
 
     def _snapshot(self, dists: dict[HistKey, trace_stats.Dist], napi: dict[NapiKey, Napi],
                   hits: dict[str, int], stats: dict[str, int], lost: int, softnet: dict[str, int], elapsed_ns: int,
-                  span_ns: int, owners: dict[OwnerKey, trace_stats.Dist] | None = None) -> TraceSnapshot:
+                  span_ns: int, owners: dict[OwnerKey, trace_stats.Dist] | None = None,
+                  seen: dict[int, int] | None = None) -> TraceSnapshot:
         q = self.query
         rows = trace_stats.stage_rows(self.plan, dists, napi, q.per_iface or q.per_cpu, self._names,
-                                      q.per_iface or q.per_cpu or q.napi_by_dev)
+                                      q.per_iface or q.per_cpu or q.napi_by_dev, q.sampled_every(self.plan), seen)
         if self._owners is not None and owners:
             owner_rows = tuple((self._owners.of_reader(tgid, cgroup), dist.latency())
                                for (cgroup, tgid), dist in sorted(owners.items(), key=lambda kv: -kv[1].sum_ns))
@@ -411,7 +426,8 @@ class TraceSession(ProgramSession):
         self.prog.delete("napi_stats", gone)
         # a CPU's own NAPI counters cannot be cleared under the program: a gone device's are left out
         for value in self.prog.percpu_value("cpustate", 0):
-            ifindex, ns_inode, _cpu = contract.CPU_COUNTERS.unpack(value)[contract.HITS + 5:contract.HITS + 8]
+            key_at = contract.CTR_NAPI_KEY
+            ifindex, ns_inode, _cpu = contract.CPU_COUNTERS.unpack(value)[key_at:key_at + 3]
             if ifindex and (ns_inode, ifindex) not in live and (ifindex, ns_inode) not in self._reader.forgotten:
                 self._reader.forgotten.add((ifindex, ns_inode))
                 gone.append(b"")

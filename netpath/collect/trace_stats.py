@@ -14,6 +14,9 @@ HistKey = tuple[int, int, int, int]  # stage index, ifindex, netns, cpu
 NapiKey = tuple[int, int, int]  # ifindex, netns, cpu
 OwnerKey = tuple[int, int]  # cgroup id, reader tgid
 Names = Callable[[int, int], str | None]
+# the stages bpf/trace.c times 1 in SAMPLE_SHIFT when built sampled (np_seen keeps their exact counts); the
+# others (hardirq, gro, kprobe checkpoints) are never sampled, so sampling happens only without them mattering
+SAMPLED_STAGES = ("softirq_wait", "net_rx_action", "napi_poll", "netif_receive_skb", "stack_total", "socket_queue")
 
 
 @dataclass
@@ -27,6 +30,7 @@ class Reading:
     stats: dict[str, int]
     owner_slots: dict[OwnerKey, dict[int, int]] = field(default_factory=dict)  # socket_queue per reader
     owner_maxima: dict[OwnerKey, int] = field(default_factory=dict)
+    seen: dict[int, int] = field(default_factory=dict)  # stage index -> exact count (sampled builds)
 
 
 @dataclass
@@ -97,6 +101,8 @@ class Accumulator:
         self.prev_stats: dict[str, int] = {}
         self.last: Reading | None = None
         self.owner_step: dict[OwnerKey, Dist] = {}  # the last step's socket_queue per reader
+        self.prev_seen: dict[int, int] = {}
+        self.seen_step: dict[int, int] = {}  # the last step's exact count per stage (sampled builds)
 
     def step(self, reading: Reading) -> Step:
         dists = self.stages.step(reading.slots, reading.maxima)
@@ -106,11 +112,16 @@ class Accumulator:
         stats = {k: v - self.prev_stats.get(k, 0) for k, v in reading.stats.items()}
         self.prev_napi = {k: dict(v) for k, v in reading.napi.items()}
         self.prev_hits, self.prev_stats = dict(reading.hits), dict(reading.stats)
+        self.seen_step = {k: v - self.prev_seen.get(k, 0) for k, v in reading.seen.items()}
+        self.prev_seen = dict(reading.seen)
         self.last = reading
         return dists, {k: v for k, v in napi.items() if v.polls}, hits, stats
 
     def owner_totals(self) -> dict[OwnerKey, Dist]:
         return self.owners.totals()
+
+    def seen_totals(self) -> dict[int, int]:
+        return dict(self.prev_seen)
 
     def totals(self) -> Step:
         if self.last is None:
@@ -130,10 +141,12 @@ def _where(ifindex: int, ns_inode: int, cpu: int, names: Names) -> Where:
 
 
 def stage_rows(plan: AttachPlan, dists: dict[HistKey, Dist], napi: dict[NapiKey, Napi], keep_parts: bool,
-               names: Names, keep_napi_parts: bool | None = None) -> list[StageRow]:
+               names: Names, keep_napi_parts: bool | None = None, sample_every: int = 1,
+               seen: dict[int, int] | None = None) -> list[StageRow]:
     """One row per available stage, path order; breakdown parts with --per-iface/--per-cpu.
 
-    keep_napi_parts (default: keep_parts) keeps NAPI counters per device on their own.
+    keep_napi_parts (default: keep_parts) keeps NAPI counters per device on their own. With sample_every > 1,
+    the stages bpf/trace.c samples (SAMPLED_STAGES) take their exact count from `seen`.
     """
     keep_napi = keep_parts if keep_napi_parts is None else keep_napi_parts
     out: list[StageRow] = []
@@ -155,9 +168,11 @@ def stage_rows(plan: AttachPlan, dists: dict[HistKey, Dist], napi: dict[NapiKey,
                 napi_total = napi_sum(napi_total, stat)
                 if keep_napi:
                     napi_parts[key] = napi_sum(napi_parts.get(key, Napi()), stat)
+        sampled = sample_every > 1 and choice.stage.id in SAMPLED_STAGES
         out.append(StageRow(
             choice.stage.id, "+".join(choice.hooks), choice.method, total.latency(),
             tuple((_where(*k, names), d.latency()) for k, d in sorted(parts.items())), napi_total,
             tuple((_where(*k, names), n) for k, n in sorted(napi_parts.items())),
+            seen=(seen or {}).get(index, 0) if sampled else None, sample_every=sample_every if sampled else 1,
         ))
     return out

@@ -136,7 +136,8 @@ def _where(where: Where, per_iface: bool, per_cpu: bool, with_netns: bool) -> Re
 
 
 def stage_row(row: StageRow, per_iface: bool, per_cpu: bool) -> Record:
-    out: Record = {"stage": row.stage, "hook": row.hook, "method": row.method, **latency(row.latency)}
+    out: Record = {"stage": row.stage, "hook": row.hook, "method": row.method, **latency(row.latency),
+                   "count": row.count, "timed": row.latency.count, "sample_every": row.sample_every}
     if row.parts:
         out["breakdown"] = [{**_where(w, per_iface, per_cpu, True), **latency(lat)} for w, lat in row.parts]
     if row.owners:
@@ -226,4 +227,4 @@ def start(info: Start) -> Record:
                            "port": f.port, "host": f.host, "unfiltered_stages": list(info.unfiltered_stages)},
                   per_iface=info.per_iface, per_cpu=info.per_cpu, slower_ns=info.slower_ns or None,
                   fail_on_latency=list(info.fail_on_latency),
-                  **({"handoff": info.handoff} if info.handoff else {}))
+                  **({"handoff": info.handoff} if info.handoff else {}), sample_every=info.sample_every)

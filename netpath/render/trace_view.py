@@ -64,10 +64,12 @@ def _owner_label(who: Owner) -> str:
     return f"  {who.comm or '?'}[{who.pid}]" if who.pid else "  ?"
 
 
-def _cells(lat: Latency, ascii_only: bool) -> list[str]:
+def _cells(lat: Latency, ascii_only: bool, count: int | None = None) -> list[str]:
+    """count: the stage's exact count when its timing is sampled (lat then holds the timed ones)."""
+    shown = lat.count if count is None else count
     if lat.count == 0:
-        return ["0", "-", "-", "-", "-", ""]
-    return [f"{lat.count:,}", fmt_ns(lat.p50_ns), fmt_ns(lat.p90_ns), fmt_ns(lat.p99_ns), fmt_ns(lat.max_ns),
+        return [f"{shown:,}", "-", "-", "-", "-", ""]
+    return [f"{shown:,}", fmt_ns(lat.p50_ns), fmt_ns(lat.p90_ns), fmt_ns(lat.p99_ns), fmt_ns(lat.max_ns),
             spark(lat, ascii_only)]
 
 
@@ -84,6 +86,17 @@ def napi_line(snap: TraceSnapshot) -> str | None:
     if squeeze is not None:
         parts.append(f"softnet: time_squeeze {squeeze:,}, dropped {snap.softnet.get('dropped', 0):,}")
     return "\n".join(textwrap.fill(p, 80, subsequent_indent="  ") for p in parts) if parts else None
+
+
+def sample_line(snap: TraceSnapshot) -> str | None:
+    """Sampled timing, said every time: percentiles come from 1 in N, COUNT is every one."""
+    rows = [r for r in snap.stages if r.sample_every > 1]
+    if not rows:
+        return None
+    timed = sum(r.latency.count for r in rows)
+    seen = sum(r.count for r in rows)
+    return textwrap.fill(f"timed 1 in {rows[0].sample_every} ({timed:,} of {seen:,}); COUNT is exact; "
+                         "--sample 1 times every one", 80, subsequent_indent="  ")
 
 
 def unavailable_lines(unavailable: tuple[Unavailable, ...]) -> list[str]:
@@ -113,7 +126,7 @@ TRACE_COLUMNS = [
 def trace_table(snap: TraceSnapshot, title: str, hist_stage: str | None, width: int = 80) -> RenderableType:
     cells: list[list[str | Text]] = []
     for row in snap.stages:
-        cells.append([row.stage, _label(row), *_cells(row.latency, False)])
+        cells.append([row.stage, _label(row), *_cells(row.latency, False, row.count)])
         for where, lat in row.parts:
             cells.append([_part_label(where, snap.per_iface, snap.per_cpu), "", *_cells(lat, False)])
         for who, lat in row.owners:
@@ -122,6 +135,9 @@ def trace_table(snap: TraceSnapshot, title: str, hist_stage: str | None, width: 
         cells.append([Text(item.stage or item.hook, style="dim"), Text("-", style="dim"), "", "", "", "", "", ""])
     table = fitted_table(title, TRACE_COLUMNS, cells, width)
     extra: list[RenderableType] = [table]
+    sampled = sample_line(snap)
+    if sampled:
+        extra.append(Text(sampled, style="dim"))
     line = napi_line(snap)
     if line:
         extra.append(Text(line))
@@ -152,16 +168,19 @@ def health_lines(snap: TraceSnapshot) -> list[str]:
 def plain_lines(snap: TraceSnapshot, title: str, hist_stage: str | None) -> list[str]:
     lines = [title, f"{'STAGE':<18}{'VIA':<7}{'COUNT':>9}{'P50':>8}{'P90':>8}{'P99':>8}{'MAX':>8}  HIST"]
 
-    def add(label: str, via: str, lat: Latency) -> None:
-        c = _cells(lat, True)
+    def add(label: str, via: str, lat: Latency, count: int | None = None) -> None:
+        c = _cells(lat, True, count)
         lines.append(f"{label:<18}{via:<7}{c[0]:>9}{c[1]:>8}{c[2]:>8}{c[3]:>8}{c[4]:>8}  {c[5]}".rstrip())
 
     for row in snap.stages:
-        add(row.stage, _label(row), row.latency)
+        add(row.stage, _label(row), row.latency, row.count)
         for where, lat in row.parts:
             add(_part_label(where, snap.per_iface, snap.per_cpu), "", lat)
         for who, lat in row.owners:
             add(_owner_label(who), "", lat)
+    sampled = sample_line(snap)
+    if sampled:
+        lines.append(sampled)
     line = napi_line(snap)
     if line:
         lines.extend(line.splitlines())

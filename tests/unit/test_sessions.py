@@ -21,9 +21,12 @@ from netpath.kernel.tracefs import parse_format
 from netpath.links import IfaceNames
 from netpath.model import DropSample, SlowPacket
 from netpath.plan import make_plan
+from netpath.render import records
+from netpath.stages import STAGE_IDS
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 SOURCE = bpf.ProgramSource(["where.c"], {})
+OFFSETS = {name: 8 for name in trace_mod.NEEDED}
 NAMES = {(1, 1): "lo", (77, 4): "veth1"}
 
 
@@ -229,21 +232,24 @@ def stage_hist(samples: list[int]) -> bytes:
     return contract.STAGE_HIST.fmt.pack(*slots)
 
 
-def cpu_counters(hits: dict[str, int], polls: int = 0, work: int = 0, exhausted: int = 0) -> bytes:
+def cpu_counters(hits: dict[str, int], polls: int = 0, work: int = 0, exhausted: int = 0,
+                 seen: dict[str, int] | None = None) -> bytes:
     names = (*contract.HOOK_NAMES, *contract.STAT_NAMES)
     values = [hits.get(n, 0) for n in names]
-    return contract.CPU_COUNTERS.fmt.pack(*values, polls, work, exhausted, 64, work, 0, 0, 0, 0)
+    exact = [(seen or {}).get(stage, 0) for stage in STAGE_IDS]
+    return contract.CPU_COUNTERS.fmt.pack(*values, polls, work, exhausted, 64, work, 0, 0, 0, 0, *exact)
 
 
-def play_trace(prog: FakeProgram, sq: list[int], hits: dict[str, int], polls: int, max_ns: int | None = None) -> None:
+def play_trace(prog: FakeProgram, sq: list[int], hits: dict[str, int], polls: int, max_ns: int | None = None,
+               seen: dict[str, int] | None = None) -> None:
     """Cumulative socket_queue samples; the maximum is this interval's, as the kernel keeps it."""
     empty = stage_hist([])
-    sq_index = trace_mod.STAGE_IDS.index("socket_queue")
+    sq_index = STAGE_IDS.index("socket_queue")
     for stage in range(len(trace_mod.STAGES)):
         prog.set_array("stage_hist", stage, [stage_hist(sq) if stage == sq_index else empty, empty])
         top = max(sq, default=0) if max_ns is None else max_ns
         prog.set_array_u64("stage_max", stage, [top if stage == sq_index else 0, 0])
-    prog.set_array("cpustate", 0, [cpu_counters(hits, polls, 2 * polls, 1), cpu_counters({}, 0)])
+    prog.set_array("cpustate", 0, [cpu_counters(hits, polls, 2 * polls, 1, seen), cpu_counters({}, 0)])
 
 
 def test_trace_session_decodes_histograms_hits_and_napi():
@@ -278,6 +284,42 @@ def test_trace_session_decodes_histograms_hits_and_napi():
     assert summary.softnet == {"time_squeeze": 4, "dropped": 1}
 
 
+def test_sampled_timing_counts_every_packet_and_says_how_many_were_timed():
+    prog = FakeProgram()
+    plan = make_plan(trace_facts("6.18"))
+    assert plan.rx_tstamp
+    session = trace_mod.TraceSession(trace_mod.TraceQuery(sample_every=16), plan, trace_facts("6.18"), SOURCE,
+                                     loader=loader(prog))
+    play_trace(prog, [], {}, 0)
+    assert session.start().sample_every == 16
+    play_trace(prog, [20_000_000] * 3, {}, 48, seen={"socket_queue": 50, "napi_poll": 48})
+    snap = session.interval(10**9)
+    sq = snap.stage("socket_queue")
+    assert sq is not None and (sq.count, sq.latency.count, sq.sample_every) == (50, 3, 16)
+    napi = snap.stage("napi_poll")
+    assert napi is not None and napi.count == 48 and napi.napi is not None and napi.napi.polls == 48
+    gro = snap.stage("gro")  # never sampled: its count is its histogram's
+    assert gro is not None and gro.sample_every == 1 and gro.seen is None
+    play_trace(prog, [20_000_000] * 4, {}, 60, seen={"socket_queue": 70, "napi_poll": 60})
+    step = session.interval(2 * 10**9).stage("socket_queue")
+    assert step is not None and (step.count, step.latency.count) == (20, 1)
+    total = session.summary(2 * 10**9).stage("socket_queue")
+    assert total is not None and (total.count, total.latency.count) == (70, 4)
+    record = records.stage_row(total, False, False)
+    assert (record["count"], record["timed"], record["sample_every"]) == (70, 4, 16)
+
+
+def test_breakdowns_and_old_kernels_time_every_packet():
+    plan = make_plan(trace_facts("6.18"))
+    for query in (trace_mod.TraceQuery(sample_every=16, per_iface=True), trace_mod.TraceQuery(sample_every=16,
+                  per_socket=True), trace_mod.TraceQuery(sample_every=16, slower_ns=5)):
+        assert query.sampled_every(plan) == 1
+        assert trace_mod.program_source(query, plan, OFFSETS).defines["SAMPLE_SHIFT"] == 0
+    assert trace_mod.program_source(trace_mod.TraceQuery(sample_every=16), plan, OFFSETS).defines["SAMPLE_SHIFT"] == 4
+    old = make_plan(trace_facts("trace-6.1"))  # kprobe checkpoints: hand-off hooks, every skb timed
+    assert trace_mod.TraceQuery(sample_every=16).sampled_every(old) == 1
+
+
 def test_napi_by_device_adds_each_cpus_own_device_counters_to_the_hash_rows():
     prog = FakeProgram()
     plan = make_plan(trace_facts("6.18"), only=("napi_poll",))
@@ -288,7 +330,8 @@ def test_napi_by_device_adds_each_cpus_own_device_counters_to_the_hash_rows():
 
     def cpu(polls: int, ifindex: int) -> bytes:  # this CPU's first device keeps its counters in cpustate
         names = (*contract.HOOK_NAMES, *contract.STAT_NAMES)
-        return contract.CPU_COUNTERS.fmt.pack(*[0] * len(names), polls, 3 * polls, 0, 64, 3, ifindex, 77, 0, 0)
+        return contract.CPU_COUNTERS.fmt.pack(*[0] * len(names), polls, 3 * polls, 0, 64, 3, ifindex, 77, 0, 0,
+                                              *[0] * len(STAGE_IDS))
 
     prog.set_array("cpustate", 0, [cpu(10, 4), cpu(5, 4)])
     napi_row = contract.NAPI_VAL.fmt.pack(2, 6, 1, 64, 3)

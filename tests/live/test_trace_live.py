@@ -11,15 +11,17 @@ import time
 import pytest
 from netpath_testlib import NetpathRun, run_netpath, rx_packets, send_spaced, send_udp, start_receiver, veth_namespace
 
-# the default takes the hand-off time from skb->tstamp; --exact keeps netpath's own hand-off hooks
+# the default takes the hand-off time from skb->tstamp and times 1 in 16; --exact keeps netpath's own
+# hand-off hooks and times every packet; --sample 1 times every packet from skb->tstamp
 MODES = [pytest.param([], id="tstamp"), pytest.param(["--exact"], id="exact")]
+TIMED_MODES = [pytest.param(["--sample", "1"], id="tstamp"), pytest.param(["--exact"], id="exact")]
 
 
 def _stage(record: dict, stage: str) -> dict:
     return next(s for s in record["stages"] if s["stage"] == stage)
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", TIMED_MODES)
 @pytest.mark.parametrize("delay_ms", [20, 100])
 def test_socket_queue_measures_the_application_delay(delay_ms: int, mode: list[str]) -> None:
     n, port = 10, 40000 + delay_ms
@@ -40,6 +42,33 @@ def test_socket_queue_measures_the_application_delay(delay_ms: int, mode: list[s
     assert abs(sq["p50_ns"] - delay_ms * 1e6) <= 0.2 * delay_ms * 1e6, sq
     assert abs(sq["mean_ns"] - delay_ms * 1e6) <= 0.2 * delay_ms * 1e6, sq
     assert sq["method"] == "raw_tracepoint"
+    assert sq["timed"] == n and sq["sample_every"] == 1
+
+
+def test_sampled_timing_keeps_every_count_exact_and_times_about_one_in_sixteen() -> None:
+    n, port, delay_s = 160, 40031, 0.02
+    with veth_namespace("nptm") as pair:
+        run = NetpathRun(["trace", "--json", "--interval", "1", "--proto", "udp", "--port", str(port)])
+        start = run.wait_start()
+        receiver = start_receiver(pair, port, n, delay_s)
+        send_spaced(pair.ns_addr, port, n, delay_s + 0.03)
+        receiver.communicate(timeout=120)
+        time.sleep(1.2)
+        run.proc.send_signal(2)
+        rc, records, err = run.finish()
+    assert rc == 0, err
+    assert start["sample_every"] == 16
+    summary = run.summary()
+    missed = summary["health"]["missed_enqueue"]
+    nrs, st, sq = (_stage(summary, s) for s in ("netif_receive_skb", "stack_total", "socket_queue"))
+    assert nrs["count"] == n and nrs["sample_every"] == 16
+    assert st["count"] == sq["count"] == n - missed, (st, sq, summary["health"])
+    # 1 in 16 of 160, picked at random: 10 expected; none at all has odds of 3e-5
+    assert 1 <= sq["timed"] <= 40 and 1 <= nrs["timed"] <= 40, (sq, nrs)
+    assert sum(b["count"] for b in sq["buckets"]) == sq["timed"]
+    assert abs(sq["p50_ns"] - delay_s * 1e9) <= 0.2 * delay_s * 1e9, sq
+    intervals = [r for r in records if r["type"] == "interval"]
+    assert sum(_stage(r, "socket_queue")["count"] for r in intervals) == sq["count"]
 
 
 def _burst(pair, args: list[str], port: int, n: int, sig: int) -> tuple[NetpathRun, dict]:
@@ -61,9 +90,10 @@ def test_stage_counts_equal_datagrams_on_a_veth(mode: list[str]) -> None:
         run, start = _burst(pair, ["--port", str(port), "--per-iface", *mode], port, n, signal.SIGTERM)
         rc, records, err = run.finish()
     assert rc == 0, err
-    assert start["handoff"] == ("hooks" if mode else "skb_tstamp")
+    exact = "--exact" in mode
+    assert start["handoff"] == ("hooks" if exact else "skb_tstamp")
     hooked = {a["hook"] for a in start["attached"]}
-    assert ("net:netif_rx" in hooked) == bool(mode) and ("skb:consume_skb" in hooked) == bool(mode)
+    assert ("net:netif_rx" in hooked) == exact and ("skb:consume_skb" in hooked) == exact
     assert {u["stage"] for u in start["unavailable"]} <= {"ip_rcv", "ip_local_deliver", "tcp_v4_rcv", "udp_rcv"}
     summary = run.summary()
     assert summary["stop_reason"] == "SIGTERM"

@@ -1,16 +1,20 @@
-"""python -m bench [--rounds N] [--seconds S] | --storm [--storm-seconds S] | --soak [--soak-seconds S] |
---observer [--rounds N] | --render"""
+"""python -m bench [--rounds N] [--seconds S] [--stats-seconds S] | --storm [--storm-seconds S] |
+--soak [--soak-seconds S] | --observer [--rounds N] | --render [--out FILE]"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     ap.add_argument("--rounds", type=int, default=5, help="A/B rounds (default 5)")
     ap.add_argument("--seconds", type=float, default=5.0, help="seconds per workload run (default 5)")
+    ap.add_argument("--stats-seconds", type=float, default=None,
+                    help="seconds of each traced variant's bpf_stats-on pass (default $BENCH_STATS_SECONDS, "
+                    "else half of --seconds rounded up, at least 2); the pps pass runs with bpf_stats off")
     ap.add_argument("--storm", action="store_true", help="only the 30 s closed-port drop storm (issue 2)")
     ap.add_argument("--storm-seconds", type=float, default=30.0)
     ap.add_argument("--soak", action="store_true",
@@ -20,7 +24,8 @@ def main() -> int:
                     help="redo only the profiles and hook breakdown into an existing bench/results.json")
     ap.add_argument("--observer", action="store_true",
                     help="only what netpath trace adds to the NET_RX softirq it times (bpftrace as reference)")
-    ap.add_argument("--render", action="store_true", help="re-aggregate and print an existing bench/results.json")
+    ap.add_argument("--render", action="store_true",
+                    help="re-aggregate and print an existing bench/results.json (or the --out file)")
     ap.add_argument("--variants", default="", help="comma-separated variant names to run (default all; "
                     "untraced always runs)")
     ap.add_argument("--workloads", default="", help="comma-separated workloads (default all)")
@@ -42,13 +47,13 @@ def main() -> int:
     from bench import suite
 
     if args.render:
-        return suite.rerender()
+        return suite.rerender(Path(args.out) if args.out else suite.OUT)
     if args.profile:
         return suite.reprofile()
     return suite.main(max(1, args.rounds), max(1.0, args.seconds),
                       variants=[v for v in args.variants.split(",") if v],
                       only_workloads=[w for w in args.workloads.split(",") if w], profile=not args.no_profile,
-                      out=args.out)
+                      out=args.out, stats_seconds=args.stats_seconds)
 
 
 if __name__ == "__main__":

@@ -68,8 +68,13 @@ def truth(topo: Topology, w: Workload) -> int:
 
 
 def run(topo: Topology, w: Workload, seconds: float) -> dict[str, object]:
-    """Drive the workload for `seconds` from the sender namespace; rates from receiver counters."""
-    argv = ["sockperf", "tp", "-i", topo.rx_addr, "-p", str(w.port), "-m", "64", "-t", str(int(seconds))]
+    """Drive the workload for `seconds` from the sender namespace; rates from receiver counters.
+
+    sockperf's -t takes whole seconds, so `seconds` is rounded down (at least 1) and the rate and the
+    returned `seconds` use that figure.
+    """
+    secs = max(1, int(seconds))
+    argv = ["sockperf", "tp", "-i", topo.rx_addr, "-p", str(w.port), "-m", "64", "-t", str(secs)]
     if w.tcp:
         argv.insert(2, "--tcp")
     before = truth(topo, w)
@@ -77,7 +82,7 @@ def run(topo: Topology, w: Workload, seconds: float) -> dict[str, object]:
     proc = subprocess.Popen(topo.exec_argv(topo.tx, SENDER_CPU, *argv), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
-        out, _ = proc.communicate(timeout=seconds + 10)
+        out, _ = proc.communicate(timeout=secs + 10)
     except subprocess.TimeoutExpired:
         proc.kill()
         out, _ = proc.communicate()
@@ -89,5 +94,6 @@ def run(topo: Topology, w: Workload, seconds: float) -> dict[str, object]:
     count = after - before
     # sockperf's -t excludes its warm-up; its reported rate is the cleaner one when present and the
     # workload delivers every message (TCP); UDP rates come from what the receiver counted.
-    pps = sent_pps if (w.tcp and sent_pps) else count / seconds
-    return {"pps": round(pps), "sent_pps": sent_pps, "rx_count": count, "elapsed_s": round(elapsed, 3)}
+    pps = sent_pps if (w.tcp and sent_pps) else count / secs
+    return {"pps": round(pps), "sent_pps": sent_pps, "rx_count": count, "elapsed_s": round(elapsed, 3),
+            "seconds": secs}

@@ -3,6 +3,8 @@
 VENV ?= $(CURDIR)/.venv
 BENCH_ROUNDS ?= 5
 BENCH_SECONDS ?= 5
+# the bpf_stats-on pass of each traced variant (ns/run); empty: half of BENCH_SECONDS, at least 2
+BENCH_STATS_SECONDS ?=
 BENCH_STORM_SECONDS ?= 30
 BENCH_PY = $(VENV)/bin/python
 
@@ -19,7 +21,8 @@ bench-deps:
 	@test -x $(VENV)/bin/py-spy || $(VENV)/bin/pip install -q py-spy
 
 bench: bench-deps
-	cd $(CURDIR) && $(BENCH_PY) -m bench --rounds $(BENCH_ROUNDS) --seconds $(BENCH_SECONDS)
+	cd $(CURDIR) && $(BENCH_PY) -m bench --rounds $(BENCH_ROUNDS) --seconds $(BENCH_SECONDS) \
+		$(if $(strip $(BENCH_STATS_SECONDS)),--stats-seconds $(BENCH_STATS_SECONDS))
 
 bench-storm: bench-deps
 	cd $(CURDIR) && $(BENCH_PY) -m bench --storm --storm-seconds $(BENCH_STORM_SECONDS)

@@ -63,6 +63,7 @@ class Start:
     fail_on_latency: tuple[dict[str, object], ...] = ()
     handoff: str | None = None  # trace: where the hand-off time comes from ("skb_tstamp" or "hooks")
     sample_every: int = 1  # trace: 1 in how many NET_RX runs and packets is timed
+    not_selected: tuple[str, ...] = ()  # trace: stages --stages left out
 
 
 @dataclass(frozen=True)
@@ -257,6 +258,7 @@ class TraceSnapshot:
     interval_ns: int = 0
     per_iface: bool = False
     per_cpu: bool = False
+    not_selected: tuple[str, ...] = ()  # stages --stages left out
 
     def stage(self, stage_id: str) -> StageRow | None:
         return next((s for s in self.stages if s.stage == stage_id), None)

@@ -254,7 +254,7 @@ def tools() -> list[Tool]:
         ),
         Tool(
             "netpath trace",
-            lambda p: [*netpath, "trace", "--netns", p.b, "--json"],
+            lambda p: [*netpath, "trace", "--stages", "all", "--netns", p.b, "--json"],
             '"type":"start"',
             report_netpath_trace,
         ),

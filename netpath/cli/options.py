@@ -132,15 +132,18 @@ class Filters:
 
 
 def parse_stages(value: str, option: str = "--stages", none_means: str = "") -> tuple[str, ...]:
-    """A comma-separated list of stage ids; 'all' for every stage; 'none' (when none_means says what that is)."""
-    from netpath.stages import STAGE_IDS
+    """A comma-separated list of stage ids; 'all' for every stage, 'packet' for the per-packet ones; 'none'
+    (when none_means says what that is)."""
+    from netpath.stages import PACKET_STAGES, STAGE_IDS
 
     word = value.strip().lower()
     if word == "all":
         return STAGE_IDS
+    if word == "packet":
+        return PACKET_STAGES
     if word == "none" and none_means:
         return ()
-    extra = ", 'all'" + (f", or 'none' for {none_means}" if none_means else "")
+    extra = ", 'all', 'packet'" + (f", or 'none' for {none_means}" if none_means else "")
     names = tuple(part.strip() for part in value.split(",") if part.strip())
     if not names:
         raise BadInput(f"empty {option}: give stage names{extra}")

@@ -23,14 +23,22 @@ DEFAULT_SAMPLE = 16
 HELP = f"""Show where received packets spend their time, stage by stage.
 
 \b
-One row per receive-path stage in path order: hardirq, softirq_wait,
-net_rx_action, napi_poll, gro, netif_receive_skb, ip_rcv, ip_local_deliver,
-tcp_v4_rcv, udp_rcv, socket_queue, stack_total. Each row has the hook and
-attach method, the sample count and p50/p90/p99/max from an in-kernel
-histogram read every interval. Per-packet stages are deltas between two
-checkpoints of the same skb; per-invocation stages are run times. Stages this
-kernel cannot attach (no kprobes, say) are listed with the reason; the rest
-still run. 'netpath probes' shows the plan without loading anything.
+One row per receive-path stage in path order. By default the per-packet
+stages run: netif_receive_skb, ip_rcv, ip_local_deliver, tcp_v4_rcv, udp_rcv,
+socket_queue, stack_total (the ip_*/tcp/udp ones need kprobes). --stages all
+adds the per-invocation ones (hardirq, softirq_wait, net_rx_action,
+napi_poll, gro), which run a hook per IRQ, softirq or poll. Each row has the
+hook and attach method, the exact count and p50/p90/p99/max from an
+in-kernel histogram read every interval. Per-packet stages are deltas
+between two checkpoints of the same skb; per-invocation stages are run
+times. Stages this kernel cannot attach (no kprobes, say) are listed with
+the reason; the rest still run. 'netpath probes' shows the plan without
+loading anything.
+
+\b
+Timing is sampled: 1 in 16 packets and NET_RX runs is timed (--sample),
+chosen at random; every count stays exact, and the output says how many
+were timed. --sample 1, --exact and the breakdowns time every one.
 
 \b
 --iface/--netns/--proto/--port/--host narrow the per-packet stages and gro.
@@ -40,6 +48,7 @@ CPU-wide events with no packet (--per-iface still splits napi_poll by device).
 \b
 Examples:
   sudo netpath trace                               live table, Ctrl-C to stop
+  sudo netpath trace --stages all                  softirq and NAPI too
   sudo netpath trace --proto udp --port 5353 --hist socket_queue
   sudo netpath trace --per-iface --duration 30 --json
   sudo netpath trace --slower 5ms                  stream slow packets too
@@ -63,10 +72,11 @@ Examples:
 @click.option("--exact", is_flag=True,
               help="Time the hand-off with netpath's own hooks and a per-skb table (as on kernels before 6.1) "
                    "instead of the kernel's receive timestamp (skb->tstamp): two more hook runs per packet.")
-@click.option("--stages", "stages_spec", default="all", show_default=True, metavar="LIST",
+@click.option("--stages", "stages_spec", default="packet", show_default=True, metavar="LIST",
               callback=lambda _ctx, _param, v: (parse_stages(v), v)[1],  # checked while parsing
-              help="Only these stages (comma-separated, path order), or 'all'. Fewer stages, fewer hooks per "
-                   "packet.")
+              help="Stages to run (comma-separated): 'packet' (every per-packet stage), 'all' (adds hardirq, "
+                   "softirq_wait, net_rx_action, napi_poll, gro: a hook run per IRQ, softirq or poll each), "
+                   "or stage names.")
 @click.option("--sample", "sample_every", type=bounded_int(1, contract.SAMPLE_MAX), default=DEFAULT_SAMPLE,
               show_default=True, metavar="N",
               help="Time 1 in N NET_RX runs and packets (a power of two; 1 times every one). Counts stay "
@@ -90,7 +100,7 @@ def trace(ctx: click.Context, ifaces: tuple[str, ...], netns_spec: str | None, p
     if not ebpf:
         require_capability()
     facts = load_facts()
-    plan = make_plan(facts, only=None if stages == STAGE_IDS else stages, exact=exact)
+    plan = make_plan(facts, only=stages, exact=exact)
     for t in thresholds:
         choice = plan.choice(t.stage)
         if not choice.available:

@@ -25,7 +25,7 @@ from netpath.kernel.facts import KernelFacts
 from netpath.links import IfaceNames
 from netpath.model import Attached, Filters, Napi, SlowPacket, Start, TraceHealth, TraceSnapshot, Unavailable
 from netpath.plan import AttachPlan
-from netpath.stages import PER_PACKET, STAGES, UNFILTERED
+from netpath.stages import PER_PACKET, STAGE_IDS, STAGES, UNFILTERED
 
 Names = Callable[[int, int], str | None]
 K = TypeVar("K")
@@ -370,9 +370,14 @@ class TraceSession(ProgramSession):
             stages=tuple(c.stage.id for c in self.plan.choices),
             unfiltered_stages=tuple(s for s in UNFILTERED if any(c.stage.id == s for c in self.plan.choices)),
             per_iface=q.per_iface, per_cpu=q.per_cpu, sample_every=q.sampled_every(self.plan),
+            not_selected=self._not_selected(),
             slower_ns=q.slower_ns, fail_on_latency=self.fail_on_latency,
             handoff=self.plan.handoff if any(c.stage.kind == "per_packet" for c in self.plan.available) else None,
         )
+
+    def _not_selected(self) -> tuple[str, ...]:
+        chosen = {c.stage.id for c in self.plan.choices}
+        return tuple(s for s in STAGE_IDS if s not in chosen)
 
     def _stage_of(self, hook: str) -> str:
         return next((c.stage.id for c in self.plan.available if hook in c.hooks), hook)
@@ -412,7 +417,7 @@ class TraceSession(ProgramSession):
                              contract.RING_SLOTS, stats.get("unseen_enqueue", 0), stats.get("unseen_read", 0),
                              stats.get("unstamped", 0))
         return TraceSnapshot(tuple(rows), tuple(self._unavailable), softnet, health, elapsed_ns, span_ns,
-                             q.per_iface, q.per_cpu)
+                             q.per_iface, q.per_cpu, self._not_selected())
 
     def forget_gone_devices(self, live: set[tuple[int, int]]) -> int:
         """Deletes NAPI rows of devices not in `live` ((netns inode, ifindex)), so their series go away."""

@@ -227,4 +227,5 @@ def start(info: Start) -> Record:
                            "port": f.port, "host": f.host, "unfiltered_stages": list(info.unfiltered_stages)},
                   per_iface=info.per_iface, per_cpu=info.per_cpu, slower_ns=info.slower_ns or None,
                   fail_on_latency=list(info.fail_on_latency),
-                  **({"handoff": info.handoff} if info.handoff else {}), sample_every=info.sample_every)
+                  **({"handoff": info.handoff} if info.handoff else {}), sample_every=info.sample_every,
+                  not_selected=list(info.not_selected))

@@ -99,6 +99,13 @@ def sample_line(snap: TraceSnapshot) -> str | None:
                          "--sample 1 times every one", 80, subsequent_indent="  ")
 
 
+def not_selected_line(snap: TraceSnapshot) -> str | None:
+    if not snap.not_selected:
+        return None
+    return textwrap.fill(f"off: {', '.join(snap.not_selected)} (--stages all or by name)", 80,
+                         subsequent_indent="  ")
+
+
 def unavailable_lines(unavailable: tuple[Unavailable, ...]) -> list[str]:
     by_reason: dict[str, list[str]] = {}
     for item in unavailable:
@@ -143,6 +150,9 @@ def trace_table(snap: TraceSnapshot, title: str, hist_stage: str | None, width: 
         extra.append(Text(line))
     for text in unavailable_lines(snap.unavailable):
         extra.append(Text(text, style="dim"))
+    off = not_selected_line(snap)
+    if off:
+        extra.append(Text(off, style="dim"))
     extra.extend(Text(t) for t in health_lines(snap))
     if hist_stage:
         extra.append(Text("\n".join(hist_lines(snap, hist_stage))))
@@ -185,6 +195,9 @@ def plain_lines(snap: TraceSnapshot, title: str, hist_stage: str | None) -> list
     if line:
         lines.extend(line.splitlines())
     lines.extend(unavailable_lines(snap.unavailable))
+    off = not_selected_line(snap)
+    if off:
+        lines.extend(off.splitlines())
     lines.extend(health_lines(snap))
     if hist_stage:
         lines.extend(hist_lines(snap, hist_stage))

@@ -45,6 +45,25 @@ def test_socket_queue_measures_the_application_delay(delay_ms: int, mode: list[s
     assert sq["timed"] == n and sq["sample_every"] == 1
 
 
+def test_default_runs_the_packet_stages_and_stages_all_adds_the_softirq_ones() -> None:
+    default = NetpathRun(["trace", "--json", "--count", "1", "--interval", "0.2"])
+    start = default.wait_start()
+    assert default.finish()[0] == 0
+    hooks = {a["hook"] for a in start["attached"]}
+    assert "irq:softirq_entry" not in hooks and "napi:napi_poll" not in hooks and "net:netif_receive_skb" in hooks
+    assert start["not_selected"] == ["hardirq", "softirq_wait", "net_rx_action", "napi_poll", "gro"]
+    every = NetpathRun(["trace", "--json", "--count", "1", "--interval", "0.2", "--stages", "all"])
+    start = every.wait_start()
+    assert every.finish()[0] == 0
+    assert {"irq:softirq_raise", "irq:softirq_entry", "napi:napi_poll"} <= {a["hook"] for a in start["attached"]}
+    assert start["not_selected"] == []
+    for bad in ("napi", "none", ","):
+        res = run_netpath("trace", "--stages", bad)
+        assert res.returncode == 2 and "--stages" in res.stderr and len(res.stderr.strip().splitlines()) == 1, res
+    res = run_netpath("trace", "--sample", "3")
+    assert res.returncode == 2 and "--sample 3" in res.stderr, res
+
+
 def test_sampled_timing_keeps_every_count_exact_and_times_about_one_in_sixteen() -> None:
     n, port, delay_s = 160, 40031, 0.02
     with veth_namespace("nptm") as pair:
@@ -180,7 +199,8 @@ def test_gro_stage_and_napi_work_count_every_datagram_through_veth_napi(mode: li
     n, port = 40, 40999
     with veth_namespace("nptg") as pair:
         _enable_veth_gro(pair)
-        run, _start = _burst(pair, ["--netns", pair.ns, "--port", str(port), "--per-iface", *mode], port, n,
+        run, _start = _burst(pair, ["--stages", "all", "--netns", pair.ns, "--port", str(port), "--per-iface", *mode],
+                             port, n,
                              signal.SIGINT)
         rc, _records, err = run.finish()
     assert rc == 0, err

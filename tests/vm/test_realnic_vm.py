@@ -98,7 +98,7 @@ def rps_run(nics: vmlab.RealNics) -> dict[str, Any]:
     _rps(p, 1 << CPU_STACK)
     irqs = list(p.input_a + p.input_b)
     try:
-        run = _start(["trace", "--per-iface", "--per-cpu"])
+        run = _start(["trace", "--stages", "all", "--per-iface", "--per-cpu"])
         before = {"irq": vmlab.irq_counts(irqs), "rx_a": rx_packets(p.if_a, p.a), "rx_b": rx_packets(p.if_b, p.b),
                   "softnet": vmlab.softnet()}
         sink = vmlab.UdpSink(p, p.b, p.addr_b, 5201, want=N_UDP, timeout=60)
@@ -185,7 +185,7 @@ def test_budget_exhaustion_and_time_squeeze_under_a_flood(nics: vmlab.RealNics) 
     old = sysctl.read_text().strip()
     mac_b = json.loads(subprocess.run(["ip", "-n", p.b, "-j", "link", "show", p.if_b], capture_output=True,
                                       text=True, check=True).stdout)[0]["address"]
-    run = _start(["trace", "--per-iface"])
+    run = _start(["trace", "--stages", "all", "--per-iface"])
     try:
         sysctl.write_text("4")
         rx0, sn0 = rx_packets(p.if_b, p.b), vmlab.softnet()

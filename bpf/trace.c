@@ -92,6 +92,32 @@
 /* t_enq of a datagram followed but not timed: no real timestamp is 1 */
 #define NP_UNTIMED	1
 
+/*
+ * TP_BTF=1 (RX_TSTAMP builds where the kernel allows it): netif_receive_skb
+ * and sk_data_ready are loaded by netpath as BTF-typed raw tracepoints, so
+ * their skb and sock are typed pointers the verifier lets them load from
+ * directly (NP_LOAD: one instruction, a faulting load reads 0) instead of a
+ * probe-read helper call. Everything else stays a raw tracepoint.
+ */
+#ifndef TP_BTF
+#define TP_BTF 0
+#endif
+#if TP_BTF
+#define NP_BTF_PROBE(event)	int np_btf_##event(struct bpf_raw_tracepoint_args *ctx)
+/* the empty asm hides the pointer's origin from BCC, which would turn the load into a probe read */
+#define NP_LOAD(dst, base, off)	do {					\
+		u64 __np_p = (u64)(base);				\
+		asm volatile("" : "+r"(__np_p));			\
+		dst = *(typeof(dst) *)(__np_p + (off));			\
+	} while (0)
+#else
+#define NP_BTF_PROBE(event)	RAW_TRACEPOINT_PROBE(event)
+#define NP_LOAD(dst, base, off)	NP_READ(dst, base, off)
+#endif
+#if TP_BTF && (defined(USE_KP_DATA_READY) || !RX_TSTAMP)
+#error "TP_BTF: only the receive-timestamp build's tracepoint hooks take typed pointers"
+#endif
+
 /* checkpoints of one skb */
 enum np_cp {
 	CP_HANDOFF,
@@ -808,7 +834,7 @@ static __always_inline u64 np_skb_tstamp(void *skb)
  * time is skb->tstamp, so nothing was kept for this skb before it got here.
  * This CPU's slot follows it on to sk_data_ready.
  */
-RAW_TRACEPOINT_PROBE(netif_receive_skb)
+NP_BTF_PROBE(netif_receive_skb)
 {
 	void *skb = (void *)ctx->args[0];
 	u64 key = (u64)skb, now = 0, ts;
@@ -817,7 +843,7 @@ RAW_TRACEPOINT_PROBE(netif_receive_skb)
 
 	if (!c)
 		return 0;
-	ts = np_skb_tstamp(skb);
+	NP_LOAD(ts, skb, OFF_SKB_TSTAMP);
 	if (ts)
 		ts += TAI_OFFSET_NS;
 	/*
@@ -1091,7 +1117,13 @@ static __always_inline int np_on_data_ready(struct np_cpu_state *c, void *sk)
 	u16 sk_proto = 0, family = 0;
 	u32 udp;
 
-#ifdef SK_SPAN_OFF
+#if TP_BTF
+	NP_LOAD(family, sk, OFF_SK_FAMILY);
+	NP_LOAD(skb, sk, OFF_SK_RCVQ_PREV);
+#if NEED_WHERE
+	NP_LOAD(net, sk, OFF_SK_NET);
+#endif
+#elif defined(SK_SPAN_OFF)
 	/* family, netns and the receive queue's tail: one read */
 	u8 span[SK_SPAN_LEN];
 
@@ -1133,7 +1165,7 @@ static __always_inline int np_on_data_ready(struct np_cpu_state *c, void *sk)
 		return 0;
 	}
 	key = (u64)skb;
-	NP_READ(sk_proto, sk, OFF_SK_PROTOCOL);
+	NP_LOAD(sk_proto, sk, OFF_SK_PROTOCOL);
 	udp = sk_proto == NP_IPPROTO_UDP || sk_proto == NP_IPPROTO_UDPLITE;
 	/*
 	 * UDP wakes the socket once per datagram, right after this CPU enqueued
@@ -1220,7 +1252,7 @@ static __always_inline int np_on_data_ready(struct np_cpu_state *c, void *sk)
 	/* not seen on the way in: the socket side still measures it */
 #if NEED_WHERE
 	NP_READ(fresh.ifindex, skb, OFF_SKB_SKB_IIF);
-#ifndef SK_SPAN_OFF
+#if !defined(SK_SPAN_OFF) && !TP_BTF
 	NP_READ(net, sk, OFF_SK_NET);
 #endif
 	if (net)
@@ -1267,7 +1299,7 @@ int kp_sock_def_readable(void *ctx)
 	return np_on_data_ready(np_enter(H_KP_DATA_READY), (void *)KP_ARG0(ctx));
 }
 #else
-RAW_TRACEPOINT_PROBE(sk_data_ready)
+NP_BTF_PROBE(sk_data_ready)
 {
 	return np_on_data_ready(np_enter(H_DATA_READY), (void *)ctx->args[0]);
 }

@@ -397,7 +397,8 @@ def tp_btf_ids(btf_path: Path, tracepoints: tuple[str, ...]) -> dict[str, int]:
     return {tp: int(ids.get(tp, 0)) for tp in tracepoints}
 
 
-TP_BTF_TRACEPOINTS = ("kfree_skb",)  # the tracepoints netpath may attach as tp_btf (the cache holds these)
+# the tracepoints netpath may attach as tp_btf (the cache holds these)
+TP_BTF_TRACEPOINTS = ("kfree_skb", "netif_receive_skb", "sk_data_ready")
 
 
 def tp_btf_allowed(btf_path: Path) -> tuple[bool, str]:

@@ -53,6 +53,7 @@ class TraceQuery:
     per_socket: bool = False  # socket_queue per reading process and cgroup
     tai_offset_ns: int = 0  # CLOCK_TAI - CLOCK_REALTIME, whole seconds (tai_offset_ns()): skb->tstamp is REALTIME
     sample_every: int = 1  # --sample N: time one NET_RX cycle and one packet in N (a power of two)
+    tp_btf: bool = True  # load TP_BTF_HOOKS as BTF-typed raw tracepoints where the kernel allows it
 
     def breakdown(self) -> bool:
         """Rows split by interface, CPU or reader, or slow packets streamed: every packet is timed."""
@@ -99,7 +100,23 @@ def program_source(query: TraceQuery, plan: AttachPlan, offsets: dict[str, int])
     defines["TAI_OFFSET_NS"] = int(query.tai_offset_ns)
     defines["SAMPLE_SHIFT"] = query.sampled_every(plan).bit_length() - 1
     defines.update(filter_defines(query.netns, query.iface_keys, query.proto, query.port, query.host))
-    return bpf.ProgramSource(["where.c", "trace.c"], defines)
+    tp_btf = tp_btf_functions(query, plan)
+    defines["TP_BTF"] = int(bool(tp_btf))
+    return bpf.ProgramSource(["where.c", "trace.c"], defines, tp_btf)
+
+
+# hooks bpf/trace.c's receive-timestamp build loads as tp_btf (NP_BTF_PROBE): function -> tracepoint
+TP_BTF_HOOKS = {"net:netif_receive_skb": ("np_btf_netif_receive_skb", "netif_receive_skb"),
+                "sock:sk_data_ready": ("np_btf_sk_data_ready", "sk_data_ready")}
+
+
+def tp_btf_functions(query: TraceQuery, plan: AttachPlan) -> dict[str, str]:
+    """What to load as tp_btf: only in the receive-timestamp build, and not with --slower (its perf events
+    stay with the raw tracepoints that have always sent them)."""
+    if not query.tp_btf or not plan.rx_tstamp or query.slower_ns:
+        return {}
+    hooks = set(plan.tracepoints())
+    return dict(fn_tp for hook, fn_tp in TP_BTF_HOOKS.items() if hook in hooks)
 
 
 def tai_offset_ns() -> int:
@@ -348,7 +365,8 @@ class TraceSession(ProgramSession):
         prog = self._load(self.source, self.facts, self.query.iface_keys)
         for irq, ifindex in nic_irqs(_read("/proc/interrupts"), local_devices()).items():
             prog.update("nic_irqs", IRQ_ENTRY.pack(irq), IRQ_ENTRY.pack(ifindex))
-        attached = [Attached(tp, "raw_tracepoint") for tp in self.plan.tracepoints()]
+        typed = {hook for hook, (fn, _tp) in TP_BTF_HOOKS.items() if fn in prog.tp_btf}
+        attached = [Attached(tp, "tp_btf" if tp in typed else "raw_tracepoint") for tp in self.plan.tracepoints()]
         for hook, symbol in self.plan.kprobes():
             for kind, fn in contract.kprobe_programs(hook):
                 try:

@@ -320,6 +320,23 @@ def test_breakdowns_and_old_kernels_time_every_packet():
     assert trace_mod.TraceQuery(sample_every=16).sampled_every(old) == 1
 
 
+def test_the_timestamp_build_loads_its_packet_hooks_as_tp_btf_and_says_so():
+    plan = make_plan(trace_facts("6.18"))
+    src = trace_mod.program_source(trace_mod.TraceQuery(), plan, OFFSETS)
+    assert src.tp_btf == {"np_btf_netif_receive_skb": "netif_receive_skb", "np_btf_sk_data_ready": "sk_data_ready"}
+    assert src.defines["TP_BTF"] == 1 and src.without_tp_btf().defines["TP_BTF"] == 0
+    for query in (trace_mod.TraceQuery(slower_ns=5), trace_mod.TraceQuery(tp_btf=False)):
+        assert trace_mod.program_source(query, plan, OFFSETS).tp_btf == {}
+    old = make_plan(trace_facts("trace-6.1"))  # kprobe checkpoints: no receive timestamps, no typed hooks
+    assert trace_mod.program_source(trace_mod.TraceQuery(), old, OFFSETS).defines["TP_BTF"] == 0
+    prog = FakeProgram()
+    prog.tp_btf = ("np_btf_sk_data_ready",)  # netif_receive_skb refused: the fallback build runs it raw
+    session = trace_mod.TraceSession(trace_mod.TraceQuery(), plan, trace_facts("6.18"), SOURCE, loader=loader(prog))
+    play_trace(prog, [], {}, 0)
+    methods = {a.hook: a.method for a in session.start().attached}
+    assert methods["sock:sk_data_ready"] == "tp_btf" and methods["net:netif_receive_skb"] == "raw_tracepoint"
+
+
 def test_napi_by_device_adds_each_cpus_own_device_counters_to_the_hash_rows():
     prog = FakeProgram()
     plan = make_plan(trace_facts("6.18"), only=("napi_poll",))

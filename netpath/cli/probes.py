@@ -13,6 +13,7 @@ from netpath.cli import rx_path
 from netpath.cli.console import Terminal
 from netpath.cli.preflight import load_facts
 from netpath.collect import drops as drops_mod
+from netpath.collect import trace as trace_mod
 from netpath.kernel import caps
 from netpath.kernel.facts import KernelFacts
 from netpath.render import records
@@ -57,7 +58,11 @@ def hook_rows(facts: KernelFacts, tp_btf: tuple[bool | None, str] = (None, "")) 
         "available": has_tp,
         "reason": reason if has_tp else "no skb:kfree_skb tracepoint on this kernel",
     })
+    timestamped = plan_mod.make_plan(facts).rx_tstamp
     for row in plan_mod.probe_rows(facts):
+        typed = [h for h in trace_mod.TP_BTF_HOOKS if h in str(row["hook"]).split("+")]
+        if row["available"] and timestamped and typed and tp_btf[0] is not None:
+            row["reason"] = f"{row['reason']}; {', '.join(typed)} as tp_btf: " + ("yes" if tp_btf[0] else "no")
         rows.append({"command": "trace", **row})
     return rows
 

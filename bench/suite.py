@@ -313,6 +313,7 @@ def render(agg: dict[str, Any], meta: dict[str, Any]) -> None:
             console.print(f"[yellow]skipped[/] {v['name']}: {v['why_not']}")
 
 
+TRACE_VARIANTS = ("netpath trace", "netpath trace --stages all", "netpath export")  # per-invocation hooks run here
 RATIO_TARGETS = (  # variant, goal, workloads (None: every workload)
     ("netpath drops", TARGETS["drops_ratio"], ("noport", "nfdrop")),
     ("netpath trace", TARGETS["trace_ratio"], ("udp", "noport", "nfdrop")),
@@ -350,7 +351,7 @@ def targets(agg: dict[str, Any]) -> list[dict[str, Any]]:
                                   " (stats-on pass)",
                         "measured": f"{x:.0f}", "met": x <= TARGETS["trace_ns_per_datagram"]})
     for r in agg["hooks"]:
-        if (r["variant"] in ("netpath trace", "netpath export") and r["program"].removeprefix("raw_tracepoint__")
+        if (r["variant"] in TRACE_VARIANTS and r["program"].removeprefix("raw_tracepoint__")
                 in PER_INVOCATION_PROGS and r["ns_per_run_median"] is not None):
             out.append({"target": f"<= {TARGETS['ns_per_invocation_hook']} ns/run {r['program']} ({r['variant']}, "
                                   f"{r['workload']}, stats-on pass)", "measured": f"{r['ns_per_run_median']:.1f}",

@@ -109,9 +109,14 @@ def compile_program(source: ProgramSource, facts: KernelFacts) -> Program:
 
     The source's tp_btf functions are loaded here as BTF-typed raw tracepoints; if this kernel refuses
     that, the source is built again as plain raw tracepoints (Program.tp_btf_refused says why)."""
-    prog = _compile(source, facts)
     if not source.tp_btf:
-        return prog
+        return _compile(source, facts)
+    try:
+        prog = _compile(source, facts)
+    except MissingCapability as exc:  # the typed build did not load here: the raw one may
+        fallback = _compile(source.without_tp_btf(), facts)
+        fallback.tp_btf_refused = str(exc)
+        return fallback
     try:
         ids = tp_btf_ids(facts.btf_path, tuple(source.tp_btf.values()))
         for fn, tp in source.tp_btf.items():

@@ -183,6 +183,24 @@ static __always_inline u32 drop_dev(void *skb, void **devp, u32 *ifindex)
 #endif
 }
 
+/* L3/L4 of the dropped skb: with a typed skb, its protocol, head and network header are plain loads */
+static __always_inline int drop_parse_flow(void *skb, struct np_flow *flow)
+{
+#if TP_BTF
+	u64 s = (u64)skb, head;
+	u16 proto, nh;
+
+	asm volatile("" : "+r"(s));
+	proto = *(u16 *)(s + OFF_SKB_PROTOCOL);
+	nh = *(u16 *)(s + OFF_SKB_NETWORK_HEADER);
+	head = *(u64 *)(s + OFF_SKB_HEAD);
+	flow->l3proto = np_ntohs(proto);
+	return np_parse_l3((unsigned char *)head, nh, flow);
+#else
+	return np_parse_flow(skb, flow);
+#endif
+}
+
 #if TP_BTF
 int kfree_skb(struct bpf_raw_tracepoint_args *ctx)
 #else
@@ -222,7 +240,7 @@ RAW_TRACEPOINT_PROBE(kfree_skb)
 		return 0;
 #if BY_PROTO || BY_FLOW || SAMPLE_BUDGET > 0 || defined(FILTER_PROTO) || defined(FILTER_PORT) || \
 	defined(FILTER_HOST_FAMILY)
-	int parsed = np_parse_flow(skb, &flow);
+	int parsed = drop_parse_flow(skb, &flow);
 
 	if (!np_flow_matches(&flow, parsed))
 		return 0;

@@ -264,6 +264,9 @@ class DropsSession(ProgramSession):
         prog = self._load(self.source, self.facts, self.query.iface_keys)
         if self.query.samples:
             prog.open_perf_buffer("samples", self._on_sample, self._on_lost)
+        if "location" in self.query.by or self.query.samples:
+            # kernel symbols are read once (~90 ms here): before the start line, not inside the first interval
+            _ = self.facts.kallsyms
         importing.join()
         self._counters = counters_mod.CounterDeltas(self._read_counters())
         q = self.query

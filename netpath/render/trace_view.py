@@ -95,8 +95,8 @@ def sample_line(snap: TraceSnapshot) -> str | None:
         return None
     timed = sum(r.latency.count for r in rows)
     seen = sum(r.count for r in rows)
-    return textwrap.fill(f"timed 1 in {rows[0].sample_every} ({timed:,} of {seen:,}); COUNT is exact; "
-                         "--sample 1 times every one", 80, subsequent_indent="  ")
+    return textwrap.fill(f"timed 1 in {rows[0].sample_every}: {timed:,} of {seen:,} stage samples; COUNT is "
+                         "exact; --sample 1 times every one", 80, subsequent_indent="  ")
 
 
 def not_selected_line(snap: TraceSnapshot) -> str | None:

@@ -154,8 +154,8 @@ def parse_stages(value: str, option: str = "--stages", none_means: str = "") -> 
 
 
 def parse_sample(value: int, limit: int) -> int:
-    """--sample N: 1 (time every one) or a power of two up to `limit`."""
-    if value < 1 or value > limit or value & (value - 1):
+    """--sample N, already within 1..limit (bounded_int): 1 (time every one) or a power of two."""
+    if value & (value - 1):
         raise BadInput(f"bad --sample {value}: use 1 (time every packet) or a power of two up to {limit}")
     return value
 

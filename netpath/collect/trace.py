@@ -358,6 +358,8 @@ class TraceSession(ProgramSession):
         self._softnet_base: dict[str, int] = {}
         self._softnet_last: dict[str, int] = {}
         self._tstamp_sock: socket.socket | None = None
+        chosen = {c.stage.id for c in plan.choices}
+        self._not_selected = tuple(s for s in STAGE_IDS if s not in chosen)  # stages --stages left out
 
     def start(self) -> Start:
         if self.plan.rx_tstamp and self._tstamp_sock is None:
@@ -388,14 +390,10 @@ class TraceSession(ProgramSession):
             stages=tuple(c.stage.id for c in self.plan.choices),
             unfiltered_stages=tuple(s for s in UNFILTERED if any(c.stage.id == s for c in self.plan.choices)),
             per_iface=q.per_iface, per_cpu=q.per_cpu, sample_every=q.sampled_every(self.plan),
-            not_selected=self._not_selected(),
+            not_selected=self._not_selected,
             slower_ns=q.slower_ns, fail_on_latency=self.fail_on_latency,
             handoff=self.plan.handoff if any(c.stage.kind == "per_packet" for c in self.plan.available) else None,
         )
-
-    def _not_selected(self) -> tuple[str, ...]:
-        chosen = {c.stage.id for c in self.plan.choices}
-        return tuple(s for s in STAGE_IDS if s not in chosen)
 
     def _stage_of(self, hook: str) -> str:
         return next((c.stage.id for c in self.plan.available if hook in c.hooks), hook)
@@ -435,7 +433,7 @@ class TraceSession(ProgramSession):
                              contract.RING_SLOTS, stats.get("unseen_enqueue", 0), stats.get("unseen_read", 0),
                              stats.get("unstamped", 0))
         return TraceSnapshot(tuple(rows), tuple(self._unavailable), softnet, health, elapsed_ns, span_ns,
-                             q.per_iface, q.per_cpu, self._not_selected())
+                             q.per_iface, q.per_cpu, self._not_selected)
 
     def forget_gone_devices(self, live: set[tuple[int, int]]) -> int:
         """Deletes NAPI rows of devices not in `live` ((netns inode, ifindex)), so their series go away."""

@@ -284,3 +284,109 @@ class SlowPacket:
 
 Event = DropSample | SlowPacket
 Snapshot = DropSnapshot | TraceSnapshot
+
+
+# ---------------------------------------------------------------- doctor: settings and findings
+
+
+@dataclass(frozen=True)
+class SocketState:
+    """One socket as sock_diag reports it, read at the end of a doctor run."""
+
+    proto: str  # tcp, udp
+    family: int  # 4 or 6
+    laddr: str
+    lport: int
+    inode: int
+    listening: bool
+    rqueue: int  # listen: the current accept backlog; else bytes queued
+    wqueue: int  # listen: the backlog's maximum (listen()'s argument, capped by somaxconn)
+    rcvbuf: int | None = None  # skmeminfo: SO_RCVBUF as the kernel holds it (doubled)
+    rmem_alloc: int | None = None
+    drops: int | None = None  # skmeminfo: sk_drops (since the socket was made)
+    cgroup_id: int | None = None
+
+
+@dataclass(frozen=True)
+class NicSettings:
+    """What ethtool, sysfs and /proc say about one interface's receive side."""
+
+    iface: str
+    rx_ring: int | None = None
+    rx_ring_max: int | None = None
+    offloads: tuple[tuple[str, str], ...] = ()  # (feature, "on"/"off"), ethtool -k
+    rps_cpus: tuple[tuple[str, str], ...] = ()  # (rx queue, hex mask); () when unreadable
+    irqs: tuple[tuple[int, str], ...] = ()  # (irq, smp_affinity_list)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The knobs the doctor's rules name, read at the end of the run, in the namespace the run looked at."""
+
+    netns: int | None
+    netns_label: str | None
+    sysctls: dict[str, str] = field(default_factory=dict)  # "net.core.rmem_max" -> "212992"
+    sockets: tuple[SocketState, ...] = ()
+    nics: tuple[NicSettings, ...] = ()
+    online_cpus: int = 1
+    netfilter_rules: int | None = None  # iptables/nftables rules that drop (DROP/REJECT/drop), when readable
+    tc_ingress: dict[str, int] = field(default_factory=dict)  # iface -> tc filters on its ingress hook
+
+    def sysctl(self, name: str) -> str | None:
+        return self.sysctls.get(name)
+
+    def nic(self, iface: str | None) -> NicSettings | None:
+        return next((n for n in self.nics if n.iface == iface), None)
+
+
+@dataclass(frozen=True)
+class Window:
+    """Counters the rules read beyond the drops session's, as deltas over the doctor's window."""
+
+    snmp: dict[str, int] = field(default_factory=dict)  # nstat names: IpReasmFails, TcpExtIPReversePathFilter, ...
+    conntrack: dict[str, int] = field(default_factory=dict)  # /proc/net/stat/nf_conntrack columns, CPUs summed
+    softnet: dict[int, dict[str, int]] = field(default_factory=dict)  # cpu -> processed, dropped, time_squeeze
+    rx_packets: dict[str, int] = field(default_factory=dict)  # iface -> packets received
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """One number behind a finding: what it counts and the kernel counter it equals (None: no counter has it)."""
+
+    name: str
+    value: int
+    counter: str | None = None  # e.g. "nstat UdpRcvbufErrors", "/proc/net/softnet_stat dropped"
+    unit: str = "packets"
+
+
+@dataclass(frozen=True)
+class FindingWhere:
+    iface: str | None = None
+    netns: int | None = None
+    netns_label: str | None = None
+    pid: int | None = None
+    comm: str | None = None
+    cgroup: str | None = None
+    container: str | None = None
+    laddr: str | None = None
+    lport: int | None = None
+    proto: str | None = None
+    cpu: int | None = None
+
+
+@dataclass(frozen=True)
+class Knob:
+    name: str  # the setting's exact name: net.core.rmem_max, ethtool -G eth0 rx, SO_RCVBUF
+    value: str | None  # read now; None when it could not be read
+    advice: str  # which way to move it
+
+
+@dataclass(frozen=True)
+class Finding:
+    id: str
+    severity: str  # info, warn, crit
+    title: str
+    evidence: tuple[Evidence, ...]
+    where: FindingWhere
+    knobs: tuple[Knob, ...]
+    why: str

@@ -64,6 +64,7 @@ class Start:
     handoff: str | None = None  # trace: where the hand-off time comes from ("skb_tstamp" or "hooks")
     sample_every: int = 1  # trace: 1 in how many NET_RX runs and packets is timed
     not_selected: tuple[str, ...] = ()  # trace: stages --stages left out
+    rules: tuple[str, ...] = ()  # doctor: the rule ids it evaluates
 
 
 @dataclass(frozen=True)
@@ -282,8 +283,6 @@ class SlowPacket:
     stages_ns: dict[str, int]
 
 
-Event = DropSample | SlowPacket
-Snapshot = DropSnapshot | TraceSnapshot
 
 
 # ---------------------------------------------------------------- doctor: settings and findings
@@ -390,3 +389,19 @@ class Finding:
     where: FindingWhere
     knobs: tuple[Knob, ...]
     why: str
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """A doctor run: its findings worst first (empty in the progress snapshots before the end)."""
+
+    findings: tuple[Finding, ...]
+    checked: tuple[str, ...]  # rule ids evaluated
+    elapsed_ns: int
+    drops_seen: int = 0  # every drop the window counted
+    unavailable: tuple[Unavailable, ...] = ()  # parts that could not run (trace stages), and why
+    final: bool = True
+
+
+Event = DropSample | SlowPacket
+Snapshot = DropSnapshot | TraceSnapshot | Diagnosis

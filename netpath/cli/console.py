@@ -45,6 +45,18 @@ class Terminal:
         if not self.json_mode:
             self.err.print(text, markup=False)
 
+    def progress(self, text: str) -> None:
+        """A line on stderr that rewrites itself, only when stderr is a terminal (never in --json)."""
+        if self.json_mode or not sys.stderr.isatty():
+            return
+        sys.stderr.write("\r\033[K" + text)
+        sys.stderr.flush()
+
+    def progress_done(self) -> None:
+        if not self.json_mode and sys.stderr.isatty():
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+
     def show(self, renderable: RenderableType) -> None:
         """Refresh the live view on a terminal; print one block per call otherwise."""
         try:

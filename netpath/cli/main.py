@@ -9,6 +9,7 @@ import click
 
 from netpath import __version__
 from netpath.cli.console import OutputClosed
+from netpath.cli.doctor import doctor
 from netpath.cli.drops import drops
 from netpath.cli.export import export
 from netpath.cli.probes import probes
@@ -20,6 +21,7 @@ HELP = """eBPF observability for the Linux packet receive path.
 \b
   netpath trace    where received packets spend their time, stage by stage
   netpath drops    where packets die: kernel drop reason, location, interface
+  netpath doctor   which receive-path problem this host has, and the fix
   netpath probes   what this kernel offers and how each hook attaches
   netpath export   the same drops and latencies as Prometheus metrics
 
@@ -35,6 +37,7 @@ def cli() -> None:
     pass
 
 
+cli.add_command(doctor)
 cli.add_command(drops)
 cli.add_command(export)
 cli.add_command(probes)

@@ -55,7 +55,7 @@ def sysctl_path(name: str, root: Path) -> Path:
     only the first three parts of conf.* names are separators)."""
     parts = name.split(".")
     if len(parts) > 4 and parts[:3] in (["net", "ipv4", "conf"], ["net", "ipv6", "conf"]):
-        parts = parts[:3] + [".".join(parts[3:-1]), parts[-1]]
+        parts = [*parts[:3], ".".join(parts[3:-1]), parts[-1]]
     return root.joinpath(*parts)
 
 

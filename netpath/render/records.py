@@ -6,9 +6,11 @@ from typing import Any
 
 from netpath.model import (
     Counter,
+    Diagnosis,
     DropRow,
     DropSample,
     DropSnapshot,
+    Finding,
     Latency,
     Napi,
     Owner,
@@ -215,6 +217,11 @@ def start(info: Start) -> Record:
     attached = [{"hook": a.hook, "method": a.method, **({"program": a.program} if a.program else {})}
                 for a in info.attached]
     unavail = [unavailable(u) for u in info.unavailable]
+    if info.command == "doctor":
+        return record("start", command="doctor", kernel=info.kernel, headers=info.headers, attached=attached,
+                      unavailable=unavail, rules=list(info.rules),
+                      filters={"netns": f.netns, "iface": list(f.ifaces), "proto": f.proto, "port": f.port,
+                               "host": f.host})
     if info.command == "drops":
         return record("start", command="drops", kernel=info.kernel, headers=info.headers, attached=attached,
                       unavailable=unavail, group_by=list(info.group_by),
@@ -229,3 +236,27 @@ def start(info: Start) -> Record:
                   fail_on_latency=list(info.fail_on_latency),
                   **({"handoff": info.handoff} if info.handoff else {}), sample_every=info.sample_every,
                   not_selected=list(info.not_selected))
+
+
+# ---------------------------------------------------------------- doctor
+
+
+def finding(f: Finding) -> Record:
+    """One diagnosis (netpath-doctor(8), FINDINGS): the where fields are all present, null when unknown."""
+    w = f.where
+    return record(
+        "finding", id=f.id, severity=f.severity, title=f.title,
+        evidence=[{"name": e.name, "value": e.value, "unit": e.unit, "counter": e.counter} for e in f.evidence],
+        where={"iface": w.iface, "netns": w.netns, "netns_label": w.netns_label, "pid": w.pid, "comm": w.comm,
+               "cgroup": w.cgroup, "container": w.container, "laddr": w.laddr, "lport": w.lport, "proto": w.proto,
+               "cpu": w.cpu},
+        knobs=[{"name": k.name, "value": k.value, "advice": k.advice} for k in f.knobs],
+        why=f.why)
+
+
+def doctor_summary(diag: Diagnosis, stop_reason: str, counts: dict[str, int], fail_on: str | None,
+                   crossed: bool) -> Record:
+    return record("summary", command="doctor", stop_reason=stop_reason, elapsed_ns=diag.elapsed_ns,
+                  findings=counts, checked=list(diag.checked), drops_seen=diag.drops_seen,
+                  unavailable=[unavailable(u) for u in diag.unavailable],
+                  threshold={"fail_on": fail_on, "crossed": crossed} if fail_on else None)

@@ -1,0 +1,135 @@
+"""netpath doctor as a Session: the drops and trace sessions over one window, then the rules.
+
+start() starts both sessions and reads the window counters; interval()
+reports progress only; summary() reads every session's whole-run summary,
+the counters again (deltas: nothing from before the window counts), the
+settings as they are now, and runs the rules (netpath/diagnose/rules.py).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field, replace
+
+from netpath import bpf, netns
+from netpath.collect import drops as drops_mod
+from netpath.collect import trace as trace_mod
+from netpath.diagnose import rules
+from netpath.errors import MissingCapability
+from netpath.kernel import settings as settings_mod
+from netpath.kernel.facts import KernelFacts
+from netpath.model import Diagnosis, DropSnapshot, Event, Start, Unavailable
+from netpath.plan import make_plan
+
+# drops: everything the socket and policy rules need to name whose packet it was and where
+DOCTOR_BY = ("reason", "location", "iface", "proto", "socket")
+# trace: the per-reader socket queue (slow-reader) and the softirq wait (softirq-wait); nothing per hop
+DOCTOR_STAGES = ("socket_queue", "softirq_wait")
+MAX_NICS = 16  # interfaces whose ethtool settings are read (each costs two ethtool runs)
+
+
+@dataclass
+class DoctorQuery:
+    netns: netns.Netns | None = None
+    ifaces: list[str] = field(default_factory=list)
+    iface_keys: list[tuple[int, int]] = field(default_factory=list)
+    proto: str | None = None
+    port: int | None = None
+    host: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
+    trace: bool = True
+
+    def drops_query(self) -> drops_mod.DropsQuery:
+        return drops_mod.DropsQuery(self.netns, list(self.ifaces), list(self.iface_keys), self.proto, self.port,
+                                    self.host, by=DOCTOR_BY)
+
+    def trace_query(self) -> trace_mod.TraceQuery:
+        return trace_mod.TraceQuery(self.netns, list(self.iface_keys), self.proto, self.port, self.host,
+                                    per_socket=True, tai_offset_ns=trace_mod.tai_offset_ns())
+
+
+def build_sessions(query: DoctorQuery, facts: KernelFacts) -> tuple[drops_mod.DropsSession,
+                                                                    trace_mod.TraceSession | None,
+                                                                    list[Unavailable]]:
+    """The drops session (required) and the trace session (when any of its stages can attach here)."""
+    if not facts.has_tracepoint(drops_mod.TRACEPOINT):
+        raise MissingCapability("this kernel has no skb:kfree_skb tracepoint (needs Linux 4.x+ with tracefs mounted)")
+    offsets = bpf.struct_offsets(facts)
+    dq = query.drops_query()
+    drops = drops_mod.DropsSession(dq, facts, drops_mod.program_source(dq, facts, offsets),
+                                   drops_mod.drop_reasons(facts))
+    unavailable: list[Unavailable] = []
+    trace = None
+    if query.trace:
+        plan = make_plan(facts, only=DOCTOR_STAGES)
+        unavailable += [Unavailable(c.hook, c.reason, c.stage.id) for c in plan.unavailable]
+        if plan.available:
+            tq = query.trace_query()
+            try:
+                trace = trace_mod.TraceSession(tq, plan, facts, trace_mod.program_source(tq, plan, offsets))
+            except MissingCapability as exc:  # the drops and counters rules still run
+                unavailable.append(Unavailable("trace", str(exc)))
+    return drops, trace, unavailable
+
+
+class DoctorSession:
+    def __init__(self, query: DoctorQuery, drops: drops_mod.DropsSession, trace: trace_mod.TraceSession | None,
+                 unavailable: list[Unavailable] | None = None) -> None:
+        self.query = query
+        self.drops = drops
+        self.trace = trace
+        self._unavailable = list(unavailable or [])
+        self._before: settings_mod.Raw | None = None
+
+    def start(self) -> Start:
+        start = self.drops.start()
+        attached = list(start.attached)
+        if self.trace is not None:
+            try:
+                tstart = self.trace.start()
+            except MissingCapability as exc:
+                self._unavailable.append(Unavailable("trace", str(exc)))
+                self.trace.close()
+                self.trace = None
+            else:
+                attached += tstart.attached
+                self._unavailable += tstart.unavailable
+        self._before = settings_mod.read_window_raw(self.query.netns)
+        return replace(start, command="doctor", attached=tuple(attached),
+                       unavailable=start.unavailable + tuple(self._unavailable), group_by=(),
+                       rules=rules.RULE_IDS)
+
+    def wait(self, timeout_s: float) -> None:
+        self.drops.wait(timeout_s)
+
+    def events(self) -> list[Event]:
+        return []
+
+    def interval(self, elapsed_ns: int) -> Diagnosis:
+        return Diagnosis((), rules.RULE_IDS, elapsed_ns, final=False)
+
+    def summary(self, elapsed_ns: int) -> Diagnosis:
+        assert self._before is not None
+        drops = self.drops.summary(elapsed_ns)
+        trace = self.trace.summary(elapsed_ns) if self.trace is not None else None
+        win = settings_mod.window(self._before, settings_mod.read_window_raw(self.query.netns))
+        settings = settings_mod.read_settings(self.query.netns, self._nics(drops, win.rx_packets))
+        findings = rules.diagnose(rules.Observation(drops, trace, win, settings, elapsed_ns))
+        return Diagnosis(tuple(findings), rules.RULE_IDS, elapsed_ns, drops.total, tuple(self._unavailable))
+
+    def _nics(self, drops: DropSnapshot, rx: dict[str, int]) -> list[str]:
+        """The interfaces worth reading ethtool for: those named, else those with drops or traffic."""
+        if self.query.ifaces:
+            return list(self.query.ifaces)[:MAX_NICS]
+        ns_inode = self.query.netns.inode if self.query.netns else None
+        seen = [r.iface for r in drops.rows if r.iface and (ns_inode is None or r.netns == ns_inode)]
+        seen += [c.iface for c in drops.counters if c.iface]
+        seen += sorted(rx, key=lambda i: -rx[i])
+        return [i for i in dict.fromkeys(seen) if i != "lo"][:MAX_NICS]
+
+    def close(self) -> None:
+        try:
+            self.drops.close()
+        finally:
+            if self.trace is not None:
+                self.trace.close()
+

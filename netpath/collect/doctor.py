@@ -18,7 +18,7 @@ from netpath.diagnose import rules
 from netpath.errors import MissingCapability
 from netpath.kernel import settings as settings_mod
 from netpath.kernel.facts import KernelFacts
-from netpath.model import Diagnosis, DropSnapshot, Event, Start, Unavailable
+from netpath.model import Diagnosis, DropSnapshot, Event, Settings, Start, Unavailable
 from netpath.plan import make_plan
 
 # drops: everything the socket and policy rules need to name whose packet it was and where
@@ -26,6 +26,7 @@ DOCTOR_BY = ("reason", "location", "iface", "proto", "socket")
 # trace: the per-reader socket queue (slow-reader) and the softirq wait (softirq-wait); nothing per hop
 DOCTOR_STAGES = ("socket_queue", "softirq_wait")
 MAX_NICS = 16  # interfaces whose ethtool settings are read (each costs two ethtool runs)
+MAX_NAMESPACES = 8  # other namespaces whose settings are read for their drops' knobs
 
 
 @dataclass
@@ -113,8 +114,31 @@ class DoctorSession:
         trace = self.trace.summary(elapsed_ns) if self.trace is not None else None
         win = settings_mod.window(self._before, settings_mod.read_window_raw(self.query.netns))
         settings = settings_mod.read_settings(self.query.netns, self._nics(drops, win.rx_packets))
-        findings = rules.diagnose(rules.Observation(drops, trace, win, settings, elapsed_ns))
+        others = self._other_settings(drops, settings.netns)
+        findings = rules.diagnose(rules.Observation(drops, trace, win, settings, elapsed_ns, others))
         return Diagnosis(tuple(findings), rules.RULE_IDS, elapsed_ns, drops.total, tuple(self._unavailable))
+
+    def _other_settings(self, drops: DropSnapshot, here: int | None) -> dict[int, Settings]:
+        """Settings of the other namespaces drops happened in (without --netns every namespace is watched),
+        the busiest first, at most MAX_NAMESPACES; one that is gone is left out."""
+        busy: dict[int, int] = {}
+        for row in drops.rows:
+            if row.netns and row.netns != here:
+                busy[row.netns] = busy.get(row.netns, 0) + row.count
+        if not busy:
+            return {}
+        known = {ns.inode: ns for ns in netns.known_namespaces()}
+        out = {}
+        for inode in sorted(busy, key=lambda i: -busy[i])[:MAX_NAMESPACES]:
+            ns = known.get(inode)
+            if ns is None:
+                continue
+            ifaces = [r.iface for r in drops.rows if r.netns == inode and r.iface]
+            try:
+                out[inode] = settings_mod.read_settings(ns, list(dict.fromkeys(ifaces))[:MAX_NICS])
+            except OSError:
+                continue
+        return out
 
     def _nics(self, drops: DropSnapshot, rx: dict[str, int]) -> list[str]:
         """The interfaces worth reading ethtool for: those named, else those with drops or traffic."""

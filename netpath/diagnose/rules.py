@@ -40,8 +40,15 @@ class Observation:
     drops: DropSnapshot | None
     trace: TraceSnapshot | None
     window: Window
-    settings: Settings
+    settings: Settings  # the namespace the run looked at (the host's without --netns)
     elapsed_ns: int
+    others: dict[int, Settings] = field(default_factory=dict)  # netns inode -> settings, for rows elsewhere
+
+    def settings_for(self, netns: int | None) -> Settings:
+        """The settings of the namespace a drop happened in (knob values are per namespace)."""
+        if netns is None:
+            return self.settings
+        return self.others.get(netns, self.settings)
 
     @property
     def seconds(self) -> float:
@@ -155,10 +162,11 @@ def socket_rcvbuf_overflow(obs: Observation) -> list[Finding]:
     udp_errors = obs.snmp("UdpRcvbufErrors", "Udp6RcvbufErrors")
     backlog_drops = obs.snmp("TcpExtTCPBacklogDrop")
     out = []
-    rmem_max = obs.settings.sysctl("net.core.rmem_max")
     for owner, row, n in _by_owner(rows):
+        settings = obs.settings_for(row.netns)
+        rmem_max = settings.sysctl("net.core.rmem_max")
         where = _ns_where(obs, row) | _owner_where(owner)
-        sock = _socket(obs.settings, owner)
+        sock = _socket(settings, owner)
         tcp = row.reason == "SOCKET_BACKLOG"
         evidence = [Evidence("dropped at the socket's receive buffer", n,
                              f"kfree_skb reason {row.reason}")]
@@ -173,11 +181,11 @@ def socket_rcvbuf_overflow(obs: Observation) -> list[Finding]:
         knobs = [Knob("SO_RCVBUF", str(sock.rcvbuf) if sock and sock.rcvbuf is not None else None,
                       "raise it in the application (setsockopt; the kernel doubles the value asked for)"
                       + ("; it is at net.core.rmem_max's cap" if capped else "")),
-                 _knob(obs.settings, "net.core.rmem_max", "raise it first: SO_RCVBUF cannot exceed it"
+                 _knob(settings, "net.core.rmem_max", "raise it first: SO_RCVBUF cannot exceed it"
                        if capped else "SO_RCVBUF requests are capped at it"),
-                 _knob(obs.settings, "net.core.rmem_default", "the buffer of sockets that never set SO_RCVBUF")]
+                 _knob(settings, "net.core.rmem_default", "the buffer of sockets that never set SO_RCVBUF")]
         if tcp:
-            knobs.append(_knob(obs.settings, "net.ipv4.tcp_rmem", "raise the max (third value)"))
+            knobs.append(_knob(settings, "net.ipv4.tcp_rmem", "raise the max (third value)"))
         out.append(Finding(
             "socket-rcvbuf-overflow", _loss_severity(obs, n),
             f"{_who(where)} drops {'segments' if tcp else 'datagrams'} at its full receive buffer",
@@ -203,7 +211,8 @@ def listen_overflow(obs: Observation) -> list[Finding]:
     groups = _by_owner(rows) or [(None, None, 0)]
     out = []
     for owner, row, n in groups:
-        listener = _listener_for(obs.settings, owner)
+        settings = obs.settings_for(row.netns if row else None)
+        listener = _listener_for(settings, owner)
         where = _ns_where(obs, row) | _owner_where(owner)
         if listener is not None and not where.get("lport"):
             where |= {"laddr": listener.laddr, "lport": listener.lport, "proto": "tcp"}
@@ -217,8 +226,8 @@ def listen_overflow(obs: Observation) -> list[Finding]:
             evidence.append(Evidence("accept queue now", listener.rqueue, "sock_diag idiag_rqueue", "connections"))
         knobs = (Knob("listen() backlog", str(listener.wqueue) if listener else None,
                       "raise the backlog the application passes to listen(), or accept() faster"),
-                 _knob(obs.settings, "net.core.somaxconn", "caps every listen() backlog: raise it with the backlog"),
-                 _knob(obs.settings, "net.ipv4.tcp_max_syn_backlog", "half-open connections allowed (SYN queue)"))
+                 _knob(settings, "net.core.somaxconn", "caps every listen() backlog: raise it with the backlog"),
+                 _knob(settings, "net.ipv4.tcp_max_syn_backlog", "half-open connections allowed (SYN queue)"))
         out.append(Finding(
             "listen-overflow", "warn", f"{_who(where)} cannot accept connections fast enough: accept queue full",
             tuple(evidence), FindingWhere(**where), knobs,  # type: ignore[arg-type]
@@ -291,10 +300,10 @@ def netfilter_drop(obs: Observation) -> list[Finding]:
             continue
         received = obs.window.rx_packets.get(row.iface or "", 0)
         evidence = [Evidence("packets dropped by a netfilter rule", n_rules,
-                             "kfree_skb reason NETFILTER_DROP (the rules' own counters: iptables -L -v / nft)")]
+                             "kfree_skb reason NETFILTER_DROP")]
         if received:
             evidence.append(Evidence(f"packets received on {row.iface}", received, "link rx_packets"))
-        rules = obs.settings.netfilter_rules
+        rules = obs.settings_for(row.netns).netfilter_rules
         out.append(Finding(
             "netfilter-drop", _policy_severity(obs, row.iface, n_rules),
             f"a firewall rule drops received packets on {row.iface or '?'}", tuple(evidence),
@@ -317,7 +326,7 @@ def tc_drop(obs: Observation) -> list[Finding]:
             ("ingress", "clsact")))
         evidence = [Evidence("packets dropped by a tc filter", n, f"kfree_skb reason {row.reason}")]
         evidence.append(Evidence("ingress qdisc drops", qdisc, f"tc -s qdisc show dev {row.iface} ingress"))
-        filters = obs.settings.tc_ingress.get(row.iface or "")
+        filters = obs.settings_for(row.netns).tc_ingress.get(row.iface or "")
         out.append(Finding(
             "tc-drop", _policy_severity(obs, row.iface, n),
             f"a tc filter drops packets on {row.iface or '?'}", tuple(evidence),
@@ -331,9 +340,10 @@ def tc_drop(obs: Observation) -> list[Finding]:
 def rp_filter(obs: Observation) -> list[Finding]:
     out = []
     for row, n in _by_iface(obs.rows("IP_RPFILTER")):
-        knobs = (_knob(obs.settings, f"net.ipv4.conf.{row.iface}.rp_filter",
+        settings = obs.settings_for(row.netns)
+        knobs = (_knob(settings, f"net.ipv4.conf.{row.iface}.rp_filter",
                        "2 (loose) accepts a source reachable by any route; 0 turns the check off"),
-                 _knob(obs.settings, "net.ipv4.conf.all.rp_filter",
+                 _knob(settings, "net.ipv4.conf.all.rp_filter",
                        "the interface uses the larger of this and its own value: lower both"))
         out.append(Finding(
             "rp-filter", "warn", f"reverse-path filtering drops packets on {row.iface or '?'}",
@@ -538,9 +548,9 @@ def reassembly_failure(obs: Observation) -> list[Finding]:
          Evidence("of them, timed out", obs.snmp("IpReasmTimeout", "Ip6ReasmTimeout"),
                   "nstat IpReasmTimeout + Ip6ReasmTimeout", "datagrams")),
         FindingWhere(**_ns_where(obs, row)),  # type: ignore[arg-type]
-        (_knob(obs.settings, "net.ipv4.ipfrag_time", "seconds a partial datagram waits for its missing "
+        (_knob(obs.settings_for(row.netns if row else None), "net.ipv4.ipfrag_time", "seconds a partial datagram waits for its missing "
                "fragments; the real fix is a path MTU that needs no fragments"),
-         _knob(obs.settings, "net.ipv4.ipfrag_high_thresh", "memory for fragments being reassembled")),
+         _knob(obs.settings_for(row.netns if row else None), "net.ipv4.ipfrag_high_thresh", "memory for fragments being reassembled")),
         "a fragment of these datagrams never arrived (or came too late), so the ones that did were thrown away")]
 
 
@@ -550,7 +560,7 @@ CSUM_REASONS = ("UDP_CSUM", "TCP_CSUM", "IP_CSUM", "ICMP_CSUM", "SKB_CSUM")
 def checksum_errors(obs: Observation) -> list[Finding]:
     out = []
     for row, n in _by_iface(obs.rows(*CSUM_REASONS)):
-        nic = obs.settings.nic(row.iface)
+        nic = obs.settings_for(row.netns).nic(row.iface)
         rx_csum = dict(nic.offloads).get("rx-checksumming") if nic else None
         out.append(Finding(
             "checksum-errors", "warn", f"packets with bad checksums arrive on {row.iface or '?'}",

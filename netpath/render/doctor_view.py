@@ -6,7 +6,7 @@ import textwrap
 
 from netpath.model import Diagnosis, Evidence, Finding, FindingWhere
 
-LABEL = 10  # "  evidence" and friends, then the text
+LABEL = 11  # "  evidence" and friends, then the text
 
 
 def _wrap(label: str, text: str, width: int) -> list[str]:

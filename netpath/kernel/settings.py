@@ -362,9 +362,10 @@ def _tool_text(argv: list[str]) -> str | None:
 
 
 def count_tc_filters(text: str) -> int:
-    """`tc filter show dev X ingress` -> filters (one 'filter ... pref N' header line each, chain lines aside)."""
-    return sum(1 for line in text.splitlines() if line.startswith("filter ") and " pref " in line
-               and (" handle " in line or "matchall" in line or "flower" in line or "u32" in line or "bpf" in line))
+    """`tc filter show dev X ingress` -> filters that act: one 'action order N:' line per action, one
+    'direct-action' BPF filter each (u32 also prints hash-table lines that do nothing)."""
+    return sum(1 for line in text.splitlines()
+               if re.match(r"^\s*action order \d+:", line) or ("direct-action" in line and line.startswith("filter")))
 
 
 # ---------------------------------------------------------------- all of it

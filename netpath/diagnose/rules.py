@@ -495,7 +495,8 @@ def rx_imbalance(obs: Observation) -> list[Finding]:
     cpu, top = max(processed.items(), key=lambda kv: kv[1])
     if top < IMBALANCE_SHARE * total:
         return []
-    hurt = obs.window.softnet[cpu].get("dropped", 0) + obs.window.softnet[cpu].get("time_squeeze", 0)
+    # squeezes alone are napi-budget-squeeze's (latency); drops on the busy CPU make the imbalance harmful
+    hurt = obs.window.softnet[cpu].get("dropped", 0)
     busiest = max(obs.window.rx_packets.items(), key=lambda kv: kv[1], default=(None, 0))[0]
     nic = obs.settings.nic(busiest)
     knobs = []
@@ -511,7 +512,7 @@ def rx_imbalance(obs: Observation) -> list[Finding]:
         f"CPU {cpu} does {100 * top // total}% of the receive work", (
             Evidence(f"packets processed by CPU {cpu}", top, f"/proc/net/softnet_stat processed, CPU {cpu}"),
             Evidence("packets processed, all CPUs", total, "/proc/net/softnet_stat processed (column 1)"),
-            Evidence(f"drops and squeezes on CPU {cpu}", hurt, "/proc/net/softnet_stat dropped + time_squeeze")),
+            Evidence(f"backlog drops on CPU {cpu}", hurt, f"/proc/net/softnet_stat dropped, CPU {cpu}")),
         FindingWhere(**_ns_where(obs, iface=busiest), cpu=cpu),  # type: ignore[arg-type]
         tuple(knobs),
         "one CPU takes the receive softirq for nearly all packets while others idle; it saturates first")]
@@ -603,7 +604,7 @@ RULES: tuple[Rule, ...] = (
          "ethtool -S missed/no-buffer counters grew", "ethtool -G IFACE rx", "warn; crit at 1000 drops/s or more"),
     Rule("rx-imbalance", rx_imbalance, f"one CPU processed {int(IMBALANCE_SHARE * 100)}% or more of at least "
          f"{IMBALANCE_MIN_PACKETS:,} packets", "rps_cpus, /proc/irq/N/smp_affinity_list",
-         "info; warn when that CPU also dropped or squeezed"),
+         "info; warn when that CPU also dropped packets (softnet dropped)"),
     Rule("slow-reader", slow_reader, "socket_queue p99 of a reading process at or above "
          f"{SLOW_READER_INFO_NS // 1_000_000} ms (at least {SLOW_READER_MIN} packets)", "the application; SO_RCVBUF",
          f"info; warn at {SLOW_READER_WARN_NS // 1_000_000} ms"),

@@ -373,7 +373,7 @@ def test_conntrack_full_is_crit_with_the_stat_counter_and_the_max() -> None:
 COUNTING_RECEIVER = r"""
 import socket, sys
 rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+rx.setsockopt(socket.SOL_SOCKET, 33, 64 << 20)  # SO_RCVBUFFORCE  # root: past rmem_max, never the bottleneck
 rx.bind((sys.argv[1], int(sys.argv[2])))
 print("ready", flush=True)
 sys.stdin.readline()
@@ -540,15 +540,15 @@ def test_a_healthy_namespace_under_traffic_has_nothing_above_info() -> None:
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
                 for i in range(2000):
                     tx.sendto(b"x" * 200, (pair.ns_addr, 5311))
-                    if i % 200 == 0:
-                        time.sleep(0.05)  # a reader that keeps up: plain traffic, not a flood
+                    if i % 20 == 0:
+                        time.sleep(0.01)  # a reader that keeps up: plain traffic, not a flood
             for _ in range(5):
                 with socket.create_connection((pair.ns_addr, 5311), timeout=5) as c:
                     c.sendall(b"y" * 100_000)
             rc, findings, summary = doc.finish()
         finally:
             stop(proc)
-    assert [f for f in findings if RANK[f["severity"]] > 0] == []
+    assert [(f["id"], f["severity"], f["title"], f["evidence"]) for f in findings if RANK[f["severity"]] > 0] == []
     assert rc == 0
     assert "socket-rcvbuf-overflow" in summary["checked"] and len(summary["checked"]) == 16
 

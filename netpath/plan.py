@@ -126,17 +126,17 @@ def _try(hs: HookSet, facts: KernelFacts) -> tuple[bool, str, dict[str, str], tu
             if sym is None:
                 return False, f"kprobe {hook}: no such symbol in kallsyms (inlined or renamed)", {}, ()
             symbols[hook] = sym
-        present = []
+        found: list[str] = []
         for hook in hs.optional:
             sym = facts.kallsyms.resolve(hook)
             if sym is not None:
                 symbols[hook] = sym
-                present.append(hook)
+                found.append(hook)
         renamed = [f"{h} as {s}" for h, s in symbols.items() if h != s]
         why = f"kprobe on {', '.join(symbols.values())}: {hs.note}"
         if renamed:
             why += f" (clone: {', '.join(renamed)})"
-        return True, why, symbols, tuple(present)
+        return True, why, symbols, tuple(found)
     return False, f"unknown method {hs.method}", {}, ()
 
 

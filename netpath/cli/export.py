@@ -187,7 +187,7 @@ def serve(server: WSGIServer, routes: Routes, collector: ExportCollector, term: 
         try:
             starts = collector.start()
             registry = CollectorRegistry(auto_describe=False)
-            registry.register(collector)  # type: ignore[arg-type]
+            registry.register(collector)
             routes.metrics = make_wsgi_app(registry)
             attached = sum(len(s.attached) for s in starts)
             unavailable = [u.stage or u.hook for s in starts for u in s.unavailable]

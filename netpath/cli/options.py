@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import click
@@ -57,7 +57,8 @@ class Bounded(click.ParamType):
         return number
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | float:
-        if isinstance(value, self.kind) and not isinstance(value, bool) and self.lo <= value <= self.hi:
+        if isinstance(value, int | float) and isinstance(value, self.kind) and not isinstance(value, bool) \
+                and self.lo <= value <= self.hi:
             return value  # a default, already in range
         number = self._number(value, param, ctx)
         if not self.lo <= number <= self.hi:
@@ -105,7 +106,7 @@ RUN_OPTIONS = [
 ]
 
 
-def _apply(fn: F, decorators: list[Callable[[F], F]]) -> F:
+def _apply(fn: F, decorators: Sequence[Callable[[F], F]]) -> F:
     for deco in reversed(decorators):
         fn = deco(fn)
     return fn

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-from dataclasses import dataclass, field, replace
+from dataclasses import KW_ONLY, dataclass, field, replace
 from typing import Any
 
 from netpath import bpf, contract
@@ -148,8 +148,8 @@ class DecodedKey:
     daddr: bytes
     sport: int
     dport: int
-
-    sk_ino: int = 0
+    _: KW_ONLY
+    sk_ino: int = 0  # the owner part, when rows group by socket or cgroup
     cgroup: int = 0
 
     @classmethod
@@ -161,7 +161,7 @@ class DecodedKey:
         if flow:
             rest = rest[contract.DROP_FLOW.size:]
         sk_ino, cgroup = contract.DROP_OWNER.unpack(rest) if owner else (0, 0)
-        return cls(*where, *flow_part, sk_ino, cgroup)
+        return cls(*where, *flow_part, sk_ino=sk_ino, cgroup=cgroup)
 
 
 class RowDecoder:
@@ -338,7 +338,7 @@ class DropsSession(ProgramSession):
         for value, raw in shown:
             row = self._decoder.row(self._key(raw), value)
             stack = self.stack_of(raw)
-            extra = {"stack": stack} if stack is not None else {}
+            extra: dict[str, Any] = {"stack": stack} if stack is not None else {}
             if interval_counts is not None:
                 extra["interval_count"] = interval_counts.get(raw, 0)
             rows.append(replace(row, **extra) if extra else row)
@@ -384,7 +384,7 @@ class DropsSession(ProgramSession):
         key, (sk_ino, cgroup), (ts, length, pid, cpu, _stackid, comm) = (fields[:KEY_FIELDS],
                                                                          fields[KEY_FIELDS:KEY_FIELDS + 2],
                                                                          fields[KEY_FIELDS + 2:])
-        row = self._decoder.row(DecodedKey(*key[:11], sk_ino, cgroup), 1, full=True)
+        row = self._decoder.row(DecodedKey(*key[:11], sk_ino=sk_ino, cgroup=cgroup), 1, full=True)
         self._events.append(DropSample(ts, cpu, pid, comm.split(b"\0")[0].decode(errors="replace"), length, row))
 
     def _on_lost(self, lost: int) -> None:

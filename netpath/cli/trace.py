@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Callable
 from typing import Any
 
@@ -17,27 +18,31 @@ from netpath.collect.session import drive
 from netpath.collect.trace import TraceQuery
 from netpath.errors import BadInput
 from netpath.kernel.clock import tai_offset_ns
-from netpath.stages import STAGE_IDS, UNFILTERED
+from netpath.stages import PACKET_STAGES, STAGE_IDS, STAGES, UNFILTERED
 from netpath.thresholds import LatencyThreshold, parse_duration, parse_fail_on_latency
 
 # 1 in 16: an untimed hook only counts, and the clock read it skips is most of a hook's cost; at 10k
 # packets/s that still times 625 a second (make bench: the figures are in netpath-trace(8), OVERHEAD)
 DEFAULT_SAMPLE = 16
+INVOCATION_STAGES = tuple(s for s in STAGE_IDS if s not in PACKET_STAGES)
+KPROBE_STAGES = tuple(s.id for s in STAGES if s.checkpoint)  # timed between kprobe checkpoints
+
+
+def _wrapped(text: str) -> str:
+    return "\n".join(textwrap.wrap(text, 76))
+
 
 HELP = f"""Show where received packets spend their time, stage by stage.
 
 \b
-One row per receive-path stage in path order. By default the per-packet
-stages run: netif_receive_skb, ip_rcv, ip_local_deliver, tcp_v4_rcv, udp_rcv,
-socket_queue, stack_total (the ip_*/tcp/udp ones need kprobes). --stages all
-adds the per-invocation ones (hardirq, softirq_wait, net_rx_action,
-napi_poll, gro), which run a hook per IRQ, softirq or poll. Each row has the
-hook and attach method, the exact count and p50/p90/p99/max from an
-in-kernel histogram read every interval. Per-packet stages are deltas
-between two checkpoints of the same skb; per-invocation stages are run
-times. Stages this kernel cannot attach (no kprobes, say) are listed with
-the reason; the rest still run. 'netpath probes' shows the plan without
-loading anything.
+{_wrapped(
+    "One row per receive-path stage in path order. By default the per-packet stages run: "
+    f"{', '.join(PACKET_STAGES)} (the {', '.join(KPROBE_STAGES)} ones need kprobes). --stages all adds the "
+    f"per-invocation ones ({', '.join(INVOCATION_STAGES)}), which run a hook per IRQ, softirq or poll. Each row "
+    "has the hook and attach method, the exact count and p50/p90/p99/max from an in-kernel histogram read "
+    "every interval. Per-packet stages are deltas between two checkpoints of the same skb; per-invocation "
+    "stages are run times. Stages this kernel cannot attach (no kprobes, say) are listed with the reason; "
+    "the rest still run. 'netpath probes' shows the plan without loading anything.")}
 
 \b
 Timing is sampled: 1 in 16 packets and NET_RX runs is timed (--sample),
@@ -83,9 +88,8 @@ def _parsed(parse: Callable[[Any], Any]) -> Callable[[click.Context, click.Param
                    "instead of the kernel's receive timestamp (skb->tstamp): two more hook runs per packet.")
 @click.option("--stages", "stages", default="packet", show_default=True, metavar="LIST",
               callback=_parsed(parse_stages),
-              help="Stages to run (comma-separated): 'packet' (every per-packet stage), 'all' (adds hardirq, "
-                   "softirq_wait, net_rx_action, napi_poll, gro: a hook run per IRQ, softirq or poll each), "
-                   "or stage names.")
+              help="Stages to run (comma-separated): 'packet' (every per-packet stage), 'all' (adds "
+                   f"{', '.join(INVOCATION_STAGES)}: a hook run per IRQ, softirq or poll each), or stage names.")
 @click.option("--sample", "sample_every", type=bounded_int(1, contract.SAMPLE_MAX), default=DEFAULT_SAMPLE,
               show_default=True, metavar="N", callback=_parsed(lambda n: parse_sample(n, contract.SAMPLE_MAX)),
               help="Time 1 in N NET_RX runs and packets (a power of two; 1 times every one). Counts stay "

@@ -7,7 +7,8 @@ import click
 from netpath.cli.console import Terminal
 from netpath.cli.options import DURATION_MAX_S, bounded_float, filter_options, resolve_filters
 from netpath.cli.preflight import load_facts, require_capability
-from netpath.collect import doctor as doctor_mod
+from netpath.collect import factory
+from netpath.collect.doctor import DoctorQuery
 from netpath.collect.session import drive
 from netpath.diagnose import rules
 from netpath.errors import EXIT_OK, EXIT_THRESHOLD
@@ -93,10 +94,7 @@ def doctor(ctx: click.Context, ifaces: tuple[str, ...], netns_spec: str | None, 
     filters = resolve_filters(ifaces, netns_spec, proto, port, host)
     require_capability()
     facts = load_facts()
-    query = doctor_mod.DoctorQuery(filters.netns, filters.ifaces, filters.iface_keys, filters.proto, filters.port,
-                                   filters.host, trace=not no_trace)
-    drops, trace, unavailable = doctor_mod.build_sessions(query, facts)
-    session = doctor_mod.DoctorSession(query, drops, trace, unavailable)
+    session = factory.doctor_session(DoctorQuery(filters, trace=not no_trace), facts)
     term = Terminal(json_mode)
     sink = DoctorSink(term, duration, fail_on)
     drive(session, sink, 1.0, duration, None)

@@ -8,71 +8,43 @@ settings as they are now, and runs the rules (netpath/diagnose/rules.py).
 
 from __future__ import annotations
 
-import ipaddress
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
-from netpath import bpf, netns
+from netpath import netns
 from netpath.collect import drops as drops_mod
 from netpath.collect import trace as trace_mod
 from netpath.diagnose import rules
 from netpath.errors import MissingCapability
 from netpath.kernel import settings as settings_mod
-from netpath.kernel.facts import KernelFacts
-from netpath.model import Diagnosis, DropSnapshot, Event, Settings, Start, Unavailable
-from netpath.plan import make_plan
+from netpath.kernel.clock import tai_offset_ns
+from netpath.model import Diagnosis, DoctorStart, DropSnapshot, Event, Settings, Unavailable
+from netpath.query import Filters
 
 # drops: everything the socket and policy rules need to name whose packet it was and where
 DOCTOR_BY = ("reason", "location", "iface", "proto", "socket")
 # trace: the per-reader socket queue (slow-reader) and the softirq wait (softirq-wait); nothing per hop
-DOCTOR_STAGES = ("socket_queue", "softirq_wait")
+DOCTOR_STAGES = ("softirq_wait", "socket_queue")
 MAX_NICS = 16  # interfaces whose ethtool settings are read (each costs two ethtool runs)
 MAX_NAMESPACES = 8  # other namespaces whose settings are read for their drops' knobs
 
 
-@dataclass
+@dataclass(frozen=True)
 class DoctorQuery:
-    netns: netns.Netns | None = None
-    ifaces: list[str] = field(default_factory=list)
-    iface_keys: list[tuple[int, int]] = field(default_factory=list)
-    proto: str | None = None
-    port: int | None = None
-    host: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
+    """Everything `netpath doctor` asks: the user's filters, and whether the latency rules run."""
+
+    filters: Filters = field(default_factory=Filters)
     trace: bool = True
 
     def drops_query(self) -> drops_mod.DropsQuery:
-        return drops_mod.DropsQuery(self.netns, list(self.ifaces), list(self.iface_keys), self.proto, self.port,
-                                    self.host, by=DOCTOR_BY)
+        return drops_mod.DropsQuery(self.filters, by=DOCTOR_BY)
 
     def trace_query(self) -> trace_mod.TraceQuery:
-        return trace_mod.TraceQuery(self.netns, list(self.iface_keys), self.proto, self.port, self.host,
-                                    per_socket=True, tai_offset_ns=trace_mod.tai_offset_ns())
-
-
-def build_sessions(query: DoctorQuery, facts: KernelFacts) -> tuple[drops_mod.DropsSession,
-                                                                    trace_mod.TraceSession | None,
-                                                                    list[Unavailable]]:
-    """The drops session (required) and the trace session (when any of its stages can attach here)."""
-    if not facts.has_tracepoint(drops_mod.TRACEPOINT):
-        raise MissingCapability("this kernel has no skb:kfree_skb tracepoint (needs Linux 4.x+ with tracefs mounted)")
-    offsets = bpf.struct_offsets(facts)
-    dq = query.drops_query()
-    drops = drops_mod.DropsSession(dq, facts, drops_mod.program_source(dq, facts, offsets),
-                                   drops_mod.drop_reasons(facts))
-    unavailable: list[Unavailable] = []
-    trace = None
-    if query.trace:
-        plan = make_plan(facts, only=DOCTOR_STAGES)
-        unavailable += [Unavailable(c.hook, c.reason, c.stage.id) for c in plan.unavailable]
-        if plan.available:
-            tq = query.trace_query()
-            try:
-                trace = trace_mod.TraceSession(tq, plan, facts, trace_mod.program_source(tq, plan, offsets))
-            except MissingCapability as exc:  # the drops and counters rules still run
-                unavailable.append(Unavailable("trace", str(exc)))
-    return drops, trace, unavailable
+        return trace_mod.TraceQuery(self.filters, DOCTOR_STAGES, per_socket=True, tai_offset_ns=tai_offset_ns())
 
 
 class DoctorSession:
+    """The drops session (required), the trace session (when its stages can attach here), the rules."""
+
     def __init__(self, query: DoctorQuery, drops: drops_mod.DropsSession, trace: trace_mod.TraceSession | None,
                  unavailable: list[Unavailable] | None = None) -> None:
         self.query = query
@@ -81,7 +53,7 @@ class DoctorSession:
         self._unavailable = list(unavailable or [])
         self._before: settings_mod.Raw | None = None
 
-    def start(self) -> Start:
+    def start(self) -> DoctorStart:
         start = self.drops.start()
         attached = list(start.attached)
         if self.trace is not None:
@@ -94,10 +66,10 @@ class DoctorSession:
             else:
                 attached += tstart.attached
                 self._unavailable += tstart.unavailable
-        self._before = settings_mod.read_window_raw(self.query.netns)
-        return replace(start, command="doctor", attached=tuple(attached),
-                       unavailable=start.unavailable + tuple(self._unavailable), group_by=(),
-                       rules=rules.RULE_IDS)
+        self._before = settings_mod.read_window_raw(self.query.filters.netns)
+        return DoctorStart(kernel=start.kernel, headers=start.headers, attached=tuple(attached),
+                           unavailable=start.unavailable + tuple(self._unavailable), filters=start.filters,
+                           rules=rules.RULE_IDS)
 
     def wait(self, timeout_s: float) -> None:
         self.drops.wait(timeout_s)
@@ -112,8 +84,8 @@ class DoctorSession:
         assert self._before is not None
         drops = self.drops.summary(elapsed_ns)
         trace = self.trace.summary(elapsed_ns) if self.trace is not None else None
-        win = settings_mod.window(self._before, settings_mod.read_window_raw(self.query.netns))
-        settings = settings_mod.read_settings(self.query.netns, self._nics(drops, win.rx_packets))
+        win = settings_mod.window(self._before, settings_mod.read_window_raw(self.query.filters.netns))
+        settings = settings_mod.read_settings(self.query.filters.netns, self._nics(drops, win.rx_packets))
         others = self._other_settings(drops, settings.netns)
         findings = rules.diagnose(rules.Observation(drops, trace, win, settings, elapsed_ns, others))
         return Diagnosis(tuple(findings), rules.RULE_IDS, elapsed_ns, drops.total, tuple(self._unavailable))
@@ -142,9 +114,9 @@ class DoctorSession:
 
     def _nics(self, drops: DropSnapshot, rx: dict[str, int]) -> list[str]:
         """The interfaces worth reading ethtool for: those named, else those with drops or traffic."""
-        if self.query.ifaces:
-            return list(self.query.ifaces)[:MAX_NICS]
-        ns_inode = self.query.netns.inode if self.query.netns else None
+        if self.query.filters.ifaces:
+            return list(self.query.filters.ifaces)[:MAX_NICS]
+        ns_inode = self.query.filters.netns.inode if self.query.filters.netns else None
         seen = [r.iface for r in drops.rows if r.iface and (ns_inode is None or r.netns == ns_inode)]
         seen += [c.iface for c in drops.counters if c.iface]
         seen += sorted(rx, key=lambda i: -rx[i])

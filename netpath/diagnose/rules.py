@@ -542,6 +542,7 @@ def reassembly_failure(obs: Observation) -> list[Finding]:
         return []
     n = sum(r.count for r in rows)
     row = _by_iface(rows)[0][0] if rows else None
+    settings = obs.settings_for(row.netns if row else None)
     return [Finding(
         "reassembly-failure", "warn", "fragmented datagrams could not be reassembled",
         (Evidence("fragments dropped", n, "kfree_skb reasons FRAG_REASM_TIMEOUT, FRAG_TOO_FAR, DUP_FRAG"),
@@ -549,9 +550,9 @@ def reassembly_failure(obs: Observation) -> list[Finding]:
          Evidence("of them, timed out", obs.snmp("IpReasmTimeout", "Ip6ReasmTimeout"),
                   "nstat IpReasmTimeout + Ip6ReasmTimeout", "datagrams")),
         FindingWhere(**_ns_where(obs, row)),  # type: ignore[arg-type]
-        (_knob(obs.settings_for(row.netns if row else None), "net.ipv4.ipfrag_time", "seconds a partial datagram waits for its missing "
+        (_knob(settings, "net.ipv4.ipfrag_time", "seconds a partial datagram waits for its missing "
                "fragments; the real fix is a path MTU that needs no fragments"),
-         _knob(obs.settings_for(row.netns if row else None), "net.ipv4.ipfrag_high_thresh", "memory for fragments being reassembled")),
+         _knob(settings, "net.ipv4.ipfrag_high_thresh", "memory for fragments being reassembled")),
         "a fragment of these datagrams never arrived (or came too late), so the ones that did were thrown away")]
 
 

@@ -239,7 +239,7 @@ def test_netfilter_drop_counts_what_the_rule_counts() -> None:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
             for _ in range(120):
                 tx.sendto(b"x", (pair.ns_addr, 5304))
-        rc, findings, _ = doc.finish()
+        _, findings, _ = doc.finish()
         rule_pkts = iptables_pkts(pair.ns)
     f = only(findings, "netfilter-drop")
     assert f["severity"] == "warn"  # it took every packet the interface received
@@ -271,7 +271,7 @@ def test_tc_ingress_drop_equals_the_qdisc_drop_counter() -> None:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
             for _ in range(90):
                 tx.sendto(b"x", (pair.ns_addr, 5305))
-        rc, findings, _ = doc.finish()
+        _, findings, _ = doc.finish()
         qdisc = tc_ingress_drops(pair.ns, pair.ns_if)
     f = only(findings, "tc-drop")
     assert f["severity"] == "warn"
@@ -295,7 +295,7 @@ def test_strict_rp_filter_drops_a_source_with_no_route_back() -> None:
                 tx.bind((spoofed, 0))
                 for _ in range(70):
                     tx.sendto(b"x", (pair.ns_addr, 5306))
-            rc, findings, _ = doc.finish()
+            _, findings, _ = doc.finish()
             after = ns_snmp(pair.ns)
             value = ns_sysctl(pair.ns, f"net.ipv4.conf.{pair.ns_if}.rp_filter")
     f = only(findings, "rp-filter")
@@ -413,7 +413,7 @@ def test_backlog_overflow_with_a_tiny_netdev_max_backlog() -> None:
                 subprocess.run([sys.executable, "-c", code], check=True)
                 setting = Path("/proc/sys/net/core/netdev_max_backlog").read_text().strip()
             sn_after = softnet_dropped()
-            rc, findings, _ = doc.finish()
+            _, findings, _ = doc.finish()
         finally:
             got = int(stop(proc).split()[-1])
     lost = sent - got
@@ -458,7 +458,7 @@ def test_fragments_with_a_missing_piece_time_out_as_reassembly_failures() -> Non
         first_halves = [ipv4_packet(pair.host_addr, pair.ns_addr, 17, struct.pack("!HHHH", 4000, 5309, 64, 0)
                                     + b"y" * 48, ident=100 + i, flags_frag=more_fragments) for i in range(25)]
         send_raw(pair.ns_addr, first_halves)  # the second halves never come
-        rc, findings, _ = doc.finish()
+        _, findings, _ = doc.finish()
         after = ns_snmp(pair.ns)
         frag_time = ns_sysctl(pair.ns, "net.ipv4.ipfrag_time")
     fails = delta(before, after, "IpReasmFails")
@@ -490,7 +490,7 @@ def test_bad_udp_checksums_are_checksum_errors_equal_to_incsumerrors() -> None:
             doc = Doctor(pair)
             bad = struct.pack("!HHHH", 4000, 5310, 8 + 16, 0xBEEF) + b"z" * 16  # 0xBEEF is not its checksum
             send_raw(pair.ns_addr, [ipv4_packet(pair.host_addr, pair.ns_addr, 17, bad, ident=i) for i in range(33)])
-            rc, findings, _ = doc.finish()
+            _, findings, _ = doc.finish()
             after = ns_snmp(pair.ns)
             features = pair.ns_exec("ethtool", "-k", pair.ns_if).stdout
         finally:

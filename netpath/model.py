@@ -431,6 +431,7 @@ class Diagnosis:
     drops_seen: int = 0  # every drop the window counted
     unavailable: tuple[Unavailable, ...] = ()  # parts that could not run (trace stages), and why
     final: bool = True
+    interval_ns: int = 0
 
 
 Event = DropSample | SlowPacket

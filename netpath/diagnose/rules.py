@@ -208,7 +208,7 @@ def listen_overflow(obs: Observation) -> list[Finding]:
     rows = obs.rows("TCP_LISTEN_OVERFLOW")
     if not rows and not overflows:
         return []
-    groups = _by_owner(rows) or [(None, None, 0)]
+    groups: list[tuple[Owner | None, DropRow | None, int]] = [*_by_owner(rows)] or [(None, None, 0)]
     out = []
     for owner, row, n in groups:
         settings = obs.settings_for(row.netns if row else None)

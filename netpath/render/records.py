@@ -194,11 +194,15 @@ def event(item: DropSample | SlowPacket) -> Record:
 
 
 def _body(snap: Snapshot) -> Record:
-    return _drops_body(snap) if isinstance(snap, DropSnapshot) else _trace_body(snap)
+    if isinstance(snap, DropSnapshot):
+        return _drops_body(snap)
+    if isinstance(snap, TraceSnapshot):
+        return _trace_body(snap)
+    return {}  # a doctor's progress: its findings are records of their own (finding())
 
 
 def _command(snap: Snapshot) -> str:
-    return "drops" if isinstance(snap, DropSnapshot) else "trace"
+    return "drops" if isinstance(snap, DropSnapshot) else "trace" if isinstance(snap, TraceSnapshot) else "doctor"
 
 
 def interval(snap: Snapshot, seq: int) -> Record:

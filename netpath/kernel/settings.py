@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from netpath import netns
+from netpath.kernel import irqs as irqs_mod
 from netpath.model import NicSettings, Settings, SocketState, Window
 
 # the sysctls the rules name, read in the run's namespace first, on the host when the namespace lacks them
@@ -205,19 +206,6 @@ def read_rps(iface: str, sysfs: Path = Path("/sys/class/net")) -> tuple[tuple[st
     return tuple(out)
 
 
-def nic_irqs(proc_interrupts: str, iface: str) -> list[int]:
-    """IRQ numbers whose action names the interface (eth0, eth0-rx-0, virtio0-input.0 via its driver name)."""
-    out = []
-    for line in proc_interrupts.splitlines():
-        head, _, rest = line.partition(":")
-        if not head.strip().isdigit():
-            continue
-        actions = rest.split()[-1:] if rest.split() else []
-        if any(a == iface or a.startswith((iface + "-", iface + "_")) for a in actions):
-            out.append(int(head))
-    return out
-
-
 def read_irq_affinity(irqs: Iterable[int], proc: Path = Path("/proc")) -> tuple[tuple[int, str], ...]:
     out = []
     for irq in irqs:
@@ -399,11 +387,13 @@ def read_settings(ns: netns.Netns | None, ifaces: Iterable[str], sysctl_root: Pa
     if missing and ns is not None:  # global sysctls live in the host's /proc/sys only
         values |= read_sysctls(missing, sysctl_root)
     here = ns is None or ns.inode == os.stat("/proc/self/ns/net").st_ino
-    interrupts = _text(Path("/proc/interrupts"))
+    interrupts = irqs_mod.read_interrupts()
+    devices = irqs_mod.local_devices() if here else {}
     full = []
     for nic in nics:
         rps = read_rps(nic.iface) if here else ()  # /sys shows the host's devices only
-        irqs = read_irq_affinity(nic_irqs(interrupts, nic.iface)) if here else ()
+        mine = {nic.iface: devices[nic.iface]} if nic.iface in devices else {}
+        irqs = read_irq_affinity(sorted(irqs_mod.nic_irqs(interrupts, mine))) if mine else ()
         full.append(NicSettings(nic.iface, nic.rx_ring, nic.rx_ring_max, nic.offloads, rps, irqs))
     label = ns.label if ns is not None else "host"
     inode = ns.inode if ns is not None else os.stat("/proc/self/ns/net").st_ino

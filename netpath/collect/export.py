@@ -16,11 +16,16 @@ from prometheus_client.core import Metric
 from netpath import __version__, bpf, links
 from netpath.collect.drops import DropsSession
 from netpath.collect.trace import TraceSession
-from netpath.model import Start
+from netpath.diagnose import rules
+from netpath.diagnose.window import RollingWindow
+from netpath.kernel import settings as settings_mod
+from netpath.model import DropSnapshot, Finding, Settings, Start
 from netpath.render.metrics import MetricSet
 
 # how stale the list of existing interfaces may be before a deleted one's series are dropped
 LIVE_EVERY_S = 10.0
+# netpath_finding: the doctor's rules over the last five minutes of drops and counters (netpath-doctor(8))
+FINDINGS_WINDOW_S = 300.0
 
 
 class ExportCollector:
@@ -34,12 +39,15 @@ class ExportCollector:
         self._t0 = 0
         self.scrapes = 0
         self._live_at = 0.0
+        ns = drops.query.filters.netns
+        self.window = RollingWindow(int(FINDINGS_WINDOW_S * 1e9), lambda: settings_mod.read_window_raw(ns))
 
     def start(self) -> list[Start]:
         self.starts = [self.drops.start()]
         if self.trace is not None:
             self.starts.append(self.trace.start())
         self._t0 = time.monotonic_ns()
+        self.window.add(0, self.drops.summary(0))  # the window's first base: nothing before the start counts
         return self.starts
 
     def collect(self) -> Iterator[Metric]:
@@ -59,10 +67,22 @@ class ExportCollector:
             families.extend(self.metrics.trace(trace))
             hits.update({("trace", hook): n for hook, n in trace.health.probe_hits.items()})
             runs.update(_runs("trace", self.trace.prog))
+        families.extend(self.metrics.findings(self.findings(drops, elapsed), FINDINGS_WINDOW_S))
         families.append(self.metrics.build_info(self.starts[0], __version__))
         self.scrapes += 1
         yield from families
         yield from self.metrics.health(hits, time.perf_counter() - began, runs)
+
+    def findings(self, drops: DropSnapshot, elapsed_ns: int) -> list[Finding]:
+        """The doctor's rules over the rolling window. Knob values are not exported, so no settings are read
+        (no ethtool or sock_diag per scrape), and the latency rules (slow-reader, softirq-wait) are left to
+        `netpath doctor`: trace histograms here are run totals, not the window's."""
+        delta, window, span = self.window.add(elapsed_ns, drops)
+        if span <= 0:
+            return []
+        ns = self.drops.query.filters.netns
+        settings = Settings(ns.inode if ns else None, ns.label if ns else "host")
+        return rules.diagnose(rules.Observation(delta, None, window, settings, span))
 
     def _fresh_live_devices(self) -> set[tuple[int, int]] | None:
         """Every (netns, ifindex) on the host when LIVE_EVERY_S has passed since the last look (it enters

@@ -17,7 +17,7 @@ from prometheus_client.core import (
     Metric,
 )
 
-from netpath.model import DropSnapshot, Latency, Owner, Start, TraceSnapshot
+from netpath.model import DropSnapshot, Finding, Latency, Owner, Start, TraceSnapshot
 
 OTHER = "_other"
 # histogram bounds: powers of two from 128 ns to 17 s; the in-kernel slots split exactly at them
@@ -77,6 +77,7 @@ class MetricSet:
     FAMILIES = ("netpath_drops_total", "netpath_rx_stat_total", "netpath_napi_polls_total")
 
     def __init__(self, max_series: int) -> None:
+        self.max_series = max_series
         self.budgets = {name: SeriesBudget(max_series) for name in self.FAMILIES}
         self.dropped_ever: dict[str, int] = dict.fromkeys(self.FAMILIES, 0)
 
@@ -92,6 +93,25 @@ class MetricSet:
             for fam, value in zip(families, overflow, strict=True):
                 fam.add_metric([OTHER] * width, value)
         self.dropped_ever[key] = max(self.dropped_ever[key], budget.dropped)
+
+    def findings(self, found: list[Finding], window_s: float) -> Iterator[Metric]:
+        """netpath_finding{id,severity,iface,netns_label}: each finding of the rolling window, valued by its first
+        evidence number. Ids and severities are a fixed set; past the series budget the rest of a rule's
+        findings fold into one iface="_other" series, so the family stays bounded."""
+        fam = GaugeMetricFamily("netpath_finding", "A netpath doctor finding over the rolling window (see "
+                                "netpath-doctor(8)): the value is its first evidence number (drops, packets)",
+                                labels=["id", "severity", "iface", "netns_label"])
+        values: dict[Labels, float] = {}
+        for f in found:
+            labels: Labels = (f.id, f.severity, f.where.iface or "", f.where.netns_label or "")
+            if labels not in values and len(values) >= self.max_series:
+                labels = (f.id, f.severity, OTHER, OTHER)
+            values[labels] = values.get(labels, 0) + (f.evidence[0].value if f.evidence else 1)
+        for labels, value in sorted(values.items()):
+            fam.add_metric(list(labels), value)
+        yield fam
+        yield GaugeMetricFamily("netpath_finding_window_seconds", "The span netpath_finding looks back over",
+                                value=window_s)
 
     def build_info(self, start: Start, version: str) -> Metric:
         g = GaugeMetricFamily("netpath_build_info", "netpath version, kernel release and header mode; always 1",

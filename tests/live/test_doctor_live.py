@@ -566,3 +566,53 @@ def test_text_report_on_a_provoked_problem_fits_80_columns() -> None:
     assert run.returncode == 0, err
     assert "INFO  no-listener" in out and "checked: socket-rcvbuf-overflow" in out
     assert max(len(line) for line in out.splitlines()) <= 80
+
+
+# ---------------------------------------------------------------- netpath export: netpath_finding
+
+
+def test_export_publishes_the_same_verdict_as_a_gauge() -> None:
+    import select
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with veth_namespace("npde") as pair:
+        proc = subprocess.Popen(["ip", "netns", "exec", pair.ns, sys.executable, "-c", STALLED, pair.ns_addr,
+                                 "5313"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None and proc.stdout.readline().startswith("ready")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        exp = subprocess.Popen([sys.executable, "-m", "netpath", "export", "--netns", pair.ns, "--listen",
+                                f"127.0.0.1:{port}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               cwd=Path(__file__).resolve().parents[2])
+        try:
+            assert exp.stderr is not None
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                ready, _, _ = select.select([exp.stderr], [], [], deadline - time.monotonic())
+                if ready and "serving http://" in exp.stderr.readline():
+                    break
+            time.sleep(1.5)  # the window then spans over a second: 200 drops in it are under the crit rate
+            before = ns_snmp(pair.ns)
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+                for _ in range(200):
+                    tx.sendto(b"x" * 1000, (pair.ns_addr, 5313))
+                for _ in range(12):
+                    tx.sendto(b"x", (pair.ns_addr, 5314))  # closed
+            after = ns_snmp(pair.ns)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+                text = resp.read().decode()
+        finally:
+            exp.terminate()
+            exp.communicate(timeout=30)
+            stop(proc)
+    got = {(s.labels["id"], s.labels["severity"], s.labels["iface"], s.labels["netns_label"]): s.value
+           for fam in text_string_to_metric_families(text) for s in fam.samples if s.name == "netpath_finding"}
+    lost = delta(before, after, "UdpRcvbufErrors")
+    assert lost > 0
+    assert got[("socket-rcvbuf-overflow", "warn", pair.ns_if, pair.ns)] == lost
+    assert got[("no-listener", "info", pair.ns_if, pair.ns)] == 12
+    # softnet is the host's: other tests' traffic may add an info-level CPU finding, nothing above info
+    assert [k for k in got if k[1] != "info" and k[0] != "socket-rcvbuf-overflow"] == []

@@ -8,16 +8,17 @@ settings as they are now, and runs the rules (netpath/diagnose/rules.py).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from netpath import netns
 from netpath.collect import drops as drops_mod
 from netpath.collect import trace as trace_mod
+from netpath.collect.owners import OwnerResolver
 from netpath.diagnose import rules
 from netpath.errors import MissingCapability
 from netpath.kernel import settings as settings_mod
 from netpath.kernel.clock import tai_offset_ns
-from netpath.model import Diagnosis, DoctorStart, DropSnapshot, Event, Settings, Unavailable
+from netpath.model import Diagnosis, DoctorStart, DropSnapshot, Event, Finding, Settings, Unavailable
 from netpath.query import Filters
 
 # drops: everything the socket and policy rules need to name whose packet it was and where
@@ -52,6 +53,7 @@ class DoctorSession:
         self.trace = trace
         self._unavailable = list(unavailable or [])
         self._before: settings_mod.Raw | None = None
+        self._owners: OwnerResolver | None = None
 
     def start(self) -> DoctorStart:
         start = self.drops.start()
@@ -87,8 +89,28 @@ class DoctorSession:
         win = settings_mod.window(self._before, settings_mod.read_window_raw(self.query.filters.netns))
         settings = settings_mod.read_settings(self.query.filters.netns, self._nics(drops, win.rx_packets))
         others = self._other_settings(drops, settings.netns)
-        findings = rules.diagnose(rules.Observation(drops, trace, win, settings, elapsed_ns, others))
+        f = self.query.filters
+        scoped = f.netns is not None or bool(f.ifaces) or f.proto is not None or f.narrows_flow
+        findings = rules.diagnose(rules.Observation(drops, trace, win, settings, elapsed_ns, others, scoped))
+        findings = [self._named(f, settings, others) for f in findings]
         return Diagnosis(tuple(findings), rules.RULE_IDS, elapsed_ns, drops.total, tuple(self._unavailable))
+
+    def _named(self, f: Finding, settings: Settings, others: dict[int, Settings]) -> Finding:
+        """A socket finding that sock_diag placed (a full listener) but no drop row named: its holder, looked
+        up by the socket's inode now (the one /proc scan the doctor makes)."""
+        w = f.where
+        if w.lport is None or w.pid is not None:
+            return f
+        where_settings = others.get(w.netns, settings) if w.netns is not None else settings
+        sock = next((s for s in where_settings.sockets
+                     if (s.laddr, s.lport, s.proto) == (w.laddr, w.lport, w.proto or s.proto)), None)
+        if sock is None:
+            return f
+        if self._owners is None:
+            self._owners = OwnerResolver()
+        owner = self._owners.of_socket(sock.inode, sock.cgroup_id or 0, w.netns)
+        return replace(f, where=replace(w, pid=owner.pid, comm=owner.comm, cgroup=owner.cgroup or w.cgroup,
+                                        container=owner.container or w.container))
 
     def _other_settings(self, drops: DropSnapshot, here: int | None) -> dict[int, Settings]:
         """Settings of the other namespaces drops happened in (without --netns every namespace is watched),

@@ -82,7 +82,9 @@ class ExportCollector:
             return []
         ns = self.drops.query.filters.netns
         settings = Settings(ns.inode if ns else None, ns.label if ns else "host")
-        return rules.diagnose(rules.Observation(delta, None, window, settings, span))
+        f = self.drops.query.filters
+        scoped = f.netns is not None or bool(f.ifaces) or f.proto is not None or f.narrows_flow
+        return rules.diagnose(rules.Observation(delta, None, window, settings, span, scoped=scoped))
 
     def _fresh_live_devices(self) -> set[tuple[int, int]] | None:
         """Every (netns, ifindex) on the host when LIVE_EVERY_S has passed since the last look (it enters

@@ -43,6 +43,9 @@ class Observation:
     settings: Settings  # the namespace the run looked at (the host's without --netns)
     elapsed_ns: int
     others: dict[int, Settings] = field(default_factory=dict)  # netns inode -> settings, for rows elsewhere
+    # the run was narrowed (--netns, --iface, ...): host-wide counters (softnet) then say nothing of its scope,
+    # so they never raise a finding above info on their own
+    scoped: bool = False
 
     def settings_for(self, netns: int | None) -> Settings:
         """The settings of the namespace a drop happened in (knob values are per namespace)."""
@@ -414,7 +417,7 @@ def backlog_overflow(obs: Observation) -> list[Finding]:
     softnet = {cpu: cols.get("dropped", 0) for cpu, cols in obs.window.softnet.items() if cols.get("dropped", 0)}
     n = sum(r.count for r in rows)
     total = sum(softnet.values())
-    if not n and not total:
+    if not n and (not total or obs.scoped):  # softnet is host-wide: a narrowed run needs its own drops
         return []
     evidence = [Evidence("packets dropped: per-CPU input backlog full", n, "kfree_skb reason CPU_BACKLOG"),
                 Evidence("softnet backlog drops, all CPUs", total, "/proc/net/softnet_stat dropped (column 2)")]
@@ -437,14 +440,19 @@ def napi_budget_squeeze(obs: Observation) -> list[Finding]:
     total = sum(squeeze.values())
     if not total:
         return []
-    lost = any(cols.get("dropped", 0) for cols in obs.window.softnet.values()) or bool(_ring_counters(obs))
+    # the loss a squeeze makes worse is the NIC ring's (nobody drained it in time); backlog drops are
+    # backlog-overflow's own finding, with its own knob, and are only mentioned here
+    backlog = bool(obs.rows("CPU_BACKLOG")) if obs.scoped else any(
+        cols.get("dropped", 0) for cols in obs.window.softnet.values())
+    lost = bool(_ring_counters(obs))
     evidence = [Evidence("NET_RX runs that ran out of budget or time", total,
                          "/proc/net/softnet_stat time_squeeze (column 3)")]
     for cpu, s in sorted(squeeze.items()):
         evidence.append(Evidence(f"time_squeeze on CPU {cpu}", s, f"/proc/net/softnet_stat time_squeeze, CPU {cpu}"))
     return [Finding(
         "napi-budget-squeeze", "warn" if lost else "info",
-        "NET_RX softirq stops with work left (budget or time exhausted)" + (", and packets were lost" if lost else ""),
+        "NET_RX softirq stops with work left (budget or time exhausted)"
+        + (", and the NIC ring overflowed" if lost else ", beside backlog drops" if backlog else ""),
         tuple(evidence), FindingWhere(**_ns_where(obs)),  # type: ignore[arg-type]
         (_knob(obs.settings, "net.core.netdev_budget", "raise it (e.g. 600) so one run processes more packets"),
          _knob(obs.settings, "net.core.netdev_budget_usecs", "raise it so one run may take longer")),
@@ -497,6 +505,7 @@ def rx_imbalance(obs: Observation) -> list[Finding]:
         return []
     # squeezes alone are napi-budget-squeeze's (latency); drops on the busy CPU make the imbalance harmful
     hurt = obs.window.softnet[cpu].get("dropped", 0)
+    harmful = hurt > 0 and not obs.scoped  # host-wide numbers: a narrowed run cannot tell whose drops they were
     busiest = max(obs.window.rx_packets.items(), key=lambda kv: kv[1], default=(None, 0))[0]
     nic = obs.settings.nic(busiest)
     knobs = []
@@ -508,7 +517,7 @@ def rx_imbalance(obs: Observation) -> list[Finding]:
         knobs.append(Knob("/proc/irq/N/smp_affinity_list", irqs,
                           "spread the NIC queues' IRQs over CPUs (or let irqbalance do it)"))
     return [Finding(
-        "rx-imbalance", "warn" if hurt else "info",
+        "rx-imbalance", "warn" if harmful else "info",
         f"CPU {cpu} does {100 * top // total}% of the receive work", (
             Evidence(f"packets processed by CPU {cpu}", top, f"/proc/net/softnet_stat processed, CPU {cpu}"),
             Evidence("packets processed, all CPUs", total, "/proc/net/softnet_stat processed (column 1)"),
@@ -600,7 +609,7 @@ RULES: tuple[Rule, ...] = (
          "net.core.netdev_max_backlog", "warn; crit at 1000 drops/s or more", ("CPU_BACKLOG",)),
     Rule("napi-budget-squeeze", napi_budget_squeeze, "softnet_stat time_squeeze grew",
          "net.core.netdev_budget, net.core.netdev_budget_usecs",
-         "info; warn when backlog or ring drops happened in the same window"),
+         "info; warn when the NIC ring overflowed in the same window"),
     Rule("nic-ring-overrun", nic_ring_overrun, "link rx_missed/rx_fifo/rx_over, netdev qstats hw drops or "
          "ethtool -S missed/no-buffer counters grew", "ethtool -G IFACE rx", "warn; crit at 1000 drops/s or more"),
     Rule("rx-imbalance", rx_imbalance, f"one CPU processed {int(IMBALANCE_SHARE * 100)}% or more of at least "

@@ -83,7 +83,12 @@ def only(findings: list[dict], rule: str) -> dict:
     assert len(mine) == 1, findings
     others = [f for f in findings if f["id"] != rule and RANK[f["severity"]] > 0]
     assert not others, others
-    return mine[0]
+    f = mine[0]
+    # the numbers seen, for the record (pytest -s)
+    print(f"\n{f['id']} {f['severity']}: " + "; ".join(f"{e['value']} = {e['counter']}" for e in f["evidence"])
+          + f" | {f['where']['comm']}[{f['where']['pid']}] | "
+          + "; ".join(f"{k['name']}={k['value']}" for k in f["knobs"]))
+    return f
 
 
 def evidence(finding: dict, counter: str) -> int:
@@ -198,8 +203,7 @@ def test_listen_overflow_names_the_listener_and_its_backlog() -> None:
     assert evidence(f, "nstat TcpExtListenOverflows") == overflows
     assert evidence(f, "nstat TcpExtListenDrops") == delta(before, after, "TcpExtListenDrops")
     assert f["where"]["lport"] == 5302 and f["where"]["laddr"] == pair.ns_addr
-    if f["where"]["pid"] is not None:
-        assert (f["where"]["pid"], f["where"]["comm"]) == (proc.pid, comm)
+    assert (f["where"]["pid"], f["where"]["comm"]) == (proc.pid, comm)  # the listener's holder, by its inode
     assert knob(f, "listen() backlog") == "1"
     assert knob(f, "net.core.somaxconn") == somaxconn
 

@@ -307,3 +307,14 @@ def test_knobs_come_from_the_namespace_the_drop_happened_in() -> None:
 @pytest.mark.parametrize("rule", RULES, ids=lambda r: r.id)
 def test_every_rule_is_quiet_on_an_empty_window(rule: rules.Rule) -> None:
     assert rule.check(obs()) == []
+
+
+def test_a_narrowed_run_is_not_blamed_for_host_wide_softnet_drops() -> None:
+    win = Window(softnet={0: {"processed": 120_000, "dropped": 400, "time_squeeze": 30},
+                          1: {"processed": 100, "dropped": 0, "time_squeeze": 0}})
+    host = diagnose(obs(window=win))
+    assert ("backlog-overflow", "warn") in ids(host) and ("rx-imbalance", "warn") in ids(host)
+    scoped = diagnose(replace(obs(window=win), scoped=True))
+    assert all(f.severity == "info" for f in scoped), ids(scoped)
+    mine = diagnose(replace(obs(drops(row("CPU_BACKLOG", 12)), win), scoped=True))
+    assert ("backlog-overflow", "warn") in ids(mine)

@@ -18,7 +18,7 @@ from netpath.diagnose import rules
 from netpath.errors import MissingCapability
 from netpath.kernel import settings as settings_mod
 from netpath.kernel.clock import tai_offset_ns
-from netpath.model import Diagnosis, DoctorStart, DropSnapshot, Event, Finding, Settings, Unavailable
+from netpath.model import Attached, Diagnosis, DoctorStart, DropSnapshot, Event, Finding, Settings, Unavailable
 from netpath.query import Filters
 
 # drops: everything the socket and policy rules need to name whose packet it was and where
@@ -56,8 +56,9 @@ class DoctorSession:
         self._owners: OwnerResolver | None = None
 
     def start(self) -> DoctorStart:
-        start = self.drops.start()
-        attached = list(start.attached)
+        # the trace program first (its compile takes the longest), then the drops program and, right after
+        # it, the counters: the drop rows and the counters they are compared with cover the same window
+        attached: list[Attached] = []
         if self.trace is not None:
             try:
                 tstart = self.trace.start()
@@ -68,8 +69,9 @@ class DoctorSession:
             else:
                 attached += tstart.attached
                 self._unavailable += tstart.unavailable
+        start = self.drops.start()
         self._before = settings_mod.read_window_raw(self.query.filters.netns)
-        return DoctorStart(kernel=start.kernel, headers=start.headers, attached=tuple(attached),
+        return DoctorStart(kernel=start.kernel, headers=start.headers, attached=tuple(start.attached) + tuple(attached),
                            unavailable=start.unavailable + tuple(self._unavailable), filters=start.filters,
                            rules=rules.RULE_IDS)
 
@@ -85,8 +87,8 @@ class DoctorSession:
     def summary(self, elapsed_ns: int) -> Diagnosis:
         assert self._before is not None
         drops = self.drops.summary(elapsed_ns)
-        trace = self.trace.summary(elapsed_ns) if self.trace is not None else None
         win = settings_mod.window(self._before, settings_mod.read_window_raw(self.query.filters.netns))
+        trace = self.trace.summary(elapsed_ns) if self.trace is not None else None
         settings = settings_mod.read_settings(self.query.filters.netns, self._nics(drops, win.rx_packets))
         others = self._other_settings(drops, settings.netns)
         f = self.query.filters

@@ -15,6 +15,7 @@ from netpath.collect import drops as drops_mod
 from netpath.collect import trace as trace_mod
 from netpath.collect.owners import OwnerResolver
 from netpath.diagnose import rules
+from netpath.diagnose.window import diff_drops
 from netpath.errors import MissingCapability
 from netpath.kernel import settings as settings_mod
 from netpath.kernel.clock import tai_offset_ns
@@ -54,6 +55,7 @@ class DoctorSession:
         self._unavailable = list(unavailable or [])
         self._before: settings_mod.Raw | None = None
         self._owners: OwnerResolver | None = None
+        self._base: tuple[dict[bytes, int], int] = ({}, 0)
 
     def start(self) -> DoctorStart:
         # the trace program first (its compile takes the longest), then the drops program and, right after
@@ -70,7 +72,9 @@ class DoctorSession:
                 attached += tstart.attached
                 self._unavailable += tstart.unavailable
         start = self.drops.start()
-        self._before = settings_mod.read_window_raw(self.query.filters.netns)
+        # the window starts here, for the counters and the drop rows alike: drops counted while drops.start()
+        # was still reading its own counters are taken off at the end
+        self._before, self._base = settings_mod.read_window_raw_marked(self.query.filters.netns, self._drop_counts)
         return DoctorStart(kernel=start.kernel, headers=start.headers, attached=tuple(start.attached) + tuple(attached),
                            unavailable=start.unavailable + tuple(self._unavailable), filters=start.filters,
                            rules=rules.RULE_IDS)
@@ -86,8 +90,14 @@ class DoctorSession:
 
     def summary(self, elapsed_ns: int) -> Diagnosis:
         assert self._before is not None
-        drops = self.drops.summary(elapsed_ns)
-        win = settings_mod.window(self._before, settings_mod.read_window_raw(self.query.filters.netns))
+        after, (end, end_matched) = settings_mod.read_window_raw_marked(self.query.filters.netns,
+                                                                        self._drop_counts)
+        win = settings_mod.window(self._before, after)
+        run = self.drops.summary(elapsed_ns)  # the link, qdisc and NIC counters; rows come from the marks
+        base, base_matched = self._base
+        drops = diff_drops(replace(run, rows=self.drops.decode_rows(end), total=end_matched),
+                           replace(run, rows=self.drops.decode_rows(base), counters=[], total=base_matched,
+                                   elapsed_ns=0))
         trace = self.trace.summary(elapsed_ns) if self.trace is not None else None
         settings = settings_mod.read_settings(self.query.filters.netns, self._nics(drops, win.rx_packets))
         others = self._other_settings(drops, settings.netns)
@@ -96,6 +106,9 @@ class DoctorSession:
         findings = rules.diagnose(rules.Observation(drops, trace, win, settings, elapsed_ns, others, scoped))
         findings = [self._named(f, settings, others) for f in findings]
         return Diagnosis(tuple(findings), rules.RULE_IDS, elapsed_ns, drops.total, tuple(self._unavailable))
+
+    def _drop_counts(self) -> tuple[dict[bytes, int], int]:
+        return self.drops.counts(), self.drops.stats().get("matched", 0)
 
     def _named(self, f: Finding, settings: Settings, others: dict[int, Settings]) -> Finding:
         """A socket finding that sock_diag placed (a full listener) but no drop row named: its holder, looked

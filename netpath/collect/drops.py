@@ -328,6 +328,10 @@ class DropsSession(ProgramSession):
         snap.warnings = list(self._warnings)
         return snap
 
+    def decode_rows(self, counts: dict[bytes, int]) -> list[DropRow]:
+        """Rows for a reading taken with counts() (netpath doctor subtracts one taken at its window's start)."""
+        return self._snapshot(counts, [], {}, 0, 0, 0).rows
+
     def _snapshot(self, counts: dict[bytes, int], counters: list[Counter], stats: dict[str, int], total: int,
                   elapsed_ns: int, lost_samples: int, interval_counts: dict[bytes, int] | None = None
                   ) -> DropSnapshot:

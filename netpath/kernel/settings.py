@@ -18,8 +18,9 @@ import shutil
 import socket
 import struct
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TypeVar
 
 from netpath import netns
 from netpath.kernel import irqs as irqs_mod
@@ -296,19 +297,28 @@ def _rx_packets() -> dict[str, int]:
     return out
 
 
+T = TypeVar("T")
 Raw = tuple[dict[str, int], dict[str, int], dict[int, dict[str, int]], dict[str, int]]
 
 
 def read_window_raw(ns: netns.Netns | None) -> Raw:
     """The cumulative counters a Window is the difference of."""
-    def inside() -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
+    return read_window_raw_marked(ns, lambda: None)[0]
+
+
+def read_window_raw_marked(ns: netns.Netns | None, mark: Callable[[], T]) -> tuple[Raw, T]:
+    """read_window_raw, and mark() called right after the SNMP and conntrack counters are read (the slow link
+    dump goes first), so a reading taken by mark() (drop counts) and the counters cover the same instant."""
+    def inside() -> tuple[dict[str, int], dict[str, int], dict[str, int], T]:
+        rx = _rx_packets()
         base = _proc_net()
         snmp = parse_snmp_all(_text(base / "snmp")) | parse_snmp_all(_text(base / "netstat"))
         snmp |= parse_snmp6_all(_text(base / "snmp6"))
-        return snmp, parse_conntrack_stat(_text(base / "stat" / "nf_conntrack")), _rx_packets()
+        conntrack = parse_conntrack_stat(_text(base / "stat" / "nf_conntrack"))
+        return snmp, conntrack, rx, mark()
 
-    snmp, conntrack, rx = netns.run_in(ns, inside)
-    return snmp, conntrack, parse_softnet_all(_text(Path("/proc/net/softnet_stat"))), rx
+    snmp, conntrack, rx, marked = netns.run_in(ns, inside)
+    return (snmp, conntrack, parse_softnet_all(_text(Path("/proc/net/softnet_stat"))), rx), marked
 
 
 def window(before: Raw, after: Raw) -> Window:

@@ -318,3 +318,13 @@ def test_a_narrowed_run_is_not_blamed_for_host_wide_softnet_drops() -> None:
     assert all(f.severity == "info" for f in scoped), ids(scoped)
     mine = diagnose(replace(obs(drops(row("CPU_BACKLOG", 12)), win), scoped=True))
     assert ("backlog-overflow", "warn") in ids(mine)
+
+
+def test_the_man_page_lists_every_rule_and_the_finding_fields() -> None:
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[2] / "man/man8/netpath-doctor.8").read_text().replace("\\-", "-")
+    for rule in RULES:
+        assert f".B {rule.id}\n" in page, rule.id
+    for name in ("evidence", "where", "knobs", "why", "severity", "summary"):
+        assert name in page

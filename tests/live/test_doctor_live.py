@@ -620,3 +620,44 @@ def test_export_publishes_the_same_verdict_as_a_gauge() -> None:
     assert got[("no-listener", "info", pair.ns_if, pair.ns)] == 12
     # softnet is the host's: other tests' traffic may add an info-level CPU finding, nothing above info
     assert [k for k in got if k[1] != "info" and k[0] != "socket-rcvbuf-overflow"] == []
+
+
+# ---------------------------------------------------------------- slow-reader
+
+SLOW_READER = r"""
+import socket, sys, time
+rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+rx.bind((sys.argv[1], int(sys.argv[2])))
+print("ready", flush=True)
+for _ in range(int(sys.argv[3])):
+    time.sleep(0.15)           # every datagram waits in the queue while the reader sleeps
+    rx.recv(2048)
+print("done", flush=True)
+"""
+
+
+def test_a_reader_that_reads_late_is_a_slow_reader_by_process() -> None:
+    n = 30
+    with veth_namespace("npds") as pair:
+        proc = in_ns(pair, SLOW_READER, pair.ns_addr, 5315, n)
+        try:
+            doc = Doctor(pair, duration="8")
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+                for _ in range(n):
+                    tx.sendto(b"x" * 100, (pair.ns_addr, 5315))  # all at once: the last waits n * 150 ms
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "done"
+            _, findings, _ = doc.finish()
+            comm = comm_of(proc.pid)
+        finally:
+            proc.kill()
+            proc.wait()
+    f = only(findings, "slow-reader")
+    assert f["severity"] == "warn"  # p99 far above 100 ms: the data is late, not lost
+    assert (f["where"]["pid"], f["where"]["comm"]) == (proc.pid, comm)
+    assert evidence_named(f, "packets timed in the socket queue") == n
+    assert evidence_named(f, "p99 time in the socket queue") >= 100_000_000
+
+
+def evidence_named(finding: dict, name: str) -> int:
+    return next(e["value"] for e in finding["evidence"] if e["name"] == name)

@@ -105,7 +105,8 @@ class DoctorSession:
         scoped = f.netns is not None or bool(f.ifaces) or f.proto is not None or f.narrows_flow
         findings = rules.diagnose(rules.Observation(drops, trace, win, settings, elapsed_ns, others, scoped))
         findings = [self._named(f, settings, others) for f in findings]
-        return Diagnosis(tuple(findings), rules.RULE_IDS, elapsed_ns, drops.total, tuple(self._unavailable))
+        checked = tuple(r for r in rules.RULE_IDS if self.trace is not None or r not in rules.LATENCY_RULES)
+        return Diagnosis(tuple(findings), checked, elapsed_ns, drops.total, tuple(self._unavailable))
 
     def _drop_counts(self) -> tuple[dict[bytes, int], int]:
         return self.drops.counts(), self.drops.stats().get("matched", 0)

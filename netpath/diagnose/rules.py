@@ -630,6 +630,7 @@ RULES: tuple[Rule, ...] = (
          "interface's packets", ("XDP",)),
 )
 RULE_IDS = tuple(r.id for r in RULES)
+LATENCY_RULES = ("slow-reader", "softirq-wait")  # they need the trace program (netpath doctor --no-trace: not run)
 
 
 def diagnose(obs: Observation) -> list[Finding]:

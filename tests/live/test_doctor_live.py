@@ -661,3 +661,17 @@ def test_a_reader_that_reads_late_is_a_slow_reader_by_process() -> None:
 
 def evidence_named(finding: dict, name: str) -> int:
     return next(e["value"] for e in finding["evidence"] if e["name"] == name)
+
+
+def test_not_root_is_exit_3_with_the_fix_and_no_trace_leaves_the_latency_rules_unchecked() -> None:
+    proc = subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", "--inh-caps=-all",
+                           sys.executable, "-m", "netpath", "doctor", "--duration", "1"], capture_output=True,
+                          text=True, timeout=60, check=False, cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 3, proc.stderr
+    assert "sudo" in proc.stderr and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    with veth_namespace("npdq") as pair:
+        doc = Doctor(pair, "--no-trace", duration="2")
+        assert [a["hook"] for a in doc.start["attached"]] == ["skb:kfree_skb"]
+        rc, findings, summary = doc.finish()
+    assert rc == 0 and findings == []
+    assert "slow-reader" not in summary["checked"] and len(summary["checked"]) == 14

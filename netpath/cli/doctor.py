@@ -20,7 +20,6 @@ MIN_DURATION_S = 1.0  # a shorter window sees too little to conclude anything
 
 HELP = f"""Diagnose the receive path: ranked findings with evidence and the knob.
 
-\b
 Watches the receive path for --duration seconds (default {DEFAULT_DURATION_S:.0f}): every drop by the
 kernel's reason, interface and receiving socket (with its process, cgroup
 and container), the counters no skb carries (softnet, link, qdisc, SNMP,
@@ -32,7 +31,6 @@ the evidence (equal to the kernel counter named), why, and the setting that
 fixes it with its current value. A healthy host prints "no problems found"
 and what was checked. Every number is a delta over the window.
 
-\b
 Rules: {', '.join(rules.RULE_IDS)}.
 
 \b

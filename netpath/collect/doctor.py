@@ -90,8 +90,15 @@ class DoctorSession:
 
     def summary(self, elapsed_ns: int) -> Diagnosis:
         assert self._before is not None
-        after, (end, end_matched) = settings_mod.read_window_raw_marked(self.query.filters.netns,
-                                                                        self._drop_counts)
+        ns = self.query.filters.netns
+        try:
+            after, (end, end_matched) = settings_mod.read_window_raw_marked(ns, self._drop_counts)
+        except OSError as exc:  # the namespace went away during the run: its counters stop where they were
+            if ns is None:
+                raise
+            self._unavailable.append(Unavailable("counters", f"network namespace {ns.label!r} is gone "
+                                                 f"({exc.strerror}): its counters and settings were not read"))
+            after, (end, end_matched) = self._before, self._drop_counts()
         win = settings_mod.window(self._before, after)
         run = self.drops.summary(elapsed_ns)  # the link, qdisc and NIC counters; rows come from the marks
         base, base_matched = self._base
@@ -99,7 +106,10 @@ class DoctorSession:
                            replace(run, rows=self.drops.decode_rows(base), counters=[], total=base_matched,
                                    elapsed_ns=0))
         trace = self.trace.summary(elapsed_ns) if self.trace is not None else None
-        settings = settings_mod.read_settings(self.query.filters.netns, self._nics(drops, win.rx_packets))
+        try:
+            settings = settings_mod.read_settings(ns, self._nics(drops, win.rx_packets))
+        except OSError:  # gone (said above): the rules still run, knob values are unknown
+            settings = Settings(ns.inode if ns else None, ns.label if ns else "host")
         others = self._other_settings(drops, settings.netns)
         f = self.query.filters
         scoped = f.netns is not None or bool(f.ifaces) or f.proto is not None or f.narrows_flow

@@ -40,6 +40,12 @@ def where_text(w: FindingWhere) -> str:
     return ", ".join(parts) or "this host"
 
 
+def printable(text: str) -> str:
+    """Process names, cgroup paths and interface names come from other processes and the kernel: a control
+    character in one must not reach the terminal."""
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
 def finding_lines(f: Finding, width: int = 80) -> list[str]:
     out = textwrap.wrap(f"{f.severity.upper():<5} {f.id}: {f.title}", width=width, subsequent_indent="      ")
     out += _wrap("where", where_text(f.where), width)
@@ -62,7 +68,7 @@ def report_lines(diag: Diagnosis, counts: dict[str, int], width: int = 80) -> li
         lines = [f"netpath doctor: {len(diag.findings)} finding{'s' if len(diag.findings) != 1 else ''} "
                  f"in {seconds:.1f} s ({tally}), worst first"]
     for f in diag.findings:
-        lines += ["", *finding_lines(f, width)]
+        lines += ["", *map(printable, finding_lines(f, width))]
     lines += ["", *textwrap.wrap("checked: " + ", ".join(diag.checked), width=width, subsequent_indent="  ")]
     for u in diag.unavailable:
         lines += textwrap.wrap(f"not checked: {u.stage or u.hook}: {u.reason}", width=width,

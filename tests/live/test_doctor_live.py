@@ -678,3 +678,13 @@ def test_not_root_is_exit_3_with_the_fix_and_no_trace_leaves_the_latency_rules_u
         rc, findings, summary = doc.finish()
     assert rc == 0 and findings == []
     assert "slow-reader" not in summary["checked"] and len(summary["checked"]) == 14
+
+
+def test_a_namespace_deleted_mid_run_still_concludes() -> None:
+    with veth_namespace("npdg") as pair:
+        doc = Doctor(pair, duration="3")
+        ip("link", "del", pair.host_if)
+        ip("netns", "del", pair.ns)
+        rc, findings, summary = doc.finish()
+    assert rc == 0 and [f for f in findings if RANK[f["severity"]] > 0] == []
+    assert any("is gone" in u["reason"] for u in summary["unavailable"]), summary

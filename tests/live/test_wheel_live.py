@@ -91,3 +91,14 @@ def test_installed_trace_starts_with_attached_stages(venv):
     assert rc == 0, err
     assert [r["type"] for r in records] == ["start", "interval", "summary"]
     assert job.summary()["stop_reason"] == "count"
+
+
+def test_installed_doctor_names_closed_port_datagrams_on_loopback(venv):
+    port = free_udp_port()
+    job = VenvRun(venv, ["doctor", "--port", str(port), "--json", "--duration", "3", "--no-trace"])
+    assert job.wait_start()["command"] == "doctor"
+    send_udp("127.0.0.1", port, 500)
+    rc, records, err = job.finish()
+    assert rc == 0, err
+    [finding] = [r for r in records if r["type"] == "finding" and r["id"] == "no-listener"]
+    assert finding["severity"] == "info" and finding["evidence"][0]["value"] == 500

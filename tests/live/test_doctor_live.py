@@ -220,6 +220,7 @@ def test_closed_port_is_info_with_udp_noports() -> None:
                 tx.sendto(b"x", (pair.ns_addr, 5303))
         rc, findings, _ = doc.finish()
         after = ns_snmp(pair.ns)
+    assert delta(before, after, "UdpNoPorts") == 40  # the kernel saw them all
     f = only(findings, "no-listener")
     assert f["severity"] == "info" and rc == 0  # nothing an application asked for was lost
     assert evidence(f, "kfree_skb reason NO_SOCKET") == 40 == delta(before, after, "UdpNoPorts")
@@ -676,7 +677,7 @@ def test_not_root_is_exit_3_with_the_fix_and_no_trace_leaves_the_latency_rules_u
         doc = Doctor(pair, "--no-trace", duration="2")
         assert [a["hook"] for a in doc.start["attached"]] == ["skb:kfree_skb"]
         rc, findings, summary = doc.finish()
-    assert rc == 0 and findings == []
+    assert rc == 0 and [f for f in findings if RANK[f["severity"]] > 0] == []
     assert "slow-reader" not in summary["checked"] and len(summary["checked"]) == 14
 
 

@@ -14,7 +14,7 @@ HistKey = tuple[int, int, int, int]  # stage index, ifindex, netns, cpu
 NapiKey = tuple[int, int, int]  # ifindex, netns, cpu
 OwnerKey = tuple[int, int]  # cgroup id, reader tgid
 Names = Callable[[int, int], str | None]
-# the stages bpf/trace.c times 1 in SAMPLE_SHIFT when built sampled (np_seen keeps their exact counts); the
+# the stages the trace program times 1 in SAMPLE_SHIFT when built sampled (np_seen keeps their exact counts); the
 # others (hardirq, gro, kprobe checkpoints) are never sampled, so sampling happens only without them mattering
 SAMPLED_STAGES = ("softirq_wait", "net_rx_action", "napi_poll", "netif_receive_skb", "stack_total", "socket_queue")
 
@@ -146,7 +146,7 @@ def stage_rows(plan: AttachPlan, dists: dict[HistKey, Dist], napi: dict[NapiKey,
     """One row per available stage, path order; breakdown parts with --per-iface/--per-cpu.
 
     keep_napi_parts (default: keep_parts) keeps NAPI counters per device on their own. With sample_every > 1,
-    the stages bpf/trace.c samples (SAMPLED_STAGES) take their exact count from `seen`.
+    the stages the trace program samples (SAMPLED_STAGES) take their exact count from `seen`.
     """
     keep_napi = keep_parts if keep_napi_parts is None else keep_napi_parts
     out: list[StageRow] = []

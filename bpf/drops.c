@@ -33,13 +33,6 @@
  */
 #include "netpath.h"
 
-/* the receiving socket is read (drops_owner.c, placed ahead of this unit) */
-#if BY_OWNER || defined(FILTER_CGROUP) || SAMPLE_BUDGET > 0
-#define NEED_OWNER 1
-#else
-#define NEED_OWNER 0
-#endif
-
 /* The flow part exists only when rows group by flow: a shorter key hashes faster. */
 struct drop_key {
 	struct drop_where w;
@@ -311,8 +304,8 @@ RAW_TRACEPOINT_PROBE(kfree_skb)
 #if TP_HAS_REASON
 	w.reason = (u32)ctx->args[2];
 #endif
-#if TP_HAS_RX_SK && NEED_OWNER
-	rx_sk = (void *)ctx->args[3];
+#if TP_HAS_RX_SK && (BY_OWNER || defined(FILTER_CGROUP) || SAMPLE_BUDGET > 0)
+	rx_sk = (void *)ctx->args[3];	/* for drops_owner.c */
 #endif
 	if (!drop_matches(skb, rx_sk, &w, &flow, &owner))
 		return 0;

@@ -260,7 +260,7 @@ static __always_inline void drop_sample_send(void *ctx, struct drop_stats *st, v
 	if (!used)
 		return;
 	if (*used >= SAMPLE_BUDGET) {
-		st->v[STAT_SAMPLE_BUDGET] += 1;
+		st->v[STAT_SKIPPED_SAMPLES] += 1;
 		return;
 	}
 	*used += 1;
@@ -278,7 +278,7 @@ static __always_inline void drop_sample_send(void *ctx, struct drop_stats *st, v
 	s.stackid = stackid;
 	bpf_get_current_comm(&s.comm, sizeof(s.comm));
 	samples.perf_submit(ctx, &s, sizeof(s));
-	st->v[STAT_SAMPLED] += 1;
+	st->v[STAT_SAMPLES] += 1;
 }
 #endif
 
@@ -312,7 +312,7 @@ RAW_TRACEPOINT_PROBE(kfree_skb)
 	st->v[STAT_MATCHED] += 1;
 	drop_key_of(&key, &w, &flow, &owner);
 	if (!drop_count(&key)) {
-		st->v[STAT_MAP_FULL] += 1;
+		st->v[STAT_LOST_ROWS] += 1;
 		return 0;
 	}
 #ifdef WITH_STACK

@@ -307,7 +307,7 @@ static __always_inline void np_record(u32 stage, u64 delta, u32 ifindex, u32 net
 #endif
 	v = hist.lookup_or_try_init(&k, &zero);
 	if (!v) {
-		np_hit(H_LOST_ROWS);
+		np_hit(H_LOST_SAMPLES);
 		return;
 	}
 	*v += 1;

@@ -1,0 +1,221 @@
+"""Every BPF build netpath can choose compiles with BCC and passes this kernel's verifier.
+
+What is built: for each captured kernel (tests/fixtures 6.1, 6.12, 6.18, plus the hand-made trace-6.1 tree,
+the one shape whose plan takes socket_queue/stack_total from kprobe sock_def_readable), the planner's plan
+for each option set below, turned into a ProgramSource by the commands' own program_source(). The fixture
+trees carry no BTF, so struct offsets come from this kernel's BTF; the plan (-D USE_*/HAS_* set, RX_TSTAMP,
+KP_CHECKPOINTS, TP_HAS_RX_SK, ...) and the shimmed kernel version come from the fixture.
+
+How each build is checked (netpath.bpf.check_build): BCC compiles it with the headers shim for that kernel's
+release, then every function is loaded, never attached: raw tracepoints as raw tracepoints, kprobe handlers
+as kprobes (loading one needs no CONFIG_KPROBES, only attaching does, so 6.1/6.12 builds load here too),
+tp_btf functions through bpf(2) with their tracepoint's BTF id. Compiling alone would not do: BCC's compile
+never runs the verifier (a program the verifier rejects compiles cleanly), load_func does.
+
+Which option sets (trace_options, drops_options): not the full cartesian product (thousands of builds, most
+identical), but
+- trace: the options that decide the plan and each other's effect are crossed in full: the stage set
+  ('packet', 'all', each single stage) x --exact x --sample 1/16 x tp_btf on/off (sampling and tp_btf only
+  apply in the receive-timestamp build, which --exact and kprobe checkpoints turn off);
+  then around 'packet' and 'all', with and without --exact, each other option one at a time (per-iface,
+  per-cpu, per-socket, slower, napi_by_dev, each filter: netns, iface, proto tcp/udp/icmp, port, host v4,
+  host v6), every pair of the breakdowns (they share the per-packet timing path), every filter at once, and
+  everything at once; and each single stage with each breakdown (a breakdown's code sits inside the stage's
+  code).
+- drops: every --by grouping that changes the key (each field alone, the default, flow/socket/cgroup with
+  reason, all fields) x tp_btf on/off; then around the default, each option one at a time (samples, stack,
+  cgroup filter, reason filter, each filter), the owner-reading options with each other (socket/cgroup
+  grouping x samples x cgroup filter), and everything at once; all of it with tp_btf on and off (the typed
+  build reads every field differently).
+Builds are deduplicated by (C units, -D set, tp_btf functions): most option sets collapse (sampling without
+the receive-timestamp build, a filter's value), and each distinct build is compiled once, two at a time.
+
+A failure names the build: command, kernel, the options (as on the command line) of every configuration
+that produced it, the -D set, and clang's error or the verifier's complaint. Checked by breaking one rare
+combination on purpose: `#if BY_CPU && SLOWER_NS > 0` / `#error broken on purpose` / `#endif` at the end
+of bpf/trace.c made exactly the --per-cpu --slower builds fail (each on every kernel), named as such.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import itertools
+import multiprocessing
+import os
+import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from netpath import bpf, contract, netns
+from netpath.collect import drops as drops_mod
+from netpath.collect import trace as trace_mod
+from netpath.errors import MissingCapability
+from netpath.kernel.facts import KernelFacts
+from netpath.plan import make_plan
+from netpath.stages import PACKET_STAGES, STAGE_IDS
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+KERNELS = ("6.1", "6.12", "6.18", "trace-6.1")
+# trace-6.1 differs from 6.1 only where socket_queue/stack_total hook kprobe sock_def_readable
+KPROBE_DATA_READY = ("socket_queue", "stack_total")
+# kfree_skb has rx_sk on 6.12 and 6.18, not on 6.1, and only the owner-reading build reads it
+DROPS_KERNELS = ("6.18", "6.12", "6.1")
+
+NS = netns.Netns(Path("/proc/self/ns/net"), 4026531840, "matrix")
+FILTERS: dict[str, dict[str, object]] = {
+    "--netns": {"netns": NS},
+    "--iface": {"iface_keys": [(4026531840, 1)]},
+    "--proto udp": {"proto": "udp"},
+    "--proto icmp": {"proto": "icmp"},
+    "--port": {"port": 8080},
+    "--host v4": {"host": ipaddress.ip_address("192.0.2.1")},
+    "--host v6": {"host": ipaddress.ip_address("2001:db8::1")},
+}
+ALL_FILTERS = {"netns": NS, "iface_keys": [(4026531840, 1)], "proto": "udp", "port": 8080,
+               "host": ipaddress.ip_address("2001:db8::1")}
+
+
+def _flags(label: str, **kwargs: object) -> tuple[str, dict[str, object]]:
+    return label, kwargs
+
+
+# ------------------------------------------------------------------------------------------------ trace
+
+TraceOption = tuple[str, tuple[str, ...], bool, trace_mod.TraceQuery]  # label, --stages, --exact, query
+
+
+def trace_options() -> Iterator[TraceOption]:
+    """Every trace option set the matrix builds (see the module docstring for why these)."""
+    stage_sets = {"packet": PACKET_STAGES, "all": STAGE_IDS, **{s: (s,) for s in STAGE_IDS}}
+    for (name, stages), exact, sample, tp_btf in itertools.product(
+            stage_sets.items(), (False, True), (1, 16), (True, False)):
+        label = f"--stages {name}{' --exact' if exact else ''} --sample {sample}{'' if tp_btf else ' (no tp_btf)'}"
+        yield label, stages, exact, trace_mod.TraceQuery(sample_every=sample, tp_btf=tp_btf)
+    breakdowns = dict([_flags("--per-iface", per_iface=True), _flags("--per-cpu", per_cpu=True),
+                       _flags("--per-socket", per_socket=True), _flags("--slower 5ms", slower_ns=5_000_000),
+                       _flags("napi_by_dev (export)", napi_by_dev=True)])
+    around = {**breakdowns, **FILTERS, "every filter": ALL_FILTERS}
+    around["everything"] = {**ALL_FILTERS, **{k: v for opts in breakdowns.values() for k, v in opts.items()}}
+    for a, b in itertools.combinations(breakdowns, 2):  # --exact changes none of their code
+        around[f"{a} {b} (no --exact)"] = {**breakdowns[a], **breakdowns[b]}
+    for exact, (label, opts) in itertools.product((False, True), around.items()):
+        if not (exact and label.endswith("(no --exact)")):
+            query = trace_mod.TraceQuery(sample_every=16, **opts)  # type: ignore[arg-type]
+            yield f"--stages all{' --exact' if exact else ''} {label.removesuffix(' (no --exact)')}", STAGE_IDS, \
+                exact, query
+    for stage, (label, opts) in itertools.product(("packet", *STAGE_IDS), breakdowns.items()):
+        query = trace_mod.TraceQuery(**opts)  # type: ignore[arg-type]
+        yield f"--stages {stage} {label}", stage_sets[stage], False, query
+
+
+# ------------------------------------------------------------------------------------------------ drops
+
+
+RAW_TOO = ("--by reason,location,iface,proto", "--by flow", "--by reason,socket,cgroup",
+           "--by reason,location,iface,proto,flow,socket,cgroup", "everything")
+
+
+def drops_options() -> Iterator[tuple[str, drops_mod.DropsQuery]]:
+    """Every drops option set the matrix builds (see the module docstring for why these)."""
+    fields = drops_mod.GROUP_FIELDS
+    groupings = [drops_mod.DEFAULT_BY, *((f,) for f in fields), ("reason", "flow"), ("reason", "socket"),
+                 ("reason", "cgroup"), ("reason", "socket", "cgroup"), fields]
+    options: dict[str, drops_mod.DropsQuery] = {
+        f"--by {','.join(by)}": drops_mod.DropsQuery(by=by) for by in groupings}
+    around: dict[str, dict[str, object]] = {
+        "--samples 4": {"samples": 4}, "--stack": {"stack": True}, "--cgroup": {"cgroup_id": 4242},
+        "--reason": {"reason_code": 2}, **FILTERS, "every filter": ALL_FILTERS,
+        "--samples 4 --cgroup": {"samples": 4, "cgroup_id": 4242},
+        "--stack --by reason,flow": {"stack": True, "by": ("reason", "flow")},
+        "everything": {**ALL_FILTERS, "samples": 4, "stack": True, "cgroup_id": 4242, "reason_code": 2,
+                       "by": fields},
+    }
+    for by, extra in itertools.product((("reason", "socket"), ("reason", "cgroup")),
+                                       ({"samples": 4}, {"cgroup_id": 4242}, {"samples": 4, "cgroup_id": 4242})):
+        around[f"--by {','.join(by)} " + " ".join(f"--{k.split('_')[0]}" for k in extra)] = {"by": by, **extra}
+    for label, opts in around.items():
+        options[label] = drops_mod.DropsQuery(**opts)  # type: ignore[arg-type]
+    for label, query in options.items():
+        yield label, query
+        if label in RAW_TOO:  # the typed build reads the fields differently: the rest reads what these read
+            yield label + " (no tp_btf)", replace(query, tp_btf=False)
+
+
+# ------------------------------------------------------------------------------------------------ builds
+
+
+@dataclass
+class Build:
+    source: bpf.ProgramSource
+    kernel: str  # the fixture whose release the headers shim claims (the first configuration's)
+    kprobes: tuple[str, ...]  # C functions the plan attaches as kprobes
+    configs: list[str] = field(default_factory=list)  # "trace on 6.1: --stages all --per-cpu"
+
+    def describe(self) -> str:
+        more = f" (and {len(self.configs) - 1} more with this build: {'; '.join(self.configs[1:4])}" \
+               f"{' ...' if len(self.configs) > 4 else ''})" if len(self.configs) > 1 else ""
+        defines = " ".join(f"-D{k}={v}" for k, v in sorted(self.source.defines.items()) if not k.startswith(
+            ("OFF_", "SIZE_")) and not k.endswith(("_SPAN_OFF", "_SPAN_LEN")))
+        tp_btf = f" tp_btf: {','.join(sorted(self.source.tp_btf))}" if self.source.tp_btf else ""
+        return f"{self.configs[0]}{more}\n    units: {' '.join(self.source.files)}{tp_btf}\n    {defines}"
+
+
+@functools.cache
+def _facts(kernel: str) -> KernelFacts:
+    return KernelFacts.load(FIXTURES / kernel)
+
+
+def _key(source: bpf.ProgramSource) -> tuple:
+    return tuple(source.files), tuple(sorted(source.defines.items())), tuple(sorted(source.tp_btf.items()))
+
+
+def builds() -> tuple[list[Build], int]:
+    """The distinct builds, in first-seen order, and how many configurations produced them."""
+    offsets = bpf.struct_offsets(KernelFacts.load("/"))
+    seen: dict[tuple, Build] = {}
+    configs = 0
+    for kernel in KERNELS:
+        facts = _facts(kernel)
+        for label, stages, exact, query in trace_options():
+            if kernel == "trace-6.1" and not set(stages) & set(KPROBE_DATA_READY):
+                continue
+            plan = make_plan(facts, only=stages, exact=exact)
+            source = trace_mod.program_source(query, plan, offsets)
+            kprobes = tuple(fn for hook, _sym in plan.kprobes() for _kind, fn in contract.kprobe_programs(hook))
+            seen.setdefault(_key(source), Build(source, kernel, kprobes)).configs.append(f"trace on {kernel}: {label}")
+            configs += 1
+    for kernel in DROPS_KERNELS:
+        for label, dquery in drops_options():
+            if kernel == "6.1" and not (dquery.owner_keyed or dquery.samples or dquery.cgroup_id is not None):
+                continue
+            source = drops_mod.program_source(dquery, _facts(kernel), offsets)
+            seen.setdefault(_key(source), Build(source, kernel, ())).configs.append(f"drops on {kernel}: {label}")
+            configs += 1
+    return list(seen.values()), configs
+
+
+def _check(build: Build) -> str | None:
+    """In a worker process: None, or the failure."""
+    try:
+        bpf.check_build(build.source, _facts(build.kernel), build.kprobes)
+    except MissingCapability as exc:
+        return str(exc)
+    return None
+
+
+def test_every_build_compiles_and_passes_the_verifier() -> None:
+    started = time.monotonic()
+    todo, configs = builds()
+    workers = min(2, os.cpu_count() or 1)
+    # fork: the workers inherit the enumeration; each compiles in its own address space (BCC and LLVM
+    # keep memory per module) and nothing of BCC is loaded in this process
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        results = list(pool.map(_check, todo, chunksize=4))
+    failures = [f"{b.describe()}\n    -> {err}" for b, err in zip(todo, results, strict=True) if err]
+    elapsed = time.monotonic() - started
+    print(f"\nbuild matrix: {configs} configurations, {len(todo)} distinct builds compiled and loaded "
+          f"in {elapsed:.0f}s on {workers} workers")
+    assert not failures, f"{len(failures)} of {len(todo)} builds failed:\n" + "\n".join(failures)

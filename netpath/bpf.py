@@ -454,10 +454,8 @@ def check_build(source: ProgramSource, facts: KernelFacts, kprobes: tuple[str, .
     build, so that step is skipped here and the loads are done one by one."""
     bcc = import_bcc()
 
-    class _Unattached(bcc.BPF):  # type: ignore[misc, name-defined]
-        def _trace_autoload(self) -> None:
-            pass
-
+    # BCC's BPF with its load-and-attach step (_trace_autoload, run by its constructor) left out
+    unattached = type("Unattached", (bcc.BPF,), {"_trace_autoload": lambda self: None})
     root = shim.ensure(kernel_offsets.cache_dir(), facts.release_tuple) if headers_mode(facts) == "shim" else None
     env_before = os.environ.get("BCC_KERNEL_SOURCE")
     if root is not None:
@@ -467,7 +465,7 @@ def check_build(source: ProgramSource, facts: KernelFacts, kprobes: tuple[str, .
     failure: Exception | None = None
     with _captured_stderr() as errors:
         try:
-            prog = _Unattached(text=source.text(), cflags=source.cflags())
+            prog = unattached(text=source.text(), cflags=source.cflags())
             if load:
                 loaded = _load_run_functions(bcc, prog, source, kprobes)
         except Exception as exc:  # bcc raises bare Exception for compile and load failures

@@ -22,8 +22,9 @@ most of them identical builds); the options that interact are crossed, the rest 
   --iface, --proto udp, --proto icmp (the one protocol with its own code), --port, --host v4 and v6), every
   filter at once, everything at once, and every pair of the breakdowns (they share the timing path; --exact
   changes none of their code). Each breakdown alone with 'packet' and with each single stage, since a
-  breakdown's code sits inside each stage's code. trace-6.1 only adds the option sets with socket_queue or
-  stack_total: elsewhere its plan is 6.1's.
+  breakdown's code sits inside each stage's code (--per-socket, --slower and napi_by_dev only with the
+  per-packet stages: a per-invocation stage has no packet for them). trace-6.1 only adds the option sets
+  with socket_queue or stack_total: elsewhere its plan is 6.1's.
 - drops: every --by grouping that changes the key (the default, each field alone, flow/socket/cgroup with
   reason, all fields); around the default, each option one at a time (--samples, --stack, --cgroup,
   --reason, each filter), the owner-reading options with each other (socket/cgroup grouping x samples x
@@ -32,8 +33,8 @@ most of them identical builds); the options that interact are crossed, the rest 
   compile to what 6.12/6.18 compile, bar a TP_HAS_RX_SK no code reads.
 Builds are deduplicated by (C units, -D set, tp_btf functions), so an option with no effect on a plan
 (sampling without the receive-timestamp build) costs nothing; each distinct build is compiled and loaded
-once, two at a time in forked workers. About 830 configurations, 306 builds: ~60 s of CPU per core (about
-3 minutes when the box's two cores are shared with other work).
+once, two at a time in forked workers. 782 configurations, 291 builds: about 2 minutes of CPU in all, so
+about a minute on two idle cores (3-4 minutes when other work shares them).
 
 A failure names each failed build: command, kernel, the options as on the command line of every
 configuration that produced it, the C units, the -D set (offsets left out), and clang's error or the
@@ -65,6 +66,7 @@ from netpath.collect import trace as trace_mod
 from netpath.errors import MissingCapability
 from netpath.kernel.facts import KernelFacts
 from netpath.plan import make_plan
+from netpath.query import Filters
 from netpath.stages import PACKET_STAGES, STAGE_IDS
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
@@ -75,50 +77,47 @@ KPROBE_DATA_READY = ("socket_queue", "stack_total")
 DROPS_KERNELS = ("6.18", "6.12", "6.1")
 
 NS = netns.Netns(Path("/proc/self/ns/net"), 4026531840, "matrix")
-FILTERS: dict[str, dict[str, object]] = {
-    "--netns": {"netns": NS},
-    "--iface": {"iface_keys": [(4026531840, 1)]},
-    "--proto udp": {"proto": "udp"},
-    "--proto icmp": {"proto": "icmp"},
-    "--port": {"port": 8080},
-    "--host v4": {"host": ipaddress.ip_address("192.0.2.1")},
-    "--host v6": {"host": ipaddress.ip_address("2001:db8::1")},
+FILTERS: dict[str, Filters] = {
+    "--netns": Filters(netns=NS),
+    "--iface": Filters(ifaces=("lo",), iface_keys=((4026531840, 1),)),
+    "--proto udp": Filters(proto="udp"),
+    "--proto icmp": Filters(proto="icmp"),
+    "--port": Filters(port=8080),
+    "--host v4": Filters(host=ipaddress.ip_address("192.0.2.1")),
+    "--host v6": Filters(host=ipaddress.ip_address("2001:db8::1")),
 }
-ALL_FILTERS = {"netns": NS, "iface_keys": [(4026531840, 1)], "proto": "udp", "port": 8080,
-               "host": ipaddress.ip_address("2001:db8::1")}
-
-
-def _flags(label: str, **kwargs: object) -> tuple[str, dict[str, object]]:
-    return label, kwargs
+ALL_FILTERS = Filters(netns=NS, ifaces=("lo",), iface_keys=((4026531840, 1),), proto="udp", port=8080,
+                      host=ipaddress.ip_address("2001:db8::1"))
 
 
 # ------------------------------------------------------------------------------------------------ trace
 
-TraceOption = tuple[str, tuple[str, ...], bool, trace_mod.TraceQuery]  # label, --stages, --exact, query
 
-
-def trace_options() -> Iterator[TraceOption]:
-    """Every trace option set the matrix builds (see the module docstring for why these)."""
+def trace_options() -> Iterator[tuple[str, trace_mod.TraceQuery]]:
+    """Every trace option set the matrix builds (the module docstring says why these)."""
+    Q = trace_mod.TraceQuery
     stage_sets = {"packet": PACKET_STAGES, "all": STAGE_IDS, **{s: (s,) for s in STAGE_IDS}}
     for (name, stages), exact, sample, tp_btf in itertools.product(
             stage_sets.items(), (False, True), (1, 16), (True, False)):
         label = f"--stages {name}{' --exact' if exact else ''} --sample {sample}{'' if tp_btf else ' (no tp_btf)'}"
-        yield label, stages, exact, trace_mod.TraceQuery(sample_every=sample, tp_btf=tp_btf)
-    breakdowns = dict([_flags("--per-iface", per_iface=True), _flags("--per-cpu", per_cpu=True),
-                       _flags("--per-socket", per_socket=True), _flags("--slower 5ms", slower_ns=5_000_000),
-                       _flags("napi_by_dev (export)", napi_by_dev=True)])
-    around = {**breakdowns, **FILTERS, "every filter": ALL_FILTERS}
-    around["everything"] = {**ALL_FILTERS, **{k: v for opts in breakdowns.values() for k, v in opts.items()}}
-    for a, b in itertools.combinations(breakdowns, 2):  # --exact changes none of their code
-        around[f"{a} {b} (no --exact)"] = {**breakdowns[a], **breakdowns[b]}
-    for exact, (label, opts) in itertools.product((False, True), around.items()):
-        if not (exact and label.endswith("(no --exact)")):
-            query = trace_mod.TraceQuery(sample_every=16, **opts)  # type: ignore[arg-type]
-            yield f"--stages all{' --exact' if exact else ''} {label.removesuffix(' (no --exact)')}", STAGE_IDS, \
-                exact, query
-    for stage, (label, opts) in itertools.product(("packet", *STAGE_IDS), breakdowns.items()):
-        query = trace_mod.TraceQuery(**opts)  # type: ignore[arg-type]
-        yield f"--stages {stage} {label}", stage_sets[stage], False, query
+        yield label, Q(stages=stages, exact=exact, sample_every=sample, tp_btf=tp_btf)
+    breakdowns = {"--per-iface": Q(per_iface=True), "--per-cpu": Q(per_cpu=True),
+                  "--per-socket": Q(per_socket=True), "--slower 5ms": Q(slower_ns=5_000_000),
+                  "napi_by_dev (export)": Q(napi_by_dev=True)}
+    set_by_breakdowns = {"per_iface": True, "per_cpu": True, "per_socket": True, "slower_ns": 5_000_000,
+                         "napi_by_dev": True}
+    around = {**breakdowns, **{label: Q(filters=f) for label, f in FILTERS.items()},
+              "every filter": Q(filters=ALL_FILTERS), "everything": Q(filters=ALL_FILTERS, **set_by_breakdowns)}
+    for exact, (label, query) in itertools.product((False, True), around.items()):
+        yield f"--stages all{' --exact' if exact else ''} {label}", replace(query, stages=STAGE_IDS, exact=exact,
+                                                                              sample_every=16)
+    for (a, qa), (b, qb) in itertools.combinations(breakdowns.items(), 2):  # --exact changes none of their code
+        pair = replace(qa, **{k: v for k, v in vars(qb).items() if k in set_by_breakdowns and v})
+        yield f"--stages all {a} {b}", replace(pair, stages=STAGE_IDS, sample_every=16)
+    for (label, query), stage in itertools.product(breakdowns.items(), ("packet", *STAGE_IDS)):
+        # a per-invocation stage has no packet for --per-socket or --slower to act on
+        if stage in PACKET_STAGES or stage == "packet" or label in ("--per-iface", "--per-cpu"):
+            yield f"--stages {stage} {label}", replace(query, stages=stage_sets[stage])
 
 
 # ------------------------------------------------------------------------------------------------ drops
@@ -129,25 +128,26 @@ RAW_TOO = ("--by reason,location,iface,proto", "--by flow", "--by reason,socket,
 
 
 def drops_options() -> Iterator[tuple[str, drops_mod.DropsQuery]]:
-    """Every drops option set the matrix builds (see the module docstring for why these)."""
+    """Every drops option set the matrix builds (the module docstring says why these)."""
+    Q = drops_mod.DropsQuery
     fields = drops_mod.GROUP_FIELDS
+    cgroup = Filters(cgroup_id=4242)
     groupings = [drops_mod.DEFAULT_BY, *((f,) for f in fields), ("reason", "flow"), ("reason", "socket"),
                  ("reason", "cgroup"), ("reason", "socket", "cgroup"), fields]
-    options: dict[str, drops_mod.DropsQuery] = {
-        f"--by {','.join(by)}": drops_mod.DropsQuery(by=by) for by in groupings}
-    around: dict[str, dict[str, object]] = {
-        "--samples 4": {"samples": 4}, "--stack": {"stack": True}, "--cgroup": {"cgroup_id": 4242},
-        "--reason": {"reason_code": 2}, **FILTERS, "every filter": ALL_FILTERS,
-        "--samples 4 --cgroup": {"samples": 4, "cgroup_id": 4242},
-        "--stack --by reason,flow": {"stack": True, "by": ("reason", "flow")},
-        "everything": {**ALL_FILTERS, "samples": 4, "stack": True, "cgroup_id": 4242, "reason_code": 2,
-                       "by": fields},
-    }
-    for by, extra in itertools.product((("reason", "socket"), ("reason", "cgroup")),
-                                       ({"samples": 4}, {"cgroup_id": 4242}, {"samples": 4, "cgroup_id": 4242})):
-        around[f"--by {','.join(by)} " + " ".join(f"--{k.split('_')[0]}" for k in extra)] = {"by": by, **extra}
-    for label, opts in around.items():
-        options[label] = drops_mod.DropsQuery(**opts)  # type: ignore[arg-type]
+    options: dict[str, drops_mod.DropsQuery] = {f"--by {','.join(by)}": Q(by=by) for by in groupings}
+    options.update({
+        "--samples 4": Q(samples=4), "--stack": Q(stack=True), "--cgroup": Q(filters=cgroup),
+        "--reason": Q(reason_code=2), **{label: Q(filters=f) for label, f in FILTERS.items()},
+        "every filter": Q(filters=ALL_FILTERS), "--samples 4 --cgroup": Q(samples=4, filters=cgroup),
+        "--stack --by reason,flow": Q(stack=True, by=("reason", "flow")),
+        "everything": Q(filters=replace(ALL_FILTERS, cgroup_id=4242), samples=4, stack=True, reason_code=2,
+                        by=fields),
+    })
+    for by, (label, query) in itertools.product(
+            (("reason", "socket"), ("reason", "cgroup")),
+            {"--samples 4": Q(samples=4), "--cgroup": Q(filters=cgroup),
+             "--samples 4 --cgroup": Q(samples=4, filters=cgroup)}.items()):
+        options[f"--by {','.join(by)} {label}"] = replace(query, by=by)
     for label, query in options.items():
         yield label, query
         if label in RAW_TOO:  # the typed build reads the fields differently: the rest reads what these read
@@ -189,17 +189,17 @@ def builds() -> tuple[list[Build], int]:
     configs = 0
     for kernel in KERNELS:
         facts = _facts(kernel)
-        for label, stages, exact, query in trace_options():
-            if kernel == "trace-6.1" and not set(stages) & set(KPROBE_DATA_READY):
+        for label, query in trace_options():
+            if kernel == "trace-6.1" and not set(query.stages) & set(KPROBE_DATA_READY):
                 continue
-            plan = make_plan(facts, only=stages, exact=exact)
+            plan = make_plan(facts, only=query.stages, exact=query.exact)
             source = trace_mod.program_source(query, plan, offsets)
             kprobes = tuple(fn for hook, _sym in plan.kprobes() for _kind, fn in contract.kprobe_programs(hook))
             seen.setdefault(_key(source), Build(source, kernel, kprobes)).configs.append(f"trace on {kernel}: {label}")
             configs += 1
     for kernel in DROPS_KERNELS:
         for label, dquery in drops_options():
-            if kernel == "6.1" and not (dquery.owner_keyed or dquery.samples or dquery.cgroup_id is not None):
+            if kernel == "6.1" and not (dquery.owner_keyed or dquery.samples or dquery.filters.cgroup_id is not None):
                 continue
             source = drops_mod.program_source(dquery, _facts(kernel), offsets)
             seen.setdefault(_key(source), Build(source, kernel, ())).configs.append(f"drops on {kernel}: {label}")

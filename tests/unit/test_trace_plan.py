@@ -177,3 +177,16 @@ def test_kprobe_checkpoints_keep_the_hand_off_hooks() -> None:
     if not any(c.stage.checkpoint for c in plan.available):
         pytest.skip("fixture without kprobe checkpoint stages")
     assert not plan.rx_tstamp and "kprobe checkpoint" in plan.handoff_reason
+
+
+def test_no_tp_btf_beside_a_kprobe_on_sock_def_readable() -> None:
+    """Found by tests/live/test_build_matrix.py: --stages stack_total on a kernel with kprobes but no
+    sock:sk_data_ready is a receive-timestamp plan whose stack_total hooks kprobe sock_def_readable, and
+    bpf/trace.c refuses TP_BTF beside that kprobe (#error): the typed build never compiled."""
+    plan = make_plan(facts("trace-6.1"), only=("stack_total",))
+    assert plan.rx_tstamp and "USE_KP_DATA_READY" in plan.defines()
+    source = trace_mod.program_source(trace_mod.TraceQuery(), plan, {n: 8 for n in trace_mod.NEEDED})
+    assert source.tp_btf == {} and source.defines["TP_BTF"] == 0
+    typed = trace_mod.program_source(trace_mod.TraceQuery(), make_plan(facts("6.18"), only=("stack_total",)),
+                                     {n: 8 for n in trace_mod.NEEDED})
+    assert typed.defines["TP_BTF"] == 1

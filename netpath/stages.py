@@ -35,6 +35,9 @@ class HookSet:
     # tracepoints of this set the C can load as BTF-typed raw tracepoints (NP_BTF_PROBE) in the
     # receive-timestamp build: plain loads of skb and socket fields instead of probe reads
     tp_btf: tuple[str, ...] = ()
+    # its handler shares C with the typed hooks but gets untyped pointers (a kprobe on sock_def_readable):
+    # a build with it loads no hook as tp_btf (bpf/trace_common.c refuses the mix)
+    untyped: bool = False
 
     @property
     def hooks(self) -> tuple[str, ...]:
@@ -93,8 +96,8 @@ _HANDOFF = ("net:netif_rx", "net:napi_gro_receive_entry", "net:netif_receive_skb
             "net:netif_receive_skb_list_entry", "skb:kfree_skb")
 
 
-def _kp(name: str, *optional: str, define: str, note: str) -> HookSet:
-    return HookSet("kprobe", (name,), optional, define, note)
+def _kp(name: str, *optional: str, note: str) -> HookSet:
+    return HookSet("kprobe", (name,), optional, "", note)  # bpf/trace_kprobe.c always compiles its table
 
 
 STAGES: tuple[Stage, ...] = (
@@ -110,7 +113,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("net_rx_action", "NET_RX_ACTION", PER_INVOCATION, False, "NET_RX softirq run time per invocation", (
         HookSet("raw_tracepoint", ("irq:softirq_entry", "irq:softirq_exit"), (), "USE_NETRX_TP",
                 "softirq_entry(NET_RX) -> softirq_exit(NET_RX) on the same CPU"),
-        HookSet("kprobe", ("net_rx_action",), (), "USE_KP_NET_RX_ACTION", "kprobe -> kretprobe net_rx_action"),
+        HookSet("kprobe", ("net_rx_action",), (), "", "kprobe -> kretprobe net_rx_action"),
     ), sampled=True, c_unit="trace_irq.c"),
     Stage("napi_poll", "NAPI_POLL", PER_INVOCATION, False,
           "driver poll: time, work against budget, budget exhaustion", (
@@ -133,18 +136,18 @@ STAGES: tuple[Stage, ...] = (
                             "(__netif_receive_skb_core), per skb"),
     ), sampled=True, slow=SLOW_RX, c_unit="trace_skb.c"),
     Stage("ip_rcv", "IP_RCV", PER_PACKET, True, "netif_receive_skb -> ip_rcv / ipv6_rcv", (
-        _kp("ip_rcv", "ipv6_rcv", define="USE_KP_IP_RCV", note="net:netif_receive_skb -> kprobe ip_rcv/ipv6_rcv"),
+        _kp("ip_rcv", "ipv6_rcv", note="net:netif_receive_skb -> kprobe ip_rcv/ipv6_rcv"),
     ), checkpoint=True, slow=SLOW_IP, c_unit="trace_kprobe.c"),
     Stage("ip_local_deliver", "IP_LOCAL_DELIVER", PER_PACKET, True, "ip_rcv -> local delivery", (
-        _kp("ip_local_deliver", "ip6_input", define="USE_KP_IP_LOCAL",
+        _kp("ip_local_deliver", "ip6_input",
             note="kprobe ip_rcv -> kprobe ip_local_deliver (ipv6_rcv -> ip6_input)"),
     ), checkpoint=True, slow=SLOW_LOCAL, c_unit="trace_kprobe.c"),
     Stage("tcp_v4_rcv", "TCP_RCV", PER_PACKET, True, "local delivery -> TCP", (
-        _kp("tcp_v4_rcv", "tcp_v6_rcv", define="USE_KP_TCP",
+        _kp("tcp_v4_rcv", "tcp_v6_rcv",
             note="kprobe ip_local_deliver/ip6_input -> kprobe tcp_v4_rcv/tcp_v6_rcv"),
     ), checkpoint=True, slow=SLOW_TRANSPORT, c_unit="trace_kprobe.c"),
     Stage("udp_rcv", "UDP_RCV", PER_PACKET, True, "local delivery -> UDP", (
-        _kp("udp_rcv", "udpv6_rcv", define="USE_KP_UDP",
+        _kp("udp_rcv", "udpv6_rcv",
             note="kprobe ip_local_deliver/ip6_input -> kprobe udp_rcv/udpv6_rcv"),
     ), checkpoint=True, slow=SLOW_TRANSPORT, c_unit="trace_kprobe.c"),
     Stage("socket_queue", "SOCKET_QUEUE", PER_PACKET, True,
@@ -162,14 +165,15 @@ STAGES: tuple[Stage, ...] = (
         HookSet("kprobe", ("sock_def_readable",), (), "USE_SOCKQ,USE_KP_DATA_READY",
                 "kprobe sock_def_readable (the skb at the tail of sk_receive_queue) -> first "
                 "skb:skb_copy_datagram_iovec (TCP) or skb:consume_skb after the UDP copy",
-                ("skb:skb_copy_datagram_iovec", "skb:consume_skb")),
+                ("skb:skb_copy_datagram_iovec", "skb:consume_skb"), untyped=True),
     ), sampled=True, slow=SLOW_QUEUE, owners=True, c_unit="trace_read.c"),
     Stage("stack_total", "STACK_TOTAL", PER_PACKET, True, "netif_receive_skb -> socket enqueue", (
         HookSet("raw_tracepoint", ("net:netif_receive_skb", "sock:sk_data_ready"), (), "USE_STACK_TOTAL",
                 "net:netif_receive_skb -> sock:sk_data_ready for the same skb",
                 tp_btf=("net:netif_receive_skb", "sock:sk_data_ready")),
         HookSet("kprobe", ("sock_def_readable",), (), "USE_STACK_TOTAL,USE_KP_DATA_READY",
-                "net:netif_receive_skb -> kprobe sock_def_readable for the same skb", ("net:netif_receive_skb",)),
+                "net:netif_receive_skb -> kprobe sock_def_readable for the same skb", ("net:netif_receive_skb",),
+                untyped=True),
     ), sampled=True, slow=SLOW_STACK, c_unit="trace_sock.c"),
 )
 

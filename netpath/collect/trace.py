@@ -130,7 +130,7 @@ def tp_btf_functions(query: TraceQuery, plan: AttachPlan) -> dict[str, str]:
     """C function -> tracepoint to load as tp_btf: only in the receive-timestamp build, and not with --slower
     (its perf events stay with the raw tracepoints that have always sent them), nor when sk_data_ready is a
     kprobe (bpf/trace.c refuses typed pointers beside the kprobe handler that shares their code)."""
-    if not query.tp_btf or not plan.rx_tstamp or query.slower_ns or "USE_KP_DATA_READY" in plan.defines():
+    if not query.tp_btf or not plan.rx_tstamp or query.slower_ns or not plan.typed:
         return {}
     hooks = set(plan.tracepoints())
     return dict(tp_btf_names(hook) for hook in TP_BTF_HOOKS if hook in hooks)

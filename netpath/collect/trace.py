@@ -129,7 +129,7 @@ def c_units(plan: AttachPlan) -> list[str]:
 def tp_btf_functions(query: TraceQuery, plan: AttachPlan) -> dict[str, str]:
     """C function -> tracepoint to load as tp_btf: only in the receive-timestamp build, and not with --slower
     (its perf events stay with the raw tracepoints that have always sent them), nor when sk_data_ready is a
-    kprobe (bpf/trace.c refuses typed pointers beside the kprobe handler that shares their code)."""
+    kprobe (HookSet.untyped: bpf/trace_common.c refuses typed pointers beside the kprobe handler)."""
     if not query.tp_btf or not plan.rx_tstamp or query.slower_ns or not plan.typed:
         return {}
     hooks = set(plan.tracepoints())

@@ -563,13 +563,14 @@ def test_a_healthy_namespace_under_traffic_has_nothing_above_info() -> None:
 
 def test_text_report_on_a_provoked_problem_fits_80_columns() -> None:
     with veth_namespace("npdx") as pair:
-        run = subprocess.Popen([sys.executable, "-m", "netpath", "doctor", "--netns", pair.ns, "--duration", "4"],
+        run = subprocess.Popen([sys.executable, "-m", "netpath", "doctor", "--netns", pair.ns, "--duration", "3"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                cwd=Path(__file__).resolve().parents[2])
-        time.sleep(2.5)  # no start line in text mode: give it time to attach
+        # no start line in text mode: keep sending until the run is over, so some land inside its window
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
-            for _ in range(10):
+            while run.poll() is None:
                 tx.sendto(b"x", (pair.ns_addr, 5312))
+                time.sleep(0.1)
         out, err = run.communicate(timeout=60)
     assert run.returncode == 0, err
     assert "INFO  no-listener" in out and "checked: socket-rcvbuf-overflow" in out

@@ -23,7 +23,7 @@
  * Compile-time numbers: TP_HAS_REASON, TP_HAS_RX_SK,
  * BY_{REASON,LOCATION,IFACE,PROTO,FLOW,SOCKET,CGROUP} (BY_OWNER: either of the
  * last two), FILTER_{NETNS,IFACE,REASON,PROTO,PORT,HOST_*,CGROUP},
- * SAMPLE_BUDGET, WITH_STACK,
+ * SAMPLE_BUDGET, WITH_STACK, PCAP_SNAPLEN (--pcap: bpf/capture.c is compiled in),
  * MAX_ROWS and the OFF_* struct offsets. struct drop_where, drop_flow,
  * drop_sample and enum drop_stat come from netpath/contract.py, compiled
  * ahead of this file.
@@ -239,7 +239,7 @@ RAW_TRACEPOINT_PROBE(kfree_skb)
 	if (!np_passes_where(netns, ifindex))
 		return 0;
 #if BY_PROTO || BY_FLOW || SAMPLE_BUDGET > 0 || defined(FILTER_PROTO) || defined(FILTER_PORT) || \
-	defined(FILTER_HOST_FAMILY)
+	defined(FILTER_HOST_FAMILY) || defined(PCAP_SNAPLEN)
 	int parsed = drop_parse_flow(skb, &flow);
 
 	if (!np_flow_matches(&flow, parsed))
@@ -253,6 +253,9 @@ RAW_TRACEPOINT_PROBE(kfree_skb)
 #endif
 #endif
 	st->v[STAT_MATCHED] += 1;
+#ifdef PCAP_SNAPLEN
+	pcap_capture(st->v, skb, reason, location, ifindex, netns, &flow, PCAP_OWNER(&owner));	/* bpf/capture.c */
+#endif
 
 #if BY_REASON
 	key.w.reason = reason;

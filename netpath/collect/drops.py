@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import struct
+import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -20,12 +22,14 @@ from netpath.kernel.reasons import DropReasons
 from netpath.links import IfaceNames
 from netpath.model import (
     Attached,
+    CapturedPacket,
     Counter,
     DropRow,
     DropSample,
     DropSnapshot,
     Filters,
     Health,
+    PcapHealth,
     Start,
     Unavailable,
 )
@@ -45,6 +49,14 @@ L4_NAMES = {0: "hopopt", 1: "icmp", 2: "igmp", 6: "tcp", 17: "udp", 47: "gre", 5
 L3_NAMES = {0x0800: "ipv4", 0x86DD: "ipv6", 0x0806: "arp", 0x8100: "vlan", 0x88CC: "lldp", 0x8035: "rarp"}
 
 
+@dataclass(frozen=True)
+class PcapQuery:
+    """drops --pcap: capture matched drops' bytes (bpf/capture.c)."""
+
+    snaplen: int = contract.SNAPLEN_DEFAULT
+    max_packets: int = contract.PCAP_MAX_DEFAULT
+
+
 @dataclass
 class DropsQuery:
     netns: netns.Netns | None = None
@@ -59,6 +71,7 @@ class DropsQuery:
     samples: int = 0  # per CPU per interval
     cgroup_id: int | None = None  # --cgroup: only drops whose socket is in this cgroup v2
     tp_btf: bool = True  # load kfree_skb as a BTF-typed raw tracepoint where the kernel allows it
+    pcap: PcapQuery | None = None
 
     @property
     def owner_keyed(self) -> bool:
@@ -91,6 +104,27 @@ def has_reason_field(facts: KernelFacts) -> bool:
     return bool(fmt and fmt.has("reason"))
 
 
+PCAP_FIELDS = ("OFF_SKB_HEAD", "OFF_SKB_DATA", "OFF_SKB_LEN", "OFF_SKB_TAIL", "OFF_SKB_MAC_HEADER",
+               "OFF_SKB_NETWORK_HEADER")
+# the C loads these as u64 (pointers), u32 and u16: a kernel laying them out otherwise cannot capture
+PCAP_SIZES = {"SIZE_SKB_HEAD": 8, "SIZE_SKB_DATA": 8, "SIZE_SKB_LEN": 4, "SIZE_SKB_TAIL": 4,
+              "SIZE_SKB_MAC_HEADER": 2, "SIZE_SKB_NETWORK_HEADER": 2}
+
+
+def pcap_defines(pcap: PcapQuery, offsets: dict[str, int]) -> dict[str, int]:
+    missing = [n for n in PCAP_FIELDS if n not in offsets]
+    if missing:
+        raise MissingCapability(f"this kernel's BTF lacks the sk_buff fields --pcap reads: {', '.join(missing)}")
+    odd = [f"{n}={offsets.get(n)}" for n, size in PCAP_SIZES.items() if offsets.get(n) != size]
+    if odd:
+        raise MissingCapability(f"--pcap cannot read this kernel's sk_buff layout ({', '.join(odd)})")
+    out = {name: offsets[name] for name in PCAP_FIELDS}
+    page = os.sysconf("SC_PAGE_SIZE")
+    out.update(PCAP_SNAPLEN=pcap.snaplen, PCAP_MAX=pcap.max_packets, NP_PAGE_SIZE=page,
+               PCAP_RING_PAGES=contract.pcap_ring_pages(pcap.snaplen, page))
+    return out
+
+
 def program_source(query: DropsQuery, facts: KernelFacts, offsets: dict[str, int]) -> bpf.ProgramSource:
     """Pure: the C files and every number they are compiled with."""
     needed = ("OFF_SKB_DEV", "OFF_SKB_LEN", "OFF_SKB_HEAD", "OFF_SKB_PROTOCOL", "OFF_SKB_NETWORK_HEADER",
@@ -120,10 +154,14 @@ def program_source(query: DropsQuery, facts: KernelFacts, offsets: dict[str, int
     if query.reason_code is not None:
         defines["FILTER_REASON"] = query.reason_code
     defines.update(filter_defines(query.netns, query.iface_keys, query.proto, query.port, query.host))
+    files = ["where.c", "drops.c"]
+    if query.pcap is not None:
+        defines.update(pcap_defines(query.pcap, offsets))
+        files.insert(1, "capture.c")  # drops.c calls it
     if query.tp_btf:
         defines["TP_BTF"] = 1
-        return bpf.ProgramSource(["where.c", "drops.c"], defines, {"kfree_skb": "kfree_skb"})
-    return bpf.ProgramSource(["where.c", "drops.c"], defines)
+        return bpf.ProgramSource(files, defines, {"kfree_skb": "kfree_skb"})
+    return bpf.ProgramSource(files, defines)
 
 
 def proto_name(family: int, l3proto: int, l4proto: int) -> str | None:
@@ -244,6 +282,10 @@ class DropsSession(ProgramSession):
         self._forgotten: set[bytes] = set()  # keys of devices gone (forget_gone_devices)
         self._warnings: list[str] = []  # said once, in the next snapshot and the summary
         self._said = 0
+        self._pcap_written = 0  # captured packets handed out as events
+        self._pcap_over_max = 0  # delivered past --pcap-max (the kernel's cap should leave none)
+        self._last_pcap = (0, 0)
+        self._wall_offset_ns = 0  # CLOCK_REALTIME - CLOCK_MONOTONIC (bpf_ktime_get_ns)
 
     def _read_counters(self) -> dict[counters_mod.CounterKey, int]:
         """The counters now; a namespace deleted mid-run freezes its counters at their last values."""
@@ -264,7 +306,10 @@ class DropsSession(ProgramSession):
         prog = self._load(self.source, self.facts, self.query.iface_keys)
         if self.query.samples:
             prog.open_perf_buffer("samples", self._on_sample, self._on_lost)
-        if "location" in self.query.by or self.query.samples:
+        if self.query.pcap is not None:
+            self._wall_offset_ns = time.time_ns() - time.monotonic_ns()
+            prog.open_ring_buffer("pcap_ring", self._on_capture)
+        if "location" in self.query.by or self.query.samples or self.query.pcap is not None:
             # kernel symbols are read once (~90 ms here): before the start line, not inside the first interval
             _ = self.facts.kallsyms
         importing.join()
@@ -311,16 +356,19 @@ class DropsSession(ProgramSession):
         delta = {k: v - self._last_counts.get(k, 0) for k, v in now.items()}
         interval_stats = {k: v - self._last_stats.get(k, 0) for k, v in stats.items()}
         lost = self._samples_lost - self._last_lost
+        pcap = self._pcap_health(interval_stats, self._pcap_written - self._last_pcap[0],
+                                 self._pcap_over_max - self._last_pcap[1])
         self._last_counts, self._last_stats, self._last_lost = now, stats, self._samples_lost
+        self._last_pcap = (self._pcap_written, self._pcap_over_max)
         counters = self._counters.step(self._read_counters())
         span, self._last_ns = elapsed_ns - self._last_ns, elapsed_ns
         if self.live:  # rows and total for the run, the interval's part beside them
             snap = self._snapshot(now, counters, interval_stats, stats.get("matched", 0), elapsed_ns,
-                                  self._samples_lost, delta)
+                                  self._samples_lost, delta, pcap)
             snap.interval_total = interval_stats.get("matched", 0)
         else:
             snap = self._snapshot(delta, counters, interval_stats, interval_stats.get("matched", 0), elapsed_ns,
-                                  lost)
+                                  lost, pcap=pcap)
             snap.interval_total = snap.total
         snap.interval_ns = span
         snap.warnings, self._said = self._warnings[self._said:], len(self._warnings)
@@ -333,13 +381,14 @@ class DropsSession(ProgramSession):
         final, stats = self.counts(), self.stats()
         self._counters.step(self._read_counters())
         snap = self._snapshot(final, self._counters.totals(), stats, stats.get("matched", 0), elapsed_ns,
-                              self._samples_lost)
+                              self._samples_lost, pcap=self._pcap_health(stats, self._pcap_written,
+                                                                         self._pcap_over_max))
         snap.warnings = list(self._warnings)
         return snap
 
     def _snapshot(self, counts: dict[bytes, int], counters: list[Counter], stats: dict[str, int], total: int,
-                  elapsed_ns: int, samples_lost: int, interval_counts: dict[bytes, int] | None = None
-                  ) -> DropSnapshot:
+                  elapsed_ns: int, samples_lost: int, interval_counts: dict[bytes, int] | None = None,
+                  pcap: PcapHealth | None = None) -> DropSnapshot:
         """total: the exact count of matching drops, whether or not each found room in the map."""
         ranked = sorted(((v, k) for k, v in counts.items() if v > 0), key=lambda item: (-item[0], item[1]))
         shown = ranked if self.limit is None else ranked[: self.limit]
@@ -352,7 +401,7 @@ class DropsSession(ProgramSession):
                 extra["interval_count"] = interval_counts.get(raw, 0)
             rows.append(replace(row, **extra) if extra else row)
         rest = ranked[len(shown):]
-        return DropSnapshot(rows, counters, health(stats, samples_lost), total, elapsed_ns, len(rest),
+        return DropSnapshot(rows, counters, health(stats, samples_lost, pcap), total, elapsed_ns, len(rest),
                             sum(v for v, _ in rest), self.query.flow_keyed, self.query.owner_keyed)
 
     def stack_of(self, raw_key: bytes) -> list[str] | None:
@@ -399,8 +448,36 @@ class DropsSession(ProgramSession):
     def _on_lost(self, lost: int) -> None:
         self._samples_lost += lost
 
+    def _on_capture(self, raw: bytes) -> None:
+        """A ring record: struct pcap_meta, then PCAP_SNAPLEN bytes of which caplen are the packet's."""
+        assert self.query.pcap is not None
+        if len(raw) < contract.PCAP_META.size:
+            return
+        if self._pcap_written >= self.query.pcap.max_packets:
+            self._pcap_over_max += 1
+            return
+        (ts, location, sk_ino, cgroup, reason, ifindex, netns_ino, length, caplen, cpu, l3proto, linktype,
+         l4proto, family, _pad) = contract.PCAP_META.unpack(raw)
+        caplen = min(caplen, self.query.pcap.snaplen, len(raw) - contract.PCAP_META.size)
+        data = raw[contract.PCAP_META.size:contract.PCAP_META.size + caplen]
+        key = DecodedKey(location, reason, ifindex, netns_ino, l3proto, l4proto, family, bytes(16), bytes(16), 0, 0,
+                         sk_ino, cgroup)
+        row = self._decoder.row(key, 1, full=True)
+        row = replace(row, family=None, saddr=None, daddr=None, sport=None, dport=None,
+                      owner=row.owner if self.query.owner_keyed else None)
+        self._pcap_written += 1
+        self._events.append(CapturedPacket(ts + self._wall_offset_ns, cpu, linktype, max(length, caplen), data,
+                                           self.query.pcap.snaplen, row))
 
-def health(stats: dict[str, int], samples_lost: int) -> Health:
+    def _pcap_health(self, stats: dict[str, int], written: int, over_max: int) -> PcapHealth | None:
+        """stats, written and over_max all for the same span: an interval or the whole run."""
+        if self.query.pcap is None:
+            return None
+        return PcapHealth(written, stats.get("pcap_over_cap", 0) + stats.get("pcap_over_rate", 0) + over_max,
+                          stats.get("pcap_lost", 0))
+
+
+def health(stats: dict[str, int], samples_lost: int, pcap: PcapHealth | None = None) -> Health:
     return Health(
         probe_hits={TRACEPOINT: stats.get("hits", 0)},
         matched=stats.get("matched", 0),
@@ -408,4 +485,5 @@ def health(stats: dict[str, int], samples_lost: int) -> Health:
         samples=stats.get("sampled", 0),
         samples_lost=samples_lost,
         samples_skipped=stats.get("sample_budget", 0),
+        pcap=pcap,
     )

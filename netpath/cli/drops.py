@@ -57,8 +57,10 @@ def check_pcap(pcap: str | None, pcap_max: int | None, snaplen: int | None, forc
                            "or drop --json")
         if stdout_is_terminal:
             raise BadInput("--pcap -: stdout is a terminal; pipe it (| tshark -r -) or give a file")
-    elif not pcap:
-        raise BadInput("--pcap '': give a file name, or - for stdout")
+    elif not pcap.strip():
+        raise BadInput(f"--pcap {pcap!r}: give a file name, or - for stdout")
+    else:
+        pcap_out.check_target(pcap, force)
     return drops_mod.PcapQuery(snaplen if snaplen is not None else contract.SNAPLEN_DEFAULT,
                                pcap_max if pcap_max is not None else contract.PCAP_MAX_DEFAULT)
 

@@ -48,6 +48,25 @@ def _replace(path: Path) -> int:
     return fd
 
 
+def check_target(spec: str, force: bool) -> None:
+    """Refuse a target that cannot be written, before anything is loaded (open_file checks again)."""
+    path = Path(spec)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        if not path.parent.is_dir():
+            raise BadInput(f"--pcap {spec!r}: no directory {str(path.parent)!r}") from None
+        return
+    except OSError as exc:
+        raise BadInput(f"--pcap {spec!r}: {_why(exc)}") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise BadInput(f"--pcap {spec!r} is a symbolic link: netpath never writes through one")
+    if not stat.S_ISREG(st.st_mode):
+        raise BadInput(f"--pcap {spec!r} exists and is not a regular file")
+    if not force:
+        raise BadInput(f"--pcap {spec!r} exists: add --force to replace it")
+
+
 def open_file(spec: str, force: bool) -> BinaryIO:
     """The capture file, created 0600; an existing one is replaced only with force. Bad paths: BadInput."""
     path = Path(spec)

@@ -93,7 +93,7 @@ def quote(value: str) -> str:
     for ch in value:
         if ch in ('"', "\\"):
             out.append("\\" + ch)
-        elif ch == " " or ch in _PLAIN:
+        elif " " <= ch <= "~":
             out.append(ch)
         else:
             out.extend(f"\\x{b:02x}" for b in ch.encode("utf-8", "surrogateescape"))

@@ -128,7 +128,7 @@ def interface_comment(row: DropRow) -> str:
 
 
 def interface_name(row: DropRow) -> str:
-    return row.iface or (f"ifindex{row.ifindex}" if row.ifindex else "unknown")
+    return row.iface or (f"ifindex{row.ifindex}" if row.ifindex else "no-device")
 
 
 class PcapngWriter:

@@ -116,6 +116,8 @@ class PcapSink:
         self.out = out
         self.target = target  # for messages: the file, or "-"
         self.term = term
+        self._io("write", self.writer.flush)  # the section header now: even a run that fails to load leaves a
+        # valid (empty) capture, and a reader of `--pcap -` sees the stream start
 
     def _io(self, action: str, fn: object) -> None:
         try:
@@ -126,7 +128,6 @@ class PcapSink:
             raise MissingCapability(f"--pcap {self.target}: {action} failed: {exc.strerror or exc}") from None
 
     def started(self, start: Start) -> None:
-        self._io("write", self.writer.flush)  # the section header: a reader sees a valid (empty) capture at once
         self.inner.started(start)
 
     def events(self, events: list[Event]) -> None:

@@ -242,8 +242,8 @@ def test_a_packet_without_a_mac_header_is_raw_ip(tmp_path):
         run = NetpathRun(["drops", "--host", pair.host_addr, "--port", str(UDP_DROPPED), "--pcap", str(path),
                           "--json", "--duration", "2"])
         run.wait_start()
-        code = (f"import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
-                f"for i in range({n}):\n    try:\n        s.sendto(b'out %d' % i, ({pair.host_addr!r}, {UDP_DROPPED}))\n"
+        code = (f"import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\nfor i in range({n}):\n"
+                f"    try:\n        s.sendto(b'out %d' % i, ({pair.host_addr!r}, {UDP_DROPPED}))\n"
                 "    except PermissionError:\n        pass  # the OUTPUT rule's verdict, as sendto(2) reports it\n")
         subprocess.run(["ip", "netns", "exec", pair.ns, sys.executable, "-c", code], check=True)
         rc, _records, err = run.finish()

@@ -44,6 +44,7 @@ SHORT_KEY_SIZE = contract.DROP_WHERE.size
 KEY_FIELDS = len(contract.DROP_FULL_KEY.fmt.unpack(bytes(contract.DROP_FULL_KEY.size)))
 COUNT = struct.Struct("<Q")
 STACK_ID = struct.Struct("<i")
+CAPTURE_ROW_CACHE = 4096  # captured packets' rows kept by where they died (cleared when full)
 
 L4_NAMES = {0: "hopopt", 1: "icmp", 2: "igmp", 6: "tcp", 17: "udp", 47: "gre", 58: "icmpv6", 132: "sctp"}
 L3_NAMES = {0x0800: "ipv4", 0x86DD: "ipv6", 0x0806: "arp", 0x8100: "vlan", 0x88CC: "lldp", 0x8035: "rarp"}
@@ -285,6 +286,7 @@ class DropsSession(ProgramSession):
         self._pcap_written = 0  # captured packets handed out as events
         self._pcap_over_max = 0  # delivered past --pcap-max (the kernel's cap should leave none)
         self._last_pcap = (0, 0)
+        self._capture_rows: dict[tuple[int, ...], DropRow] = {}
         self._wall_offset_ns = 0  # CLOCK_REALTIME - CLOCK_MONOTONIC (bpf_ktime_get_ns)
 
     def _read_counters(self) -> dict[counters_mod.CounterKey, int]:
@@ -460,11 +462,17 @@ class DropsSession(ProgramSession):
          l4proto, family, _pad) = contract.PCAP_META.unpack(raw)
         caplen = min(caplen, self.query.pcap.snaplen, len(raw) - contract.PCAP_META.size)
         data = raw[contract.PCAP_META.size:contract.PCAP_META.size + caplen]
-        key = DecodedKey(location, reason, ifindex, netns_ino, l3proto, l4proto, family, bytes(16), bytes(16), 0, 0,
-                         sk_ino, cgroup)
-        row = self._decoder.row(key, 1, full=True)
-        row = replace(row, family=None, saddr=None, daddr=None, sport=None, dport=None,
-                      owner=row.owner if self.query.owner_keyed else None)
+        where = (location, reason, ifindex, netns_ino, l3proto, l4proto, family, sk_ino, cgroup)
+        row = self._capture_rows.get(where)
+        if row is None:  # names resolved once per place a packet died, not per packet
+            key = DecodedKey(location, reason, ifindex, netns_ino, l3proto, l4proto, family, bytes(16), bytes(16), 0,
+                             0, sk_ino, cgroup)
+            row = self._decoder.row(key, 1, full=True)
+            row = replace(row, family=None, saddr=None, daddr=None, sport=None, dport=None,
+                          owner=row.owner if self.query.owner_keyed else None)
+            if len(self._capture_rows) >= CAPTURE_ROW_CACHE:
+                self._capture_rows.clear()
+            self._capture_rows[where] = row
         self._pcap_written += 1
         self._events.append(CapturedPacket(ts + self._wall_offset_ns, cpu, linktype, max(length, caplen), data,
                                            self.query.pcap.snaplen, row))

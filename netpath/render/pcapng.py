@@ -140,6 +140,7 @@ class PcapngWriter:
         self.written = 0
         self._interfaces: dict[tuple[int, int, int], int] = {}  # (netns, ifindex, linktype) -> interface id
         self._started = False
+        self._comments: dict[int, tuple[DropRow, str]] = {}
 
     def start(self) -> None:
         if not self._started:
@@ -160,8 +161,19 @@ class PcapngWriter:
     def packet(self, pkt: CapturedPacket) -> None:
         self.start()
         iface = self.interface_id(pkt)
-        self.out.write(enhanced_packet(iface, pkt.ts_ns, pkt.data, pkt.orig_len, comment(pkt.row)))
+        self.out.write(enhanced_packet(iface, pkt.ts_ns, pkt.data, pkt.orig_len, self._comment(pkt.row)))
         self.written += 1
+
+    def _comment(self, row: DropRow) -> str:
+        """The session hands out one row object per place packets die: its comment is built once."""
+        cached = self._comments.get(id(row))
+        if cached is not None and cached[0] is row:
+            return cached[1]
+        if len(self._comments) >= 4096:
+            self._comments.clear()
+        text = comment(row)
+        self._comments[id(row)] = (row, text)
+        return text
 
     def flush(self) -> None:
         self.start()

@@ -324,3 +324,33 @@ def test_a_symlink_is_never_followed_and_an_existing_file_needs_force(tmp_path):
     assert stat.S_IMODE(os.stat(target).st_mode) == 0o600
     assert tshark(str(target)) == []  # a valid, empty capture
     assert Path(target).read_bytes()[:4] == b"\x0a\x0d\x0d\x0a"
+
+
+def test_with_by_socket_each_packet_names_the_socket_owner(tmp_path):
+    """A receiver that stopped reading overflows: each captured datagram names its pid, comm, socket, cgroup."""
+    from test_attribution_live import CGROUP2, cgroup, in_cgroup
+
+    if CGROUP2 is None:
+        pytest.skip("no cgroup v2 hierarchy mounted (CONFIG_CGROUPS)")
+    from netpath_testlib import STALLED_RECEIVER, send_udp
+
+    sent, port = 300, 40115
+    with veth_namespace("npp") as pair, cgroup("netpath-pcap") as (cg_dir, cg_path):
+        rx = in_cgroup(cg_dir, pair.ns, STALLED_RECEIVER, pair.ns_addr, str(port))
+        path = tmp_path / "owner.pcapng"
+        run = NetpathRun(["drops", "--netns", pair.ns, "--by", "reason,iface,socket", "--reason", "SOCKET_RCVBUFF",
+                          "--pcap", str(path), "--json", "--duration", "3"])
+        run.wait_start()
+        send_udp(pair.ns_addr, port, sent, payload=b"z" * 400)
+        rc, _records, err = run.finish()  # the receiver is still there to be named
+        received = int(rx.communicate("go\n", timeout=30)[0].strip())
+    assert rc == 0, err
+    summary = run.summary()
+    packets = tshark(str(path))
+    assert summary["total"] == sent - received == len(packets) == summary["health"]["pcap_written"] > 0
+    for p in packets:
+        c = comment_fields(p["frame.comment"])
+        assert c["reason"] == "SOCKET_RCVBUFF" and c["proto"] == "udp"
+        assert c["pid"] == str(rx.pid) and c["comm"].startswith("python") and c["cgroup"] == cg_path
+        assert c["sock"] == f"udp:{pair.ns_addr}:{port}"
+        assert p["frame.len"] == str(14 + 20 + 8 + 400) and p["frame.cap_len"] == str(contract.SNAPLEN_DEFAULT)  # cut

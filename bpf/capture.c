@@ -9,8 +9,8 @@
  * only when the run's cap (PCAP_MAX, a global count taken with an atomic
  * add) has room and this CPU's token bucket (PCAP_RATE_PER_CPU a second,
  * PCAP_BURST deep) holds a token. The rest are counted, never sent: a
- * skipped drop costs a clock read and a few adds; the packet reads happen
- * only for admitted ones.
+ * drop past the cap costs a load and an add, one under it that the bucket
+ * refuses a clock read more; the packet reads happen only for admitted ones.
  *
  * The bytes start at the MAC header when the skb has an Ethernet-sized one
  * (LINKTYPE_ETHERNET), else at the network header (LINKTYPE_RAW), and stop
@@ -125,8 +125,11 @@ static __always_inline u32 pcap_start(struct pcap_skb *p, u16 *linktype)
 	return (u32)(p->data - p->head);
 }
 
-/* 1 when this drop may go to the ring: the cap has room and this CPU has a token */
-static __always_inline int pcap_admit(u64 *stat, u64 now, u64 **used)
+/*
+ * 1 when this drop may go to the ring: the cap has room and this CPU has a
+ * token. The clock is read only under the cap: past it a drop costs a load.
+ */
+static __always_inline int pcap_admit(u64 *stat, u64 **used, u64 *now)
 {
 	int zero = 0;
 
@@ -137,7 +140,8 @@ static __always_inline int pcap_admit(u64 *stat, u64 now, u64 **used)
 		stat[STAT_PCAP_OVER_CAP] += 1;
 		return 0;
 	}
-	if (!pcap_take_token(now)) {
+	*now = bpf_ktime_get_ns();
+	if (!pcap_take_token(*now)) {
 		stat[STAT_PCAP_OVER_RATE] += 1;
 		return 0;
 	}
@@ -151,13 +155,13 @@ static __always_inline int pcap_admit(u64 *stat, u64 now, u64 **used)
 static __always_inline void pcap_capture(u64 *stat, void *skb, u32 reason, u64 location, u32 ifindex, u32 netns,
 					 struct np_flow *flow, struct drop_owner *owner)
 {
-	u64 now = bpf_ktime_get_ns(), *used;
+	u64 now = 0, *used;
 	struct pcap_event *ev;
 	struct pcap_skb p = {};
 	u32 start, wire, avail, caplen;
 	u16 linktype;
 
-	if (!pcap_admit(stat, now, &used))
+	if (!pcap_admit(stat, &used, &now))
 		return;
 	ev = pcap_ring.ringbuf_reserve(sizeof(struct pcap_event));
 	if (!ev) {

@@ -30,7 +30,8 @@ class JsonSink:
 
     def events(self, events: list[Event]) -> None:
         for item in events:
-            self.term.emit(records.event(item))
+            if isinstance(item, DropSample | SlowPacket):  # captured packets go to the pcapng file (PcapSink)
+                self.term.emit(records.event(item))
 
     def interval(self, snap: Snapshot, seq: int) -> None:
         self.term.emit(records.interval(snap, seq))

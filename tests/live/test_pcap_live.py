@@ -172,6 +172,7 @@ def test_the_raw_tracepoint_build_captures_the_same(tmp_path):
     from netpath.collect import drops as drops_mod
     from netpath.model import CapturedPacket
     from netpath.netns import resolve
+    from netpath.query import Filters
     from netpath.render import records
     from netpath.render.pcapng import PcapngWriter
 
@@ -180,7 +181,7 @@ def test_the_raw_tracepoint_build_captures_the_same(tmp_path):
         drop_rules(pair, 4)
         facts = load_facts()
         netns = resolve(pair.ns)
-        query = drops_mod.DropsQuery(netns=netns, host=ipaddress.ip_address(pair.ns_addr),
+        query = drops_mod.DropsQuery(Filters(netns=netns, host=ipaddress.ip_address(pair.ns_addr)),
                                      tp_btf=False, pcap=drops_mod.PcapQuery())
         source = drops_mod.program_source(query, facts, bpf.struct_offsets(facts))
         assert "TP_BTF" not in source.defines and "capture.c" in source.files

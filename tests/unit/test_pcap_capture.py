@@ -59,7 +59,7 @@ def test_the_prelude_carries_the_record_layout_and_rate_constants():
 def stats(matched: int, sent: int = 0, over_cap: int = 0, over_rate: int = 0, lost: int = 0) -> bytes:
     values = dict(hits=matched, matched=matched, pcap_sent=sent, pcap_over_cap=over_cap, pcap_over_rate=over_rate,
                   pcap_lost=lost)
-    return b"".join(U64.pack(values.get(name, 0)) for name in contract.DROP_STATS)
+    return b"".join(U64.pack(values.get(name, 0)) for name in (*contract.DROP_STATS, *contract.PCAP_STATS))
 
 
 def record(data: bytes, ts: int = 1000, linktype: int = contract.LINKTYPE_ETHERNET, snaplen: int = 64,

@@ -10,7 +10,7 @@ BENCH_PY = $(VENV)/bin/python
 
 BENCH_SOAK_SECONDS ?= 600
 
-.PHONY: bench bench-storm bench-soak bench-observer bench-deps bench-lint
+.PHONY: bench bench-storm bench-soak bench-observer bench-pcap bench-deps bench-lint
 
 # Idempotent: apt only when bpftrace/sockperf are missing, pip only when py-spy is missing.
 bench-deps:
@@ -29,6 +29,9 @@ bench-storm: bench-deps
 
 bench-soak: bench-deps
 	cd $(CURDIR) && $(BENCH_PY) -m bench --soak --soak-seconds $(BENCH_SOAK_SECONDS)
+
+bench-pcap: bench-deps
+	cd $(CURDIR) && $(BENCH_PY) -m bench --pcap-cost --rounds $(BENCH_ROUNDS) --seconds $(BENCH_SECONDS)
 
 bench-observer: bench-deps
 	cd $(CURDIR) && $(BENCH_PY) -m bench --observer --rounds $(BENCH_ROUNDS)

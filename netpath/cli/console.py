@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, BinaryIO
 
 from rich.console import Console, RenderableType
 from rich.live import Live
@@ -21,13 +21,46 @@ class _Console(Console):
         raise OutputClosed
 
 
+class _PipeOut:
+    """A binary stdout whose reader may go away (`| head -c 100`): EPIPE becomes OutputClosed."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self._raw.write(data)
+        except BrokenPipeError:
+            raise OutputClosed from None
+
+    def flush(self) -> None:
+        try:
+            self._raw.flush()
+        except BrokenPipeError:
+            raise OutputClosed from None
+
+    def close(self) -> None:
+        self.flush()
+
+
 class Terminal:
-    def __init__(self, json_mode: bool) -> None:
+    """`stdout_taken`: stdout carries binary data (drops --pcap -), so what people read goes to stderr."""
+
+    def __init__(self, json_mode: bool, stdout_taken: bool = False) -> None:
         self.json_mode = json_mode
-        self.out = _Console(highlight=False, soft_wrap=False)
+        self.stdout_taken = stdout_taken
+        self.out = _Console(stderr=stdout_taken, highlight=False, soft_wrap=False)
         self.err = _Console(stderr=True, highlight=False)
-        self.interactive = not json_mode and sys.stdout.isatty()
+        self.interactive = not json_mode and (sys.stderr if stdout_taken else sys.stdout).isatty()
         self._live: Live | None = None
+
+    @staticmethod
+    def stdout_is_terminal() -> bool:
+        return sys.stdout.isatty()
+
+    def binary_stdout(self) -> _PipeOut:
+        """stdout for binary data (pcapng); a closed reader surfaces as OutputClosed from write()."""
+        return _PipeOut(sys.stdout.buffer)
 
     @property
     def width(self) -> int:
@@ -67,7 +100,7 @@ class Terminal:
 
     def plain(self, text: str) -> None:
         try:
-            print(text, flush=True)
+            print(text, flush=True, file=sys.stderr if self.stdout_taken else sys.stdout)
         except BrokenPipeError:
             raise OutputClosed from None
 

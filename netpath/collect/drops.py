@@ -58,7 +58,7 @@ class PcapQuery:
     max_packets: int = contract.PCAP_MAX_DEFAULT
 
 
-@dataclass
+@dataclass(frozen=True)
 class DropsQuery:
     """Everything `netpath drops` (or the exporter) asks of the kfree_skb program, validated."""
 

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-import socket
 import time
-from collections.abc import Callable, Iterable
-from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import click
-from prometheus_client import CollectorRegistry, make_wsgi_app
 
 from netpath import bpf
+from netpath.cli import web_config
 from netpath.cli.console import Terminal
+from netpath.cli.http_server import HttpServer, Routes, SharedScrape
 from netpath.cli.options import (
     DURATION_MAX_S,
     DURATION_MIN_S,
@@ -41,6 +38,9 @@ DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_PORT}"
 # drop storm), so stages are asked for, not on by default.
 DEFAULT_STAGES: tuple[str, ...] = ()
 DEFAULT_MAX_SERIES = 500
+# SIGTERM is seen within STOP_POLL_S; a scrape in the middle of reading maps gets STOP_WAIT_S to finish
+STOP_POLL_S = 0.1
+STOP_WAIT_S = 0.5
 EXPORT_BY = ("reason", "iface", "proto")
 
 HELP = f"""Serve receive-path drop and latency metrics to Prometheus.
@@ -94,25 +94,9 @@ def parse_stages(value: str) -> tuple[str, ...]:
     return parse_stage_list(value, none_means="drops only")
 
 
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        """Scrapes are not news: no line per request on stderr."""
-
-
-class _Server(WSGIServer):
-    def __init__(self, address: tuple[str, int], handler: Any) -> None:
-        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        super().__init__(address, handler)
-
-    def server_bind(self) -> None:
-        if self.address_family == socket.AF_INET6:  # '::' serves IPv4 too
-            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        super().server_bind()
-
-
-def bind(host: str, port: int, app: Callable[..., Iterable[bytes]], listen: str) -> WSGIServer:
+def bind(host: str, port: int, routes: Routes, listen: str, web: web_config.WebConfig) -> HttpServer:
     try:
-        return make_server(host, port, app, server_class=_Server, handler_class=_QuietHandler)
+        return HttpServer(host, port, routes, web.tls, web.auth)
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             raise MissingCapability(f"--listen {listen}: address already in use (another netpath export or "
@@ -122,25 +106,8 @@ def bind(host: str, port: int, app: Callable[..., Iterable[bytes]], listen: str)
         raise MissingCapability(f"--listen {listen}: cannot listen: {exc.strerror}") from None
 
 
-class Routes:
-    """/metrics, /healthz and a pointer from / ; the metrics app is set once every probe is attached."""
-
-    def __init__(self) -> None:
-        self.metrics: Callable[..., Iterable[bytes]] | None = None
-
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO", "/")
-        if path == "/metrics" and self.metrics is not None:
-            return self.metrics(environ, start_response)
-        if path in ("/healthz", "/metrics"):
-            ready = self.metrics is not None
-            start_response("200 OK" if ready else "503 Service Unavailable", [("Content-Type", "text/plain")])
-            return [b"ok\n" if ready else b"attaching\n"]
-        if path == "/":
-            start_response("200 OK", [("Content-Type", "text/plain")])
-            return [b"netpath export: metrics at /metrics, readiness at /healthz\n"]
-        start_response("404 Not Found", [("Content-Type", "text/plain")])
-        return [b"not found: try /metrics\n"]
+def is_loopback(host: str) -> bool:
+    return ipaddress.ip_address(host).is_loopback
 
 
 @click.command("export", help=HELP)
@@ -154,29 +121,41 @@ class Routes:
               help="Label sets per metric family; the rest fold into one _other series.")
 @click.option("--by-cgroup", is_flag=True,
               help="Also label drops with the receiving socket's cgroup and container (bounded by --max-series).")
+@click.option("--web-config-file", "web_config_file", metavar="FILE",
+              help="TLS and basic auth, in the Prometheus exporter-toolkit format (as node_exporter).")
+@click.option("--label-processes", is_flag=True,
+              help="Beyond localhost, still label a namespace without an ip netns name by the process in it "
+                   "(netns_label=comm[pid]); on by itself on a loopback --listen.")
 @click.option("--duration", type=bounded_float(DURATION_MIN_S, DURATION_MAX_S, "seconds, at most a year"),
               metavar="SECONDS",
               help="Stop after this many seconds (default: until SIGTERM or Ctrl-C).")
 @click.pass_context
 def export(ctx: click.Context, ifaces: tuple[str, ...], netns_spec: str | None, proto: str | None,
            port: int | None, host: str | None, listen: str, stages_spec: str, max_series: int, by_cgroup: bool,
-           duration: float | None) -> None:
+           web_config_file: str | None, label_processes: bool, duration: float | None) -> None:
     address = parse_listen(listen)
+    web = web_config.load(web_config_file) if web_config_file else web_config.WebConfig(None, None)
     stages = parse_stages(stages_spec)
     filters = resolve_filters(ifaces, netns_spec, proto, port, host)
     require_capability()
     facts = load_facts()
     if not facts.has_tracepoint(drops_mod.TRACEPOINT):
         raise MissingCapability("this kernel has no skb:kfree_skb tracepoint (needs tracefs mounted)")
-    routes = Routes()
-    server = bind(*address, routes, listen)
     term = Terminal(json_mode=False)
+    local = is_loopback(address[0])
+    if not local and web_config_file is None:
+        term.note(f"netpath export: warning: --listen {listen} serves beyond this host without TLS or "
+                  "authentication (see --web-config-file)")
+    routes = Routes()
+    server = bind(*address, routes, listen, web)
+    server.serve()  # /healthz answers 503 while the probes attach
     try:
         offsets = bpf.struct_offsets(facts)
         query = drops_mod.DropsQuery(filters.netns, filters.ifaces, filters.iface_keys, filters.proto,
                                      filters.port, filters.host, by=EXPORT_BY + (("cgroup",) if by_cgroup else ()))
         drops = drops_mod.DropsSession(query, facts, drops_mod.program_source(query, facts, offsets),
-                                       drops_mod.drop_reasons(facts))
+                                       drops_mod.drop_reasons(facts),
+                                       name_processes=local or label_processes)
         trace = None
         if stages:
             plan = make_plan(facts, only=stages)
@@ -186,26 +165,32 @@ def export(ctx: click.Context, ifaces: tuple[str, ...], netns_spec: str | None, 
         collector = ExportCollector(drops, trace, max_series)
         ctx.exit(serve(server, routes, collector, term, listen, duration))
     finally:
-        server.server_close()
+        server.close()
 
 
-def serve(server: WSGIServer, routes: Routes, collector: ExportCollector, term: Terminal, listen: str,
+def serve(server: HttpServer, routes: Routes, collector: ExportCollector, term: Terminal, listen: str,
           duration: float | None) -> int:
+    scrape = SharedScrape(collector.collect)
+    detached = True
     with SignalStop() as stop:
         try:
             starts = collector.start()
-            registry = CollectorRegistry(auto_describe=False)
-            registry.register(collector)  # type: ignore[arg-type]
-            routes.metrics = make_wsgi_app(registry)
+            routes.scrape = scrape
             attached = sum(len(s.attached) for s in starts)
             unavailable = [u.stage or u.hook for s in starts for u in s.unavailable]
-            term.note(f"netpath export: serving http://{listen}/metrics ({attached} hooks attached"
+            scheme = "https" if server.tls is not None else "http"
+            term.note(f"netpath export: serving {scheme}://{listen}/metrics ({attached} hooks attached"
                       + (f"; unavailable: {', '.join(unavailable)}" if unavailable else "") + ")")
             deadline = time.monotonic() + duration if duration else None
-            server.timeout = 0.25
             while not stop and (deadline is None or time.monotonic() < deadline):
-                server.handle_request()
+                time.sleep(STOP_POLL_S)
         finally:
-            collector.close()
-    term.note(f"netpath export: stopped ({stop.reason or 'duration'}) after {collector.scrapes} scrapes")
+            server.close()
+            # a scrape reading the maps finishes first (they take milliseconds); one stuck past the bound
+            # leaves the probes to the kernel, which detaches them when the process exits
+            detached = scrape.close(timeout=STOP_WAIT_S)
+            if detached:
+                collector.close()
+    term.note(f"netpath export: stopped ({stop.reason or 'duration'}) after {collector.scrapes} scrapes"
+              + ("" if detached else "; a scrape was still reading the maps"))
     return EXIT_OK

@@ -222,7 +222,8 @@ class DropsSession(ProgramSession):
     """
 
     def __init__(self, query: DropsQuery, facts: KernelFacts, source: bpf.ProgramSource, reasons: DropReasons,
-                 limit: int | None = None, live: bool = False, loader: bpf.Loader = bpf.compile_program) -> None:
+                 limit: int | None = None, live: bool = False, loader: bpf.Loader = bpf.compile_program,
+                 name_processes: bool = True) -> None:
         super().__init__(loader)
         self.query = query
         self.facts = facts
@@ -231,7 +232,8 @@ class DropsSession(ProgramSession):
         self.live = live
         self._has_reason = has_reason_field(facts)
         owners = OwnerResolver() if query.owner_keyed or query.samples else None
-        self._decoder = RowDecoder(query, reasons, facts, IfaceNames(), self._has_reason, owners)
+        self._decoder = RowDecoder(query, reasons, facts, IfaceNames(name_processes), self._has_reason,
+                                   owners)
         self._iface_set = set(query.ifaces) or None
         self._samples_lost = 0
         self._last_counts: dict[bytes, int] = {}

@@ -8,7 +8,6 @@ import time
 
 import click
 
-from netpath import bpf
 from netpath.cli import web_config
 from netpath.cli.console import Terminal
 from netpath.cli.http_server import HttpServer, Routes, SharedScrape
@@ -25,11 +24,12 @@ from netpath.cli.options import (
 )
 from netpath.cli.preflight import load_facts, require_capability
 from netpath.collect import drops as drops_mod
-from netpath.collect import trace as trace_mod
+from netpath.collect import factory
+from netpath.collect.drops import DropsQuery
 from netpath.collect.export import ExportCollector
 from netpath.collect.session import SignalStop
+from netpath.collect.trace import TraceQuery
 from netpath.errors import EXIT_OK, BadInput, MissingCapability
-from netpath.plan import make_plan
 
 DEFAULT_PORT = 9872
 DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_PORT}"
@@ -150,18 +150,10 @@ def export(ctx: click.Context, ifaces: tuple[str, ...], netns_spec: str | None, 
     server = bind(*address, routes, listen, web)
     server.serve()  # /healthz answers 503 while the probes attach
     try:
-        offsets = bpf.struct_offsets(facts)
-        query = drops_mod.DropsQuery(filters.netns, filters.ifaces, filters.iface_keys, filters.proto,
-                                     filters.port, filters.host, by=EXPORT_BY + (("cgroup",) if by_cgroup else ()))
-        drops = drops_mod.DropsSession(query, facts, drops_mod.program_source(query, facts, offsets),
-                                       drops_mod.drop_reasons(facts),
-                                       name_processes=local or label_processes)
-        trace = None
-        if stages:
-            plan = make_plan(facts, only=stages)
-            tquery = trace_mod.TraceQuery(filters.netns, filters.iface_keys, filters.proto, filters.port,
-                                          filters.host, napi_by_dev=True)
-            trace = trace_mod.TraceSession(tquery, plan, facts, trace_mod.program_source(tquery, plan, offsets))
+        query = DropsQuery(filters, by=EXPORT_BY + (("cgroup",) if by_cgroup else ()),
+                           name_processes=local or label_processes)
+        drops = factory.drops_session(query, facts)
+        trace = factory.trace_session(TraceQuery(filters, stages, napi_by_dev=True), facts) if stages else None
         collector = ExportCollector(drops, trace, max_series)
         ctx.exit(serve(server, routes, collector, term, listen, duration))
     finally:

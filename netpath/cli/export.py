@@ -8,6 +8,7 @@ import time
 
 import click
 
+from netpath import contract
 from netpath.cli import web_config
 from netpath.cli.console import Terminal
 from netpath.cli.http_server import HttpServer, Routes, SharedScrape
@@ -17,6 +18,7 @@ from netpath.cli.options import (
     bounded_float,
     bounded_int,
     filter_options,
+    parse_sample,
     resolve_filters,
 )
 from netpath.cli.options import (
@@ -30,13 +32,17 @@ from netpath.collect.export import ExportCollector
 from netpath.collect.session import SignalStop
 from netpath.collect.trace import TraceQuery
 from netpath.errors import EXIT_OK, BadInput, MissingCapability
+from netpath.kernel.clock import tai_offset_ns
 
 DEFAULT_PORT = 9872
 DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_PORT}"
-# Drops only: the kfree_skb program runs per dropped packet, never per delivered one. Any trace stage
-# hooks the NET_RX softirq or every packet (make bench: napi_poll alone costs 0.68-0.81 of the pps of a
-# drop storm), so stages are asked for, not on by default.
-DEFAULT_STAGES: tuple[str, ...] = ()
+# The latency worth leaving on: socket_queue and stack_total hook sk_data_ready and the socket read, so
+# they run once per packet delivered to a socket and never per dropped one (a drop storm costs only the
+# drops program), and 1 in DEFAULT_SAMPLE is timed. netif_receive_skb and napi_poll hook every received
+# packet or softirq (make bench figures: OVERHEAD in netpath-export(8)), so they are asked for.
+DEFAULT_STAGES: tuple[str, ...] = ("socket_queue", "stack_total")
+# as netpath trace: an untimed run only counts, and the clock read it skips is most of a hook's cost
+DEFAULT_SAMPLE = 16
 DEFAULT_MAX_SERIES = 500
 # SIGTERM is seen within STOP_POLL_S; a scrape in the middle of reading maps gets STOP_WAIT_S to finish
 STOP_POLL_S = 0.1
@@ -53,13 +59,14 @@ reason, interface, namespace and protocol; the drop counters no skb carries
 (link, qdisc, SNMP; softnet is left to node_exporter); per-stage latency
 histograms; NAPI polls, packets and budget exhaustion per device; stages
 that could not attach, with the reason; and netpath's own health.
-/healthz answers once every probe is attached.
+/healthz answers 503 until every probe is attached, then 200.
 
 \b
-By default only the drops program runs (once per dropped packet, never per
-delivered one): cheap enough to leave running. --stages adds latency
-histograms (napi_poll: per softirq; socket_queue, stack_total, ...: per
-packet) at their cost (see OVERHEAD in netpath-export(8)). Listens on
+By default the drops program and the socket_queue and stack_total stages
+run: drops cost once per dropped packet, the stages once per packet
+delivered to a socket, timing 1 in 16 (--sample) with exact counts. --stages
+names others (napi_poll: per softirq; netif_receive_skb: per packet) or none,
+at their cost (see OVERHEAD in netpath-export(8)). Listens on
 localhost unless told.
 
 \b
@@ -116,6 +123,10 @@ def is_loopback(host: str) -> bool:
               help="Where to serve /metrics; :PORT or [::]:PORT for every address.")
 @click.option("--stages", "stages_spec", default=",".join(DEFAULT_STAGES) or "none", show_default=True, metavar="LIST",
               help="Trace stages to export as histograms (comma-separated), or 'none'.")
+@click.option("--sample", "sample_every", type=bounded_int(1, contract.SAMPLE_MAX), default=DEFAULT_SAMPLE,
+              show_default=True, metavar="N", callback=lambda _c, _p, n: parse_sample(n, contract.SAMPLE_MAX),
+              help="Time 1 in N packets of the per-packet stages (a power of two; 1 times every one). "
+                   "netpath_stage_packets_total stays exact; with napi_poll every run is timed.")
 @click.option("--max-series", type=bounded_int(1, 100_000, "series per family"), default=DEFAULT_MAX_SERIES,
               show_default=True, metavar="N",
               help="Label sets per metric family; the rest fold into one _other series.")
@@ -132,7 +143,7 @@ def is_loopback(host: str) -> bool:
 @click.pass_context
 def export(ctx: click.Context, ifaces: tuple[str, ...], netns_spec: str | None, proto: str | None,
            port: int | None, host: str | None, listen: str, stages_spec: str, max_series: int, by_cgroup: bool,
-           web_config_file: str | None, label_processes: bool, duration: float | None) -> None:
+           sample_every: int, web_config_file: str | None, label_processes: bool, duration: float | None) -> None:
     address = parse_listen(listen)
     web = web_config.load(web_config_file) if web_config_file else web_config.WebConfig(None, None)
     stages = parse_stages(stages_spec)
@@ -146,14 +157,17 @@ def export(ctx: click.Context, ifaces: tuple[str, ...], netns_spec: str | None, 
     if not local and web_config_file is None:
         term.note(f"netpath export: warning: --listen {listen} serves beyond this host without TLS or "
                   "authentication (see --web-config-file)")
-    routes = Routes()
+    routes = Routes(lambda what: term.note(f"netpath export: {what}"))
     server = bind(*address, routes, listen, web)
     server.serve()  # /healthz answers 503 while the probes attach
     try:
         query = DropsQuery(filters, by=EXPORT_BY + (("cgroup",) if by_cgroup else ()),
                            name_processes=local or label_processes)
         drops = factory.drops_session(query, facts)
-        trace = factory.trace_session(TraceQuery(filters, stages, napi_by_dev=True), facts) if stages else None
+        # per-device NAPI counters are a breakdown, which times every run: only when napi_poll is asked for
+        tquery = TraceQuery(filters, stages, napi_by_dev="napi_poll" in stages, tai_offset_ns=tai_offset_ns(),
+                            sample_every=sample_every)
+        trace = factory.trace_session(tquery, facts) if stages else None
         collector = ExportCollector(drops, trace, max_series)
         ctx.exit(serve(server, routes, collector, term, listen, duration))
     finally:

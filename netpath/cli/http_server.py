@@ -128,8 +128,10 @@ class Response:
 class Routes:
     """/metrics, /healthz and a pointer from /; both answer 503 until `scrape` is set (every probe attached)."""
 
-    def __init__(self) -> None:
+    def __init__(self, report: Callable[[str], None] | None = None) -> None:
         self.scrape: SharedScrape | None = None
+        self._report = report  # told once per kind of failed scrape (stderr), so a broken map read is seen
+        self._reported: set[str] = set()
 
     def get(self, path: str, accept: str, gzip_ok: bool) -> Response:
         scrape = self.scrape
@@ -144,7 +146,11 @@ class Routes:
             except ScrapeClosed:
                 return Response(503, b"stopping\n")
             except Exception as exc:  # a map read failed: this scrape fails, the exporter goes on
-                return Response(500, f"scrape failed: {type(exc).__name__}: {exc}\n".encode(errors="replace"))
+                what = f"scrape failed: {type(exc).__name__}: {exc}"
+                if self._report is not None and type(exc).__name__ not in self._reported:
+                    self._reported.add(type(exc).__name__)
+                    self._report(what)
+                return Response(500, (what + "\n").encode(errors="replace"))
             return Response(200, body, content_type, (("Content-Encoding", "gzip"),) if gzip_ok else ())
         if path == "/":
             return Response(200, b"netpath export: metrics at /metrics, readiness at /healthz\n")

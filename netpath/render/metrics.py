@@ -168,7 +168,10 @@ class MetricSet:
 
     def trace(self, snap: TraceSnapshot) -> Iterator[Metric]:
         hist = HistogramMetricFamily("netpath_stage_latency_seconds", "Receive-path stage latency, from the "
-                                     "in-kernel log2 histogram", labels=["stage"])
+                                     "in-kernel log2 histogram of the timed packets (1 in --sample)",
+                                     labels=["stage"])
+        packets = CounterMetricFamily("netpath_stage_packets", "Packets (or runs) each stage saw, timed or not: "
+                                      "exact", labels=["stage"])
         napi_labels = ["iface", "netns"]
         polls = CounterMetricFamily("netpath_napi_polls", "NAPI polls, by device", labels=napi_labels)
         work = CounterMetricFamily("netpath_napi_packets", "Packets NAPI polls handled (their work), by device",
@@ -181,10 +184,12 @@ class MetricSet:
             created = self.created(hist.name, (row.stage,))
             if created is not None:
                 hist.samples.append(Sample(hist.name + "_created", {"stage": row.stage}, created))
+            packets.add_metric([row.stage], row.count, created=self.created(packets.name, (row.stage,)))
             for where, n in row.napi_parts:
                 labels = (where.iface or (str(where.ifindex) if where.ifindex else ""), str(where.netns or ""))
                 napi[labels] = _add(napi.get(labels, ()), (n.polls, n.work, n.exhausted))
         yield hist
+        yield packets
         self._bounded("netpath_napi_polls_total", [polls, work, exhausted], napi, 2)
         yield polls
         yield work

@@ -234,3 +234,24 @@ def test_series_of_a_deleted_namespace_go_away():
         time.sleep(11)  # the exporter looks for deleted interfaces at most every 10 s
         after = samples(run.scrape(), "netpath_drops_total")
         assert not any(label in k for k in after), after
+
+
+def test_the_default_profile_counts_every_delivered_datagram_times_a_sample_and_keeps_drops_exact():
+    n, port, closed = 320, 40991, 40992
+    with veth_namespace("npdef") as pair, exporter("--netns", pair.ns) as run:
+        receiver = start_receiver(pair, port, n, 0.0)
+        for _ in range(n // 32):  # in bursts the receiver keeps up with: none overflows its buffer
+            send_udp(pair.ns_addr, port, 32)
+            time.sleep(0.02)
+        out, _ = receiver.communicate(timeout=60)
+        assert f"got {n}" in out
+        send_udp(pair.ns_addr, closed, 200)
+        time.sleep(0.3)
+        text = run.scrape()
+    packets = {dict(k)["stage"]: v for k, v in samples(text, "netpath_stage_packets_total").items()}
+    timed = {dict(k)["stage"]: v for k, v in samples(text, "netpath_stage_latency_seconds_count").items()}
+    for stage in ("socket_queue", "stack_total"):
+        assert packets[stage] == n, (stage, packets)  # exact: every datagram, timed or not
+        assert 0 < timed[stage] < n, (stage, timed)  # 1 in 16 timed (expected 20)
+    drops = samples(text, "netpath_drops_total")
+    assert sum(v for k, v in drops.items() if dict(k)["reason"] == "NO_SOCKET") == 200

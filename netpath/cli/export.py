@@ -36,11 +36,10 @@ from netpath.kernel.clock import tai_offset_ns
 
 DEFAULT_PORT = 9872
 DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_PORT}"
-# The latency worth leaving on: socket_queue and stack_total hook sk_data_ready and the socket read, so
-# they run once per packet delivered to a socket and never per dropped one (a drop storm costs only the
-# drops program), and 1 in DEFAULT_SAMPLE is timed. netif_receive_skb and napi_poll hook every received
-# packet or softirq (make bench figures: OVERHEAD in netpath-export(8)), so they are asked for.
-DEFAULT_STAGES: tuple[str, ...] = ("socket_queue", "stack_total")
+# Latency left on: the per-packet stages netpath trace runs by default, 1 in DEFAULT_SAMPLE timed, counts
+# exact. Their cost (netif_receive_skb on every received packet, socket_queue's FIFO per delivered UDP
+# datagram) and what bounds it are in netpath-export(8), OVERHEAD; --stages none is drops only.
+DEFAULT_STAGES: tuple[str, ...] = ("netif_receive_skb", "socket_queue", "stack_total")
 # as netpath trace: an untimed run only counts, and the clock read it skips is most of a hook's cost
 DEFAULT_SAMPLE = 16
 DEFAULT_MAX_SERIES = 500
@@ -62,11 +61,12 @@ that could not attach, with the reason; and netpath's own health.
 /healthz answers 503 until every probe is attached, then 200.
 
 \b
-By default the drops program and the socket_queue and stack_total stages
-run: drops cost once per dropped packet, the stages once per packet
-delivered to a socket, timing 1 in 16 (--sample) with exact counts. --stages
-names others (napi_poll: per softirq; netif_receive_skb: per packet) or none,
-at their cost (see OVERHEAD in netpath-export(8)). Listens on
+By default the drops program and the per-packet stages netpath trace runs
+(netif_receive_skb, socket_queue, stack_total) run, timing 1 in 16 packets
+(--sample) with exact counts: a hook per received packet and two more per
+datagram delivered to a socket. --stages none is drops only (the cheapest
+under drop storms); napi_poll adds a hook per softirq. Costs: OVERHEAD in
+netpath-export(8). Listens on
 localhost unless told.
 
 \b

@@ -95,7 +95,7 @@ def test_every_dashboard_panel_and_recording_rule_has_data_under_real_traffic():
                 report.append((title, len(result), has_number(result)))
             for rule in ("netpath:drops:rate5m", "netpath:drops_by_iface:rate5m", "netpath:socket_buffer_drops:rate5m",
                          "netpath:stage_latency_seconds:p99_5m", "netpath:stage_latency_seconds:p50_5m"):
-                assert instant(prom, rule), f"recording rule {rule} has no data"
+                wait_for(lambda r=rule: instant(prom, r), 15, f"recording rule {rule} has no data")
             p99 = instant(prom, 'netpath:stage_latency_seconds:p99_5m{stage="socket_queue"}')
             assert has_number(p99), p99
             unavailable = instant(prom, 'netpath_stage_unavailable{stage="ip_rcv"}')

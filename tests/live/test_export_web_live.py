@@ -160,3 +160,34 @@ def test_beyond_localhost_warns_and_names_no_process_unless_asked():
             sender.communicate("\n", timeout=30)
     with exporter("--stages", "none") as run:  # loopback: no warning
         assert not any("warning" in n for n in run.notes), run.notes
+
+
+def make_client_cert(tmp: Path) -> tuple[Path, Path, Path]:
+    """A CA, and a client certificate and key it signed."""
+    ca, ca_key = tmp / "ca.crt", tmp / "ca.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-days", "2", "-subj", "/CN=netpath-test-ca", "-keyout", str(ca_key), "-out", str(ca)],
+                   check=True, capture_output=True)
+    key, csr, cert = tmp / "client.key", tmp / "client.csr", tmp / "client.crt"
+    subprocess.run(["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-subj", "/CN=prometheus", "-keyout", str(key), "-out", str(csr)], check=True, capture_output=True)
+    subprocess.run(["openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
+                    "-CAcreateserial", "-days", "2", "-out", str(cert)], check=True, capture_output=True)
+    return ca, cert, key
+
+
+def test_a_client_certificate_from_the_client_ca_is_required_when_asked(tmp_path):
+    server_cert, server_key = make_tls(tmp_path)
+    ca, client_cert, client_key = make_client_cert(tmp_path)
+    config = tmp_path / "web.yml"
+    config.write_text(f"tls_server_config:\n  cert_file: {server_cert}\n  key_file: {server_key}\n"
+                      f"  client_ca_file: {ca}\n  client_auth_type: RequireAndVerifyClientCert\n")
+    with_cert = client_context(server_cert)
+    with_cert.load_cert_chain(str(client_cert), str(client_key))
+    with exporter("--stages", "none", "--web-config-file", str(config), ssl_context=with_cert) as run:
+        assert "netpath_drops_matched_total" in run.scrape()
+        with pytest.raises((urllib.error.URLError, ssl.SSLError, ConnectionError)):
+            with urllib.request.urlopen(run.request(), timeout=10, context=client_context(server_cert)) as resp:
+                resp.read()  # TLS 1.3: the server's refusal of a missing certificate arrives with the first read
+        rc, err = run.stop()
+    assert rc == 0, err

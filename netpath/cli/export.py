@@ -73,6 +73,7 @@ localhost unless told.
 Examples:
   sudo netpath export                              127.0.0.1:{DEFAULT_PORT}
   sudo netpath export --listen 0.0.0.0:{DEFAULT_PORT}          every address
+  sudo netpath export --listen :{DEFAULT_PORT} --web-config-file /etc/netpath/web.yml
   sudo netpath export --stages napi_poll,socket_queue --port 53
   curl -s localhost:{DEFAULT_PORT}/metrics | grep netpath_drops_total
 """

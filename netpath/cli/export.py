@@ -146,7 +146,7 @@ def export(ctx: click.Context, ifaces: tuple[str, ...], netns_spec: str | None, 
            port: int | None, host: str | None, listen: str, stages_spec: str, max_series: int, by_cgroup: bool,
            sample_every: int, web_config_file: str | None, label_processes: bool, duration: float | None) -> None:
     address = parse_listen(listen)
-    web = web_config.load(web_config_file) if web_config_file else web_config.WebConfig(None, None)
+    web = web_config.load(web_config_file) if web_config_file is not None else web_config.WebConfig(None, None)
     stages = parse_stages(stages_spec)
     filters = resolve_filters(ifaces, netns_spec, proto, port, host)
     require_capability()

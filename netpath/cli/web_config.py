@@ -89,6 +89,8 @@ def load(path: str) -> WebConfig:
         import yaml
     except ImportError:
         raise MissingCapability("--web-config-file needs PyYAML: apt-get install python3-yaml") from None
+    if not path.strip():
+        raise BadInput(f"bad --web-config-file {path!r}: expected the path of a YAML file")
     where = f"--web-config-file {path}"
     p = Path(path)
     try:

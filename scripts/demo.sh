@@ -71,8 +71,8 @@ wait "$TRAFFIC"
 
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 echo
-echo "== netpath export --netns $NS --stages socket_queue --listen 127.0.0.1:$PORT, scraped once"
-netpath export --netns "$NS" --stages socket_queue --listen "127.0.0.1:$PORT" 2>/dev/null &
+echo "== netpath export --netns $NS --listen 127.0.0.1:$PORT (the default profile), scraped once"
+netpath export --netns "$NS" --listen "127.0.0.1:$PORT" 2>/dev/null &
 EXPORTER=$!
 for _ in $(seq 100); do
   [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/healthz")" = 200 ] && break
@@ -80,7 +80,7 @@ for _ in $(seq 100); do
 done
 traffic 0
 curl -s "http://127.0.0.1:$PORT/metrics" \
-  | grep -E '^netpath_(drops_total|stage_latency_seconds_(count|sum)|drops_matched_total|scrape_duration_seconds)' \
-  | grep -v '_created' | head -8
+  | grep -E '^netpath_drops_(total|matched_total)|^netpath_(stage_packets_total|stage_latency_seconds_(count|sum))[{]stage="socket_queue"' \
+  | grep -v _created | head -8
 kill -TERM "$EXPORTER"
 wait "$EXPORTER" || true

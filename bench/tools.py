@@ -90,6 +90,12 @@ def variants(with_trace: bool, bt_ok: bool, bt_why: str) -> list[Variant]:
         Variant("netpath export", "other", ["sh", "-c", f"exec {shlex.join(np)} export --listen 127.0.0.1:{EXPORT_PORT}"
                                             " 2>&1"], "serving http://",
                 netpath_has("export"), "" if netpath_has("export") else "no `netpath export` in this checkout"),
+        # the exporter's other profiles: drops only (the default before issue 21), and every per-packet stage
+        *(Variant(f"netpath export --stages {st}", "other",
+                  ["sh", "-c", f"exec {shlex.join(np)} export --listen 127.0.0.1:{EXPORT_PORT} --stages {st} 2>&1"],
+                  "serving http://", netpath_has("export"),
+                  "" if netpath_has("export") else "no `netpath export` in this checkout")
+          for st in ("none", "socket_queue", "packet")),
         Variant("netpath trace --stages all", "netpath", [*np, "trace", "--json", "--interval", "1", "--stages", "all"],
                 "start line", with_trace, "" if with_trace else "no `netpath trace` in this checkout"),
         Variant("netpath trace --exact", "netpath", [*np, "trace", "--json", "--interval", "1", "--exact"],

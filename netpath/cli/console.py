@@ -76,7 +76,7 @@ class Terminal:
     def note(self, text: str) -> None:
         """Human progress notes go to stderr so stdout stays clean for pipes."""
         if not self.json_mode:
-            self.err.print(text, markup=False)
+            self.err.print(text, markup=False, soft_wrap=True)  # a note is one line, whatever the width
 
     def show(self, renderable: RenderableType) -> None:
         """Refresh the live view on a terminal; print one block per call otherwise."""

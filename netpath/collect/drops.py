@@ -69,6 +69,9 @@ class DropsQuery:
     samples: int = 0  # per CPU per interval
     tp_btf: bool = True  # load kfree_skb as a BTF-typed raw tracepoint where the kernel allows it
     pcap: PcapQuery | None = None
+    # label a namespace without an ip netns name by the process in it (comm[pid]); the exporter turns it off
+    # beyond localhost unless --label-processes
+    name_processes: bool = True
 
     @property
     def owner_keyed(self) -> bool:
@@ -274,7 +277,8 @@ class DropsSession(ProgramSession):
         self.live = live
         self._has_reason = has_reason_field(facts)
         owners = OwnerResolver() if query.owner_keyed or query.samples else None
-        self._decoder = RowDecoder(query, reasons, facts, IfaceNames(), self._has_reason, owners)
+        self._decoder = RowDecoder(query, reasons, facts, IfaceNames(query.name_processes), self._has_reason,
+                                   owners)
         self._iface_set = set(query.filters.ifaces) or None
         self._lost_samples = 0
         self._last_counts: dict[bytes, int] = {}

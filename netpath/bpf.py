@@ -137,13 +137,20 @@ def _compile(source: ProgramSource, facts: KernelFacts) -> Program:
     built, refused = progcache.load(key)
     if built is not None:
         try:
-            return Program(built, "cache")
+            return _debug_origin(Program(built, "cache"))
         except MissingCapability:  # the kernel refuses what it once took: forget it, build afresh
             progcache.discard("prog", key)
             refused = "the kernel refused the cached build"
     built = _build_in_child(source, facts)
     progcache.store(key, built)
-    return Program(built, f"compiled ({refused})" if refused else "compiled")
+    return _debug_origin(Program(built, f"compiled ({refused})" if refused else "compiled"))
+
+
+def _debug_origin(prog: Program) -> Program:
+    if os.environ.get("NETPATH_DEBUG"):
+        child = f", build process peak RSS {build_child_peak_kb[-1] // 1024} MB" if prog.origin != "cache" else ""
+        sys.stderr.write(f"netpath: debug: BPF program {prog.origin}{child}\n")
+    return prog
 
 
 def _build_in_child(source: ProgramSource, facts: KernelFacts) -> dict[str, Any]:

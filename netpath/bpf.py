@@ -13,7 +13,9 @@ import contextlib
 import ctypes
 import json
 import os
+import resource
 import struct
+import subprocess
 import sys
 import tempfile
 import time
@@ -24,7 +26,7 @@ from typing import Any
 
 from netpath import contract
 from netpath.errors import MissingCapability
-from netpath.kernel import bpfstats, bpfsys, cache, caps, progcache, shim
+from netpath.kernel import bpfstats, bpfsys, caps, progcache, shim
 from netpath.kernel import offsets as kernel_offsets
 from netpath.kernel.facts import KernelFacts
 
@@ -154,58 +156,59 @@ def _debug_origin(prog: Program) -> Program:
 
 
 def _build_in_child(source: ProgramSource, facts: KernelFacts) -> dict[str, Any]:
-    """BCC compiles in a forked child, which hands back the bytecode and map layouts and exits: clang's
-    heap and LLVM's pages never become this long-lived process's resident memory."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    rd, wr = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: never returns, never runs the parent's cleanup
-        status = 1
-        try:
-            os.close(rd)
-            try:
-                answer: dict[str, Any] = {"built": _describe(source, facts)}
-            except MissingCapability as exc:
-                answer = {"error": str(exc)}
-            except Exception as exc:  # anything else BCC raises: the parent reports it, never a traceback
-                answer = {"error": f"could not build the BPF program: {type(exc).__name__}: {exc}"}
-            cache.write_all(wr, json.dumps(answer).encode())
-            status = 0
-        finally:
-            os._exit(status)
-    os.close(wr)
-    chunks = []
-    with open(rd, "rb", closefd=True) as pipe:
-        while chunk := pipe.read(1 << 16):
-            chunks.append(chunk)
-    _pid, _status, usage = os.wait4(pid, 0)
-    build_child_peak_kb.append(usage.ru_maxrss)
+    """BCC compiles in a short-lived child process, which hands back the bytecode and map layouts and
+    exits: clang's heap and LLVM's pages never become this long-lived process's resident memory.
+
+    A fresh interpreter (-I: no PYTHON* variables, no user site), not a fork: the parent may run threads
+    (a netlink prefetch, an HTTP server) holding locks a forked child would wait on forever."""
+    mode = headers_mode(facts)
+    env = dict(os.environ)
+    if mode == "shim":
+        env["BCC_KERNEL_SOURCE"] = str(shim.ensure(kernel_offsets.cache_dir(), facts.release_tuple))
+    elif env.get("BCC_KERNEL_SOURCE") is not None and caps.env_path("BCC_KERNEL_SOURCE") is None:
+        env.pop("BCC_KERNEL_SOURCE")  # headers another user controls would decide what root compiles
+    package_root = str(Path(__file__).resolve().parent.parent)
+    code = f"import sys; sys.path.insert(0, {package_root!r}); from netpath.bpf import build_child; build_child()"
+    request = json.dumps({"text": source.text(), "cflags": source.cflags(), "mode": mode}).encode()
     try:
-        answer = json.loads(b"".join(chunks))
+        proc = subprocess.run([sys.executable, "-I", "-c", code], input=request, capture_output=True, env=env,
+                              check=False, timeout=300)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise MissingCapability(f"could not run the BPF build process: {exc}") from None
+    build_child_peak_kb.append(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    try:
+        answer = json.loads(proc.stdout)
     except ValueError:
-        answer = {"error": "the BPF build process died before it answered"}
-    if "built" not in answer:
+        last = (proc.stderr.decode(errors="replace").strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+        answer = {"error": f"the BPF build process died before it answered: {last}"}
+    if not isinstance(answer, dict) or "built" not in answer:
         raise MissingCapability(str(answer.get("error", "no answer from the BPF build")))
     return dict(answer["built"])
 
 
-build_child_peak_kb: list[int] = []  # peak RSS of each build child (NETPATH_DEBUG reports it)
+build_child_peak_kb: list[int] = []  # peak RSS of the build children so far (NETPATH_DEBUG reports it)
 
 
-def _describe(source: ProgramSource, facts: KernelFacts) -> dict[str, Any]:
-    """In the build child: compile with BCC, then read back every map's layout and every function's
+def build_child() -> None:
+    """The build process: a request (C text, cflags, headers mode) on stdin, the build or the error on stdout."""
+    request = json.loads(sys.stdin.buffer.read())
+    try:
+        answer: dict[str, Any] = {"built": _describe(request["text"], request["cflags"], request["mode"])}
+    except MissingCapability as exc:
+        answer = {"error": str(exc)}
+    except Exception as exc:  # anything else BCC raises: the parent reports it, never a traceback
+        answer = {"error": f"could not build the BPF program: {type(exc).__name__}: {exc}"}
+    sys.stdout.buffer.write(json.dumps(answer).encode())
+    sys.stdout.flush()
+
+
+def _describe(text: str, cflags: list[str], mode: str) -> dict[str, Any]:
+    """In the build process: compile with BCC, then read back every map's layout and every function's
     bytecode, with the map references (ld_imm64 of a map fd) turned into map indexes."""
     bcc = import_bcc()
-    mode = headers_mode(facts)
-    if mode == "shim":
-        root = shim.ensure(kernel_offsets.cache_dir(), facts.release_tuple)
-        os.environ["BCC_KERNEL_SOURCE"] = str(root)
-    elif os.environ.get("BCC_KERNEL_SOURCE") is not None and caps.env_path("BCC_KERNEL_SOURCE") is None:
-        os.environ.pop("BCC_KERNEL_SOURCE")  # headers another user controls would decide what root compiles
     with _captured_stderr() as errors:
         try:
-            prog = bcc.BPF(text=source.text(), cflags=source.cflags())
+            prog = bcc.BPF(text=text, cflags=cflags)
             failure = None
         except Exception as exc:  # bcc raises bare Exception for compile and attach failures
             failure = exc

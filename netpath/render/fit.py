@@ -29,7 +29,8 @@ def fitted_table(title: str, columns: list[Column], rows: list[list[str | Text]]
 
     def natural(i: int) -> int:
         wide = max([len(columns[i].header)] + [len(str(r[i])) for r in rows])
-        return min(wide, columns[i].max_width) if columns[i].max_width else wide
+        cap = columns[i].max_width
+        return min(wide, cap) if cap else wide
 
     def least(i: int) -> int:
         return min(natural(i), columns[i].least) if columns[i].squeeze else natural(i)

@@ -1,4 +1,5 @@
 from netpath.collect import counters
+from netpath.kernel import softnet
 from netpath.model import Counter
 from netpath.render import records
 
@@ -35,7 +36,7 @@ def test_snmp6():
 
 
 def test_softnet_per_cpu_hex_columns():
-    got = counters.parse_softnet(SOFTNET)
+    got = softnet.parse_softnet(SOFTNET)
     assert got[0] == {"dropped": 1, "time_squeeze": 2, "flow_limit": 3}
     assert got[1] == {"dropped": 0, "time_squeeze": 5, "flow_limit": 0}
 

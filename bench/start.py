@@ -92,7 +92,22 @@ def _scrape() -> int:
     return sum(1 for line in body.splitlines() if line and not line.startswith("#"))
 
 
-def run_export(tree: Path, scrapes: int, idle_s: float) -> dict[str, Any]:
+def synthetic_scrape_ms(tree: Path, series: int = 500) -> float | None:
+    """CPU ms to build and encode one scrape of `series` drop series in `tree`'s own code (bench/soak.py's
+    1000-series scrape, scaled: the real map read is faked there), or None when the tree cannot say."""
+    soak = Path(__file__).resolve().with_name("soak.py")  # this checkout's scrape bench, the tree's netpath
+    code = ("import importlib.util, time; spec = importlib.util.spec_from_file_location('np_soak', "
+            f"{str(soak)!r}); m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); "
+            "f = m.scrape_1000_series; f(3); t = time.process_time(); f(20); print((time.process_time() - t) / 20)")
+    res = subprocess.run([sys.executable, "-c", code], cwd=tree, env=_env(None), capture_output=True, text=True,
+                         check=False, timeout=120)
+    try:
+        return round(float(res.stdout.strip().splitlines()[-1]) * 1000 * series / 1000, 2)
+    except (ValueError, IndexError):
+        return None
+
+
+def run_export(tree: Path, scrapes: int, idle_s: float, soak_s: float = 20.0) -> dict[str, Any]:
     proc = subprocess.Popen([sys.executable, "-m", "netpath", "export", "--listen", f"127.0.0.1:{PORT}"], cwd=tree,
                             env=_env(None), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
@@ -110,12 +125,19 @@ def run_export(tree: Path, scrapes: int, idle_s: float) -> dict[str, Any]:
             series = _scrape()
         cpu_ms = 1000 * (proc_cpu_s(proc.pid) - cpu0) / scrapes
         wall_ms = 1000 * (time.monotonic() - t0) / scrapes
+        rss0, soak0, soaked = proc_rss_kb(proc.pid), time.monotonic(), 0
+        while time.monotonic() - soak0 < soak_s:  # scraped 5 times a second: growth shows sooner than at 1/s
+            _scrape()
+            soaked += 1
+            time.sleep(0.2)
+        growth_mb_per_h = (proc_rss_kb(proc.pid) - rss0) / 1024 / (time.monotonic() - soak0) * 3600
         switches0 = _status(proc.pid, "voluntary_ctxt_switches") + _status(proc.pid, "nonvoluntary_ctxt_switches")
         time.sleep(idle_s)
         switches1 = _status(proc.pid, "voluntary_ctxt_switches") + _status(proc.pid, "nonvoluntary_ctxt_switches")
         return {"rss_mb": round(proc_rss_kb(proc.pid) / 1024, 1), "hwm_mb": round(proc_hwm_kb(proc.pid) / 1024, 1),
                 "scrape_cpu_ms": round(cpu_ms, 2), "scrape_wall_ms": round(wall_ms, 2), "series": series,
-                "idle_wakeups_per_s": round((switches1 - switches0) / idle_s, 1)}
+                "idle_wakeups_per_s": round((switches1 - switches0) / idle_s, 1), "soak_scrapes": soaked,
+                "rss_growth_mb_per_h": round(growth_mb_per_h, 1)}
     except OSError as exc:
         return {"error": str(exc)}
     finally:
@@ -158,7 +180,8 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
         for key in ("drops_first", "drops_cached", "trace_first", "trace_cached"):
             for metric in ("start_s", "hwm_mb", "rss_mb"):
                 agg[f"{key}_{metric}"] = med([r[key].get(metric) for r in mine if key in r])
-        for metric in ("rss_mb", "scrape_cpu_ms", "series", "idle_wakeups_per_s"):
+        agg["synthetic_500_ms"] = med([r.get("synthetic_500_ms") for r in mine])
+        for metric in ("rss_mb", "scrape_cpu_ms", "series", "idle_wakeups_per_s", "rss_growth_mb_per_h"):
             agg[f"export_{metric}"] = med([r["export"].get(metric) for r in mine if "export" in r])
         out[tree] = agg
     return out
@@ -180,6 +203,8 @@ ROWS = [
     ("export RSS MB after warm-up scrapes", "export_rss_mb", "export_rss_mb"),
     ("export CPU ms per scrape", "export_scrape_cpu_ms", "scrape_cpu_ms"),
     ("export series per scrape", "export_series", None),
+    ("export RSS growth MB/h (short soak, extrapolated)", "export_rss_growth_mb_per_h", None),
+    ("scrape of 500 drop series, CPU ms (synthetic rows)", "synthetic_500_ms", "scrape_cpu_ms"),
     ("export wakeups/s between scrapes", "export_idle_wakeups_per_s", None),
 ]
 
@@ -222,6 +247,7 @@ def main(rounds: int, base_rev: str, scrapes: int = 50, idle_s: float = 5.0) -> 
             for name, tree in order:
                 rec = {"tree": name, "round": rnd, **measure_tree(tree, rnd)}
                 rec["export"] = run_export(tree, scrapes, idle_s)
+                rec["synthetic_500_ms"] = synthetic_scrape_ms(tree)
                 runs.append(rec)
                 dc, df = rec["drops_cached"].get("start_s"), rec["drops_first"].get("start_s")
                 tc, tf = rec["trace_cached"].get("start_s"), rec["trace_first"].get("start_s")

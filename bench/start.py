@@ -3,8 +3,10 @@
 Both trees run in the same rounds, interleaved (base, this, base, this...), each launch fresh:
 - `--help` and `probes --json`: wall time to exit;
 - `drops --json` and `trace --json`: time from launch to the JSON start line, the process's peak RSS
-  (VmHWM) and its RSS one second later, first start (an empty NETPATH_CACHE: nothing of this kernel seen
-  before) and cached start (the tree's own warm cache);
+  (VmHWM) and its RSS one second later: first start (an empty NETPATH_CACHE: nothing of this kernel seen
+  before), a new configuration (the kernel's facts cached, the program and symbol index not:
+  NETPATH_PROGRAM_CACHE=0; the base ignores it and runs as always) and cached start (the tree's own warm
+  cache). Peak RSS is netpath's own process; the build child's peak (NETPATH_DEBUG=1 prints it) is not in it;
 - `export`: RSS after warm-up scrapes, CPU per scrape (utime+stime over back-to-back scrapes / scrapes),
   series per scrape, and wakeups between scrapes (voluntary + involuntary context switches over an idle
   window with no scrape, per second).
@@ -38,10 +40,12 @@ PORT = int(os.environ.get("BENCH_EXPORT_PORT", "19873"))
 console = Console(width=None if sys.stdout.isatty() else 160)
 
 
-def _env(cache: str | None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+def _env(cache: str | None, program_cache: bool = True) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "NETPATH_PROGRAM_CACHE")}
     if cache:
         env["NETPATH_CACHE"] = cache
+    if not program_cache:
+        env["NETPATH_PROGRAM_CACHE"] = "0"
     return env
 
 
@@ -62,11 +66,11 @@ def run_to_exit(tree: Path, argv: list[str]) -> float:
     return time.monotonic() - t0
 
 
-def run_to_start(tree: Path, command: str, cache: str | None) -> dict[str, Any]:
+def run_to_start(tree: Path, command: str, cache: str | None, program_cache: bool = True) -> dict[str, Any]:
     """Launch `command --json`, time its start line, read its memory, stop it with SIGINT."""
     t0 = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "netpath", command, "--json", "--interval", "1"], cwd=tree,
-                            env=_env(cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            env=_env(cache, program_cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
@@ -160,6 +164,8 @@ def measure_tree(tree: Path, rnd: int) -> dict[str, Any]:
             shutil.rmtree(fresh, ignore_errors=True)
         run_to_start(tree, command, None)  # warm the tree's own cache (the previous round may have left it cold)
         out[f"{command}_cached"] = run_to_start(tree, command, None)
+        # a configuration not seen before: the kernel's facts cached, the program and symbols not
+        out[f"{command}_uncached"] = run_to_start(tree, command, None, program_cache=False)
     return out
 
 
@@ -177,7 +183,7 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
         mine = [r for r in runs if r["tree"] == tree]
         agg: dict[str, float | None] = {"help_s": med([r["help_s"] for r in mine]),
                                         "probes_s": med([r["probes_s"] for r in mine])}
-        for key in ("drops_first", "drops_cached", "trace_first", "trace_cached"):
+        for key in ("drops_first", "drops_cached", "drops_uncached", "trace_first", "trace_cached", "trace_uncached"):
             for metric in ("start_s", "hwm_mb", "rss_mb"):
                 agg[f"{key}_{metric}"] = med([r[key].get(metric) for r in mine if key in r])
         agg["synthetic_500_ms"] = med([r.get("synthetic_500_ms") for r in mine])
@@ -191,12 +197,16 @@ ROWS = [
     ("netpath --help, s to exit", "help_s", "help_s"),
     ("netpath probes --json, s to exit", "probes_s", "probes_s"),
     ("drops first start, s to start line", "drops_first_start_s", "first_start_s"),
+    ("drops new configuration, s to start line", "drops_uncached_start_s", "first_start_s"),
     ("drops cached start, s to start line", "drops_cached_start_s", "cached_start_s"),
     ("trace first start, s to start line", "trace_first_start_s", "first_start_s"),
+    ("trace new configuration, s to start line", "trace_uncached_start_s", "first_start_s"),
     ("trace cached start, s to start line", "trace_cached_start_s", "cached_start_s"),
     ("drops first start, peak RSS MB", "drops_first_hwm_mb", "first_hwm_mb"),
+    ("drops new configuration, peak RSS MB", "drops_uncached_hwm_mb", "first_hwm_mb"),
     ("drops cached start, peak RSS MB", "drops_cached_hwm_mb", "cached_hwm_mb"),
     ("trace first start, peak RSS MB", "trace_first_hwm_mb", "first_hwm_mb"),
+    ("trace new configuration, peak RSS MB", "trace_uncached_hwm_mb", "first_hwm_mb"),
     ("trace cached start, peak RSS MB", "trace_cached_hwm_mb", "cached_hwm_mb"),
     ("drops steady RSS MB", "drops_cached_rss_mb", None),
     ("trace steady RSS MB", "trace_cached_rss_mb", None),

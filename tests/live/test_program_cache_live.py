@@ -65,7 +65,7 @@ def test_a_cached_build_counts_exactly_and_a_tampered_one_is_refused(cdir):
 
 def test_a_changed_source_is_compiled_not_loaded_from_the_cache(cdir, tmp_path, monkeypatch):
     facts = KernelFacts.load("/")
-    query = drops_mod.DropsQuery(None, (), [], None, None, None, None, drops_mod.DEFAULT_BY, False, 0, None)
+    query = drops_mod.DropsQuery()
     source = drops_mod.program_source(query, facts, bpf.struct_offsets(facts))
     first = bpf.compile_program(source, facts)
     first.close()

@@ -99,7 +99,9 @@ def program_source(query: DropsQuery, facts: KernelFacts, offsets: dict[str, int
     defines["BY_OWNER"] = int(query.owner_keyed)
     defines["TP_HAS_RX_SK"] = int(has_rx_sk_field(facts))
     cgroup_id = query.filters.cgroup_id
-    if query.owner_keyed or query.samples or cgroup_id is not None:
+    # the socket and cgroup of a drop (bpf/drops_owner.c): for rows by owner, the cgroup filter and samples
+    owner = query.owner_keyed or bool(query.samples) or cgroup_id is not None
+    if owner:
         missing = [n for n in OWNER_FIELDS if n not in offsets]
         if missing:
             raise MissingCapability("this kernel's BTF lacks the socket fields attribution reads: "
@@ -113,10 +115,11 @@ def program_source(query: DropsQuery, facts: KernelFacts, offsets: dict[str, int
     if query.reason_code is not None:
         defines["FILTER_REASON"] = query.reason_code
     defines.update(filter_defines(query.filters))
+    files = ["where.c", "drops_owner.c", "drops.c"] if owner else ["where.c", "drops.c"]
     if query.tp_btf:
         defines["TP_BTF"] = 1
-        return bpf.ProgramSource(["where.c", "drops.c"], defines, {"kfree_skb": "kfree_skb"})
-    return bpf.ProgramSource(["where.c", "drops.c"], defines)
+        return bpf.ProgramSource(files, defines, {"kfree_skb": "kfree_skb"})
+    return bpf.ProgramSource(files, defines)
 
 
 def proto_name(family: int, l3proto: int, l4proto: int) -> str | None:

@@ -105,8 +105,7 @@ def main(seconds: float) -> int:
 def scrape_1000_series(rounds: int = 20) -> float:
     """Median seconds to build and encode a scrape holding 1000 drop series."""
     from netpath.collect.export import ExportCollector
-    from netpath.model import DropHealth as Health
-    from netpath.model import DropRow, DropSnapshot
+    from netpath.model import DropHealth, DropRow, DropSnapshot
 
     rows = [DropRow(f"R{i % 50}", i % 50, None, f"if{i // 50}", i // 50 + 1, 4026531833, "udp", 1000 + i)
             for i in range(1000)]
@@ -121,7 +120,7 @@ def scrape_1000_series(rounds: int = 20) -> float:
             return 0
 
         def summary(self, elapsed_ns: int) -> DropSnapshot:
-            return DropSnapshot(list(rows), [], Health(probe_hits={"skb:kfree_skb": 1}, matched=1), 1, elapsed_ns)
+            return DropSnapshot(list(rows), [], DropHealth(probe_hits={"skb:kfree_skb": 1}, matched=1), 1, elapsed_ns)
 
         def close(self) -> None:
             pass

@@ -76,7 +76,7 @@ def _for_people(label: str) -> str:
         return label
     pid = label.removeprefix("pid:")
     try:
-        return f"{Path(f'/proc/{pid}/comm').read_text().strip()}[{pid}]"
+        return f"{Path(f'/proc/{pid}/comm').read_bytes().decode(errors='replace').strip()}[{pid}]"
     except OSError:
         return label
 

@@ -8,11 +8,10 @@ from typing import Any, BinaryIO
 from rich.console import Console, RenderableType
 from rich.live import Live
 
+from netpath.errors import OutputClosed
 from netpath.render import jsonl
 
-
-class OutputClosed(Exception):
-    """stdout's reader is gone (EPIPE). Not an OSError: click would turn that into exit 1."""
+__all__ = ["OutputClosed", "Terminal"]
 
 
 class _Console(Console):

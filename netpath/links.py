@@ -37,9 +37,14 @@ def ifindex_of(name: str, ns: netns.Netns | None) -> int:
 
 
 class IfaceNames:
-    """Caches names; on a miss re-reads every known namespace, at most once a second."""
+    """Caches names; on a miss re-reads every known namespace, at most once a second.
 
-    def __init__(self) -> None:
+    name_processes=False (an exporter serving beyond localhost) leaves a namespace without an ip netns
+    name unlabelled rather than named after the process in it.
+    """
+
+    def __init__(self, name_processes: bool = True) -> None:
+        self.name_processes = name_processes
         self._names: dict[tuple[int, int], str] = {}
         self._labels: dict[int, str] = {}
         self._last_refresh = 0.0
@@ -47,7 +52,8 @@ class IfaceNames:
     def refresh(self) -> None:
         self._last_refresh = time.monotonic()
         for ns, links in all_links():
-            self._labels[ns.inode] = _for_people(ns.label)
+            if self.name_processes or not ns.label.startswith("pid:"):
+                self._labels[ns.inode] = _for_people(ns.label)
             for index, name in links:
                 self._names[(ns.inode, index)] = name
 
@@ -70,7 +76,7 @@ def _for_people(label: str) -> str:
         return label
     pid = label.removeprefix("pid:")
     try:
-        return f"{Path(f'/proc/{pid}/comm').read_text().strip()}[{pid}]"
+        return f"{Path(f'/proc/{pid}/comm').read_bytes().decode(errors='replace').strip()}[{pid}]"
     except OSError:
         return label
 

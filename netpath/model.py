@@ -171,6 +171,28 @@ class DropSample:
     row: DropRow
 
 
+@dataclass(frozen=True)
+class CapturedPacket:
+    """A dropped packet's bytes (drops --pcap), with where and why it died in `row`."""
+
+    ts_ns: int  # wall clock, ns since the epoch
+    cpu: int
+    linktype: int  # pcapng link type: 1 Ethernet, 101 raw IP
+    orig_len: int  # the packet's length from its first captured byte
+    data: bytes  # at most the snaplen
+    snaplen: int
+    row: DropRow
+
+
+@dataclass(frozen=True)
+class PcapHealth:
+    """What a capture did with the matched drops: written + skipped + lost = matched (once drained)."""
+
+    written: int = 0  # packets handed to the pcapng writer
+    skipped: int = 0  # not sent: --pcap-max reached or the in-kernel rate limit
+    lost: int = 0  # the ring buffer had no room
+
+
 @dataclass(kw_only=True)
 class DropHealth:
     """netpath drops' own account of itself for one interval or the whole run; the fields are the JSON's."""
@@ -181,6 +203,7 @@ class DropHealth:
     samples: int = 0
     lost_samples: int = 0  # perf buffer overflow
     skipped_samples: int = 0  # over the per-CPU sample budget
+    pcap: PcapHealth | None = None  # only while --pcap captures
 
 
 @dataclass
@@ -434,5 +457,5 @@ class Diagnosis:
     interval_ns: int = 0
 
 
-Event = DropSample | SlowPacket
+Event = DropSample | SlowPacket | CapturedPacket
 Snapshot = DropSnapshot | TraceSnapshot | Diagnosis

@@ -29,7 +29,8 @@ FINDINGS_WINDOW_S = 300.0
 
 
 class ExportCollector:
-    """A prometheus_client collector: collect() is called once per scrape, on the serving thread."""
+    """A prometheus_client collector: collect() is called once per scrape, never two at a time
+    (netpath.cli.http_server.SharedScrape holds a lock around it)."""
 
     def __init__(self, drops: DropsSession, trace: TraceSession | None, max_series: int) -> None:
         self.drops = drops
@@ -48,6 +49,7 @@ class ExportCollector:
             self.starts.append(self.trace.start())
         self._t0 = time.monotonic_ns()
         self.window.add(0, self.drops.summary(0))  # the window's first base: nothing before the start counts
+        self.metrics.started = time.time()  # counting began now: the counters' created timestamp
         return self.starts
 
     def collect(self) -> Iterator[Metric]:
@@ -72,6 +74,7 @@ class ExportCollector:
         self.scrapes += 1
         yield from families
         yield from self.metrics.health(hits, time.perf_counter() - began, runs)
+        self.metrics.scraped(time.time())
 
     def findings(self, drops: DropSnapshot, elapsed_ns: int) -> list[Finding]:
         """The doctor's rules over the rolling window. Knob values are not exported, so no settings are read

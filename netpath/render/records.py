@@ -97,6 +97,8 @@ def _drops_body(snap: DropSnapshot) -> Record:
             "skipped_samples": h.skipped_samples,
         },
     }
+    if h.pcap is not None:  # only while --pcap captures
+        out["health"].update(pcap_written=h.pcap.written, pcap_skipped=h.pcap.skipped, pcap_lost=h.pcap.lost)
     if snap.other_rows:
         out["other_rows"] = snap.other_rows
         out["other_count"] = snap.other_count

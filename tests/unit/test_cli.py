@@ -86,3 +86,25 @@ def test_json_records_carry_schema_and_type(capsys):
     jsonl.emit(jsonl.record("start", command="drops"))  # the one builder: netpath.render.records
     line = capsys.readouterr().out
     assert json.loads(line) == {"schema": "netpath/1", "type": "start", "command": "drops"}
+
+
+def test_the_lazy_command_table_matches_each_commands_own_help():
+    import importlib
+
+    import click
+
+    from netpath.cli.main import COMMANDS
+
+    for name, (module, line) in COMMANDS.items():
+        command = getattr(importlib.import_module(module), name)
+        assert isinstance(command, click.Command) and command.get_short_help_str(limit=200) == line
+
+
+def test_help_imports_no_command_module():
+    import subprocess
+    import sys
+
+    code = ("import sys; from netpath.cli.main import main; rc = main(['--help']); "
+            "print(sorted(m for m in sys.modules if m.startswith(('netpath.cli.', 'rich', 'prometheus', 'pyroute2'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "['netpath.cli.main']"

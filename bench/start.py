@@ -82,12 +82,7 @@ def run_to_start(tree: Path, command: str, cache: str | None, program_cache: boo
         return {"start_s": round(start_s, 3), "hwm_start_mb": round(hwm_start / 1024, 1),
                 "hwm_mb": round(proc_hwm_kb(proc.pid) / 1024, 1), "rss_mb": round(proc_rss_kb(proc.pid) / 1024, 1)}
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _stop(proc)
 
 
 def _scrape() -> int:
@@ -145,12 +140,7 @@ def run_export(tree: Path, scrapes: int, idle_s: float, soak_s: float = 20.0) ->
     except OSError as exc:
         return {"error": str(exc)}
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _stop(proc)
 
 
 def measure_tree(tree: Path, rnd: int) -> dict[str, Any]:
@@ -273,3 +263,13 @@ def main(rounds: int, base_rev: str, scrapes: int = 50, idle_s: float = 5.0) -> 
     finally:
         subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(base_dir)], check=False)
         shutil.rmtree(base_dir, ignore_errors=True)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGINT (netpath prints its summary and detaches), then a kill after 10 s."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

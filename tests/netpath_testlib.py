@@ -206,10 +206,10 @@ def send_spaced(addr: str, port: int, n: int, gap_s: float) -> None:
 
 # binds with a tiny receive buffer, says ready, reads nothing until a line on stdin, then reports how many
 # datagrams it got: the rest overflowed its buffer (SOCKET_RCVBUFF, UdpRcvbufErrors)
-STALLED_RECEIVER = r"""
+_RECEIVER = r"""
 import socket, sys
 rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+rx.setsockopt(socket.SOL_SOCKET, %s)
 rx.bind((sys.argv[1], int(sys.argv[2])))
 print("ready", flush=True)
 sys.stdin.readline()
@@ -223,3 +223,6 @@ except BlockingIOError:
     pass
 print(n, flush=True)
 """
+STALLED_RECEIVER = _RECEIVER % "socket.SO_RCVBUF, 1024"
+# one that never overflows: SO_RCVBUFFORCE (root) past rmem_max, so its buffer is never the bottleneck
+COUNTING_RECEIVER = _RECEIVER % "33, 64 << 20"

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from netpath_testlib import NetpathRun, VethPair, ip, veth_namespace
+from netpath_testlib import COUNTING_RECEIVER, NetpathRun, VethPair, ip, veth_namespace
 
 from netpath.kernel.settings import parse_conntrack_stat, parse_snmp_all, parse_softnet_all
 
@@ -378,23 +378,6 @@ def test_conntrack_full_is_crit_with_the_stat_counter_and_the_max() -> None:
 
 # ---------------------------------------------------------------- backlog-overflow
 
-COUNTING_RECEIVER = r"""
-import socket, sys
-rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-rx.setsockopt(socket.SOL_SOCKET, 33, 64 << 20)  # SO_RCVBUFFORCE  # root: past rmem_max, never the bottleneck
-rx.bind((sys.argv[1], int(sys.argv[2])))
-print("ready", flush=True)
-sys.stdin.readline()
-rx.setblocking(False)
-n = 0
-try:
-    while True:
-        rx.recv(2048)
-        n += 1
-except BlockingIOError:
-    pass
-print(n, flush=True)
-"""
 
 
 def softnet_dropped() -> int:

@@ -6,18 +6,20 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from netpath import netns
+from netpath import netns, untrusted
 from netpath.errors import BadInput, MissingCapability
 
 _REFRESH_MIN_S = 1.0
 
 
-def list_links(ns: netns.Netns | None) -> list[tuple[int, str]]:
-    def body() -> list[tuple[int, str]]:
+def list_links(ns: netns.Netns | None) -> list[tuple[int, bytes]]:
+    """(ifindex, name as the kernel holds it): any bytes but '/', ':', whitespace and NUL."""
+    def body() -> list[tuple[int, bytes]]:
         from pyroute2 import IPRoute  # ~0.1 s to import: only when a name must be resolved
 
-        with IPRoute() as ipr:
-            return [(int(link["index"]), str(link.get_attr("IFLA_IFNAME"))) for link in ipr.get_links()]
+        with IPRoute() as ipr:  # pyroute2 gives str, or bytes when the name is not UTF-8
+            return [(int(link["index"]), untrusted.raw_bytes(link.get_attr("IFLA_IFNAME") or b""))
+                    for link in ipr.get_links()]
 
     return netns.run_in(ns, body)
 
@@ -29,8 +31,9 @@ def ifindex_of(name: str, ns: netns.Netns | None) -> int:
         where = f"network namespace {ns.label!r}" if ns else "this network namespace"
         raise MissingCapability(f"cannot list the interfaces of {where} to resolve --iface {name!r} "
                                 f"({exc.strerror or exc}): run netpath as root") from None
+    wanted = untrusted.raw_bytes(name)
     for index, ifname in links:
-        if ifname == name:
+        if ifname == wanted:
             return index
     where = f" in network namespace {ns.label!r}" if ns else ""
     raise BadInput(f"unknown interface {name!r}{where}")
@@ -49,7 +52,7 @@ class IfaceNames:
         for ns, links in all_links():
             self._labels[ns.inode] = _for_people(ns.label)
             for index, name in links:
-                self._names[(ns.inode, index)] = name
+                self._names[(ns.inode, index)] = untrusted.name(name)
 
     def name(self, netns_inode: int, ifindex: int) -> str | None:
         if ifindex == 0:
@@ -65,17 +68,19 @@ class IfaceNames:
 
 
 def _for_people(label: str) -> str:
-    """netns.known_namespaces() labels a nameless namespace pid:N: name it by what that process runs."""
+    """netns.known_namespaces() labels a nameless namespace pid:N: name it by what that process runs.
+
+    comm is any 15 bytes its process chose: shown in netpath's one form for untrusted names."""
     if not label.startswith("pid:"):
         return label
     pid = label.removeprefix("pid:")
     try:
-        return f"{Path(f'/proc/{pid}/comm').read_text().strip()}[{pid}]"
+        return f"{untrusted.proc_comm(Path(f'/proc/{pid}/comm').read_bytes())}[{pid}]"
     except OSError:
         return label
 
 
-def all_links() -> Iterator[tuple[netns.Netns, list[tuple[int, str]]]]:
+def all_links() -> Iterator[tuple[netns.Netns, list[tuple[int, bytes]]]]:
     """Every namespace netns.known_namespaces() finds, with its links read now; one gone meanwhile is skipped."""
     for ns in netns.known_namespaces():
         try:

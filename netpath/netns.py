@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from netpath import untrusted
 from netpath.errors import BadInput
 
 CLONE_NEWNET = 0x40000000
@@ -160,7 +161,8 @@ def known_namespaces() -> list[Netns]:
                 ino = os.stat(entry).st_ino
             except OSError:
                 continue
-            seen.setdefault(ino, Netns(entry, ino, entry.name))
+            # whoever may write /run/netns chose the name: shown in the untrusted-name form
+            seen.setdefault(ino, Netns(entry, ino, untrusted.name(entry.name)))
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue

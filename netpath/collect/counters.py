@@ -10,7 +10,7 @@ import importlib
 import threading
 from pathlib import Path
 
-from netpath import netns
+from netpath import netns, untrusted
 from netpath.model import Counter
 
 CounterKey = tuple[str, str, str | None, int | None]  # source, name, iface, cpu
@@ -112,7 +112,7 @@ def read_netns_counters(ifaces: set[str] | None) -> dict[CounterKey, int]:
     with IPRoute() as ipr:
         names: dict[int, str] = {}
         for link in ipr.get_links():
-            ifname = str(link.get_attr("IFLA_IFNAME"))
+            ifname = untrusted.name(link.get_attr("IFLA_IFNAME") or "")  # str, or bytes when not UTF-8
             names[int(link["index"])] = ifname
             if ifaces and ifname not in ifaces:
                 continue

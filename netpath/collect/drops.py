@@ -7,7 +7,7 @@ import struct
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from netpath import bpf, contract, netns
+from netpath import bpf, contract, netns, untrusted
 from netpath.collect import counters as counters_mod
 from netpath.collect.owners import OwnerResolver
 from netpath.collect.session import ProgramSession
@@ -232,7 +232,8 @@ class DropsSession(ProgramSession):
         self._has_reason = has_reason_field(facts)
         owners = OwnerResolver() if query.owner_keyed or query.samples else None
         self._decoder = RowDecoder(query, reasons, facts, IfaceNames(), self._has_reason, owners)
-        self._iface_set = set(query.ifaces) or None
+        # counters name interfaces in the untrusted-name form: compare the user's names in it too
+        self._iface_set = {untrusted.name(untrusted.raw_bytes(i)) for i in query.ifaces} or None
         self._samples_lost = 0
         self._last_counts: dict[bytes, int] = {}
         self._last_stats: dict[str, int] = {}
@@ -394,7 +395,7 @@ class DropsSession(ProgramSession):
                                                                          fields[KEY_FIELDS:KEY_FIELDS + 2],
                                                                          fields[KEY_FIELDS + 2:])
         row = self._decoder.row(DecodedKey(*key[:11], sk_ino, cgroup), 1, full=True)
-        self._events.append(DropSample(ts, cpu, pid, comm.split(b"\0")[0].decode(errors="replace"), length, row))
+        self._events.append(DropSample(ts, cpu, pid, untrusted.comm(comm), length, row))
 
     def _on_lost(self, lost: int) -> None:
         self._samples_lost += lost

@@ -12,6 +12,7 @@ import os
 import time
 from pathlib import Path
 
+from netpath import untrusted
 from netpath.errors import BadInput
 
 _REFRESH_MIN_S = 1.0
@@ -57,7 +58,8 @@ class CgroupTree:
                 with os.scandir(directory) as entries:
                     for entry in entries:
                         if entry.is_dir(follow_symlinks=False):
-                            stack.append((Path(entry.path), rel.rstrip("/") + "/" + entry.name))
+                            # whoever owns a delegated subtree names its directories
+                            stack.append((Path(entry.path), rel.rstrip("/") + "/" + untrusted.name(entry.name)))
             except OSError:  # removed while we walked
                 continue
         self._paths = found

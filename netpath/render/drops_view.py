@@ -116,14 +116,16 @@ def drops_table(snap: DropSnapshot, title: str, width: int = 80) -> RenderableTy
 
 
 def counters_table(counters: list[Counter]) -> Table:
-    table = Table(box=box.SIMPLE_HEAD, title="drop counters (no skb event)", title_justify="left", pad_edge=False)
+    table = Table(box=box.SIMPLE_HEAD, title=Text("drop counters (no skb event)"), title_justify="left",
+                  pad_edge=False)
     table.add_column("SOURCE", no_wrap=True)
     table.add_column("COUNTER", overflow="ellipsis", no_wrap=True, max_width=30)
     table.add_column("WHERE", no_wrap=True, max_width=12, overflow="ellipsis")
     table.add_column("DELTA", justify="right", no_wrap=True)
     for c in counters:
         where = c.iface if c.iface is not None else (f"cpu{c.cpu}" if c.cpu is not None else "-")
-        table.add_row(c.source, c.name, where, f"{c.count:,}")
+        # Text, not markup: an interface's name is anyone's choice
+        table.add_row(Text(c.source), Text(c.name), Text(where), Text(f"{c.count:,}"))
     return table
 
 

@@ -171,6 +171,8 @@ class DropSnapshot:
     interval_ns: int = 0
     interval_total: int = 0  # live view: drops this interval, while rows hold run totals
     warnings: list[str] = field(default_factory=list)  # what changed under the run (a namespace deleted)
+    # drop counters that rose while no drop event matched: rows and total say 0 for them
+    counter_only: list[Counter] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------- trace

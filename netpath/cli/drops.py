@@ -81,7 +81,7 @@ def parse_by(value: str) -> tuple[str, ...]:
               metavar="N",
               help="Also stream up to N sampled drops per CPU per interval, with their flow.")
 @click.option("--fail-on-drops", type=bounded_int(1, COUNT_THRESHOLD_MAX), metavar="N",  # counts are int64 in JSON
-              help="Exit 1 when at least N matching drops were seen.")
+              help="Exit 1 when at least N matching drop events were seen (the counters are not in it).")
 @click.pass_context
 def drops(ctx: click.Context, ifaces: tuple[str, ...], netns_spec: str | None, proto: str | None,
           port: int | None, host: str | None, interval: float, duration: float | None, count: int | None,

@@ -323,6 +323,7 @@ class DropsSession(ProgramSession):
             snap = self._snapshot(delta, counters, interval_stats, interval_stats.get("matched", 0), elapsed_ns,
                                   lost)
             snap.interval_total = snap.total
+        snap.counter_only = counters_mod.counter_only(counters, snap.interval_total)
         snap.interval_ns = span
         snap.warnings, self._said = self._warnings[self._said:], len(self._warnings)
         if self.query.samples:
@@ -336,6 +337,7 @@ class DropsSession(ProgramSession):
         snap = self._snapshot(final, self._counters.totals(), stats, stats.get("matched", 0), elapsed_ns,
                               self._samples_lost)
         snap.warnings = list(self._warnings)
+        snap.counter_only = counters_mod.counter_only(snap.counters, snap.total)
         return snap
 
     def _snapshot(self, counts: dict[bytes, int], counters: list[Counter], stats: dict[str, int], total: int,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import textwrap
+
 from rich import box
 from rich.console import Group, RenderableType
 from rich.table import Table
@@ -112,6 +114,9 @@ def drops_table(snap: DropSnapshot, title: str, width: int = 80) -> RenderableTy
         )
     )
     parts.extend(Text(f"warning: {w}", style="bold") for w in snap.warnings)
+    counter_only = counter_only_line(snap)
+    if counter_only:
+        parts.append(Text(textwrap.fill(counter_only, max(width, 40)), style="bold"))
     return Group(*parts)
 
 
@@ -127,6 +132,17 @@ def counters_table(counters: list[Counter]) -> Table:
         # Text, not markup: an interface's name is anyone's choice
         table.add_row(Text(c.source), Text(c.name), Text(where), Text(f"{c.count:,}"))
     return table
+
+
+def counter_only_line(snap: DropSnapshot) -> str | None:
+    """Said plainly: the counters rose while no drop event matched, so rows and total show none of it."""
+    if not snap.counter_only:
+        return None
+    rose = ", ".join(f"{c.name}{f' {c.iface}' if c.iface else ''} +{c.count:,}" for c in snap.counter_only[:6])
+    more = f" and {len(snap.counter_only) - 6} more" if len(snap.counter_only) > 6 else ""
+    return (f"no drop event, but kernel drop counters rose: {rose}{more}. These packets were refused without "
+            "a drop event (e.g. a SYN at a full accept queue) or fell outside the filters; total and "
+            "--fail-on-drops count drop events only")
 
 
 def plain_lines(snap: DropSnapshot, title: str) -> list[str]:
@@ -153,6 +169,9 @@ def plain_lines(snap: DropSnapshot, title: str) -> list[str]:
     lines.append(f"  health: hits={h.probe_hits.get('skb:kfree_skb', 0)} matched={h.matched} "
                  f"lost_rows={h.lost_rows} samples={h.samples} lost_samples={h.samples_lost}")
     lines.extend(f"  warning: {w}" for w in snap.warnings)
+    counter_only = counter_only_line(snap)
+    if counter_only:
+        lines.extend(textwrap.wrap(counter_only, 78, initial_indent="  ", subsequent_indent="    "))
     return lines
 
 

@@ -97,6 +97,8 @@ def _drops_body(snap: DropSnapshot) -> Record:
         out["other_count"] = snap.other_count
     if snap.warnings:
         out["warnings"] = list(snap.warnings)
+    if snap.counter_only:  # present only when drop counters rose and no drop event matched
+        out["counter_only"] = [f"{c.source}:{c.name}" for c in snap.counter_only]
     return out
 
 

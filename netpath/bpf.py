@@ -22,7 +22,7 @@ from typing import Any
 
 from netpath import contract
 from netpath.errors import MissingCapability
-from netpath.kernel import bpfstats, caps, shim
+from netpath.kernel import bpfstats, caps, limits, shim
 from netpath.kernel import offsets as kernel_offsets
 from netpath.kernel.facts import KernelFacts
 from netpath.memory import trim_heap
@@ -157,6 +157,8 @@ def _compile(source: ProgramSource, facts: KernelFacts) -> Program:
     detail = next((line for line in errors if "error:" in line), None) or next(
         (line for line in errors if line.strip() and not line.startswith(("bpf: Failed", " "))), str(failure)
     )
+    if limits.too_many_files(failure) or any("Too many open files" in line for line in errors):
+        raise MissingCapability(f"could not load the BPF program: {limits.advice()}")
     raise MissingCapability(f"could not load the BPF program ({mode} headers): {detail.strip()}")
 
 
@@ -282,7 +284,7 @@ class Program:
             else:
                 self._prog.attach_kprobe(event=symbol, fn_name=fn_name)
         except Exception as exc:  # bcc raises bare Exception
-            raise MissingCapability(str(exc)) from None
+            raise MissingCapability(limits.advice() if limits.too_many_files(exc) else str(exc)) from None
 
     def open_perf_buffer(self, name: str, on_event: EventHandler, on_lost: LostHandler) -> None:
         def handle(_cpu: int, data: Any, size: int) -> None:

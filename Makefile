@@ -58,8 +58,10 @@ uninstall:
 tracefs:
 	@test -d /sys/kernel/tracing/events || mount -t tracefs tracefs /sys/kernel/tracing || true
 
+# ruff for style, mypy (pinned in pyproject.toml, settings under [tool.mypy]) for the types of netpath/
 lint: venv
 	$(PY) -m ruff check netpath tests
+	$(PY) -m mypy
 
 # The suite runs from this checkout's .venv; `install` also puts the system netpath in place.
 test-unit: install venv

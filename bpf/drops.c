@@ -282,7 +282,7 @@ RAW_TRACEPOINT_PROBE(kfree_skb)
 	if (!drop_count_cached(&key)) {
 		count = drops.lookup_or_try_init(&key, &zero);
 		if (!count) {
-			st->v[STAT_MAP_FULL] += 1;
+			st->v[STAT_LOST_ROWS] += 1;
 			return 0;
 		}
 		*count += 1;	/* this CPU's value: no other writer */
@@ -301,7 +301,7 @@ RAW_TRACEPOINT_PROBE(kfree_skb)
 	if (!used)
 		return 0;
 	if (*used >= SAMPLE_BUDGET) {
-		st->v[STAT_SAMPLE_BUDGET] += 1;
+		st->v[STAT_SKIPPED_SAMPLES] += 1;
 		return 0;
 	}
 	*used += 1;
@@ -332,7 +332,7 @@ RAW_TRACEPOINT_PROBE(kfree_skb)
 #endif
 	bpf_get_current_comm(&s.comm, sizeof(s.comm));
 	samples.perf_submit(ctx, &s, sizeof(s));
-	st->v[STAT_SAMPLED] += 1;
+	st->v[STAT_SAMPLES] += 1;
 #endif
 	return 0;
 }

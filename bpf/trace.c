@@ -387,7 +387,7 @@ static __always_inline void np_record(u32 stage, u64 delta, u32 ifindex, u32 net
 #endif
 	v = hist.lookup_or_try_init(&k, &zero);
 	if (!v) {
-		np_hit(H_LOST_ROWS);
+		np_hit(H_LOST_SAMPLES);
 		return;
 	}
 	*v += 1;
@@ -1319,15 +1319,15 @@ static __always_inline void np_emit_slow(void *ctx, struct np_cpu_state *c, void
 		return;
 	e.ts_ns = now;
 	if (t[CP_HANDOFF] && t[CP_CORE])
-		e.stage_ns[0] = t[CP_CORE] - t[CP_HANDOFF];
+		e.stage_ns[SLOW_NETIF_RECEIVE_SKB] = t[CP_CORE] - t[CP_HANDOFF];
 	if (t[CP_CORE] && t[CP_IPRCV])
-		e.stage_ns[1] = t[CP_IPRCV] - t[CP_CORE];
+		e.stage_ns[SLOW_IP_RCV] = t[CP_IPRCV] - t[CP_CORE];
 	if (t[CP_IPRCV] && t[CP_LOCAL])
-		e.stage_ns[2] = t[CP_LOCAL] - t[CP_IPRCV];
+		e.stage_ns[SLOW_IP_LOCAL_DELIVER] = t[CP_LOCAL] - t[CP_IPRCV];
 	if (t[CP_LOCAL])
-		e.stage_ns[3] = t[CP_ENQ] - t[CP_LOCAL];
-	e.stage_ns[4] = total;
-	e.stage_ns[5] = queued;
+		e.stage_ns[SLOW_TRANSPORT] = t[CP_ENQ] - t[CP_LOCAL];
+	e.stage_ns[SLOW_STACK_TOTAL] = total;
+	e.stage_ns[SLOW_SOCKET_QUEUE] = queued;
 	e.cpu = bpf_get_smp_processor_id();
 	e.pid = bpf_get_current_pid_tgid() >> 32;
 	e.ifindex = ifindex;
@@ -1361,7 +1361,7 @@ static __always_inline void np_record_owner(struct np_cpu_state *c, u64 delta)
 	k.slot = np_slot(delta);
 	v = owner_hist.lookup_or_try_init(&k, &zero);
 	if (!v) {
-		np_hit_c(c, H_LOST_ROWS);
+		np_hit_c(c, H_LOST_SAMPLES);
 		return;
 	}
 	*v += 1;

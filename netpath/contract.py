@@ -13,7 +13,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from netpath.stages import STAGES
+from netpath.stages import SLOW_SLOTS, STAGES
 
 # ---------------------------------------------------------------- structs
 
@@ -145,9 +145,9 @@ TRACE_HOOKS: tuple[Hook, ...] = (
     Hook("net_rx_action:return", "H_KR_NET_RX", "kr_net_rx_action"),
     Hook("sock_def_readable", "H_KP_DATA_READY", "kp_sock_def_readable"),
 )
-# health counters that share the hits array; the names are the JSON health fields
+# health counters that share the hits array; each name is the JSON health field and the TraceHealth field
 TRACE_STATS: tuple[Hook, ...] = (
-    Hook("lost_rows", "H_LOST_ROWS"),  # histogram map full
+    Hook("lost_samples", "H_LOST_SAMPLES"),  # histogram map full
     Hook("lost_skbs", "H_LOST_SKBS"),  # per-skb map update failed
     Hook("slow_sent", "H_SLOW"),  # slow events sent
     Hook("missed_enqueue", "H_ENQ_MISSED"),  # sk_data_ready found the datagram already read: not timed
@@ -167,8 +167,8 @@ def kprobe_programs(hook: str) -> list[tuple[str, str]]:
             for h in TRACE_HOOKS if h.kprobe_fn and h.function == hook]
 
 
-# the per-packet breakdown a slow-packet event carries, in stage_ns[] order
-SLOW_STAGES = ("netif_receive_skb", "ip_rcv", "ip_local_deliver", "transport", "stack_total", "socket_queue")
+# the per-packet breakdown a slow-packet event carries, in stage_ns[] order (netpath/stages.py owns it)
+SLOW_STAGES = tuple(slot.name for slot in SLOW_SLOTS)
 
 # histogram slots (netpath/collect/hist.py explains the slot scheme)
 NSLOTS = 512  # a power of two: the C bounds a slot index with a mask
@@ -204,7 +204,9 @@ SLOW_EVENT = Layout("np_slow_event", (
 
 # ---------------------------------------------------------------- drops
 
-DROP_STATS = ("hits", "matched", "map_full", "sampled", "sample_budget")
+# bpf/drops.c's health counters (enum drop_stat); each name is the model.DropHealth field and the JSON one
+# (hits is the JSON probe_hits of skb:kfree_skb)
+DROP_STATS = ("hits", "matched", "lost_rows", "samples", "skipped_samples")
 MAX_ROWS = 16384
 # per-CPU slots bpf/drops.c counts its hottest keys in before the hash; a power of two. A slot is taken by
 # the first key that hashes to it and keeps it: counts never move between slot and hash, so reads stay exact.
@@ -246,6 +248,7 @@ def c_prelude() -> str:
         _enum("np_stage", stages, "NSTAGES"),
         _enum("np_hook", tuple(h.c_id for h in (*TRACE_HOOKS, *TRACE_STATS)), "H_MAX"),
         _enum("drop_stat", tuple(f"STAT_{s.upper()}" for s in DROP_STATS), "STAT_MAX"),
+        _enum("np_slow_slot", tuple(f"SLOW_{slot.name.upper()}" for slot in SLOW_SLOTS), "NP_SLOW_SLOTS"),
         "\n".join([f"#define NSLOTS\t\t{NSLOTS}", f"#define SUM_SLOT\t{SUM_SLOT}", f"#define MAX_SLOT\t{MAX_SLOT:#x}",
                    f"#define NP_SLOW_STAGES\t{len(SLOW_STAGES)}", f"#define IFACE_FILTER_SLOTS\t{IFACE_FILTER_SLOTS}",
                    f"#define DROP_CACHE_SLOTS\t{DROP_CACHE_SLOTS}"]),

@@ -41,29 +41,51 @@ class Filters:
     cgroup: int | None = None  # cgroup v2 id
 
 
-@dataclass(frozen=True)
-class Start:
-    """Everything attached: the data of the `start` line."""
+@dataclass(frozen=True, kw_only=True)
+class StartBase:
+    """Everything attached: what every command's `start` line says."""
 
-    command: str
     kernel: str
     headers: str
     attached: tuple[Attached, ...]
     unavailable: tuple[Unavailable, ...]
     filters: Filters
-    # drops
+
+
+@dataclass(frozen=True, kw_only=True)
+class DropsStart(StartBase):
+    command: str = "drops"
     group_by: tuple[str, ...] = ()
     reason_code: int | None = None
-    # trace
+
+
+@dataclass(frozen=True, kw_only=True)
+class TraceStart(StartBase):
+    command: str = "trace"
     stages: tuple[str, ...] = ()
     unfiltered_stages: tuple[str, ...] = ()
     per_iface: bool = False
     per_cpu: bool = False
     slower_ns: int = 0
     fail_on_latency: tuple[dict[str, object], ...] = ()
-    handoff: str | None = None  # trace: where the hand-off time comes from ("skb_tstamp" or "hooks")
-    sample_every: int = 1  # trace: 1 in how many NET_RX runs and packets is timed
-    not_selected: tuple[str, ...] = ()  # trace: stages --stages left out
+    handoff: str | None = None  # where the hand-off time comes from ("skb_tstamp" or "hooks")
+    sample_every: int = 1  # 1 in how many NET_RX runs and packets is timed
+    not_selected: tuple[str, ...] = ()  # stages --stages left out
+
+
+Start = DropsStart | TraceStart
+
+
+@dataclass(frozen=True)
+class ProbeRow:
+    """One line of `netpath probes`: a stage (or the drops hook) and how this kernel would attach it."""
+
+    stage: str
+    hook: str
+    method: str | None
+    available: bool
+    reason: str
+    command: str = "trace"
 
 
 @dataclass(frozen=True)
@@ -143,16 +165,16 @@ class DropSample:
     row: DropRow
 
 
-@dataclass
-class Health:
-    """netpath's own account of itself for one interval or the whole run."""
+@dataclass(kw_only=True)
+class DropHealth:
+    """netpath drops' own account of itself for one interval or the whole run; the fields are the JSON's."""
 
     probe_hits: dict[str, int] = field(default_factory=dict)
     matched: int = 0
-    lost_rows: int = 0  # drops not counted because the aggregation map was full
+    lost_rows: int = 0  # drops not counted in a row because the aggregation map was full
     samples: int = 0
-    samples_lost: int = 0  # perf buffer overflow
-    samples_skipped: int = 0  # over the per-CPU sample budget
+    lost_samples: int = 0  # perf buffer overflow
+    skipped_samples: int = 0  # over the per-CPU sample budget
 
 
 @dataclass
@@ -161,7 +183,7 @@ class DropSnapshot:
 
     rows: list[DropRow]
     counters: list[Counter]
-    health: Health
+    health: DropHealth
     total: int
     elapsed_ns: int
     other_rows: int = 0  # rows beyond --top, folded out of `rows`
@@ -235,8 +257,10 @@ class StageRow:
         return self.latency.count if self.seen is None else self.seen
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TraceHealth:
+    """netpath trace's own account of itself; every field but ring_slots is the JSON health field."""
+
     probe_hits: dict[str, int] = field(default_factory=dict)
     lost_samples: int = 0  # histogram map full
     lost_skbs: int = 0  # per-skb map full
@@ -282,6 +306,7 @@ class SlowPacket:
     sport: int | None
     dport: int | None
     stages_ns: dict[str, int]
+    short_names: dict[str, str] = field(default_factory=dict)  # stages_ns key -> its label on a slow line
 
 
 Event = DropSample | SlowPacket

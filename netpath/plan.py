@@ -1,9 +1,9 @@
 """Pure: which hooks `netpath trace` attaches on a kernel, each choice with its reason.
 
-`make_plan(facts)` walks every stage's hook sets in preference order
-(tracepoint, fentry, kprobe) and keeps the first one this kernel can attach.
-It reads facts only (tracefs event list, kallsyms, kprobe support), so unit
-tests run it against fixture kernel trees.
+`make_plan(facts)` walks every stage's hook sets in the order stages.py lists
+them (tracepoints, then kprobes; fentry is never chosen) and keeps the first
+one this kernel can attach. It reads facts only (tracefs event list,
+kallsyms, kprobe support), so unit tests run it against fixture kernel trees.
 """
 
 from __future__ import annotations
@@ -11,17 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from netpath.kernel.facts import KernelFacts
+from netpath.model import ProbeRow
 from netpath.stages import PER_PACKET, STAGES, HookSet, Stage
 
 TP_METHODS = ("raw_tracepoint", "tracepoint")
-# With the kernel's receive timestamp (skb->tstamp) as the hand-off time, these hooks have no job left as
-# optional hooks: they stamped the hand-off, or forgot a freed skb's per-skb state. A stage that requires
-# one (gro needs napi_gro_receive_entry, socket_queue without sock_recv_length needs consume_skb) keeps it.
-TSTAMP_UNNEEDED = ("net:netif_rx", "net:napi_gro_receive_entry", "net:netif_receive_skb_entry",
-                   "net:netif_receive_skb_list_entry", "skb:consume_skb", "skb:kfree_skb")
 TSTAMP_MIN_KERNEL = (6, 1)  # bpf_ktime_get_tai_ns(): TAI is the clock skb->tstamp (REALTIME) is read against
-TSTAMP_NOTE = ("skb->tstamp (the kernel's software RX timestamp, taken at netif_rx / netif_receive_skb while "
-               "netpath holds RX timestamping on) -> net:netif_receive_skb (__netif_receive_skb_core), per skb")
 FENTRY_REASON = "fentry not used: BCC kfunc programs need kernel headers, and fentry is refused on some kernels"
 
 
@@ -75,6 +69,11 @@ class AttachPlan:
     def unavailable(self) -> tuple[Choice, ...]:
         return tuple(c for c in self.choices if not c.available)
 
+    @property
+    def per_packet(self) -> bool:
+        """Some per-packet stage attaches: skbs are followed from the hand-off on."""
+        return any(c.stage.kind == PER_PACKET for c in self.available)
+
     def defines(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for c in self.available:
@@ -127,17 +126,17 @@ def _try(hs: HookSet, facts: KernelFacts) -> tuple[bool, str, dict[str, str], tu
             if sym is None:
                 return False, f"kprobe {hook}: no such symbol in kallsyms (inlined or renamed)", {}, ()
             symbols[hook] = sym
-        present = []
+        found: list[str] = []
         for hook in hs.optional:
             sym = facts.kallsyms.resolve(hook)
             if sym is not None:
                 symbols[hook] = sym
-                present.append(hook)
+                found.append(hook)
         renamed = [f"{h} as {s}" for h, s in symbols.items() if h != s]
         why = f"kprobe on {', '.join(symbols.values())}: {hs.note}"
         if renamed:
             why += f" (clone: {', '.join(renamed)})"
-        return True, why, symbols, tuple(present)
+        return True, why, symbols, tuple(found)
     return False, f"unknown method {hs.method}", {}, ()
 
 
@@ -176,24 +175,17 @@ def make_plan(facts: KernelFacts, only: tuple[str, ...] | None = None, exact: bo
 
 
 def _without_handoff_hooks(c: Choice) -> Choice:
-    if not c.available:
+    """With skb->tstamp as the hand-off time, the hooks that stamped it or forgot a freed skb have no job.
+    A stage that requires one (gro needs napi_gro_receive_entry) keeps it: only optional ones go."""
+    if c.hookset is None:
         return c
-    kept = tuple(h for h in c.attached_optional if h not in TSTAMP_UNNEEDED)
-    reason = c.reason
-    if c.stage.id == "netif_receive_skb":
-        reason = f"net:netif_receive_skb present: {TSTAMP_NOTE}"
+    hs = c.hookset
+    kept = tuple(h for h in c.attached_optional if h not in hs.handoff_hooks)
+    reason = f"{' + '.join(hs.required)} present: {hs.tstamp_note}" if hs.tstamp_note else c.reason
     return replace(c, attached_optional=kept, reason=reason)
 
 
-def probe_rows(facts: KernelFacts) -> list[dict[str, object]]:
+def probe_rows(facts: KernelFacts) -> list[ProbeRow]:
     """What `netpath probes` prints for trace: one row per stage, path order."""
-    rows: list[dict[str, object]] = []
-    for c in make_plan(facts).choices:
-        rows.append({
-            "stage": c.stage.id,
-            "hook": "+".join(c.hooks) if c.available else c.hook,
-            "method": c.method,
-            "available": c.available,
-            "reason": c.reason,
-        })
-    return rows
+    return [ProbeRow(c.stage.id, "+".join(c.hooks) if c.available else c.hook, c.method, c.available, c.reason)
+            for c in make_plan(facts).choices]

@@ -10,6 +10,7 @@ from netpath.cli.options import COUNT_THRESHOLD_MAX, bounded_int, common_options
 from netpath.cli.preflight import kernel_root, load_facts, require_capability
 from netpath.cli.sinks import DropsView, JsonSink
 from netpath.collect import drops as drops_mod
+from netpath.collect import factory
 from netpath.collect.session import drive
 from netpath.errors import BadInput, MissingCapability
 from netpath.kernel import reasons as reasons_mod
@@ -39,9 +40,8 @@ Examples:
 """
 
 
-def _reason_from_btf(name: str) -> int | None:
+def _reason_from_btf(name: str, facts: KernelFacts) -> int | None:
     """The reason's code from BTF (readable by everyone); None when BTF cannot say. Unknown: BadInput."""
-    facts = KernelFacts.load(kernel_root())
     if not facts.has_btf:
         return None
     try:
@@ -89,13 +89,14 @@ def drops(ctx: click.Context, ifaces: tuple[str, ...], netns_spec: str | None, p
           top: int | None, stack: bool, samples: int, fail_on_drops: int | None) -> None:
     by = parse_by(by_spec)
     cgroup_id = CgroupTree(find_mount()).id_of(cgroup_spec) if cgroup_spec is not None else None
-    filters = resolve_filters(ifaces, netns_spec, proto, port, host)
+    filters = resolve_filters(ifaces, netns_spec, proto, port, host, cgroup_id)
+    facts = KernelFacts.load(kernel_root())  # once per run; tracefs is mounted after the capability check
     reason_code = None
-    if reason_name is not None and (code := _reason_from_btf(reason_name)) is not None:
+    if reason_name is not None and (code := _reason_from_btf(reason_name, facts)) is not None:
         reason_code = code  # checked before the capability: a typo is bad input, whoever runs it
     if not ebpf:
         require_capability(locations="location" in by or stack or samples > 0)
-    facts = load_facts()
+    load_facts(facts)
     if not facts.has_tracepoint(drops_mod.TRACEPOINT):
         raise MissingCapability("this kernel has no skb:kfree_skb tracepoint (needs Linux 4.x+ with tracefs mounted)")
     reasons = drops_mod.drop_reasons(facts)
@@ -103,15 +104,13 @@ def drops(ctx: click.Context, ifaces: tuple[str, ...], netns_spec: str | None, p
         reason_code = reasons.code(reason_name)
         if reason_code is None:
             raise BadInput(f"unknown drop reason {reason_name!r} on this kernel (see 'netpath probes --reasons')")
-    query = drops_mod.DropsQuery(filters.netns, filters.ifaces, filters.iface_keys, filters.proto, filters.port,
-                                 filters.host, reason_code, by, stack, samples, cgroup_id)
-    source = drops_mod.program_source(query, facts, bpf.struct_offsets(facts))
-    if ebpf:
-        click.echo(bpf.dump_source(source, facts))
-        return
+    query = drops_mod.DropsQuery(filters, reason_code, by, stack, samples)
     term = Terminal(json_mode)
     limit = top if top is not None else (None if json_mode else 10)
-    session = drops_mod.DropsSession(query, facts, source, reasons, limit, live=term.interactive)
+    session = factory.drops_session(query, facts, reasons=reasons, limit=limit, live=term.interactive)
+    if ebpf:
+        click.echo(bpf.dump_source(session.source, facts))
+        return
     sink = JsonSink(term) if json_mode else DropsView(term)
     thresholds = [DropsThreshold(fail_on_drops)] if fail_on_drops is not None else []
     try:

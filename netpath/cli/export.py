@@ -13,7 +13,6 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import click
 from prometheus_client import CollectorRegistry, make_wsgi_app
 
-from netpath import bpf
 from netpath.cli.console import Terminal
 from netpath.cli.options import (
     DURATION_MAX_S,
@@ -28,11 +27,12 @@ from netpath.cli.options import (
 )
 from netpath.cli.preflight import load_facts, require_capability
 from netpath.collect import drops as drops_mod
-from netpath.collect import trace as trace_mod
+from netpath.collect import factory
+from netpath.collect.drops import DropsQuery
 from netpath.collect.export import ExportCollector
 from netpath.collect.session import SignalStop
+from netpath.collect.trace import TraceQuery
 from netpath.errors import EXIT_OK, BadInput, MissingCapability
-from netpath.plan import make_plan
 
 DEFAULT_PORT = 9872
 DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_PORT}"
@@ -177,17 +177,9 @@ def export(ctx: click.Context, ifaces: tuple[str, ...], netns_spec: str | None, 
     server = bind(*address, routes, listen)
     term = Terminal(json_mode=False)
     try:
-        offsets = bpf.struct_offsets(facts)
-        query = drops_mod.DropsQuery(filters.netns, filters.ifaces, filters.iface_keys, filters.proto,
-                                     filters.port, filters.host, by=EXPORT_BY + (("cgroup",) if by_cgroup else ()))
-        drops = drops_mod.DropsSession(query, facts, drops_mod.program_source(query, facts, offsets),
-                                       drops_mod.drop_reasons(facts))
-        trace = None
-        if stages:
-            plan = make_plan(facts, only=stages)
-            tquery = trace_mod.TraceQuery(filters.netns, filters.iface_keys, filters.proto, filters.port,
-                                          filters.host, napi_by_dev=True)
-            trace = trace_mod.TraceSession(tquery, plan, facts, trace_mod.program_source(tquery, plan, offsets))
+        query = DropsQuery(filters, by=EXPORT_BY + (("cgroup",) if by_cgroup else ()))
+        drops = factory.drops_session(query, facts)
+        trace = factory.trace_session(TraceQuery(filters, stages, napi_by_dev=True), facts) if stages else None
         collector = ExportCollector(drops, trace, max_series)
         ctx.exit(serve(server, routes, collector, term, listen, duration))
     finally:
@@ -200,7 +192,7 @@ def serve(server: WSGIServer, routes: Routes, collector: ExportCollector, term: 
         try:
             starts = collector.start()
             registry = CollectorRegistry(auto_describe=False)
-            registry.register(collector)  # type: ignore[arg-type]
+            registry.register(collector)
             routes.metrics = make_wsgi_app(registry)
             attached = sum(len(s.attached) for s in starts)
             unavailable = [u.stage or u.hook for s in starts for u in s.unavailable]

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import click
@@ -18,6 +17,7 @@ import click
 from netpath import links, netns
 from netpath.errors import BadInput
 from netpath.filter_defines import IFACE_FILTER_CAPACITY
+from netpath.query import Filters
 from netpath.thresholds import LONGEST_S
 
 F = Callable[..., Any]
@@ -57,7 +57,8 @@ class Bounded(click.ParamType):
         return number
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | float:
-        if isinstance(value, self.kind) and not isinstance(value, bool) and self.lo <= value <= self.hi:
+        if isinstance(value, int | float) and isinstance(value, self.kind) and not isinstance(value, bool) \
+                and self.lo <= value <= self.hi:
             return value  # a default, already in range
         number = self._number(value, param, ctx)
         if not self.lo <= number <= self.hi:
@@ -105,7 +106,7 @@ RUN_OPTIONS = [
 ]
 
 
-def _apply(fn: F, decorators: list[Callable[[F], F]]) -> F:
+def _apply(fn: F, decorators: Sequence[Callable[[F], F]]) -> F:
     for deco in reversed(decorators):
         fn = deco(fn)
     return fn
@@ -119,16 +120,6 @@ def filter_options(fn: F) -> F:
 def common_options(fn: F) -> F:
     """The filters plus the interval/duration/count/json options of the reporting commands."""
     return _apply(fn, FILTER_OPTIONS + RUN_OPTIONS)
-
-
-@dataclass
-class Filters:
-    netns: netns.Netns | None = None
-    ifaces: list[str] = field(default_factory=list)
-    iface_keys: list[tuple[int, int]] = field(default_factory=list)
-    proto: str | None = None
-    port: int | None = None
-    host: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
 
 
 def parse_stages(value: str, option: str = "--stages", none_means: str = "") -> tuple[str, ...]:
@@ -178,8 +169,8 @@ def check_iface_count(ifaces: tuple[str, ...]) -> None:
 
 
 def resolve_filters(ifaces: tuple[str, ...], netns_spec: str | None, proto: str | None, port: int | None,
-                    host: str | None) -> Filters:
-    """Validate everything the user named against this machine (unknown names -> exit 2)."""
+                    host: str | None, cgroup_id: int | None = None) -> Filters:
+    """Validate everything the user named against this machine (unknown names -> exit 2), once."""
     ns = netns.resolve(netns_spec) if netns_spec is not None else None
     addr = parse_host(host)
     check_iface_count(ifaces)
@@ -188,4 +179,4 @@ def resolve_filters(ifaces: tuple[str, ...], netns_spec: str | None, proto: str 
         index = links.ifindex_of(name, ns)
         inode = ns.inode if ns else netns.current().inode
         keys.append((inode, index))
-    return Filters(ns, list(dict.fromkeys(ifaces)), keys, proto, port, addr)
+    return Filters(ns, tuple(dict.fromkeys(ifaces)), tuple(keys), proto, port, addr, cgroup_id)

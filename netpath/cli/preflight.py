@@ -21,8 +21,12 @@ def kernel_root() -> str:
     return str(env_path("NETPATH_ROOT") or "/")
 
 
-def load_facts() -> KernelFacts:
-    facts = KernelFacts.load(kernel_root(), mount_tracefs=True)
+def load_facts(facts: KernelFacts | None = None) -> KernelFacts:
+    """The kernel's facts, read once per run, with tracefs mounted; pass the facts already loaded, if any."""
+    if facts is None:
+        facts = KernelFacts.load(kernel_root(), mount_tracefs=True)
+    else:
+        facts.mount_tracefs()
     if facts.tracefs is None:
         raise MissingCapability("tracefs is not mounted: mount -t tracefs tracefs /sys/kernel/tracing")
     return facts

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -13,10 +14,11 @@ from netpath.cli import rx_path
 from netpath.cli.console import Terminal
 from netpath.cli.preflight import load_facts
 from netpath.collect import drops as drops_mod
-from netpath.collect import trace as trace_mod
 from netpath.kernel import caps
 from netpath.kernel.facts import KernelFacts
+from netpath.model import ProbeRow
 from netpath.render import records
+from netpath.stages import TP_BTF_HOOKS
 
 HELP = """Show what this kernel offers netpath and how each hook attaches.
 
@@ -44,26 +46,20 @@ def tp_btf_check(facts: KernelFacts) -> tuple[bool | None, str]:
     return bpf.tp_btf_allowed(facts.btf_path)
 
 
-def hook_rows(facts: KernelFacts, tp_btf: tuple[bool | None, str] = (None, "")) -> list[dict[str, object]]:
-    rows: list[dict[str, object]] = []
+def hook_rows(facts: KernelFacts, tp_btf: tuple[bool | None, str] = (None, "")) -> list[ProbeRow]:
     has_tp = facts.has_tracepoint(drops_mod.TRACEPOINT)
     reason = ("kfree_skb " + ("with" if drops_mod.has_reason_field(facts) else "without") + " a reason field")
     if tp_btf[0] is not None:
         reason += "; tp_btf: " + ("yes" if tp_btf[0] else "no, raw_tracepoint instead") + f" ({tp_btf[1]})"
-    rows.append({
-        "command": "drops",
-        "stage": "drops",
-        "hook": drops_mod.TRACEPOINT,
-        "method": ("tp_btf" if tp_btf[0] else "raw_tracepoint") if has_tp else None,
-        "available": has_tp,
-        "reason": reason if has_tp else "no skb:kfree_skb tracepoint on this kernel",
-    })
+    rows = [ProbeRow("drops", drops_mod.TRACEPOINT, ("tp_btf" if tp_btf[0] else "raw_tracepoint") if has_tp else None,
+                     has_tp, reason if has_tp else "no skb:kfree_skb tracepoint on this kernel", command="drops")]
     timestamped = plan_mod.make_plan(facts).rx_tstamp
-    for row in plan_mod.probe_rows(facts):
-        typed = [h for h in trace_mod.TP_BTF_HOOKS if h in str(row["hook"]).split("+")]
-        if row["available"] and timestamped and typed and tp_btf[0] is not None:
-            row["reason"] = f"{row['reason']}; {', '.join(typed)} as tp_btf: " + ("yes" if tp_btf[0] else "no")
-        rows.append({"command": "trace", **row})
+    for planned in plan_mod.probe_rows(facts):
+        typed = [h for h in TP_BTF_HOOKS if h in planned.hook.split("+")]
+        if planned.available and timestamped and typed and tp_btf[0] is not None:
+            said = f"{planned.reason}; {', '.join(typed)} as tp_btf: " + ("yes" if tp_btf[0] else "no")
+            planned = replace(planned, reason=said)  # noqa: PLW2901 (the row, with what the kernel said)
+        rows.append(planned)
     return rows
 
 
@@ -100,7 +96,8 @@ def probes(json_mode: bool, show_reasons: bool) -> None:
         if show_reasons:
             extra["reasons"] = [{"reason": reasons.name(c), "reason_code": c} for c in sorted(reasons.core)]
             extra["reason_source"] = reasons.source
-        term.emit(records.record("probes", kernel=kernel, hooks=hooks, **rx_path.report(), **extra))
+        term.emit(records.record("probes", kernel=kernel, hooks=[records.probe_row(r) for r in hooks],
+                                 **rx_path.report(), **extra))
         return
     term.print(
         f"kernel {kernel['release']}  BTF {'yes' if kernel['btf'] else 'no'}  "
@@ -112,12 +109,12 @@ def probes(json_mode: bool, show_reasons: bool) -> None:
         term.print(line)
     term.print(f"{'STAGE':<18} {'METHOD':<15} HOOK", style="bold")
     for row in hooks:
-        method = str(row["method"] or "unavailable")
-        hooks_text = textwrap.wrap(str(row["hook"]).replace("+", " + "), width=80 - 35) or ["-"]
-        term.print(f"{row['stage']!s:<18} {method:<15} {hooks_text[0]}")
+        method = row.method or "unavailable"
+        hooks_text = textwrap.wrap(row.hook.replace("+", " + "), width=80 - 35) or ["-"]
+        term.print(f"{row.stage:<18} {method:<15} {hooks_text[0]}")
         for line in hooks_text[1:]:
             term.print(" " * 35 + line)
-        for line in textwrap.wrap(str(row["reason"]), width=80 - 19):
+        for line in textwrap.wrap(row.reason, width=80 - 19):
             term.print(" " * 19 + line, style="dim")
     for line in rx_path.lines(rx_path.report()):
         term.print(line)

@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 from netpath import netns, untrusted
+from netpath.kernel.softnet import parse_softnet
 from netpath.model import Counter
 
 CounterKey = tuple[str, str, str | None, int | None]  # source, name, iface, cpu
@@ -51,7 +52,6 @@ SNMP6_WANTED = (
     "Udp6RcvbufErrors",
     "Udp6InCsumErrors",
 )
-SOFTNET_COLUMNS = {1: "dropped", 2: "time_squeeze", 10: "flow_limit"}
 # /proc/net/stat/nf_conntrack (per namespace, one hex row per CPU): what conntrack refused or lost. A full
 # table (drop, early_drop) otherwise looks like a rule's NETFILTER_DROP at nf_hook_slow.
 CONNTRACK_WANTED = ("invalid", "insert_failed", "drop", "early_drop", "chaintoolong")
@@ -81,18 +81,6 @@ def parse_snmp6(text: str) -> dict[str, int]:
         parts = line.split()
         if len(parts) == 2 and parts[0] in SNMP6_WANTED:
             out[parts[0]] = int(parts[1])
-    return out
-
-
-def parse_softnet(text: str) -> dict[int, dict[str, int]]:
-    """/proc/net/softnet_stat: one hex row per online CPU; the CPU id is column 12 when present."""
-    out: dict[int, dict[str, int]] = {}
-    for row, line in enumerate(text.splitlines()):
-        cols = [int(c, 16) for c in line.split()]
-        if not cols:
-            continue
-        cpu = cols[12] if len(cols) > 12 else row
-        out[cpu] = {name: cols[i] for i, name in SOFTNET_COLUMNS.items() if i < len(cols)}
     return out
 
 

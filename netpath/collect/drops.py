@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-from dataclasses import dataclass, field, replace
+from dataclasses import KW_ONLY, dataclass, field, replace
 from typing import Any
 
-from netpath import bpf, contract, netns, untrusted
+from netpath import bpf, contract, untrusted
 from netpath.collect import counters as counters_mod
 from netpath.collect.owners import OwnerResolver
 from netpath.collect.session import ProgramSession
@@ -18,17 +18,8 @@ from netpath.kernel import reasons as reasons_mod
 from netpath.kernel.facts import KernelFacts
 from netpath.kernel.reasons import DropReasons
 from netpath.links import IfaceNames
-from netpath.model import (
-    Attached,
-    Counter,
-    DropRow,
-    DropSample,
-    DropSnapshot,
-    Filters,
-    Health,
-    Start,
-    Unavailable,
-)
+from netpath.model import Attached, Counter, DropHealth, DropRow, DropSample, DropSnapshot, DropsStart, Unavailable
+from netpath.query import Filters
 
 TRACEPOINT = "skb:kfree_skb"
 GROUP_FIELDS = ("reason", "location", "iface", "proto", "flow", "socket", "cgroup")
@@ -45,19 +36,15 @@ L4_NAMES = {0: "hopopt", 1: "icmp", 2: "igmp", 6: "tcp", 17: "udp", 47: "gre", 5
 L3_NAMES = {0x0800: "ipv4", 0x86DD: "ipv6", 0x0806: "arp", 0x8100: "vlan", 0x88CC: "lldp", 0x8035: "rarp"}
 
 
-@dataclass
+@dataclass(frozen=True)
 class DropsQuery:
-    netns: netns.Netns | None = None
-    ifaces: list[str] = field(default_factory=list)
-    iface_keys: list[tuple[int, int]] = field(default_factory=list)  # (netns inode, ifindex)
-    proto: str | None = None
-    port: int | None = None
-    host: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
+    """Everything `netpath drops` (or the exporter) asks of the kfree_skb program, validated."""
+
+    filters: Filters = field(default_factory=Filters)
     reason_code: int | None = None
     by: tuple[str, ...] = DEFAULT_BY
     stack: bool = False
     samples: int = 0  # per CPU per interval
-    cgroup_id: int | None = None  # --cgroup: only drops whose socket is in this cgroup v2
     tp_btf: bool = True  # load kfree_skb as a BTF-typed raw tracepoint where the kernel allows it
 
     @property
@@ -67,7 +54,12 @@ class DropsQuery:
 
     @property
     def flow_keyed(self) -> bool:
-        return "flow" in self.by or self.port is not None or self.host is not None
+        return "flow" in self.by or self.filters.narrows_flow
+
+    @property
+    def group_by(self) -> tuple[str, ...]:
+        """What rows are keyed by: --by, and the flow when a port or address filter reads it."""
+        return self.by + (("flow",) if self.flow_keyed and "flow" not in self.by else ())
 
 
 def drop_reasons(facts: KernelFacts) -> DropReasons:
@@ -106,20 +98,21 @@ def program_source(query: DropsQuery, facts: KernelFacts, offsets: dict[str, int
         defines[f"BY_{name.upper()}"] = int(name in query.by or (name == "flow" and query.flow_keyed))
     defines["BY_OWNER"] = int(query.owner_keyed)
     defines["TP_HAS_RX_SK"] = int(has_rx_sk_field(facts))
-    if query.owner_keyed or query.samples or query.cgroup_id is not None:
+    cgroup_id = query.filters.cgroup_id
+    if query.owner_keyed or query.samples or cgroup_id is not None:
         missing = [n for n in OWNER_FIELDS if n not in offsets]
         if missing:
             raise MissingCapability("this kernel's BTF lacks the socket fields attribution reads: "
                                     + ", ".join(missing))
         defines.update({name: offsets[name] for name in OWNER_FIELDS})
-    if query.cgroup_id is not None:
-        defines["FILTER_CGROUP"] = query.cgroup_id
+    if cgroup_id is not None:
+        defines["FILTER_CGROUP"] = cgroup_id
     defines["SAMPLE_BUDGET"] = query.samples
     if query.stack:
         defines["WITH_STACK"] = 1
     if query.reason_code is not None:
         defines["FILTER_REASON"] = query.reason_code
-    defines.update(filter_defines(query.netns, query.iface_keys, query.proto, query.port, query.host))
+    defines.update(filter_defines(query.filters))
     if query.tp_btf:
         defines["TP_BTF"] = 1
         return bpf.ProgramSource(["where.c", "drops.c"], defines, {"kfree_skb": "kfree_skb"})
@@ -155,8 +148,8 @@ class DecodedKey:
     daddr: bytes
     sport: int
     dport: int
-
-    sk_ino: int = 0
+    _: KW_ONLY
+    sk_ino: int = 0  # the owner part, when rows group by socket or cgroup
     cgroup: int = 0
 
     @classmethod
@@ -168,7 +161,7 @@ class DecodedKey:
         if flow:
             rest = rest[contract.DROP_FLOW.size:]
         sk_ino, cgroup = contract.DROP_OWNER.unpack(rest) if owner else (0, 0)
-        return cls(*where, *flow_part, sk_ino, cgroup)
+        return cls(*where, *flow_part, sk_ino=sk_ino, cgroup=cgroup)
 
 
 class RowDecoder:
@@ -233,8 +226,8 @@ class DropsSession(ProgramSession):
         owners = OwnerResolver() if query.owner_keyed or query.samples else None
         self._decoder = RowDecoder(query, reasons, facts, IfaceNames(), self._has_reason, owners)
         # counters name interfaces in the untrusted-name form: compare the user's names in it too
-        self._iface_set = {untrusted.name(untrusted.raw_bytes(i)) for i in query.ifaces} or None
-        self._samples_lost = 0
+        self._iface_set = {untrusted.name(untrusted.raw_bytes(i)) for i in query.filters.ifaces} or None
+        self._lost_samples = 0
         self._last_counts: dict[bytes, int] = {}
         self._last_stats: dict[str, int] = {}
         self._last_lost = 0
@@ -250,19 +243,20 @@ class DropsSession(ProgramSession):
         """The counters now; a namespace deleted mid-run freezes its counters at their last values."""
         if self._netns_gone:
             return self._last_counters
+        ns = self.query.filters.netns
         try:
-            self._last_counters = counters_mod.read_all(self.query.netns, self._iface_set)
+            self._last_counters = counters_mod.read_all(ns, self._iface_set)
         except OSError as exc:
-            if self.query.netns is None:
+            if ns is None:
                 raise
             self._netns_gone = True
-            self._warnings.append(f"network namespace {self.query.netns.label!r} is gone ({exc.strerror}): its "
+            self._warnings.append(f"network namespace {ns.label!r} is gone ({exc.strerror}): its "
                                   "counters stop here; drops it had are still counted")
         return self._last_counters
 
-    def start(self) -> Start:
+    def start(self) -> DropsStart:
         importing = counters_mod.prefetch_netlink()
-        prog = self._load(self.source, self.facts, self.query.iface_keys)
+        prog = self._load(self.source, self.facts, self.query.filters.iface_keys)
         if self.query.samples:
             prog.open_perf_buffer("samples", self._on_sample, self._on_lost)
         if "location" in self.query.by or self.query.samples:
@@ -270,16 +264,13 @@ class DropsSession(ProgramSession):
             _ = self.facts.kallsyms
         importing.join()
         self._counters = counters_mod.CounterDeltas(self._read_counters())
-        q = self.query
         unavailable = () if self._has_reason else (
             Unavailable("skb:kfree_skb reason", "this kernel's kfree_skb has no reason field"),)
-        return Start(
-            "drops", self.facts.release, bpf.headers_mode(self.facts),
-            (Attached(TRACEPOINT, "tp_btf" if prog.tp_btf else "raw_tracepoint", "kfree_skb"),), unavailable,
-            Filters(q.netns.inode if q.netns else None, tuple(q.ifaces), tuple(q.iface_keys), q.proto, q.port,
-                    str(q.host) if q.host else None, q.cgroup_id),
-            group_by=tuple(q.by) + (("flow",) if q.flow_keyed and "flow" not in q.by else ()),
-            reason_code=q.reason_code,
+        return DropsStart(
+            kernel=self.facts.release, headers=bpf.headers_mode(self.facts),
+            attached=(Attached(TRACEPOINT, "tp_btf" if prog.tp_btf else "raw_tracepoint", "kfree_skb"),),
+            unavailable=unavailable, filters=self.query.filters.report(), group_by=self.query.group_by,
+            reason_code=self.query.reason_code,
         )
 
     def counts(self) -> dict[bytes, int]:
@@ -311,13 +302,13 @@ class DropsSession(ProgramSession):
         now, stats = self.counts(), self.stats()
         delta = {k: v - self._last_counts.get(k, 0) for k, v in now.items()}
         interval_stats = {k: v - self._last_stats.get(k, 0) for k, v in stats.items()}
-        lost = self._samples_lost - self._last_lost
-        self._last_counts, self._last_stats, self._last_lost = now, stats, self._samples_lost
+        lost = self._lost_samples - self._last_lost
+        self._last_counts, self._last_stats, self._last_lost = now, stats, self._lost_samples
         counters = self._counters.step(self._read_counters())
         span, self._last_ns = elapsed_ns - self._last_ns, elapsed_ns
         if self.live:  # rows and total for the run, the interval's part beside them
             snap = self._snapshot(now, counters, interval_stats, stats.get("matched", 0), elapsed_ns,
-                                  self._samples_lost, delta)
+                                  self._lost_samples, delta)
             snap.interval_total = interval_stats.get("matched", 0)
         else:
             snap = self._snapshot(delta, counters, interval_stats, interval_stats.get("matched", 0), elapsed_ns,
@@ -335,13 +326,13 @@ class DropsSession(ProgramSession):
         final, stats = self.counts(), self.stats()
         self._counters.step(self._read_counters())
         snap = self._snapshot(final, self._counters.totals(), stats, stats.get("matched", 0), elapsed_ns,
-                              self._samples_lost)
+                              self._lost_samples)
         snap.warnings = list(self._warnings)
         snap.counter_only = counters_mod.counter_only(snap.counters, snap.total)
         return snap
 
     def _snapshot(self, counts: dict[bytes, int], counters: list[Counter], stats: dict[str, int], total: int,
-                  elapsed_ns: int, samples_lost: int, interval_counts: dict[bytes, int] | None = None
+                  elapsed_ns: int, lost_samples: int, interval_counts: dict[bytes, int] | None = None
                   ) -> DropSnapshot:
         """total: the exact count of matching drops, whether or not each found room in the map."""
         ranked = sorted(((v, k) for k, v in counts.items() if v > 0), key=lambda item: (-item[0], item[1]))
@@ -350,12 +341,12 @@ class DropsSession(ProgramSession):
         for value, raw in shown:
             row = self._decoder.row(self._key(raw), value)
             stack = self.stack_of(raw)
-            extra = {"stack": stack} if stack is not None else {}
+            extra: dict[str, Any] = {"stack": stack} if stack is not None else {}
             if interval_counts is not None:
                 extra["interval_count"] = interval_counts.get(raw, 0)
             rows.append(replace(row, **extra) if extra else row)
         rest = ranked[len(shown):]
-        return DropSnapshot(rows, counters, health(stats, samples_lost), total, elapsed_ns, len(rest),
+        return DropSnapshot(rows, counters, health(stats, lost_samples), total, elapsed_ns, len(rest),
                             sum(v for v, _ in rest), self.query.flow_keyed, self.query.owner_keyed)
 
     def stack_of(self, raw_key: bytes) -> list[str] | None:
@@ -396,19 +387,14 @@ class DropsSession(ProgramSession):
         key, (sk_ino, cgroup), (ts, length, pid, cpu, _stackid, comm) = (fields[:KEY_FIELDS],
                                                                          fields[KEY_FIELDS:KEY_FIELDS + 2],
                                                                          fields[KEY_FIELDS + 2:])
-        row = self._decoder.row(DecodedKey(*key[:11], sk_ino, cgroup), 1, full=True)
+        row = self._decoder.row(DecodedKey(*key[:11], sk_ino=sk_ino, cgroup=cgroup), 1, full=True)
         self._events.append(DropSample(ts, cpu, pid, untrusted.comm(comm), length, row))
 
     def _on_lost(self, lost: int) -> None:
-        self._samples_lost += lost
+        self._lost_samples += lost
 
 
-def health(stats: dict[str, int], samples_lost: int) -> Health:
-    return Health(
-        probe_hits={TRACEPOINT: stats.get("hits", 0)},
-        matched=stats.get("matched", 0),
-        lost_rows=stats.get("map_full", 0),
-        samples=stats.get("sampled", 0),
-        samples_lost=samples_lost,
-        samples_skipped=stats.get("sample_budget", 0),
-    )
+def health(stats: dict[str, int], lost_samples: int) -> DropHealth:
+    """The C's counters keep their names (contract.DROP_STATS); hits is the tracepoint's probe_hits."""
+    counted = {name: stats.get(name, 0) for name in contract.DROP_STATS if name != "hits"}
+    return DropHealth(probe_hits={TRACEPOINT: stats.get("hits", 0)}, lost_samples=lost_samples, **counted)

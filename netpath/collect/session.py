@@ -14,6 +14,7 @@ from __future__ import annotations
 import signal
 import struct
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from types import FrameType
 from typing import Protocol
@@ -53,7 +54,9 @@ class Sink(Protocol):
 
 
 class Threshold(Protocol):
-    per_interval: bool  # also judged on every interval, not only on the whole run
+    @property
+    def per_interval(self) -> bool:
+        """Also judged on every interval, not only on the whole run."""
 
     def check(self, snap: Snapshot) -> int | None:
         """The measured value when snap crosses the threshold, else None."""
@@ -73,7 +76,7 @@ class ProgramSession:
         self._events: list[Event] = []
 
     def _load(self, source: bpf.ProgramSource, facts: KernelFacts,
-              iface_keys: list[tuple[int, int]]) -> bpf.Program:
+              iface_keys: Iterable[tuple[int, int]]) -> bpf.Program:
         self.prog = prog = self._loader(source, facts)
         for ns_inode, ifindex in iface_keys:
             prog.update("iface_filter", IFACE_KEY.pack((ns_inode << 32) | ifindex), b"\x01")
@@ -152,9 +155,8 @@ class Clock:
 
 
 def drive(session: Session, sink: Sink, interval_s: float, duration_s: float | None, count: int | None,
-          thresholds: list[Threshold] | None = None) -> int:
+          thresholds: Sequence[Threshold] = ()) -> int:
     """Run a session to its end; the exit code says whether a threshold was crossed."""
-    thresholds = thresholds or []
     crossed: dict[int, int] = {}
 
     def judge(snap: Snapshot, whole_run: bool) -> None:

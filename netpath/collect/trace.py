@@ -1,31 +1,31 @@
-"""netpath trace: build bpf/trace.c from the attach plan, run it as a Session, decode its maps."""
+"""netpath trace: build bpf/trace*.c from the attach plan, run it as a Session, decode its maps."""
 
 from __future__ import annotations
 
 import ipaddress
-import re
 import socket
 import struct
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import TypeVar
 
 from netpath import bpf, contract, netns, untrusted
-from netpath.collect import counters as counters_mod
 from netpath.collect import trace_stats
 from netpath.collect.owners import OwnerResolver
 from netpath.collect.session import ProgramSession
 from netpath.collect.trace_stats import HistKey, NapiKey, OwnerKey, Reading
 from netpath.errors import MissingCapability
 from netpath.filter_defines import filter_defines
+from netpath.kernel import irqs
 from netpath.kernel import offsets as kernel_offsets
+from netpath.kernel.clock import rx_timestamping
 from netpath.kernel.facts import KernelFacts
+from netpath.kernel.softnet import softnet_totals
 from netpath.links import IfaceNames
-from netpath.model import Attached, Filters, Napi, SlowPacket, Start, TraceHealth, TraceSnapshot, Unavailable
-from netpath.plan import AttachPlan
-from netpath.stages import PER_PACKET, STAGE_IDS, STAGES, UNFILTERED
+from netpath.model import Attached, Napi, SlowPacket, TraceHealth, TraceSnapshot, TraceStart, Unavailable
+from netpath.plan import AttachPlan, make_plan
+from netpath.query import Filters
+from netpath.stages import PACKET_STAGES, SLOW_SLOTS, STAGE_IDS, TP_BTF_HOOKS, by_id, tp_btf_names
 
 Names = Callable[[int, int], str | None]
 K = TypeVar("K")
@@ -39,21 +39,21 @@ COUNT = struct.Struct("<Q")
 IRQ_ENTRY = struct.Struct("<I")
 
 
-@dataclass
+@dataclass(frozen=True)
 class TraceQuery:
-    netns: netns.Netns | None = None
-    iface_keys: list[tuple[int, int]] = field(default_factory=list)
-    proto: str | None = None
-    port: int | None = None
-    host: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
+    """Everything `netpath trace` (or the exporter) asks of bpf/trace.c, validated."""
+
+    filters: Filters = field(default_factory=Filters)
+    stages: tuple[str, ...] = PACKET_STAGES  # what to plan (--stages), path order
+    exact: bool = False  # --exact: hand-off hooks and a per-skb table, not skb->tstamp
     per_iface: bool = False
     per_cpu: bool = False
     slower_ns: int = 0
     napi_by_dev: bool = False  # NAPI counters per device without a per-interface histogram (export)
     per_socket: bool = False  # socket_queue per reading process and cgroup
-    tai_offset_ns: int = 0  # CLOCK_TAI - CLOCK_REALTIME, whole seconds (tai_offset_ns()): skb->tstamp is REALTIME
+    tai_offset_ns: int = 0  # CLOCK_TAI - CLOCK_REALTIME, whole seconds (kernel/clock.py): skb->tstamp is REALTIME
     sample_every: int = 1  # --sample N: time one NET_RX cycle and one packet in N (a power of two)
-    tp_btf: bool = True  # load TP_BTF_HOOKS as BTF-typed raw tracepoints where the kernel allows it
+    tp_btf: bool = True  # load stages.TP_BTF_HOOKS as BTF-typed raw tracepoints where the kernel allows it
 
     def breakdown(self) -> bool:
         """Rows split by interface, CPU or reader, or slow packets streamed: every packet is timed."""
@@ -62,6 +62,9 @@ class TraceQuery:
     def sampled_every(self, plan: AttachPlan) -> int:
         """1 in how many is timed: sampling needs the receive-timestamp build and no breakdown."""
         return self.sample_every if plan.rx_tstamp and not self.breakdown() else 1
+
+    def plan(self, facts: KernelFacts) -> AttachPlan:
+        return make_plan(facts, only=self.stages, exact=self.exact)
 
 
 # neighbouring fields bpf/trace.c fetches with one probe read, beyond the shared ones
@@ -84,7 +87,7 @@ def program_source(query: TraceQuery, plan: AttachPlan, offsets: dict[str, int])
     defines.update(kernel_offsets.spans(offsets))
     defines.update(trace_spans(offsets))
     defines.update(plan.defines())
-    defines["TRACK_SKBS"] = int(any(c.stage.kind == PER_PACKET for c in plan.available))
+    defines["TRACK_SKBS"] = int(plan.per_packet)
     defines["KP_CHECKPOINTS"] = int(any(c.stage.checkpoint for c in plan.available))
     defines["MAX_SKBS"] = contract.MAX_SKBS
     defines["RING"] = contract.RING_SLOTS
@@ -99,100 +102,24 @@ def program_source(query: TraceQuery, plan: AttachPlan, offsets: dict[str, int])
     defines["RX_TSTAMP"] = int(plan.rx_tstamp)
     defines["TAI_OFFSET_NS"] = int(query.tai_offset_ns)
     defines["SAMPLE_SHIFT"] = query.sampled_every(plan).bit_length() - 1
-    defines.update(filter_defines(query.netns, query.iface_keys, query.proto, query.port, query.host))
+    defines.update(filter_defines(query.filters))
     tp_btf = tp_btf_functions(query, plan)
     defines["TP_BTF"] = int(bool(tp_btf))
     return bpf.ProgramSource(["where.c", "trace.c"], defines, tp_btf)
 
 
-# hooks bpf/trace.c's receive-timestamp build loads as tp_btf (NP_BTF_PROBE): function -> tracepoint
-TP_BTF_HOOKS = {"net:netif_receive_skb": ("np_btf_netif_receive_skb", "netif_receive_skb"),
-                "sock:sk_data_ready": ("np_btf_sk_data_ready", "sk_data_ready")}
-
-
 def tp_btf_functions(query: TraceQuery, plan: AttachPlan) -> dict[str, str]:
-    """What to load as tp_btf: only in the receive-timestamp build, and not with --slower (its perf events
-    stay with the raw tracepoints that have always sent them)."""
+    """C function -> tracepoint to load as tp_btf: only in the receive-timestamp build, and not with --slower
+    (its perf events stay with the raw tracepoints that have always sent them)."""
     if not query.tp_btf or not plan.rx_tstamp or query.slower_ns:
         return {}
     hooks = set(plan.tracepoints())
-    return dict(fn_tp for hook, fn_tp in TP_BTF_HOOKS.items() if hook in hooks)
-
-
-def tai_offset_ns() -> int:
-    """CLOCK_TAI - CLOCK_REALTIME: the kernel keeps it a whole number of seconds (0 until NTP sets it)."""
-    return round((time.clock_gettime_ns(time.CLOCK_TAI) - time.time_ns()) / 1e9) * 1_000_000_000
-
-
-SO_TIMESTAMPNS = 35  # SO_TIMESTAMPNS_OLD in asm-generic/socket.h; not in Python's socket module
-
-
-def rx_timestamping() -> socket.socket:
-    """A socket that asks for software RX timestamps: while it is open the kernel stamps skb->tstamp on
-    receive (net_enable_timestamp), which is what the hand-off time is read from. The kernel turns it on
-    from a workqueue, so open it before the compile."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-    return sock
-
-
-_IRQ_LINE = re.compile(r"^\s*(\d+):(?:\s+\d+)+\s+(.*)$")
-
-
-def nic_irqs(proc_interrupts: str, devices: dict[str, tuple[int, str | None]]) -> dict[int, int]:
-    """IRQ number -> ifindex for the NIC interrupt lines in /proc/interrupts.
-
-    `devices`: iface name -> (ifindex, bus device name such as virtio2 or 0000:00:03.0).
-    A line is a NIC line when its action names the interface (eth0-rx-0, ens5-TxRx-1)
-    or is a virtio device's input queue (virtio2-input.0).
-    """
-    out: dict[int, int] = {}
-    for line in proc_interrupts.splitlines():
-        m = _IRQ_LINE.match(line)
-        if not m:
-            continue
-        action = m.group(2).split()[-1] if m.group(2).split() else ""
-        for name, (ifindex, busdev) in devices.items():
-            if re.match(rf"^{re.escape(name)}([-_:@].*)?$", action) or (
-                busdev and busdev.startswith("virtio") and action.startswith(f"{busdev}-input")
-            ):
-                out[int(m.group(1))] = ifindex
-                break
-    return out
-
-
-def local_devices(sysfs: Path = Path("/sys/class/net")) -> dict[str, tuple[int, str | None]]:
-    out: dict[str, tuple[int, str | None]] = {}
-    try:
-        entries = list(sysfs.iterdir())
-    except OSError:
-        return out
-    for entry in entries:
-        try:
-            index = int((entry / "ifindex").read_text())
-        except (OSError, ValueError):
-            continue
-        dev = entry / "device"
-        busdev = dev.resolve().name if dev.exists() else None
-        out[entry.name] = (index, busdev)
-    # A NIC moved into another namespace leaves this one's /sys/class/net, but its interrupt lines
-    # stay: keep every virtio-net device of the bus (ifindex 0: not known from here). The key has a
-    # '/', which no interface name can, so only the device's input lines match it, not its
-    # config or output lines.
-    try:
-        bound = list((sysfs.parent.parent / "bus/virtio/drivers/virtio_net").glob("virtio*"))
-    except OSError:
-        bound = []
-    seen = {busdev for _, busdev in out.values()}
-    for dev in bound:
-        if dev.name not in seen:
-            out[f"{dev.name}/"] = (0, dev.name)
-    return out
+    return dict(tp_btf_names(hook) for hook in TP_BTF_HOOKS if hook in hooks)
 
 
 def decode_slow(raw: bytes, names: Names) -> SlowPacket:
     f = contract.SLOW_EVENT.unpack(raw)
-    nstages = len(contract.SLOW_STAGES)
+    nstages = len(SLOW_SLOTS)
     ts, stage_ns = f[0], f[1:1 + nstages]
     cpu, pid, ifindex, ns_inode, saddr, daddr, sport, dport, family, l4, _pad, comm = f[1 + nstages:]
 
@@ -207,7 +134,8 @@ def decode_slow(raw: bytes, names: Names) -> SlowPacket:
     return SlowPacket(ts, cpu, pid, untrusted.comm(comm), names(ns_inode, ifindex),
                       ifindex, ns_inode, family, proto, addr(saddr), addr(daddr), sport if family else None,
                       dport if family else None,
-                      {name: int(v) for name, v in zip(contract.SLOW_STAGES, stage_ns, strict=True) if v})
+                      {slot.name: int(v) for slot, v in zip(SLOW_SLOTS, stage_ns, strict=True) if v},
+                      {slot.name: slot.short for slot in SLOW_SLOTS})
 
 
 class TraceReader:
@@ -247,7 +175,7 @@ class TraceReader:
         hits = {name: counts[i] for i, name in enumerate(contract.HOOK_NAMES)
                 if name.removesuffix(":return") in self.wanted}
         stats = dict(zip(contract.STAT_NAMES, counts[nhooks:], strict=True))
-        seen = {stage: sum(v[contract.CTR_SEEN + stage] for v in per_cpu) for stage in range(len(STAGES))}
+        seen = {stage: sum(v[contract.CTR_SEEN + stage] for v in per_cpu) for stage in range(len(STAGE_IDS))}
         reading = Reading(slots, maxima, napi, hits, stats, seen=seen)
         if self.query.per_socket:
             reading.owner_slots, reading.owner_maxima = self._read_owners(prog)
@@ -265,7 +193,7 @@ class TraceReader:
         """Per-CPU arrays indexed by stage: slots cumulative, maxima zeroed after each read."""
         slots: dict[HistKey, dict[int, int]] = {}
         maxima: dict[HistKey, int] = {}
-        for stage in range(len(STAGES)):
+        for stage in range(len(STAGE_IDS)):
             per_cpu = prog.percpu_value("stage_hist", stage)
             maxes = [COUNT.unpack(v)[0] for v in prog.percpu_value("stage_max", stage)]
             prog.percpu_zero("stage_max", stage)
@@ -319,28 +247,13 @@ def _napi_sum(values: list[tuple]) -> dict[str, int]:
     }
 
 
-def _read(path: str) -> str:
-    try:
-        return Path(path).read_text()
-    except OSError:
-        return ""
-
-
-def softnet_totals() -> dict[str, int]:
-    """time_squeeze and dropped summed over CPUs, from /proc/net/softnet_stat."""
-    out: dict[str, int] = {}
-    for cols in counters_mod.parse_softnet(_read("/proc/net/softnet_stat")).values():
-        for name in ("time_squeeze", "dropped"):
-            out[name] = out.get(name, 0) + cols.get(name, 0)
-    return out
-
-
 class TraceSession(ProgramSession):
     """netpath trace as a Session: bpf/trace.c from the attach plan, its histograms and softnet beside it."""
 
     def __init__(self, query: TraceQuery, plan: AttachPlan, facts: KernelFacts, source: bpf.ProgramSource,
                  fail_on_latency: tuple[dict[str, object], ...] = (),
                  loader: bpf.Loader = bpf.compile_program) -> None:
+        """Built by netpath/collect/factory.py, which derives plan and source from query and facts."""
         super().__init__(loader)
         self.query = query
         self.plan = plan
@@ -361,13 +274,13 @@ class TraceSession(ProgramSession):
         chosen = {c.stage.id for c in plan.choices}
         self._not_selected = tuple(s for s in STAGE_IDS if s not in chosen)  # stages --stages left out
 
-    def start(self) -> Start:
+    def start(self) -> TraceStart:
         if self.plan.rx_tstamp and self._tstamp_sock is None:
             self._tstamp_sock = rx_timestamping()
-        prog = self._load(self.source, self.facts, self.query.iface_keys)
-        for irq, ifindex in nic_irqs(_read("/proc/interrupts"), local_devices()).items():
+        prog = self._load(self.source, self.facts, self.query.filters.iface_keys)
+        for irq, ifindex in irqs.nic_irqs(irqs.read_interrupts(), irqs.local_devices()).items():
             prog.update("nic_irqs", IRQ_ENTRY.pack(irq), IRQ_ENTRY.pack(ifindex))
-        typed = {hook for hook, (fn, _tp) in TP_BTF_HOOKS.items() if fn in prog.tp_btf}
+        typed = {hook for hook in TP_BTF_HOOKS if tp_btf_names(hook)[0] in prog.tp_btf}
         attached = [Attached(tp, "tp_btf" if tp in typed else "raw_tracepoint") for tp in self.plan.tracepoints()]
         for hook, symbol in self.plan.kprobes():
             for kind, fn in contract.kprobe_programs(hook):
@@ -383,16 +296,15 @@ class TraceSession(ProgramSession):
             prog.open_perf_buffer("slow", self._on_slow, self._on_lost)
         self._softnet_base = self._softnet_last = softnet_totals()
         q = self.query
-        return Start(
-            "trace", self.facts.release, bpf.headers_mode(self.facts), tuple(attached), tuple(self._unavailable),
-            Filters(q.netns.inode if q.netns else None, (), tuple(q.iface_keys), q.proto, q.port,
-                    str(q.host) if q.host else None),
+        return TraceStart(
+            kernel=self.facts.release, headers=bpf.headers_mode(self.facts), attached=tuple(attached),
+            unavailable=tuple(self._unavailable), filters=q.filters.report(),
             stages=tuple(c.stage.id for c in self.plan.choices),
-            unfiltered_stages=tuple(s for s in UNFILTERED if any(c.stage.id == s for c in self.plan.choices)),
+            unfiltered_stages=tuple(c.stage.id for c in self.plan.choices if not c.stage.filterable),
             per_iface=q.per_iface, per_cpu=q.per_cpu, sample_every=q.sampled_every(self.plan),
             not_selected=self._not_selected,
             slower_ns=q.slower_ns, fail_on_latency=self.fail_on_latency,
-            handoff=self.plan.handoff if any(c.stage.kind == "per_packet" for c in self.plan.available) else None,
+            handoff=self.plan.handoff if self.plan.per_packet else None,
         )
 
     def _stage_of(self, hook: str) -> str:
@@ -427,11 +339,9 @@ class TraceSession(ProgramSession):
         if self._owners is not None and owners:
             owner_rows = tuple((self._owners.of_reader(tgid, cgroup), dist.latency())
                                for (cgroup, tgid), dist in sorted(owners.items(), key=lambda kv: -kv[1].sum_ns))
-            rows = [replace(r, owners=owner_rows) if r.stage == "socket_queue" else r for r in rows]
-        health = TraceHealth(hits, stats.get("lost_rows", 0), stats.get("lost_skbs", 0), stats.get("slow_sent", 0),
-                             stats.get("missed_enqueue", 0), stats.get("ring_overrun", 0), lost,
-                             contract.RING_SLOTS, stats.get("unseen_enqueue", 0), stats.get("unseen_read", 0),
-                             stats.get("unstamped", 0))
+            rows = [replace(r, owners=owner_rows) if by_id(r.stage).owners else r for r in rows]
+        counted = {name: stats.get(name, 0) for name in contract.STAT_NAMES}
+        health = TraceHealth(probe_hits=hits, lost_events=lost, ring_slots=contract.RING_SLOTS, **counted)
         return TraceSnapshot(tuple(rows), tuple(self._unavailable), softnet, health, elapsed_ns, span_ns,
                              q.per_iface, q.per_cpu, self._not_selected)
 

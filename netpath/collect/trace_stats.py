@@ -14,9 +14,6 @@ HistKey = tuple[int, int, int, int]  # stage index, ifindex, netns, cpu
 NapiKey = tuple[int, int, int]  # ifindex, netns, cpu
 OwnerKey = tuple[int, int]  # cgroup id, reader tgid
 Names = Callable[[int, int], str | None]
-# the stages bpf/trace.c times 1 in SAMPLE_SHIFT when built sampled (np_seen keeps their exact counts); the
-# others (hardirq, gro, kprobe checkpoints) are never sampled, so sampling happens only without them mattering
-SAMPLED_STAGES = ("softirq_wait", "net_rx_action", "napi_poll", "netif_receive_skb", "stack_total", "socket_queue")
 
 
 @dataclass
@@ -146,7 +143,7 @@ def stage_rows(plan: AttachPlan, dists: dict[HistKey, Dist], napi: dict[NapiKey,
     """One row per available stage, path order; breakdown parts with --per-iface/--per-cpu.
 
     keep_napi_parts (default: keep_parts) keeps NAPI counters per device on their own. With sample_every > 1,
-    the stages bpf/trace.c samples (SAMPLED_STAGES) take their exact count from `seen`.
+    the stages bpf/trace.c samples (Stage.sampled) take their exact count from `seen`.
     """
     keep_napi = keep_parts if keep_napi_parts is None else keep_napi_parts
     out: list[StageRow] = []
@@ -162,13 +159,13 @@ def stage_rows(plan: AttachPlan, dists: dict[HistKey, Dist], napi: dict[NapiKey,
                 parts.setdefault((ifindex, ns_inode, cpu), Dist()).add(dist)
         napi_total: Napi | None = None
         napi_parts: dict[NapiKey, Napi] = {}
-        if choice.stage.id == "napi_poll":
+        if choice.stage.napi:
             napi_total = Napi()
             for key, stat in napi.items():
                 napi_total = napi_sum(napi_total, stat)
                 if keep_napi:
                     napi_parts[key] = napi_sum(napi_parts.get(key, Napi()), stat)
-        sampled = sample_every > 1 and choice.stage.id in SAMPLED_STAGES
+        sampled = sample_every > 1 and choice.stage.sampled
         out.append(StageRow(
             choice.stage.id, "+".join(choice.hooks), choice.method, total.latency(),
             tuple((_where(*k, names), d.latency()) for k, d in sorted(parts.items())), napi_total,

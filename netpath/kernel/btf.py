@@ -73,6 +73,8 @@ class FieldInfo:
 
 
 class BTF:
+    _str_start: int
+    _str_end: int
     def __init__(self, blob: bytes, base: BTF | None = None) -> None:
         if len(blob) < 24:
             raise BTFError("BTF blob too short")

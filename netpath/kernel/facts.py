@@ -39,14 +39,21 @@ class KernelFacts:
     def load(cls, root: Path | str = "/", mount_tracefs: bool = False) -> KernelFacts:
         """Facts from `root`; with mount_tracefs, tracefs is mounted if need be or MissingCapability says why not."""
         facts = cls(_trusted_root(root))
-        if mount_tracefs and facts.tracefs is None and facts.root == Path("/"):
-            facts.require_readable_tracefs()
-            _mount_tracefs()
-            facts.__dict__.pop("tracefs", None)
-            if facts.tracefs is None:
-                raise MissingCapability(f"tracefs is mounted at /{TRACEFS_MOUNT} but has no events/ directory: "
-                                        "this kernel lacks tracepoints (CONFIG_TRACING)")
+        if mount_tracefs:
+            facts.mount_tracefs()
         return facts
+
+    def mount_tracefs(self) -> None:
+        """Mounts tracefs on the running kernel if it is not (a fixture root is left as it is)."""
+        if self.tracefs is not None or self.root != Path("/"):
+            return
+        self.require_readable_tracefs()
+        _mount_tracefs()
+        self.__dict__.pop("tracefs", None)
+        self.__dict__.pop("tracepoints", None)
+        if self.tracefs is None:
+            raise MissingCapability(f"tracefs is mounted at /{TRACEFS_MOUNT} but has no events/ directory: "
+                                    "this kernel lacks tracepoints (CONFIG_TRACING)")
 
     def unreadable_tracefs(self) -> Path | None:
         """A tracefs that is there but that this user may not read (it is mode 0700, root's, by default)."""

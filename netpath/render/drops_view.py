@@ -109,7 +109,7 @@ def drops_table(snap: DropSnapshot, title: str, width: int = 80) -> RenderableTy
     parts.append(
         Text(
             f"kfree_skb hits {h.probe_hits.get('skb:kfree_skb', 0):,}, matched {h.matched:,}, "
-            f"lost rows {h.lost_rows}, samples {h.samples} (lost {h.samples_lost})",
+            f"lost rows {h.lost_rows}, samples {h.samples} (lost {h.lost_samples})",
             style="dim",
         )
     )
@@ -167,7 +167,7 @@ def plain_lines(snap: DropSnapshot, title: str) -> list[str]:
         lines.append(f"  {c.count:>10,}  counter {c.source}:{c.name} {where}".rstrip())
     h = snap.health
     lines.append(f"  health: hits={h.probe_hits.get('skb:kfree_skb', 0)} matched={h.matched} "
-                 f"lost_rows={h.lost_rows} samples={h.samples} lost_samples={h.samples_lost}")
+                 f"lost_rows={h.lost_rows} samples={h.samples} lost_samples={h.lost_samples}")
     lines.extend(f"  warning: {w}" for w in snap.warnings)
     counter_only = counter_only_line(snap)
     if counter_only:

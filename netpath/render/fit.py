@@ -29,7 +29,8 @@ def fitted_table(title: str, columns: list[Column], rows: list[list[str | Text]]
 
     def natural(i: int) -> int:
         wide = max([len(columns[i].header)] + [len(str(r[i])) for r in rows])
-        return min(wide, columns[i].max_width) if columns[i].max_width else wide
+        cap = columns[i].max_width
+        return min(wide, cap) if cap else wide
 
     def least(i: int) -> int:
         return min(natural(i), columns[i].least) if columns[i].squeeze else natural(i)
@@ -55,5 +56,10 @@ def fitted_table(title: str, columns: list[Column], rows: list[list[str | Text]]
         table.add_column(col.header, justify=col.justify, no_wrap=True, overflow="ellipsis",  # type: ignore[arg-type]
                          width=widths[i])
     for r in rows:
-        table.add_row(*(r[i] if isinstance(r[i], Text) else Text(r[i]) for i in shown))
+        table.add_row(*(_cell(r[i]) for i in shown))
     return table
+
+
+def _cell(value: str | Text) -> Text:
+    """A str cell would be read as rich markup; cells hold names other users chose ("[/x]")."""
+    return value if isinstance(value, Text) else Text(value)

@@ -9,9 +9,11 @@ from netpath.model import (
     DropRow,
     DropSample,
     DropSnapshot,
+    DropsStart,
     Latency,
     Napi,
     Owner,
+    ProbeRow,
     SlowPacket,
     Snapshot,
     SockInfo,
@@ -88,8 +90,8 @@ def _drops_body(snap: DropSnapshot) -> Record:
             "matched": h.matched,
             "lost_rows": h.lost_rows,
             "samples": h.samples,
-            "lost_samples": h.samples_lost,
-            "skipped_samples": h.samples_skipped,
+            "lost_samples": h.lost_samples,
+            "skipped_samples": h.skipped_samples,
         },
     }
     if snap.other_rows:
@@ -212,12 +214,17 @@ def summary(snap: Snapshot, stop_reason: str, verdicts: list[Verdict] | None) ->
                   **_body(snap), threshold=threshold)
 
 
+def probe_row(row: ProbeRow) -> Record:
+    return {"command": row.command, "stage": row.stage, "hook": row.hook, "method": row.method,
+            "available": row.available, "reason": row.reason}
+
+
 def start(info: Start) -> Record:
     f = info.filters
     attached = [{"hook": a.hook, "method": a.method, **({"program": a.program} if a.program else {})}
                 for a in info.attached]
     unavail = [unavailable(u) for u in info.unavailable]
-    if info.command == "drops":
+    if isinstance(info, DropsStart):
         return record("start", command="drops", kernel=info.kernel, headers=info.headers, attached=attached,
                       unavailable=unavail, group_by=list(info.group_by),
                       filters={"netns": f.netns, "iface": list(f.ifaces), "proto": f.proto, "port": f.port,

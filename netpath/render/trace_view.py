@@ -74,7 +74,7 @@ def _cells(lat: Latency, ascii_only: bool, count: int | None = None) -> list[str
 
 
 def napi_line(snap: TraceSnapshot) -> str | None:
-    row = snap.stage("napi_poll")
+    row = next((r for r in snap.stages if r.napi is not None), None)
     squeeze = snap.softnet.get("time_squeeze")
     parts = []
     if row is not None and row.napi is not None:
@@ -225,9 +225,7 @@ def slow_line(pkt: SlowPacket) -> str:
     """One slow packet, compact: where, which flow, who read it, the per-stage breakdown."""
     iface = pkt.iface or f"if{pkt.ifindex}"
     flow = f"{pkt.proto} {pkt.saddr}:{pkt.sport}>{pkt.daddr}:{pkt.dport}" if pkt.family else "non-IP"
-    short = {"netif_receive_skb": "rx", "ip_rcv": "ip", "ip_local_deliver": "local", "transport": "l4",
-             "stack_total": "stack", "socket_queue": "queue"}
-    stages = " ".join(f"{short.get(k, k)}={fmt_ns(v)}" for k, v in pkt.stages_ns.items())
+    stages = " ".join(f"{pkt.short_names.get(k, k)}={fmt_ns(v)}" for k, v in pkt.stages_ns.items())
     return f"slow cpu{pkt.cpu} {iface} {flow} {pkt.comm}[{pkt.pid}] {stages}"
 
 

@@ -118,7 +118,7 @@ def test_prelude_enums_follow_the_python_tables():
     for i, hook in enumerate((*contract.TRACE_HOOKS, *contract.TRACE_STATS)):
         assert f"\t{hook.c_id} = {i},\n" in text
     assert f"\tH_MAX = {contract.HITS},\n" in text
-    assert "\tSTAT_SAMPLE_BUDGET = 4,\n" in text
+    assert "\tSTAT_SKIPPED_SAMPLES = 4,\n" in text
 
 
 def test_every_stage_constant_the_c_uses_is_generated():

@@ -1,4 +1,5 @@
 from netpath.collect import counters
+from netpath.kernel import softnet
 from netpath.model import Counter
 from netpath.render import records
 
@@ -35,7 +36,7 @@ def test_snmp6():
 
 
 def test_softnet_per_cpu_hex_columns():
-    got = counters.parse_softnet(SOFTNET)
+    got = softnet.parse_softnet(SOFTNET)
     assert got[0] == {"dropped": 1, "time_squeeze": 2, "flow_limit": 3}
     assert got[1] == {"dropped": 0, "time_squeeze": 5, "flow_limit": 0}
 
@@ -71,16 +72,16 @@ def test_counter_only_when_counters_rose_and_no_event_matched():
 
 
 def test_counter_only_is_said_in_json_table_and_text():
-    from netpath.model import DropSnapshot, Health
+    from netpath.model import DropHealth, DropSnapshot
     from netpath.render import drops_view
 
     rose = [Counter("snmp", "TcpExtListenOverflows", 12), Counter("snmp", "TcpExtListenDrops", 12)]
-    snap = DropSnapshot([], rose, Health(), 0, 10**9, counter_only=counters.counter_only(rose, 0))
+    snap = DropSnapshot([], rose, DropHealth(), 0, 10**9, counter_only=counters.counter_only(rose, 0))
     assert records.interval(snap, 1)["counter_only"] == ["snmp:TcpExtListenOverflows", "snmp:TcpExtListenDrops"]
     text = "\n".join(drops_view.plain_lines(snap, "t"))
     assert "no drop event, but kernel drop counters rose: TcpExtListenOverflows +12" in text
     assert "--fail-on-drops count drop events only" in text.replace("\n    ", " ")
-    quiet = DropSnapshot([], [], Health(), 0, 10**9)
+    quiet = DropSnapshot([], [], DropHealth(), 0, 10**9)
     assert "counter_only" not in records.interval(quiet, 1)
 
 

@@ -7,7 +7,7 @@ import signal
 
 from netpath.collect.session import Clock, drive
 from netpath.errors import EXIT_OK, EXIT_THRESHOLD
-from netpath.model import DropSnapshot, Health, Start, TraceSnapshot
+from netpath.model import DropHealth, DropSnapshot, DropsStart, Filters, TraceHealth, TraceSnapshot
 from netpath.thresholds import DropsThreshold, parse_fail_on_latency
 
 
@@ -20,9 +20,9 @@ class ScriptedSession:
         self.calls: list[str] = []
         self.total = 0
 
-    def start(self) -> Start:
+    def start(self) -> DropsStart:
         self.calls.append("start")
-        return Start("drops", "6.18", "shim", (), (), None)  # type: ignore[arg-type]
+        return DropsStart(kernel="6.18", headers="shim", attached=(), unavailable=(), filters=Filters())
 
     def wait(self, timeout_s: float) -> None:
         self.calls.append("wait0" if timeout_s == 0 else "wait")
@@ -35,11 +35,11 @@ class ScriptedSession:
         self.total += self.per_interval
         if self.on_interval:
             self.on_interval()
-        return DropSnapshot([], [], Health(), self.per_interval, elapsed_ns)
+        return DropSnapshot([], [], DropHealth(), self.per_interval, elapsed_ns)
 
     def summary(self, elapsed_ns: int) -> DropSnapshot:
         self.calls.append("summary")
-        return DropSnapshot([], [], Health(), self.total, elapsed_ns)
+        return DropSnapshot([], [], DropHealth(), self.total, elapsed_ns)
 
     def close(self) -> None:
         self.calls.append("close")
@@ -93,7 +93,7 @@ def test_drops_threshold_reads_the_whole_run():
 
 
 def test_latency_threshold_reads_trace_snapshots_not_json():
-    from netpath.model import Latency, StageRow, TraceHealth
+    from netpath.model import Latency, StageRow
 
     t = parse_fail_on_latency("socket_queue:p99:10ms")
     row = StageRow("socket_queue", "h", "raw_tracepoint", Latency(count=3, p99_ns=12_000_000, max_ns=13_000_000))

@@ -11,6 +11,7 @@ from netpath.errors import MissingCapability
 from netpath.kernel.facts import KernelFacts
 from netpath.kernel.reasons import from_tracepoint
 from netpath.kernel.tracefs import parse_format
+from netpath.query import Filters
 from netpath.render import records
 
 OFFSETS = {
@@ -39,8 +40,8 @@ def test_defaults_group_by_reason_location_iface_proto(facts):
 
 def test_every_filter_is_a_number(facts):
     ns = netns.Netns(Path("/run/netns/x"), 4026532000, "x")
-    q = drops.DropsQuery(netns=ns, ifaces=["veth0"], iface_keys=[(4026532000, 7)], proto="udp", port=53,
-                         host=ipaddress.ip_address("10.1.2.3"), reason_code=12, samples=4, stack=True)
+    filters = Filters(ns, ("veth0",), ((4026532000, 7),), "udp", 53, ipaddress.ip_address("10.1.2.3"))
+    q = drops.DropsQuery(filters, reason_code=12, samples=4, stack=True)
     src = drops.program_source(q, facts, OFFSETS)
     d = src.defines
     assert d["FILTER_NETNS"] == 4026532000
@@ -57,7 +58,7 @@ def test_every_filter_is_a_number(facts):
 
 
 def test_ipv6_host_is_four_words(facts):
-    q = drops.DropsQuery(host=ipaddress.ip_address("2001:db8::1"))
+    q = drops.DropsQuery(Filters(host=ipaddress.ip_address("2001:db8::1")))
     d = drops.program_source(q, facts, OFFSETS).defines
     assert d["FILTER_HOST_FAMILY"] == 6
     words = [d[f"FILTER_HOST_W{i}"] for i in range(4)]
@@ -108,7 +109,7 @@ def test_row_decoding(facts):
     assert (row.reason, row.reason_code, row.iface, row.ifindex, row.netns, row.proto, row.count) == (
         "NO_SOCKET", 3, "lo", 1, 1, "udp", 3000)
     assert row.saddr is None  # not flow-keyed
-    flow = decoder(facts, port=53).row(drops.DecodedKey.unpack(raw), 1)
+    flow = decoder(facts, filters=Filters(port=53)).row(drops.DecodedKey.unpack(raw), 1)
     assert (flow.saddr, flow.daddr, flow.sport, flow.dport, flow.family) == ("127.0.0.1", "127.0.0.1", 4000, 53, 4)
     assert set(records.drop_row(flow, True)) >= {"reason", "reason_code", "location", "iface", "ifindex", "netns",
                                                  "proto", "count", "family", "saddr", "daddr", "sport", "dport"}

@@ -3,7 +3,7 @@ from dataclasses import replace
 import pytest
 from rich.console import Console
 
-from netpath.model import Counter, DropRow, DropSnapshot, Health
+from netpath.model import Counter, DropHealth, DropRow, DropSnapshot
 from netpath.render import drops_view
 
 ROW = DropRow("NETFILTER_DROP", 12, "nft_do_chain+0x3e8", "veth-with-a-long-name", 7, 4026532000, "udp", 12800,
@@ -12,7 +12,8 @@ ROW = DropRow("NETFILTER_DROP", 12, "nft_do_chain+0x3e8", "veth-with-a-long-name
 
 def snapshot(rows):
     return DropSnapshot(rows, [Counter("snmp", "UdpNoPorts", 5), Counter("softnet", "dropped", 1, cpu=1)],
-                        Health({"skb:kfree_skb": 13000}, 12800), sum(r.count for r in rows), 1_000_000_000,
+                        DropHealth(probe_hits={"skb:kfree_skb": 13000}, matched=12800), sum(r.count for r in rows),
+                        1_000_000_000,
                         other_rows=3, other_count=9)
 
 

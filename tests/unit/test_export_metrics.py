@@ -11,9 +11,9 @@ from netpath.kernel import bpfstats
 from netpath.model import (
     Bucket,
     Counter,
+    DropHealth,
     DropRow,
     DropSnapshot,
-    Health,
     Latency,
     Napi,
     StageRow,
@@ -31,8 +31,8 @@ def row(reason: str, iface: str, count: int) -> DropRow:
 
 def drops(*rows: DropRow) -> DropSnapshot:
     counters = [Counter("snmp", "UdpNoPorts", 5), Counter("softnet", "dropped", 2, cpu=0)]
-    return DropSnapshot(list(rows), counters, Health({"skb:kfree_skb": 9}, sum(r.count for r in rows)),
-                        sum(r.count for r in rows), 10**9)
+    health = DropHealth(probe_hits={"skb:kfree_skb": 9}, matched=sum(r.count for r in rows))
+    return DropSnapshot(list(rows), counters, health, sum(r.count for r in rows), 10**9)
 
 
 def values(metrics, name: str) -> dict[tuple, float]:
@@ -93,7 +93,7 @@ def test_histograms_use_power_of_two_bounds_in_seconds_and_napi_per_device():
               StageRow("napi_poll", "h", "raw_tracepoint", Latency(), (), napi,
                        ((Where("veth0", 7, 4026532000, 0), napi),)))
     snap = TraceSnapshot(stages, (Unavailable("ip_rcv", "kprobe ip_rcv: no kprobes", "ip_rcv"),), {},
-                         TraceHealth({"napi:napi_poll": 10}, missed_enqueue=2), 10**9)
+                         TraceHealth(probe_hits={"napi:napi_poll": 10}, missed_enqueue=2), 10**9)
     got = list(MetricSet(10).trace(snap))
     buckets = values(got, "netpath_stage_latency_seconds_bucket")
     sq = {dict(k)["le"]: v for k, v in buckets.items() if dict(k)["stage"] == "socket_queue"}

@@ -12,8 +12,7 @@ from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from pyroute2.netlink.rtnl.tcmsg import tcmsg
 
 from netpath.collect import nic_counters as nc
-from netpath.collect import trace as trace_mod
-from netpath.kernel import rx_programs
+from netpath.kernel import irqs, rx_programs
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 SERIES = [s for s in ("6.1", "6.12") if (FIXTURES / s / "nic" / "rtnl.json").exists()]
@@ -126,9 +125,9 @@ def test_hardirq_maps_virtio_input_lines_of_nics_in_other_namespaces(series: str
     nets = sorted({line.split()[-1].split("-")[0] for line in text.splitlines() if "-input." in line})
     for dev in nets:
         (bus / dev).mkdir(parents=True)
-    devices = trace_mod.local_devices(tmp_path / "sys" / "class" / "net")
+    devices = irqs.local_devices(tmp_path / "sys" / "class" / "net")
     assert len(nets) == 2 and len(inputs) == 2
-    assert trace_mod.nic_irqs(text, devices) == dict.fromkeys(sorted(inputs), 0)
+    assert irqs.nic_irqs(text, devices) == dict.fromkeys(sorted(inputs), 0)
 
 
 def test_probes_text_lists_programs_and_counter_sources() -> None:

@@ -15,9 +15,9 @@ from netpath.collect.trace_stats import Accumulator, Reading, stage_rows
 from netpath.kernel.facts import KernelFacts
 from netpath.model import (
     Counter,
+    DropHealth,
     DropRow,
     DropSnapshot,
-    Health,
     SlowPacket,
     TraceHealth,
     TraceSnapshot,
@@ -44,7 +44,7 @@ def reading(sq: list[int], polls: int, hits: int) -> Reading:
         napi={(4, 77, 0): {"polls": polls, "work": 2 * polls, "exhausted": 1, "budget": 64, "max_work": 64},
               (0, 0, 1): {"polls": 3, "work": 3, "exhausted": 0, "budget": 64, "max_work": 1}},
         hits={"sock:sk_data_ready": hits, "napi:napi_poll": polls},
-        stats={"lost_rows": 1, "lost_skbs": 2, "slow_sent": 3, "missed_enqueue": 4, "ring_overrun": 5},
+        stats={"lost_samples": 1, "lost_skbs": 2, "slow_sent": 3, "missed_enqueue": 4, "ring_overrun": 5},
     )
 
 
@@ -82,8 +82,7 @@ def trace_lines() -> list[str]:
                                              (acc.totals(), 7, {"time_squeeze": 3}, 2 * 10**9)):
             dists, napi, hits, stats = step
             rows = stage_rows(plan, dists, napi, per_iface or per_cpu, names)
-            health = TraceHealth(hits, stats["lost_rows"], stats["lost_skbs"], stats["slow_sent"],
-                                 stats["missed_enqueue"], stats["ring_overrun"], lost, 128)
+            health = TraceHealth(probe_hits=hits, lost_events=lost, ring_slots=128, **stats)
             snap = TraceSnapshot(tuple(rows), unavailable, softnet, health, 2 * 10**9, 10**9, per_iface, per_cpu)
             if elapsed == 10**9:
                 out.append(line(records.interval(snap, 2)))
@@ -110,7 +109,8 @@ def test_drops_intervals_and_summaries_match_the_golden_bytes():
     for rows, flow, other in (([row], True, 0), ([row2], False, 2)):
         snap = DropSnapshot(rows, [Counter("snmp", "UdpNoPorts", 5), Counter("softnet", "dropped", 1, cpu=1),
                                    Counter("link", "rx_dropped", 2, iface="lo")],
-                            Health({"skb:kfree_skb": 13000}, 12800, 1, 2, 3, 4), sum(r.count for r in rows), 10**9,
+                            DropHealth(probe_hits={"skb:kfree_skb": 13000}, matched=12800, lost_rows=1, samples=2,
+                                       lost_samples=3, skipped_samples=4), sum(r.count for r in rows), 10**9,
                             other, 9 if other else 0, flow_keyed=flow, interval_ns=10**9)
         out.append(line(records.interval(snap, 1)))
         verdict = Verdict({"fail_on_drops": 5}, True, snap.total)

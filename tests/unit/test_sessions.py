@@ -15,12 +15,14 @@ from netpath.collect import counters as counters_mod
 from netpath.collect import drops as drops_mod
 from netpath.collect import hist
 from netpath.collect import trace as trace_mod
+from netpath.kernel import irqs
 from netpath.kernel.facts import KernelFacts
 from netpath.kernel.reasons import from_tracepoint
 from netpath.kernel.tracefs import parse_format
 from netpath.links import IfaceNames
 from netpath.model import DropSample, SlowPacket
 from netpath.plan import make_plan
+from netpath.query import Filters
 from netpath.render import records
 from netpath.stages import STAGE_IDS
 
@@ -41,7 +43,7 @@ def quiet_machine(monkeypatch):
     softnet = iter([{"time_squeeze": 5, "dropped": 0}, {"time_squeeze": 7, "dropped": 1},
                     {"time_squeeze": 9, "dropped": 1}, {"time_squeeze": 9, "dropped": 1}])
     monkeypatch.setattr(trace_mod, "softnet_totals", lambda: next(softnet))
-    monkeypatch.setattr(trace_mod, "_read", lambda _path: "")
+    monkeypatch.setattr(irqs, "read_interrupts", lambda: "")
 
 
 # ---------------------------------------------------------------- drops
@@ -98,7 +100,7 @@ def test_drops_counted_in_the_per_cpu_key_cache_add_to_the_hash_rows(drop_facts)
 
 def test_drops_session_reports_interval_deltas_and_run_totals(drop_facts):
     prog = FakeProgram()
-    query = drops_mod.DropsQuery(iface_keys=[(77, 4)], ifaces=["veth1"])
+    query = drops_mod.DropsQuery(Filters(ifaces=("veth1",), iface_keys=((77, 4),)))
     session = drops_mod.DropsSession(query, drop_facts, SOURCE, reasons(), loader=loader(prog))
     no_socket, filtered = short_key(3, 1, 1), short_key(2, 4, 77, 6)
     set_drop_stats(prog, 0, 0)
@@ -176,7 +178,7 @@ def test_a_namespace_deleted_mid_run_freezes_its_counters_and_says_so_once(drop_
 
     monkeypatch.setattr(counters_mod, "read_all", read_all)
     prog = FakeProgram()
-    query = drops_mod.DropsQuery(netns=netns.Netns(Path("/run/netns/gone"), 4026532999, "gone"))
+    query = drops_mod.DropsQuery(Filters(netns.Netns(Path("/run/netns/gone"), 4026532999, "gone")))
     session = drops_mod.DropsSession(query, drop_facts, SOURCE, reasons(), loader=loader(prog))
     set_drop_stats(prog, 0, 0)
     session.start()
@@ -210,11 +212,11 @@ def test_drop_samples_decode_with_their_flow_and_losses_are_counted(drop_facts):
                                                                                   53, "udp")
     assert session.events() == []
     snap = session.interval(10**9)
-    assert snap.health.samples_lost == 3
+    assert snap.health.lost_samples == 3
     assert snap.rows[0].stack is not None
     assert "sample_used" in prog.cleared  # the per-CPU budget starts again each interval
-    assert session.interval(2 * 10**9).health.samples_lost == 0
-    assert session.summary(2 * 10**9).health.samples_lost == 3
+    assert session.interval(2 * 10**9).health.lost_samples == 0
+    assert session.summary(2 * 10**9).health.lost_samples == 3
 
 
 # ---------------------------------------------------------------- trace
@@ -245,7 +247,7 @@ def play_trace(prog: FakeProgram, sq: list[int], hits: dict[str, int], polls: in
     """Cumulative socket_queue samples; the maximum is this interval's, as the kernel keeps it."""
     empty = stage_hist([])
     sq_index = STAGE_IDS.index("socket_queue")
-    for stage in range(len(trace_mod.STAGES)):
+    for stage in range(len(STAGE_IDS)):
         prog.set_array("stage_hist", stage, [stage_hist(sq) if stage == sq_index else empty, empty])
         top = max(sq, default=0) if max_ns is None else max_ns
         prog.set_array_u64("stage_max", stage, [top if stage == sq_index else 0, 0])

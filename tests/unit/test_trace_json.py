@@ -72,7 +72,7 @@ def test_plain_view_fits_80_columns() -> None:
     snap = TraceSnapshot(tuple(stage_rows(plan, dists, napi, True, names)), (
         Unavailable("ip_rcv", "kprobe ip_rcv: kernel built without CONFIG_KPROBES", "ip_rcv"),
         Unavailable("udp_rcv", "kprobe udp_rcv: kernel built without CONFIG_KPROBES", "udp_rcv"),
-    ), {"time_squeeze": 12345, "dropped": 3}, TraceHealth(hits), 10**9, per_iface=True, per_cpu=True)
+    ), {"time_squeeze": 12345, "dropped": 3}, TraceHealth(probe_hits=hits), 10**9, per_iface=True, per_cpu=True)
     lines = trace_view.plain_lines(snap, "netpath trace", "socket_queue")
     assert max(len(line) for line in lines) <= 80, max(lines, key=len)
     assert any(line.startswith("socket_queue") for line in lines)
@@ -87,7 +87,8 @@ def test_live_table_keeps_stage_and_count_down_to_40_columns(width: int) -> None
 
     plan = make_plan(KernelFacts.load(FIXTURE))
     dists, napi, hits, _stats = Accumulator().step(reading([20_000_000] * 123_456, 10, 4))
-    snap = TraceSnapshot(tuple(stage_rows(plan, dists, napi, False, names)), (), {}, TraceHealth(hits), 10**9)
+    rows = tuple(stage_rows(plan, dists, napi, False, names))
+    snap = TraceSnapshot(rows, (), {}, TraceHealth(probe_hits=hits), 10**9)
     console = Console(width=width, record=True, force_terminal=False, color_system=None)
     console.print(trace_view.trace_table(snap, "netpath trace", None, width))
     lines = console.export_text().splitlines()

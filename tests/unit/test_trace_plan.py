@@ -7,8 +7,11 @@ from pathlib import Path
 import pytest
 
 from netpath.collect import trace as trace_mod
+from netpath.kernel import irqs
 from netpath.kernel.facts import KernelFacts
 from netpath.plan import make_plan, probe_rows
+from netpath.query import Filters
+from netpath.render import records
 from netpath.stages import STAGE_IDS, STAGES, UNFILTERED
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
@@ -30,17 +33,17 @@ def test_stage_order_is_the_receive_path() -> None:
 
 
 def test_618_tracepoint_stages_attach_and_kprobe_stages_say_why_not() -> None:
-    rows = {r["stage"]: r for r in probe_rows(facts("6.18"))}
+    rows = {r.stage: r for r in probe_rows(facts("6.18"))}
     assert list(rows) == list(STAGE_IDS)
     for stage, row in rows.items():
-        assert set(row) == {"stage", "hook", "method", "available", "reason"}
+        assert set(records.probe_row(row)) == {"command", "stage", "hook", "method", "available", "reason"}
         if stage in KPROBE_STAGES:
-            assert row["available"] is False and row["method"] is None
-            assert "CONFIG_KPROBES" in str(row["reason"])
+            assert row.available is False and row.method is None
+            assert "CONFIG_KPROBES" in str(row.reason)
         else:
-            assert row["available"] is True, row
-            assert row["method"] == "raw_tracepoint"
-    assert "sock:sock_recv_length" in str(rows["socket_queue"]["hook"])
+            assert row.available is True, row
+            assert row.method == "raw_tracepoint"
+    assert "sock:sock_recv_length" in str(rows["socket_queue"].hook)
 
 
 def test_61_uses_kprobes_and_clone_symbols() -> None:
@@ -72,8 +75,8 @@ def test_612_prefers_tracepoints_for_the_socket() -> None:
 
 def test_no_tracepoints_no_kprobes_everything_has_a_reason() -> None:
     rows = probe_rows(facts("trace-notp"))
-    assert all(r["available"] is False and r["reason"] for r in rows)
-    assert "not on this kernel" in str(rows[1]["reason"])
+    assert all(r.available is False and r.reason for r in rows)
+    assert "not on this kernel" in str(rows[1].reason)
 
 
 def test_program_source_takes_numbers_only() -> None:
@@ -81,8 +84,8 @@ def test_program_source_takes_numbers_only() -> None:
 
     plan = make_plan(facts("trace-6.1"))
     offsets = {name: 8 for name in trace_mod.NEEDED}
-    query = trace_mod.TraceQuery(proto="udp", port=5353, host=ipaddress.ip_address("10.201.1.2"), per_iface=True,
-                                 slower_ns=5_000_000)
+    filters = Filters(proto="udp", port=5353, host=ipaddress.ip_address("10.201.1.2"))
+    query = trace_mod.TraceQuery(filters, per_iface=True, slower_ns=5_000_000)
     src = trace_mod.program_source(query, plan, offsets)
     assert src.files == ["where.c", "trace.c"]
     assert all(isinstance(v, int) for v in src.defines.values())
@@ -118,7 +121,7 @@ def test_nic_irqs_from_proc_interrupts() -> None:
             " 51:          1          2 IR-PCI-MSI 524289-edge      ens55-TxRx-0\n"
             "LOC:      76078      84336   Local timer interrupts\n")
     devices = {"eth0": (2, "virtio2"), "ens5": (3, "0000:00:05.0")}
-    assert trace_mod.nic_irqs(text, devices) == {38: 2, 50: 3}
+    assert irqs.nic_irqs(text, devices) == {38: 2, 50: 3}
 
 
 def test_trace_spans_merge_neighbouring_fields_into_one_read() -> None:

@@ -19,10 +19,10 @@ from netpath.collect import owners
 from netpath.kernel.cgroups import CgroupTree
 from netpath.model import (
     Counter,
+    DropHealth,
     DropRow,
     DropSample,
     DropSnapshot,
-    Health,
     Latency,
     Owner,
     SlowPacket,
@@ -108,7 +108,8 @@ def drop_snapshot() -> DropSnapshot:
     rows = [DropRow("NO_SOCKET", 2, "udp_rcv+0x1", text, 3, 4026532000 + i, "udp", 5, owner=owner(text),
                     netns_label=text, interval_count=1) for i, text in enumerate(names())]
     counters = [Counter("link", "rx_dropped", 1, iface=text) for text in names()]
-    snap = DropSnapshot(rows, counters, Health({"skb:kfree_skb": 9}, 9), 9, 10**9, owner_keyed=True)
+    health = DropHealth(probe_hits={"skb:kfree_skb": 9}, matched=9)
+    snap = DropSnapshot(rows, counters, health, 9, 10**9, owner_keyed=True)
     snap.interval_ns = 10**9
     return snap
 

@@ -206,7 +206,7 @@ SLOW_EVENT = Layout("np_slow_event", (
 
 # bpf/drops.c's health counters (enum drop_stat); each name is the model.DropHealth field and the JSON one
 # (hits is the JSON probe_hits of skb:kfree_skb)
-DROP_STATS = ("hits", "matched", "lost_rows", "samples", "skipped_samples")
+DROP_STATS = ("hits", "matched", "lost_rows", "samples", "skipped_samples", "no_device")
 MAX_ROWS = 16384
 # per-CPU slots bpf/drops.c counts its hottest keys in before the hash; a power of two. A slot is taken by
 # the first key that hashes to it and keeps it: counts never move between slot and hash, so reads stay exact.
@@ -214,7 +214,8 @@ DROP_CACHE_SLOTS = 16
 
 DROP_WHERE = Layout("drop_where", (
     _f("location", "u64"), _f("reason", "u32"), _f("ifindex", "u32"), _f("netns", "u32"), _f("l3proto", "u16"),
-    _f("l4proto", "u8"), _f("family", "u8")), "where and what: the whole key when rows do not group by flow")
+    _f("l4proto", "u8"), _f("family", "u8"), _f("netns_cookie", "u64")),
+    "where and what: the whole key when rows do not group by flow; the namespace's cookie is its identity")
 DROP_FLOW = Layout("drop_flow", (
     _f("saddr", "u32", 4, raw=True), _f("daddr", "u32", 4, raw=True), _f("sport", "u16"), _f("dport", "u16"),
     _f("pad", "s32")))

@@ -12,16 +12,17 @@ from netpath.errors import BadInput, MissingCapability
 _REFRESH_MIN_S = 1.0
 
 
+def _links_here() -> list[tuple[int, bytes]]:
+    from pyroute2 import IPRoute  # ~0.1 s to import: only when a name must be resolved
+
+    with IPRoute() as ipr:  # pyroute2 gives str, or bytes when the name is not UTF-8
+        return [(int(link["index"]), untrusted.raw_bytes(link.get_attr("IFLA_IFNAME") or b""))
+                for link in ipr.get_links()]
+
+
 def list_links(ns: netns.Netns | None) -> list[tuple[int, bytes]]:
     """(ifindex, name as the kernel holds it): any bytes but '/', ':', whitespace and NUL."""
-    def body() -> list[tuple[int, bytes]]:
-        from pyroute2 import IPRoute  # ~0.1 s to import: only when a name must be resolved
-
-        with IPRoute() as ipr:  # pyroute2 gives str, or bytes when the name is not UTF-8
-            return [(int(link["index"]), untrusted.raw_bytes(link.get_attr("IFLA_IFNAME") or b""))
-                    for link in ipr.get_links()]
-
-    return netns.run_in(ns, body)
+    return netns.run_in(ns, _links_here)
 
 
 def ifindex_of(name: str, ns: netns.Netns | None) -> int:
@@ -40,31 +41,59 @@ def ifindex_of(name: str, ns: netns.Netns | None) -> int:
 
 
 class IfaceNames:
-    """Caches names; on a miss re-reads every known namespace, at most once a second."""
+    """Caches names by namespace inode and by namespace cookie; a key never seen before re-reads every known
+    namespace at once (so a new namespace is named in its first row), a key seen and still unknown at most
+    once a second.
+
+    The cookie (net->net_cookie) is the namespace's identity: the kernel reuses a deleted namespace's inode
+    within seconds, never its cookie, so rows keyed by cookie are never named after another namespace.
+    """
 
     def __init__(self) -> None:
         self._names: dict[tuple[int, int], str] = {}
         self._labels: dict[int, str] = {}
+        self._by_cookie: dict[tuple[int, int], str] = {}
+        self._cookie_labels: dict[int, str] = {}
+        self._tried: set[tuple[int, int, int]] = set()
         self._last_refresh = 0.0
 
     def refresh(self) -> None:
         self._last_refresh = time.monotonic()
-        for ns, links in all_links():
-            self._labels[ns.inode] = _for_people(ns.label)
+        for ns, cookie, links in all_links_with_cookies():
+            label = _for_people(ns.label)
+            self._labels[ns.inode] = label
+            if cookie:
+                self._cookie_labels[cookie] = label
             for index, name in links:
-                self._names[(ns.inode, index)] = untrusted.name(name)
+                shown = untrusted.name(name)
+                self._names[(ns.inode, index)] = shown
+                if cookie:
+                    self._by_cookie[(cookie, index)] = shown
 
-    def name(self, netns_inode: int, ifindex: int) -> str | None:
+    def _lookup(self, inode: int, ifindex: int, cookie: int) -> str | None:
+        return self._by_cookie.get((cookie, ifindex)) if cookie else self._names.get((inode, ifindex))
+
+    def _miss(self, inode: int, ifindex: int, cookie: int) -> None:
+        key = (inode, ifindex, cookie)
+        if key not in self._tried or time.monotonic() - self._last_refresh >= _REFRESH_MIN_S:
+            self._tried.add(key)
+            self.refresh()
+
+    def name(self, netns_inode: int, ifindex: int, cookie: int = 0) -> str | None:
+        """The interface's name in its namespace: by cookie when the kernel gave one, else by inode."""
         if ifindex == 0:
             return None
-        key = (netns_inode, ifindex)
-        if key not in self._names and time.monotonic() - self._last_refresh >= _REFRESH_MIN_S:
-            self.refresh()
-        return self._names.get(key)
+        if self._lookup(netns_inode, ifindex, cookie) is None:
+            self._miss(netns_inode, ifindex, cookie)
+        return self._lookup(netns_inode, ifindex, cookie)
 
-    def netns_label(self, inode: int) -> str | None:
+    def netns_label(self, inode: int, cookie: int = 0) -> str | None:
         """The namespace for people: its `ip netns` name, "host", else what runs in it (comm[pid])."""
-        return self._labels.get(inode)
+        if not cookie:
+            return self._labels.get(inode)
+        if cookie not in self._cookie_labels:
+            self._miss(inode, 0, cookie)
+        return self._cookie_labels.get(cookie)
 
 
 def _for_people(label: str) -> str:
@@ -89,6 +118,24 @@ def all_links() -> Iterator[tuple[netns.Netns, list[tuple[int, bytes]]]]:
             continue
 
 
+def all_links_with_cookies() -> Iterator[tuple[netns.Netns, int, list[tuple[int, bytes]]]]:
+    """all_links() with each namespace's cookie, read in the same visit."""
+    def body() -> tuple[int, list[tuple[int, bytes]]]:
+        return netns.cookie_here(), _links_here()
+
+    for ns in netns.known_namespaces():
+        try:
+            cookie, links = netns.run_in(ns, body)
+        except OSError:
+            continue
+        yield ns, cookie, links
+
+
 def live_devices() -> set[tuple[int, int]]:
     """(netns inode, ifindex) of every interface on the host, read now."""
     return {(ns.inode, index) for ns, links in all_links() for index, _name in links}
+
+
+def live_cookie_devices() -> set[tuple[int, int]]:
+    """(netns cookie, ifindex) of every interface on the host, read now."""
+    return {(cookie, index) for _ns, cookie, links in all_links_with_cookies() for index, _name in links}

@@ -21,6 +21,7 @@ from netpath import untrusted
 from netpath.errors import BadInput
 
 CLONE_NEWNET = 0x40000000
+SO_NETNS_COOKIE = 71  # Linux 5.14+: the namespace's net_cookie, which the kernel never reuses (inodes are)
 NETNS_RUN_DIR = Path("/run/netns")
 
 T = TypeVar("T")
@@ -113,6 +114,22 @@ def resolve(spec: str) -> Netns:
         raise BadInput(f"bad --netns {spec!r}: {path} is a {NS_TYPES.get(kind, hex(kind))} namespace, "
                        "not a network namespace")
     return Netns(path, inode, spec)
+
+
+def cookie_here() -> int:
+    """The net_cookie of the namespace this thread is in (0 where SO_NETNS_COOKIE is unknown: before 5.14)."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            return int.from_bytes(s.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8), "little")
+    except OSError:
+        return 0
+
+
+def cookie_of(ns: Netns | None) -> int:
+    """The net_cookie of `ns` (None: this namespace), read from a socket made inside it."""
+    return run_in(ns, cookie_here)
 
 
 def run_in(ns: Netns | None, fn: Callable[[], T]) -> T:

@@ -149,19 +149,20 @@ class DecodedKey:
     sport: int
     dport: int
     _: KW_ONLY
+    netns_cookie: int = 0  # the namespace's identity (net->net_cookie); netns is its inode, for people
     sk_ino: int = 0  # the owner part, when rows group by socket or cgroup
     cgroup: int = 0
 
     @classmethod
     def unpack(cls, raw: bytes, flow: bool = True, owner: bool = False) -> DecodedKey:
         """The map key as bpf/drops.c lays it out: where, then flow and owner when rows group by them."""
-        where = contract.DROP_WHERE.unpack(raw)
+        *where, cookie = contract.DROP_WHERE.unpack(raw)
         rest = raw[contract.DROP_WHERE.size:]
         flow_part = contract.DROP_FLOW.unpack(rest if flow else b"")[:4]
         if flow:
             rest = rest[contract.DROP_FLOW.size:]
         sk_ino, cgroup = contract.DROP_OWNER.unpack(rest) if owner else (0, 0)
-        return cls(*where, *flow_part, sk_ino=sk_ino, cgroup=cgroup)
+        return cls(*where, *flow_part, netns_cookie=cookie, sk_ino=sk_ino, cgroup=cgroup)
 
 
 class RowDecoder:
@@ -188,7 +189,7 @@ class RowDecoder:
         if "iface" in by:
             ifindex = key.ifindex or None
             ns = key.netns or None
-            iface = self.ifaces.name(key.netns, key.ifindex)
+            iface = self.ifaces.name(key.netns, key.ifindex, key.netns_cookie)
         proto = proto_name(key.family, key.l3proto, key.l4proto) if ("proto" in by or flow) else None
         extra: dict[str, Any] = {}
         if flow:
@@ -202,7 +203,7 @@ class RowDecoder:
         if (full or self.query.owner_keyed) and self.owners is not None:
             extra["owner"] = self.owners.of_socket(key.sk_ino, key.cgroup, key.netns or None)
         if "iface" in by and key.netns:
-            extra["netns_label"] = self.ifaces.netns_label(key.netns)
+            extra["netns_label"] = self.ifaces.netns_label(key.netns, key.netns_cookie)
         return DropRow(reason, code, location, iface, ifindex, ns, proto, count, **extra)
 
 
@@ -365,14 +366,22 @@ class DropsSession(ProgramSession):
     def _key(self, raw: bytes) -> DecodedKey:
         return DecodedKey.unpack(raw, self.query.flow_keyed, self.query.owner_keyed)
 
-    def forget_gone_devices(self, live: set[tuple[int, int]]) -> int:
-        """Deletes rows of interfaces not in `live` ((netns inode, ifindex)), so their series go away."""
+    def forget_gone_devices(self, live: set[tuple[int, int]], live_cookies: set[tuple[int, int]] | None = None
+                            ) -> int:
+        """Deletes rows of interfaces not in `live` ((netns inode, ifindex)), or, for rows that carry their
+        namespace's cookie, not in `live_cookies` ((cookie, ifindex)): a namespace deleted and its inode
+        reused is gone, however the new one is numbered."""
         if self.prog is None or "iface" not in self.query.by:
             return 0
         gone = []
         for raw in self.counts():
             key = self._key(raw)
-            if key.ifindex and (key.netns, key.ifindex) not in live:
+            if not key.ifindex:
+                continue
+            if key.netns_cookie and live_cookies is not None:
+                if (key.netns_cookie, key.ifindex) not in live_cookies:
+                    gone.append(raw)
+            elif (key.netns, key.ifindex) not in live:
                 gone.append(raw)
         self.prog.delete("drops", gone)
         self._forgotten.update(gone)  # a cache slot cannot be freed under the program: its count is left out
@@ -387,7 +396,9 @@ class DropsSession(ProgramSession):
         key, (sk_ino, cgroup), (ts, length, pid, cpu, _stackid, comm) = (fields[:KEY_FIELDS],
                                                                          fields[KEY_FIELDS:KEY_FIELDS + 2],
                                                                          fields[KEY_FIELDS + 2:])
-        row = self._decoder.row(DecodedKey(*key[:11], sk_ino=sk_ino, cgroup=cgroup), 1, full=True)
+        where, flow = key[:len(contract.DROP_WHERE.fields)], key[len(contract.DROP_WHERE.fields):]
+        row = self._decoder.row(DecodedKey(*where[:-1], *flow[:4], netns_cookie=where[-1], sk_ino=sk_ino,
+                                           cgroup=cgroup), 1, full=True)
         self._events.append(DropSample(ts, cpu, pid, untrusted.comm(comm), length, row))
 
     def _on_lost(self, lost: int) -> None:

@@ -94,6 +94,8 @@ def _drops_body(snap: DropSnapshot) -> Record:
             "skipped_samples": h.skipped_samples,
         },
     }
+    if h.no_device:  # present only when some drop's namespace could not be recovered
+        out["health"]["no_device"] = h.no_device
     if snap.other_rows:
         out["other_rows"] = snap.other_rows
         out["other_count"] = snap.other_count

@@ -136,6 +136,14 @@ def live_devices() -> set[tuple[int, int]]:
     return {(ns.inode, index) for ns, links in all_links() for index, _name in links}
 
 
-def live_cookie_devices() -> set[tuple[int, int]]:
-    """(netns cookie, ifindex) of every interface on the host, read now."""
-    return {(cookie, index) for _ns, cookie, links in all_links_with_cookies() for index, _name in links}
+def live_devices_both() -> tuple[set[tuple[int, int]], set[tuple[int, int]]]:
+    """Every interface on the host, read now in one visit of each namespace: by (netns inode, ifindex) and
+    by (netns cookie, ifindex)."""
+    by_inode: set[tuple[int, int]] = set()
+    by_cookie: set[tuple[int, int]] = set()
+    for ns, cookie, links in all_links_with_cookies():
+        for index, _name in links:
+            by_inode.add((ns.inode, index))
+            if cookie:
+                by_cookie.add((cookie, index))
+    return by_inode, by_cookie

@@ -32,6 +32,7 @@ class Netns:
     path: Path
     inode: int
     label: str
+    cookie: int = 0  # net_cookie (resolve() reads it; 0 when unknown): the identity the kernel never reuses
 
 
 def current() -> Netns:
@@ -113,7 +114,11 @@ def resolve(spec: str) -> Netns:
     if kind != CLONE_NEWNET:
         raise BadInput(f"bad --netns {spec!r}: {path} is a {NS_TYPES.get(kind, hex(kind))} namespace, "
                        "not a network namespace")
-    return Netns(path, inode, spec)
+    ns = Netns(path, inode, spec)
+    try:
+        return Netns(path, inode, spec, cookie_of(ns))
+    except OSError:  # setns refused: the inode alone filters
+        return ns
 
 
 def cookie_here() -> int:

@@ -113,10 +113,37 @@ def program_source(query: DropsQuery, facts: KernelFacts, offsets: dict[str, int
     if query.reason_code is not None:
         defines["FILTER_REASON"] = query.reason_code
     defines.update(filter_defines(query.filters))
+    defines.update(place_defines(facts, offsets))
+    if query.filters.netns is not None and query.filters.netns.cookie:
+        defines["FILTER_NETNS_COOKIE"] = query.filters.netns.cookie  # an inode reused later is not it
+    files = ["where.c", "drop_place.c", "drops.c"]
     if query.tp_btf:
         defines["TP_BTF"] = 1
-        return bpf.ProgramSource(["where.c", "drops.c"], defines, {"kfree_skb": "kfree_skb"})
-    return bpf.ProgramSource(["where.c", "drops.c"], defines)
+        return bpf.ProgramSource(files, defines, {"kfree_skb": "kfree_skb"})
+    return bpf.ProgramSource(files, defines)
+
+
+# where the kernel frees skbs whose dev field is something else (bpf/drop_place.c), and the expiry
+# functions that free a fragment queue's head with its device restored
+FRAG_PURGE = "inet_frag_rbtree_purge"
+FRAG_EXPIRE = (("FRAG_EXPIRE", "ip_expire"), ("FRAG_EXPIRE6", "ip6_frag_expire"))
+
+
+def place_defines(facts: KernelFacts, offsets: dict[str, int]) -> dict[str, int]:
+    """What bpf/drop_place.c needs to find a drop's namespace when skb->dev is gone: socket and cookie
+    offsets from BTF, the fragment functions' text from kallsyms (numbers only)."""
+    out: dict[str, int] = {name: offsets[name] for name in ("OFF_SKB_SK", "OFF_SK_NET", "OFF_SKB_SKB_IIF",
+                                                            "OFF_NET_COOKIE")
+           if name in offsets}
+    kallsyms = facts.kallsyms
+    purge = kallsyms.text_range(FRAG_PURGE) if kallsyms.has_addresses else None
+    if purge is not None:
+        out["FRAG_PURGE_LO"], out["FRAG_PURGE_HI"] = purge
+        for prefix, name in FRAG_EXPIRE:
+            found = kallsyms.text_range(name)
+            if found is not None:
+                out[f"{prefix}_LO"], out[f"{prefix}_HI"] = found
+    return out
 
 
 def proto_name(family: int, l3proto: int, l4proto: int) -> str | None:
@@ -347,8 +374,10 @@ class DropsSession(ProgramSession):
                 extra["interval_count"] = interval_counts.get(raw, 0)
             rows.append(replace(row, **extra) if extra else row)
         rest = ranked[len(shown):]
+        f = self.query.filters
         return DropSnapshot(rows, counters, health(stats, lost_samples), total, elapsed_ns, len(rest),
-                            sum(v for v, _ in rest), self.query.flow_keyed, self.query.owner_keyed)
+                            sum(v for v, _ in rest), self.query.flow_keyed, self.query.owner_keyed,
+                            where_filtered=f.netns is not None or bool(f.iface_keys))
 
     def stack_of(self, raw_key: bytes) -> list[str] | None:
         if not self.query.stack or self.prog is None:

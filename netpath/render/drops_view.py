@@ -114,9 +114,9 @@ def drops_table(snap: DropSnapshot, title: str, width: int = 80) -> RenderableTy
         )
     )
     parts.extend(Text(f"warning: {w}", style="bold") for w in snap.warnings)
-    counter_only = counter_only_line(snap)
-    if counter_only:
-        parts.append(Text(textwrap.fill(counter_only, max(width, 40)), style="bold"))
+    for said in (no_device_line(snap), counter_only_line(snap)):
+        if said:
+            parts.append(Text(textwrap.fill(said, max(width, 40)), style="bold"))
     return Group(*parts)
 
 
@@ -132,6 +132,17 @@ def counters_table(counters: list[Counter]) -> Table:
         # Text, not markup: an interface's name is anyone's choice
         table.add_row(Text(c.source), Text(c.name), Text(where), Text(f"{c.count:,}"))
     return table
+
+
+def no_device_line(snap: DropSnapshot) -> str | None:
+    """Drops whose namespace the kernel no longer names: said, never silently left out of a filter."""
+    n = snap.health.no_device
+    if not n:
+        return None
+    if snap.where_filtered:
+        return (f"{n:,} drops had no device or namespace the kernel could name (health no_device): --netns and "
+                "--iface cannot match them, so they are not in these rows or the total")
+    return f"{n:,} drops had no device or namespace the kernel could name (health no_device): iface and netns '-'"
 
 
 def counter_only_line(snap: DropSnapshot) -> str | None:
@@ -169,9 +180,9 @@ def plain_lines(snap: DropSnapshot, title: str) -> list[str]:
     lines.append(f"  health: hits={h.probe_hits.get('skb:kfree_skb', 0)} matched={h.matched} "
                  f"lost_rows={h.lost_rows} samples={h.samples} lost_samples={h.lost_samples}")
     lines.extend(f"  warning: {w}" for w in snap.warnings)
-    counter_only = counter_only_line(snap)
-    if counter_only:
-        lines.extend(textwrap.wrap(counter_only, 78, initial_indent="  ", subsequent_indent="    "))
+    for said in (no_device_line(snap), counter_only_line(snap)):
+        if said:
+            lines.extend(textwrap.wrap(said, 78, initial_indent="  ", subsequent_indent="    "))
     return lines
 
 

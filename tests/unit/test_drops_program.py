@@ -31,7 +31,7 @@ def facts(tmp_path):
 def test_defaults_group_by_reason_location_iface_proto(facts):
     src = drops.program_source(drops.DropsQuery(), facts, OFFSETS)
     d = src.defines
-    assert src.files == ["where.c", "drops.c"]
+    assert src.files == ["where.c", "drop_place.c", "drops.c"]
     assert d["TP_HAS_REASON"] == 1
     assert (d["BY_REASON"], d["BY_LOCATION"], d["BY_IFACE"], d["BY_PROTO"], d["BY_FLOW"]) == (1, 1, 1, 1, 0)
     assert not any(k.startswith("FILTER_") for k in d)

@@ -203,6 +203,20 @@ class RowDecoder:
         self.ifaces = ifaces
         self.has_reason = has_reason
         self.owners = owners
+        # (cookie, ifindex) -> (iface, netns_label) as first shown: a row's labels never change once
+        # published (a metric series with new labels would be a new series, the old one frozen)
+        self._shown: dict[tuple[int, int], tuple[str | None, str | None]] = {}
+
+    def _names(self, key: DecodedKey) -> tuple[str | None, str | None]:
+        """The interface and namespace names of a key, pinned at their first reading when keyed by cookie."""
+        pin = (key.netns_cookie, key.ifindex)
+        if key.netns_cookie and pin in self._shown:
+            return self._shown[pin]
+        names = (self.ifaces.name(key.netns, key.ifindex, key.netns_cookie),
+                 self.ifaces.netns_label(key.netns, key.netns_cookie) if key.netns else None)
+        if key.netns_cookie:
+            self._shown[pin] = names
+        return names
 
     def row(self, key: DecodedKey, count: int, full: bool = False) -> DropRow:
         by = set(self.query.by) | ({"reason", "location", "iface", "proto", "flow"} if full else set())
@@ -212,11 +226,11 @@ class RowDecoder:
             code = key.reason
             reason = self.reasons.name(key.reason)
         location = self.facts.kallsyms.symbolize(key.location) if "location" in by else None
-        iface = ifindex = ns = None
+        iface = ifindex = ns = label = None
         if "iface" in by:
             ifindex = key.ifindex or None
             ns = key.netns or None
-            iface = self.ifaces.name(key.netns, key.ifindex, key.netns_cookie)
+            iface, label = self._names(key)
         proto = proto_name(key.family, key.l3proto, key.l4proto) if ("proto" in by or flow) else None
         extra: dict[str, Any] = {}
         if flow:
@@ -230,7 +244,7 @@ class RowDecoder:
         if (full or self.query.owner_keyed) and self.owners is not None:
             extra["owner"] = self.owners.of_socket(key.sk_ino, key.cgroup, key.netns or None)
         if "iface" in by and key.netns:
-            extra["netns_label"] = self.ifaces.netns_label(key.netns, key.netns_cookie)
+            extra["netns_label"] = label
         return DropRow(reason, code, location, iface, ifindex, ns, proto, count, **extra)
 
 

@@ -56,3 +56,30 @@ def test_no_device_is_said_under_a_filter_and_in_health_only_when_there():
     assert records.interval(snap, 1)["health"]["no_device"] == 30
     text = " ".join(drops_view.plain_lines(snap, "t"))
     assert "30 drops had no device or namespace" in text and "cannot match them" in text.replace("\n", " ")
+
+
+def test_a_rows_names_are_pinned_at_their_first_reading(monkeypatch):
+    """A series never changes its labels: a namespace found later keeps the names its row was first shown
+    with."""
+    from netpath.collect.drops import DecodedKey, DropsQuery, RowDecoder
+
+    class Names:
+        def __init__(self) -> None:
+            self.known: dict[int, tuple[str, str]] = {}
+
+        def name(self, _inode, _ifindex, cookie=0):
+            return self.known.get(cookie, (None, None))[0]
+
+        def netns_label(self, _inode, cookie=0):
+            return self.known.get(cookie, (None, None))[1]
+
+    names = Names()
+    decoder = RowDecoder(DropsQuery(by=("reason", "iface")), None, None, names, False)  # type: ignore[arg-type]
+    key = DecodedKey(0, 0, 2, 4026532300, 0, 0, 0, b"", b"", 0, 0, netns_cookie=12)
+    first = decoder.row(key, 1)
+    names.known[12] = ("veth-b", "b")
+    again = decoder.row(key, 2)
+    assert (first.iface, first.netns_label) == (again.iface, again.netns_label) == (None, None)
+    other = decoder.row(DecodedKey(0, 0, 2, 4026532300, 0, 0, 0, b"", b"", 0, 0, netns_cookie=13), 1)
+    names.known[13] = ("x", "y")
+    assert other.iface is None

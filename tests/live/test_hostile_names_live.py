@@ -197,16 +197,16 @@ def test_drops_by_socket_with_hostile_names_json_pty_and_export_match_the_kernel
     with hostile_user(port) as user:
         before = user.snmp("RcvbufErrors")
         by = "reason,iface,socket" + (",cgroup" if user.cgroup_path else "")
-        run = NetpathRun(["drops", "--netns", str(user.pid), "--by", by, "--json", "--duration", "4"])
-        people = PtyRun("drops", "--netns", str(user.pid), "--by", by, "--duration", "4")
         export_port = 40000 + int(uuid.uuid4().hex[:3], 16)
         exporter = subprocess.Popen([*netpath_argv(), "export", "--listen", f"127.0.0.1:{export_port}", "--netns",
                                      str(user.pid), "--by-cgroup"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                     cwd=REPO)
         try:
+            _wait_served(export_port)  # one compile at a time: three at once on two busy cores can take long
+            run = NetpathRun(["drops", "--netns", str(user.pid), "--by", by, "--json", "--duration", "4"])
             run.wait_start()
+            people = PtyRun("drops", "--netns", str(user.pid), "--by", by, "--duration", "4")
             people.wait_for(b"Ctrl-C")
-            _wait_served(export_port)
             send_udp(user.addr, port, sent, payload=b"z" * 300)
             time.sleep(0.5)
             scrape = _scrape(export_port)

@@ -21,7 +21,8 @@
  * for the ICMP error) and then, on the same CPU and with no drop between,
  * the rest; a per-CPU note of the head's place, valid only for the very
  * next drops on that CPU, gives them the head's namespace. What is still
- * unknown is counted as no_device.
+ * unknown, for an skb that came in on an interface, is counted as no_device;
+ * one that never did (netlink, a local socket's message) has no place.
  *
  * Compile-time numbers: OFF_NET_COOKIE (when the kernel has net_cookie),
  * FRAG_PURGE_LO/HI, FRAG_EXPIRE_LO/HI and FRAG_EXPIRE6_LO/HI (text ranges
@@ -120,12 +121,18 @@ static __always_inline void drop_place_of_dev(void *skb, struct drop_place *p)
 #endif
 }
 
-/* No device: the receiving socket's namespace and the interface the skb came in on. */
+/*
+ * No device: the interface the skb came in on and the receiving socket's
+ * namespace. An skb that never came in on one (skb_iif 0: a netlink or
+ * local message purged from a socket's queue) is not placed at all.
+ */
 static __always_inline void drop_place_of_sock(void *skb, void *rx_sk, struct drop_place *p)
 {
 	u64 sk = (u64)rx_sk, net = 0;
 
 	NP_READ(p->ifindex, skb, OFF_SKB_SKB_IIF);
+	if (!p->ifindex)
+		return;
 	if (!sk)
 		NP_READ(sk, skb, OFF_SKB_SK);
 	if (!drop_kernel_ptr(sk))

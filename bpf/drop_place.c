@@ -145,16 +145,17 @@ static __always_inline void drop_place_of_sock(void *skb, void *rx_sk, struct dr
 static __always_inline void drop_frag_note(u64 location, u64 hit, int overlaid, struct drop_place *p)
 {
 #if defined(FRAG_PURGE_LO) && defined(FRAG_EXPIRE_LO)
-	int zero = 0;
-	struct drop_frag_note *note = drop_frag_notes.lookup(&zero);
+	int zero = 0, expire = !overlaid && drop_frag_expire(location);
+	struct drop_frag_note *note;
 
+	if (!overlaid && !(expire && p->inum))
+		return;	/* any other drop: no map lookup */
+	note = drop_frag_notes.lookup(&zero);
 	if (!note)
 		return;
-	if (!overlaid) {
-		if (drop_frag_expire(location) && p->inum) {
-			note->place = *p;
-			note->hit = hit;
-		}
+	if (expire) {
+		note->place = *p;
+		note->hit = hit;
 		return;
 	}
 	if (note->hit + 1 == hit && note->place.ifindex == p->ifindex) {

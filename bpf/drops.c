@@ -20,9 +20,14 @@
  * packet headers (skb->head is not a typed pointer) are still probe reads.
  * netpath falls back to TP_BTF=0 (a raw tracepoint) where the kernel refuses.
  *
+ * Units: drop_place.c (where a drop was: namespace inode and cookie,
+ * interface, also when skb->dev is gone) always comes first, drops_owner.c
+ * (socket and cgroup of a drop) when rows or filters or samples need it;
+ * this unit counts and samples.
+ *
  * Compile-time numbers: TP_HAS_REASON, TP_HAS_RX_SK,
  * BY_{REASON,LOCATION,IFACE,PROTO,FLOW,SOCKET,CGROUP} (BY_OWNER: either of the
- * last two), FILTER_{NETNS,IFACE,REASON,PROTO,PORT,HOST_*,CGROUP},
+ * last two), FILTER_{NETNS,NETNS_COOKIE,IFACE,REASON,PROTO,PORT,HOST_*,CGROUP},
  * SAMPLE_BUDGET, WITH_STACK,
  * MAX_ROWS and the OFF_* struct offsets. struct drop_where, drop_flow,
  * drop_sample and enum drop_stat come from netpath/contract.py, compiled
@@ -116,72 +121,9 @@ static __always_inline void drop_flow_of(struct np_flow *flow, struct drop_flow 
 	f->dport = flow->dport;
 }
 
-#if BY_OWNER || defined(FILTER_CGROUP) || SAMPLE_BUDGET > 0
-#define NP_TCP_TIME_WAIT	6
-#define NP_TCP_NEW_SYN_RECV	12
-/*
- * The receiving socket: the tracepoint's rx_sk where the kernel passes it
- * (Linux 6.11+), else skb->sk. Time-wait and request socks are not full
- * sockets (no sk_socket, no cgroup): those stay unknown, never guessed.
- */
-static __always_inline void drop_owner_of(void *skb, void *rx_sk, struct drop_owner *o)
-{
-	void *sk = rx_sk, *sock = NULL, *cg = NULL, *kn = NULL;
-	u8 state = 0;
-
-	if (!sk)
-		NP_READ(sk, skb, OFF_SKB_SK);
-	if (!sk)
-		return;
-	NP_READ(state, sk, OFF_SK_STATE);
-	if (state == NP_TCP_TIME_WAIT || state == NP_TCP_NEW_SYN_RECV)
-		return;
-	NP_READ(sock, sk, OFF_SK_SOCKET);
-	if (sock)
-		NP_READ(o->sk_ino, sock, OFF_SOCKET_INODE + OFF_INODE_INO);
-	NP_READ(cg, sk, OFF_SK_CGROUP);
-	if (cg)
-		NP_READ(kn, cg, OFF_CGROUP_KN);
-	if (kn)
-		NP_READ(o->cgroup, kn, OFF_KN_ID);
-}
-#endif
-
 #ifndef TP_BTF
 #define TP_BTF 0
 #endif
-
-/* Namespace inode and ifindex of skb->dev, in three probe reads or fewer. */
-static __always_inline u32 drop_dev(void *skb, void **devp, u32 *ifindex)
-{
-#if TP_BTF
-	/*
-	 * Direct loads through BTF-typed pointers (a faulting load reads 0).
-	 * The empty asm hides the pointer's origin from BCC, which would
-	 * otherwise rewrite the loads into probe reads.
-	 */
-	u64 s = (u64)skb, dev, net;
-
-	asm volatile("" : "+r"(s));
-	dev = *(u64 *)(s + OFF_SKB_DEV);
-	*devp = (void *)dev;
-	if (!dev)
-		return 0;
-	*ifindex = *(u32 *)(dev + OFF_DEV_IFINDEX);
-	net = *(u64 *)(dev + OFF_DEV_ND_NET);
-	if (!net)
-		return 0;
-	return *(u32 *)(net + OFF_NET_NS_INUM);
-#else
-	void *dev = NULL;
-	u32 inum = 0;
-
-	NP_READ(dev, skb, OFF_SKB_DEV);
-	*devp = dev;
-	np_dev_where(dev, ifindex, &inum);
-	return inum;
-#endif
-}
 
 /* L3/L4 of the dropped skb: with a typed skb, its protocol, head and network header are plain loads */
 static __always_inline int drop_parse_flow(void *skb, struct np_flow *flow)
@@ -201,123 +143,111 @@ static __always_inline int drop_parse_flow(void *skb, struct np_flow *flow)
 #endif
 }
 
-#if TP_BTF
-int kfree_skb(struct bpf_raw_tracepoint_args *ctx)
-#else
-RAW_TRACEPOINT_PROBE(kfree_skb)
-#endif
+/* the filters: 1 when the drop is counted; fills where it happened, its flow and (when keyed) its owner */
+static __always_inline int drop_matches(void *skb, void *rx_sk, struct drop_stats *st, struct drop_where *w,
+					struct np_flow *flow, struct drop_owner *owner)
 {
-	void *skb = (void *)ctx->args[0];
-	u64 location = ctx->args[1];
-	u32 reason = 0;
-	struct drop_key key = {};
-	struct np_flow flow = {};
-	void *dev = NULL;
-	u32 netns, ifindex = 0;
-	u64 zero = 0, *count;
-#if BY_OWNER || defined(FILTER_CGROUP) || SAMPLE_BUDGET > 0
-	void *rx_sk = NULL;
-	struct drop_owner owner = {};
-#endif
-	int szero = 0;
-	struct drop_stats *st = stats.lookup(&szero);
+	struct drop_place place = {};
 
-	if (!st)
-		return 0;
-	st->v[STAT_HITS] += 1;
-#if TP_HAS_REASON
-	reason = (u32)ctx->args[2];
-#endif
-#if TP_HAS_RX_SK && (BY_OWNER || defined(FILTER_CGROUP) || SAMPLE_BUDGET > 0)
-	rx_sk = (void *)ctx->args[3];
-#endif
 #ifdef FILTER_REASON
-	if (reason != FILTER_REASON)
+	if (w->reason != FILTER_REASON)
 		return 0;
 #endif
-	netns = drop_dev(skb, &dev, &ifindex);
-	if (!np_passes_where(netns, ifindex))
+	drop_place(skb, rx_sk, w->location, st->v[STAT_HITS], &place);	/* bpf/drop_place.c */
+	w->netns = place.inum;
+	w->ifindex = place.inum ? place.ifindex : 0;	/* an index means nothing without its namespace */
+	w->netns_cookie = place.cookie;
+	if (!place.inum && place.ifindex)
+		st->v[STAT_NO_DEVICE] += 1;	/* came in, lost its device: counted before any filter */
+	if (!np_passes_where(w->netns, w->ifindex))
 		return 0;
-#if BY_PROTO || BY_FLOW || SAMPLE_BUDGET > 0 || defined(FILTER_PROTO) || defined(FILTER_PORT) || \
-	defined(FILTER_HOST_FAMILY)
-	int parsed = drop_parse_flow(skb, &flow);
-
-	if (!np_flow_matches(&flow, parsed))
+#ifdef FILTER_NETNS_COOKIE
+	if (w->netns_cookie != FILTER_NETNS_COOKIE)
 		return 0;
+#endif
+#if BY_PROTO || BY_FLOW || SAMPLE_BUDGET > 0 || NEED_FLOW
+	if (!np_flow_matches(flow, drop_parse_flow(skb, flow)))
+		return 0;
+	w->l3proto = flow->l3proto;
+	w->l4proto = flow->l4proto;
+	w->family = flow->family;
 #endif
 #if BY_OWNER || defined(FILTER_CGROUP)
-	drop_owner_of(skb, rx_sk, &owner);
+	drop_owner_of(skb, rx_sk, owner);
 #ifdef FILTER_CGROUP
-	if (owner.cgroup != FILTER_CGROUP)
+	if (owner->cgroup != FILTER_CGROUP)
 		return 0;
 #endif
 #endif
-	st->v[STAT_MATCHED] += 1;
+	return 1;
+}
 
+/* the row a drop counts in: only what the user groups by (a shorter key hashes faster) */
+static __always_inline void drop_key_of(struct drop_key *key, struct drop_where *w, struct np_flow *flow,
+					struct drop_owner *owner)
+{
 #if BY_REASON
-	key.w.reason = reason;
+	key->w.reason = w->reason;
 #endif
 #if BY_LOCATION
-	key.w.location = location;
+	key->w.location = w->location;
 #endif
 #if BY_IFACE
-	key.w.ifindex = ifindex;
-	key.w.netns = netns;
+	key->w.ifindex = w->ifindex;
+	key->w.netns = w->netns;
+	key->w.netns_cookie = w->netns_cookie;
 #endif
 #if BY_PROTO || BY_FLOW
-	key.w.l3proto = flow.l3proto;
-	key.w.l4proto = flow.l4proto;
-	key.w.family = flow.family;
+	key->w.l3proto = w->l3proto;
+	key->w.l4proto = w->l4proto;
+	key->w.family = w->family;
 #endif
 #if BY_FLOW
-	drop_flow_of(&flow, &key.f);
+	drop_flow_of(flow, &key->f);
 #endif
 #if BY_SOCKET
-	key.o.sk_ino = owner.sk_ino;
+	key->o.sk_ino = owner->sk_ino;
 #endif
 #if BY_SOCKET || BY_CGROUP
-	key.o.cgroup = owner.cgroup;	/* a socket has one cgroup: it does not split socket rows */
+	key->o.cgroup = owner->cgroup;	/* a socket has one cgroup: it does not split socket rows */
 #endif
+}
 
-	if (!drop_count_cached(&key)) {
-		count = drops.lookup_or_try_init(&key, &zero);
-		if (!count) {
-			st->v[STAT_LOST_ROWS] += 1;
-			return 0;
-		}
-		*count += 1;	/* this CPU's value: no other writer */
-	}
+/* one more drop in its row: this CPU's cache slot, else the hash; 0 when the hash is full */
+static __always_inline int drop_count(struct drop_key *key)
+{
+	u64 zero = 0, *count;
 
-#ifdef WITH_STACK
-	s32 stackid = stacks.get_stackid(ctx, 0);
-
-	drop_stack.update(&key, &stackid);
-#endif
+	if (drop_count_cached(key))
+		return 1;
+	count = drops.lookup_or_try_init(key, &zero);
+	if (!count)
+		return 0;
+	*count += 1;	/* this CPU's value: no other writer */
+	return 1;
+}
 
 #if SAMPLE_BUDGET > 0
+/* one drop in full, within this CPU's budget for the interval */
+static __always_inline void drop_sample_send(void *ctx, struct drop_stats *st, void *skb, void *rx_sk,
+					     struct drop_where *w, struct np_flow *flow, struct drop_owner *owner,
+					     s32 stackid)
+{
 	int idx = 0;
 	u32 *used = sample_used.lookup(&idx);
-
-	if (!used)
-		return 0;
-	if (*used >= SAMPLE_BUDGET) {
-		st->v[STAT_SKIPPED_SAMPLES] += 1;
-		return 0;
-	}
-	*used += 1;
-
 	struct drop_sample s = {};
 
-	s.key.w.reason = reason;
-	s.key.w.location = location;
-	s.key.w.ifindex = ifindex;
-	s.key.w.netns = netns;
-	s.key.w.l3proto = flow.l3proto;
-	s.key.w.l4proto = flow.l4proto;
-	s.key.w.family = flow.family;
-	drop_flow_of(&flow, &s.key.f);
+	if (!used)
+		return;
+	if (*used >= SAMPLE_BUDGET) {
+		st->v[STAT_SKIPPED_SAMPLES] += 1;
+		return;
+	}
+	*used += 1;
+	s.key.w = *w;
+	drop_flow_of(flow, &s.key.f);
 #if BY_OWNER || defined(FILTER_CGROUP)
-	s.owner = owner;
+	s.owner = *owner;
 #else
 	drop_owner_of(skb, rx_sk, &s.owner);
 #endif
@@ -325,14 +255,52 @@ RAW_TRACEPOINT_PROBE(kfree_skb)
 	NP_READ(s.len, skb, OFF_SKB_LEN);
 	s.pid = bpf_get_current_pid_tgid() >> 32;
 	s.cpu = bpf_get_smp_processor_id();
-#ifdef WITH_STACK
 	s.stackid = stackid;
-#else
-	s.stackid = -1;
-#endif
 	bpf_get_current_comm(&s.comm, sizeof(s.comm));
 	samples.perf_submit(ctx, &s, sizeof(s));
 	st->v[STAT_SAMPLES] += 1;
+}
+#endif
+
+#if TP_BTF
+int kfree_skb(struct bpf_raw_tracepoint_args *ctx)
+#else
+RAW_TRACEPOINT_PROBE(kfree_skb)
+#endif
+{
+	void *skb = (void *)ctx->args[0], *rx_sk = NULL;
+	struct drop_where w = {};
+	struct drop_key key = {};
+	struct np_flow flow = {};
+	struct drop_owner owner = {};
+	s32 stackid = -1;
+	int szero = 0;
+	struct drop_stats *st = stats.lookup(&szero);
+
+	if (!st)
+		return 0;
+	st->v[STAT_HITS] += 1;
+	w.location = ctx->args[1];
+#if TP_HAS_REASON
+	w.reason = (u32)ctx->args[2];
+#endif
+#if TP_HAS_RX_SK
+	rx_sk = (void *)ctx->args[3];	/* drop_place.c, and drops_owner.c */
+#endif
+	if (!drop_matches(skb, rx_sk, st, &w, &flow, &owner))
+		return 0;
+	st->v[STAT_MATCHED] += 1;
+	drop_key_of(&key, &w, &flow, &owner);
+	if (!drop_count(&key)) {
+		st->v[STAT_LOST_ROWS] += 1;
+		return 0;
+	}
+#ifdef WITH_STACK
+	stackid = stacks.get_stackid(ctx, 0);
+	drop_stack.update(&key, &stackid);
+#endif
+#if SAMPLE_BUDGET > 0
+	drop_sample_send(ctx, st, skb, rx_sk, &w, &flow, &owner, stackid);
 #endif
 	return 0;
 }

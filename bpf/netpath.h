@@ -16,6 +16,13 @@
 
 #define NP_UNSET_HEADER	0xffff
 
+/* a filter on the packet's headers (FILTER_PROTO, FILTER_PORT, FILTER_HOST_*): the flow must be parsed */
+#if defined(FILTER_PROTO) || defined(FILTER_PORT) || defined(FILTER_HOST_FAMILY)
+#define NEED_FLOW 1
+#else
+#define NEED_FLOW 0
+#endif
+
 /* Wire formats are stable ABI, so they are spelled out here. */
 struct np_iphdr {
 	u8 ver_ihl;
@@ -194,7 +201,7 @@ static __always_inline int np_parse_flow(void *skb, struct np_flow *flow)
  */
 static __always_inline int np_flow_matches(struct np_flow *flow, int parsed)
 {
-#if defined(FILTER_PROTO) || defined(FILTER_PORT) || defined(FILTER_HOST_FAMILY)
+#if NEED_FLOW
 	if (parsed != 0)
 		return 0;
 #endif

@@ -434,3 +434,95 @@ def dump_source(source: ProgramSource, facts: KernelFacts) -> str:
         ]
     )
     return header + "\n" + source.text() + "\n// --- netpath.h\n" + (BPF_DIR / "netpath.h").read_text()
+
+
+# ---------------------------------------------------------------- build checks (tests/live/test_build_matrix.py)
+
+# BCC's own loader loads (and attaches) every function with one of these prefixes, as this type
+_AUTOLOAD = (("raw_tracepoint__", "RAW_TRACEPOINT"), ("tracepoint__", "TRACEPOINT"), ("kprobe__", "KPROBE"),
+             ("kretprobe__", "KPROBE"))
+
+
+def check_build(source: ProgramSource, facts: KernelFacts, kprobes: tuple[str, ...] = (),
+                load: bool = True) -> list[str]:
+    """Compile `source` for `facts`' kernel shape and, with `load`, put through this kernel's verifier every
+    function a run would load: BCC's autoloaded ones (raw_tracepoint__..., as their type), the source's tp_btf
+    functions (through bpf(2) with their tracepoint's BTF id) and the C functions in `kprobes` (as kprobes:
+    loading one needs no CONFIG_KPROBES, only attaching does). Nothing is attached. Returns the functions
+    loaded; raises MissingCapability naming the first failure (clang's error or the verifier's complaint).
+
+    Compiling alone checks nothing the verifier checks: BCC runs it only when a function is loaded, which its
+    constructor does for the autoloaded functions and then attaches them, impossible for another kernel's
+    build, so that step is skipped here and the loads are done one by one."""
+    bcc = import_bcc()
+
+    # BCC's BPF with its load-and-attach step (_trace_autoload, run by its constructor) left out
+    unattached = type("Unattached", (bcc.BPF,), {"_trace_autoload": lambda self: None})
+    root = shim.ensure(kernel_offsets.cache_dir(), facts.release_tuple) if headers_mode(facts) == "shim" else None
+    env_before = os.environ.get("BCC_KERNEL_SOURCE")
+    if root is not None:
+        os.environ["BCC_KERNEL_SOURCE"] = str(root)
+    loaded: list[str] = []
+    prog = None
+    failure: Exception | None = None
+    with _captured_stderr() as errors:
+        try:
+            prog = unattached(text=source.text(), cflags=source.cflags())
+            if load:
+                loaded = _load_run_functions(bcc, prog, source, kprobes)
+        except Exception as exc:  # bcc raises bare Exception for compile and load failures
+            failure = exc
+        finally:
+            if prog is not None:
+                prog.cleanup()
+            if env_before is None:
+                os.environ.pop("BCC_KERNEL_SOURCE", None)
+            else:
+                os.environ["BCC_KERNEL_SOURCE"] = env_before
+    if failure is None:
+        return loaded
+    detail = next((line for line in errors if "error:" in line), None) or _verifier_complaint(errors)
+    raise MissingCapability(f"{failure}: {detail.strip()}" if detail and detail not in str(failure) else str(failure))
+
+
+def _verifier_complaint(lines: list[str]) -> str | None:
+    """The verifier's last words: the line before 'processed N insns', else the last non-empty line."""
+    body = [line for line in lines if line.strip()]
+    for i, line in enumerate(body):
+        if line.startswith("processed ") and i:
+            return body[i - 1]
+    return body[-1] if body else None
+
+
+def _load_run_functions(bcc: Any, prog: Any, source: ProgramSource, kprobes: tuple[str, ...]) -> list[str]:
+    from bcc import libbcc
+
+    loaded: list[str] = []
+    for i in range(libbcc.lib.bpf_num_functions(prog.module)):
+        name = libbcc.lib.bpf_function_name(prog.module, i).decode()
+        kind = next((t for prefix, t in _AUTOLOAD if name.startswith(prefix)), None)
+        if name in source.tp_btf:
+            _load_tp_btf(prog, name, source.tp_btf[name])
+        elif kind is not None:
+            prog.load_func(name.encode(), getattr(bcc.BPF, kind))
+        elif name in kprobes:
+            prog.load_func(name.encode(), bcc.BPF.KPROBE)
+        else:
+            continue  # compiled, never loaded by a run of this build
+        loaded.append(name)
+    missing = sorted(set(kprobes) - set(loaded)) + sorted(set(source.tp_btf) - set(loaded))
+    if missing:  # a run would fail to attach these
+        raise Exception(f"no BPF function {', '.join(missing)} in the compiled program")
+    return loaded
+
+
+def _load_tp_btf(prog: Any, fn: str, tracepoint: str) -> None:
+    from bcc import libbcc
+
+    btf_id = tp_btf_ids(Path("/sys/kernel/btf/vmlinux"), (tracepoint,))[tracepoint]
+    start = libbcc.lib.bpf_function_start(prog.module, fn.encode())
+    size = libbcc.lib.bpf_function_size(prog.module, fn.encode())
+    fd, log = _prog_load_tracing(start, size, fn, btf_id)
+    if fd < 0:
+        raise Exception(f"Failed to load BPF program {fn} as tp_btf {tracepoint}: {os.strerror(-fd)}: {log}")
+    os.close(fd)

@@ -100,7 +100,7 @@ def _f(name: str, ctype: str | Layout, count: int = 1, raw: bool = False) -> Fie
 
 @dataclass(frozen=True)
 class Hook:
-    """One hit counter in np_cpu_state.hits: a hook bpf/trace.c runs on, or a health counter."""
+    """One hit counter in np_cpu_state.hits: a hook the trace program (bpf/trace_*.c) runs on, or a health counter."""
 
     name: str  # what health.probe_hits reports: "cat:event" for tracepoints, the function for kprobes
     c_id: str  # its enum np_hook member

@@ -70,6 +70,11 @@ class AttachPlan:
         return tuple(c for c in self.choices if not c.available)
 
     @property
+    def typed(self) -> bool:
+        """Hooks may load as tp_btf: no chosen hook set is one that must stay untyped."""
+        return not any(c.hookset.untyped for c in self.available if c.hookset)
+
+    @property
     def per_packet(self) -> bool:
         """Some per-packet stage attaches: skbs are followed from the hand-off on."""
         return any(c.stage.kind == PER_PACKET for c in self.available)

@@ -25,7 +25,7 @@ class HookSet:
     method: str  # raw_tracepoint, tracepoint, kprobe
     required: tuple[str, ...]
     optional: tuple[str, ...] = ()
-    define: str = ""  # the -D flags (comma-separated) that compile this variant into bpf/trace.c
+    define: str = ""  # the -D flags (comma-separated) that compile this variant into its C unit
     note: str = ""  # how the stage is measured with this hook set
     tracepoints: tuple[str, ...] = ()  # tracepoints a kprobe set also needs
     # optional hooks that only stamp the hand-off or forget a freed skb's per-skb state: with the kernel's
@@ -35,6 +35,9 @@ class HookSet:
     # tracepoints of this set the C can load as BTF-typed raw tracepoints (NP_BTF_PROBE) in the
     # receive-timestamp build: plain loads of skb and socket fields instead of probe reads
     tp_btf: tuple[str, ...] = ()
+    # its handler shares C with the typed hooks but gets untyped pointers (a kprobe on sock_def_readable):
+    # a build with it loads no hook as tp_btf (bpf/trace_common.c refuses the mix)
+    untyped: bool = False
 
     @property
     def hooks(self) -> tuple[str, ...]:
@@ -79,6 +82,8 @@ class Stage:
     slow: SlowSlot | None = None  # its part of a --slower packet's breakdown
     napi: bool = False  # its rows carry the NAPI poll counters (work, budget, exhaustion)
     owners: bool = False  # --per-socket breaks it down by the reading process
+    # the C unit in bpf/ that implements it (netpath.collect.trace.c_units adds the units it builds on)
+    c_unit: str = ""
 
     @property
     def index(self) -> int:
@@ -91,35 +96,35 @@ _HANDOFF = ("net:netif_rx", "net:napi_gro_receive_entry", "net:netif_receive_skb
             "net:netif_receive_skb_list_entry", "skb:kfree_skb")
 
 
-def _kp(name: str, *optional: str, define: str, note: str) -> HookSet:
-    return HookSet("kprobe", (name,), optional, define, note)
+def _kp(name: str, *optional: str, note: str) -> HookSet:
+    return HookSet("kprobe", (name,), optional, "", note)  # bpf/trace_kprobe.c always compiles its table
 
 
 STAGES: tuple[Stage, ...] = (
     Stage("hardirq", "HARDIRQ", PER_INVOCATION, False, "NIC hard IRQ handler run time", (
         HookSet("raw_tracepoint", ("irq:irq_handler_entry", "irq:irq_handler_exit"), (), "USE_HARDIRQ",
                 "irq_handler_entry -> irq_handler_exit on the same CPU, NIC IRQ lines only"),
-    )),
+    ), c_unit="trace_irq.c"),
     Stage("softirq_wait", "SOFTIRQ_WAIT", PER_INVOCATION, False,
           "NET_RX softirq raised -> softirq starts running", (
         HookSet("raw_tracepoint", ("irq:softirq_raise", "irq:softirq_entry"), (), "USE_SOFTIRQ_WAIT",
                 "first softirq_raise(NET_RX) -> softirq_entry(NET_RX) on the same CPU"),
-    ), sampled=True),
+    ), sampled=True, c_unit="trace_irq.c"),
     Stage("net_rx_action", "NET_RX_ACTION", PER_INVOCATION, False, "NET_RX softirq run time per invocation", (
         HookSet("raw_tracepoint", ("irq:softirq_entry", "irq:softirq_exit"), (), "USE_NETRX_TP",
                 "softirq_entry(NET_RX) -> softirq_exit(NET_RX) on the same CPU"),
-        HookSet("kprobe", ("net_rx_action",), (), "USE_KP_NET_RX_ACTION", "kprobe -> kretprobe net_rx_action"),
-    ), sampled=True),
+        HookSet("kprobe", ("net_rx_action",), (), "", "kprobe -> kretprobe net_rx_action"),
+    ), sampled=True, c_unit="trace_irq.c"),
     Stage("napi_poll", "NAPI_POLL", PER_INVOCATION, False,
           "driver poll: time, work against budget, budget exhaustion", (
         HookSet("raw_tracepoint", ("napi:napi_poll",), ("irq:softirq_entry", "irq:softirq_exit"), "USE_NAPI",
                 "napi:napi_poll gives work and budget; poll time is measured from the start of the NET_RX "
                 "softirq or the end of the previous poll on that CPU"),
-    ), sampled=True, napi=True),
+    ), sampled=True, napi=True, c_unit="trace_irq.c"),
     Stage("gro", "GRO", PER_INVOCATION, True, "napi_gro_receive run time per packet", (
         HookSet("raw_tracepoint", ("net:napi_gro_receive_entry", "net:napi_gro_receive_exit"), (), "USE_GRO",
                 "napi_gro_receive_entry -> napi_gro_receive_exit on the same CPU"),
-    )),
+    ), c_unit="trace_skb.c"),
     Stage("netif_receive_skb", "NETIF_RECEIVE_SKB", PER_PACKET, True,
           "driver hand-off -> entry into the protocol stack", (
         HookSet("raw_tracepoint", ("net:netif_receive_skb",), _HANDOFF, "USE_CORE",
@@ -129,22 +134,22 @@ STAGES: tuple[Stage, ...] = (
                 tstamp_note="skb->tstamp (the kernel's software RX timestamp, taken at netif_rx / "
                             "netif_receive_skb while netpath holds RX timestamping on) -> net:netif_receive_skb "
                             "(__netif_receive_skb_core), per skb"),
-    ), sampled=True, slow=SLOW_RX),
+    ), sampled=True, slow=SLOW_RX, c_unit="trace_skb.c"),
     Stage("ip_rcv", "IP_RCV", PER_PACKET, True, "netif_receive_skb -> ip_rcv / ipv6_rcv", (
-        _kp("ip_rcv", "ipv6_rcv", define="USE_KP_IP_RCV", note="net:netif_receive_skb -> kprobe ip_rcv/ipv6_rcv"),
-    ), checkpoint=True, slow=SLOW_IP),
+        _kp("ip_rcv", "ipv6_rcv", note="net:netif_receive_skb -> kprobe ip_rcv/ipv6_rcv"),
+    ), checkpoint=True, slow=SLOW_IP, c_unit="trace_kprobe.c"),
     Stage("ip_local_deliver", "IP_LOCAL_DELIVER", PER_PACKET, True, "ip_rcv -> local delivery", (
-        _kp("ip_local_deliver", "ip6_input", define="USE_KP_IP_LOCAL",
+        _kp("ip_local_deliver", "ip6_input",
             note="kprobe ip_rcv -> kprobe ip_local_deliver (ipv6_rcv -> ip6_input)"),
-    ), checkpoint=True, slow=SLOW_LOCAL),
+    ), checkpoint=True, slow=SLOW_LOCAL, c_unit="trace_kprobe.c"),
     Stage("tcp_v4_rcv", "TCP_RCV", PER_PACKET, True, "local delivery -> TCP", (
-        _kp("tcp_v4_rcv", "tcp_v6_rcv", define="USE_KP_TCP",
+        _kp("tcp_v4_rcv", "tcp_v6_rcv",
             note="kprobe ip_local_deliver/ip6_input -> kprobe tcp_v4_rcv/tcp_v6_rcv"),
-    ), checkpoint=True, slow=SLOW_TRANSPORT),
+    ), checkpoint=True, slow=SLOW_TRANSPORT, c_unit="trace_kprobe.c"),
     Stage("udp_rcv", "UDP_RCV", PER_PACKET, True, "local delivery -> UDP", (
-        _kp("udp_rcv", "udpv6_rcv", define="USE_KP_UDP",
+        _kp("udp_rcv", "udpv6_rcv",
             note="kprobe ip_local_deliver/ip6_input -> kprobe udp_rcv/udpv6_rcv"),
-    ), checkpoint=True, slow=SLOW_TRANSPORT),
+    ), checkpoint=True, slow=SLOW_TRANSPORT, c_unit="trace_kprobe.c"),
     Stage("socket_queue", "SOCKET_QUEUE", PER_PACKET, True,
           "socket woken (sk_data_ready: each UDP datagram; TCP at SO_RCVLOWAT) -> read by the application", (
         HookSet("raw_tracepoint", ("sock:sk_data_ready", "skb:skb_copy_datagram_iovec", "sock:sock_recv_length"),
@@ -160,15 +165,16 @@ STAGES: tuple[Stage, ...] = (
         HookSet("kprobe", ("sock_def_readable",), (), "USE_SOCKQ,USE_KP_DATA_READY",
                 "kprobe sock_def_readable (the skb at the tail of sk_receive_queue) -> first "
                 "skb:skb_copy_datagram_iovec (TCP) or skb:consume_skb after the UDP copy",
-                ("skb:skb_copy_datagram_iovec", "skb:consume_skb")),
-    ), sampled=True, slow=SLOW_QUEUE, owners=True),
+                ("skb:skb_copy_datagram_iovec", "skb:consume_skb"), untyped=True),
+    ), sampled=True, slow=SLOW_QUEUE, owners=True, c_unit="trace_read.c"),
     Stage("stack_total", "STACK_TOTAL", PER_PACKET, True, "netif_receive_skb -> socket enqueue", (
         HookSet("raw_tracepoint", ("net:netif_receive_skb", "sock:sk_data_ready"), (), "USE_STACK_TOTAL",
                 "net:netif_receive_skb -> sock:sk_data_ready for the same skb",
                 tp_btf=("net:netif_receive_skb", "sock:sk_data_ready")),
         HookSet("kprobe", ("sock_def_readable",), (), "USE_STACK_TOTAL,USE_KP_DATA_READY",
-                "net:netif_receive_skb -> kprobe sock_def_readable for the same skb", ("net:netif_receive_skb",)),
-    ), sampled=True, slow=SLOW_STACK),
+                "net:netif_receive_skb -> kprobe sock_def_readable for the same skb", ("net:netif_receive_skb",),
+                untyped=True),
+    ), sampled=True, slow=SLOW_STACK, c_unit="trace_sock.c"),
 )
 
 STAGE_IDS: tuple[str, ...] = tuple(s.id for s in STAGES)

@@ -99,7 +99,9 @@ def program_source(query: DropsQuery, facts: KernelFacts, offsets: dict[str, int
     defines["BY_OWNER"] = int(query.owner_keyed)
     defines["TP_HAS_RX_SK"] = int(has_rx_sk_field(facts))
     cgroup_id = query.filters.cgroup_id
-    if query.owner_keyed or query.samples or cgroup_id is not None:
+    # the socket and cgroup of a drop (bpf/drops_owner.c): for rows by owner, the cgroup filter and samples
+    owner = query.owner_keyed or bool(query.samples) or cgroup_id is not None
+    if owner:
         missing = [n for n in OWNER_FIELDS if n not in offsets]
         if missing:
             raise MissingCapability("this kernel's BTF lacks the socket fields attribution reads: "
@@ -116,7 +118,7 @@ def program_source(query: DropsQuery, facts: KernelFacts, offsets: dict[str, int
     defines.update(place_defines(facts, offsets))
     if query.filters.netns is not None and query.filters.netns.cookie:
         defines["FILTER_NETNS_COOKIE"] = query.filters.netns.cookie  # an inode reused later is not it
-    files = ["where.c", "drop_place.c", "drops.c"]
+    files = ["where.c", "drop_place.c", *(["drops_owner.c"] if owner else []), "drops.c"]
     if query.tp_btf:
         defines["TP_BTF"] = 1
         return bpf.ProgramSource(files, defines, {"kfree_skb": "kfree_skb"})

@@ -1,4 +1,4 @@
-"""The histogram bpf/trace.c keeps: slots, their ranges, percentiles, log2 buckets.
+"""The histogram bpf/trace_common.c keeps: slots, their ranges, percentiles, log2 buckets.
 
 Slots 0..7 hold the exact values 0..7 ns; above that every power of two is
 split into 8 linear sub-buckets, so a slot is at most 12.5% wide and a
@@ -18,7 +18,7 @@ SUB = 8
 
 
 def slot_of(value: int) -> int:
-    """Python twin of np_slot() in bpf/trace.c (unit tests pin them together)."""
+    """Python twin of np_slot() in bpf/trace_common.c (unit tests pin them together)."""
     if value < SUB:
         return max(value, 0)
     log = value.bit_length() - 1

@@ -41,7 +41,7 @@ IRQ_ENTRY = struct.Struct("<I")
 
 @dataclass(frozen=True)
 class TraceQuery:
-    """Everything `netpath trace` (or the exporter) asks of bpf/trace.c, validated."""
+    """Everything `netpath trace` (or the exporter) asks of the trace program (bpf/trace_*.c), validated."""
 
     filters: Filters = field(default_factory=Filters)
     stages: tuple[str, ...] = PACKET_STAGES  # what to plan (--stages), path order
@@ -67,7 +67,7 @@ class TraceQuery:
         return make_plan(facts, only=self.stages, exact=self.exact)
 
 
-# neighbouring fields bpf/trace.c fetches with one probe read, beyond the shared ones
+# neighbouring fields bpf/trace_skb.c and trace_sock.c fetch with one probe read, beyond the shared ones
 TRACE_SPANS: kernel_offsets.SpanGroups = {
     "SKB_RX_SPAN": (("OFF_SKB_PROTOCOL", "OFF_SKB_HEAD", "OFF_SKB_DATA"), 64),
     "SK_SPAN": (("OFF_SK_FAMILY", "OFF_SK_NET", "OFF_SK_RCVQ_PREV"), 192),
@@ -79,7 +79,7 @@ def trace_spans(offsets: dict[str, int]) -> dict[str, int]:
 
 
 def program_source(query: TraceQuery, plan: AttachPlan, offsets: dict[str, int]) -> bpf.ProgramSource:
-    """Pure: bpf/trace.c and every number it is compiled with."""
+    """Pure: the bpf/trace_*.c units the plan needs and every number they are compiled with."""
     missing = [n for n in NEEDED if n not in offsets]
     if missing:
         raise MissingCapability(f"this kernel's BTF lacks struct fields netpath reads: {', '.join(missing)}")
@@ -105,13 +105,32 @@ def program_source(query: TraceQuery, plan: AttachPlan, offsets: dict[str, int])
     defines.update(filter_defines(query.filters))
     tp_btf = tp_btf_functions(query, plan)
     defines["TP_BTF"] = int(bool(tp_btf))
-    return bpf.ProgramSource(["where.c", "trace.c"], defines, tp_btf)
+    return bpf.ProgramSource(c_units(plan), defines, tp_btf)
+
+
+# the trace program's C units in the order they are placed; each builds on the ones before it
+TRACE_UNITS = ("where.c", "trace_common.c", "trace_irq.c", "trace_skb.c", "trace_kprobe.c", "trace_sock.c",
+               "trace_read.c")
+# what a unit needs beside itself: every per-packet stage follows the skb from netif_receive_skb
+# (trace_skb.c); the read side times from the enqueue (trace_sock.c)
+UNIT_NEEDS = {"trace_kprobe.c": ("trace_skb.c",), "trace_sock.c": ("trace_skb.c",),
+              "trace_read.c": ("trace_skb.c", "trace_sock.c")}
+
+
+def c_units(plan: AttachPlan) -> list[str]:
+    """The units of the plan's available stages (Stage.c_unit), what they build on, and the shared ones."""
+    wanted = {"where.c", "trace_common.c"}
+    for c in plan.available:
+        wanted.add(c.stage.c_unit)
+        wanted.update(UNIT_NEEDS.get(c.stage.c_unit, ()))
+    return [u for u in TRACE_UNITS if u in wanted]
 
 
 def tp_btf_functions(query: TraceQuery, plan: AttachPlan) -> dict[str, str]:
     """C function -> tracepoint to load as tp_btf: only in the receive-timestamp build, and not with --slower
-    (its perf events stay with the raw tracepoints that have always sent them)."""
-    if not query.tp_btf or not plan.rx_tstamp or query.slower_ns:
+    (its perf events stay with the raw tracepoints that have always sent them), nor when sk_data_ready is a
+    kprobe (HookSet.untyped: bpf/trace_common.c refuses typed pointers beside the kprobe handler)."""
+    if not query.tp_btf or not plan.rx_tstamp or query.slower_ns or not plan.typed:
         return {}
     hooks = set(plan.tracepoints())
     return dict(tp_btf_names(hook) for hook in TP_BTF_HOOKS if hook in hooks)
@@ -139,7 +158,7 @@ def decode_slow(raw: bytes, names: Names) -> SlowPacket:
 
 
 class TraceReader:
-    """Decodes bpf/trace.c's maps (raw bytes from bpf.Program) into a cumulative Reading."""
+    """Decodes the trace program's maps (raw bytes from bpf.Program) into a cumulative Reading."""
 
     def __init__(self, query: TraceQuery, plan: AttachPlan) -> None:
         self.query = query
@@ -156,7 +175,7 @@ class TraceReader:
             for key, values in prog.percpu_items("napi_stats").items():
                 ifindex, ns_inode, cpu = contract.NAPI_KEY.unpack(key)
                 rows.setdefault((ifindex, ns_inode, cpu), []).extend(contract.NAPI_VAL.unpack(v) for v in values)
-            # each CPU's first device keeps its counters in the CPU's own state (bpf/trace.c, napi_poll)
+            # each CPU's first device keeps its counters in the CPU's own state (bpf/trace_irq.c, napi_poll)
             for value in per_cpu:
                 counters = value[contract.CTR_NAPI:contract.CTR_NAPI + 5]
                 ifindex, ns_inode, cpu = value[contract.CTR_NAPI_KEY:contract.CTR_NAPI_KEY + 3]
@@ -248,7 +267,7 @@ def _napi_sum(values: list[tuple]) -> dict[str, int]:
 
 
 class TraceSession(ProgramSession):
-    """netpath trace as a Session: bpf/trace.c from the attach plan, its histograms and softnet beside it."""
+    """netpath trace as a Session: bpf/trace_*.c from the attach plan, its histograms and softnet beside it."""
 
     def __init__(self, query: TraceQuery, plan: AttachPlan, facts: KernelFacts, source: bpf.ProgramSource,
                  fail_on_latency: tuple[dict[str, object], ...] = (),

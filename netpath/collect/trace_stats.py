@@ -143,7 +143,7 @@ def stage_rows(plan: AttachPlan, dists: dict[HistKey, Dist], napi: dict[NapiKey,
     """One row per available stage, path order; breakdown parts with --per-iface/--per-cpu.
 
     keep_napi_parts (default: keep_parts) keeps NAPI counters per device on their own. With sample_every > 1,
-    the stages bpf/trace.c samples (Stage.sampled) take their exact count from `seen`.
+    the stages the trace program samples (Stage.sampled) take their exact count from `seen`.
     """
     keep_napi = keep_parts if keep_napi_parts is None else keep_napi_parts
     out: list[StageRow] = []

@@ -9,12 +9,16 @@ from pathlib import Path
 import pytest
 
 from netpath import contract
+from netpath.collect import trace as trace_mod
 from netpath.stages import STAGE_IDS, STAGES
 
 BPF = Path(__file__).resolve().parents[2] / "bpf"
-TRACE_C = (BPF / "trace.c").read_text()
+# the trace program's units, as netpath places them (the C is one text)
+TRACE_C = "\n".join((BPF / name).read_text() for name in trace_mod.TRACE_UNITS)
 HANDLER = re.compile(r"^(?:RAW_TRACEPOINT_PROBE\((\w+)\)|int (k[pr]_\w+)\(void \*ctx\))\n\{\n(.*?)^\}", re.M | re.S)
 HIT = re.compile(r"np_(?:enter|hit|hit_c)\((?:c, )?(H_\w+)\)")
+# bpf/trace_kprobe.c's table: one kprobe program per NP_KP_CHECKPOINT(function, counter, ...) line
+KP_TABLE = re.compile(r"^NP_KP_CHECKPOINT\((k[pr]_\w+),\s*(H_\w+),", re.M)
 
 
 def handlers(text: str) -> list[tuple[str, str, str]]:
@@ -24,6 +28,7 @@ def handlers(text: str) -> list[tuple[str, str, str]]:
         hit = HIT.search(m.group(3))
         assert hit, f"handler {m.group(1) or m.group(2)} bumps no hit counter"
         out.append((m.group(1) or "", m.group(2) or "", hit.group(1)))
+    out.extend(("", fn, c_id) for fn, c_id in KP_TABLE.findall(text))
     return out
 
 
@@ -51,6 +56,16 @@ def test_swapping_two_hooks_in_the_table_fails_the_check():
         check_handlers(TRACE_C, tuple(hooks))
 
 
+def test_the_kprobe_table_is_read_and_checked():
+    found = {fn: c_id for _event, fn, c_id in handlers(TRACE_C) if fn.startswith("kp_ip")}
+    assert found == {"kp_ip_rcv": "H_KP_IP_RCV", "kp_ipv6_rcv": "H_KP_IPV6_RCV",
+                     "kp_ip_local_deliver": "H_KP_IP_LOCAL", "kp_ip6_input": "H_KP_IP6_INPUT"}
+    swapped = TRACE_C.replace("NP_KP_CHECKPOINT(kp_udp_rcv,\t\tH_KP_UDP,", "NP_KP_CHECKPOINT(kp_udp_rcv,\t\tH_KP_UDP6,")
+    assert swapped != TRACE_C
+    with pytest.raises(AssertionError, match="kp_udp_rcv"):
+        check_handlers(swapped, contract.TRACE_HOOKS)
+
+
 def test_renaming_a_hook_fails_the_check():
     hooks = tuple(replace(h, name="net:netif_receive_skb_core") if h.c_id == "H_NRS" else h
                   for h in contract.TRACE_HOOKS)
@@ -59,7 +74,7 @@ def test_renaming_a_hook_fails_the_check():
 
 
 def test_every_kprobe_program_exists_in_the_c_and_every_c_program_is_in_the_table():
-    in_c = set(re.findall(r"^int (k[pr]_\w+)\(void \*ctx\)", TRACE_C, re.M))
+    in_c = {fn for _event, fn, _c_id in handlers(TRACE_C) if fn}
     in_table = {h.kprobe_fn for h in contract.TRACE_HOOKS if h.kprobe_fn}
     assert in_c == in_table
     assert contract.kprobe_programs("net_rx_action") == [("entry", "kp_net_rx_action"),

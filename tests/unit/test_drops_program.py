@@ -53,6 +53,7 @@ def test_every_filter_is_a_number(facts):
     assert d["FILTER_HOST_W0"] == struct.unpack("<I", bytes([10, 1, 2, 3]))[0]
     assert d["BY_FLOW"] == 1  # a port or host filter shows the flow
     assert d["WITH_STACK"] == 1 and d["SAMPLE_BUDGET"] == 4
+    assert src.files == ["where.c", "drop_place.c", "drops_owner.c", "drops.c"]  # samples name the socket
     flags = src.cflags()
     assert all(f.startswith("-I") or f.split("=", 1)[1].isdigit() for f in flags)
 

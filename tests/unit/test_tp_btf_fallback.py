@@ -11,7 +11,7 @@ import pytest
 from netpath import bpf
 from netpath.errors import MissingCapability
 
-SOURCE = bpf.ProgramSource(["trace.c"], {"TP_BTF": 1}, {"np_btf_sk_data_ready": "sk_data_ready"})
+SOURCE = bpf.ProgramSource(["trace_common.c"], {"TP_BTF": 1}, {"np_btf_sk_data_ready": "sk_data_ready"})
 FACTS = SimpleNamespace(btf_path=Path("/nonexistent"))
 
 

@@ -1,4 +1,4 @@
-"""Histogram slots (twin of np_slot in bpf/trace.c), percentiles and log2 buckets."""
+"""Histogram slots (twin of np_slot in bpf/trace_common.c), percentiles and log2 buckets."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from netpath.collect import hist
 
 
 def c_slot(v: int) -> int:
-    """bpf/trace.c np_slot(), transcribed: np_log2 is floor(log2)."""
+    """bpf/trace_common.c np_slot(), transcribed: np_log2 is floor(log2)."""
     if v < 8:
         return v
     lg = v.bit_length() - 1

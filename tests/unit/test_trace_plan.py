@@ -87,12 +87,29 @@ def test_program_source_takes_numbers_only() -> None:
     filters = Filters(proto="udp", port=5353, host=ipaddress.ip_address("10.201.1.2"))
     query = trace_mod.TraceQuery(filters, per_iface=True, slower_ns=5_000_000)
     src = trace_mod.program_source(query, plan, offsets)
-    assert src.files == ["where.c", "trace.c"]
+    assert src.files == ["where.c", "trace_common.c", "trace_irq.c", "trace_skb.c", "trace_kprobe.c",
+                         "trace_sock.c", "trace_read.c"]
     assert all(isinstance(v, int) for v in src.defines.values())
     assert src.defines["FILTER_PORT"] == 5353 and src.defines["FILTER_PROTO"] == 17
     assert src.defines["FILTER_HOST_W0"] == int.from_bytes(bytes([10, 201, 1, 2]), "little")
     assert src.defines["SLOWER_NS"] == 5_000_000 and src.defines["TRACK_SKBS"] == 1
     assert all(flag.startswith(("-I", "-D")) for flag in src.cflags())
+
+
+def test_program_source_includes_only_the_units_the_plan_needs() -> None:
+    def units(name: str, only: tuple[str, ...]) -> list[str]:
+        return trace_mod.c_units(make_plan(facts(name), only=only))
+
+    common = ["where.c", "trace_common.c"]
+    assert units("6.18", ("napi_poll",)) == [*common, "trace_irq.c"]
+    assert units("6.18", ("gro",)) == [*common, "trace_skb.c"]
+    # the read side builds on the enqueue, and every per-packet stage on the skb path
+    assert units("6.18", ("socket_queue",)) == [*common, "trace_skb.c", "trace_sock.c", "trace_read.c"]
+    assert units("6.18", ("stack_total",)) == [*common, "trace_skb.c", "trace_sock.c"]
+    assert units("trace-6.1", ("ip_rcv",)) == [*common, "trace_skb.c", "trace_kprobe.c"]
+    for stage in STAGES:  # every stage names a unit that exists
+        assert (trace_mod.bpf.BPF_DIR / stage.c_unit).is_file(), stage.id
+    assert all((trace_mod.bpf.BPF_DIR / u).is_file() for u in trace_mod.TRACE_UNITS)
 
 
 def test_program_source_names_missing_btf_fields() -> None:
@@ -160,3 +177,16 @@ def test_kprobe_checkpoints_keep_the_hand_off_hooks() -> None:
     if not any(c.stage.checkpoint for c in plan.available):
         pytest.skip("fixture without kprobe checkpoint stages")
     assert not plan.rx_tstamp and "kprobe checkpoint" in plan.handoff_reason
+
+
+def test_no_tp_btf_beside_a_kprobe_on_sock_def_readable() -> None:
+    """Found by tests/live/test_build_matrix.py: --stages stack_total on a kernel with kprobes but no
+    sock:sk_data_ready is a receive-timestamp plan whose stack_total hooks kprobe sock_def_readable, and
+    bpf/trace.c refuses TP_BTF beside that kprobe (#error): the typed build never compiled."""
+    plan = make_plan(facts("trace-6.1"), only=("stack_total",))
+    assert plan.rx_tstamp and "USE_KP_DATA_READY" in plan.defines()
+    source = trace_mod.program_source(trace_mod.TraceQuery(), plan, {n: 8 for n in trace_mod.NEEDED})
+    assert source.tp_btf == {} and source.defines["TP_BTF"] == 0
+    typed = trace_mod.program_source(trace_mod.TraceQuery(), make_plan(facts("6.18"), only=("stack_total",)),
+                                     {n: 8 for n in trace_mod.NEEDED})
+    assert typed.defines["TP_BTF"] == 1

@@ -165,6 +165,24 @@ def test_a_full_drops_map_never_hides_drops_from_the_total_or_the_threshold(drop
     assert DropsThreshold(1_500_000).check(summary) == 3_200_000
 
 
+def test_no_device_in_the_map_reaches_the_snapshot_json_and_metrics(drop_facts):
+    from netpath.render import records
+    from netpath.render.metrics import MetricSet
+
+    prog = FakeProgram()
+    session = drops_mod.DropsSession(drops_mod.DropsQuery(), drop_facts, SOURCE, reasons(), loader=loader(prog))
+    set_drop_stats(prog, 0, 0)
+    session.start()
+    values = dict.fromkeys(contract.DROP_STATS, 0) | {"hits": 50, "matched": 40, "no_device": 7}
+    prog.set_array("stats", 0, [b"".join(U64.pack(values[n]) for n in contract.DROP_STATS),
+                                bytes(8 * len(contract.DROP_STATS))])
+    snap = session.summary(10**9)
+    assert snap.health.no_device == 7
+    assert records.summary(snap, "duration", None)["health"]["no_device"] == 7
+    exported = {m.name: m.samples[0].value for m in MetricSet(10).drops(snap) if m.name.startswith("netpath_drops_no")}
+    assert exported == {"netpath_drops_no_device": 7}
+
+
 def test_a_namespace_deleted_mid_run_freezes_its_counters_and_says_so_once(drop_facts, monkeypatch):
     from netpath import netns
 

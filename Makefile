@@ -6,7 +6,7 @@ STAMP := $(VENV)/.netpath-installed
 # The system install: a wheel of this checkout in a root-owned venv, linked onto root's PATH.
 PREFIX ?= /opt/netpath
 BINDIR ?= /usr/local/bin
-APT_PACKAGES := python3-bpfcc bpfcc-tools bpftool linux-libc-dev python3-venv python3-wheel iproute2 iptables sockperf procps ethtool prometheus
+APT_PACKAGES := python3-bpfcc bpfcc-tools bpftool linux-libc-dev python3-venv python3-wheel iproute2 iptables sockperf procps ethtool prometheus python3-bcrypt python3-yaml openssl curl tshark
 export PATH := /usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
 .PHONY: install system apt venv link dev-link uninstall tracefs demo test test-unit test-live lint bench clean help
@@ -39,7 +39,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || /usr/bin/python3 -m venv --system-site-packages $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
-	@$(PY) -c 'import bcc, pyroute2, click, rich, prometheus_client' || { echo "bcc/pyroute2/click/rich not importable from $(VENV)"; exit 1; }
+	@$(PY) -c 'import bcc, pyroute2, click, rich, prometheus_client, bcrypt, yaml' || { echo "bcc/pyroute2/click/rich/bcrypt/yaml not importable from $(VENV)"; exit 1; }
 	@touch $@
 
 # The entry script's shebang pins its venv's python, so a symlink is all PATH needs.

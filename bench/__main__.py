@@ -1,5 +1,6 @@
 """python -m bench [--rounds N] [--seconds S] [--stats-seconds S] | --storm [--storm-seconds S] |
---soak [--soak-seconds S] | --observer [--rounds N] | --render [--out FILE]"""
+--soak [--soak-seconds S] | --observer [--rounds N] | --pcap-cost [--rounds N] [--seconds S] |
+--start [--rounds N] [--base REV] | --render [--out FILE]"""
 
 from __future__ import annotations
 
@@ -24,6 +25,11 @@ def main() -> int:
                     help="redo only the profiles and hook breakdown into an existing bench/results.json")
     ap.add_argument("--observer", action="store_true",
                     help="only what netpath trace adds to the NET_RX softirq it times (bpftrace as reference)")
+    ap.add_argument("--pcap-cost", action="store_true",
+                    help="only what drops --pcap costs per dropped packet, by bpf_stats (issue 20 figures)")
+    ap.add_argument("--start", action="store_true",
+                    help="only the start and footprint table (issue 23), this checkout beside --base")
+    ap.add_argument("--base", default="main", help="the commit --start compares with (default main)")
     ap.add_argument("--render", action="store_true",
                     help="re-aggregate and print an existing bench/results.json (or the --out file)")
     ap.add_argument("--variants", default="", help="comma-separated variant names to run (default all; "
@@ -40,6 +46,14 @@ def main() -> int:
         from bench import soak
 
         return soak.main(args.soak_seconds)
+    if args.pcap_cost:
+        from bench import pcap_cost
+
+        return pcap_cost.main(max(1, args.rounds), max(1, int(args.seconds)))
+    if args.start:
+        from bench import start
+
+        return start.main(max(1, args.rounds), args.base)
     if args.observer:
         from bench import observer
 

@@ -18,6 +18,7 @@ from bench.env import REPO, proc_cpu_s, proc_hwm_kb, sh
 
 BT_DIR = Path(__file__).resolve().parent / "bpftrace"
 EXPORT_PORT = int(os.environ.get("BENCH_EXPORT_PORT", "19872"))  # off the default, so a running exporter does not clash
+PCAP_FILE = Path(f"/tmp/netpath-bench-{os.getpid()}.pcapng")  # root's own /tmp file, created 0600 by netpath
 BT_DROP_LINE = re.compile(r"^@drops\[([^,]+), (.*)\]: (\d+)$")
 
 
@@ -82,10 +83,19 @@ def variants(with_trace: bool, bt_ok: bool, bt_why: str) -> list[Variant]:
         Variant("netpath drops --by socket", "netpath",
                 [*np, "drops", "--json", "--interval", "1", "--by", "reason,location,iface,proto,socket"],
                 "start line"),
+        # the dropped packets themselves (issue 20): the default cap and snaplen, into a file replaced each launch
+        Variant("netpath drops --pcap", "netpath",
+                [*np, "drops", "--json", "--interval", "1", "--pcap", str(PCAP_FILE), "--force"], "start line"),
         # the exporter's default profile; its ready line goes to stderr, hence the shell
         Variant("netpath export", "other", ["sh", "-c", f"exec {shlex.join(np)} export --listen 127.0.0.1:{EXPORT_PORT}"
                                             " 2>&1"], "serving http://",
                 netpath_has("export"), "" if netpath_has("export") else "no `netpath export` in this checkout"),
+        # the exporter's other profiles: drops only (the default before issue 21), and every per-packet stage
+        *(Variant(f"netpath export --stages {st}", "other",
+                  ["sh", "-c", f"exec {shlex.join(np)} export --listen 127.0.0.1:{EXPORT_PORT} --stages {st} 2>&1"],
+                  "serving http://", netpath_has("export"),
+                  "" if netpath_has("export") else "no `netpath export` in this checkout")
+          for st in ("none", "socket_queue", "packet")),
         Variant("netpath trace --stages all", "netpath", [*np, "trace", "--json", "--interval", "1", "--stages", "all"],
                 "start line", with_trace, "" if with_trace else "no `netpath trace` in this checkout"),
         Variant("netpath trace --exact", "netpath", [*np, "trace", "--json", "--interval", "1", "--exact"],

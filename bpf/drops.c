@@ -28,7 +28,7 @@
  * Compile-time numbers: TP_HAS_REASON, TP_HAS_RX_SK,
  * BY_{REASON,LOCATION,IFACE,PROTO,FLOW,SOCKET,CGROUP} (BY_OWNER: either of the
  * last two), FILTER_{NETNS,NETNS_COOKIE,IFACE,REASON,PROTO,PORT,HOST_*,CGROUP},
- * SAMPLE_BUDGET, WITH_STACK,
+ * SAMPLE_BUDGET, WITH_STACK, PCAP_SNAPLEN (--pcap: bpf/capture.c is compiled in),
  * MAX_ROWS and the OFF_* struct offsets. struct drop_where, drop_flow,
  * drop_sample and enum drop_stat come from netpath/contract.py, compiled
  * ahead of this file.
@@ -165,7 +165,7 @@ static __always_inline int drop_matches(void *skb, void *rx_sk, struct drop_stat
 	if (w->netns_cookie != FILTER_NETNS_COOKIE)
 		return 0;
 #endif
-#if BY_PROTO || BY_FLOW || SAMPLE_BUDGET > 0 || NEED_FLOW
+#if BY_PROTO || BY_FLOW || SAMPLE_BUDGET > 0 || NEED_FLOW || defined(PCAP_SNAPLEN)
 	if (!np_flow_matches(flow, drop_parse_flow(skb, flow)))
 		return 0;
 	w->l3proto = flow->l3proto;
@@ -290,6 +290,9 @@ RAW_TRACEPOINT_PROBE(kfree_skb)
 	if (!drop_matches(skb, rx_sk, st, &w, &flow, &owner))
 		return 0;
 	st->v[STAT_MATCHED] += 1;
+#ifdef PCAP_SNAPLEN
+	pcap_capture(st->v, skb, w.reason, w.location, w.ifindex, w.netns, &flow, PCAP_OWNER(&owner));
+#endif
 	drop_key_of(&key, &w, &flow, &owner);
 	if (!drop_count(&key)) {
 		st->v[STAT_LOST_ROWS] += 1;

@@ -10,7 +10,10 @@ BENCH_PY = $(VENV)/bin/python
 
 BENCH_SOAK_SECONDS ?= 600
 
-.PHONY: bench bench-storm bench-soak bench-observer bench-deps bench-lint
+BENCH_START_ROUNDS ?= 5
+BENCH_BASE ?= main
+
+.PHONY: bench bench-start bench-storm bench-soak bench-observer bench-pcap bench-deps bench-lint
 
 # Idempotent: apt only when bpftrace/sockperf are missing, pip only when py-spy is missing.
 bench-deps:
@@ -23,12 +26,20 @@ bench-deps:
 bench: bench-deps
 	cd $(CURDIR) && $(BENCH_PY) -m bench --rounds $(BENCH_ROUNDS) --seconds $(BENCH_SECONDS) \
 		$(if $(strip $(BENCH_STATS_SECONDS)),--stats-seconds $(BENCH_STATS_SECONDS))
+	cd $(CURDIR) && $(BENCH_PY) -m bench --start --rounds $(BENCH_START_ROUNDS) --base $(BENCH_BASE)
+
+# only the start and footprint table: this checkout beside BENCH_BASE (a git worktree made and removed here)
+bench-start:
+	cd $(CURDIR) && $(BENCH_PY) -m bench --start --rounds $(BENCH_START_ROUNDS) --base $(BENCH_BASE)
 
 bench-storm: bench-deps
 	cd $(CURDIR) && $(BENCH_PY) -m bench --storm --storm-seconds $(BENCH_STORM_SECONDS)
 
 bench-soak: bench-deps
 	cd $(CURDIR) && $(BENCH_PY) -m bench --soak --soak-seconds $(BENCH_SOAK_SECONDS)
+
+bench-pcap: bench-deps
+	cd $(CURDIR) && $(BENCH_PY) -m bench --pcap-cost --rounds $(BENCH_ROUNDS) --seconds $(BENCH_SECONDS)
 
 bench-observer: bench-deps
 	cd $(CURDIR) && $(BENCH_PY) -m bench --observer --rounds $(BENCH_ROUNDS)

@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
+import resource
+import struct
+import subprocess
 import sys
 import tempfile
 import time
@@ -22,10 +26,9 @@ from typing import Any
 
 from netpath import contract
 from netpath.errors import MissingCapability
-from netpath.kernel import bpfstats, caps, limits, shim
+from netpath.kernel import bpfstats, bpfsys, caps, limits, progcache, shim
 from netpath.kernel import offsets as kernel_offsets
 from netpath.kernel.facts import KernelFacts
-from netpath.memory import trim_heap
 
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
 if not BPF_DIR.is_dir():  # installed as a wheel: the C travels inside the package
@@ -130,84 +133,191 @@ def compile_program(source: ProgramSource, facts: KernelFacts) -> Program:
 
 
 def _compile(source: ProgramSource, facts: KernelFacts) -> Program:
-    bcc = import_bcc()
-    mode = headers_mode(facts)
-    env_before = os.environ.get("BCC_KERNEL_SOURCE")
-    if mode == "shim":
-        root = shim.ensure(kernel_offsets.cache_dir(), facts.release_tuple)
-        os.environ["BCC_KERNEL_SOURCE"] = str(root)
-    elif env_before is not None and caps.env_path("BCC_KERNEL_SOURCE") is None:
-        os.environ.pop("BCC_KERNEL_SOURCE")  # headers another user controls would decide what root compiles
-    try:
-        with _captured_stderr() as errors:
-            try:
-                prog = bcc.BPF(text=source.text(), cflags=source.cflags())
-                release_compiler_memory()
-                return Program(prog)
-            except Exception as exc:  # bcc raises bare Exception for compile and attach failures
-                failure = exc
-    finally:
-        if env_before is None:
-            os.environ.pop("BCC_KERNEL_SOURCE", None)
-        else:
-            os.environ["BCC_KERNEL_SOURCE"] = env_before
+    """The program built for `source` on this kernel: from the trusted cache when this kernel, source,
+    flags and BCC were seen before, else compiled in a short-lived child (which fills the cache)."""
+    key = progcache.key(source.text(), source.cflags(), headers_mode(facts), facts.release, BPF_DIR)
+    built, refused = progcache.load(key)
+    if built is not None:
+        try:
+            return _debug_origin(Program(built, "cache"))
+        except MissingCapability:  # the kernel refuses what it once took: forget it, build afresh
+            progcache.discard("prog", key)
+            refused = "the kernel refused the cached build"
+    built = _build_in_child(source, facts)
+    progcache.store(key, built)
+    return _debug_origin(Program(built, f"compiled ({refused})" if refused else "compiled"))
+
+
+def _debug_origin(prog: Program) -> Program:
     if os.environ.get("NETPATH_DEBUG"):
-        sys.stderr.write("\n".join(errors) + "\n")
-    # clang's first "error:" line, else the verifier's first complaint, else what bcc raised
-    detail = next((line for line in errors if "error:" in line), None) or next(
-        (line for line in errors if line.strip() and not line.startswith(("bpf: Failed", " "))), str(failure)
-    )
-    if limits.too_many_files(failure) or any("Too many open files" in line for line in errors):
-        raise MissingCapability(f"could not load the BPF program: {limits.advice()}")
-    raise MissingCapability(f"could not load the BPF program ({mode} headers): {detail.strip()}")
+        child = f", build process peak RSS {build_child_peak_kb[-1] // 1024} MB" if prog.origin != "cache" else ""
+        sys.stderr.write(f"netpath: debug: BPF program {prog.origin}{child}\n")
+    return prog
 
 
-_COMPILER_LIBS = ("libLLVM", "libclang", "libbcc.so")
-_MADV_DONTNEED = 4
+def _build_in_child(source: ProgramSource, facts: KernelFacts) -> dict[str, Any]:
+    """BCC compiles in a short-lived child process, which hands back the bytecode and map layouts and
+    exits: clang's heap and LLVM's pages never become this long-lived process's resident memory.
 
-
-def release_compiler_memory() -> None:
-    """Give back what the one-time compile left resident: ~90 MB of the process's RSS.
-
-    The compiled program lives in the kernel now. Freed heap goes back via
-    malloc_trim; LLVM/clang code pages are clean file-backed pages (r-xp), so
-    dropping them is safe: anything that runs that code again faults it back in.
-    Writable or relocated (RELRO) mappings are never touched.
-    """
-    trim_heap()
+    A fresh interpreter (-I: no PYTHON* variables, no user site), not a fork: the parent may run threads
+    (a netlink prefetch, an HTTP server) holding locks a forked child would wait on forever."""
+    mode = headers_mode(facts)
+    env = dict(os.environ)
+    if mode == "shim":
+        env["BCC_KERNEL_SOURCE"] = str(shim.ensure(kernel_offsets.cache_dir(), facts.release_tuple))
+    elif env.get("BCC_KERNEL_SOURCE") is not None and caps.env_path("BCC_KERNEL_SOURCE") is None:
+        env.pop("BCC_KERNEL_SOURCE")  # headers another user controls would decide what root compiles
+    package_root = str(Path(__file__).resolve().parent.parent)
+    code = f"import sys; sys.path.insert(0, {package_root!r}); from netpath.bpf import build_child; build_child()"
+    request = json.dumps({"text": source.text(), "cflags": source.cflags(), "mode": mode}).encode()
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-        with open("/proc/self/maps") as maps:
-            lines = maps.read().splitlines()
-    except (OSError, AttributeError):
-        return
-    for line in lines:
-        parts = line.split()
-        if len(parts) < 6 or parts[1] != "r-xp" or not any(lib in parts[5] for lib in _COMPILER_LIBS):
-            continue
-        lo, hi = (int(x, 16) for x in parts[0].split("-"))
-        libc.madvise(lo, hi - lo, _MADV_DONTNEED)
+        proc = subprocess.run([sys.executable, "-I", "-c", code], input=request, capture_output=True, env=env,
+                              check=False, timeout=300)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise MissingCapability(f"could not run the BPF build process: {exc}") from None
+    build_child_peak_kb.append(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    try:
+        answer = json.loads(proc.stdout)
+    except ValueError:
+        last = (proc.stderr.decode(errors="replace").strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+        answer = {"error": f"the BPF build process died before it answered: {last}"}
+    if not isinstance(answer, dict) or "built" not in answer:
+        raise MissingCapability(str(answer.get("error", "no answer from the BPF build")))
+    return dict(answer["built"])
+
+
+build_child_peak_kb: list[int] = []  # peak RSS of the build children so far (NETPATH_DEBUG reports it)
+
+
+def build_child() -> None:
+    """The build process: a request (C text, cflags, headers mode) on stdin, the build or the error on stdout."""
+    request = json.loads(sys.stdin.buffer.read())
+    try:
+        answer: dict[str, Any] = {"built": _describe(request["text"], request["cflags"], request["mode"])}
+    except MissingCapability as exc:
+        answer = {"error": str(exc)}
+    except Exception as exc:  # anything else BCC raises: the parent reports it, never a traceback
+        answer = {"error": f"could not build the BPF program: {type(exc).__name__}: {exc}"}
+    sys.stdout.buffer.write(json.dumps(answer).encode())
+    sys.stdout.flush()
+
+
+def _describe(text: str, cflags: list[str], mode: str) -> dict[str, Any]:
+    """In the build process: compile with BCC, then read back every map's layout and every function's
+    bytecode, with the map references (ld_imm64 of a map fd) turned into map indexes."""
+    bcc = import_bcc()
+    with _captured_stderr() as errors:
+        try:
+            prog = bcc.BPF(text=text, cflags=cflags)
+            failure = None
+        except Exception as exc:  # bcc raises bare Exception for compile and attach failures
+            failure = exc
+    if failure is not None:
+        if os.environ.get("NETPATH_DEBUG"):
+            sys.stderr.write("\n".join(errors) + "\n")
+        # clang's first "error:" line, else the verifier's first complaint, else what bcc raised
+        detail = next((line for line in errors if "error:" in line), None) or next(
+            (line for line in errors if line.strip() and not line.startswith(("bpf: Failed", " "))), str(failure)
+        )
+        raise MissingCapability(f"could not load the BPF program ({mode} headers): {detail.strip()}")
+    return _read_build(bcc.libbcc.lib, prog.module)
+
+
+def _read_build(lib: Any, module: Any) -> dict[str, Any]:
+    """Map layouts and function bytecode from a BCC module (libbcc's C API; some calls are not declared
+    by BCC's Python bindings, so their types are set here)."""
+    sz, cp, vp = ctypes.c_size_t, ctypes.c_char_p, ctypes.c_void_p
+    for fn, args, res in (("bpf_num_tables", [vp], sz), ("bpf_table_name", [vp, sz], cp),
+                          ("bpf_table_fd_id", [vp, sz], ctypes.c_int), ("bpf_table_type_id", [vp, sz], ctypes.c_int),
+                          ("bpf_table_key_size_id", [vp, sz], sz), ("bpf_table_leaf_size_id", [vp, sz], sz),
+                          ("bpf_table_max_entries_id", [vp, sz], sz), ("bpf_table_flags_id", [vp, sz], ctypes.c_int),
+                          ("bpf_num_functions", [vp], sz), ("bpf_function_name", [vp, sz], cp),
+                          ("bpf_function_start", [vp, cp], vp), ("bpf_function_size", [vp, cp], sz),
+                          ("bpf_module_license", [vp], cp), ("bpf_module_kern_version", [vp], ctypes.c_uint)):
+        getattr(lib, fn).argtypes, getattr(lib, fn).restype = args, res
+    maps, fd_index = [], {}
+    for i in range(lib.bpf_num_tables(module)):
+        fd_index[lib.bpf_table_fd_id(module, i)] = i
+        maps.append({"name": lib.bpf_table_name(module, i).decode(), "type": lib.bpf_table_type_id(module, i),
+                     "key_size": lib.bpf_table_key_size_id(module, i),
+                     "value_size": lib.bpf_table_leaf_size_id(module, i),
+                     "max_entries": lib.bpf_table_max_entries_id(module, i),
+                     "flags": lib.bpf_table_flags_id(module, i)})
+    functions = []
+    for i in range(lib.bpf_num_functions(module)):
+        name = lib.bpf_function_name(module, i)
+        start, size = lib.bpf_function_start(module, name), lib.bpf_function_size(module, name)
+        functions.append(progcache.unrelocate(name.decode(), ctypes.string_at(start, size), fd_index))
+    return {"license": (lib.bpf_module_license(module) or b"GPL").decode(),
+            "kern_version": lib.bpf_module_kern_version(module), "maps": maps, "functions": functions}
 
 
 Loader = Callable[[ProgramSource, KernelFacts], "Program"]
 EventHandler = Callable[[bytes], None]
 LostHandler = Callable[[int], None]
 
+_AUTO_PREFIX = "raw_tracepoint__"
+# BCC names a program after its function without the attach prefix (bpftool and the bench read these)
+_NAME_PREFIXES = ("raw_tracepoint__", "tracepoint__", "kprobe__", "kretprobe__")
 
-def _per_cpu_bytes(values: Any, leaf_type: Any) -> list[bytes]:
-    """BCC hands per-CPU scalars back as Python ints and structs as ctypes objects: both become raw bytes."""
-    return [bytes(leaf_type(v)) if isinstance(v, int) else bytes(v) for v in values]
+
+def _prog_name(fn: str) -> str:
+    return next((fn[len(p):] for p in _NAME_PREFIXES if fn.startswith(p)), fn)[:15]
 
 
 class Program:
-    """A loaded BPF program. Keys and values cross this boundary as raw bytes."""
+    """A loaded BPF program, by bpf(2) from a build (netpath/kernel/progcache.py's layout). Keys and
+    values cross this boundary as raw bytes."""
 
-    def __init__(self, prog: Any) -> None:
-        self._prog = prog
-        self._perf = False
-        self._tp_btf: dict[str, tuple[int, int]] = {}  # function -> (program fd, link fd)
+    def __init__(self, built: dict[str, Any], origin: str = "compiled") -> None:
+        self.origin = origin  # "cache", or "compiled" and why a cached build was refused
         self.tp_btf_refused = ""  # why tp_btf programs were built as raw tracepoints instead
+        self._license = str(built["license"])
+        self._kern_version = int(built["kern_version"])
+        self._maps: dict[str, bpfsys.Map] = {}
+        self._code: dict[str, bytes] = {}
+        self._progs: dict[str, int] = {}  # function -> program fd
+        self._links: dict[str, list[int]] = {}  # function -> attach fds (closing one detaches)
+        self._tp_btf: list[str] = []
+        self._perf: list[bpfsys.PerfBuffer] = []
+        self._rings: list[bpfsys.RingBuf] = []
+        try:
+            fds = []
+            for m in built["maps"]:
+                made = bpfsys.Map(m["name"], m["type"], m["key_size"], m["value_size"], m["max_entries"], m["flags"])
+                self._maps[m["name"]] = made
+                fds.append(made.fd)
+            for fn in built["functions"]:
+                self._code[fn["name"]] = progcache.relocate(fn, fds)
+            for name in self._code:
+                if name.startswith(_AUTO_PREFIX):
+                    self._attach_raw_tracepoint(name, name[len(_AUTO_PREFIX):])
+        except OSError as exc:
+            self.close()
+            raise MissingCapability(f"could not load the BPF program: {exc.strerror or exc}") from None
+        except MissingCapability:
+            self.close()
+            raise
+
+    def _load(self, fn: str, prog_type: int, attach_type: int = 0, btf_id: int = 0) -> int:
+        if fn in self._progs:
+            return self._progs[fn]
+        code = self._code.get(fn)
+        if code is None:
+            raise OSError(0, f"no BPF function {fn} in the compiled program")
+        fd, log = bpfsys.prog_load(prog_type, code, _prog_name(fn), self._license, self._kern_version,
+                                   attach_type, btf_id)
+        if fd < 0:
+            raise MissingCapability(f"could not load the BPF program: {fn}: {os.strerror(-fd)}"
+                                    f"{': ' + log if log else ''}")
+        self._progs[fn] = fd
+        return fd
+
+    def _attach_raw_tracepoint(self, fn: str, tracepoint: str) -> None:
+        link = bpfsys.raw_tracepoint_open(self._load(fn, bpfsys.PROG_TYPE_RAW_TRACEPOINT), tracepoint)
+        if link < 0:
+            raise MissingCapability(f"could not attach raw tracepoint {tracepoint}: {os.strerror(-link)}")
+        self._links.setdefault(fn, []).append(link)
 
     @property
     def tp_btf(self) -> tuple[str, ...]:
@@ -215,177 +325,150 @@ class Program:
         return tuple(self._tp_btf)
 
     def attach_tp_btf(self, fn: str, tracepoint: str, btf_id: int) -> None:
-        """Load BCC's bytecode for `fn` as BPF_PROG_TYPE_TRACING / BPF_TRACE_RAW_TP with the tracepoint's
-        BTF id (BCC's own loader cannot: it picks the attach type from the name prefix), then attach it.
-        Raises OSError with the kernel's answer."""
-        from bcc import libbcc  # the module BCC's own BPF class calls into
-
-        name = fn.encode()
-        start = libbcc.lib.bpf_function_start(self._prog.module, name)
-        size = libbcc.lib.bpf_function_size(self._prog.module, name)
-        if not start or not size:
+        """Load `fn` as BPF_PROG_TYPE_TRACING / BPF_TRACE_RAW_TP with the tracepoint's BTF id, then attach
+        it. Raises OSError with the kernel's answer."""
+        if fn not in self._code:
             raise OSError(0, f"no BPF function {fn} in the compiled program")
         if btf_id <= 0:
             raise OSError(0, f"no btf_trace_{tracepoint} in this kernel's BTF")
-        prog_fd, log = _prog_load_tracing(start, size, fn, btf_id)
+        prog_fd, log = bpfsys.prog_load(bpfsys.PROG_TYPE_TRACING, self._code[fn], _prog_name(fn), self._license,
+                                        0, bpfsys.TRACE_RAW_TP, btf_id)
         if prog_fd < 0:
             raise OSError(-prog_fd, f"tp_btf {tracepoint}: {os.strerror(-prog_fd)}{': ' + log if log else ''}")
-        link_fd = _raw_tp_open(prog_fd)
+        link_fd = bpfsys.raw_tracepoint_open(prog_fd, None)
         if link_fd < 0:
             os.close(prog_fd)
             raise OSError(-link_fd, f"tp_btf {tracepoint}: attach: {os.strerror(-link_fd)}")
-        self._tp_btf[fn] = (prog_fd, link_fd)
+        self._progs[fn] = prog_fd
+        self._links.setdefault(fn, []).append(link_fd)
+        self._tp_btf.append(fn)
 
-    def _table(self, name: str) -> Any:
-        return self._prog[name]
+    def _map(self, name: str) -> bpfsys.Map:
+        return self._maps[name]
 
     def percpu_items(self, name: str) -> dict[bytes, list[bytes]]:
         """A per-CPU hash: key -> one value per possible CPU."""
-        table = self._table(name)
-        return {bytes(k): _per_cpu_bytes(values, table.sLeaf) for k, values in table.items()}
+        m = self._map(name)
+        out = {}
+        for key in m.keys():
+            values = m.lookup_percpu(key)
+            if values is not None:  # gone between the walk and the read
+                out[key] = values
+        return out
 
     def percpu_value(self, name: str, index: int) -> list[bytes]:
         """One slot of a per-CPU array, a value per possible CPU."""
-        table = self._table(name)
-        return _per_cpu_bytes(table.getvalue(table.Key(index)), table.sLeaf)
+        values = self._map(name).lookup_percpu(_INDEX.pack(index))
+        if values is None:
+            raise KeyError(index)
+        return values
 
     def percpu_zero(self, name: str, index: int) -> None:
-        table = self._table(name)
-        table[table.Key(index)] = table.Leaf(*([0] * len(table.getvalue(table.Key(index)))))
+        self._map(name).zero(_INDEX.pack(index))
 
     def lookup(self, name: str, key: bytes) -> bytes | None:
-        table = self._table(name)
-        leaf = table.get(table.Key.from_buffer_copy(key))
-        return None if leaf is None else bytes(leaf)
+        return self._map(name).lookup(key)
 
     def update(self, name: str, key: bytes, value: bytes) -> None:
-        table = self._table(name)
-        table[table.Key.from_buffer_copy(key)] = table.Leaf.from_buffer_copy(value)
+        self._map(name).update(key, value)
 
     def delete(self, name: str, keys: list[bytes]) -> None:
-        table = self._table(name)
+        m = self._map(name)
         for key in keys:
-            try:
-                del table[table.Key.from_buffer_copy(key)]
-            except KeyError:  # gone already (LRU, or another reader)
-                pass
+            m.delete(key)  # gone already (LRU, or another reader): fine
 
     def clear(self, name: str) -> None:
-        self._table(name).clear()
+        self._map(name).clear()
 
     def stack(self, name: str, stack_id: int) -> list[int]:
-        return [int(addr) for addr in self._table(name).walk(stack_id)]
+        raw = self._map(name).lookup(_INDEX.pack(stack_id & 0xFFFFFFFF))
+        if raw is None:
+            return []
+        out = []
+        for (addr,) in _ADDR.iter_unpack(raw[:len(raw) // 8 * 8]):
+            if not addr:
+                break
+            out.append(addr)
+        return out
 
     def attach_kprobe(self, symbol: str, fn_name: str, is_return: bool = False) -> None:
         """Raises MissingCapability with the kernel's refusal when the probe does not attach."""
         try:
-            if is_return:
-                self._prog.attach_kretprobe(event=symbol, fn_name=fn_name)
-            else:
-                self._prog.attach_kprobe(event=symbol, fn_name=fn_name)
-        except Exception as exc:  # bcc raises bare Exception
-            raise MissingCapability(limits.advice() if limits.too_many_files(exc) else str(exc)) from None
+            fd = bpfsys.attach_kprobe(self._load(fn_name, bpfsys.PROG_TYPE_KPROBE), symbol, is_return)
+        except OSError as exc:
+            why = limits.advice() if limits.too_many_files(exc) else str(exc.strerror or exc)
+            raise MissingCapability(why) from None
+        self._links.setdefault(fn_name, []).append(fd)
 
     def open_perf_buffer(self, name: str, on_event: EventHandler, on_lost: LostHandler) -> None:
-        def handle(_cpu: int, data: Any, size: int) -> None:
-            on_event(ctypes.string_at(data, size))
+        try:
+            self._perf.append(bpfsys.PerfBuffer(self._map(name), on_event, on_lost, pages=64))
+        except OSError as exc:
+            raise MissingCapability(f"could not open the perf buffer {name}: {exc.strerror or exc}") from None
 
-        self._table(name).open_perf_buffer(handle, page_cnt=64, lost_cb=on_lost)
-        self._perf = True
+    def open_ring_buffer(self, name: str, on_event: EventHandler) -> None:
+        """A BPF ring buffer drained at every poll. Its records are submitted without a wakeup (the
+        program's choice: a wakeup per record costs the traffic ~1.6 us), so poll() drains it on
+        netpath's own clock rather than waiting for it."""
+        try:
+            self._rings.append(bpfsys.RingBuf(self._map(name), on_event))
+        except OSError as exc:
+            raise MissingCapability(f"could not map the ring buffer {name}: {exc.strerror or exc}") from None
 
     def poll(self, timeout_s: float) -> None:
-        """Deliver pending perf events (and their losses), or just wait."""
+        """Deliver pending perf events (and their losses) and ring records, or just wait."""
         if self._perf:
-            self._prog.perf_buffer_poll(timeout=max(int(timeout_s * 1000), 0))
+            bpfsys.poll(self._perf, timeout_s)
         elif timeout_s > 0:
             time.sleep(timeout_s)
+        for ring in self._rings:
+            ring.drain()
 
     def run_stats(self) -> dict[str, tuple[int, int]]:
         """(runs, ns in the program) per loaded program, when kernel.bpf_stats_enabled=1; else empty."""
         if not bpfstats.enabled():
             return {}
         out: dict[str, tuple[int, int]] = {}
-        fds = [(name, fn.fd) for name, fn in self._prog.funcs.items()]
-        fds += [(name, prog_fd) for name, (prog_fd, _link) in self._tp_btf.items()]
-        for name, fd in fds:
+        for name, fd in self._progs.items():
             try:
                 stats = bpfstats.parse_fdinfo(Path(f"/proc/self/fdinfo/{fd}").read_text())
             except OSError:
                 continue
             if stats is not None:
-                label = name.decode() if isinstance(name, bytes) else str(name)
-                out[label.removeprefix("raw_tracepoint__")] = stats
+                out[name.removeprefix(_AUTO_PREFIX)] = stats
         return out
 
     def close(self) -> None:
-        for prog_fd, link_fd in self._tp_btf.values():
-            os.close(link_fd)  # detaches
-            os.close(prog_fd)
+        for buf in self._perf:
+            buf.close()
+        self._perf.clear()
+        for ring in self._rings:
+            ring.close()
+        self._rings.clear()
+        for links in self._links.values():
+            for fd in links:
+                os.close(fd)  # detaches
+        self._links.clear()
+        for fd in self._progs.values():
+            os.close(fd)
+        self._progs.clear()
         self._tp_btf.clear()
-        self._prog.cleanup()
+        for m in self._maps.values():
+            m.close()
+        self._maps.clear()
+
+
+_INDEX = struct.Struct("<I")
+_ADDR = struct.Struct("<Q")
 
 
 # ---------------------------------------------------------------- tp_btf, by bpf(2) itself
 
-_BPF_PROG_LOAD = 5
-_BPF_RAW_TRACEPOINT_OPEN = 17
-_BPF_PROG_TYPE_TRACING = 26
-_BPF_TRACE_RAW_TP = 23
-_SYS_BPF = {"x86_64": 321, "aarch64": 280}.get(os.uname().machine, -1)
-
-
-class _ProgLoadAttr(ctypes.Structure):
-    """union bpf_attr for BPF_PROG_LOAD, up to attach_prog_fd (uapi/linux/bpf.h); zero beyond."""
-
-    _fields_ = [("prog_type", ctypes.c_uint32), ("insn_cnt", ctypes.c_uint32), ("insns", ctypes.c_uint64),
-                ("license", ctypes.c_uint64), ("log_level", ctypes.c_uint32), ("log_size", ctypes.c_uint32),
-                ("log_buf", ctypes.c_uint64), ("kern_version", ctypes.c_uint32), ("prog_flags", ctypes.c_uint32),
-                ("prog_name", ctypes.c_char * 16), ("prog_ifindex", ctypes.c_uint32),
-                ("expected_attach_type", ctypes.c_uint32), ("prog_btf_fd", ctypes.c_uint32),
-                ("func_info_rec_size", ctypes.c_uint32), ("func_info", ctypes.c_uint64),
-                ("func_info_cnt", ctypes.c_uint32), ("line_info_rec_size", ctypes.c_uint32),
-                ("line_info", ctypes.c_uint64), ("line_info_cnt", ctypes.c_uint32), ("attach_btf_id", ctypes.c_uint32),
-                ("attach_prog_fd", ctypes.c_uint32), ("_rest", ctypes.c_uint8 * 64)]
-
-
-class _RawTpOpenAttr(ctypes.Structure):
-    _fields_ = [("name", ctypes.c_uint64), ("prog_fd", ctypes.c_uint32), ("_pad", ctypes.c_uint32),
-                ("cookie", ctypes.c_uint64)]
-
-
-def _sys_bpf(cmd: int, attr: ctypes.Structure) -> int:
-    """bpf(2): the fd, or -errno."""
-    if _SYS_BPF < 0:
-        return -38  # ENOSYS: an architecture this table does not know
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
-    ret = libc.syscall(ctypes.c_long(_SYS_BPF), ctypes.c_long(cmd), ctypes.byref(attr),
-                       ctypes.c_long(ctypes.sizeof(attr)))
-    return int(ret) if ret >= 0 else -ctypes.get_errno()
-
 
 def _prog_load_tracing(insns: int, size: int, name: str, btf_id: int) -> tuple[int, str]:
     """(fd or -errno, the verifier's last words on failure)."""
-    license_ = ctypes.create_string_buffer(b"GPL")
-    log = ctypes.create_string_buffer(1 << 16)
-    attr = _ProgLoadAttr(prog_type=_BPF_PROG_TYPE_TRACING, insn_cnt=size // 8, insns=insns,
-                         license=ctypes.addressof(license_), prog_name=name.encode()[:15],
-                         expected_attach_type=_BPF_TRACE_RAW_TP, attach_btf_id=btf_id)
-    fd = _sys_bpf(_BPF_PROG_LOAD, attr)
-    if fd >= 0:
-        return fd, ""
-    # again with the log, only to say why
-    attr.log_level, attr.log_size, attr.log_buf = 1, len(log), ctypes.addressof(log)
-    retry = _sys_bpf(_BPF_PROG_LOAD, attr)
-    if retry >= 0:
-        os.close(retry)
-    lines = [line for line in log.value.decode(errors="replace").splitlines() if line.strip()]
-    return fd, lines[-2 if len(lines) > 1 and lines[-1].startswith("processed") else -1] if lines else ""
-
-
-def _raw_tp_open(prog_fd: int) -> int:
-    """BPF_RAW_TRACEPOINT_OPEN with no name: a tp_btf program attaches where its BTF id says."""
-    return _sys_bpf(_BPF_RAW_TRACEPOINT_OPEN, _RawTpOpenAttr(name=0, prog_fd=prog_fd))
+    return bpfsys.prog_load(bpfsys.PROG_TYPE_TRACING, ctypes.string_at(insns, size), name, "GPL", 0,
+                            bpfsys.TRACE_RAW_TP, btf_id)
 
 
 def tp_btf_ids(btf_path: Path, tracepoints: tuple[str, ...]) -> dict[str, int]:

@@ -207,6 +207,9 @@ SLOW_EVENT = Layout("np_slow_event", (
 # bpf/drops.c's health counters (enum drop_stat); each name is the model.DropHealth field and the JSON one
 # (hits is the JSON probe_hits of skb:kfree_skb)
 DROP_STATS = ("hits", "matched", "lost_rows", "samples", "skipped_samples", "no_device")
+# bpf/capture.c's (--pcap), after them in the same enum: while a capture runs every matched drop is one of
+# pcap_sent, pcap_over_cap, pcap_over_rate, pcap_lost; the counts themselves never depend on it
+PCAP_STATS = ("pcap_sent", "pcap_over_cap", "pcap_over_rate", "pcap_lost")
 MAX_ROWS = 16384
 # per-CPU slots bpf/drops.c counts its hottest keys in before the hash; a power of two. A slot is taken by
 # the first key that hashes to it and keeps it: counts never move between slot and hash, so reads stay exact.
@@ -226,13 +229,51 @@ DROP_OWNER = Layout("drop_owner", (_f("sk_ino", "u64"), _f("cgroup", "u64")),
 DROP_SAMPLE = Layout("drop_sample", (
     _f("key", DROP_FULL_KEY), _f("owner", DROP_OWNER), _f("ts_ns", "u64"), _f("len", "u32"), _f("pid", "u32"),
     _f("cpu", "u32"), _f("stackid", "s32"), _f("comm", "char", 16)))
+
+# ---------------------------------------------------------------- capture (drops --pcap, bpf/capture.c)
+
+LINKTYPE_ETHERNET = 1  # pcapng link types: the bytes start at the MAC header
+LINKTYPE_RAW = 101  # ... or at the IPv4/IPv6 header (no MAC header on the skb)
+SNAPLEN_MIN = 16
+SNAPLEN_MAX = 9216  # a jumbo frame: the ring record is this plus PCAP_META, so it is bounded
+SNAPLEN_DEFAULT = 256
+PCAP_MAX_DEFAULT = 10000
+PCAP_MAX_LIMIT = 100_000_000
+# the in-kernel rate limit: a per-CPU token bucket, so a storm of millions of drops sends at most
+# PCAP_RATE_PER_CPU packets a second (after a burst of PCAP_BURST) per CPU to userspace
+PCAP_RATE_PER_CPU = 2000
+PCAP_BURST = 512
+PCAP_RING_RECORDS = 1024  # the ring holds at least this many records (a burst on two CPUs)
+PCAP_META = Layout("pcap_meta", (
+    _f("ts_ns", "u64"), _f("location", "u64"), _f("sk_ino", "u64"), _f("cgroup", "u64"), _f("reason", "u32"),
+    _f("ifindex", "u32"), _f("netns", "u32"), _f("len", "u32"), _f("caplen", "u32"), _f("cpu", "u32"),
+    _f("l3proto", "u16"), _f("linktype", "u16"), _f("l4proto", "u8"), _f("family", "u8"), _f("pad", "u16")),
+    "a captured drop: ts_ns is CLOCK_MONOTONIC, len the packet's length from its first captured byte, "
+    "caplen the bytes that follow in the ring record (of PCAP_SNAPLEN)")
+
+
+def pcap_record_size(snaplen: int) -> int:
+    """One ring record: the metadata, then snaplen bytes of packet."""
+    return PCAP_META.size + snaplen
+
+
+def pcap_ring_pages(snaplen: int, page: int = 4096) -> int:
+    """Ring buffer pages (a power of two, as BPF requires) for PCAP_RING_RECORDS records."""
+    need = PCAP_RING_RECORDS * (pcap_record_size(snaplen) + 8)  # 8: the ring's own record header
+    pages = 1
+    while pages * page < need:
+        pages *= 2
+    return pages
+
+
 # socket_queue per reader (trace --per-socket): the reading process and its cgroup
 OWNER_HIST_KEY = Layout("np_owner_key", (_f("cgroup", "u64"), _f("tgid", "u32"), _f("slot", "u16"),
                                          _f("pad", "u16")))
 OWNER_ROWS = 4096
 
 SHARED_LAYOUTS: tuple[Layout, ...] = (NAPI_VAL, HIST_KEY, NAPI_KEY, CPU_COUNTERS, STAGE_HIST, SLOW_EVENT,
-                                      OWNER_HIST_KEY, DROP_WHERE, DROP_FLOW, DROP_FULL_KEY, DROP_OWNER, DROP_SAMPLE)
+                                      OWNER_HIST_KEY, DROP_WHERE, DROP_FLOW, DROP_FULL_KEY, DROP_OWNER, DROP_SAMPLE,
+                                      PCAP_META)
 
 # ---------------------------------------------------------------- C text
 
@@ -248,11 +289,13 @@ def c_prelude() -> str:
     parts = [
         _enum("np_stage", stages, "NSTAGES"),
         _enum("np_hook", tuple(h.c_id for h in (*TRACE_HOOKS, *TRACE_STATS)), "H_MAX"),
-        _enum("drop_stat", tuple(f"STAT_{s.upper()}" for s in DROP_STATS), "STAT_MAX"),
+        _enum("drop_stat", tuple(f"STAT_{s.upper()}" for s in (*DROP_STATS, *PCAP_STATS)), "STAT_MAX"),
         _enum("np_slow_slot", tuple(f"SLOW_{slot.name.upper()}" for slot in SLOW_SLOTS), "NP_SLOW_SLOTS"),
         "\n".join([f"#define NSLOTS\t\t{NSLOTS}", f"#define SUM_SLOT\t{SUM_SLOT}", f"#define MAX_SLOT\t{MAX_SLOT:#x}",
                    f"#define NP_SLOW_STAGES\t{len(SLOW_STAGES)}", f"#define IFACE_FILTER_SLOTS\t{IFACE_FILTER_SLOTS}",
-                   f"#define DROP_CACHE_SLOTS\t{DROP_CACHE_SLOTS}"]),
+                   f"#define DROP_CACHE_SLOTS\t{DROP_CACHE_SLOTS}",
+                   f"#define LINKTYPE_ETHERNET\t{LINKTYPE_ETHERNET}", f"#define LINKTYPE_RAW\t{LINKTYPE_RAW}",
+                   f"#define PCAP_RATE_PER_CPU\t{PCAP_RATE_PER_CPU}", f"#define PCAP_BURST\t{PCAP_BURST}"]),
         *(layout.c_decl() for layout in SHARED_LAYOUTS),
     ]
     return "\n\n".join(["/* generated from netpath/contract.py: edit it there */", *parts]) + "\n"

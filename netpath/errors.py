@@ -22,3 +22,7 @@ class MissingCapability(NetpathError):
     """This environment cannot run the command; the message says how to fix it."""
 
     exit_code = EXIT_ENVIRONMENT
+
+
+class OutputClosed(Exception):
+    """stdout's reader is gone (EPIPE). Not an OSError: click would turn that into exit 1."""

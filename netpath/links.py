@@ -47,9 +47,13 @@ class IfaceNames:
 
     The cookie (net->net_cookie) is the namespace's identity: the kernel reuses a deleted namespace's inode
     within seconds, never its cookie, so rows keyed by cookie are never named after another namespace.
+
+    name_processes=False (an exporter serving beyond localhost) leaves a namespace without an ip netns
+    name unlabelled rather than named after the process in it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, name_processes: bool = True) -> None:
+        self.name_processes = name_processes
         self._names: dict[tuple[int, int], str] = {}
         self._labels: dict[int, str] = {}
         self._by_cookie: dict[tuple[int, int], str] = {}
@@ -60,10 +64,11 @@ class IfaceNames:
     def refresh(self) -> None:
         self._last_refresh = time.monotonic()
         for ns, cookie, links in all_links_with_cookies():
-            label = _for_people(ns.label)
-            self._labels[ns.inode] = label
-            if cookie:
-                self._cookie_labels[cookie] = label
+            if self.name_processes or not ns.label.startswith("pid:"):
+                label = _for_people(ns.label)
+                self._labels[ns.inode] = label
+                if cookie:
+                    self._cookie_labels[cookie] = label
             for index, name in links:
                 shown = untrusted.name(name)
                 self._names[(ns.inode, index)] = shown

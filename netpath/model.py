@@ -165,6 +165,28 @@ class DropSample:
     row: DropRow
 
 
+@dataclass(frozen=True)
+class CapturedPacket:
+    """A dropped packet's bytes (drops --pcap), with where and why it died in `row`."""
+
+    ts_ns: int  # wall clock, ns since the epoch
+    cpu: int
+    linktype: int  # pcapng link type: 1 Ethernet, 101 raw IP
+    orig_len: int  # the packet's length from its first captured byte
+    data: bytes  # at most the snaplen
+    snaplen: int
+    row: DropRow
+
+
+@dataclass(frozen=True)
+class PcapHealth:
+    """What a capture did with the matched drops: written + skipped + lost = matched (once drained)."""
+
+    written: int = 0  # packets handed to the pcapng writer
+    skipped: int = 0  # not sent: --pcap-max reached or the in-kernel rate limit
+    lost: int = 0  # the ring buffer had no room
+
+
 @dataclass(kw_only=True)
 class DropHealth:
     """netpath drops' own account of itself for one interval or the whole run; the fields are the JSON's."""
@@ -178,6 +200,7 @@ class DropHealth:
     # drops whose namespace could not be found (skb->dev gone and no socket or fragment queue to ask): they
     # have no interface or namespace, so --netns and --iface cannot match them
     no_device: int = 0
+    pcap: PcapHealth | None = None  # only while --pcap captures
 
 
 @dataclass
@@ -313,5 +336,5 @@ class SlowPacket:
     short_names: dict[str, str] = field(default_factory=dict)  # stages_ns key -> its label on a slow line
 
 
-Event = DropSample | SlowPacket
+Event = DropSample | SlowPacket | CapturedPacket
 Snapshot = DropSnapshot | TraceSnapshot

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # make demo: built-in traffic in a namespace netpath creates, then netpath on it.
-# Drops: UDP to a closed port, and to a port a netfilter rule drops.
+# Drops: UDP to a closed port, and to a port a netfilter rule drops. Delivered: UDP to a receiver that
+# reads every 20 ms, so socket_queue and stack_total have real latency. Then the exporter, scraped once.
 set -euo pipefail
 NS=netpath-demo
 HOST_IF=npdemo-h
@@ -22,7 +23,7 @@ ip -n "$NS" link set lo up
 ip netns exec "$NS" iptables -A INPUT -p udp --dport 5353 -j DROP
 
 traffic() {
-  sleep 2
+  sleep "${1:-2}"
   python3 - <<'PY'
 import socket, time
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -31,21 +32,55 @@ while time.time() < end:
     for _ in range(200):
         s.sendto(b"demo", ("10.203.0.2", 9999))   # closed port: NO_SOCKET
         s.sendto(b"demo", ("10.203.0.2", 5353))   # netfilter DROP: NETFILTER_DROP
+    for _ in range(20):
+        s.sendto(b"demo", ("10.203.0.2", 7777))   # the receiver: delivered
     time.sleep(0.05)
 PY
 }
+
+# a UDP receiver in the namespace that drains its socket every 20 ms: datagrams wait up to 20 ms there
+ip netns exec "$NS" python3 - <<'PY' &
+import socket, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("10.203.0.2", 7777))
+s.setblocking(False)
+end = time.time() + 50
+while time.time() < end:
+    time.sleep(0.02)
+    try:
+        while True:
+            s.recv(2048)
+    except BlockingIOError:
+        pass
+PY
+RECEIVER=$!
+trap 'kill $RECEIVER 2>/dev/null || true; cleanup' EXIT
 
 echo "== netpath probes"
 netpath probes
 echo
 echo "== netpath drops --netns $NS --duration 5 (demo traffic: closed port + netfilter DROP)"
-traffic &
+traffic & TRAFFIC=$!
 netpath drops --netns "$NS" --duration 5 --top 5
-wait
-if netpath trace --help >/dev/null 2>&1; then
-  echo
-  echo "== netpath trace --duration 5"
-  traffic &
-  netpath trace --duration 5 --netns "$NS" || true
-  wait
-fi
+wait "$TRAFFIC"
+echo
+echo "== netpath trace --netns $NS --duration 5 (the same traffic, and a receiver reading every 20 ms)"
+traffic & TRAFFIC=$!
+netpath trace --duration 5 --netns "$NS" || true
+wait "$TRAFFIC"
+
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+echo
+echo "== netpath export --netns $NS --listen 127.0.0.1:$PORT (the default profile), scraped once"
+netpath export --netns "$NS" --listen "127.0.0.1:$PORT" 2>/dev/null &
+EXPORTER=$!
+for _ in $(seq 100); do
+  [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/healthz")" = 200 ] && break
+  sleep 0.2
+done
+traffic 0
+curl -s "http://127.0.0.1:$PORT/metrics" \
+  | grep -E '^netpath_drops_(total|matched_total)|^netpath_(stage_packets_total|stage_latency_seconds_(count|sum))[{]stage="socket_queue"' \
+  | grep -v _created | head -8
+kill -TERM "$EXPORTER"
+wait "$EXPORTER" || true

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, BinaryIO
 
 from rich.console import Console, RenderableType
 from rich.live import Live
 
+from netpath.errors import OutputClosed
 from netpath.render import jsonl
 
-
-class OutputClosed(Exception):
-    """stdout's reader is gone (EPIPE). Not an OSError: click would turn that into exit 1."""
+__all__ = ["OutputClosed", "Terminal"]
 
 
 def _tolerant(stream: object) -> None:
@@ -31,16 +30,49 @@ class _Console(Console):
         raise OutputClosed
 
 
+class _PipeOut:
+    """A binary stdout whose reader may go away (`| head -c 100`): EPIPE becomes OutputClosed."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self._raw.write(data)
+        except BrokenPipeError:
+            raise OutputClosed from None
+
+    def flush(self) -> None:
+        try:
+            self._raw.flush()
+        except BrokenPipeError:
+            raise OutputClosed from None
+
+    def close(self) -> None:
+        self.flush()
+
+
 class Terminal:
-    def __init__(self, json_mode: bool) -> None:
+    """`stdout_taken`: stdout carries binary data (drops --pcap -), so what people read goes to stderr."""
+
+    def __init__(self, json_mode: bool, stdout_taken: bool = False) -> None:
         self.json_mode = json_mode
+        self.stdout_taken = stdout_taken
         _tolerant(sys.stdout)
         _tolerant(sys.stderr)
         # no markup, emoji or highlighting is read from text: names in it are other users' choice
-        self.out = _Console(highlight=False, soft_wrap=False, emoji=False, markup=False)
+        self.out = _Console(stderr=stdout_taken, highlight=False, soft_wrap=False, emoji=False, markup=False)
         self.err = _Console(stderr=True, highlight=False, emoji=False, markup=False)
-        self.interactive = not json_mode and sys.stdout.isatty()
+        self.interactive = not json_mode and (sys.stderr if stdout_taken else sys.stdout).isatty()
         self._live: Live | None = None
+
+    @staticmethod
+    def stdout_is_terminal() -> bool:
+        return sys.stdout.isatty()
+
+    def binary_stdout(self) -> _PipeOut:
+        """stdout for binary data (pcapng); a closed reader surfaces as OutputClosed from write()."""
+        return _PipeOut(sys.stdout.buffer)
 
     @property
     def width(self) -> int:
@@ -56,7 +88,7 @@ class Terminal:
     def note(self, text: str) -> None:
         """Human progress notes go to stderr so stdout stays clean for pipes."""
         if not self.json_mode:
-            self.err.print(text, markup=False)
+            self.err.print(text, markup=False, soft_wrap=True)  # a note is one line, whatever the width
 
     def show(self, renderable: RenderableType) -> None:
         """Refresh the live view on a terminal; print one block per call otherwise."""
@@ -80,7 +112,7 @@ class Terminal:
 
     def plain(self, text: str) -> None:
         try:
-            print(text, flush=True)
+            print(text, flush=True, file=sys.stderr if self.stdout_taken else sys.stdout)
         except BrokenPipeError:
             raise OutputClosed from None
 

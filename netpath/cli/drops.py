@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import click
 
-from netpath import bpf
+from netpath import bpf, contract
+from netpath.cli import pcap_out
 from netpath.cli.console import Terminal
 from netpath.cli.options import COUNT_THRESHOLD_MAX, bounded_int, common_options, resolve_filters
 from netpath.cli.preflight import kernel_root, load_facts, require_capability
-from netpath.cli.sinks import DropsView, JsonSink
+from netpath.cli.sinks import DropsView, JsonSink, PcapSink
 from netpath.collect import drops as drops_mod
 from netpath.collect import factory
-from netpath.collect.session import drive
+from netpath.collect.session import Sink, drive
 from netpath.errors import BadInput, MissingCapability
 from netpath.kernel import reasons as reasons_mod
 from netpath.kernel.cgroups import CgroupTree, find_mount
@@ -37,7 +38,32 @@ Examples:
   sudo netpath drops --by reason,socket        whose socket overflowed
   sudo netpath drops --by reason,cgroup --cgroup /system.slice/dns.service
   sudo netpath drops --duration 60 --fail-on-drops 1000  # exit 1 at >= 1000
+  sudo netpath drops --port 53 --pcap dns-drops.pcapng --duration 30
+  sudo netpath drops --pcap - | tshark -r -    the dropped packets, annotated
 """
+
+
+def check_pcap(pcap: str | None, pcap_max: int | None, snaplen: int | None, force: bool, json_mode: bool,
+               stdout_is_terminal: bool) -> drops_mod.PcapQuery | None:
+    """--pcap and its companions as a query; conflicts are bad input, named."""
+    if pcap is None:
+        given = [name for name, value in (("--pcap-max", pcap_max), ("--snaplen", snaplen)) if value is not None]
+        given += ["--force"] if force else []
+        if given:
+            raise BadInput(f"{', '.join(given)} only apply with --pcap FILE|-")
+        return None
+    if pcap == "-":
+        if json_mode:
+            raise BadInput("--json and --pcap - both want stdout: write the capture to a file (--pcap FILE) "
+                           "or drop --json")
+        if stdout_is_terminal:
+            raise BadInput("--pcap -: stdout is a terminal; pipe it (| tshark -r -) or give a file")
+    elif not pcap.strip():
+        raise BadInput(f"--pcap {pcap!r}: give a file name, or - for stdout")
+    else:
+        pcap_out.check_target(pcap, force)
+    return drops_mod.PcapQuery(snaplen if snaplen is not None else contract.SNAPLEN_DEFAULT,
+                               pcap_max if pcap_max is not None else contract.PCAP_MAX_DEFAULT)
 
 
 def _reason_from_btf(name: str, facts: KernelFacts) -> int | None:
@@ -80,14 +106,24 @@ def parse_by(value: str) -> tuple[str, ...]:
 @click.option("--samples", type=bounded_int(0, 10000, "samples per CPU per interval"), default=0, show_default=True,
               metavar="N",
               help="Also stream up to N sampled drops per CPU per interval, with their flow.")
+@click.option("--pcap", "pcap", metavar="FILE|-",
+              help="Write the matched dropped packets as pcapng (Wireshark), each with a comment saying why "
+                   "and where it died; - is stdout (the table then goes to stderr). Created 0600.")
+@click.option("--pcap-max", type=bounded_int(1, contract.PCAP_MAX_LIMIT, "packets"), metavar="N",
+              help=f"Stop capturing after N packets (counting goes on) [default: {contract.PCAP_MAX_DEFAULT}].")
+@click.option("--snaplen", type=bounded_int(contract.SNAPLEN_MIN, contract.SNAPLEN_MAX, "bytes per packet"),
+              metavar="BYTES", help=f"Bytes kept of each packet [default: {contract.SNAPLEN_DEFAULT}].")
+@click.option("--force", is_flag=True, help="Replace an existing --pcap file (never through a symbolic link).")
 @click.option("--fail-on-drops", type=bounded_int(1, COUNT_THRESHOLD_MAX), metavar="N",  # counts are int64 in JSON
               help="Exit 1 when at least N matching drop events were seen (the counters are not in it).")
 @click.pass_context
 def drops(ctx: click.Context, ifaces: tuple[str, ...], netns_spec: str | None, proto: str | None,
           port: int | None, host: str | None, interval: float, duration: float | None, count: int | None,
           json_mode: bool, ebpf: bool, reason_name: str | None, by_spec: str, cgroup_spec: str | None,
-          top: int | None, stack: bool, samples: int, fail_on_drops: int | None) -> None:
+          top: int | None, stack: bool, samples: int, pcap: str | None, pcap_max: int | None,
+          snaplen: int | None, force: bool, fail_on_drops: int | None) -> None:
     by = parse_by(by_spec)
+    pcap_query = check_pcap(pcap, pcap_max, snaplen, force, json_mode, Terminal.stdout_is_terminal())
     cgroup_id = CgroupTree(find_mount()).id_of(cgroup_spec) if cgroup_spec is not None else None
     filters = resolve_filters(ifaces, netns_spec, proto, port, host, cgroup_id)
     facts = KernelFacts.load(kernel_root())  # once per run; tracefs is mounted after the capability check
@@ -104,16 +140,22 @@ def drops(ctx: click.Context, ifaces: tuple[str, ...], netns_spec: str | None, p
         reason_code = reasons.code(reason_name)
         if reason_code is None:
             raise BadInput(f"unknown drop reason {reason_name!r} on this kernel (see 'netpath probes --reasons')")
-    query = drops_mod.DropsQuery(filters, reason_code, by, stack, samples)
-    term = Terminal(json_mode)
+    query = drops_mod.DropsQuery(filters, reason_code, by, stack, samples, pcap=pcap_query)
+    term = Terminal(json_mode, stdout_taken=pcap == "-")
     limit = top if top is not None else (None if json_mode else 10)
     session = factory.drops_session(query, facts, reasons=reasons, limit=limit, live=term.interactive)
     if ebpf:
         click.echo(bpf.dump_source(session.source, facts))
         return
-    sink = JsonSink(term) if json_mode else DropsView(term)
+    sink: Sink = JsonSink(term) if json_mode else DropsView(term)
     thresholds = [DropsThreshold(fail_on_drops)] if fail_on_drops is not None else []
+    out = None
+    if pcap is not None:
+        out = term.binary_stdout() if pcap == "-" else pcap_out.open_file(pcap, force)
+        sink = PcapSink(sink, out, pcap, term)
     try:
         ctx.exit(drive(session, sink, interval, duration, count, thresholds))
     finally:
         term.close_live()
+        if out is not None:
+            out.close()

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 
 import click
 
 from netpath import __version__
-from netpath.cli.console import OutputClosed
-from netpath.cli.drops import drops
-from netpath.cli.export import export
-from netpath.cli.probes import probes
-from netpath.cli.trace import trace
-from netpath.errors import EXIT_ENVIRONMENT, EXIT_USAGE, NetpathError
+from netpath.errors import EXIT_ENVIRONMENT, EXIT_USAGE, NetpathError, OutputClosed
 from netpath.kernel import limits
 
 HELP = """eBPF observability for the Linux packet receive path.
@@ -31,16 +27,38 @@ CAP_DAC_READ_SEARCH and, for drop locations, CAP_SYSLOG.
 """
 
 
-@click.group(help=HELP, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 80})
+# command -> (module, its one-line help). A command's module is imported only when that command runs:
+# `drops` never pays for prometheus_client, `--help` for none of them (tests/unit/test_cli.py checks the
+# lines against the commands' own short help)
+COMMANDS = {
+    "drops": ("netpath.cli.drops", "Show every dropped packet by the kernel's own drop reason."),
+    "export": ("netpath.cli.export", "Serve receive-path drop and latency metrics to Prometheus."),
+    "probes": ("netpath.cli.probes", "Show what this kernel offers netpath and how each hook attaches."),
+    "trace": ("netpath.cli.trace", "Show where received packets spend their time, stage by stage."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        command = getattr(importlib.import_module(COMMANDS[cmd_name][0]), cmd_name)
+        assert isinstance(command, click.Command)
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, COMMANDS[name][1]) for name in self.list_commands(ctx)])
+
+
+@click.group(cls=LazyGroup, help=HELP,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 80})
 @click.version_option(__version__, prog_name="netpath")
 def cli() -> None:
     pass
-
-
-cli.add_command(drops)
-cli.add_command(export)
-cli.add_command(probes)
-cli.add_command(trace)
 
 
 # the reader of our output went away (`netpath drops --json | head -1`): the shell's SIGPIPE status,

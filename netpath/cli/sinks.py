@@ -3,8 +3,20 @@
 from __future__ import annotations
 
 from netpath.cli.console import Terminal
-from netpath.model import DropSample, DropSnapshot, Event, SlowPacket, Snapshot, Start, TraceSnapshot, Verdict
-from netpath.render import drops_view, records, trace_view
+from netpath.collect.session import Sink
+from netpath.errors import MissingCapability
+from netpath.model import (
+    CapturedPacket,
+    DropSample,
+    DropSnapshot,
+    Event,
+    SlowPacket,
+    Snapshot,
+    Start,
+    TraceSnapshot,
+    Verdict,
+)
+from netpath.render import drops_view, pcapng, records, trace_view
 
 
 class JsonSink:
@@ -18,7 +30,8 @@ class JsonSink:
 
     def events(self, events: list[Event]) -> None:
         for item in events:
-            self.term.emit(records.event(item))
+            if isinstance(item, DropSample | SlowPacket):  # captured packets go to the pcapng file (PcapSink)
+                self.term.emit(records.event(item))
 
     def interval(self, snap: Snapshot, seq: int) -> None:
         self.term.emit(records.interval(snap, seq))
@@ -90,3 +103,49 @@ class TraceView:
         self.term.plain("\n".join(trace_view.plain_lines(snap, title, self.hist_stage)))
         for line in trace_view.verdict_lines(verdicts):
             self.term.plain(line)
+
+
+class PcapSink:
+    """drops --pcap: captured packets go to a pcapng stream, everything else to the sink it wraps.
+
+    The stream is flushed at every interval and at the end, and blocks are written whole, so the
+    file is valid whenever the run stops (--duration, --count, SIGINT, SIGTERM)."""
+
+    def __init__(self, inner: Sink, out: pcapng.Stream, target: str, term: Terminal) -> None:
+        self.inner = inner
+        self.writer = pcapng.PcapngWriter(out)
+        self.out = out
+        self.target = target  # for messages: the file, or "-"
+        self.term = term
+        self._io("write", self.writer.flush)  # the section header now: even a run that fails to load leaves a
+        # valid (empty) capture, and a reader of `--pcap -` sees the stream start
+
+    def _io(self, action: str, fn: object) -> None:
+        try:
+            fn()  # type: ignore[operator]
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise MissingCapability(f"--pcap {self.target}: {action} failed: {exc.strerror or exc}") from None
+
+    def started(self, start: Start) -> None:
+        self.inner.started(start)
+
+    def events(self, events: list[Event]) -> None:
+        rest: list[Event] = []
+        for item in events:
+            if isinstance(item, CapturedPacket):
+                self._io("write", lambda item=item: self.writer.packet(item))
+            else:
+                rest.append(item)
+        self.inner.events(rest)
+
+    def interval(self, snap: Snapshot, seq: int) -> None:
+        self._io("flush", self.writer.flush)
+        self.inner.interval(snap, seq)
+
+    def summary(self, snap: Snapshot, stop_reason: str, verdicts: list[Verdict]) -> None:
+        self._io("flush", self.writer.flush)
+        self.inner.summary(snap, stop_reason, verdicts)
+        where = "stdout" if self.target == "-" else self.target
+        self.term.note(f"netpath drops: {self.writer.written:,} dropped packets written to {where}")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import struct
+import time
 from dataclasses import KW_ONLY, dataclass, field, replace
 from typing import Any
 
@@ -18,7 +20,18 @@ from netpath.kernel import reasons as reasons_mod
 from netpath.kernel.facts import KernelFacts
 from netpath.kernel.reasons import DropReasons
 from netpath.links import IfaceNames
-from netpath.model import Attached, Counter, DropHealth, DropRow, DropSample, DropSnapshot, DropsStart, Unavailable
+from netpath.model import (
+    Attached,
+    CapturedPacket,
+    Counter,
+    DropHealth,
+    DropRow,
+    DropSample,
+    DropSnapshot,
+    DropsStart,
+    PcapHealth,
+    Unavailable,
+)
 from netpath.query import Filters
 
 TRACEPOINT = "skb:kfree_skb"
@@ -31,9 +44,18 @@ SHORT_KEY_SIZE = contract.DROP_WHERE.size
 KEY_FIELDS = len(contract.DROP_FULL_KEY.fmt.unpack(bytes(contract.DROP_FULL_KEY.size)))
 COUNT = struct.Struct("<Q")
 STACK_ID = struct.Struct("<i")
+CAPTURE_ROW_CACHE = 4096  # captured packets' rows kept by where they died (cleared when full)
 
 L4_NAMES = {0: "hopopt", 1: "icmp", 2: "igmp", 6: "tcp", 17: "udp", 47: "gre", 58: "icmpv6", 132: "sctp"}
 L3_NAMES = {0x0800: "ipv4", 0x86DD: "ipv6", 0x0806: "arp", 0x8100: "vlan", 0x88CC: "lldp", 0x8035: "rarp"}
+
+
+@dataclass(frozen=True)
+class PcapQuery:
+    """drops --pcap: capture matched drops' bytes (bpf/capture.c)."""
+
+    snaplen: int = contract.SNAPLEN_DEFAULT
+    max_packets: int = contract.PCAP_MAX_DEFAULT
 
 
 @dataclass(frozen=True)
@@ -46,6 +68,10 @@ class DropsQuery:
     stack: bool = False
     samples: int = 0  # per CPU per interval
     tp_btf: bool = True  # load kfree_skb as a BTF-typed raw tracepoint where the kernel allows it
+    pcap: PcapQuery | None = None
+    # label a namespace without an ip netns name by the process in it (comm[pid]); the exporter turns it off
+    # beyond localhost unless --label-processes
+    name_processes: bool = True
 
     @property
     def owner_keyed(self) -> bool:
@@ -81,6 +107,27 @@ def has_rx_sk_field(facts: KernelFacts) -> bool:
 def has_reason_field(facts: KernelFacts) -> bool:
     fmt = facts.tracepoint_format(TRACEPOINT)
     return bool(fmt and fmt.has("reason"))
+
+
+PCAP_FIELDS = ("OFF_SKB_HEAD", "OFF_SKB_DATA", "OFF_SKB_LEN", "OFF_SKB_TAIL", "OFF_SKB_MAC_HEADER",
+               "OFF_SKB_NETWORK_HEADER")
+# the C loads these as u64 (pointers), u32 and u16: a kernel laying them out otherwise cannot capture
+PCAP_SIZES = {"SIZE_SKB_HEAD": 8, "SIZE_SKB_DATA": 8, "SIZE_SKB_LEN": 4, "SIZE_SKB_TAIL": 4,
+              "SIZE_SKB_MAC_HEADER": 2, "SIZE_SKB_NETWORK_HEADER": 2}
+
+
+def pcap_defines(pcap: PcapQuery, offsets: dict[str, int]) -> dict[str, int]:
+    missing = [n for n in PCAP_FIELDS if n not in offsets]
+    if missing:
+        raise MissingCapability(f"this kernel's BTF lacks the sk_buff fields --pcap reads: {', '.join(missing)}")
+    odd = [f"{n}={offsets.get(n)}" for n, size in PCAP_SIZES.items() if offsets.get(n) != size]
+    if odd:
+        raise MissingCapability(f"--pcap cannot read this kernel's sk_buff layout ({', '.join(odd)})")
+    out = {name: offsets[name] for name in PCAP_FIELDS}
+    page = os.sysconf("SC_PAGE_SIZE")
+    out.update(PCAP_SNAPLEN=pcap.snaplen, PCAP_MAX=pcap.max_packets, NP_PAGE_SIZE=page,
+               PCAP_RING_PAGES=contract.pcap_ring_pages(pcap.snaplen, page))
+    return out
 
 
 def program_source(query: DropsQuery, facts: KernelFacts, offsets: dict[str, int]) -> bpf.ProgramSource:
@@ -119,6 +166,9 @@ def program_source(query: DropsQuery, facts: KernelFacts, offsets: dict[str, int
     if query.filters.netns is not None and query.filters.netns.cookie:
         defines["FILTER_NETNS_COOKIE"] = query.filters.netns.cookie  # an inode reused later is not it
     files = ["where.c", "drop_place.c", *(["drops_owner.c"] if owner else []), "drops.c"]
+    if query.pcap is not None:
+        defines.update(pcap_defines(query.pcap, offsets))
+        files.insert(files.index("drops.c"), "capture.c")  # drops.c calls it
     if query.tp_btf:
         defines["TP_BTF"] = 1
         return bpf.ProgramSource(files, defines, {"kfree_skb": "kfree_skb"})
@@ -268,7 +318,8 @@ class DropsSession(ProgramSession):
         self.live = live
         self._has_reason = has_reason_field(facts)
         owners = OwnerResolver() if query.owner_keyed or query.samples else None
-        self._decoder = RowDecoder(query, reasons, facts, IfaceNames(), self._has_reason, owners)
+        self._decoder = RowDecoder(query, reasons, facts, IfaceNames(query.name_processes), self._has_reason,
+                                   owners)
         # counters name interfaces in the untrusted-name form: compare the user's names in it too
         self._iface_set = {untrusted.name(untrusted.raw_bytes(i)) for i in query.filters.ifaces} or None
         self._lost_samples = 0
@@ -282,6 +333,11 @@ class DropsSession(ProgramSession):
         self._forgotten: set[bytes] = set()  # keys of devices gone (forget_gone_devices)
         self._warnings: list[str] = []  # said once, in the next snapshot and the summary
         self._said = 0
+        self._pcap_written = 0  # captured packets handed out as events
+        self._pcap_over_max = 0  # delivered past --pcap-max (the kernel's cap should leave none)
+        self._last_pcap = (0, 0)
+        self._capture_rows: dict[tuple[int, ...], DropRow] = {}
+        self._wall_offset_ns = 0  # CLOCK_REALTIME - CLOCK_MONOTONIC (bpf_ktime_get_ns)
 
     def _read_counters(self) -> dict[counters_mod.CounterKey, int]:
         """The counters now; a namespace deleted mid-run freezes its counters at their last values."""
@@ -303,7 +359,10 @@ class DropsSession(ProgramSession):
         prog = self._load(self.source, self.facts, self.query.filters.iface_keys)
         if self.query.samples:
             prog.open_perf_buffer("samples", self._on_sample, self._on_lost)
-        if "location" in self.query.by or self.query.samples:
+        if self.query.pcap is not None:
+            self._wall_offset_ns = time.time_ns() - time.monotonic_ns()
+            prog.open_ring_buffer("pcap_ring", self._on_capture)
+        if "location" in self.query.by or self.query.samples or self.query.pcap is not None:
             # kernel symbols are read once (~90 ms here): before the start line, not inside the first interval
             _ = self.facts.kallsyms
         importing.join()
@@ -335,11 +394,12 @@ class DropsSession(ProgramSession):
     def stats(self) -> dict[str, int]:
         """The health counters: one per-CPU value holding every enum drop_stat slot."""
         assert self.prog is not None
-        totals = [0] * len(contract.DROP_STATS)
+        names = (*contract.DROP_STATS, *contract.PCAP_STATS)  # the C's enum drop_stat, in order
+        totals = [0] * len(names)
         for raw in self.prog.percpu_value("stats", 0):
             for i in range(min(len(totals), len(raw) // COUNT.size)):
                 totals[i] += COUNT.unpack_from(raw, i * COUNT.size)[0]
-        return dict(zip(contract.DROP_STATS, totals, strict=True))
+        return dict(zip(names, totals, strict=True))
 
     def interval(self, elapsed_ns: int) -> DropSnapshot:
         assert self._counters is not None and self.prog is not None
@@ -347,16 +407,19 @@ class DropsSession(ProgramSession):
         delta = {k: v - self._last_counts.get(k, 0) for k, v in now.items()}
         interval_stats = {k: v - self._last_stats.get(k, 0) for k, v in stats.items()}
         lost = self._lost_samples - self._last_lost
+        pcap = self._pcap_health(interval_stats, self._pcap_written - self._last_pcap[0],
+                                 self._pcap_over_max - self._last_pcap[1])
         self._last_counts, self._last_stats, self._last_lost = now, stats, self._lost_samples
+        self._last_pcap = (self._pcap_written, self._pcap_over_max)
         counters = self._counters.step(self._read_counters())
         span, self._last_ns = elapsed_ns - self._last_ns, elapsed_ns
         if self.live:  # rows and total for the run, the interval's part beside them
             snap = self._snapshot(now, counters, interval_stats, stats.get("matched", 0), elapsed_ns,
-                                  self._lost_samples, delta)
+                                  self._lost_samples, delta, pcap)
             snap.interval_total = interval_stats.get("matched", 0)
         else:
             snap = self._snapshot(delta, counters, interval_stats, interval_stats.get("matched", 0), elapsed_ns,
-                                  lost)
+                                  lost, pcap=pcap)
             snap.interval_total = snap.total
         snap.counter_only = counters_mod.counter_only(counters, snap.interval_total)
         snap.interval_ns = span
@@ -370,14 +433,15 @@ class DropsSession(ProgramSession):
         final, stats = self.counts(), self.stats()
         self._counters.step(self._read_counters())
         snap = self._snapshot(final, self._counters.totals(), stats, stats.get("matched", 0), elapsed_ns,
-                              self._lost_samples)
+                              self._lost_samples, pcap=self._pcap_health(stats, self._pcap_written,
+                                                                         self._pcap_over_max))
         snap.warnings = list(self._warnings)
         snap.counter_only = counters_mod.counter_only(snap.counters, snap.total)
         return snap
 
     def _snapshot(self, counts: dict[bytes, int], counters: list[Counter], stats: dict[str, int], total: int,
-                  elapsed_ns: int, lost_samples: int, interval_counts: dict[bytes, int] | None = None
-                  ) -> DropSnapshot:
+                  elapsed_ns: int, lost_samples: int, interval_counts: dict[bytes, int] | None = None,
+                  pcap: PcapHealth | None = None) -> DropSnapshot:
         """total: the exact count of matching drops, whether or not each found room in the map."""
         ranked = sorted(((v, k) for k, v in counts.items() if v > 0), key=lambda item: (-item[0], item[1]))
         shown = ranked if self.limit is None else ranked[: self.limit]
@@ -391,7 +455,7 @@ class DropsSession(ProgramSession):
             rows.append(replace(row, **extra) if extra else row)
         rest = ranked[len(shown):]
         f = self.query.filters
-        return DropSnapshot(rows, counters, health(stats, lost_samples), total, elapsed_ns, len(rest),
+        return DropSnapshot(rows, counters, health(stats, lost_samples, pcap), total, elapsed_ns, len(rest),
                             sum(v for v, _ in rest), self.query.flow_keyed, self.query.owner_keyed,
                             where_filtered=f.netns is not None or bool(f.iface_keys))
 
@@ -449,8 +513,43 @@ class DropsSession(ProgramSession):
     def _on_lost(self, lost: int) -> None:
         self._lost_samples += lost
 
+    def _on_capture(self, raw: bytes) -> None:
+        """A ring record: struct pcap_meta, then PCAP_SNAPLEN bytes of which caplen are the packet's."""
+        assert self.query.pcap is not None
+        if len(raw) < contract.PCAP_META.size:
+            return
+        if self._pcap_written >= self.query.pcap.max_packets:
+            self._pcap_over_max += 1
+            return
+        (ts, location, sk_ino, cgroup, reason, ifindex, netns_ino, length, caplen, cpu, l3proto, linktype,
+         l4proto, family, _pad) = contract.PCAP_META.unpack(raw)
+        caplen = min(caplen, self.query.pcap.snaplen, len(raw) - contract.PCAP_META.size)
+        data = raw[contract.PCAP_META.size:contract.PCAP_META.size + caplen]
+        where = (location, reason, ifindex, netns_ino, l3proto, l4proto, family, sk_ino, cgroup)
+        row = self._capture_rows.get(where)
+        if row is None:  # names resolved once per place a packet died, not per packet
+            key = DecodedKey(location, reason, ifindex, netns_ino, l3proto, l4proto, family, bytes(16), bytes(16), 0,
+                             0, sk_ino=sk_ino, cgroup=cgroup)
+            row = self._decoder.row(key, 1, full=True)
+            row = replace(row, family=None, saddr=None, daddr=None, sport=None, dport=None,
+                          owner=row.owner if self.query.owner_keyed else None)
+            if len(self._capture_rows) >= CAPTURE_ROW_CACHE:
+                self._capture_rows.clear()
+            self._capture_rows[where] = row
+        self._pcap_written += 1
+        self._events.append(CapturedPacket(ts + self._wall_offset_ns, cpu, linktype, max(length, caplen), data,
+                                           self.query.pcap.snaplen, row))
 
-def health(stats: dict[str, int], lost_samples: int) -> DropHealth:
+    def _pcap_health(self, stats: dict[str, int], written: int, over_max: int) -> PcapHealth | None:
+        """stats, written and over_max all for the same span: an interval or the whole run."""
+        if self.query.pcap is None:
+            return None
+        return PcapHealth(written, stats.get("pcap_over_cap", 0) + stats.get("pcap_over_rate", 0) + over_max,
+                          stats.get("pcap_lost", 0))
+
+
+def health(stats: dict[str, int], lost_samples: int, pcap: PcapHealth | None = None) -> DropHealth:
     """The C's counters keep their names (contract.DROP_STATS); hits is the tracepoint's probe_hits."""
     counted = {name: stats.get(name, 0) for name in contract.DROP_STATS if name != "hits"}
-    return DropHealth(probe_hits={TRACEPOINT: stats.get("hits", 0)}, lost_samples=lost_samples, **counted)
+    return DropHealth(probe_hits={TRACEPOINT: stats.get("hits", 0)}, lost_samples=lost_samples, pcap=pcap,
+                      **counted)

@@ -24,7 +24,8 @@ LIVE_EVERY_S = 10.0
 
 
 class ExportCollector:
-    """A prometheus_client collector: collect() is called once per scrape, on the serving thread."""
+    """A prometheus_client collector: collect() is called once per scrape, never two at a time
+    (netpath.cli.http_server.SharedScrape holds a lock around it)."""
 
     def __init__(self, drops: DropsSession, trace: TraceSession | None, max_series: int) -> None:
         self.drops = drops
@@ -40,6 +41,7 @@ class ExportCollector:
         if self.trace is not None:
             self.starts.append(self.trace.start())
         self._t0 = time.monotonic_ns()
+        self.metrics.started = time.time()  # counting began now: the counters' created timestamp
         return self.starts
 
     def collect(self) -> Iterator[Metric]:
@@ -65,6 +67,7 @@ class ExportCollector:
         self.scrapes += 1
         yield from families
         yield from self.metrics.health(hits, time.perf_counter() - began, runs)
+        self.metrics.scraped(time.time())
 
     def _fresh_live_devices(self) -> tuple[set[tuple[int, int]], set[tuple[int, int]]] | None:
         """Every (netns, ifindex) on the host when LIVE_EVERY_S has passed since the last look (it enters

@@ -174,6 +174,25 @@ def read_btf(btf_path: Path) -> bytes:
                                 "struct layouts and drop reasons from it; run it as root") from None
 
 
+_DIGESTS: dict[tuple[str, int, int, int, int], str] = {}
+
+
+def btf_digest(btf_path: Path) -> str:
+    """The BTF blob's hash, read and hashed once per process while the file stays the same (several
+    cached facts are keyed by it: each lookup reading ~5 MB again cost start-up time and peak memory)."""
+    try:
+        st = os.stat(btf_path)
+    except OSError:
+        st = None
+    ident = (str(btf_path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) if st else None
+    if ident is not None and ident in _DIGESTS:
+        return _DIGESTS[ident]
+    digest = hashlib.sha256(read_btf(btf_path)).hexdigest()[:24]
+    if ident is not None:
+        _DIGESTS[ident] = digest
+    return digest
+
+
 def cached_json(btf_path: Path, kind: str, compute: Callable[[bytes], Any], use_cache: bool = True, *,
                 valid: Callable[[Any], bool]) -> Any:
     """compute(blob) once per kernel build; later runs read the JSON it returned if `valid` accepts it.
@@ -181,19 +200,18 @@ def cached_json(btf_path: Path, kind: str, compute: Callable[[bytes], Any], use_
     `valid` is required: whatever is read back from disk is checked for the shape compute() returns,
     so a corrupt or truncated entry is rebuilt instead of breaking every later run.
     """
-    blob = read_btf(btf_path)
     if not use_cache:
-        return compute(blob)
-    digest = hashlib.sha256(blob).hexdigest()[:24]
+        return compute(read_btf(btf_path))
+    digest = btf_digest(btf_path)
     name = f"{kind}-v{CACHE_VERSION}-{digest}.json"
     dir_fd = open_dir(cache_dir())
     if dir_fd is None:  # no trustworthy cache here: compute every time rather than fail
-        return compute(blob)
+        return compute(read_btf(btf_path))
     try:
         ok, value = _decode(read_entry(dir_fd, name), valid)
         if ok:
             return value
-        value = compute(blob)
+        value = compute(read_btf(btf_path))
         write_entry(dir_fd, name, json.dumps(value, sort_keys=True).encode())
         return value
     finally:

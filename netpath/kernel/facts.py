@@ -138,7 +138,7 @@ class KernelFacts:
 
     @cached_property
     def kallsyms(self) -> Kallsyms:
-        return Kallsyms.load(self.root / "proc/kallsyms")
+        return Kallsyms.load(self.root / "proc/kallsyms", cached=self.root == Path("/"))
 
     @cached_property
     def config(self) -> dict[str, str]:

@@ -31,6 +31,9 @@ FIELDS: dict[str, tuple[str, str]] = {
     # netpath trace
     "OFF_SKB_DATA": ("sk_buff", "data"),
     "OFF_SKB_NEXT": ("sk_buff", "next"),
+    # netpath drops --pcap: where the packet's bytes start and how many are linear
+    "OFF_SKB_MAC_HEADER": ("sk_buff", "mac_header"),
+    "OFF_SKB_TAIL": ("sk_buff", "tail"),
     # attribution: the socket's inode and cgroup v2 id
     "OFF_SK_STATE": ("sock", "__sk_common.skc_state"),
     "OFF_SK_SOCKET": ("sock", "sk_socket"),

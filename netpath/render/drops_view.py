@@ -109,7 +109,7 @@ def drops_table(snap: DropSnapshot, title: str, width: int = 80) -> RenderableTy
     parts.append(
         Text(
             f"kfree_skb hits {h.probe_hits.get('skb:kfree_skb', 0):,}, matched {h.matched:,}, "
-            f"lost rows {h.lost_rows}, samples {h.samples} (lost {h.lost_samples})",
+            f"lost rows {h.lost_rows}, samples {h.samples} (lost {h.lost_samples})" + pcap_text(snap),
             style="dim",
         )
     )
@@ -118,6 +118,13 @@ def drops_table(snap: DropSnapshot, title: str, width: int = 80) -> RenderableTy
         if said:
             parts.append(Text(textwrap.fill(said, max(width, 40)), style="bold"))
     return Group(*parts)
+
+
+def pcap_text(snap: DropSnapshot) -> str:
+    p = snap.health.pcap
+    if p is None:
+        return ""
+    return f", pcap written {p.written:,} (skipped {p.skipped:,}: cap or rate limit; lost {p.lost:,})"
 
 
 def counters_table(counters: list[Counter]) -> Table:
@@ -178,7 +185,9 @@ def plain_lines(snap: DropSnapshot, title: str) -> list[str]:
         lines.append(f"  {c.count:>10,}  counter {c.source}:{c.name} {where}".rstrip())
     h = snap.health
     lines.append(f"  health: hits={h.probe_hits.get('skb:kfree_skb', 0)} matched={h.matched} "
-                 f"lost_rows={h.lost_rows} samples={h.samples} lost_samples={h.lost_samples}")
+                 f"lost_rows={h.lost_rows} samples={h.samples} lost_samples={h.lost_samples}"
+                 + (f" pcap_written={h.pcap.written} pcap_skipped={h.pcap.skipped} pcap_lost={h.pcap.lost}"
+                    if h.pcap is not None else ""))
     lines.extend(f"  warning: {w}" for w in snap.warnings)
     for said in (no_device_line(snap), counter_only_line(snap)):
         if said:

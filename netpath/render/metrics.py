@@ -4,6 +4,14 @@ Counters come from run totals, so they only go up. Each labelled family
 has a series budget: label sets past it fold into one `_other` series
 (counted in netpath_series_dropped_total) and stay folded, so no counter
 ever moves between series and goes backwards.
+
+Once `started` is set (the wall-clock time the probes were attached),
+counter and histogram series carry an OpenMetrics created timestamp: the
+last moment the series is known to have been zero. That is `started` for a
+series present at the first scrape, else the previous scrape's time (the
+series did not exist then, so counted nothing). A Prometheus that ingests
+created timestamps then starts a series that appears with a non-zero value
+at zero, and increase()/rate() see its first count.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.samples import Sample
 
 from netpath.model import DropSnapshot, Latency, Owner, Start, TraceSnapshot
 
@@ -79,19 +88,43 @@ class MetricSet:
     def __init__(self, max_series: int) -> None:
         self.budgets = {name: SeriesBudget(max_series) for name in self.FAMILIES}
         self.dropped_ever: dict[str, int] = dict.fromkeys(self.FAMILIES, 0)
+        self.started: float | None = None  # wall-clock seconds at attach; None: no created timestamps
+        self._zero_at: float | None = None  # the last time a series absent now was known to be zero
+        self._created: dict[tuple[str, Labels], float] = {}
+        self._seen: set[tuple[str, Labels]] = set()
+
+    def created(self, family: str, labels: Labels) -> float | None:
+        """The series' created timestamp (see the module doc), fixed at its first scrape."""
+        if self.started is None:
+            return None
+        key = (family, labels)
+        self._seen.add(key)
+        if key not in self._created:
+            self._created[key] = self._zero_at if self._zero_at is not None else self.started
+        return self._created[key]
+
+    def scraped(self, now: float) -> None:
+        """Ends a scrape at wall-clock time now: series not in it start afresh if they come back."""
+        for key in set(self._created) - self._seen:
+            del self._created[key]
+        self._seen = set()
+        self._zero_at = now
 
     def _bounded(self, key: str, families: list[CounterMetricFamily], values: dict[Labels, tuple[float, ...]],
                  width: int) -> None:
         """Adds each series to the families (one per tuple position), folded past the budget."""
         budget = self.budgets[key]
         own, overflow = budget.split(values)
+        if overflow is not None:
+            own[(OTHER,) * width] = overflow
         for labels, vector in sorted(own.items()):
             for fam, value in zip(families, vector, strict=True):
-                fam.add_metric(list(labels), value)
-        if overflow is not None:
-            for fam, value in zip(families, overflow, strict=True):
-                fam.add_metric([OTHER] * width, value)
+                fam.add_metric(list(labels), value, created=self.created(fam.name, labels))
         self.dropped_ever[key] = max(self.dropped_ever[key], budget.dropped)
+
+    def _counter(self, name: str, doc: str, value: float) -> CounterMetricFamily:
+        base = name.removesuffix("_total")
+        return CounterMetricFamily(base, doc, value=value, created=self.created(base, ()))
 
     def build_info(self, start: Start, version: str) -> Metric:
         g = GaugeMetricFamily("netpath_build_info", "netpath version, kernel release and header mode; always 1",
@@ -128,17 +161,20 @@ class MetricSet:
         self._bounded("netpath_rx_stat_total", [counters], cvalues, 3)
         yield counters
         h = snap.health
-        yield _counter("netpath_drops_matched_total", "Drops that passed netpath's filters (exact, map full or not)",
-                       h.matched)
-        yield _counter("netpath_drops_map_full_total", "Drops counted in matched but not in a row: the drops map was "
-                       "full", h.lost_rows)
-        yield _counter("netpath_drops_no_device_total", "Drops that came in on an interface but whose namespace the "
-                       "kernel no longer names (no device, socket or fragment queue): --netns/--iface cannot match "
-                       "them", h.no_device)
+        yield self._counter("netpath_drops_matched_total", "Drops that passed netpath's filters (exact, map full or "
+                            "not)", h.matched)
+        yield self._counter("netpath_drops_map_full_total", "Drops counted in matched but not in a row: the drops map "
+                            "was full", h.lost_rows)
+        yield self._counter("netpath_drops_no_device_total", "Drops that came in on an interface but whose namespace "
+                            "the kernel no longer names (no device, socket or fragment queue): --netns/--iface "
+                            "cannot match them", h.no_device)
 
     def trace(self, snap: TraceSnapshot) -> Iterator[Metric]:
         hist = HistogramMetricFamily("netpath_stage_latency_seconds", "Receive-path stage latency, from the "
-                                     "in-kernel log2 histogram", labels=["stage"])
+                                     "in-kernel log2 histogram of the timed packets (1 in --sample)",
+                                     labels=["stage"])
+        packets = CounterMetricFamily("netpath_stage_packets", "Packets (or runs) each stage saw, timed or not: "
+                                      "exact", labels=["stage"])
         napi_labels = ["iface", "netns"]
         polls = CounterMetricFamily("netpath_napi_polls", "NAPI polls, by device", labels=napi_labels)
         work = CounterMetricFamily("netpath_napi_packets", "Packets NAPI polls handled (their work), by device",
@@ -148,10 +184,15 @@ class MetricSet:
         napi: dict[Labels, tuple[float, ...]] = {}
         for row in snap.stages:
             hist.add_metric([row.stage], _buckets(row.latency), row.latency.sum_ns / 1e9)
+            created = self.created(hist.name, (row.stage,))
+            if created is not None:
+                hist.samples.append(Sample(hist.name + "_created", {"stage": row.stage}, created))
+            packets.add_metric([row.stage], row.count, created=self.created(packets.name, (row.stage,)))
             for where, n in row.napi_parts:
                 labels = (where.iface or (str(where.ifindex) if where.ifindex else ""), str(where.netns or ""))
                 napi[labels] = _add(napi.get(labels, ()), (n.polls, n.work, n.exhausted))
         yield hist
+        yield packets
         self._bounded("netpath_napi_polls_total", [polls, work, exhausted], napi, 2)
         yield polls
         yield work
@@ -166,7 +207,7 @@ class MetricSet:
                                       "by why", labels=["why"])
         for why, value in (("histogram_map_full", h.lost_samples), ("skb_map_full", h.lost_skbs),
                            ("read_before_wakeup", h.missed_enqueue), ("socket_ring_overrun", h.ring_overrun)):
-            untimed.add_metric([why], value)
+            untimed.add_metric([why], value, created=self.created(untimed.name, (why,)))
         yield untimed
 
     def health(self, hits: dict[tuple[str, str], int], scrape_s: float,
@@ -175,12 +216,12 @@ class MetricSet:
         fam = CounterMetricFamily("netpath_probe_hits_total", "Times each hook ran, by netpath program (drops, "
                                   "trace)", labels=["program", "hook"])
         for (prog, hook), value in sorted(hits.items()):
-            fam.add_metric([prog, hook], value)
+            fam.add_metric([prog, hook], value, created=self.created(fam.name, (prog, hook)))
         yield fam
         dropped = CounterMetricFamily("netpath_series_dropped_total", "Label sets folded into a family's _other "
                                       "series by --max-series", labels=["metric"])
         for name, value in sorted(self.dropped_ever.items()):
-            dropped.add_metric([name], value)
+            dropped.add_metric([name], value, created=self.created(dropped.name, (name,)))
         yield dropped
         yield GaugeMetricFamily("netpath_scrape_duration_seconds", "Time netpath spent reading maps for this "
                                 "scrape", value=scrape_s)
@@ -190,14 +231,12 @@ class MetricSet:
             secs = CounterMetricFamily("netpath_bpf_run_seconds_total", "Time spent in each BPF function "
                                        "(kernel.bpf_stats_enabled=1)", labels=["program", "function"])
             for (prog, fn), (count, ns) in sorted(bpf_runs.items()):
-                runs.add_metric([prog, fn], count)
-                secs.add_metric([prog, fn], ns / 1e9)
+                runs.add_metric([prog, fn], count, created=self.created(runs.name, (prog, fn)))
+                secs.add_metric([prog, fn], ns / 1e9, created=self.created(secs.name, (prog, fn)))
             yield runs
             yield secs
 
 
-def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
-    return CounterMetricFamily(name.removesuffix("_total"), doc, value=value)
 
 
 def _buckets(lat: Latency) -> list[tuple[str, float]]:

@@ -124,7 +124,8 @@ def trace_options() -> Iterator[tuple[str, trace_mod.TraceQuery]]:
 
 
 RAW_TOO = ("--by reason,location,iface,proto", "--by flow", "--by reason,socket,cgroup",
-           "--by reason,location,iface,proto,flow,socket,cgroup", "everything")
+           "--by reason,location,iface,proto,flow,socket,cgroup", "everything", "--pcap",
+           "--pcap --by reason,socket")
 
 
 def drops_options() -> Iterator[tuple[str, drops_mod.DropsQuery]]:
@@ -140,6 +141,9 @@ def drops_options() -> Iterator[tuple[str, drops_mod.DropsQuery]]:
         "--reason": Q(reason_code=2), **{label: Q(filters=f) for label, f in FILTERS.items()},
         "every filter": Q(filters=ALL_FILTERS), "--samples 4 --cgroup": Q(samples=4, filters=cgroup),
         "--stack --by reason,flow": Q(stack=True, by=("reason", "flow")),
+        "--pcap": Q(pcap=drops_mod.PcapQuery()), "--pcap --by reason,socket": Q(pcap=drops_mod.PcapQuery(),
+                                                                                by=("reason", "socket")),
+        "--pcap every filter": Q(pcap=drops_mod.PcapQuery(snaplen=64), filters=ALL_FILTERS),
         "everything": Q(filters=replace(ALL_FILTERS, cgroup_id=4242), samples=4, stack=True, reason_code=2,
                         by=fields),
     })

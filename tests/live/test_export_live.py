@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import select
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -16,6 +18,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from netpath_testlib import REPO, netpath_argv, run_netpath, send_spaced, send_udp, start_receiver, veth_namespace
@@ -34,27 +37,41 @@ def free_tcp_port() -> int:
 class ExportRun:
     """A running `netpath export`; ready once it says where it serves (after every probe is attached)."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, ssl_context: ssl.SSLContext | None = None, auth: tuple[str, str] | None = None,
+                 listen: str | None = None) -> None:
         self.port = free_tcp_port()
-        self.proc = subprocess.Popen([*netpath_argv(), "export", "--listen", f"127.0.0.1:{self.port}", *args],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+        self.ssl_context = ssl_context
+        self.auth = auth
+        self.scheme = "https" if ssl_context is not None else "http"
+        self.proc = subprocess.Popen([*netpath_argv(), "export", "--listen", listen or f"127.0.0.1:{self.port}",
+                                      *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
         assert self.proc.stderr is not None
+        self.notes: list[str] = []
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             ready, _, _ = select.select([self.proc.stderr], [], [], deadline - time.monotonic())
             line = self.proc.stderr.readline() if ready else ""
-            if "serving http://" in line:
+            self.notes.append(line)
+            if "netpath export: serving " in line:
                 return
             if not line:
                 break
         self.proc.kill()
-        raise AssertionError(f"netpath export did not become ready: {self.proc.communicate()}")
+        raise AssertionError(f"netpath export did not become ready: {self.notes} {self.proc.communicate()}")
 
-    def scrape(self, openmetrics: bool = False) -> str:
-        req = urllib.request.Request(f"http://127.0.0.1:{self.port}/metrics")
+    def request(self, path: str = "/metrics", openmetrics: bool = False, timeout: float = 10,
+                auth: tuple[str, str] | None = None) -> urllib.request.Request:
+        req = urllib.request.Request(f"{self.scheme}://127.0.0.1:{self.port}{path}")
         if openmetrics:
             req.add_header("Accept", "application/openmetrics-text; version=1.0.0; charset=utf-8")
-        with urllib.request.urlopen(req, timeout=10) as resp:
+        creds = auth or self.auth
+        if creds is not None:
+            req.add_header("Authorization", "Basic " + base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode())
+        return req
+
+    def scrape(self, openmetrics: bool = False, timeout: float = 10) -> str:
+        with urllib.request.urlopen(self.request(openmetrics=openmetrics), timeout=timeout,
+                                    context=self.ssl_context) as resp:
             return resp.read().decode()
 
     def stop(self) -> tuple[int, str]:
@@ -64,8 +81,8 @@ class ExportRun:
 
 
 @contextmanager
-def exporter(*args: str) -> Iterator[ExportRun]:
-    run = ExportRun(*args)
+def exporter(*args: str, **kw: Any) -> Iterator[ExportRun]:
+    run = ExportRun(*args, **kw)
     try:
         yield run
     finally:
@@ -74,13 +91,18 @@ def exporter(*args: str) -> Iterator[ExportRun]:
 
 
 @contextmanager
-def prometheus(target_port: int) -> Iterator[str]:
-    """A Prometheus server on loopback scraping the exporter every second; yields its base URL."""
+def prometheus(target_port: int, job: str = "", rule_files: tuple[Path, ...] = ()) -> Iterator[str]:
+    """A Prometheus server on loopback scraping the exporter every second; yields its base URL.
+
+    job: more YAML keys for the scrape job (scheme, basic_auth, tls_config), indented by 4."""
     port = free_tcp_port()
     with tempfile.TemporaryDirectory(prefix="netpath-prom-") as tmp:
         config = Path(tmp) / "prometheus.yml"
-        config.write_text("global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n"
-                          f"  - job_name: netpath\n    static_configs:\n      - targets: ['127.0.0.1:{target_port}']\n")
+        rules = "".join(f"  - {f}\n" for f in rule_files)
+        config.write_text("global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n"
+                          + (f"rule_files:\n{rules}" if rules else "") + "scrape_configs:\n"
+                          f"  - job_name: netpath\n{job}    static_configs:\n"
+                          f"      - targets: ['127.0.0.1:{target_port}']\n")
         proc = subprocess.Popen(["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp}/data",
                                  f"--web.listen-address=127.0.0.1:{port}"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -212,3 +234,24 @@ def test_series_of_a_deleted_namespace_go_away():
         time.sleep(11)  # the exporter looks for deleted interfaces at most every 10 s
         after = samples(run.scrape(), "netpath_drops_total")
         assert not any(label in k for k in after), after
+
+
+def test_the_default_profile_counts_every_delivered_datagram_times_a_sample_and_keeps_drops_exact():
+    n, port, closed = 320, 40991, 40992
+    with veth_namespace("npdef") as pair, exporter("--netns", pair.ns) as run:
+        receiver = start_receiver(pair, port, n, 0.0)
+        for _ in range(n // 32):  # in bursts the receiver keeps up with: none overflows its buffer
+            send_udp(pair.ns_addr, port, 32)
+            time.sleep(0.02)
+        out, _ = receiver.communicate(timeout=60)
+        assert f"got {n}" in out
+        send_udp(pair.ns_addr, closed, 200)
+        time.sleep(0.3)
+        text = run.scrape()
+    packets = {dict(k)["stage"]: v for k, v in samples(text, "netpath_stage_packets_total").items()}
+    timed = {dict(k)["stage"]: v for k, v in samples(text, "netpath_stage_latency_seconds_count").items()}
+    for stage in ("socket_queue", "stack_total"):
+        assert packets[stage] == n, (stage, packets)  # exact: every datagram, timed or not
+        assert 0 < timed[stage] < n, (stage, timed)  # 1 in 16 timed (expected 20)
+    drops = samples(text, "netpath_drops_total")
+    assert sum(v for k, v in drops.items() if dict(k)["reason"] == "NO_SOCKET") == 200

@@ -70,6 +70,9 @@ class FakeProgram:
     def open_perf_buffer(self, name: str, on_event: Callable[[bytes], None], on_lost: Callable[[int], None]) -> None:
         self.perf[name] = (on_event, on_lost)
 
+    def open_ring_buffer(self, name: str, on_event: Callable[[bytes], None]) -> None:
+        self.perf[name] = (on_event, lambda _n: None)
+
     def poll(self, timeout_s: float) -> None:
         self.polls += 1
         pending, self.pending = self.pending, []

@@ -119,3 +119,25 @@ def test_emfile_names_the_open_file_limit(capsys, monkeypatch):
     rc, out, err = call(capsys, "drops", "--by", "reason", "--duration", "1")
     assert rc == EXIT_ENVIRONMENT and out == "" and err.count("\n") == 1
     assert "RLIMIT_NOFILE" in err and "ulimit -n" in err and "internal error" not in err
+
+
+def test_the_lazy_command_table_matches_each_commands_own_help():
+    import importlib
+
+    import click
+
+    from netpath.cli.main import COMMANDS
+
+    for name, (module, line) in COMMANDS.items():
+        command = getattr(importlib.import_module(module), name)
+        assert isinstance(command, click.Command) and command.get_short_help_str(limit=200) == line
+
+
+def test_help_imports_no_command_module():
+    import subprocess
+    import sys
+
+    code = ("import sys; from netpath.cli.main import main; rc = main(['--help']); "
+            "print(sorted(m for m in sys.modules if m.startswith(('netpath.cli.', 'rich', 'prometheus', 'pyroute2'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "['netpath.cli.main']"

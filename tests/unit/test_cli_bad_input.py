@@ -50,6 +50,13 @@ TRACE_ONLY: list[tuple[str, list[Value]]] = [
     ("--hist", ["nostage", ""]),
 ]
 
+EXPORT_ONLY: list[tuple[str, list[Value]]] = [
+    ("--sample", ["nan", "inf", "0", "-1", "3", "12", "1e3", "", "some", "99999999999"]),
+    ("--web-config-file", ["", "  ", "/nonexistent/web.yml", "{directory}"]),  # an empty file is a valid config
+    ("--max-series", ["nan", "0", "-1", "100001", "", "many"]),
+    ("--listen", ["", "9872", "localhost:0", "localhost:65536", "nohost:9872", "1.2.3.4.5:9872"]),
+]
+
 
 def _cases() -> list[tuple[str, str, Value]]:
     cases = []
@@ -58,6 +65,7 @@ def _cases() -> list[tuple[str, str, Value]]:
             cases += [(command, option, v) for v in values]
     cases += [("drops", option, v) for option, values in DROPS_ONLY for v in values]
     cases += [("trace", option, v) for option, values in TRACE_ONLY for v in values]
+    cases += [("export", option, v) for option, values in EXPORT_ONLY for v in values]
     return cases
 
 

@@ -155,3 +155,59 @@ def test_bpf_stats_from_fdinfo(tmp_path):
     assert not bpfstats.enabled(sysctl)
     sysctl.write_text("1\n")
     assert bpfstats.enabled(sysctl)
+
+
+def created_of(metrics, name: str) -> dict[tuple, float]:
+    return values(metrics, name.removesuffix("_total") + "_created")
+
+
+def test_created_is_attach_time_first_then_the_previous_scrape_for_series_that_appear_later():
+    ms = MetricSet(10)
+    ms.started = 1000.0
+    first = list(ms.drops(drops(row("NO_SOCKET", "lo", 30))))
+    ms.scraped(1010.0)
+    assert set(created_of(first, "netpath_drops_total").values()) == {1000.0}
+    assert created_of(first, "netpath_drops_matched_total") == {(): 1000.0}
+    second = list(ms.drops(drops(row("NO_SOCKET", "lo", 40), row("NETFILTER_DROP", "veth0", 5))))
+    ms.scraped(1020.0)
+    by_reason = {dict(k)["reason"]: v for k, v in created_of(second, "netpath_drops_total").items()}
+    assert by_reason == {"NO_SOCKET": 1000.0, "NETFILTER_DROP": 1010.0}  # veth0's was zero at the 1010 scrape
+    list(ms.drops(drops(row("NO_SOCKET", "lo", 40))))  # veth0 gone (interface deleted)
+    ms.scraped(1030.0)
+    back = list(ms.drops(drops(row("NO_SOCKET", "lo", 40), row("NETFILTER_DROP", "veth0", 2))))
+    by_reason = {dict(k)["reason"]: v for k, v in created_of(back, "netpath_drops_total").items()}
+    assert by_reason["NETFILTER_DROP"] == 1030.0
+
+
+def test_no_created_samples_before_the_start_time_is_known():
+    assert created_of(list(MetricSet(10).drops(drops(row("NO_SOCKET", "lo", 3)))), "netpath_drops_total") == {}
+
+
+def test_created_goes_to_openmetrics_only_and_scrapes_share_one_map_reading():
+    import threading
+    import time
+
+    from netpath.cli.http_server import SharedScrape
+
+    calls = []
+
+    def collect():
+        calls.append(time.monotonic())
+        time.sleep(0.05)
+        ms = MetricSet(10)
+        ms.started = 1000.0
+        return list(ms.drops(drops(row("NO_SOCKET", "lo", 30))))
+
+    scrape = SharedScrape(collect)
+    text, ctype = scrape.body("text/plain", False)
+    assert b"netpath_drops_total{" in text and b"_created" not in text and ctype.startswith("text/plain")
+    om, octype = scrape.body("application/openmetrics-text; version=1.0.0", False)
+    assert b"netpath_drops_created{" in om and om.endswith(b"# EOF\n") and octype.startswith("application/openmetrics")
+    assert len(calls) == 2  # a scrape never gets a reading that began before it arrived
+    threads = [threading.Thread(target=scrape.body, args=("", True)) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert 3 <= len(calls) < 2 + 20  # waiting scrapes shared readings
+    assert scrape.close(timeout=1)

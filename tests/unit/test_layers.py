@@ -6,7 +6,8 @@ import ast
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[2] / "netpath"
-STDLIB_OK = {"__future__", "textwrap", "typing", "dataclasses", "json", "sys", "collections", "collections.abc"}
+STDLIB_OK = {"__future__", "struct", "textwrap", "typing", "dataclasses", "json", "sys", "collections",
+             "collections.abc"}
 
 
 def imports(path: Path) -> set[str]:

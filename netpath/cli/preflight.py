@@ -11,7 +11,7 @@ from netpath.kernel.facts import KernelFacts
 def require_capability(locations: bool = False) -> None:
     """locations: the run names kernel code addresses (drop locations, stacks), which takes CAP_SYSLOG."""
     limits.raise_soft_limit()
-    fix = missing_capability(locations=locations)
+    fix = limits.too_low() or missing_capability(locations=locations)
     if fix:
         raise MissingCapability(fix)
 

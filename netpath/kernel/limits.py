@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import resource
 
 # what `netpath trace --stages all` holds open here (measured: it fails at 32, runs at 48); more with CPUs
@@ -19,6 +20,20 @@ def raise_soft_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
         except (OSError, ValueError):
             pass
+
+
+def fds_needed() -> int:
+    """A floor below which a run cannot work: measured here, trace --stages all failed at 36 descriptors
+    and ran at 40 on 2 CPUs; perf buffers take more per CPU."""
+    return max(64, 32 + 8 * (os.cpu_count() or 1))
+
+
+def too_low() -> str | None:
+    """The fix, when even the hard open-file limit is below what netpath needs; None when it is enough."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= fds_needed():
+        return None
+    return advice()
 
 
 def too_many_files(exc: BaseException) -> bool:

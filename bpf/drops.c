@@ -20,12 +20,14 @@
  * packet headers (skb->head is not a typed pointer) are still probe reads.
  * netpath falls back to TP_BTF=0 (a raw tracepoint) where the kernel refuses.
  *
- * Units: drops_owner.c (socket and cgroup of a drop) comes first when rows
- * or filters or samples need it; this unit counts and samples.
+ * Units: drop_place.c (where a drop was: namespace inode and cookie,
+ * interface, also when skb->dev is gone) always comes first, drops_owner.c
+ * (socket and cgroup of a drop) when rows or filters or samples need it;
+ * this unit counts and samples.
  *
  * Compile-time numbers: TP_HAS_REASON, TP_HAS_RX_SK,
  * BY_{REASON,LOCATION,IFACE,PROTO,FLOW,SOCKET,CGROUP} (BY_OWNER: either of the
- * last two), FILTER_{NETNS,IFACE,REASON,PROTO,PORT,HOST_*,CGROUP},
+ * last two), FILTER_{NETNS,NETNS_COOKIE,IFACE,REASON,PROTO,PORT,HOST_*,CGROUP},
  * SAMPLE_BUDGET, WITH_STACK, PCAP_SNAPLEN (--pcap: bpf/capture.c is compiled in),
  * MAX_ROWS and the OFF_* struct offsets. struct drop_where, drop_flow,
  * drop_sample and enum drop_stat come from netpath/contract.py, compiled
@@ -123,38 +125,6 @@ static __always_inline void drop_flow_of(struct np_flow *flow, struct drop_flow 
 #define TP_BTF 0
 #endif
 
-/* Namespace inode and ifindex of skb->dev, in three probe reads or fewer. */
-static __always_inline u32 drop_dev(void *skb, void **devp, u32 *ifindex)
-{
-#if TP_BTF
-	/*
-	 * Direct loads through BTF-typed pointers (a faulting load reads 0).
-	 * The empty asm hides the pointer's origin from BCC, which would
-	 * otherwise rewrite the loads into probe reads.
-	 */
-	u64 s = (u64)skb, dev, net;
-
-	asm volatile("" : "+r"(s));
-	dev = *(u64 *)(s + OFF_SKB_DEV);
-	*devp = (void *)dev;
-	if (!dev)
-		return 0;
-	*ifindex = *(u32 *)(dev + OFF_DEV_IFINDEX);
-	net = *(u64 *)(dev + OFF_DEV_ND_NET);
-	if (!net)
-		return 0;
-	return *(u32 *)(net + OFF_NET_NS_INUM);
-#else
-	void *dev = NULL;
-	u32 inum = 0;
-
-	NP_READ(dev, skb, OFF_SKB_DEV);
-	*devp = dev;
-	np_dev_where(dev, ifindex, &inum);
-	return inum;
-#endif
-}
-
 /* L3/L4 of the dropped skb: with a typed skb, its protocol, head and network header are plain loads */
 static __always_inline int drop_parse_flow(void *skb, struct np_flow *flow)
 {
@@ -174,18 +144,27 @@ static __always_inline int drop_parse_flow(void *skb, struct np_flow *flow)
 }
 
 /* the filters: 1 when the drop is counted; fills where it happened, its flow and (when keyed) its owner */
-static __always_inline int drop_matches(void *skb, void *rx_sk, struct drop_where *w, struct np_flow *flow,
-					struct drop_owner *owner)
+static __always_inline int drop_matches(void *skb, void *rx_sk, struct drop_stats *st, struct drop_where *w,
+					struct np_flow *flow, struct drop_owner *owner)
 {
-	void *dev = NULL;
+	struct drop_place place = {};
 
 #ifdef FILTER_REASON
 	if (w->reason != FILTER_REASON)
 		return 0;
 #endif
-	w->netns = drop_dev(skb, &dev, &w->ifindex);
+	drop_place(skb, rx_sk, w->location, st->v[STAT_HITS], &place);	/* bpf/drop_place.c */
+	w->netns = place.inum;
+	w->ifindex = place.inum ? place.ifindex : 0;	/* an index means nothing without its namespace */
+	w->netns_cookie = place.cookie;
+	if (!place.inum && place.ifindex)
+		st->v[STAT_NO_DEVICE] += 1;	/* came in, lost its device: counted before any filter */
 	if (!np_passes_where(w->netns, w->ifindex))
 		return 0;
+#ifdef FILTER_NETNS_COOKIE
+	if (w->netns_cookie != FILTER_NETNS_COOKIE)
+		return 0;
+#endif
 #if BY_PROTO || BY_FLOW || SAMPLE_BUDGET > 0 || NEED_FLOW || defined(PCAP_SNAPLEN)
 	if (!np_flow_matches(flow, drop_parse_flow(skb, flow)))
 		return 0;
@@ -216,6 +195,7 @@ static __always_inline void drop_key_of(struct drop_key *key, struct drop_where 
 #if BY_IFACE
 	key->w.ifindex = w->ifindex;
 	key->w.netns = w->netns;
+	key->w.netns_cookie = w->netns_cookie;
 #endif
 #if BY_PROTO || BY_FLOW
 	key->w.l3proto = w->l3proto;
@@ -304,10 +284,10 @@ RAW_TRACEPOINT_PROBE(kfree_skb)
 #if TP_HAS_REASON
 	w.reason = (u32)ctx->args[2];
 #endif
-#if TP_HAS_RX_SK && (BY_OWNER || defined(FILTER_CGROUP) || SAMPLE_BUDGET > 0)
-	rx_sk = (void *)ctx->args[3];	/* for drops_owner.c */
+#if TP_HAS_RX_SK
+	rx_sk = (void *)ctx->args[3];	/* drop_place.c, and drops_owner.c */
 #endif
-	if (!drop_matches(skb, rx_sk, &w, &flow, &owner))
+	if (!drop_matches(skb, rx_sk, st, &w, &flow, &owner))
 		return 0;
 	st->v[STAT_MATCHED] += 1;
 #ifdef PCAP_SNAPLEN

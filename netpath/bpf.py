@@ -26,7 +26,7 @@ from typing import Any
 
 from netpath import contract
 from netpath.errors import MissingCapability
-from netpath.kernel import bpfstats, bpfsys, caps, progcache, shim
+from netpath.kernel import bpfstats, bpfsys, caps, limits, progcache, shim
 from netpath.kernel import offsets as kernel_offsets
 from netpath.kernel.facts import KernelFacts
 
@@ -396,7 +396,8 @@ class Program:
         try:
             fd = bpfsys.attach_kprobe(self._load(fn_name, bpfsys.PROG_TYPE_KPROBE), symbol, is_return)
         except OSError as exc:
-            raise MissingCapability(str(exc.strerror or exc)) from None
+            why = limits.advice() if limits.too_many_files(exc) else str(exc.strerror or exc)
+            raise MissingCapability(why) from None
         self._links.setdefault(fn_name, []).append(fd)
 
     def open_perf_buffer(self, name: str, on_event: EventHandler, on_lost: LostHandler) -> None:

@@ -206,7 +206,7 @@ SLOW_EVENT = Layout("np_slow_event", (
 
 # bpf/drops.c's health counters (enum drop_stat); each name is the model.DropHealth field and the JSON one
 # (hits is the JSON probe_hits of skb:kfree_skb)
-DROP_STATS = ("hits", "matched", "lost_rows", "samples", "skipped_samples")
+DROP_STATS = ("hits", "matched", "lost_rows", "samples", "skipped_samples", "no_device")
 # bpf/capture.c's (--pcap), after them in the same enum: while a capture runs every matched drop is one of
 # pcap_sent, pcap_over_cap, pcap_over_rate, pcap_lost; the counts themselves never depend on it
 PCAP_STATS = ("pcap_sent", "pcap_over_cap", "pcap_over_rate", "pcap_lost")
@@ -217,7 +217,8 @@ DROP_CACHE_SLOTS = 16
 
 DROP_WHERE = Layout("drop_where", (
     _f("location", "u64"), _f("reason", "u32"), _f("ifindex", "u32"), _f("netns", "u32"), _f("l3proto", "u16"),
-    _f("l4proto", "u8"), _f("family", "u8")), "where and what: the whole key when rows do not group by flow")
+    _f("l4proto", "u8"), _f("family", "u8"), _f("netns_cookie", "u64")),
+    "where and what: the whole key when rows do not group by flow; the namespace's cookie is its identity")
 DROP_FLOW = Layout("drop_flow", (
     _f("saddr", "u32", 4, raw=True), _f("daddr", "u32", 4, raw=True), _f("sport", "u16"), _f("dport", "u16"),
     _f("pad", "s32")))

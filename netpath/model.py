@@ -203,6 +203,9 @@ class DropHealth:
     samples: int = 0
     lost_samples: int = 0  # perf buffer overflow
     skipped_samples: int = 0  # over the per-CPU sample budget
+    # drops whose namespace could not be found (skb->dev gone and no socket or fragment queue to ask): they
+    # have no interface or namespace, so --netns and --iface cannot match them
+    no_device: int = 0
     pcap: PcapHealth | None = None  # only while --pcap captures
 
 
@@ -222,6 +225,9 @@ class DropSnapshot:
     interval_ns: int = 0
     interval_total: int = 0  # live view: drops this interval, while rows hold run totals
     warnings: list[str] = field(default_factory=list)  # what changed under the run (a namespace deleted)
+    # drop counters that rose while no drop event matched: rows and total say 0 for them
+    counter_only: list[Counter] = field(default_factory=list)
+    where_filtered: bool = False  # --netns or --iface: drops with no device (health.no_device) are left out
 
 
 # ---------------------------------------------------------------- trace

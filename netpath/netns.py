@@ -17,9 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from netpath import untrusted
 from netpath.errors import BadInput
 
 CLONE_NEWNET = 0x40000000
+SO_NETNS_COOKIE = 71  # Linux 5.14+: the namespace's net_cookie, which the kernel never reuses (inodes are)
 NETNS_RUN_DIR = Path("/run/netns")
 
 T = TypeVar("T")
@@ -30,6 +32,7 @@ class Netns:
     path: Path
     inode: int
     label: str
+    cookie: int = 0  # net_cookie (resolve() reads it; 0 when unknown): the identity the kernel never reuses
 
 
 def current() -> Netns:
@@ -111,7 +114,27 @@ def resolve(spec: str) -> Netns:
     if kind != CLONE_NEWNET:
         raise BadInput(f"bad --netns {spec!r}: {path} is a {NS_TYPES.get(kind, hex(kind))} namespace, "
                        "not a network namespace")
-    return Netns(path, inode, spec)
+    ns = Netns(path, inode, spec)
+    try:
+        return Netns(path, inode, spec, cookie_of(ns))
+    except OSError:  # setns refused: the inode alone filters
+        return ns
+
+
+def cookie_here() -> int:
+    """The net_cookie of the namespace this thread is in (0 where SO_NETNS_COOKIE is unknown: before 5.14)."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            return int.from_bytes(s.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8), "little")
+    except OSError:
+        return 0
+
+
+def cookie_of(ns: Netns | None) -> int:
+    """The net_cookie of `ns` (None: this namespace), read from a socket made inside it."""
+    return run_in(ns, cookie_here)
 
 
 def run_in(ns: Netns | None, fn: Callable[[], T]) -> T:
@@ -160,7 +183,8 @@ def known_namespaces() -> list[Netns]:
                 ino = os.stat(entry).st_ino
             except OSError:
                 continue
-            seen.setdefault(ino, Netns(entry, ino, entry.name))
+            # whoever may write /run/netns chose the name: shown in the untrusted-name form
+            seen.setdefault(ino, Netns(entry, ino, untrusted.name(entry.name)))
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue

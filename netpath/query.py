@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from netpath import model, netns
+from netpath import model, netns, untrusted
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -31,5 +31,7 @@ class Filters:
         return self.port is not None or self.host is not None
 
     def report(self) -> model.Filters:
-        return model.Filters(self.netns.inode if self.netns else None, self.ifaces, self.iface_keys, self.proto,
+        # the names as the kernel has them, shown like every interface name (argv may hold any bytes)
+        shown = tuple(untrusted.name(untrusted.raw_bytes(i)) for i in self.ifaces)
+        return model.Filters(self.netns.inode if self.netns else None, shown, self.iface_keys, self.proto,
                              self.port, str(self.host) if self.host else None, self.cgroup_id)

@@ -151,7 +151,7 @@ STAGES: tuple[Stage, ...] = (
             note="kprobe ip_local_deliver/ip6_input -> kprobe udp_rcv/udpv6_rcv"),
     ), checkpoint=True, slow=SLOW_TRANSPORT, c_unit="trace_kprobe.c"),
     Stage("socket_queue", "SOCKET_QUEUE", PER_PACKET, True,
-          "enqueued on the socket -> read by the application", (
+          "socket woken (sk_data_ready: each UDP datagram; TCP at SO_RCVLOWAT) -> read by the application", (
         HookSet("raw_tracepoint", ("sock:sk_data_ready", "skb:skb_copy_datagram_iovec", "sock:sock_recv_length"),
                 ("skb:consume_skb", "skb:kfree_skb"), "USE_SOCKQ",
                 "sock:sk_data_ready (the skb at the tail of sk_receive_queue) -> first "

@@ -14,6 +14,16 @@ from netpath.render import jsonl
 __all__ = ["OutputClosed", "Terminal"]
 
 
+def _tolerant(stream: object) -> None:
+    """A strict stdout encoding (PYTHONIOENCODING=ascii) shows what it cannot encode as escapes."""
+    reconfigure = getattr(stream, "reconfigure", None)
+    if reconfigure is not None:
+        try:
+            reconfigure(errors="backslashreplace")
+        except (OSError, ValueError):
+            pass
+
+
 class _Console(Console):
     def on_broken_pipe(self) -> None:
         """rich would exit 1 here, which our contract reserves for a crossed threshold."""
@@ -48,8 +58,11 @@ class Terminal:
     def __init__(self, json_mode: bool, stdout_taken: bool = False) -> None:
         self.json_mode = json_mode
         self.stdout_taken = stdout_taken
-        self.out = _Console(stderr=stdout_taken, highlight=False, soft_wrap=False)
-        self.err = _Console(stderr=True, highlight=False)
+        _tolerant(sys.stdout)
+        _tolerant(sys.stderr)
+        # no markup, emoji or highlighting is read from text: names in it are other users' choice
+        self.out = _Console(stderr=stdout_taken, highlight=False, soft_wrap=False, emoji=False, markup=False)
+        self.err = _Console(stderr=True, highlight=False, emoji=False, markup=False)
         self.interactive = not json_mode and (sys.stderr if stdout_taken else sys.stdout).isatty()
         self._live: Live | None = None
 

@@ -115,7 +115,7 @@ def parse_by(value: str) -> tuple[str, ...]:
               metavar="BYTES", help=f"Bytes kept of each packet [default: {contract.SNAPLEN_DEFAULT}].")
 @click.option("--force", is_flag=True, help="Replace an existing --pcap file (never through a symbolic link).")
 @click.option("--fail-on-drops", type=bounded_int(1, COUNT_THRESHOLD_MAX), metavar="N",  # counts are int64 in JSON
-              help="Exit 1 when at least N matching drops were seen.")
+              help="Exit 1 when at least N matching drop events were seen (the counters are not in it).")
 @click.pass_context
 def drops(ctx: click.Context, ifaces: tuple[str, ...], netns_spec: str | None, proto: str | None,
           port: int | None, host: str | None, interval: float, duration: float | None, count: int | None,
@@ -131,7 +131,7 @@ def drops(ctx: click.Context, ifaces: tuple[str, ...], netns_spec: str | None, p
     if reason_name is not None and (code := _reason_from_btf(reason_name, facts)) is not None:
         reason_code = code  # checked before the capability: a typo is bad input, whoever runs it
     if not ebpf:
-        require_capability()
+        require_capability(locations="location" in by or stack or samples > 0)
     load_facts(facts)
     if not facts.has_tracepoint(drops_mod.TRACEPOINT):
         raise MissingCapability("this kernel has no skb:kfree_skb tracepoint (needs Linux 4.x+ with tracefs mounted)")

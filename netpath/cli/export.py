@@ -82,7 +82,7 @@ Examples:
 def parse_listen(value: str) -> tuple[str, int]:
     """ADDR:PORT, [V6ADDR]:PORT or :PORT (every address) -> (host, port)."""
     host, sep, port_text = value.rpartition(":")
-    if not sep or not port_text.isdigit():
+    if not sep or not (port_text.isascii() and port_text.isdigit()):  # "²".isdigit(), but int("²") fails
         raise BadInput(f"bad --listen {value!r}: expected ADDR:PORT, e.g. 127.0.0.1:{DEFAULT_PORT}")
     port = int(port_text)
     if not 1 <= port <= 65535:
@@ -93,9 +93,14 @@ def parse_listen(value: str) -> tuple[str, int]:
     if host == "localhost":
         return "127.0.0.1", port
     try:
-        return str(ipaddress.ip_address(host)), port
+        addr = ipaddress.ip_address(host)
     except ValueError:
         raise BadInput(f"bad --listen {value!r}: {host!r} is not an IPv4 or IPv6 address") from None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.scope_id is not None:
+        # the HTTP server binds by address alone: a zone would fail at bind (or bind another interface)
+        raise BadInput(f"bad --listen {value!r}: a scoped IPv6 address (%{addr.scope_id}) cannot be served; "
+                       "give a global or loopback address, or [::] for every address")
+    return str(addr), port
 
 
 def parse_stages(value: str) -> tuple[str, ...]:

@@ -10,6 +10,7 @@ import click
 
 from netpath import __version__
 from netpath.errors import EXIT_ENVIRONMENT, EXIT_USAGE, NetpathError, OutputClosed
+from netpath.kernel import limits
 
 HELP = """eBPF observability for the Linux packet receive path.
 
@@ -22,7 +23,8 @@ HELP = """eBPF observability for the Linux packet receive path.
 
 Every command takes --json (JSON Lines, schema netpath/1). Exit codes: 0 ok,
 1 a --fail-on threshold was crossed, 2 bad input, 3 the environment cannot run
-it (the message says how to fix it). Run as root (or with CAP_BPF+CAP_PERFMON).
+it (the message says how to fix it). Run as root, or with CAP_BPF, CAP_PERFMON,
+CAP_DAC_READ_SEARCH and, for drop locations, CAP_SYSLOG.
 """
 
 
@@ -108,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         _silence_stdout()
         return EXIT_PIPE_CLOSED
     except Exception as exc:  # no traceback reaches the user; NETPATH_DEBUG=1 shows it
+        if limits.too_many_files(exc):  # the cause is the open-file limit, whichever file it hit
+            click.echo(f"netpath: error: {limits.advice()}", err=True)
+            return EXIT_ENVIRONMENT
         if os.environ.get("NETPATH_DEBUG"):
             raise
         click.echo(f"netpath: internal error: {type(exc).__name__}: {exc} (NETPATH_DEBUG=1 for details)", err=True)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from netpath.errors import MissingCapability
+from netpath.kernel import limits
 from netpath.kernel.caps import env_path, missing_capability
 from netpath.kernel.facts import KernelFacts
 
 
-def require_capability() -> None:
-    fix = missing_capability()
+def require_capability(locations: bool = False) -> None:
+    """locations: the run names kernel code addresses (drop locations, stacks), which takes CAP_SYSLOG."""
+    limits.raise_soft_limit()
+    fix = limits.too_low() or missing_capability(locations=locations)
     if fix:
         raise MissingCapability(fix)
 

@@ -1,4 +1,4 @@
-"""Drop counters that no skb event carries: link stats, softnet, qdisc, SNMP.
+"""Drop counters that no skb event carries: link stats, softnet, qdisc, SNMP, conntrack.
 
 Each read returns cumulative values; `CounterDeltas` turns them into
 per-interval deltas and run totals.
@@ -10,7 +10,7 @@ import importlib
 import threading
 from pathlib import Path
 
-from netpath import netns
+from netpath import netns, untrusted
 from netpath.kernel.softnet import parse_softnet
 from netpath.model import Counter
 
@@ -52,6 +52,11 @@ SNMP6_WANTED = (
     "Udp6RcvbufErrors",
     "Udp6InCsumErrors",
 )
+# /proc/net/stat/nf_conntrack (per namespace, one hex row per CPU): what conntrack refused or lost. A full
+# table (drop, early_drop) otherwise looks like a rule's NETFILTER_DROP at nf_hook_slow.
+CONNTRACK_WANTED = ("invalid", "insert_failed", "drop", "early_drop", "chaintoolong")
+# counters that count no dropped packet (time_squeeze: a softirq ran out of budget or time)
+NOT_DROPS = frozenset({("softnet", "time_squeeze")})
 
 
 def parse_snmp(text: str) -> dict[str, int]:
@@ -79,6 +84,20 @@ def parse_snmp6(text: str) -> dict[str, int]:
     return out
 
 
+def parse_conntrack(text: str) -> dict[str, int]:
+    """/proc/net/stat/nf_conntrack: a header of names, then one row of hex values per CPU, summed."""
+    lines = text.splitlines()
+    if not lines:
+        return {}
+    names = lines[0].split()
+    out = dict.fromkeys((n for n in names if n in CONNTRACK_WANTED), 0)
+    for line in lines[1:]:
+        for name, value in zip(names, line.split(), strict=False):
+            if name in out:
+                out[name] += int(value, 16)
+    return out
+
+
 def _read(path: str) -> str:
     try:
         return Path(path).read_text()
@@ -95,12 +114,14 @@ def read_netns_counters(ifaces: set[str] | None) -> dict[CounterKey, int]:
     snmp |= parse_snmp6(_read(f"{base}/snmp6"))
     for name, value in snmp.items():
         values[("snmp", name, None, None)] = value
+    for name, value in parse_conntrack(_read(f"{base}/stat/nf_conntrack")).items():  # absent: no nf_conntrack
+        values[("conntrack", name, None, None)] = value
     from pyroute2 import IPRoute  # imported late: it dominates start-up otherwise
 
     with IPRoute() as ipr:
         names: dict[int, str] = {}
         for link in ipr.get_links():
-            ifname = str(link.get_attr("IFLA_IFNAME"))
+            ifname = untrusted.name(link.get_attr("IFLA_IFNAME") or "")  # str, or bytes when not UTF-8
             names[int(link["index"])] = ifname
             if ifaces and ifname not in ifaces:
                 continue
@@ -178,6 +199,15 @@ def _diff(before: dict[CounterKey, int], after: dict[CounterKey, int]) -> list[C
 
 
 def _order(c: Counter) -> tuple[int, str, str, int]:
-    rank = {"link": 0, "ethtool": 0, "xdp": 0, "qstats": 0, "qdisc": 1, "softnet": 2, "snmp": 3}
+    rank = {"link": 0, "ethtool": 0, "xdp": 0, "qstats": 0, "qdisc": 1, "softnet": 2, "snmp": 3, "conntrack": 4}
     return rank.get(c.source, 9), c.iface or "", c.name, c.cpu if c.cpu is not None else -1
 
+
+
+def counter_only(counters: list[Counter], events: int) -> list[Counter]:
+    """The drop counters that rose in a window where no drop event matched: packets the kernel refused
+    without freeing them with a reason (a SYN at a full accept queue is consumed: ListenOverflows and
+    ListenDrops rise, kfree_skb never fires), or drops outside the filters. Empty when events matched."""
+    if events:
+        return []
+    return [c for c in counters if c.count > 0 and (c.source, c.name) not in NOT_DROPS]

@@ -9,7 +9,7 @@ import time
 from dataclasses import KW_ONLY, dataclass, field, replace
 from typing import Any
 
-from netpath import bpf, contract
+from netpath import bpf, contract, untrusted
 from netpath.collect import counters as counters_mod
 from netpath.collect.owners import OwnerResolver
 from netpath.collect.session import ProgramSession
@@ -162,7 +162,10 @@ def program_source(query: DropsQuery, facts: KernelFacts, offsets: dict[str, int
     if query.reason_code is not None:
         defines["FILTER_REASON"] = query.reason_code
     defines.update(filter_defines(query.filters))
-    files = ["where.c", "drops_owner.c", "drops.c"] if owner else ["where.c", "drops.c"]
+    defines.update(place_defines(facts, offsets))
+    if query.filters.netns is not None and query.filters.netns.cookie:
+        defines["FILTER_NETNS_COOKIE"] = query.filters.netns.cookie  # an inode reused later is not it
+    files = ["where.c", "drop_place.c", *(["drops_owner.c"] if owner else []), "drops.c"]
     if query.pcap is not None:
         defines.update(pcap_defines(query.pcap, offsets))
         files.insert(files.index("drops.c"), "capture.c")  # drops.c calls it
@@ -170,6 +173,29 @@ def program_source(query: DropsQuery, facts: KernelFacts, offsets: dict[str, int
         defines["TP_BTF"] = 1
         return bpf.ProgramSource(files, defines, {"kfree_skb": "kfree_skb"})
     return bpf.ProgramSource(files, defines)
+
+
+# where the kernel frees skbs whose dev field is something else (bpf/drop_place.c), and the expiry
+# functions that free a fragment queue's head with its device restored
+FRAG_PURGE = "inet_frag_rbtree_purge"
+FRAG_EXPIRE = (("FRAG_EXPIRE", "ip_expire"), ("FRAG_EXPIRE6", "ip6_frag_expire"))
+
+
+def place_defines(facts: KernelFacts, offsets: dict[str, int]) -> dict[str, int]:
+    """What bpf/drop_place.c needs to find a drop's namespace when skb->dev is gone: socket and cookie
+    offsets from BTF, the fragment functions' text from kallsyms (numbers only)."""
+    out: dict[str, int] = {name: offsets[name] for name in ("OFF_SKB_SK", "OFF_SK_NET", "OFF_SKB_SKB_IIF",
+                                                            "OFF_NET_COOKIE")
+           if name in offsets}
+    kallsyms = facts.kallsyms
+    purge = kallsyms.text_range(FRAG_PURGE) if kallsyms.has_addresses else None
+    if purge is not None:
+        out["FRAG_PURGE_LO"], out["FRAG_PURGE_HI"] = purge
+        for prefix, name in FRAG_EXPIRE:
+            found = kallsyms.text_range(name)
+            if found is not None:
+                out[f"{prefix}_LO"], out[f"{prefix}_HI"] = found
+    return out
 
 
 def proto_name(family: int, l3proto: int, l4proto: int) -> str | None:
@@ -202,19 +228,20 @@ class DecodedKey:
     sport: int
     dport: int
     _: KW_ONLY
+    netns_cookie: int = 0  # the namespace's identity (net->net_cookie); netns is its inode, for people
     sk_ino: int = 0  # the owner part, when rows group by socket or cgroup
     cgroup: int = 0
 
     @classmethod
     def unpack(cls, raw: bytes, flow: bool = True, owner: bool = False) -> DecodedKey:
         """The map key as bpf/drops.c lays it out: where, then flow and owner when rows group by them."""
-        where = contract.DROP_WHERE.unpack(raw)
+        *where, cookie = contract.DROP_WHERE.unpack(raw)
         rest = raw[contract.DROP_WHERE.size:]
         flow_part = contract.DROP_FLOW.unpack(rest if flow else b"")[:4]
         if flow:
             rest = rest[contract.DROP_FLOW.size:]
         sk_ino, cgroup = contract.DROP_OWNER.unpack(rest) if owner else (0, 0)
-        return cls(*where, *flow_part, sk_ino=sk_ino, cgroup=cgroup)
+        return cls(*where, *flow_part, netns_cookie=cookie, sk_ino=sk_ino, cgroup=cgroup)
 
 
 class RowDecoder:
@@ -228,6 +255,20 @@ class RowDecoder:
         self.ifaces = ifaces
         self.has_reason = has_reason
         self.owners = owners
+        # (cookie, ifindex) -> (iface, netns_label) as first shown: a row's labels never change once
+        # published (a metric series with new labels would be a new series, the old one frozen)
+        self._shown: dict[tuple[int, int], tuple[str | None, str | None]] = {}
+
+    def _names(self, key: DecodedKey) -> tuple[str | None, str | None]:
+        """The interface and namespace names of a key, pinned at their first reading when keyed by cookie."""
+        pin = (key.netns_cookie, key.ifindex)
+        if key.netns_cookie and pin in self._shown:
+            return self._shown[pin]
+        names = (self.ifaces.name(key.netns, key.ifindex, key.netns_cookie),
+                 self.ifaces.netns_label(key.netns, key.netns_cookie) if key.netns else None)
+        if key.netns_cookie:
+            self._shown[pin] = names
+        return names
 
     def row(self, key: DecodedKey, count: int, full: bool = False) -> DropRow:
         by = set(self.query.by) | ({"reason", "location", "iface", "proto", "flow"} if full else set())
@@ -237,11 +278,11 @@ class RowDecoder:
             code = key.reason
             reason = self.reasons.name(key.reason)
         location = self.facts.kallsyms.symbolize(key.location) if "location" in by else None
-        iface = ifindex = ns = None
+        iface = ifindex = ns = label = None
         if "iface" in by:
             ifindex = key.ifindex or None
             ns = key.netns or None
-            iface = self.ifaces.name(key.netns, key.ifindex)
+            iface, label = self._names(key)
         proto = proto_name(key.family, key.l3proto, key.l4proto) if ("proto" in by or flow) else None
         extra: dict[str, Any] = {}
         if flow:
@@ -255,7 +296,7 @@ class RowDecoder:
         if (full or self.query.owner_keyed) and self.owners is not None:
             extra["owner"] = self.owners.of_socket(key.sk_ino, key.cgroup, key.netns or None)
         if "iface" in by and key.netns:
-            extra["netns_label"] = self.ifaces.netns_label(key.netns)
+            extra["netns_label"] = label
         return DropRow(reason, code, location, iface, ifindex, ns, proto, count, **extra)
 
 
@@ -279,7 +320,8 @@ class DropsSession(ProgramSession):
         owners = OwnerResolver() if query.owner_keyed or query.samples else None
         self._decoder = RowDecoder(query, reasons, facts, IfaceNames(query.name_processes), self._has_reason,
                                    owners)
-        self._iface_set = set(query.filters.ifaces) or None
+        # counters name interfaces in the untrusted-name form: compare the user's names in it too
+        self._iface_set = {untrusted.name(untrusted.raw_bytes(i)) for i in query.filters.ifaces} or None
         self._lost_samples = 0
         self._last_counts: dict[bytes, int] = {}
         self._last_stats: dict[str, int] = {}
@@ -379,6 +421,7 @@ class DropsSession(ProgramSession):
             snap = self._snapshot(delta, counters, interval_stats, interval_stats.get("matched", 0), elapsed_ns,
                                   lost, pcap=pcap)
             snap.interval_total = snap.total
+        snap.counter_only = counters_mod.counter_only(counters, snap.interval_total)
         snap.interval_ns = span
         snap.warnings, self._said = self._warnings[self._said:], len(self._warnings)
         if self.query.samples:
@@ -393,6 +436,7 @@ class DropsSession(ProgramSession):
                               self._lost_samples, pcap=self._pcap_health(stats, self._pcap_written,
                                                                          self._pcap_over_max))
         snap.warnings = list(self._warnings)
+        snap.counter_only = counters_mod.counter_only(snap.counters, snap.total)
         return snap
 
     def decode_rows(self, counts: dict[bytes, int]) -> list[DropRow]:
@@ -414,8 +458,10 @@ class DropsSession(ProgramSession):
                 extra["interval_count"] = interval_counts.get(raw, 0)
             rows.append(replace(row, **extra) if extra else row)
         rest = ranked[len(shown):]
+        f = self.query.filters
         return DropSnapshot(rows, counters, health(stats, lost_samples, pcap), total, elapsed_ns, len(rest),
-                            sum(v for v, _ in rest), self.query.flow_keyed, self.query.owner_keyed)
+                            sum(v for v, _ in rest), self.query.flow_keyed, self.query.owner_keyed,
+                            where_filtered=f.netns is not None or bool(f.iface_keys))
 
     def stack_of(self, raw_key: bytes) -> list[str] | None:
         if not self.query.stack or self.prog is None:
@@ -433,14 +479,22 @@ class DropsSession(ProgramSession):
     def _key(self, raw: bytes) -> DecodedKey:
         return DecodedKey.unpack(raw, self.query.flow_keyed, self.query.owner_keyed)
 
-    def forget_gone_devices(self, live: set[tuple[int, int]]) -> int:
-        """Deletes rows of interfaces not in `live` ((netns inode, ifindex)), so their series go away."""
+    def forget_gone_devices(self, live: set[tuple[int, int]], live_cookies: set[tuple[int, int]] | None = None
+                            ) -> int:
+        """Deletes rows of interfaces not in `live` ((netns inode, ifindex)), or, for rows that carry their
+        namespace's cookie, not in `live_cookies` ((cookie, ifindex)): a namespace deleted and its inode
+        reused is gone, however the new one is numbered."""
         if self.prog is None or "iface" not in self.query.by:
             return 0
         gone = []
         for raw in self.counts():
             key = self._key(raw)
-            if key.ifindex and (key.netns, key.ifindex) not in live:
+            if not key.ifindex:
+                continue
+            if key.netns_cookie and live_cookies is not None:
+                if (key.netns_cookie, key.ifindex) not in live_cookies:
+                    gone.append(raw)
+            elif (key.netns, key.ifindex) not in live:
                 gone.append(raw)
         self.prog.delete("drops", gone)
         self._forgotten.update(gone)  # a cache slot cannot be freed under the program: its count is left out
@@ -455,8 +509,10 @@ class DropsSession(ProgramSession):
         key, (sk_ino, cgroup), (ts, length, pid, cpu, _stackid, comm) = (fields[:KEY_FIELDS],
                                                                          fields[KEY_FIELDS:KEY_FIELDS + 2],
                                                                          fields[KEY_FIELDS + 2:])
-        row = self._decoder.row(DecodedKey(*key[:11], sk_ino=sk_ino, cgroup=cgroup), 1, full=True)
-        self._events.append(DropSample(ts, cpu, pid, comm.split(b"\0")[0].decode(errors="replace"), length, row))
+        where, flow = key[:len(contract.DROP_WHERE.fields)], key[len(contract.DROP_WHERE.fields):]
+        row = self._decoder.row(DecodedKey(*where[:-1], *flow[:4], netns_cookie=where[-1], sk_ino=sk_ino,
+                                           cgroup=cgroup), 1, full=True)
+        self._events.append(DropSample(ts, cpu, pid, untrusted.comm(comm), length, row))
 
     def _on_lost(self, lost: int) -> None:
         self._lost_samples += lost

@@ -54,9 +54,11 @@ class ExportCollector:
 
     def collect(self) -> Iterator[Metric]:
         began = time.perf_counter()
-        live = self._fresh_live_devices()
-        if live is not None:  # only a new look can find an interface gone; forgetting re-reads the maps
-            self.drops.forget_gone_devices(live)
+        both = self._fresh_live_devices()
+        live = both[0] if both is not None else None
+        if both is not None:  # only a new look can find an interface gone; forgetting re-reads the maps
+            # drop rows carry their namespace's cookie: a namespace gone is gone even if its inode is reused
+            self.drops.forget_gone_devices(*both)
         elapsed = time.monotonic_ns() - self._t0
         drops = self.drops.summary(elapsed)
         families = list(self.metrics.drops(drops))
@@ -89,14 +91,14 @@ class ExportCollector:
         scoped = f.netns is not None or bool(f.ifaces) or f.proto is not None or f.narrows_flow
         return rules.diagnose(rules.Observation(delta, None, window, settings, span, scoped=scoped))
 
-    def _fresh_live_devices(self) -> set[tuple[int, int]] | None:
+    def _fresh_live_devices(self) -> tuple[set[tuple[int, int]], set[tuple[int, int]]] | None:
         """Every (netns, ifindex) on the host when LIVE_EVERY_S has passed since the last look (it enters
         each namespace), else None."""
         now = time.monotonic()
         if self._live_at and now - self._live_at < LIVE_EVERY_S:
             return None
         self._live_at = now
-        return links.live_devices()
+        return links.live_devices_both()
 
     def close(self) -> None:
         self.drops.close()

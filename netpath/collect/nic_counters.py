@@ -30,6 +30,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from netpath import untrusted
+
 CounterKey = tuple[str, str, str | None, int | None]
 
 # ethtool -S names that count lost or refused packets (not packets, bytes, kicks or wakeups).
@@ -321,8 +323,9 @@ class XdpExceptions:
 
 @dataclass
 class _Links:
-    names: dict[int, str]
+    names: dict[int, str]  # in the untrusted-name form
     xdp: dict[str, int]  # iface -> ifindex, for those with an XDP program attached
+    raw: dict[str, str]  # name shown -> the name to give ethtool, for names that are UTF-8
 
 
 def _links() -> _Links:
@@ -330,14 +333,18 @@ def _links() -> _Links:
 
     names: dict[int, str] = {}
     xdp: dict[str, int] = {}
+    raw: dict[str, str] = {}
     with IPRoute() as ipr:
         for link in ipr.get_links():
-            ifname = str(link.get_attr("IFLA_IFNAME"))
+            given = link.get_attr("IFLA_IFNAME") or ""  # str, or bytes when the name is not UTF-8
+            ifname = untrusted.name(given)
             names[int(link["index"])] = ifname
+            if isinstance(given, str):  # the ethtool ioctl takes the name as text
+                raw[ifname] = given
             x = link.get_attr("IFLA_XDP")
             if x is not None and x.get_attr("IFLA_XDP_ATTACHED"):  # None, or a mode name
                 xdp[ifname] = int(link["index"])
-    return _Links(names, xdp)
+    return _Links(names, xdp, raw)
 
 
 # one set of perf counters per namespace inode, kept open for the life of the process: the
@@ -359,7 +366,7 @@ def read_nic_counters(ifaces: set[str] | None) -> dict[CounterKey, int]:
     for ifname in sorted(links.names.values()):
         if ifaces and ifname not in ifaces:
             continue
-        stats = ethtool_stats(ifname)
+        stats = ethtool_stats(links.raw[ifname]) if ifname in links.raw else None
         if stats:
             values.update(classify_ethtool(ifname, stats))
     values.update(qstats_counters(read_qstats(), links.names, ifaces))

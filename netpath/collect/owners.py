@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from netpath import netns
+from netpath import netns, untrusted
 from netpath.containers import container_of
 from netpath.kernel.cgroups import CgroupTree, find_mount
 from netpath.model import Owner, SockInfo
@@ -79,8 +79,9 @@ def socket_holders(proc: Path = Path("/proc")) -> dict[int, tuple[int, str]]:
 
 
 def process_comm(pid: int, proc: Path = Path("/proc")) -> str | None:
+    """The process's name: any 15 bytes it chose (prctl PR_SET_NAME), in the untrusted-name form."""
     try:
-        return (proc / str(pid) / "comm").read_text().strip()
+        return untrusted.proc_comm((proc / str(pid) / "comm").read_bytes())
     except OSError:
         return None
 

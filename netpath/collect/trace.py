@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
-from netpath import bpf, contract, netns
+from netpath import bpf, contract, netns, untrusted
 from netpath.collect import trace_stats
 from netpath.collect.owners import OwnerResolver
 from netpath.collect.session import ProgramSession
@@ -150,7 +150,7 @@ def decode_slow(raw: bytes, names: Names) -> SlowPacket:
         return None
 
     proto = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmpv6"}.get(l4, f"ipproto-{l4}") if family else None
-    return SlowPacket(ts, cpu, pid, comm.split(b"\0")[0].decode(errors="replace"), names(ns_inode, ifindex),
+    return SlowPacket(ts, cpu, pid, untrusted.comm(comm), names(ns_inode, ifindex),
                       ifindex, ns_inode, family, proto, addr(saddr), addr(daddr), sport if family else None,
                       dport if family else None,
                       {slot.name: int(v) for slot, v in zip(SLOW_SLOTS, stage_ns, strict=True) if v},

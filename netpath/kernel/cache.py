@@ -170,6 +170,10 @@ def read_btf(btf_path: Path) -> bytes:
     try:
         return btf_path.read_bytes()
     except OSError as exc:
+        if exc.errno in (errno.EMFILE, errno.ENFILE):  # the cause is the open-file limit, not root
+            from netpath.kernel import limits
+
+            raise MissingCapability(f"cannot read the kernel's BTF at {btf_path}: {limits.advice()}") from None
         raise MissingCapability(f"cannot read the kernel's BTF at {btf_path} ({exc.strerror}): netpath reads "
                                 "struct layouts and drop reasons from it; run it as root") from None
 

@@ -7,9 +7,13 @@ import stat
 import sys
 from pathlib import Path
 
+CAP_DAC_OVERRIDE = 1
+CAP_DAC_READ_SEARCH = 2
 CAP_SYS_ADMIN = 21
+CAP_SYSLOG = 34
 CAP_PERFMON = 38
 CAP_BPF = 39
+TRACEFS = Path("/sys/kernel/tracing")
 
 
 def effective_caps(status_path: Path = Path("/proc/self/status")) -> int:
@@ -22,16 +26,51 @@ def effective_caps(status_path: Path = Path("/proc/self/status")) -> int:
     return 0
 
 
-def missing_capability(status_path: Path = Path("/proc/self/status")) -> str | None:
-    """None when BPF tracing is allowed, else the fix to tell the user."""
+def _sysctl(path: Path, default: int) -> int:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return default
+
+
+def addresses_shown(proc_sys: Path = Path("/proc/sys")) -> bool:
+    """Would /proc/kallsyms show kernel addresses to a process without CAP_SYSLOG? (kallsyms_show_value:
+    only with kernel.kptr_restrict=0 and kernel.perf_event_paranoid <= 1)."""
+    return (_sysctl(proc_sys / "kernel/kptr_restrict", 1) == 0
+            and _sysctl(proc_sys / "kernel/perf_event_paranoid", 2) <= 1)
+
+
+def tracefs_readable(tracefs: Path = TRACEFS) -> bool:
+    """tracefs is root's (mode 0700): reading its event formats and ids takes CAP_DAC_READ_SEARCH. A
+    tracefs that is not mounted there is load_facts' to report."""
+    return not tracefs.is_dir() or os.access(tracefs / "events", os.R_OK | os.X_OK, effective_ids=True)
+
+
+def missing_caps(caps: int, tracefs_ok: bool, addresses_ok: bool, locations: bool) -> list[str]:
+    """The capabilities a run lacks, each with what it is for."""
+    def has(cap: int) -> bool:
+        return bool(caps & (1 << cap))
+
+    out = []
+    if not has(CAP_SYS_ADMIN):
+        out += [f"{name} (to load and attach BPF programs)" for cap, name in ((CAP_BPF, "CAP_BPF"),
+                                                                               (CAP_PERFMON, "CAP_PERFMON"))
+                if not has(cap)]
+    if not tracefs_ok and not (has(CAP_DAC_READ_SEARCH) or has(CAP_DAC_OVERRIDE)):
+        out.append(f"CAP_DAC_READ_SEARCH (to read tracefs, {TRACEFS}, which is root's)")
+    if locations and not addresses_ok and not has(CAP_SYSLOG):
+        out.append("CAP_SYSLOG (to read kernel code addresses for drop locations; or leave location out of --by)")
+    return out
+
+
+def missing_capability(status_path: Path = Path("/proc/self/status"), locations: bool = False) -> str | None:
+    """None when this process can run netpath (with `locations`: name where drops happen), else the fix."""
     if os.geteuid() == 0:
         return None
-    caps = effective_caps(status_path)
-    if caps & (1 << CAP_SYS_ADMIN):
+    missing = missing_caps(effective_caps(status_path), tracefs_readable(), addresses_shown(), locations)
+    if not missing:
         return None
-    if caps & (1 << CAP_BPF) and caps & (1 << CAP_PERFMON):
-        return None
-    return "netpath needs root or CAP_BPF+CAP_PERFMON to load BPF programs: run it with sudo"
+    return f"netpath needs root, or capabilities this process lacks: {'; '.join(missing)}: run it with sudo"
 
 
 # --- trust: what a privileged netpath may read its inputs from ---------------------------------

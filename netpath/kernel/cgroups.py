@@ -8,13 +8,34 @@ directory in cgroup2fs. Production hosts mount the hierarchy at
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import time
 from pathlib import Path
 
+from netpath import untrusted
 from netpath.errors import BadInput
 
 _REFRESH_MIN_S = 1.0
+CGROUP2_SUPER_MAGIC = 0x63677270  # statfs(2) f_type of a cgroup2 filesystem
+
+
+def fs_magic(path: Path) -> int:
+    """statfs(2)'s f_type: which filesystem `path` is on (f_type is the struct's first field, a long)."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    buf = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on 64-bit Linux
+    if libc.statfs(os.fsencode(path), buf) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), str(path))
+    return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
+
+
+def is_cgroup2(path: Path) -> bool:
+    try:
+        return fs_magic(path) == CGROUP2_SUPER_MAGIC
+    except OSError:
+        return False
 
 
 def cgroup2_mount(mountinfo: str) -> Path | None:
@@ -57,7 +78,8 @@ class CgroupTree:
                 with os.scandir(directory) as entries:
                     for entry in entries:
                         if entry.is_dir(follow_symlinks=False):
-                            stack.append((Path(entry.path), rel.rstrip("/") + "/" + entry.name))
+                            # whoever owns a delegated subtree names its directories
+                            stack.append((Path(entry.path), rel.rstrip("/") + "/" + untrusted.name(entry.name)))
             except OSError:  # removed while we walked
                 continue
         self._paths = found
@@ -76,12 +98,18 @@ class CgroupTree:
         if not spec.strip():
             raise BadInput("bad --cgroup '': give a cgroup path such as /system.slice/nginx.service")
         given = Path(spec)
-        candidates = [given] if given.is_relative_to(self.mount) else [self.mount / spec.lstrip("/")]
-        for path in candidates:
-            try:
-                st = os.stat(path)
-            except OSError:
-                continue
-            if path.is_dir() and (path / "cgroup.procs").exists():
-                return st.st_ino
-        raise BadInput(f"bad --cgroup {spec!r}: no such cgroup under {self.mount}")
+        path = given if given.is_relative_to(self.mount) else self.mount / spec.lstrip("/")
+        try:
+            # '..' and symlinks are resolved first: the id is the inode of a directory in the cgroup2
+            # filesystem itself, never of a look-alike elsewhere (a tmpfs with a planted cgroup.procs)
+            real = Path(os.path.realpath(path))
+            st = os.stat(real)
+            mount_dev = os.stat(self.mount).st_dev
+        except (OSError, ValueError):
+            raise BadInput(f"bad --cgroup {spec!r}: no such cgroup under {self.mount}") from None
+        if not real.is_dir() or not (real / "cgroup.procs").exists():
+            raise BadInput(f"bad --cgroup {spec!r}: no such cgroup under {self.mount}")
+        if st.st_dev != mount_dev or not is_cgroup2(real):
+            raise BadInput(f"bad --cgroup {spec!r}: {real} is not a directory of the cgroup v2 hierarchy "
+                           f"mounted at {self.mount}")
+        return st.st_ino

@@ -112,6 +112,15 @@ class Kallsyms:
             return f"0x{addr:x}"
         return f"{self._name(i)}+0x{addr - self._addrs[i]:x}"
 
+    def text_range(self, name: str) -> tuple[int, int] | None:
+        """[start, end) of function `name`'s text: its address to the next symbol's; None when unknown."""
+        m = re.search(rb"^([0-9a-fA-F]+) [tT] " + re.escape(name.encode()) + rb"$", self._raw(), re.M)
+        if not m or not int(m.group(1), 16):
+            return None
+        start = int(m.group(1), 16)
+        i = bisect.bisect_right(self._addrs, start)
+        return (start, self._addrs[i]) if i < len(self._addrs) else None
+
     def resolve(self, name: str) -> str | None:
         """The symbol to probe for function `name`: itself, else a .isra/.constprop clone."""
         if self._all is None:

@@ -25,6 +25,7 @@ FIELDS: dict[str, tuple[str, str]] = {
     "OFF_DEV_IFINDEX": ("net_device", "ifindex"),
     "OFF_DEV_ND_NET": ("net_device", "nd_net.net"),
     "OFF_NET_NS_INUM": ("net", "ns.inum"),
+    "OFF_NET_COOKIE": ("net", "net_cookie"),  # Linux 5.12+: never reused, unlike the inode
     "OFF_SK_NET": ("sock", "__sk_common.skc_net.net"),
     "OFF_SK_PROTOCOL": ("sock", "sk_protocol"),
     # netpath trace

@@ -14,6 +14,8 @@ import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from netpath import untrusted
+
 # IFLA_XDP_ATTACHED: pyroute2 gives its own names for the kernel's XDP_ATTACHED_* values
 XDP_MODES: dict[int | str, str] = {1: "driver", 2: "generic", 3: "offload", 4: "multi", "xdp": "driver",
                                    "xdpgeneric": "generic", "xdpoffload": "offload", "xdpmulti": "multi"}
@@ -58,7 +60,7 @@ def xdp_programs(links: Iterable[object], name_of: NameOf) -> list[RxProgram]:
         attached = xdp.get_attr("IFLA_XDP_ATTACHED")
         if not attached:
             continue
-        iface = str(link.get_attr("IFLA_IFNAME"))  # type: ignore[attr-defined]
+        iface = untrusted.name(link.get_attr("IFLA_IFNAME") or "")  # type: ignore[attr-defined]
         ifindex = int(link["index"])  # type: ignore[index]
         found = [(mode, int(xdp.get_attr(attr))) for attr, mode in XDP_MODE_ATTRS if xdp.get_attr(attr)]
         if not found and xdp.get_attr("IFLA_XDP_PROG_ID"):
@@ -66,6 +68,11 @@ def xdp_programs(links: Iterable[object], name_of: NameOf) -> list[RxProgram]:
         for mode, prog_id in found:
             out.append(RxProgram(iface, ifindex, "xdp", mode, prog_id, name_of(prog_id)))
     return out
+
+
+def _tc_name(given: str | bytes | None) -> str | None:
+    """A tc filter's name, chosen by whoever attached it."""
+    return untrusted.name(given) if given else None
 
 
 def tc_programs(filters: Iterable[object], names: dict[int, str]) -> list[RxProgram]:
@@ -88,7 +95,7 @@ def tc_programs(filters: Iterable[object], names: dict[int, str]) -> list[RxProg
         flags = int(opts.get_attr("TCA_BPF_FLAGS") or 0)
         ifindex = int(f["index"])  # type: ignore[index]
         out.append(RxProgram(names.get(ifindex, str(ifindex)), ifindex, "tc", where, int(prog_id),
-                             opts.get_attr("TCA_BPF_NAME"), bool(flags & TCA_BPF_FLAG_ACT_DIRECT),
+                             _tc_name(opts.get_attr("TCA_BPF_NAME")), bool(flags & TCA_BPF_FLAG_ACT_DIRECT),
                              int(f["info"]) >> 16))  # type: ignore[index]
     return out
 
@@ -132,7 +139,7 @@ def prog_name(prog_id: int) -> str | None:
         if libc.syscall(_SYS_BPF, BPF_OBJ_GET_INFO_BY_FD, ctypes.byref(req), ctypes.sizeof(req)) < 0:
             return None
         raw = bytes(info[_INFO_NAME_OFF:_INFO_LEN])
-        return raw.split(b"\0")[0].decode(errors="replace") or None
+        return untrusted.comm(raw) or None  # whoever loaded the program named it
     finally:
         os.close(fd)
 
@@ -143,8 +150,9 @@ def read_rx_programs(ifaces: set[str] | None = None) -> list[RxProgram]:
 
     out: list[RxProgram] = []
     with IPRoute() as ipr:
-        links = [ln for ln in ipr.get_links() if not ifaces or ln.get_attr("IFLA_IFNAME") in ifaces]
-        names = {int(ln["index"]): str(ln.get_attr("IFLA_IFNAME")) for ln in links}
+        links = [ln for ln in ipr.get_links()
+                 if not ifaces or untrusted.name(ln.get_attr("IFLA_IFNAME") or "") in ifaces]
+        names = {int(ln["index"]): untrusted.name(ln.get_attr("IFLA_IFNAME") or "") for ln in links}
         out.extend(xdp_programs(links, prog_name))
         for ifindex in names:
             for parent in TC_H_INGRESS_PARENTS:

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from netpath.errors import MissingCapability
-from netpath.kernel import cache, caps
+from netpath.kernel import cache, caps, limits
 
 # uapi headers BCC's helpers.h pulls in, copied from the distro's linux-libc-dev.
 UAPI_FILES = {
@@ -224,6 +224,8 @@ def _private_tree(files: dict[str, bytes]) -> Path:
     try:
         root = Path(tempfile.mkdtemp(prefix="netpath-shim-"))
     except OSError as exc:
+        if limits.too_many_files(exc):
+            raise ShimError(f"cannot build the BCC header shim: {limits.advice()}") from None
         raise ShimError(f"cannot build the BCC header shim: the cache ({cache.cache_dir()}) is not usable and "
                         f"no private temporary directory can be made ({exc.strerror}): set TMPDIR or "
                         "NETPATH_CACHE to a writable directory") from None
@@ -236,6 +238,8 @@ def _private_tree(files: dict[str, bytes]) -> Path:
         finally:
             os.close(root_fd)
     except OSError as exc:
+        if limits.too_many_files(exc):
+            raise ShimError(f"cannot write the BCC header shim in {root}: {limits.advice()}") from None
         raise ShimError(f"cannot write the BCC header shim in {root} ({exc.strerror}): free space there, or set "
                         "TMPDIR or NETPATH_CACHE to a writable directory") from None
     return root

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import textwrap
+
 from rich import box
 from rich.console import Group, RenderableType
 from rich.table import Table
@@ -112,6 +114,9 @@ def drops_table(snap: DropSnapshot, title: str, width: int = 80) -> RenderableTy
         )
     )
     parts.extend(Text(f"warning: {w}", style="bold") for w in snap.warnings)
+    for said in (no_device_line(snap), counter_only_line(snap)):
+        if said:
+            parts.append(Text(textwrap.fill(said, max(width, 40)), style="bold"))
     return Group(*parts)
 
 
@@ -123,15 +128,39 @@ def pcap_text(snap: DropSnapshot) -> str:
 
 
 def counters_table(counters: list[Counter]) -> Table:
-    table = Table(box=box.SIMPLE_HEAD, title="drop counters (no skb event)", title_justify="left", pad_edge=False)
+    table = Table(box=box.SIMPLE_HEAD, title=Text("drop counters (no skb event)"), title_justify="left",
+                  pad_edge=False)
     table.add_column("SOURCE", no_wrap=True)
     table.add_column("COUNTER", overflow="ellipsis", no_wrap=True, max_width=30)
     table.add_column("WHERE", no_wrap=True, max_width=12, overflow="ellipsis")
     table.add_column("DELTA", justify="right", no_wrap=True)
     for c in counters:
         where = c.iface if c.iface is not None else (f"cpu{c.cpu}" if c.cpu is not None else "-")
-        table.add_row(c.source, c.name, where, f"{c.count:,}")
+        # Text, not markup: an interface's name is anyone's choice
+        table.add_row(Text(c.source), Text(c.name), Text(where), Text(f"{c.count:,}"))
     return table
+
+
+def no_device_line(snap: DropSnapshot) -> str | None:
+    """Drops whose namespace the kernel no longer names: said, never silently left out of a filter."""
+    n = snap.health.no_device
+    if not n:
+        return None
+    if snap.where_filtered:
+        return (f"{n:,} drops had no device or namespace the kernel could name (health no_device): --netns and "
+                "--iface cannot match them, so they are not in these rows or the total")
+    return f"{n:,} drops had no device or namespace the kernel could name (health no_device): iface and netns '-'"
+
+
+def counter_only_line(snap: DropSnapshot) -> str | None:
+    """Said plainly: the counters rose while no drop event matched, so rows and total show none of it."""
+    if not snap.counter_only:
+        return None
+    rose = ", ".join(f"{c.name}{f' {c.iface}' if c.iface else ''} +{c.count:,}" for c in snap.counter_only[:6])
+    more = f" and {len(snap.counter_only) - 6} more" if len(snap.counter_only) > 6 else ""
+    return (f"no drop event, but kernel drop counters rose: {rose}{more}. These packets were refused without "
+            "a drop event (e.g. a SYN at a full accept queue) or fell outside the filters; total and "
+            "--fail-on-drops count drop events only")
 
 
 def plain_lines(snap: DropSnapshot, title: str) -> list[str]:
@@ -160,6 +189,9 @@ def plain_lines(snap: DropSnapshot, title: str) -> list[str]:
                  + (f" pcap_written={h.pcap.written} pcap_skipped={h.pcap.skipped} pcap_lost={h.pcap.lost}"
                     if h.pcap is not None else ""))
     lines.extend(f"  warning: {w}" for w in snap.warnings)
+    for said in (no_device_line(snap), counter_only_line(snap)):
+        if said:
+            lines.extend(textwrap.wrap(said, 78, initial_indent="  ", subsequent_indent="    "))
     return lines
 
 

@@ -49,11 +49,17 @@ def fitted_table(title: str, columns: list[Column], rows: list[list[str | Text]]
         cut = min(-spare, widths[i] - least(i))
         widths[i] -= cut
         spare += cut
-    table = Table(box=box.SIMPLE_HEAD, title=title, title_justify="left", expand=False, pad_edge=False)
+    # Text, never a str: a str cell or title is rich markup, and cells hold names others chose ("[/x]")
+    table = Table(box=box.SIMPLE_HEAD, title=Text(title), title_justify="left", expand=False, pad_edge=False)
     for i in shown:
         col = columns[i]
         table.add_column(col.header, justify=col.justify, no_wrap=True, overflow="ellipsis",  # type: ignore[arg-type]
                          width=widths[i])
     for r in rows:
-        table.add_row(*(r[i] for i in shown))
+        table.add_row(*(_cell(r[i]) for i in shown))
     return table
+
+
+def _cell(value: str | Text) -> Text:
+    """A str cell would be read as rich markup; cells hold names other users chose ("[/x]")."""
+    return value if isinstance(value, Text) else Text(value)

@@ -184,6 +184,9 @@ class MetricSet:
                             "not)", h.matched)
         yield self._counter("netpath_drops_map_full_total", "Drops counted in matched but not in a row: the drops map "
                             "was full", h.lost_rows)
+        yield self._counter("netpath_drops_no_device_total", "Drops that came in on an interface but whose namespace "
+                            "the kernel no longer names (no device, socket or fragment queue): --netns/--iface "
+                            "cannot match them", h.no_device)
 
     def trace(self, snap: TraceSnapshot) -> Iterator[Metric]:
         hist = HistogramMetricFamily("netpath_stage_latency_seconds", "Receive-path stage latency, from the "

@@ -97,6 +97,8 @@ def _drops_body(snap: DropSnapshot) -> Record:
             "skipped_samples": h.skipped_samples,
         },
     }
+    if h.no_device:  # present only when some drop's namespace could not be recovered
+        out["health"]["no_device"] = h.no_device
     if h.pcap is not None:  # only while --pcap captures
         out["health"].update(pcap_written=h.pcap.written, pcap_skipped=h.pcap.skipped, pcap_lost=h.pcap.lost)
     if snap.other_rows:
@@ -104,6 +106,8 @@ def _drops_body(snap: DropSnapshot) -> Record:
         out["other_count"] = snap.other_count
     if snap.warnings:
         out["warnings"] = list(snap.warnings)
+    if snap.counter_only:  # present only when drop counters rose and no drop event matched
+        out["counter_only"] = [f"{c.source}:{c.name}" for c in snap.counter_only]
     return out
 
 

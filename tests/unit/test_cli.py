@@ -47,7 +47,8 @@ def test_unknown_interface_is_bad_input(capsys):
 
 
 def test_not_root_exits_3_with_the_fix(capsys, monkeypatch):
-    monkeypatch.setattr("netpath.cli.preflight.missing_capability", lambda: "netpath needs root: run it with sudo")
+    monkeypatch.setattr("netpath.cli.preflight.missing_capability",
+                        lambda **_kw: "netpath needs root: run it with sudo")
     rc, out, err = call(capsys, "drops", "--duration", "1")
     assert rc == EXIT_ENVIRONMENT and out == ""
     assert "sudo" in err and err.count("\n") == 1
@@ -55,6 +56,8 @@ def test_not_root_exits_3_with_the_fix(capsys, monkeypatch):
 
 def test_capability_check(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(caps, "tracefs_readable", lambda: True)
+    monkeypatch.setattr(caps, "addresses_shown", lambda: False)
     status = tmp_path / "status"
     status.write_text("CapEff:\t0000000000000000\n")
     assert "sudo" in caps.missing_capability(status)
@@ -86,6 +89,36 @@ def test_json_records_carry_schema_and_type(capsys):
     jsonl.emit(jsonl.record("start", command="drops"))  # the one builder: netpath.render.records
     line = capsys.readouterr().out
     assert json.loads(line) == {"schema": "netpath/1", "type": "start", "command": "drops"}
+
+
+def test_missing_capabilities_are_named_exactly_with_what_each_is_for(tmp_path):
+    bpf = (1 << caps.CAP_BPF) | (1 << caps.CAP_PERFMON)
+    assert caps.missing_caps(0, True, True, False) == ["CAP_BPF (to load and attach BPF programs)",
+                                                       "CAP_PERFMON (to load and attach BPF programs)"]
+    names = [m.split()[0] for m in caps.missing_caps(bpf, False, False, True)]
+    assert names == ["CAP_DAC_READ_SEARCH", "CAP_SYSLOG"]
+    assert caps.missing_caps(bpf | (1 << caps.CAP_DAC_READ_SEARCH), False, False, False) == []
+    assert caps.missing_caps(bpf | (1 << caps.CAP_SYSLOG), True, False, True) == []
+    assert caps.missing_caps(bpf, True, True, True) == []  # kptr_restrict=0, perf_event_paranoid<=1
+    (tmp_path / "kernel").mkdir()
+    (tmp_path / "kernel/kptr_restrict").write_text("0\n")
+    (tmp_path / "kernel/perf_event_paranoid").write_text("2\n")
+    assert not caps.addresses_shown(tmp_path)
+    (tmp_path / "kernel/perf_event_paranoid").write_text("1\n")
+    assert caps.addresses_shown(tmp_path)
+
+
+def test_emfile_names_the_open_file_limit(capsys, monkeypatch):
+    import errno
+
+    def emfile(*_a, **_k):
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr("netpath.cli.drops.load_facts", emfile)
+    monkeypatch.setattr("netpath.cli.preflight.missing_capability", lambda **_kw: None)
+    rc, out, err = call(capsys, "drops", "--by", "reason", "--duration", "1")
+    assert rc == EXIT_ENVIRONMENT and out == "" and err.count("\n") == 1
+    assert "RLIMIT_NOFILE" in err and "ulimit -n" in err and "internal error" not in err
 
 
 def test_the_lazy_command_table_matches_each_commands_own_help():

@@ -71,7 +71,7 @@ def _cases() -> list[tuple[str, str, Value]]:
 
 @pytest.fixture(autouse=True)
 def _no_capability(monkeypatch):
-    monkeypatch.setattr("netpath.cli.preflight.missing_capability", lambda: "test: no BPF here, run it with sudo")
+    monkeypatch.setattr("netpath.cli.preflight.missing_capability", lambda **_kw: "test: no BPF here, run it with sudo")
     monkeypatch.delenv("NETPATH_DEBUG", raising=False)
 
 
@@ -165,3 +165,21 @@ def test_a_newline_in_a_stray_argument_is_still_one_line(capsys):
 def test_numbers_are_checked_while_parsing_before_any_name_is_looked_up(capsys, command, option, value):
     # an unknown interface would be reported by resolve_filters; the number must be caught first
     assert_bad_input(capsys, [command, "--iface", "nosuchif0", option, value], value)
+
+
+@pytest.mark.parametrize("value", ["127.0.0.1:\u00b2", "127.0.0.1:\u0663\u0663", "[fe80::1%lo]:9872",
+                                   "fe80::1%eth0:80", "[::1]:9\u00b2"])
+def test_bad_listen_is_exit_2_naming_it(capsys, value):
+    """A non-ASCII digit is no port (str.isdigit says yes, int() no); a scoped address cannot be served."""
+    assert_bad_input(capsys, ["export", "--listen", value], repr(value))
+
+
+def test_a_cgroup_outside_the_cgroup2_hierarchy_is_exit_2(capsys, tmp_path):
+    from netpath.kernel.cgroups import find_mount
+
+    mount = find_mount()
+    if mount is None:
+        pytest.skip("no cgroup v2 hierarchy mounted here (CONFIG_CGROUPS)")
+    (tmp_path / "cgroup.procs").write_text("")
+    climb = str(mount) + "/.." * len(mount.parts) + str(tmp_path)
+    assert_bad_input(capsys, ["drops", "--cgroup", climb], "is not a directory of the cgroup v2 hierarchy")

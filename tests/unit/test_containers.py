@@ -47,7 +47,10 @@ def test_cgroup2_mount_from_mountinfo_hybrid_and_unified():
     assert cgroup2_mount("22 1 8:1 / / rw - ext4 /dev/vda rw\n") is None
 
 
-def test_ids_are_directory_inodes_and_paths_resolve_both_ways(tmp_path):
+def test_ids_are_directory_inodes_and_paths_resolve_both_ways(tmp_path, monkeypatch):
+    from netpath.kernel import cgroups
+
+    monkeypatch.setattr(cgroups, "is_cgroup2", lambda path: True)  # tmp_path stands in for cgroup2fs
     svc = tmp_path / "system.slice" / "web.service"
     svc.mkdir(parents=True)
     (svc / "cgroup.procs").write_text("")
@@ -61,3 +64,23 @@ def test_ids_are_directory_inodes_and_paths_resolve_both_ways(tmp_path):
         tree.id_of("/system.slice/nope.service")
     with pytest.raises(BadInput, match="no cgroup v2"):
         CgroupTree(None).id_of("/x")
+
+
+def test_a_cgroup_path_must_be_a_directory_of_the_cgroup2_filesystem(tmp_path):
+    """A look-alike with a planted cgroup.procs, reached directly or by climbing out of the mount, is exit 2."""
+    from netpath.kernel.cgroups import find_mount, fs_magic
+
+    fake = tmp_path / "x"
+    fake.mkdir()
+    (fake / "cgroup.procs").write_text("")
+    with pytest.raises(BadInput, match="not a directory of the cgroup v2 hierarchy"):
+        CgroupTree(tmp_path).id_of("/x")  # statfs says it is no cgroup2fs
+    mount = find_mount()
+    if mount is None:
+        pytest.skip("no cgroup v2 hierarchy mounted here (CONFIG_CGROUPS) to climb out of")
+    assert fs_magic(mount) == 0x63677270
+    climb = str(mount) + "/.." * len(mount.parts) + str(fake)
+    with pytest.raises(BadInput, match=r"is not a directory of the cgroup v2 hierarchy") as err:
+        CgroupTree(mount).id_of(climb)
+    assert repr(climb) in str(err.value)
+    assert CgroupTree(mount).id_of("/") == mount.stat().st_ino  # the real root is one

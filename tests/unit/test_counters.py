@@ -50,3 +50,44 @@ def test_deltas_per_interval_and_totals():
     assert d.totals() == [Counter("softnet", "dropped", 4, None, 1), Counter("snmp", "UdpNoPorts", 30)]
     assert records.counter(Counter("link", "rx_missed", 2, iface="eth0")) == {
         "source": "link", "name": "rx_missed", "iface": "eth0", "count": 2}
+
+
+# /proc/net/stat/nf_conntrack as 6.18 prints it, cut to the first 13 columns
+CONNTRACK = """entries  clashres found new invalid ignore delete chainlength insert insert_failed drop early_drop x
+00000003  00000000 00000000 00000000 0000000a 00000000 00000000 00000000 00000000 00000001 00000002 00000003 0
+00000003  00000000 00000000 00000000 00000010 00000000 00000000 00000000 00000000 00000000 00000100 00000000 0
+"""
+
+
+def test_conntrack_sums_its_per_cpu_hex_rows_by_the_header_names():
+    assert counters.parse_conntrack(CONNTRACK) == {"invalid": 26, "insert_failed": 1, "drop": 258, "early_drop": 3}
+    assert counters.parse_conntrack("") == {}
+
+
+def test_counter_only_when_counters_rose_and_no_event_matched():
+    rose = [Counter("snmp", "TcpExtListenOverflows", 12), Counter("softnet", "time_squeeze", 4, cpu=0),
+            Counter("conntrack", "drop", 3)]
+    assert [c.name for c in counters.counter_only(rose, 0)] == ["TcpExtListenOverflows", "drop"]
+    assert counters.counter_only(rose, 1) == []
+
+
+def test_counter_only_is_said_in_json_table_and_text():
+    from netpath.model import DropHealth, DropSnapshot
+    from netpath.render import drops_view
+
+    rose = [Counter("snmp", "TcpExtListenOverflows", 12), Counter("snmp", "TcpExtListenDrops", 12)]
+    snap = DropSnapshot([], rose, DropHealth(), 0, 10**9, counter_only=counters.counter_only(rose, 0))
+    assert records.interval(snap, 1)["counter_only"] == ["snmp:TcpExtListenOverflows", "snmp:TcpExtListenDrops"]
+    text = "\n".join(drops_view.plain_lines(snap, "t"))
+    assert "no drop event, but kernel drop counters rose: TcpExtListenOverflows +12" in text
+    assert "--fail-on-drops count drop events only" in text.replace("\n    ", " ")
+    quiet = DropSnapshot([], [], DropHealth(), 0, 10**9)
+    assert "counter_only" not in records.interval(quiet, 1)
+
+
+def test_the_man_page_says_what_total_and_fail_on_drops_count():
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[2] / "man/man8/netpath-drops.8").read_text()
+    assert "counter_only" in page and "conntrack" in page
+    assert "count drop events" in page

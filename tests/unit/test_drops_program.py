@@ -31,7 +31,7 @@ def facts(tmp_path):
 def test_defaults_group_by_reason_location_iface_proto(facts):
     src = drops.program_source(drops.DropsQuery(), facts, OFFSETS)
     d = src.defines
-    assert src.files == ["where.c", "drops.c"]
+    assert src.files == ["where.c", "drop_place.c", "drops.c"]
     assert d["TP_HAS_REASON"] == 1
     assert (d["BY_REASON"], d["BY_LOCATION"], d["BY_IFACE"], d["BY_PROTO"], d["BY_FLOW"]) == (1, 1, 1, 1, 0)
     assert not any(k.startswith("FILTER_") for k in d)
@@ -53,7 +53,7 @@ def test_every_filter_is_a_number(facts):
     assert d["FILTER_HOST_W0"] == struct.unpack("<I", bytes([10, 1, 2, 3]))[0]
     assert d["BY_FLOW"] == 1  # a port or host filter shows the flow
     assert d["WITH_STACK"] == 1 and d["SAMPLE_BUDGET"] == 4
-    assert src.files == ["where.c", "drops_owner.c", "drops.c"]  # samples name the drop's socket
+    assert src.files == ["where.c", "drop_place.c", "drops_owner.c", "drops.c"]  # samples name the socket
     flags = src.cflags()
     assert all(f.startswith("-I") or f.split("=", 1)[1].isdigit() for f in flags)
 
@@ -81,16 +81,18 @@ def test_kernel_without_reason_field(tmp_path):
     assert drops.program_source(drops.DropsQuery(), facts, OFFSETS).defines["TP_HAS_REASON"] == 0
 
 
-def pack_key(location=0, reason=0, ifindex=0, ns=0, l3=0, l4=0, family=0, saddr=b"", daddr=b"", sport=0, dport=0):
-    return contract.DROP_FULL_KEY.fmt.pack(location, reason, ifindex, ns, l3, l4, family, saddr.ljust(16, b"\0"),
+def pack_key(location=0, reason=0, ifindex=0, ns=0, l3=0, l4=0, family=0, saddr=b"", daddr=b"", sport=0, dport=0,
+             cookie=0):
+    return contract.DROP_FULL_KEY.fmt.pack(location, reason, ifindex, ns, l3, l4, family, cookie,
+                                           saddr.ljust(16, b"\0"),
                                            daddr.ljust(16, b"\0"), sport, dport, 0)
 
 
 class FakeNames:
-    def name(self, ns, ifindex):
+    def name(self, ns, ifindex, cookie=0):
         return {(1, 1): "lo", (5, 3): "veth0"}.get((ns, ifindex))
 
-    def netns_label(self, ns):
+    def netns_label(self, ns, cookie=0):
         return {1: "host", 5: "web"}.get(ns)
 
 
@@ -100,8 +102,8 @@ def decoder(facts, **query):
 
 
 def test_key_layout_matches_the_c_struct():
-    assert contract.DROP_FULL_KEY.size == 64 and drops.SHORT_KEY_SIZE == 24
-    assert contract.DROP_SAMPLE.size == 64 + 16 + 8 + 4 * 4 + 16
+    assert contract.DROP_FULL_KEY.size == 72 and drops.SHORT_KEY_SIZE == 32
+    assert contract.DROP_SAMPLE.size == 72 + 16 + 8 + 4 * 4 + 16
 
 
 def test_row_decoding(facts):

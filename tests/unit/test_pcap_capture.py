@@ -28,7 +28,7 @@ def test_capture_c_is_compiled_in_only_with_pcap_and_every_value_is_a_number(dro
     assert "capture.c" not in plain.files and "PCAP_SNAPLEN" not in plain.defines
     q = drops_mod.DropsQuery(pcap=drops_mod.PcapQuery(snaplen=128, max_packets=77))
     src = drops_mod.program_source(q, drop_facts, PCAP_OFFSETS)
-    assert src.files == ["where.c", "capture.c", "drops.c"]  # drops.c calls pcap_capture()
+    assert src.files == ["where.c", "drop_place.c", "capture.c", "drops.c"]  # drops.c calls pcap_capture()
     d = src.defines
     assert (d["PCAP_SNAPLEN"], d["PCAP_MAX"], d["OFF_SKB_MAC_HEADER"], d["OFF_SKB_TAIL"]) == (128, 77, 182, 184)
     pages = d["PCAP_RING_PAGES"]
@@ -77,7 +77,7 @@ def test_ring_records_become_packets_and_health_adds_up(drop_facts, monkeypatch)
     session = drops_mod.DropsSession(q, drop_facts, drops_mod.bpf.ProgramSource(["where.c"], {}), reasons(),
                                      loader=loader(prog))
     prog.set_array("stats", 0, [stats(0), stats(0)])
-    prog.set_array("drop_cache", 0, [bytes(32 * contract.DROP_CACHE_SLOTS)] * 2)
+    prog.set_array("drop_cache", 0, [bytes((contract.DROP_WHERE.size + 8) * contract.DROP_CACHE_SLOTS)] * 2)
     session.start()
     assert "pcap_ring" in prog.perf
     prog.send("pcap_ring", record(b"\x01" * 42, ts=2_000, length=1514))
@@ -110,7 +110,7 @@ def test_without_pcap_the_health_json_is_unchanged(drop_facts):  # noqa: F811
     session = drops_mod.DropsSession(drops_mod.DropsQuery(), drop_facts, drops_mod.bpf.ProgramSource(["where.c"], {}),
                                      reasons(), loader=loader(prog))
     prog.set_array("stats", 0, [stats(0), stats(0)])
-    prog.set_array("drop_cache", 0, [bytes(32 * contract.DROP_CACHE_SLOTS)] * 2)
+    prog.set_array("drop_cache", 0, [bytes((contract.DROP_WHERE.size + 8) * contract.DROP_CACHE_SLOTS)] * 2)
     session.start()
     assert "pcap_ring" not in prog.perf
     health = records.summary(session.summary(10**9), "duration", None)["health"]
@@ -122,7 +122,7 @@ def test_without_pcap_the_health_json_is_unchanged(drop_facts):  # noqa: F811
 
 @pytest.fixture
 def no_capability(monkeypatch):
-    monkeypatch.setattr("netpath.cli.preflight.missing_capability", lambda: "test: no BPF here, run it with sudo")
+    monkeypatch.setattr("netpath.cli.preflight.missing_capability", lambda **_kw: "test: no BPF here, run it with sudo")
 
 
 def run(capsys, argv: list[str]) -> tuple[int, str]:

@@ -38,7 +38,7 @@ def quiet_machine(monkeypatch):
     readings = iter([{("snmp", "UdpNoPorts", None, None): 10}, {("snmp", "UdpNoPorts", None, None): 13},
                      {("snmp", "UdpNoPorts", None, None): 20}, {("snmp", "UdpNoPorts", None, None): 20}])
     monkeypatch.setattr(counters_mod, "read_all", lambda _ns, _ifaces: next(readings))
-    monkeypatch.setattr(IfaceNames, "name", lambda _self, ns, ifindex: NAMES.get((ns, ifindex)))
+    monkeypatch.setattr(IfaceNames, "name", lambda _self, ns, ifindex, cookie=0: NAMES.get((ns, ifindex)))
     monkeypatch.setattr(trace_mod, "_iface_names", lambda: lambda ns, ifindex: NAMES.get((ns, ifindex)))
     softnet = iter([{"time_squeeze": 5, "dropped": 0}, {"time_squeeze": 7, "dropped": 1},
                     {"time_squeeze": 9, "dropped": 1}, {"time_squeeze": 9, "dropped": 1}])
@@ -58,15 +58,15 @@ def reasons():
     return from_tracepoint(parse_format((DATA / "kfree_skb-6.18.format").read_text()).symbols["reason"])
 
 
-def short_key(reason: int, ifindex: int, ns: int, l4: int = 17) -> bytes:
-    return contract.DROP_WHERE.fmt.pack(0, reason, ifindex, ns, 0x0800, l4, 4)
+def short_key(reason: int, ifindex: int, ns: int, l4: int = 17, cookie: int = 0) -> bytes:
+    return contract.DROP_WHERE.fmt.pack(0, reason, ifindex, ns, 0x0800, l4, 4, cookie)
 
 
 def set_drop_stats(prog: FakeProgram, hits: int, matched: int, full: int = 0) -> None:
     """The one per-CPU value of struct drop_stats (bpf/drops.c), and an empty key cache."""
-    prog.set_array("stats", 0, [b"".join(U64.pack(v) for v in (hits, matched, full, 0, 0)), bytes(40)])
+    prog.set_array("stats", 0, [b"".join(U64.pack(v) for v in (hits, matched, full, 0, 0, 0)), bytes(48)])
     if 0 not in prog.arrays.get("drop_cache", {}):
-        prog.set_array("drop_cache", 0, [bytes(32 * contract.DROP_CACHE_SLOTS)] * 2)
+        prog.set_array("drop_cache", 0, [bytes((contract.DROP_WHERE.size + 8) * contract.DROP_CACHE_SLOTS)] * 2)
 
 
 def cache_slots(*entries: tuple[int, bytes, int]) -> bytes:
@@ -165,6 +165,24 @@ def test_a_full_drops_map_never_hides_drops_from_the_total_or_the_threshold(drop
     assert DropsThreshold(1_500_000).check(summary) == 3_200_000
 
 
+def test_no_device_in_the_map_reaches_the_snapshot_json_and_metrics(drop_facts):
+    from netpath.render import records
+    from netpath.render.metrics import MetricSet
+
+    prog = FakeProgram()
+    session = drops_mod.DropsSession(drops_mod.DropsQuery(), drop_facts, SOURCE, reasons(), loader=loader(prog))
+    set_drop_stats(prog, 0, 0)
+    session.start()
+    values = dict.fromkeys(contract.DROP_STATS, 0) | {"hits": 50, "matched": 40, "no_device": 7}
+    prog.set_array("stats", 0, [b"".join(U64.pack(values[n]) for n in contract.DROP_STATS),
+                                bytes(8 * len(contract.DROP_STATS))])
+    snap = session.summary(10**9)
+    assert snap.health.no_device == 7
+    assert records.summary(snap, "duration", None)["health"]["no_device"] == 7
+    exported = {m.name: m.samples[0].value for m in MetricSet(10).drops(snap) if m.name.startswith("netpath_drops_no")}
+    assert exported == {"netpath_drops_no_device": 7}
+
+
 def test_a_namespace_deleted_mid_run_freezes_its_counters_and_says_so_once(drop_facts, monkeypatch):
     from netpath import netns
 
@@ -195,7 +213,7 @@ def test_drop_samples_decode_with_their_flow_and_losses_are_counted(drop_facts):
     set_drop_stats(prog, 0, 0)
     session.start()
     addr = ipaddress.ip_address("10.9.8.7").packed.ljust(16, b"\0")
-    sample = contract.DROP_SAMPLE.fmt.pack(0, 3, 1, 1, 0x0800, 17, 4, addr, addr, 4000, 53, 0, 0, 0, 555, 80, 42, 1,
+    sample = contract.DROP_SAMPLE.fmt.pack(0, 3, 1, 1, 0x0800, 17, 4, 0, addr, addr, 4000, 53, 0, 0, 0, 555, 80, 42, 1,
                                            -1, b"nc\0".ljust(16, b"\0"))
     prog.send("samples", sample)
     prog.lose("samples", 3)

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -226,3 +227,15 @@ print(n, flush=True)
 STALLED_RECEIVER = _RECEIVER % "socket.SO_RCVBUF, 1024"
 # one that never overflows: SO_RCVBUFFORCE (root) past rmem_max, so its buffer is never the bottleneck
 COUNTING_RECEIVER = _RECEIVER % "33, 64 << 20"
+
+
+def wait_served(port: int, timeout: float = 60.0) -> None:
+    """Until a `netpath export` on 127.0.0.1:port answers /healthz with 200 (every probe attached)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError("netpath export did not start serving")

@@ -24,16 +24,21 @@ def _why(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
+def _refuse_non_regular(spec: str, st: os.stat_result) -> None:
+    """A symlink is never written through, and only a regular file is ever replaced."""
+    if stat.S_ISLNK(st.st_mode):
+        raise BadInput(f"--pcap {spec!r} is a symbolic link: netpath never writes through one")
+    if not stat.S_ISREG(st.st_mode):
+        raise BadInput(f"--pcap {spec!r} exists and is not a regular file")
+
+
 def _replace(path: Path) -> int:
     """A new 0600 file renamed over `path` (a regular file): the old one is never opened or followed."""
     try:
         st = os.lstat(path)
     except OSError as exc:
         raise BadInput(f"--pcap {str(path)!r}: {_why(exc)}") from None
-    if stat.S_ISLNK(st.st_mode):
-        raise BadInput(f"--pcap {str(path)!r} is a symbolic link: netpath never writes through one")
-    if not stat.S_ISREG(st.st_mode):
-        raise BadInput(f"--pcap {str(path)!r} exists and is not a regular file")
+    _refuse_non_regular(str(path), st)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     except OSError as exc:
@@ -59,10 +64,7 @@ def check_target(spec: str, force: bool) -> None:
         return
     except OSError as exc:
         raise BadInput(f"--pcap {spec!r}: {_why(exc)}") from None
-    if stat.S_ISLNK(st.st_mode):
-        raise BadInput(f"--pcap {spec!r} is a symbolic link: netpath never writes through one")
-    if not stat.S_ISREG(st.st_mode):
-        raise BadInput(f"--pcap {spec!r} exists and is not a regular file")
+    _refuse_non_regular(spec, st)
     if not force:
         raise BadInput(f"--pcap {spec!r} exists: add --force to replace it")
 

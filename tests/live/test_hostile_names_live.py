@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from netpath_testlib import REPO, NetpathRun, disable_ipv6, ip, netpath_argv, send_spaced, send_udp
+from netpath_testlib import REPO, NetpathRun, disable_ipv6, ip, netpath_argv, send_spaced, send_udp, wait_served
 from prometheus_client.parser import text_string_to_metric_families
 
 from netpath import untrusted
@@ -202,7 +202,7 @@ def test_drops_by_socket_with_hostile_names_json_pty_and_export_match_the_kernel
                                      str(user.pid), "--by-cgroup"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                     cwd=REPO)
         try:
-            _wait_served(export_port)  # one compile at a time: three at once on two busy cores can take long
+            wait_served(export_port)  # one compile at a time: three at once on two busy cores can take long
             run = NetpathRun(["drops", "--netns", str(user.pid), "--by", by, "--json", "--duration", "4"])
             run.wait_start()
             people = PtyRun("drops", "--netns", str(user.pid), "--by", by, "--duration", "4")
@@ -286,17 +286,6 @@ def test_an_ip_netns_name_of_escapes_and_bytes_is_shown_as_escapes():
     rows = [r for r in run.summary()["rows"] if r["reason"] == "NO_SOCKET"]
     assert sum(r["count"] for r in rows) == 7 and {r["netns_label"] for r in rows} == {shown}
     assert_inert(pout)
-
-
-def _wait_served(port: int, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise AssertionError("netpath export did not start serving")
 
 
 def _scrape(port: int) -> str:

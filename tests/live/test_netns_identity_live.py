@@ -11,7 +11,7 @@ import time
 import urllib.request
 import uuid
 
-from netpath_testlib import REPO, NetpathRun, ip, netpath_argv
+from netpath_testlib import REPO, NetpathRun, ip, netpath_argv, wait_served
 from prometheus_client.parser import text_string_to_metric_families
 
 CLOSED_PORT_DROPS = ("import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
@@ -38,17 +38,6 @@ def drops_in(name: str, n: int) -> None:
 def scrape(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
         return resp.read().decode()
-
-
-def wait_served(port: int) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise AssertionError("netpath export did not start serving")
 
 
 def test_a_reused_inode_never_merges_or_relabels_rows_or_series():

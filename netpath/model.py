@@ -125,7 +125,9 @@ class Owner:
     pid: int | None = None
     comm: str | None = None
     cgroup: str | None = None  # path in the cgroup v2 hierarchy
-    container: str | None = None  # named from the cgroup path (netpath.containers)
+    container: str | None = None  # the runtime's name (netpath.runtimes), else from the cgroup path (containers)
+    pod: str | None = None  # Kubernetes pod and its namespace, from the runtime's labels
+    pod_namespace: str | None = None
 
 
 # ---------------------------------------------------------------- drops
@@ -426,6 +428,8 @@ class FindingWhere:
     comm: str | None = None
     cgroup: str | None = None
     container: str | None = None
+    pod: str | None = None
+    pod_namespace: str | None = None
     laddr: str | None = None
     lport: int | None = None
     proto: str | None = None

@@ -33,6 +33,8 @@ def owner_text(o: Owner | None) -> str:
         bits.append(f"{o.sock.proto} {host}:{o.sock.lport}")
     if o.cgroup is not None:
         bits.append(o.cgroup + (f" ({o.container})" if o.container else ""))
+    if o.pod is not None:
+        bits.append(f"pod {o.pod_namespace or '?'}/{o.pod}")
     return " ".join(bits) or "no socket"
 
 

@@ -154,17 +154,17 @@ class MetricSet:
     def drops(self, snap: DropSnapshot) -> Iterator[Metric]:
         names = ["reason", "iface", "netns", "netns_label", "proto"]
         if snap.owner_keyed:
-            names += ["cgroup", "container"]
+            names += ["cgroup", "container", "pod", "pod_namespace"]
         fam = CounterMetricFamily("netpath_drops_total", "Packets the kernel dropped (skb:kfree_skb), by its drop "
                                   "reason, interface, network namespace (inode and name) and protocol [and the "
-                                  "receiving socket's cgroup and container]", labels=names)
+                                  "receiving socket's cgroup, container, pod and pod namespace]", labels=names)
         values: dict[Labels, tuple[float, ...]] = {}
         for row in snap.rows:
             labels: Labels = (row.reason or "", row.iface or (str(row.ifindex) if row.ifindex else ""),
                               str(row.netns or ""), row.netns_label or "", row.proto or "")
             if snap.owner_keyed:
                 who = row.owner or Owner()
-                labels += (who.cgroup or "", who.container or "")
+                labels += (who.cgroup or "", who.container or "", who.pod or "", who.pod_namespace or "")
             values[labels] = _add(values.get(labels, ()), (row.count,))
         self._bounded("netpath_drops_total", [fam], values, len(names))
         yield fam

@@ -48,7 +48,8 @@ def sock(info: SockInfo | None) -> Record | None:
 
 def owner(o: Owner | None) -> Record:
     o = o or Owner()
-    return {"sock": sock(o.sock), "pid": o.pid, "comm": o.comm, "cgroup": o.cgroup, "container": o.container}
+    return {"sock": sock(o.sock), "pid": o.pid, "comm": o.comm, "cgroup": o.cgroup, "container": o.container,
+            "pod": o.pod, "pod_namespace": o.pod_namespace}
 
 
 def drop_row(row: DropRow, with_flow: bool, with_owner: bool = False) -> Record:
@@ -266,7 +267,8 @@ def finding(f: Finding) -> Record:
         "finding", id=f.id, severity=f.severity, title=f.title,
         evidence=[{"name": e.name, "value": e.value, "unit": e.unit, "counter": e.counter} for e in f.evidence],
         where={"iface": w.iface, "netns": w.netns, "netns_label": w.netns_label, "pid": w.pid, "comm": w.comm,
-               "cgroup": w.cgroup, "container": w.container, "laddr": w.laddr, "lport": w.lport, "proto": w.proto,
+               "cgroup": w.cgroup, "container": w.container, "pod": w.pod,
+               "pod_namespace": w.pod_namespace, "laddr": w.laddr, "lport": w.lport, "proto": w.proto,
                "cpu": w.cpu},
         knobs=[{"name": k.name, "value": k.value, "advice": k.advice} for k in f.knobs],
         why=f.why)

@@ -1,0 +1,3 @@
+from netpath.cli.main import entry
+
+entry()

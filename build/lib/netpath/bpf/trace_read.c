@@ -1,0 +1,181 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * netpath trace, the application's read (the socket_queue stage): the first
+ * skb_copy_datagram_iovec of a TCP skb, or sock_recv_length popping the
+ * socket's FIFO for UDP (consume_skb after the copy where that tracepoint is
+ * missing), with --per-socket rows (BY_OWNER) and --slower events. Placed
+ * after trace_sock.c, which stamps the enqueue this unit reads.
+ */
+#include "netpath.h"
+
+#define NP_MSG_PEEK	2
+
+static __always_inline void np_emit_slow(void *ctx, struct np_cpu_state *c, void *skb, u64 *t, u32 ifindex,
+					 u32 netns, u64 now, u64 queued)
+{
+#if SLOWER_NS > 0
+	u64 total = t[CP_CORE] ? t[CP_ENQ] - t[CP_CORE] : 0;
+	struct np_slow_event e = {};
+	struct np_flow flow = {};
+
+	if (queued <= SLOWER_NS && total <= SLOWER_NS)
+		return;
+	e.ts_ns = now;
+	if (t[CP_HANDOFF] && t[CP_CORE])
+		e.stage_ns[SLOW_NETIF_RECEIVE_SKB] = t[CP_CORE] - t[CP_HANDOFF];
+	if (t[CP_CORE] && t[CP_IPRCV])
+		e.stage_ns[SLOW_IP_RCV] = t[CP_IPRCV] - t[CP_CORE];
+	if (t[CP_IPRCV] && t[CP_LOCAL])
+		e.stage_ns[SLOW_IP_LOCAL_DELIVER] = t[CP_LOCAL] - t[CP_IPRCV];
+	if (t[CP_LOCAL])
+		e.stage_ns[SLOW_TRANSPORT] = t[CP_ENQ] - t[CP_LOCAL];
+	e.stage_ns[SLOW_STACK_TOTAL] = total;
+	e.stage_ns[SLOW_SOCKET_QUEUE] = queued;
+	e.cpu = bpf_get_smp_processor_id();
+	e.pid = bpf_get_current_pid_tgid() >> 32;
+	e.ifindex = ifindex;
+	e.netns = netns;
+	if (np_parse_flow(skb, &flow) == 0) {
+		e.family = flow.family;
+		e.l4proto = flow.l4proto;
+		__builtin_memcpy(e.saddr, flow.saddr, sizeof(e.saddr));
+		__builtin_memcpy(e.daddr, flow.daddr, sizeof(e.daddr));
+		e.sport = flow.sport;
+		e.dport = flow.dport;
+	}
+	bpf_get_current_comm(&e.comm, sizeof(e.comm));
+	slow.perf_submit(ctx, &e, sizeof(e));
+	np_hit_c(c, H_SLOW);
+#endif
+}
+
+/* The application reads a followed skb: record socket_queue once. */
+#if BY_OWNER
+/* socket_queue per reader: the reading process (tgid) and its cgroup v2, known here in its own context */
+BPF_PERCPU_HASH(owner_hist, struct np_owner_key, u64, OWNER_ROWS);
+
+static __always_inline void np_record_owner(struct np_cpu_state *c, u64 delta)
+{
+	struct np_owner_key k = {};
+	u64 zero = 0, *v;
+
+	k.cgroup = bpf_get_current_cgroup_id();
+	k.tgid = bpf_get_current_pid_tgid() >> 32;
+	k.slot = np_slot(delta);
+	v = owner_hist.lookup_or_try_init(&k, &zero);
+	if (!v) {
+		np_hit_c(c, H_LOST_SAMPLES);
+		return;
+	}
+	*v += 1;
+	k.slot = MAX_SLOT;
+	v = owner_hist.lookup_or_try_init(&k, &zero);
+	if (v && *v < delta)
+		*v = delta;
+	k.slot = SUM_SLOT;
+	v = owner_hist.lookup_or_try_init(&k, &zero);
+	if (v)
+		*v += delta;
+}
+#endif
+
+static __always_inline void np_read(void *ctx, struct np_cpu_state *c, void *skb, u64 *t, u32 ifindex,
+				    u32 netns)
+{
+	u64 now, queued;
+
+	np_seen(c, STAGE_SOCKET_QUEUE);
+	if (t[CP_ENQ] == NP_UNTIMED)
+		return;	/* counted, not sampled */
+	now = NP_PKT_NOW();
+	queued = now - t[CP_ENQ];
+	np_record(STAGE_SOCKET_QUEUE, queued, ifindex, netns);
+#if BY_OWNER
+	np_record_owner(c, queued);
+#endif
+	np_emit_slow(ctx, c, skb, t, ifindex, netns, now, queued);
+}
+
+/* first copy to user space (TCP), or the free after a linear UDP copy */
+static __always_inline void np_read_skb(void *ctx, struct np_cpu_state *c, u64 key, struct np_skb_state *st)
+{
+	if (st->t[CP_ENQ] && !(st->done & (1 << STAGE_SOCKET_QUEUE)))
+		np_read(ctx, c, (void *)key, st->t, st->ifindex, st->netns);
+	skbs.delete(&key);
+}
+
+RAW_TRACEPOINT_PROBE(skb_copy_datagram_iovec)
+{
+	u64 key = ctx->args[0];
+	struct np_cpu_state *c = np_enter(H_COPY);
+	struct np_skb_state *st = skbs.lookup(&key);
+
+	if (!st || (UDP_BY_RING && st->udp))
+		return 0;	/* UDP reads are counted at sock_recv_length */
+	np_read_skb(ctx, c, key, st);
+	return 0;
+}
+
+#ifdef HAS_SKB_CONSUME_SKB
+RAW_TRACEPOINT_PROBE(consume_skb)
+{
+	u64 key = ctx->args[0];
+	struct np_cpu_state *c = np_enter(H_CONSUME);
+	struct np_skb_state *st;
+
+#if USE_PEND
+	np_pend_forget(c, key);
+#endif
+	st = skbs.lookup(&key);	/* lockless; most freed skbs were never followed */
+
+	if (!st)
+		return 0;
+	if (UDP_BY_RING)
+		skbs.delete(&key);	/* freed: forget it (a UDP free may come long after the read) */
+	else
+		np_read_skb(ctx, c, key, st);
+	return 0;
+}
+#endif
+
+#if UDP_BY_RING
+RAW_TRACEPOINT_PROBE(sock_recv_length)
+{
+	int ret = (int)ctx->args[1], flags = (int)ctx->args[2];
+	u64 skey = ctx->args[0], seq;
+	struct np_sk_fifo *fifo;
+	struct np_ring_slot *slot;
+	struct np_cpu_state *c = np_enter(H_RECV_LENGTH);
+	u32 ifindex = 0, netns = 0;
+	u64 t[CP_MAX] = {};
+
+	if (ret < 0 || (flags & NP_MSG_PEEK))
+		return 0;
+	fifo = fifos.lookup(&skey);
+	if (!fifo)
+		return 0;	/* not UDP, or no datagram of it followed */
+	if (fifo->head >= fifo->tail) {
+		np_hit_c(c, H_READ_UNSEEN);	/* enqueued before the trace, or its wakeup was missed */
+		return 0;
+	}
+	seq = __sync_fetch_and_add(&fifo->head, 1);
+	slot = &fifo->slot[seq & (RING - 1)];
+	if (slot->seq != seq) {
+		np_hit_c(c, H_RING_OVERRUN);	/* overwritten: more than RING datagrams were queued */
+		return 0;
+	}
+	if (!slot->t_enq)
+		return 0;	/* not followed */
+#if NEED_WHERE
+	ifindex = slot->ifindex;
+	netns = slot->netns;
+#endif
+#if SLOWER_NS > 0
+	np_read(ctx, c, (void *)slot->skb, slot->t, ifindex, netns);
+#else
+	t[CP_ENQ] = slot->t_enq;
+	np_read(ctx, c, NULL, t, ifindex, netns);
+#endif
+	return 0;
+}
+#endif

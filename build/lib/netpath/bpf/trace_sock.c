@@ -1,0 +1,389 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * netpath trace, the skb's enqueue on its socket (sk_data_ready, or kprobe
+ * sock_def_readable): the stack_total stage ends here and socket_queue
+ * starts (its read side is trace_read.c). A TCP skb keeps its per-skb entry
+ * to the read; a UDP datagram moves to its socket's FIFO. Placed after
+ * trace_skb.c, whose per-CPU slot and per-skb map it reads.
+ */
+#include "netpath.h"
+
+#define NP_AF_INET	2
+#define NP_AF_INET6	10
+
+#if defined(USE_SOCKQ) && defined(HAS_SOCK_SOCK_RECV_LENGTH)
+#define UDP_BY_RING 1
+#else
+#define UDP_BY_RING 0
+#endif
+
+/*
+ * UDP reads copy linear skbs without skb:skb_copy_datagram_iovec and may
+ * free them later on another CPU, so a UDP read is sock:sock_recv_length
+ * popping the oldest skb this socket had enqueued (datagrams are FIFO):
+ * per socket a ring of (sequence, enqueue time[, iface][, skb and its
+ * checkpoints for --slower]). A slot overwritten by a newer datagram (more
+ * than RING queued) is skipped, so reads stay in step. t_enq == 0: a
+ * datagram the trace does not follow.
+ */
+/* RING (slots per socket, a power of two) comes from netpath as a -D number */
+
+struct np_ring_slot {
+	u64 seq;
+	u64 t_enq;
+#if NEED_WHERE
+	u32 ifindex;
+	u32 netns;
+#endif
+#if SLOWER_NS > 0
+	u64 skb;
+	u64 t[CP_MAX];	/* every checkpoint, for the slow-packet event */
+#endif
+};
+
+/*
+ * head is the reader's (another CPU, usually), tail the enqueuing softirq's:
+ * a cache line each, so neither write takes the other's line away.
+ */
+struct np_sk_fifo {
+	u64 head;
+	u64 head_pad[7];
+	u64 tail;
+	u64 tail_pad[7];
+	struct np_ring_slot slot[RING];
+};
+#ifdef HAS_SOCK_SOCK_RECV_LENGTH
+BPF_TABLE("lru_hash", u64, struct np_sk_fifo, fifos, 4096);
+BPF_PERCPU_ARRAY(fifo_zero, struct np_sk_fifo, 1);	/* never written: a new socket's ring */
+#endif
+
+#if UDP_BY_RING
+/* every datagram goes in its socket's FIFO, followed (t[CP_ENQ] set) or not, so reads stay in step */
+static __always_inline void np_fifo_push(u64 skey, u64 key, u64 *t, u32 ifindex, u32 netns)
+{
+	int zero = 0;
+	struct np_sk_fifo *fifo, *init;
+	struct np_ring_slot *slot;
+	u64 seq;
+
+	fifo = fifos.lookup(&skey);
+	if (!fifo) {
+		init = fifo_zero.lookup(&zero);
+		if (!init)
+			return;
+		fifos.update(&skey, init);
+		fifo = fifos.lookup(&skey);
+		if (!fifo)
+			return;
+	}
+	/* two CPUs may enqueue on one socket at once: each takes its own sequence number */
+	seq = __sync_fetch_and_add(&fifo->tail, 1);
+	slot = &fifo->slot[seq & (RING - 1)];
+	slot->t_enq = t ? t[CP_ENQ] : 0;
+#if NEED_WHERE
+	slot->ifindex = ifindex;
+	slot->netns = netns;
+#endif
+#if SLOWER_NS > 0
+	slot->skb = key;
+	if (t)
+		__builtin_memcpy(slot->t, t, sizeof(slot->t));
+#endif
+	slot->seq = seq;	/* last: a reader that gets here first sees the old number */
+}
+#endif
+
+/*
+ * RX_TSTAMP: the slot's skb address can be a new skb's after a free nobody
+ * saw; the receive timestamp tells them apart (when the slot has one).
+ */
+static __always_inline int np_cur_is(struct np_cpu_state *c, u64 key)
+{
+#if RX_TSTAMP
+	u64 ts;
+
+	if (!c->cur.t[CP_HANDOFF])
+		return (c->cur.flags & CUR_TIMED) != 0;	/* untimed and unstamped: nothing to tell them apart */
+	ts = np_skb_tstamp((void *)key);
+	return ts && ts + TAI_OFFSET_NS == c->cur.t[CP_HANDOFF];
+#else
+	return 1;
+#endif
+}
+
+/* NP_QUEUE_HOPS links at most: is skb queued ahead of tail on the same list? */
+#define NP_QUEUE_HOPS	4
+static __always_inline int np_queued_before(u64 skb, u64 tail)
+{
+	u64 next = skb;
+
+#pragma unroll
+	for (int i = 0; i < NP_QUEUE_HOPS; i++) {
+		if (bpf_probe_read_kernel(&next, sizeof(next), (void *)(next + OFF_SKB_NEXT)) || !next)
+			return 0;
+		if (next == tail)
+			return 1;
+	}
+	return 0;
+}
+
+/* family, the receive queue's tail and (when used) the netns of a socket; 0 when read */
+static __always_inline int np_sk_fields(void *sk, u16 *family, void **skb, void **net)
+{
+#if TP_BTF
+	NP_LOAD(*family, sk, OFF_SK_FAMILY);
+	NP_LOAD(*skb, sk, OFF_SK_RCVQ_PREV);
+#if NEED_WHERE
+	NP_LOAD(*net, sk, OFF_SK_NET);
+#endif
+#elif defined(SK_SPAN_OFF)
+	/* family, netns and the receive queue's tail: one read */
+	u8 span[SK_SPAN_LEN];
+
+	if (bpf_probe_read_kernel(span, sizeof(span), (char *)sk + SK_SPAN_OFF))
+		return -1;
+	NP_SPAN_GET(*family, span, SK_SPAN_OFF, OFF_SK_FAMILY);
+	NP_SPAN_GET(*skb, span, SK_SPAN_OFF, OFF_SK_RCVQ_PREV);
+	NP_SPAN_GET(*net, span, SK_SPAN_OFF, OFF_SK_NET);
+#else
+	NP_READ(*family, sk, OFF_SK_FAMILY);
+	NP_READ(*skb, sk, OFF_SK_RCVQ_PREV);
+#endif
+	return 0;
+}
+
+/* this CPU follows an skb that sk_data_ready has not seen yet */
+static __always_inline int np_cur_waiting(struct np_cpu_state *c)
+{
+	return c && (c->cur.flags & CUR_TRACKED) && !(c->cur.flags & CUR_ENQUEUED);
+}
+
+/* the followed skb will not be seen enqueued: stack_total and socket_queue lose it, the health counts say so */
+static __always_inline void np_cur_missed(struct np_cpu_state *c)
+{
+	c->cur.flags |= CUR_ENQUEUED;
+	np_hit_c(c, H_ENQ_MISSED);
+}
+
+/* the enqueue time: read once, and only when this enqueue is timed (0: not read yet) */
+static __always_inline u64 np_enq_now(struct np_cpu_state *c)
+{
+	/* a followed skb that is timed, or none: this enqueue is timed */
+	u64 now = !c || (c->cur.flags & CUR_TIMED) || !(c->cur.flags & CUR_TRACKED) ? NP_PKT_NOW() : 0;
+
+#if RX_TSTAMP
+	/*
+	 * Nothing forgets a freed skb here (no kfree_skb/consume_skb hooks): a
+	 * followed skb that was dropped leaves this CPU's slot set. A datagram is
+	 * enqueued microseconds after netif_receive_skb, so an older slot is not
+	 * followed any more (its address may be another skb's by now). An untimed
+	 * slot has no time: its receive timestamp alone tells (np_cur_is).
+	 */
+	if (np_cur_waiting(c) && (c->cur.flags & CUR_TIMED) && now - c->cur.t[CP_CORE] >= NESTED_NS)
+		c->cur.flags = 0;
+#endif
+	return now;
+}
+
+/*
+ * Fast path: the skb this CPU's netif_receive_skb is following, no map
+ * lookup. The per-CPU slot's checkpoints go to the socket's FIFO (UDP) or to
+ * the skb's entry (TCP: read at skb_copy_datagram_iovec).
+ */
+static __always_inline void np_enq_cur(struct np_cpu_state *c, void *sk, u64 key, u64 now, u32 udp)
+{
+	struct np_skb_state *st, fresh = {};
+
+	if (c->cur.flags & CUR_ENQUEUED)
+		return;	/* already stamped (spurious wakeup) */
+	c->cur.flags |= CUR_ENQUEUED;
+	c->cur.t[CP_ENQ] = now ? now : NP_UNTIMED;
+#ifdef USE_STACK_TOTAL
+	np_seen(c, STAGE_STACK_TOTAL);
+	if (now && c->cur.t[CP_CORE])
+		np_record(STAGE_STACK_TOTAL, now - c->cur.t[CP_CORE], c->cur.ifindex, c->cur.netns);
+#endif
+#if UDP_BY_RING
+	if (udp) {
+		/* the FIFO slot carries it from here: the per-skb entry is done */
+		if (c->cur.flags & CUR_IN_MAP)
+			skbs.delete(&key);
+		np_fifo_push((u64)sk, key, c->cur.t, c->cur.ifindex, c->cur.netns);
+		return;
+	}
+#endif
+	/* TCP: stamp the entry (coalescing finds it stamped) */
+#if RX_TSTAMP
+	st = NULL;	/* nothing keeps an entry up to here: one left by a freed skb is stale */
+#else
+	st = skbs.lookup(&key);
+#endif
+	if (st) {
+		st->t[CP_ENQ] = now;
+		st->udp = udp;
+		st->done |= 1 << STAGE_STACK_TOTAL;
+		return;
+	}
+	__builtin_memcpy(fresh.t, c->cur.t, sizeof(fresh.t));
+	fresh.ifindex = c->cur.ifindex;
+	fresh.netns = c->cur.netns;
+	fresh.udp = udp;
+	fresh.done = (1 << STAGE_NETIF_RECEIVE_SKB) | (1 << STAGE_STACK_TOTAL);
+	if (skbs.update(&key, &fresh))
+		np_hit_c(c, H_LOST_SKBS);
+}
+
+/* an skb with an entry in the per-skb map (a kprobe build, or not this CPU's): stamp it */
+static __always_inline void np_enq_entry(struct np_skb_state *st, void *sk, u64 key, u64 now, u32 udp)
+{
+	if (st->t[CP_ENQ])
+		return;	/* already stamped (TCP coalescing, spurious wakeup) */
+	st->t[CP_ENQ] = now;
+	st->udp = udp;
+#ifdef USE_STACK_TOTAL
+	if (st->t[CP_CORE] && now != NP_UNTIMED) {
+		st->done |= 1 << STAGE_STACK_TOTAL;
+		np_record(STAGE_STACK_TOTAL, now - st->t[CP_CORE], st->ifindex, st->netns);
+	}
+#endif
+#if UDP_BY_RING
+	if (udp) {
+		struct np_skb_state copy = *st;
+
+		skbs.delete(&key);
+		np_fifo_push((u64)sk, key, copy.t, copy.ifindex, copy.netns);
+	}
+#endif
+}
+
+#ifdef USE_SOCKQ
+/* does an skb not seen on the way in pass the filters? Fills its device from skb_iif and the socket's netns */
+static __always_inline int np_enq_passes(void *sk, void *skb, void *net, struct np_skb_state *fresh)
+{
+#if NEED_WHERE
+	NP_READ(fresh->ifindex, skb, OFF_SKB_SKB_IIF);
+#if !defined(SK_SPAN_OFF) && !TP_BTF
+	NP_READ(net, sk, OFF_SK_NET);
+#endif
+	if (net)
+		NP_READ(fresh->netns, net, OFF_NET_NS_INUM);
+#ifdef FILTER_NETNS
+	if (fresh->netns != FILTER_NETNS)
+		return 0;	/* a socket of another namespace: never ours */
+#endif
+	if (!np_passes_where(fresh->netns, fresh->ifindex))
+		return 0;
+#endif
+#if NEED_FLOW
+	{
+		struct np_flow flow = {};
+
+		if (!np_flow_matches(&flow, np_parse_flow(skb, &flow)))
+			return 0;
+	}
+#endif
+	return 1;
+}
+
+/* an skb not seen on the way in: the socket side still measures it (stack_total cannot) */
+static __always_inline int np_enq_unseen(struct np_cpu_state *c, void *sk, void *skb, void *net, u64 key, u64 now,
+					 u32 udp)
+{
+	struct np_skb_state fresh = {};
+
+	if (!np_enq_passes(sk, skb, net, &fresh))
+		return 0;
+	np_hit_c(c, H_ENQ_UNSEEN);
+	fresh.t[CP_ENQ] = now;
+	fresh.udp = udp;
+#if UDP_BY_RING
+	if (udp) {
+		np_fifo_push((u64)sk, key, fresh.t, fresh.ifindex, fresh.netns);
+		return 1;
+	}
+#endif
+	if (skbs.update(&key, &fresh))
+		np_hit_c(c, H_LOST_SKBS);
+	return 1;
+}
+#endif
+
+/*
+ * The skb this wakeup is for: the queue's tail, or for UDP the one this CPU
+ * follows a few links before it (UDP wakes the socket once per datagram,
+ * right after this CPU enqueued it; the tail may already be another CPU's
+ * newer datagram). 0: ours is not queued, a reader took it before this wakeup.
+ */
+static __always_inline u64 np_enq_key(struct np_cpu_state *c, void *skb, u32 udp)
+{
+	u64 key = (u64)skb;
+
+	if (udp && np_cur_waiting(c) && c->cur.skb != key) {
+		if (!np_queued_before(c->cur.skb, key)) {
+			np_cur_missed(c);
+			return 0;
+		}
+		key = c->cur.skb;
+	}
+	return key;
+}
+
+static __always_inline int np_on_data_ready(struct np_cpu_state *c, void *sk)
+{
+	void *skb = NULL, *net = NULL;
+	u64 key, now;
+	struct np_skb_state *st;
+	u16 sk_proto = 0, family = 0;
+	u32 udp;
+
+	if (np_sk_fields(sk, &family, &skb, &net))
+		return 0;
+	if (family != NP_AF_INET && family != NP_AF_INET6)
+		return 0;	/* unix, netlink, ...: not the IP receive path */
+	now = np_enq_now(c);
+	if (!skb || skb == (void *)((char *)sk + OFF_SK_RCVQ)) {
+		/* empty queue: a reader on another CPU took the datagram between its enqueue and this wakeup */
+		if (np_cur_waiting(c))
+			np_cur_missed(c);
+		return 0;
+	}
+	NP_LOAD(sk_proto, sk, OFF_SK_PROTOCOL);
+	udp = sk_proto == NP_IPPROTO_UDP || sk_proto == NP_IPPROTO_UDPLITE;
+	key = np_enq_key(c, skb, udp);
+	if (!key)
+		return 0;
+#if !KP_CHECKPOINTS
+	if (c && c->cur.skb == key && (c->cur.flags & CUR_TRACKED) && np_cur_is(c, key)) {
+		np_enq_cur(c, sk, key, now, udp);
+		return 0;
+	}
+#endif
+	if (!now)	/* not the skb this CPU follows: sampled on its own */
+		now = np_pick(c) ? NP_PKT_NOW() : NP_UNTIMED;
+	st = skbs.lookup(&key);
+	if (st) {
+		np_enq_entry(st, sk, key, now, udp);
+		return 0;
+	}
+#ifdef USE_SOCKQ
+	if (np_enq_unseen(c, sk, skb, net, key, now, udp))
+		return 0;
+#endif
+#if UDP_BY_RING
+	if (udp)
+		np_fifo_push((u64)sk, key, NULL, 0, 0);	/* not followed: its slot keeps reads in step */
+#endif
+	return 0;
+}
+
+#ifdef USE_KP_DATA_READY
+int kp_sock_def_readable(void *ctx)
+{
+	return np_on_data_ready(np_enter(H_KP_DATA_READY), (void *)KP_ARG0(ctx));
+}
+#else
+NP_BTF_PROBE(sk_data_ready)
+{
+	return np_on_data_ready(np_enter(H_DATA_READY), (void *)ctx->args[0]);
+}
+#endif

@@ -1,0 +1,124 @@
+"""`netpath probes`: what this kernel offers, and how each hook would attach."""
+
+from __future__ import annotations
+
+import textwrap
+from dataclasses import replace
+from pathlib import Path
+
+import click
+
+from netpath import bpf
+from netpath import plan as plan_mod
+from netpath.cli import rx_path
+from netpath.cli.console import Terminal
+from netpath.cli.preflight import load_facts
+from netpath.collect import drops as drops_mod
+from netpath.kernel import caps
+from netpath.kernel.facts import KernelFacts
+from netpath.model import ProbeRow
+from netpath.render import records
+from netpath.stages import TP_BTF_HOOKS
+
+HELP = """Show what this kernel offers netpath and how each hook attaches.
+
+\b
+Kernel release, BTF, kernel headers (or netpath's own header shim), kprobe
+support, and for every stage and hook netpath knows: the attach method chosen
+(tracepoint, raw_tracepoint, kprobe) or why it cannot attach here. Needs no
+BPF and no root (tracefs must be readable).
+
+\b
+Examples:
+  netpath probes
+  netpath probes --json | jq '.hooks[] | select(.available == false)'
+  netpath probes --reasons        drop reason names decoded from this kernel
+"""
+
+
+def tp_btf_check(facts: KernelFacts) -> tuple[bool | None, str]:
+    """Whether this kernel loads netpath's tp_btf programs: tried (a 2-instruction program, loaded and closed,
+    never attached) only on the running kernel with CAP_BPF; None when it could not be tried."""
+    if facts.root != Path("/") or not facts.has_btf:
+        return None, "not checked (not the running kernel, or no BTF)"
+    if caps.missing_capability() is not None:
+        return None, "not checked: loading a test program needs root (CAP_BPF); drops falls back by itself"
+    return bpf.tp_btf_allowed(facts.btf_path)
+
+
+def hook_rows(facts: KernelFacts, tp_btf: tuple[bool | None, str] = (None, "")) -> list[ProbeRow]:
+    has_tp = facts.has_tracepoint(drops_mod.TRACEPOINT)
+    reason = ("kfree_skb " + ("with" if drops_mod.has_reason_field(facts) else "without") + " a reason field")
+    if tp_btf[0] is not None:
+        reason += "; tp_btf: " + ("yes" if tp_btf[0] else "no, raw_tracepoint instead") + f" ({tp_btf[1]})"
+    rows = [ProbeRow("drops", drops_mod.TRACEPOINT, ("tp_btf" if tp_btf[0] else "raw_tracepoint") if has_tp else None,
+                     has_tp, reason if has_tp else "no skb:kfree_skb tracepoint on this kernel", command="drops")]
+    timestamped = plan_mod.make_plan(facts).rx_tstamp
+    for planned in plan_mod.probe_rows(facts):
+        typed = [h for h in TP_BTF_HOOKS if h in planned.hook.split("+")]
+        if planned.available and timestamped and typed and tp_btf[0] is not None:
+            said = f"{planned.reason}; {', '.join(typed)} as tp_btf: " + ("yes" if tp_btf[0] else "no")
+            planned = replace(planned, reason=said)  # noqa: PLW2901 (the row, with what the kernel said)
+        rows.append(planned)
+    return rows
+
+
+def kernel_facts(facts: KernelFacts, tp_btf: tuple[bool | None, str] = (None, "")) -> dict[str, object]:
+    plan = plan_mod.make_plan(facts)
+    return {
+        "release": facts.release,
+        "btf": facts.has_btf,
+        "headers": facts.has_headers,
+        "header_mode": bpf.headers_mode(facts),
+        "kprobes": facts.has_kprobes,
+        "kprobes_reason": facts.kprobe_reason,
+        "tracefs": str(facts.tracefs) if facts.tracefs else None,
+        "tracepoints": len(facts.tracepoints),
+        "tp_btf": tp_btf[0],
+        "tp_btf_reason": tp_btf[1],
+        "trace_handoff": plan.handoff,
+        "trace_handoff_reason": plan.handoff_reason,
+    }
+
+
+@click.command("probes", help=HELP)
+@click.option("--json", "json_mode", is_flag=True, help="One JSON object (schema netpath/1) on stdout.")
+@click.option("--reasons", "show_reasons", is_flag=True, help="List the drop reasons this kernel defines.")
+def probes(json_mode: bool, show_reasons: bool) -> None:
+    facts = load_facts()
+    term = Terminal(json_mode)
+    tp_btf = tp_btf_check(facts)
+    kernel = kernel_facts(facts, tp_btf)
+    hooks = hook_rows(facts, tp_btf)
+    reasons = drops_mod.drop_reasons(facts)
+    if json_mode:
+        extra: dict[str, object] = {}
+        if show_reasons:
+            extra["reasons"] = [{"reason": reasons.name(c), "reason_code": c} for c in sorted(reasons.core)]
+            extra["reason_source"] = reasons.source
+        term.emit(records.record("probes", kernel=kernel, hooks=[records.probe_row(r) for r in hooks],
+                                 **rx_path.report(), **extra))
+        return
+    term.print(
+        f"kernel {kernel['release']}  BTF {'yes' if kernel['btf'] else 'no'}  "
+        f"headers {'yes' if kernel['headers'] else 'no (using netpath header shim)'}\n"
+        f"kprobes: {'yes' if kernel['kprobes'] else 'no'} ({facts.kprobe_reason})  tracefs {kernel['tracefs']}"
+    )
+    for line in textwrap.wrap(f"trace hand-off time: {kernel['trace_handoff_reason']}", width=80,
+                              subsequent_indent="  "):
+        term.print(line)
+    term.print(f"{'STAGE':<18} {'METHOD':<15} HOOK", style="bold")
+    for row in hooks:
+        method = row.method or "unavailable"
+        hooks_text = textwrap.wrap(row.hook.replace("+", " + "), width=80 - 35) or ["-"]
+        term.print(f"{row.stage:<18} {method:<15} {hooks_text[0]}")
+        for line in hooks_text[1:]:
+            term.print(" " * 35 + line)
+        for line in textwrap.wrap(row.reason, width=80 - 19):
+            term.print(" " * 19 + line, style="dim")
+    for line in rx_path.lines(rx_path.report()):
+        term.print(line)
+    if show_reasons:
+        term.print(f"drop reasons ({reasons.source}):")
+        for code in sorted(reasons.core):
+            term.print(f"  {code:>5}  {reasons.name(code)}")

@@ -1,0 +1,179 @@
+"""netpath doctor as a Session: the drops and trace sessions over one window, then the rules.
+
+start() starts both sessions and reads the window counters; interval()
+reports progress only; summary() reads every session's whole-run summary,
+the counters again (deltas: nothing from before the window counts), the
+settings as they are now, and runs the rules (netpath/diagnose/rules.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from netpath import netns
+from netpath.collect import drops as drops_mod
+from netpath.collect import trace as trace_mod
+from netpath.collect.owners import OwnerResolver
+from netpath.diagnose import rules
+from netpath.diagnose.window import diff_drops
+from netpath.errors import MissingCapability
+from netpath.kernel import settings as settings_mod
+from netpath.kernel.clock import tai_offset_ns
+from netpath.model import Attached, Diagnosis, DoctorStart, DropSnapshot, Event, Finding, Settings, Unavailable
+from netpath.query import Filters
+
+# drops: everything the socket and policy rules need to name whose packet it was and where
+DOCTOR_BY = ("reason", "location", "iface", "proto", "socket")
+# trace: the per-reader socket queue (slow-reader) and the softirq wait (softirq-wait); nothing per hop
+DOCTOR_STAGES = ("softirq_wait", "socket_queue")
+MAX_NICS = 16  # interfaces whose ethtool settings are read (each costs two ethtool runs)
+MAX_NAMESPACES = 8  # other namespaces whose settings are read for their drops' knobs
+
+
+@dataclass(frozen=True)
+class DoctorQuery:
+    """Everything `netpath doctor` asks: the user's filters, and whether the latency rules run."""
+
+    filters: Filters = field(default_factory=Filters)
+    trace: bool = True
+
+    def drops_query(self) -> drops_mod.DropsQuery:
+        return drops_mod.DropsQuery(self.filters, by=DOCTOR_BY)
+
+    def trace_query(self) -> trace_mod.TraceQuery:
+        return trace_mod.TraceQuery(self.filters, DOCTOR_STAGES, per_socket=True, tai_offset_ns=tai_offset_ns())
+
+
+class DoctorSession:
+    """The drops session (required), the trace session (when its stages can attach here), the rules."""
+
+    def __init__(self, query: DoctorQuery, drops: drops_mod.DropsSession, trace: trace_mod.TraceSession | None,
+                 unavailable: list[Unavailable] | None = None) -> None:
+        self.query = query
+        self.drops = drops
+        self.trace = trace
+        self._unavailable = list(unavailable or [])
+        self._before: settings_mod.Raw | None = None
+        self._owners: OwnerResolver | None = None
+        self._base: tuple[dict[bytes, int], int] = ({}, 0)
+
+    def start(self) -> DoctorStart:
+        # the trace program first (its compile takes the longest), then the drops program and, right after
+        # it, the counters: the drop rows and the counters they are compared with cover the same window
+        attached: list[Attached] = []
+        if self.trace is not None:
+            try:
+                tstart = self.trace.start()
+            except MissingCapability as exc:
+                self._unavailable.append(Unavailable("trace", str(exc)))
+                self.trace.close()
+                self.trace = None
+            else:
+                attached += tstart.attached
+                self._unavailable += tstart.unavailable
+        start = self.drops.start()
+        # the window starts here, for the counters and the drop rows alike: drops counted while drops.start()
+        # was still reading its own counters are taken off at the end
+        self._before, self._base = settings_mod.read_window_raw_marked(self.query.filters.netns, self._drop_counts)
+        return DoctorStart(kernel=start.kernel, headers=start.headers, attached=tuple(start.attached) + tuple(attached),
+                           unavailable=start.unavailable + tuple(self._unavailable), filters=start.filters,
+                           rules=rules.RULE_IDS)
+
+    def wait(self, timeout_s: float) -> None:
+        self.drops.wait(timeout_s)
+
+    def events(self) -> list[Event]:
+        return []
+
+    def interval(self, elapsed_ns: int) -> Diagnosis:
+        return Diagnosis((), rules.RULE_IDS, elapsed_ns, final=False)
+
+    def summary(self, elapsed_ns: int) -> Diagnosis:
+        assert self._before is not None
+        ns = self.query.filters.netns
+        try:
+            after, (end, end_matched) = settings_mod.read_window_raw_marked(ns, self._drop_counts)
+        except OSError as exc:  # the namespace went away during the run: its counters stop where they were
+            if ns is None:
+                raise
+            self._unavailable.append(Unavailable("counters", f"network namespace {ns.label!r} is gone "
+                                                 f"({exc.strerror}): its counters and settings were not read"))
+            after, (end, end_matched) = self._before, self._drop_counts()
+        win = settings_mod.window(self._before, after)
+        run = self.drops.summary(elapsed_ns)  # the link, qdisc and NIC counters; rows come from the marks
+        base, base_matched = self._base
+        drops = diff_drops(replace(run, rows=self.drops.decode_rows(end), total=end_matched),
+                           replace(run, rows=self.drops.decode_rows(base), counters=[], total=base_matched,
+                                   elapsed_ns=0))
+        trace = self.trace.summary(elapsed_ns) if self.trace is not None else None
+        try:
+            settings = settings_mod.read_settings(ns, self._nics(drops, win.rx_packets))
+        except OSError:  # gone (said above): the rules still run, knob values are unknown
+            settings = Settings(ns.inode if ns else None, ns.label if ns else "host")
+        others = self._other_settings(drops, settings.netns)
+        f = self.query.filters
+        scoped = f.netns is not None or bool(f.ifaces) or f.proto is not None or f.narrows_flow
+        findings = rules.diagnose(rules.Observation(drops, trace, win, settings, elapsed_ns, others, scoped))
+        findings = [self._named(f, settings, others) for f in findings]
+        checked = tuple(r for r in rules.RULE_IDS if self.trace is not None or r not in rules.LATENCY_RULES)
+        return Diagnosis(tuple(findings), checked, elapsed_ns, drops.total, tuple(self._unavailable))
+
+    def _drop_counts(self) -> tuple[dict[bytes, int], int]:
+        return self.drops.counts(), self.drops.stats().get("matched", 0)
+
+    def _named(self, f: Finding, settings: Settings, others: dict[int, Settings]) -> Finding:
+        """A socket finding that sock_diag placed (a full listener) but no drop row named: its holder, looked
+        up by the socket's inode now (the one /proc scan the doctor makes)."""
+        w = f.where
+        if w.lport is None or w.pid is not None:
+            return f
+        where_settings = others.get(w.netns, settings) if w.netns is not None else settings
+        sock = next((s for s in where_settings.sockets
+                     if (s.laddr, s.lport, s.proto) == (w.laddr, w.lport, w.proto or s.proto)), None)
+        if sock is None:
+            return f
+        if self._owners is None:
+            self._owners = OwnerResolver()
+        owner = self._owners.of_socket(sock.inode, sock.cgroup_id or 0, w.netns)
+        return replace(f, where=replace(w, pid=owner.pid, comm=owner.comm, cgroup=owner.cgroup or w.cgroup,
+                                        container=owner.container or w.container))
+
+    def _other_settings(self, drops: DropSnapshot, here: int | None) -> dict[int, Settings]:
+        """Settings of the other namespaces drops happened in (without --netns every namespace is watched),
+        the busiest first, at most MAX_NAMESPACES; one that is gone is left out."""
+        busy: dict[int, int] = {}
+        for row in drops.rows:
+            if row.netns and row.netns != here:
+                busy[row.netns] = busy.get(row.netns, 0) + row.count
+        if not busy:
+            return {}
+        known = {ns.inode: ns for ns in netns.known_namespaces()}
+        out = {}
+        for inode in sorted(busy, key=lambda i: -busy[i])[:MAX_NAMESPACES]:
+            ns = known.get(inode)
+            if ns is None:
+                continue
+            ifaces = [r.iface for r in drops.rows if r.netns == inode and r.iface]
+            try:
+                out[inode] = settings_mod.read_settings(ns, list(dict.fromkeys(ifaces))[:MAX_NICS])
+            except OSError:
+                continue
+        return out
+
+    def _nics(self, drops: DropSnapshot, rx: dict[str, int]) -> list[str]:
+        """The interfaces worth reading ethtool for: those named, else those with drops or traffic."""
+        if self.query.filters.ifaces:
+            return list(self.query.filters.ifaces)[:MAX_NICS]
+        ns_inode = self.query.filters.netns.inode if self.query.filters.netns else None
+        seen = [r.iface for r in drops.rows if r.iface and (ns_inode is None or r.netns == ns_inode)]
+        seen += [c.iface for c in drops.counters if c.iface]
+        seen += sorted(rx, key=lambda i: -rx[i])
+        return [i for i in dict.fromkeys(seen) if i != "lo"][:MAX_NICS]
+
+    def close(self) -> None:
+        try:
+            self.drops.close()
+        finally:
+            if self.trace is not None:
+                self.trace.close()
+

@@ -1,0 +1,110 @@
+"""`netpath export`: the drops and trace sessions behind one Prometheus collector, read at scrape time.
+
+Nothing runs per packet in Python: every scrape reads the in-kernel maps
+once (each session's whole-run `summary()`), turns them into metric
+families (netpath/render/metrics.py) and forgets rows of interfaces that
+no longer exist, so their series go away.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from prometheus_client.core import Metric
+
+from netpath import __version__, bpf, links
+from netpath.collect.drops import DropsSession
+from netpath.collect.trace import TraceSession
+from netpath.diagnose import rules
+from netpath.diagnose.window import RollingWindow
+from netpath.kernel import settings as settings_mod
+from netpath.model import DropSnapshot, Finding, Settings, Start
+from netpath.render.metrics import MetricSet
+
+# how stale the list of existing interfaces may be before a deleted one's series are dropped
+LIVE_EVERY_S = 10.0
+# netpath_finding: the doctor's rules over the last five minutes of drops and counters (netpath-doctor(8))
+FINDINGS_WINDOW_S = 300.0
+
+
+class ExportCollector:
+    """A prometheus_client collector: collect() is called once per scrape, never two at a time
+    (netpath.cli.http_server.SharedScrape holds a lock around it)."""
+
+    def __init__(self, drops: DropsSession, trace: TraceSession | None, max_series: int) -> None:
+        self.drops = drops
+        self.trace = trace
+        self.metrics = MetricSet(max_series)
+        self.starts: list[Start] = []
+        self._t0 = 0
+        self.scrapes = 0
+        self._live_at = 0.0
+        ns = drops.query.filters.netns
+        self.window = RollingWindow(int(FINDINGS_WINDOW_S * 1e9), lambda: settings_mod.read_window_raw(ns))
+
+    def start(self) -> list[Start]:
+        self.starts = [self.drops.start()]
+        if self.trace is not None:
+            self.starts.append(self.trace.start())
+        self._t0 = time.monotonic_ns()
+        self.window.add(0, self.drops.summary(0))  # the window's first base: nothing before the start counts
+        self.metrics.started = time.time()  # counting began now: the counters' created timestamp
+        return self.starts
+
+    def collect(self) -> Iterator[Metric]:
+        began = time.perf_counter()
+        both = self._fresh_live_devices()
+        live = both[0] if both is not None else None
+        if both is not None:  # only a new look can find an interface gone; forgetting re-reads the maps
+            # drop rows carry their namespace's cookie: a namespace gone is gone even if its inode is reused
+            self.drops.forget_gone_devices(*both)
+        elapsed = time.monotonic_ns() - self._t0
+        drops = self.drops.summary(elapsed)
+        families = list(self.metrics.drops(drops))
+        hits = {("drops", hook): n for hook, n in drops.health.probe_hits.items()}
+        runs = _runs("drops", self.drops.prog)
+        if self.trace is not None:
+            if live is not None:
+                self.trace.forget_gone_devices(live)
+            trace = self.trace.summary(elapsed)
+            families.extend(self.metrics.trace(trace))
+            hits.update({("trace", hook): n for hook, n in trace.health.probe_hits.items()})
+            runs.update(_runs("trace", self.trace.prog))
+        families.extend(self.metrics.findings(self.findings(drops, elapsed), FINDINGS_WINDOW_S))
+        families.append(self.metrics.build_info(self.starts[0], __version__))
+        self.scrapes += 1
+        yield from families
+        yield from self.metrics.health(hits, time.perf_counter() - began, runs)
+        self.metrics.scraped(time.time())
+
+    def findings(self, drops: DropSnapshot, elapsed_ns: int) -> list[Finding]:
+        """The doctor's rules over the rolling window. Knob values are not exported, so no settings are read
+        (no ethtool or sock_diag per scrape), and the latency rules (slow-reader, softirq-wait) are left to
+        `netpath doctor`: trace histograms here are run totals, not the window's."""
+        delta, window, span = self.window.add(elapsed_ns, drops)
+        if span <= 0:
+            return []
+        ns = self.drops.query.filters.netns
+        settings = Settings(ns.inode if ns else None, ns.label if ns else "host")
+        f = self.drops.query.filters
+        scoped = f.netns is not None or bool(f.ifaces) or f.proto is not None or f.narrows_flow
+        return rules.diagnose(rules.Observation(delta, None, window, settings, span, scoped=scoped))
+
+    def _fresh_live_devices(self) -> tuple[set[tuple[int, int]], set[tuple[int, int]]] | None:
+        """Every (netns, ifindex) on the host when LIVE_EVERY_S has passed since the last look (it enters
+        each namespace), else None."""
+        now = time.monotonic()
+        if self._live_at and now - self._live_at < LIVE_EVERY_S:
+            return None
+        self._live_at = now
+        return links.live_devices_both()
+
+    def close(self) -> None:
+        self.drops.close()
+        if self.trace is not None:
+            self.trace.close()
+
+
+def _runs(name: str, prog: bpf.Program | None) -> dict[tuple[str, str], tuple[int, int]]:
+    return {(name, fn): v for fn, v in prog.run_stats().items()} if prog is not None else {}

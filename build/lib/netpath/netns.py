@@ -1,0 +1,197 @@
+"""Network namespaces: resolve what the user named, and run code inside one.
+
+ifindex is only unique inside a namespace, so interface names are always
+looked up in the namespace the packet was in (identified by its inode).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import os
+import stat
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from netpath import untrusted
+from netpath.errors import BadInput
+
+CLONE_NEWNET = 0x40000000
+SO_NETNS_COOKIE = 71  # Linux 5.14+: the namespace's net_cookie, which the kernel never reuses (inodes are)
+NETNS_RUN_DIR = Path("/run/netns")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Netns:
+    path: Path
+    inode: int
+    label: str
+    cookie: int = 0  # net_cookie (resolve() reads it; 0 when unknown): the identity the kernel never reuses
+
+
+def current() -> Netns:
+    path = Path("/proc/self/ns/net")
+    return Netns(path, os.stat(path).st_ino, "host")
+
+
+# ioctl(NS_GET_NSTYPE) (Linux 4.11+) answers "what kind of namespace is this fd?"; any other file says ENOTTY.
+NS_GET_NSTYPE = 0xB703
+NS_TYPES = {
+    0x00020000: "mount", 0x02000000: "cgroup", 0x04000000: "uts", 0x08000000: "ipc",
+    0x10000000: "user", 0x20000000: "pid", CLONE_NEWNET: "network", 0x00000080: "time",
+}
+
+
+def _ns_spec_path(spec: str) -> Path:
+    """Where --netns SPEC lives: a PID's /proc entry, a path, or an `ip netns` name under /run/netns."""
+    if spec.isascii() and spec.isdigit():
+        return Path(f"/proc/{int(spec)}/ns/net")
+    if "/" in spec:
+        return Path(spec)
+    if spec in (".", ".."):
+        raise BadInput(f"bad --netns {spec!r}: not a namespace name")
+    return NETNS_RUN_DIR / spec
+
+
+def _open_failure(spec: str, path: Path, exc: OSError) -> BadInput:
+    if spec.isascii() and spec.isdigit():
+        if not Path(f"/proc/{int(spec)}").exists():
+            return BadInput(f"bad --netns {spec!r}: no process with PID {int(spec)}")
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            return BadInput(f"bad --netns {spec!r}: process {int(spec)} exists but its network namespace "
+                            f"cannot be opened ({exc.strerror}): run netpath as root")
+        return BadInput(f"bad --netns {spec!r}: process {int(spec)} has no network namespace to open "
+                        f"({exc.strerror}; exited or a zombie?)")
+    if exc.errno == errno.ENOENT:
+        return BadInput(f"unknown network namespace {spec!r} (no {path})")
+    return BadInput(f"cannot open network namespace {spec!r} ({path}): {exc.strerror}")
+
+
+def _ns_type(fd: int) -> int | None:
+    """The namespace type of fd (CLONE_NEW*), None when fd is no namespace at all."""
+    try:
+        return int(fcntl.ioctl(fd, NS_GET_NSTYPE))
+    except OSError as exc:
+        if exc.errno != errno.ENOTTY:
+            raise
+    # before 4.11 nsfs had no NS_GET_NSTYPE: a file on the nsfs device is still a namespace
+    try:
+        nsfs_dev = os.stat("/proc/self/ns/net").st_dev
+    except OSError:
+        return None
+    return CLONE_NEWNET if os.fstat(fd).st_dev == nsfs_dev else None
+
+
+def resolve(spec: str) -> Netns:
+    """--netns NAME (ip netns), PATH (a netns file) or PID, checked to really be a network namespace."""
+    if not spec.strip():
+        raise BadInput(f"bad --netns {spec!r}: empty; name an 'ip netns' namespace, a netns file or a PID")
+    path = _ns_spec_path(spec)
+    try:
+        # nsfs files are regular files; opening anything else (a FIFO, a device) could block or act
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise BadInput(f"bad --netns {spec!r}: {path} is not a namespace file")
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+    except ValueError:  # an embedded NUL byte
+        raise BadInput(f"bad --netns {spec!r}: not a valid path") from None
+    except OSError as exc:
+        raise _open_failure(spec, path, exc) from None
+    try:
+        kind = _ns_type(fd)
+        inode = os.fstat(fd).st_ino
+    except OSError as exc:
+        raise BadInput(f"cannot inspect network namespace {spec!r} ({path}): {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    if kind is None:
+        raise BadInput(f"bad --netns {spec!r}: {path} is not a namespace file")
+    if kind != CLONE_NEWNET:
+        raise BadInput(f"bad --netns {spec!r}: {path} is a {NS_TYPES.get(kind, hex(kind))} namespace, "
+                       "not a network namespace")
+    ns = Netns(path, inode, spec)
+    try:
+        return Netns(path, inode, spec, cookie_of(ns))
+    except OSError:  # setns refused: the inode alone filters
+        return ns
+
+
+def cookie_here() -> int:
+    """The net_cookie of the namespace this thread is in (0 where SO_NETNS_COOKIE is unknown: before 5.14)."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            return int.from_bytes(s.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8), "little")
+    except OSError:
+        return 0
+
+
+def cookie_of(ns: Netns | None) -> int:
+    """The net_cookie of `ns` (None: this namespace), read from a socket made inside it."""
+    return run_in(ns, cookie_here)
+
+
+def run_in(ns: Netns | None, fn: Callable[[], T]) -> T:
+    """Run fn in a short-lived thread that has joined `ns` (None: this namespace).
+
+    setns affects only the calling thread, so the rest of netpath stays put;
+    sockets created inside (netlink, for pyroute2) stay bound to `ns`.
+    """
+    if ns is None or ns.inode == os.stat("/proc/self/ns/net").st_ino:
+        return fn()
+    result: list[T] = []
+    failure: list[BaseException] = []
+
+    def body() -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = os.open(ns.path, os.O_RDONLY)
+            try:
+                if libc.setns(fd, CLONE_NEWNET) != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, os.strerror(err))
+            finally:
+                os.close(fd)
+            result.append(fn())
+        except BaseException as exc:  # handed to the caller's thread below
+            failure.append(exc)
+
+    thread = threading.Thread(target=body, name="netpath-netns")
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+    return result[0]
+
+
+def known_namespaces() -> list[Netns]:
+    """Named namespaces plus those of running processes, unique by inode."""
+    seen: dict[int, Netns] = {}
+    try:
+        seen[os.stat("/proc/self/ns/net").st_ino] = Netns(Path("/proc/self/ns/net"), 0, "host")
+    except OSError:
+        pass
+    if NETNS_RUN_DIR.is_dir():
+        for entry in sorted(NETNS_RUN_DIR.iterdir()):
+            try:
+                ino = os.stat(entry).st_ino
+            except OSError:
+                continue
+            # whoever may write /run/netns chose the name: shown in the untrusted-name form
+            seen.setdefault(ino, Netns(entry, ino, untrusted.name(entry.name)))
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        path = Path(f"/proc/{pid}/ns/net")
+        try:
+            ino = os.stat(path).st_ino
+        except OSError:
+            continue
+        seen.setdefault(ino, Netns(path, ino, f"pid:{pid}"))
+    return [Netns(ns.path, ino, ns.label) for ino, ns in seen.items()]

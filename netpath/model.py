@@ -410,6 +410,25 @@ class Window:
 
 
 @dataclass(frozen=True)
+class NetnsCounters:
+    """One network namespace's SNMP, netstat and conntrack counters: cumulative values as read
+    (collect/netns_counters.read_every_namespace), or a window's deltas (netns_counters.window).
+
+    Identity is the cookie (net->net_cookie, never reused; 0 before Linux 5.14), the inode is for
+    people and for drop rows, which carry it."""
+
+    inode: int
+    cookie: int
+    label: str  # its ip netns name, "host", else what runs in it (comm[pid]), in the untrusted-name form
+    named: bool = False  # it has an /run/netns name
+    snmp: dict[str, int] = field(default_factory=dict)  # nstat names: UdpRcvbufErrors, TcpExtListenOverflows, ...
+    conntrack: dict[str, int] = field(default_factory=dict)  # /proc/net/stat/nf_conntrack, CPUs summed
+    # levels, not counters, read at the same instant (a window keeps the end's): nf_conntrack_count and _max,
+    # sockstat's inuse/mem (mem in pages), conntrack stat's entries
+    levels: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Evidence:
     """One number behind a finding: what it counts and the kernel counter it equals (None: no counter has it)."""
 

@@ -161,6 +161,11 @@ class Counter:
     count: int
     iface: str | None = None
     cpu: int | None = None
+    # another namespace's counter (collect/netns_rx.py): its inode and name, and the pod whose it is
+    netns: int | None = None
+    netns_label: str | None = None
+    pod: str | None = None
+    pod_namespace: str | None = None
 
 
 @dataclass(frozen=True)
@@ -230,6 +235,10 @@ class DropSnapshot:
     # drop counters that rose while no drop event matched: rows and total say 0 for them
     counter_only: list[Counter] = field(default_factory=list)
     where_filtered: bool = False  # --netns or --iface: drops with no device (health.no_device) are left out
+    # the SNMP, netstat and conntrack drop counters of every other namespace (host-wide runs only), each
+    # with its netns; `netns_own`: the run's own namespace's are among them too (the exporter's zero series)
+    netns_counters: list[Counter] = field(default_factory=list)
+    netns_own: bool = False
 
 
 # ---------------------------------------------------------------- trace

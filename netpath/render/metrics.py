@@ -29,6 +29,7 @@ from prometheus_client.samples import Sample
 from netpath.model import DropSnapshot, Finding, Latency, Owner, Start, TraceSnapshot
 
 OTHER = "_other"
+RX_STAT_LABELS = ["source", "stat", "iface", "netns", "netns_label", "pod", "pod_namespace"]
 # histogram bounds: powers of two from 128 ns to 17 s; the in-kernel slots split exactly at them
 LE_NS = tuple(1 << i for i in range(7, 35))
 
@@ -169,15 +170,19 @@ class MetricSet:
         self._bounded("netpath_drops_total", [fam], values, len(names))
         yield fam
         counters = CounterMetricFamily("netpath_rx_stat_total", "Drop counters no skb event carries (link stats, "
-                                       "qdisc drops, SNMP), by source and counter name",
-                                       labels=["source", "stat", "iface"])
+                                       "qdisc drops, SNMP, conntrack), by source and counter name; SNMP and "
+                                       "conntrack of every network namespace, with its inode, name and pod",
+                                       labels=RX_STAT_LABELS)
         cvalues: dict[Labels, tuple[float, ...]] = {}
-        for c in snap.counters:
+        for c in snap.counters + snap.netns_counters:
             if c.source == "softnet":  # node_exporter exports node_softnet_*: not twice
                 continue
-            key = (c.source, c.name, c.iface or "")
+            if snap.netns_own and c.netns is None and c.source in ("snmp", "conntrack"):
+                continue  # the run's own namespace's are among netns_counters, with their zero series
+            key = (c.source, c.name, c.iface or "", str(c.netns or ""), c.netns_label or "", c.pod or "",
+                   c.pod_namespace or "")
             cvalues[key] = _add(cvalues.get(key, ()), (c.count,))
-        self._bounded("netpath_rx_stat_total", [counters], cvalues, 3)
+        self._bounded("netpath_rx_stat_total", [counters], cvalues, len(RX_STAT_LABELS))
         yield counters
         h = snap.health
         yield self._counter("netpath_drops_matched_total", "Drops that passed netpath's filters (exact, map full or "

@@ -79,6 +79,8 @@ def counter(c: Counter) -> Record:
         out["iface"] = c.iface
     if c.cpu is not None:
         out["cpu"] = c.cpu
+    if c.netns is not None:  # another namespace's counter: where, and whose
+        out.update(netns=c.netns, netns_label=c.netns_label, pod=c.pod, pod_namespace=c.pod_namespace)
     out["count"] = c.count
     return out
 
@@ -107,6 +109,8 @@ def _drops_body(snap: DropSnapshot) -> Record:
         out["other_count"] = snap.other_count
     if snap.warnings:
         out["warnings"] = list(snap.warnings)
+    if snap.netns_counters:  # host-wide runs: other namespaces' drop counters that rose (summary: run totals)
+        out["netns_counters"] = [counter(c) for c in snap.netns_counters]
     if snap.counter_only:  # present only when drop counters rose and no drop event matched
         out["counter_only"] = [f"{c.source}:{c.name}" for c in snap.counter_only]
     return out

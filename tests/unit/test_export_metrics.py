@@ -46,7 +46,9 @@ def test_drops_by_reason_and_stats_without_softnet():
                   ("reason", "NO_SOCKET")): 30,
                  (("iface", "veth0"), ("netns", "4026532000"), ("netns_label", ""), ("proto", "udp"),
                   ("reason", "NETFILTER_DROP")): 4}
-    assert values(got, "netpath_rx_stat_total") == {(("iface", ""), ("source", "snmp"), ("stat", "UdpNoPorts")): 5}
+    assert values(got, "netpath_rx_stat_total") == {
+        (("iface", ""), ("netns", ""), ("netns_label", ""), ("pod", ""), ("pod_namespace", ""), ("source", "snmp"),
+         ("stat", "UdpNoPorts")): 5}
     assert values(got, "netpath_drops_matched_total") == {(): 34}
 
 

@@ -79,6 +79,9 @@ if ! podman image exists "$img"; then
 	buildah commit --quiet --rm "$ctr" "$img" >/dev/null
 fi
 podman tag "$img" localhost/netpath:latest
+# older builds of the image go (their layers are the base's and a few MB)
+podman images --format '{{.Repository}}:{{.Tag}}' localhost/netpath | grep -v -e ":$key\$" -e ':latest$' \
+	| xargs -r podman rmi >/dev/null 2>&1 || true
 oci="$cache/netpath-$key.oci.tar"
 if [ ! -s "$oci" ]; then
 	rm -f "$cache"/netpath-*.oci.tar

@@ -9,6 +9,9 @@ from netpath.runtimes import Workload
 
 
 class FakeRuntimes:
+    def of_netns(self, inode: int) -> Workload | None:
+        return None  # no runtime config names it: the process's cgroup does
+
     def of_cgroup(self, path: str | None) -> Workload | None:
         return Workload("srv", "web-0", "shop") if path else None
 

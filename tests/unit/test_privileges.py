@@ -57,7 +57,7 @@ def test_the_pod_spec_has_exactly_the_export_capabilities_and_host_namespaces():
     assert sorted("CAP_" + c for c in sc["capabilities"]["add"]) == sorted(privileges.COMMAND_CAPS["export"])
     assert sc["readOnlyRootFilesystem"] is True and sc["privileged"] is False
     assert spec["hostPID"] is True and spec["hostNetwork"] is True
-    assert set(privileges.HOST_NAMESPACES) == {"pid", "cgroup", "network"}
+    assert set(privileges.HOST_NAMESPACES) == {"pid", "network"}
 
 
 def test_the_pod_spec_mounts_what_privileges_lists():

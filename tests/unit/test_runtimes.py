@@ -130,3 +130,16 @@ def test_owner_resolver_names_from_runtime_else_cgroup_shape(tmp_path):
     assert r.named(Owner(cgroup=f"/libpod_parent/libpod-{CID2}")).container == "podman:aaaaaaaaaaaa"
     assert r.named(Owner(cgroup="/system.slice/x.service")) == Owner(cgroup="/system.slice/x.service",
                                                                        container="systemd:x.service")
+
+
+def test_a_pods_namespace_is_named_by_the_containers_that_joined_it(tmp_path):
+    sandbox = tmp_path / "netns-cni-1"
+    sandbox.write_text("")  # stands for /var/run/netns/cni-...: its inode is the namespace's
+    spec = bundle(f"/kubepods/besteffort/pod{POD}/{CID}", {"io.kubernetes.cri.sandbox-name": "coredns-0",
+                                                            "io.kubernetes.cri.sandbox-namespace": "kube-system"})
+    spec["linux"]["namespaces"] = [{"type": "pid"}, {"type": "network", "path": str(sandbox)}]
+    put(tmp_path / "run/containerd/io.containerd.runtime.v2.task/k8s.io" / CID / "config.json", spec)
+    r = names(tmp_path)
+    got = r.of_netns(os.stat(sandbox).st_ino)
+    assert got is not None and (got.pod, got.pod_namespace) == ("coredns-0", "kube-system")
+    assert r.of_netns(1) is None

@@ -29,7 +29,8 @@ from pathlib import Path
 
 import pytest
 from netpath_testlib import REPO, NetpathRun, send_udp, veth_namespace, wait_served
-from test_export_live import free_tcp_port, prometheus, query, samples, wait_for
+from test_export_dashboard_live import instant, panel_queries
+from test_export_live import _get, free_tcp_port, prometheus, query, samples, wait_for
 
 from netpath import privileges
 from netpath.kernel.cgroups import find_mount
@@ -192,6 +193,12 @@ def test_podman_least_privilege_export_names_the_container_and_counts_every_name
             assert float(got[0]["value"][1]) == rcvbuf
             named = query(prom, f'netpath_drops_total{{reason="SOCKET_RCVBUFF",container="{a_name}"}}')
             assert sum(float(r["value"][1]) for r in named) == rcvbuf
+            # the dashboard's container panel and variable show A
+            panel = dict(panel_queries(f"127.0.0.1:{port}"))["Drops by container"]
+            shown = wait_for(lambda: instant(prom, panel), 30, "the dashboard's container panel stayed empty")
+            assert a_name in {r["metric"].get("container") for r in shown}
+            values = json.loads(_get(f"{prom}/api/v1/label/container/values") or b"{}")["data"]
+            assert a_name in values
 
 
 def _podman_id(name: str) -> str:

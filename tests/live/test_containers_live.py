@@ -289,3 +289,68 @@ def test_containerd_drops_carry_pod_namespace_and_container(image):
 
 def _listening(ns: str, port: int) -> bool:
     return f":{port} " in sh("ip", "netns", "exec", ns, "ss", "-uln", check=False).stdout
+
+
+def kube_pod(name: str, port: int) -> dict:
+    """The DaemonSet's pod template as a Pod podman kube play takes: podman 4.3 refuses port mappings with
+    hostNetwork and hostPaths that do not exist (a runtime it lacks), and has no Secret volumes; the web
+    config is the Secret's, so it goes too (the exporter listens on loopback without it)."""
+    import yaml
+
+    (ds,) = [d for d in yaml.safe_load_all((REPO / "contrib/kubernetes/daemonset.yaml").read_text()) if d]
+    spec = ds["spec"]["template"]["spec"]
+    (ctr,) = spec["containers"]
+    ctr.pop("ports")
+    args = ctr["args"]
+    del args[args.index("--web-config-file"):args.index("--web-config-file") + 2]
+    args[args.index("--listen") + 1] = f"127.0.0.1:{port}"
+    for probe in ("livenessProbe", "readinessProbe"):
+        ctr[probe]["httpGet"].update(port=port, scheme="HTTP")
+    mount = find_mount()
+    gone = {"web-config"}
+    for v in spec["volumes"]:
+        if v["name"] == "cgroup":
+            v["hostPath"]["path"] = str(mount)
+        elif "hostPath" in v and not os.path.exists(v["hostPath"]["path"]):
+            gone.add(v["name"])
+    spec["volumes"] = [v for v in spec["volumes"] if v["name"] not in gone]
+    ctr["volumeMounts"] = [m for m in ctr["volumeMounts"] if m["name"] not in gone]
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": ds["spec"]["template"]["metadata"]
+                                                            ["labels"]}, "spec": spec}
+
+
+@pytest.mark.skipif(shutil.which("catatonit") is None, reason="podman kube play's infra container needs catatonit "
+                    "(Debian package, in APT_PACKAGES)")
+def test_podman_kube_play_of_the_daemonset_pod_spec(image, tmp_path):
+    import yaml
+
+    name = f"np-kube-{uuid.uuid4().hex[:6]}"
+    pod = kube_pod(name, free_tcp_port())
+    volume = f"np-cache-{name}"
+    next(v for v in pod["spec"]["volumes"] if v["name"] == "cache")["name"] = volume
+    for m in pod["spec"]["containers"][0]["volumeMounts"]:
+        m["name"] = volume if m["name"] == "cache" else m["name"]
+    spec_file = tmp_path / "pod.yaml"
+    spec_file.write_text(yaml.safe_dump(pod))
+    try:
+        sh("podman", "kube", "play", "--start=false", str(spec_file))
+        ctr = f"{name}-netpath"
+        host = json.loads(sh("podman", "inspect", ctr).stdout)[0]
+        hc = host["HostConfig"]
+        # what podman took from the pod spec is what netpath/privileges.py lists
+        assert sorted(hc["CapAdd"]) == sorted(privileges.COMMAND_CAPS["export"])
+        assert hc["ReadonlyRootfs"] is True and hc["Privileged"] is False and hc["NetworkMode"] == "host"
+        mounts = {m["Destination"]: m for m in host["Mounts"]}
+        for m in privileges.MOUNTS:
+            if m.required:
+                assert m.path in mounts and mounts[m.path]["RW"] is (not m.read_only), m
+        assert mounts["/run/netns"]["Propagation"] == "rslave"
+        # podman 4.3 does not take hostPID from a pod spec: netpath sees that and says so (exit 3)
+        if hc["PidMode"] != "host":
+            sh("podman", "start", ctr)
+            rc = int(sh("podman", "wait", ctr, timeout=120).stdout.strip().splitlines()[-1])
+            logs = sh("podman", "logs", ctr).stderr + sh("podman", "logs", ctr).stdout
+            assert rc == 3 and "hostPID: true" in logs, logs
+    finally:
+        sh("podman", "pod", "rm", "-f", "-t", "0", name, check=False)
+        sh("podman", "volume", "rm", "-f", volume, check=False)

@@ -74,9 +74,11 @@ MOUNTS: tuple[Mount, ...] = (
     Mount("docker-state", "/var/lib/docker/containers", "/var/lib/docker/containers", True,
           "docker's container names", False),
 )
-# and the host's PID, cgroup and network namespaces (hostPID, host cgroupns, hostNetwork): /proc of the
-# host's processes, cgroup paths as the host sees them, and the host's interfaces
-HOST_NAMESPACES = ("pid", "cgroup", "network")
+# and the host's PID and network namespaces (hostPID, hostNetwork): /proc of the host's processes, and the
+# host's interfaces as "host". The cgroup namespace may be the container's own (Kubernetes' default on cgroup
+# v2): owners' cgroups are found by id in the mounted hierarchy, and podman_args shares the host's anyway so
+# that /proc/PID/cgroup reads as on the host.
+HOST_NAMESPACES = ("pid", "network")
 
 
 def podman_args(command: str, cgroup_root: str = "/sys/fs/cgroup", cache: str | None = None,

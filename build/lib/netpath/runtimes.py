@@ -120,12 +120,22 @@ def _cgroup_key(cgroups_path: object) -> str | None:
     return cgroups_path.rstrip("/")
 
 
+def _netns_path(linux: Mapping[str, object]) -> str | None:
+    """The network namespace an OCI config joins (linux.namespaces[type=network].path), if it names one."""
+    spaces = linux.get("namespaces")
+    for ns in spaces if isinstance(spaces, list) else []:
+        if isinstance(ns, dict) and ns.get("type") == "network" and isinstance(ns.get("path"), str):
+            return str(ns["path"])
+    return None
+
+
 @dataclass
 class _Entry:
     runtime: str
     ident: str  # the runtime's container id
     namespace: str | None  # containerd's namespace
     bundle: Mapping[str, object]  # the OCI config's annotations
+    netns_path: str | None = None  # the network namespace it joined (a pod's sandbox, ip netns, podman's)
 
 
 class RuntimeNames:
@@ -136,6 +146,7 @@ class RuntimeNames:
         self._ctr = shutil.which("ctr") if ctr == "auto" else ctr
         self._by_cgroup: dict[str, _Entry] = {}
         self._by_id: dict[str, _Entry] = {}
+        self._by_netns: dict[int, _Entry] = {}
         self._podman_names: dict[str, str] = {}
         self._indexed_at = -_REFRESH_MIN_S
         self._cache: dict[str, Workload | None] = {}
@@ -145,15 +156,18 @@ class RuntimeNames:
     def _index(self) -> None:
         by_cgroup: dict[str, _Entry] = {}
         by_id: dict[str, _Entry] = {}
-        for entry, cgroups_path in self._podman_entries():
-            by_id[entry.ident] = entry
-            if key := _cgroup_key(cgroups_path):
-                by_cgroup[key] = entry
-        for entry, cgroups_path in self._containerd_entries():
+        by_netns: dict[int, _Entry] = {}
+        for entry, cgroups_path in [*self._podman_entries(), *self._containerd_entries()]:
             by_id.setdefault(entry.ident, entry)
             if key := _cgroup_key(cgroups_path):
                 by_cgroup[key] = entry
-        self._by_cgroup, self._by_id = by_cgroup, by_id
+            if entry.netns_path:
+                try:
+                    # a pod's containers all join its sandbox's namespace: the first one names the pod
+                    by_netns.setdefault(os.stat(entry.netns_path).st_ino, entry)
+                except OSError:
+                    pass
+        self._by_cgroup, self._by_id, self._by_netns = by_cgroup, by_id, by_netns
         self._indexed_at = time.monotonic()
 
     def _podman_entries(self) -> Iterator[tuple[_Entry, object]]:
@@ -169,7 +183,8 @@ class RuntimeNames:
             spec = read_json(store / ident / "userdata" / "config.json")
             spec = spec if isinstance(spec, dict) else {}
             linux = _labels(spec.get("linux"))
-            yield _Entry("podman", ident, None, _labels(spec.get("annotations"))), linux.get("cgroupsPath")
+            yield (_Entry("podman", ident, None, _labels(spec.get("annotations")), _netns_path(linux)),
+                   linux.get("cgroupsPath"))
 
     def _containerd_entries(self) -> Iterator[tuple[_Entry, object]]:
         try:
@@ -186,7 +201,8 @@ class RuntimeNames:
                 if not isinstance(spec, dict):
                     continue
                 linux = _labels(spec.get("linux"))
-                yield _Entry("containerd", ident, ns, _labels(spec.get("annotations"))), linux.get("cgroupsPath")
+                yield (_Entry("containerd", ident, ns, _labels(spec.get("annotations")), _netns_path(linux)),
+                       linux.get("cgroupsPath"))
 
     # ---------------------------------------------------------------- names
 
@@ -232,6 +248,15 @@ class RuntimeNames:
         if ref is not None and ref.runtime == "docker":
             return self._docker(ref.ident)
         return None
+
+    def of_netns(self, inode: int) -> Workload | None:
+        """The workload whose OCI config joined network namespace `inode` (a pod's sandbox namespace names the
+        pod); None when no runtime's container names it."""
+        entry = self._by_netns.get(inode)
+        if entry is None and time.monotonic() - self._indexed_at >= _REFRESH_MIN_S:
+            self._index()
+            entry = self._by_netns.get(inode)
+        return self._named(entry) if entry is not None else None
 
     def of_cgroup(self, path: str | None) -> Workload | None:
         """The runtime's names for the workload in cgroup `path`; None when no runtime on this host owns it."""

@@ -5,7 +5,7 @@ namespace (collect/counters.py); a pod's UdpRcvbufErrors or ListenOverflows are 
 collect/netns_counters.py (shared with doctor) reads every namespace from inside it; this module keeps the
 drop counters netpath knows (counters.SNMP_WANTED, SNMP6_WANTED, CONNTRACK_WANTED) of every namespace but
 the run's own, from the run's start, by cookie, and names each namespace's pod from a process in it
-(its cgroup, then the runtime: netpath/runtimes.py).
+(the runtime's container that joined it, else a process in it and its cgroup: netpath/runtimes.py).
 
 `step()` gives the counters that rose since the last reading (the drops table and JSON); `totals(zeros=True)`
 every known counter of every namespace seen, 0 where it has not moved, so an exporter's series exist from
@@ -100,10 +100,12 @@ class NamespaceCounters:
             values = self._values(c)
             seen = self._seen.get(key)
             if seen is None:
-                if pids is None:
-                    pids = netns_pids()
-                pid = pids.get(c.inode)
-                workload = self._runtimes.of_cgroup(cgroup_of(pid)) if pid else None
+                workload = self._runtimes.of_netns(c.inode)
+                if workload is None:  # a namespace the runtime made without a path: a process in it says
+                    if pids is None:
+                        pids = netns_pids()
+                    pid = pids.get(c.inode)
+                    workload = self._runtimes.of_cgroup(cgroup_of(pid)) if pid else None
                 base = dict(values) if not self._started else dict.fromkeys(values, 0)
                 seen = self._seen[key] = _Seen(c, base, dict(values), workload)
             seen.reading, seen.last = c, values

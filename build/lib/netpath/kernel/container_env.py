@@ -64,9 +64,8 @@ def problems(command: str, root: Path = Path("/"), cap_eff: int | None = None,
     if _ino(root / "proc/self/ns/pid") not in (None, PROC_PID_INIT_INO):
         out.append("the host's PID namespace (podman --pid=host, Kubernetes hostPID: true): owners and "
                    "namespaces are found through the host's /proc")
-    if _ino(root / "proc/self/ns/cgroup") not in (None, PROC_CGROUP_INIT_INO):
-        out.append("the host's cgroup namespace (podman --cgroupns=host; Kubernetes pods with hostPID get it "
-                   "from a runtime that shares it): cgroup paths are the container's view otherwise")
+    # a private cgroup namespace (Kubernetes' default on cgroup v2) is fine: owners' cgroups are found by id
+    # in the mounted hierarchy, namespaces' pods through the runtimes' configs
     for m in privileges.MOUNTS:
         if not m.required:
             continue

@@ -104,7 +104,7 @@ def wait_ready(name: str) -> None:
 
 def host_receiver(name: str, ns: str, script: str, addr: str, port: int) -> list[str]:
     """podman options for a process of the host's root filesystem (an overlay) in namespace `ns`."""
-    return ["--rootfs", "/:O", "--network", f"ns:/run/netns/{ns}", "python3", "-c", script, addr, str(port)]
+    return ["--network", f"ns:/run/netns/{ns}", "--rootfs", "/:O", "python3", "-c", script, addr, str(port)]
 
 
 def least_privilege(command: str = "export") -> list[str]:
@@ -199,6 +199,9 @@ def test_podman_least_privilege_export_names_the_container_and_counts_every_name
             assert a_name in {r["metric"].get("container") for r in shown}
             values = json.loads(_get(f"{prom}/api/v1/label/container/values") or b"{}")["data"]
             assert a_name in values
+            # what the DaemonSet's requests and limits are sized from (printed; never asserted as timing)
+            print("exporter container:", sh("podman", "stats", "--no-stream", "--format",
+                                            "{{.MemUsage}} {{.CPUPerc}} {{.AVGCPU}}", b_name, check=False).stdout)
 
 
 def _podman_id(name: str) -> str:

@@ -61,8 +61,10 @@ FULL_ACCEPT_QUEUE = ("import socket, sys, time\n"
                      "time.sleep(600)\n")
 
 
-def sh(*argv: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=check)
+def sh(*argv: str, timeout: float = 120, check: bool = True, env: dict[str, str] | None = None
+       ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=check,
+                          env={**os.environ, **env} if env else None)
 
 
 @pytest.fixture(scope="module")
@@ -238,16 +240,25 @@ def test_every_command_runs_in_the_image(image):
         assert kinds and ("summary" in kinds or argv[0] == "probes"), (argv, kinds)
 
 
+def containerd_serving() -> bool:
+    """A connection to containerd's socket (ctr itself waits long for a socket nobody serves)."""
+    with socket.socket(socket.AF_UNIX) as s:
+        try:
+            s.connect("/run/containerd/containerd.sock")
+            return True
+        except OSError:
+            return False
+
+
 @contextmanager
 def containerd() -> Iterator[None]:
     """containerd, started for the test unless it already runs (then left running)."""
-    if sh("ctr", "version", check=False, timeout=10).returncode == 0:
+    if containerd_serving():
         yield
         return
     proc = subprocess.Popen(["containerd"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_for(lambda: sh("ctr", "version", check=False, timeout=10).returncode == 0, 60,
-                 "containerd did not start")
+        wait_for(containerd_serving, 60, "containerd did not start")
         yield
     finally:
         proc.terminate()
@@ -318,6 +329,7 @@ def kube_pod(name: str, port: int) -> dict:
             gone.add(v["name"])
     spec["volumes"] = [v for v in spec["volumes"] if v["name"] not in gone]
     ctr["volumeMounts"] = [m for m in ctr["volumeMounts"] if m["name"] not in gone]
+    spec["restartPolicy"] = "Never"  # a DaemonSet's pods restart; this one's exit status is the test's
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": ds["spec"]["template"]["metadata"]
                                                             ["labels"]}, "spec": spec}
 
@@ -335,8 +347,13 @@ def test_podman_kube_play_of_the_daemonset_pod_spec(image, tmp_path):
         m["name"] = volume if m["name"] == "cache" else m["name"]
     spec_file = tmp_path / "pod.yaml"
     spec_file.write_text(yaml.safe_dump(pod))
+    # kube play takes no --runtime or --ulimit: the same settings as PODMAN_RUN, from a containers.conf
+    conf = tmp_path / "containers.conf"
+    conf.write_text('[containers]\ndefault_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]\n'
+                    '[engine]\nruntime = "runc"\n')
+    env = {"CONTAINERS_CONF": str(conf)}
     try:
-        sh("podman", "kube", "play", "--start=false", str(spec_file))
+        sh("podman", "kube", "play", "--start=false", str(spec_file), env=env)
         ctr = f"{name}-netpath"
         host = json.loads(sh("podman", "inspect", ctr).stdout)[0]
         hc = host["HostConfig"]
@@ -350,8 +367,8 @@ def test_podman_kube_play_of_the_daemonset_pod_spec(image, tmp_path):
         assert mounts["/run/netns"]["Propagation"] == "rslave"
         # podman 4.3 does not take hostPID from a pod spec: netpath sees that and says so (exit 3)
         if hc["PidMode"] != "host":
-            sh("podman", "start", ctr)
-            rc = int(sh("podman", "wait", ctr, timeout=120).stdout.strip().splitlines()[-1])
+            sh("podman", "start", ctr, env=env)
+            rc = int(sh("podman", "wait", ctr, timeout=120, env=env).stdout.strip().splitlines()[-1])
             logs = sh("podman", "logs", ctr).stderr + sh("podman", "logs", ctr).stdout
             assert rc == 3 and "hostPID: true" in logs, logs
     finally:

@@ -5,8 +5,10 @@ option such as --stages napi_poll or --by-cgroup, or a kernel setting such as ke
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
-from netpath_testlib import send_spaced, send_udp, start_receiver, veth_namespace
+from netpath_testlib import STALLED_RECEIVER, send_spaced, send_udp, start_receiver, veth_namespace
 from test_export_dashboard_live import DASHBOARD, instant, panel_queries
 from test_export_live import exporter, prometheus, query, wait_for
 
@@ -20,6 +22,11 @@ def test_every_panel_has_data_in_the_default_profile_or_says_what_fills_it():
     with veth_namespace("npdp") as pair, exporter() as run, prometheus(run.port) as prom:
         wait_for(lambda: query(prom, 'up{job="netpath"} == 1'), 60, "prometheus never scraped netpath")
         send_udp(pair.ns_addr, 40991, 200)  # a closed port: NO_SOCKET drops
+        stalled = subprocess.Popen(["ip", "netns", "exec", pair.ns, sys.executable, "-c", STALLED_RECEIVER,
+                                    pair.ns_addr, "40993"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert stalled.stdout is not None and stalled.stdout.readline().strip() == "ready"
+        send_udp(pair.ns_addr, 40993, 300, payload=b"x" * 512)  # a full socket buffer: SOCKET_RCVBUFF
+        stalled.communicate("\n", timeout=30)
         receiver = start_receiver(pair, 40992, 20, 0.005)  # delivered datagrams: socket_queue, stack_total
         send_spaced(pair.ns_addr, 40992, 20, 0.02)
         receiver.communicate(timeout=60)

@@ -90,7 +90,7 @@ def doctor(ctx: click.Context, ifaces: tuple[str, ...], netns_spec: str | None, 
            port: int | None, host: str | None, duration: float, json_mode: bool, fail_on: str | None,
            no_trace: bool) -> None:
     filters = resolve_filters(ifaces, netns_spec, proto, port, host)
-    require_capability(command="doctor")
+    require_capability()
     facts = load_facts()
     session = factory.doctor_session(DoctorQuery(filters, trace=not no_trace), facts)
     term = Terminal(json_mode)

@@ -136,8 +136,7 @@ class DoctorSession:
             self._owners = OwnerResolver()
         owner = self._owners.of_socket(sock.inode, sock.cgroup_id or 0, w.netns)
         return replace(f, where=replace(w, pid=owner.pid, comm=owner.comm, cgroup=owner.cgroup or w.cgroup,
-                                        container=owner.container or w.container, pod=owner.pod or w.pod,
-                                        pod_namespace=owner.pod_namespace or w.pod_namespace))
+                                        container=owner.container or w.container))
 
     def _other_settings(self, drops: DropSnapshot, here: int | None) -> dict[int, Settings]:
         """Settings of the other namespaces drops happened in (without --netns every namespace is watched),

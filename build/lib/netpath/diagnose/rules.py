@@ -116,7 +116,6 @@ def _owner_where(owner: Owner | None) -> dict[str, object]:
         return {}
     sock = owner.sock
     return {"pid": owner.pid, "comm": owner.comm, "cgroup": owner.cgroup, "container": owner.container,
-            "pod": owner.pod, "pod_namespace": owner.pod_namespace,
             "laddr": sock.laddr if sock else None, "lport": sock.lport if sock else None,
             "proto": sock.proto if sock else None}
 

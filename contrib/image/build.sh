@@ -50,7 +50,14 @@ podman image exists "$base_img" || podman import --quiet "$base_tar" "$base_img"
 
 wheels=$(mktemp -d)
 trap 'rm -rf "$wheels"' EXIT
-"$python" -m pip wheel --quiet --no-build-isolation --no-deps -w "$wheels" "$top"
+# the wheel is built from a copy of the working tree (tracked and new files, not ignored ones): a build in
+# place would leave build/ in the checkout
+src="$wheels/src"
+mkdir "$src"
+(cd "$top" && git ls-files -z --cached --others --exclude-standard | xargs -0 cp --parents -t "$src" 2>/dev/null) \
+	|| cp -r "$top"/. "$src"
+"$python" -m pip wheel --quiet --no-build-isolation --no-deps -w "$wheels" "$src"
+rm -rf "$src"
 # the runtime dependencies pyproject names, except those Debian's packages satisfy (bcrypt, PyYAML)
 "$python" -m pip download --quiet --only-binary=:all: -d "$wheels" \
 	$("$python" "$here/requirements.py" "$top/pyproject.toml")

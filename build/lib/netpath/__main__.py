@@ -1,3 +1,0 @@
-from netpath.cli.main import entry
-
-entry()

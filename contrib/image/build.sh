@@ -54,8 +54,9 @@ trap 'rm -rf "$wheels"' EXIT
 # place would leave build/ in the checkout
 src="$wheels/src"
 mkdir "$src"
-(cd "$top" && git ls-files -z --cached --others --exclude-standard | xargs -0 cp --parents -t "$src" 2>/dev/null) \
-	|| cp -r "$top"/. "$src"
+(cd "$top" && git ls-files -z --cached --others --exclude-standard \
+	| python3 -c 'import os, sys; sys.stdout.write("".join(f + "\0" for f in sys.stdin.read().split("\0") if os.path.isfile(f)))' \
+	| xargs -0 cp --parents -t "$src")
 "$python" -m pip wheel --quiet --no-build-isolation --no-deps -w "$wheels" "$src"
 rm -rf "$src"
 # the runtime dependencies pyproject names, except those Debian's packages satisfy (bcrypt, PyYAML)

@@ -5,8 +5,8 @@ asks the runtime that owns it for the names a person knows the workload by, from
 runtime keeps on disk (reading files is bounded and needs no socket or daemon):
 
 - podman: containers/storage's `overlay-containers/containers.json` (the container's names) and the
-  OCI bundle `overlay-containers/<id>/userdata/config.json` (its cgroupsPath, and on a podman pod the
-  pod's annotations);
+  OCI bundle `overlay-containers/<id>/userdata/config.json` (its cgroupsPath and namespaces); a podman
+  pod's name is only in podman's database: `podman pod inspect` (a child with a timeout) where podman is;
 - containerd: each task's OCI bundle `/run/containerd/io.containerd.runtime.v2.task/<ns>/<id>/config.json`
   (its cgroupsPath, and the annotations the CRI plugin writes from the kubelet's config:
   io.kubernetes.cri.container-name, sandbox-name, sandbox-namespace); the container's labels
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -38,6 +39,8 @@ from netpath import containers, untrusted
 MAX_STATE_BYTES = 4 << 20  # a bundle's config.json is ~10-30 KB; podman's containers.json grows ~0.5 KB a container
 _REFRESH_MIN_S = 1.0
 CTR_TIMEOUT_S = 2.0
+# a podman pod's cgroup: /libpod_parent/<pod id>/libpod-<id> (cgroupfs), machine-libpod_pod_<pod id>.slice
+_PODMAN_POD = re.compile(r"(?:/libpod_parent/|machine-libpod_pod_)(?P<pod>[0-9a-f]{64})")
 MAX_CACHED = 4096  # cgroup paths remembered; cleared when full (churning hosts)
 
 # the kubelet's container labels (pkg/kubelet/types/labels.go), as CRI runtimes store them
@@ -48,7 +51,7 @@ CONTAINER_NAME = "io.kubernetes.container.name"
 CRI_CONTAINER = "io.kubernetes.cri.container-name"
 CRI_SANDBOX = "io.kubernetes.cri.sandbox-name"
 CRI_SANDBOX_NS = "io.kubernetes.cri.sandbox-namespace"
-# cri-o's, which podman also writes for the containers of a pod it plays from Kubernetes YAML
+# cri-o's (podman's bundles carry other io.kubernetes.cri-o.* keys, but not these names)
 CRIO_CONTAINER = "io.kubernetes.cri-o.ContainerName"
 CRIO_SANDBOX = "io.kubernetes.cri-o.SandboxName"
 
@@ -136,14 +139,18 @@ class _Entry:
     namespace: str | None  # containerd's namespace
     bundle: Mapping[str, object]  # the OCI config's annotations
     netns_path: str | None = None  # the network namespace it joined (a pod's sandbox, ip netns, podman's)
+    cgroups_path: str | None = None
 
 
 class RuntimeNames:
     """cgroup path -> Workload, from the runtimes' state on this host."""
 
-    def __init__(self, roots: StateRoots | None = None, ctr: str | None = "auto") -> None:
+    def __init__(self, roots: StateRoots | None = None, ctr: str | None = "auto", podman: str | None = "auto"
+                 ) -> None:
         self.roots = roots or StateRoots()
         self._ctr = shutil.which("ctr") if ctr == "auto" else ctr
+        self._podman = shutil.which("podman") if podman == "auto" else podman
+        self._pods: dict[str, str | None] = {}
         self._by_cgroup: dict[str, _Entry] = {}
         self._by_id: dict[str, _Entry] = {}
         self._by_netns: dict[int, _Entry] = {}
@@ -183,8 +190,9 @@ class RuntimeNames:
             spec = read_json(store / ident / "userdata" / "config.json")
             spec = spec if isinstance(spec, dict) else {}
             linux = _labels(spec.get("linux"))
-            yield (_Entry("podman", ident, None, _labels(spec.get("annotations")), _netns_path(linux)),
-                   linux.get("cgroupsPath"))
+            cgroups_path = linux.get("cgroupsPath")
+            yield (_Entry("podman", ident, None, _labels(spec.get("annotations")), _netns_path(linux),
+                          cgroups_path if isinstance(cgroups_path, str) else None), cgroups_path)
 
     def _containerd_entries(self) -> Iterator[tuple[_Entry, object]]:
         try:
@@ -223,6 +231,22 @@ class RuntimeNames:
             return {}
         return _labels(info.get("Labels")) if isinstance(info, dict) else {}
 
+    def _podman_pod(self, cgroups_path: str | None) -> str | None:
+        """A podman pod's name: only podman's database has it, so `podman pod inspect` (a child with a timeout,
+        where podman is installed), for a container whose cgroup sits in a pod's."""
+        m = _PODMAN_POD.search(cgroups_path or "")
+        if m is None or not self._podman:
+            return None
+        if m["pod"] not in self._pods:
+            try:
+                done = subprocess.run([self._podman, "pod", "inspect", "--format", "{{.Name}}", m["pod"]],
+                                      capture_output=True, timeout=CTR_TIMEOUT_S, check=False)
+                name = done.stdout.decode("utf-8", "surrogateescape").strip() if done.returncode == 0 else ""
+            except (OSError, subprocess.TimeoutExpired):
+                name = ""
+            self._pods[m["pod"]] = _text(name)
+        return self._pods[m["pod"]]
+
     def _docker(self, ident: str) -> Workload | None:
         config = read_json(self.roots.docker / ident / "config.v2.json")
         if not isinstance(config, dict):
@@ -233,7 +257,10 @@ class RuntimeNames:
 
     def _named(self, entry: _Entry) -> Workload:
         if entry.runtime == "podman":
-            return from_labels(entry.bundle, _text(self._podman_names.get(entry.ident)))
+            found = from_labels(entry.bundle, _text(self._podman_names.get(entry.ident)))
+            if found.pod is None:  # a podman pod (not Kubernetes: no namespace)
+                found = Workload(found.container, self._podman_pod(entry.cgroups_path), None)
+            return found
         found = from_labels(entry.bundle, None)
         if found.pod is None and entry.namespace is not None:
             labels = self._ctr_labels(entry.namespace, entry.ident)

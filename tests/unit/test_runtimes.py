@@ -33,8 +33,8 @@ def podman(root: Path, ident: str, name: str, cgroups_path: str, annotations: di
     put(store / ident / "userdata/config.json", bundle(cgroups_path, annotations))
 
 
-def names(root: Path, ctr: str | None = None) -> RuntimeNames:
-    return RuntimeNames(StateRoots.under(root), ctr=ctr)
+def names(root: Path, ctr: str | None = None, podman: str | None = None) -> RuntimeNames:
+    return RuntimeNames(StateRoots.under(root), ctr=ctr, podman=podman)
 
 
 def test_refs_from_cgroup_shapes():
@@ -52,7 +52,7 @@ def test_podman_name_by_cgroupfs_path(tmp_path):
     assert names(tmp_path).of_cgroup(f"/libpod_parent/libpod-{CID}") == Workload("web-1", None, None)
 
 
-def test_podman_pod_from_its_kube_annotations(tmp_path):
+def test_cri_o_sandbox_annotations_name_the_pod(tmp_path):
     podman(tmp_path, CID, "web-pod-nginx", f"/libpod_parent/{CID2}/libpod-{CID}",
            {"io.kubernetes.cri-o.SandboxName": "web-pod", "io.kubernetes.cri-o.ContainerName": "nginx"})
     assert names(tmp_path).of_cgroup(f"/libpod_parent/{CID2}/libpod-{CID}") == Workload("nginx", "web-pod", None)
@@ -143,3 +143,13 @@ def test_a_pods_namespace_is_named_by_the_containers_that_joined_it(tmp_path):
     got = r.of_netns(os.stat(sandbox).st_ino)
     assert got is not None and (got.pod, got.pod_namespace) == ("coredns-0", "kube-system")
     assert r.of_netns(1) is None
+
+
+def test_a_podman_pods_name_from_podman_itself(tmp_path):
+    podman(tmp_path, CID, "web-pod-srv", f"/libpod_parent/{CID2}/libpod-{CID}")
+    tool = tmp_path / "podman"
+    tool.write_text(f"#!/bin/sh\n[ \"$1 $2\" = \"pod inspect\" ] && [ \"$5\" = {CID2} ] && echo web-pod\n")
+    tool.chmod(0o755)
+    got = names(tmp_path, podman=str(tool)).of_cgroup(f"/libpod_parent/{CID2}/libpod-{CID}")
+    assert got == Workload("web-pod-srv", "web-pod", None)
+    assert names(tmp_path).of_cgroup(f"/libpod_parent/{CID2}/libpod-{CID}") == Workload("web-pod-srv", None, None)

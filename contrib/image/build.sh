@@ -45,6 +45,9 @@ if [ ! -s "$base_tar" ]; then
 	mv "$base_tar.tmp" "$base_tar"
 fi
 # base:end
+for old in "$cache"/rootfs-*.tar; do  # an earlier package list's root filesystem
+	[ "$old" = "$base_tar" ] || rm -f "$old"
+done
 base_img=localhost/netpath-base:$base_key
 podman image exists "$base_img" || podman import --quiet "$base_tar" "$base_img" >/dev/null
 

@@ -131,7 +131,7 @@ def drops(ctx: click.Context, ifaces: tuple[str, ...], netns_spec: str | None, p
     if reason_name is not None and (code := _reason_from_btf(reason_name, facts)) is not None:
         reason_code = code  # checked before the capability: a typo is bad input, whoever runs it
     if not ebpf:
-        require_capability(locations="location" in by or stack or samples > 0)
+        require_capability(locations="location" in by or stack or samples > 0, command="drops")
     load_facts(facts)
     if not facts.has_tracepoint(drops_mod.TRACEPOINT):
         raise MissingCapability("this kernel has no skb:kfree_skb tracepoint (needs Linux 4.x+ with tracefs mounted)")

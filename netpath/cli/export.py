@@ -154,7 +154,7 @@ def export(ctx: click.Context, ifaces: tuple[str, ...], netns_spec: str | None, 
     web = web_config.load(web_config_file) if web_config_file is not None else web_config.WebConfig(None, None)
     stages = parse_stages(stages_spec)
     filters = resolve_filters(ifaces, netns_spec, proto, port, host)
-    require_capability()
+    require_capability(command="export")
     facts = load_facts()
     if not facts.has_tracepoint(drops_mod.TRACEPOINT):
         raise MissingCapability("this kernel has no skb:kfree_skb tracepoint (needs tracefs mounted)")

@@ -11,6 +11,7 @@ from typing import Any
 
 from netpath import bpf, contract, untrusted
 from netpath.collect import counters as counters_mod
+from netpath.collect.netns_rx import NamespaceCounters
 from netpath.collect.owners import OwnerResolver
 from netpath.collect.session import ProgramSession
 from netpath.errors import MissingCapability
@@ -328,6 +329,10 @@ class DropsSession(ProgramSession):
         self._last_lost = 0
         self._last_ns = 0
         self._counters: counters_mod.CounterDeltas | None = None
+        # host-wide runs: every other namespace's drop counters too (an exporter sets zero_series: every
+        # known counter of every namespace, its own included, from the first scrape)
+        self.zero_series = False
+        self._other_ns: NamespaceCounters | None = None
         self._last_counters: dict[counters_mod.CounterKey, int] = {}
         self._netns_gone = False
         self._forgotten: set[bytes] = set()  # keys of devices gone (forget_gone_devices)
@@ -367,6 +372,9 @@ class DropsSession(ProgramSession):
             _ = self.facts.kallsyms
         importing.join()
         self._counters = counters_mod.CounterDeltas(self._read_counters())
+        if self.query.filters.netns is None:
+            self._other_ns = NamespaceCounters(own=self.zero_series)
+            self._other_ns.read()
         unavailable = () if self._has_reason else (
             Unavailable("skb:kfree_skb reason", "this kernel's kfree_skb has no reason field"),)
         return DropsStart(
@@ -421,7 +429,9 @@ class DropsSession(ProgramSession):
             snap = self._snapshot(delta, counters, interval_stats, interval_stats.get("matched", 0), elapsed_ns,
                                   lost, pcap=pcap)
             snap.interval_total = snap.total
-        snap.counter_only = counters_mod.counter_only(counters, snap.interval_total)
+        if self._other_ns is not None:
+            snap.netns_counters = [c for c in self._other_ns.step() if c.netns_label != "host"]
+        snap.counter_only = counters_mod.counter_only(counters + snap.netns_counters, snap.interval_total)
         snap.interval_ns = span
         snap.warnings, self._said = self._warnings[self._said:], len(self._warnings)
         if self.query.samples:
@@ -436,7 +446,12 @@ class DropsSession(ProgramSession):
                               self._lost_samples, pcap=self._pcap_health(stats, self._pcap_written,
                                                                          self._pcap_over_max))
         snap.warnings = list(self._warnings)
-        snap.counter_only = counters_mod.counter_only(snap.counters, snap.total)
+        if self._other_ns is not None:
+            self._other_ns.read()
+            snap.netns_counters = self._other_ns.totals(zeros=self.zero_series)
+            snap.netns_own = self._other_ns.own
+        snap.counter_only = counters_mod.counter_only(
+            snap.counters + [c for c in snap.netns_counters if c.netns_label != "host"], snap.total)
         return snap
 
     def decode_rows(self, counts: dict[bytes, int]) -> list[DropRow]:

@@ -31,6 +31,8 @@ def where_text(w: FindingWhere) -> str:
         parts.append(f"cgroup {w.cgroup}")
     if w.container:
         parts.append(f"container {w.container}")
+    if w.pod:
+        parts.append(f"pod {w.pod_namespace or '?'}/{w.pod}")
     if w.iface:
         parts.append(f"iface {w.iface}")
     if w.cpu is not None:

@@ -33,6 +33,8 @@ def owner_text(o: Owner | None) -> str:
         bits.append(f"{o.sock.proto} {host}:{o.sock.lport}")
     if o.cgroup is not None:
         bits.append(o.cgroup + (f" ({o.container})" if o.container else ""))
+    if o.pod is not None:
+        bits.append(f"pod {o.pod_namespace or '?'}/{o.pod}")
     return " ".join(bits) or "no socket"
 
 
@@ -103,8 +105,8 @@ def drops_table(snap: DropSnapshot, title: str, width: int = 80) -> RenderableTy
     parts: list[RenderableType] = [table]
     if details:
         parts.append(Text("\n".join(details), style="dim", overflow="ellipsis", no_wrap=True))
-    if snap.counters:
-        parts.append(counters_table(snap.counters))
+    if snap.counters or snap.netns_counters:
+        parts.append(counters_table(snap.counters + snap.netns_counters))
     h = snap.health
     parts.append(
         Text(
@@ -135,10 +137,17 @@ def counters_table(counters: list[Counter]) -> Table:
     table.add_column("WHERE", no_wrap=True, max_width=12, overflow="ellipsis")
     table.add_column("DELTA", justify="right", no_wrap=True)
     for c in counters:
-        where = c.iface if c.iface is not None else (f"cpu{c.cpu}" if c.cpu is not None else "-")
+        where = _counter_where(c) or "-"
         # Text, not markup: an interface's name is anyone's choice
         table.add_row(Text(c.source), Text(c.name), Text(where), Text(f"{c.count:,}"))
     return table
+
+
+def _counter_where(c: Counter) -> str:
+    """eth0, cpu1, or another namespace's name (and its pod)."""
+    if c.netns is not None:
+        return f"{c.netns_label or c.netns}" + (f" ({c.pod_namespace or '?'}/{c.pod})" if c.pod else "")
+    return c.iface if c.iface is not None else (f"cpu{c.cpu}" if c.cpu is not None else "")
 
 
 def no_device_line(snap: DropSnapshot) -> str | None:
@@ -180,8 +189,8 @@ def plain_lines(snap: DropSnapshot, title: str) -> list[str]:
             lines.append(f"              {frame}")
     if snap.other_rows:
         lines.append(f"  {snap.other_count:>10,}  ({snap.other_rows} more rows)")
-    for c in snap.counters:
-        where = c.iface if c.iface is not None else (f"cpu{c.cpu}" if c.cpu is not None else "")
+    for c in snap.counters + snap.netns_counters:
+        where = _counter_where(c)
         lines.append(f"  {c.count:>10,}  counter {c.source}:{c.name} {where}".rstrip())
     h = snap.health
     lines.append(f"  health: hits={h.probe_hits.get('skb:kfree_skb', 0)} matched={h.matched} "

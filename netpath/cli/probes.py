@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import textwrap
-from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -53,13 +52,8 @@ def hook_rows(facts: KernelFacts, tp_btf: tuple[bool | None, str] = (None, "")) 
         reason += "; tp_btf: " + ("yes" if tp_btf[0] else "no, raw_tracepoint instead") + f" ({tp_btf[1]})"
     rows = [ProbeRow("drops", drops_mod.TRACEPOINT, ("tp_btf" if tp_btf[0] else "raw_tracepoint") if has_tp else None,
                      has_tp, reason if has_tp else "no skb:kfree_skb tracepoint on this kernel", command="drops")]
-    timestamped = plan_mod.make_plan(facts).rx_tstamp
-    for planned in plan_mod.probe_rows(facts):
-        typed = [h for h in TP_BTF_HOOKS if h in planned.hook.split("+")]
-        if planned.available and timestamped and typed and tp_btf[0] is not None:
-            said = f"{planned.reason}; {', '.join(typed)} as tp_btf: " + ("yes" if tp_btf[0] else "no")
-            planned = replace(planned, reason=said)  # noqa: PLW2901 (the row, with what the kernel said)
-        rows.append(planned)
+    typed = frozenset(TP_BTF_HOOKS) if tp_btf[0] else frozenset()
+    rows.extend(plan_mod.probe_rows(facts, typed))
     return rows
 
 
@@ -79,6 +73,11 @@ def kernel_facts(facts: KernelFacts, tp_btf: tuple[bool | None, str] = (None, ""
         "trace_handoff": plan.handoff,
         "trace_handoff_reason": plan.handoff_reason,
     }
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    """Between words only: hook, symbol and option names stay whole."""
+    return textwrap.wrap(text, width, break_long_words=False, break_on_hyphens=False)
 
 
 @click.command("probes", help=HELP)
@@ -105,16 +104,18 @@ def probes(json_mode: bool, show_reasons: bool) -> None:
         f"kprobes: {'yes' if kernel['kprobes'] else 'no'} ({facts.kprobe_reason})  tracefs {kernel['tracefs']}"
     )
     for line in textwrap.wrap(f"trace hand-off time: {kernel['trace_handoff_reason']}", width=80,
-                              subsequent_indent="  "):
+                              subsequent_indent="  ", break_long_words=False, break_on_hyphens=False):
         term.print(line)
-    term.print(f"{'STAGE':<18} {'METHOD':<15} HOOK", style="bold")
+    mw = max([len("METHOD"), *(len(r.method or "unavailable") for r in hooks)])  # whole method names
+    term.print(f"{'STAGE':<18} {'METHOD':<{mw}} HOOK", style="bold")
+    hook_at = 18 + 1 + mw + 1
     for row in hooks:
         method = row.method or "unavailable"
-        hooks_text = textwrap.wrap(row.hook.replace("+", " + "), width=80 - 35) or ["-"]
-        term.print(f"{row.stage:<18} {method:<15} {hooks_text[0]}")
+        hooks_text = _wrap(row.hook.replace("+", " + "), max(80 - hook_at, 20)) or ["-"]
+        term.print(f"{row.stage:<18} {method:<{mw}} {hooks_text[0]}")
         for line in hooks_text[1:]:
-            term.print(" " * 35 + line)
-        for line in textwrap.wrap(row.reason, width=80 - 19):
+            term.print(" " * hook_at + line)
+        for line in _wrap(row.reason, 80 - 19):
             term.print(" " * 19 + line, style="dim")
     for line in rx_path.lines(rx_path.report()):
         term.print(line)

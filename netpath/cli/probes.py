@@ -24,14 +24,15 @@ HELP = """Show what this kernel offers netpath and how each hook attaches.
 \b
 Kernel release, BTF, kernel headers (or netpath's own header shim), kprobe
 support, and for every stage and hook netpath knows: the attach method chosen
-(tracepoint, raw_tracepoint, kprobe) or why it cannot attach here. Needs no
-BPF and no root (tracefs must be readable).
+(tp_btf, raw_tracepoint, kprobe: the names trace and drops report) or why it
+cannot attach here. Attaches nothing, but reads tracefs, which is root's on
+most systems: run it with sudo.
 
 \b
 Examples:
-  netpath probes
-  netpath probes --json | jq '.hooks[] | select(.available == false)'
-  netpath probes --reasons        drop reason names decoded from this kernel
+  sudo netpath probes
+  sudo netpath probes --json | jq '.hooks[] | select(.available == false)'
+  sudo netpath probes --reasons   drop reason names decoded from this kernel
 """
 
 

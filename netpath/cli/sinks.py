@@ -47,7 +47,8 @@ class DropsView:
         self.term = term
 
     def started(self, start: Start) -> None:
-        self.term.note("netpath drops: skb:kfree_skb attached; Ctrl-C for the summary")
+        how = ", ".join(f"{a.hook} attached as {a.method}" for a in start.attached) or "nothing attached"
+        self.term.note(f"netpath drops: {how}; Ctrl-C for the summary")
 
     def events(self, events: list[Event]) -> None:
         if not self.term.interactive:

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from doc_commands import command_lines, man_source, section, split_command
 
 from netpath.cli.main import cli, main
 
-ROOT = Path(__file__).resolve().parents[2]
-MAN = ROOT / "man" / "man8"
+MAN = Path(__file__).resolve().parents[2] / "man" / "man8"
 PAGES = sorted(MAN.glob("*.8"))
 COMMANDS = sorted(cli.list_commands(None))  # type: ignore[arg-type]
 OPTION = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*[a-z0-9]")
@@ -37,50 +37,11 @@ def help_options(command: str) -> set[str]:
     return set(re.findall(r"^\s{2}(?:-\w, )?(--[a-z][a-z0-9-]*)", section, re.M)) - {"--help"}
 
 
-def man_source(page: Path) -> str:
-    """The page's text with roff escapes for dashes undone: `\\-\\-fail\\-on` reads `--fail-on`."""
-    return page.read_text().replace("\\-", "-").replace("\\(em", "-")
-
-
-def section(src: str, name: str) -> str:
-    m = re.search(rf'^\.SH "?{re.escape(name)}"?\s*$(.*?)(?=^\.SH |\Z)', src, re.M | re.S)
-    return m.group(1) if m else ""
-
-
 def man_option_heads(command: str) -> set[str]:
     """The options netpath-COMMAND(8) documents: the head line of each .TP paragraph in OPTIONS."""
     lines = section(man_source(MAN / f"netpath-{command}.8"), "OPTIONS").splitlines()
     heads = [lines[i + 1] for i, line in enumerate(lines[:-1]) if line.strip() in (".TP", ".TQ")]
     return {opt for head in heads for opt in OPTION.findall(head)}
-
-
-def command_lines() -> list[tuple[str, str]]:
-    """(where, command line) for every `netpath COMMAND ...` in README code blocks and man EXAMPLES."""
-    out: list[tuple[str, str]] = []
-    readme = (ROOT / "README.md").read_text()
-    for block in re.findall(r"^```[a-z]*\n(.*?)^```", readme, re.M | re.S):
-        prompted = any(line.startswith("$ ") for line in block.splitlines())  # then the rest is output
-        for raw in block.splitlines():
-            if prompted and not raw.startswith("$ "):
-                continue
-            line = raw.removeprefix("$ ").strip()
-            if line.startswith(("sudo netpath ", "netpath ")):
-                out.append(("README.md", line))
-    for page in PAGES:
-        for raw in section(man_source(page), "EXAMPLES").splitlines():
-            line = re.sub(r"^\.B[IR]? ", "", raw).replace("\\fB", "").replace("\\fR", "").replace("\\fI", "")
-            line = line.strip().strip('"')
-            if line.startswith(("sudo netpath ", "netpath ")):
-                out.append((page.name, line))
-    return out
-
-
-def split_command(line: str) -> tuple[str | None, list[str]]:
-    """The command a documented line runs and the options it names (the part before a pipe or comment)."""
-    line = re.split(r"\s#|\s\|\s|\s{2,}", line, maxsplit=1)[0]  # the comment, the pipe, the note after it
-    words = line.removeprefix("sudo ").split()
-    command = words[1] if len(words) > 1 and not words[1].startswith("-") else None
-    return command, [w.split("=", 1)[0] for w in words[2:] if w.startswith("--")]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -102,11 +102,11 @@ def test_every_documented_command_runs_and_exits_as_documented() -> None:
                     skipped.append(f"{where}: {cmd}: {needs[0]}")
                     continue
                 argv = substitute(words, pair.ns, pair.ns_if, pair.host_if, Path(tmp)) if words else []
-                done = subprocess.run([*netpath_argv(), *argv], capture_output=True, text=True, timeout=120,
-                                      cwd=REPO, env=dict(os.environ, COLUMNS="80"), check=False)
-                if done.returncode not in expected_exits(argv) or "Traceback" in done.stderr:
-                    failures.append(f"{where}: netpath {' '.join(argv)} exited {done.returncode}: "
-                                    f"{done.stderr.strip()[-300:]}")
+                done = subprocess.run([*netpath_argv(), *argv], capture_output=True, timeout=120, cwd=REPO,
+                                      env=dict(os.environ, COLUMNS="80"), check=False)  # bytes: --pcap - is pcapng
+                err = done.stderr.decode(errors="replace")
+                if done.returncode not in expected_exits(argv) or "Traceback" in err:
+                    failures.append(f"{where}: netpath {' '.join(argv)} exited {done.returncode}: {err.strip()[-300:]}")
         finally:
             stop.set()
             sender.join()

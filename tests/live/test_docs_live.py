@@ -45,7 +45,7 @@ def substitute(words: list[str], ns: str, ns_if: str, host_if: str, tmp: Path) -
             elif word == "--cgroup":
                 out.append("/")  # the root cgroup exists everywhere
             elif word == "--pcap":
-                out.append("-" if value == "-" else str(tmp / f"capture{len(out)}.pcapng"))
+                out.append("-" if value == "-" else tempfile.mktemp(suffix=".pcapng", dir=tmp))  # a new file each run
             elif word == "--listen":
                 out.append(f"127.0.0.1:{free_udp_port()}")
             else:

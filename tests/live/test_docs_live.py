@@ -54,6 +54,8 @@ def substitute(words: list[str], ns: str, ns_if: str, host_if: str, tmp: Path) -
         out.append(word)
     if out[0] in ("drops", "trace", "export", "doctor") and "--duration" not in out and "--count" not in out:
         out += ["--duration", RUN_S]
+    if out[0] == "export" and "--listen" not in out:  # never the default port another exporter may hold
+        out += ["--listen", f"127.0.0.1:{free_udp_port()}"]
     if "--count" in out and "--interval" not in out:
         out += ["--interval", "0.5"]
     return out

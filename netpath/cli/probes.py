@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from netpath import bpf
 from netpath import plan as plan_mod
 from netpath.cli import rx_path
 from netpath.cli.console import Terminal
-from netpath.cli.preflight import load_facts
+from netpath.cli.preflight import kernel_root, load_facts
 from netpath.collect import drops as drops_mod
 from netpath.kernel import caps
 from netpath.kernel.facts import KernelFacts
@@ -25,8 +26,9 @@ HELP = """Show what this kernel offers netpath and how each hook attaches.
 Kernel release, BTF, kernel headers (or netpath's own header shim), kprobe
 support, and for every stage and hook netpath knows: the attach method chosen
 (tp_btf, raw_tracepoint, kprobe: the names trace and drops report) or why it
-cannot attach here. Attaches nothing, but reads tracefs, which is root's on
-most systems: run it with sudo.
+cannot attach here. Attaches nothing. The hooks come from tracefs, which is
+root's on most systems: as another user it shows the rest (release, BTF,
+kprobes, programs, --reasons) and says to run it with sudo for the hooks.
 
 \b
 Examples:
@@ -81,19 +83,41 @@ def _wrap(text: str, width: int) -> list[str]:
     return textwrap.wrap(text, width, break_long_words=False, break_on_hyphens=False)
 
 
+def unprivileged_kernel_facts(facts: KernelFacts, denied: Path) -> dict[str, object]:
+    """What a user who may not read tracefs can still be told: everything but the tracepoints."""
+    why = f"not checked: {denied} is not readable by uid {os.geteuid()} (tracefs is root's)"
+    return {
+        "release": facts.release, "btf": facts.has_btf, "headers": facts.has_headers,
+        "header_mode": bpf.headers_mode(facts), "kprobes": facts.has_kprobes, "kprobes_reason": facts.kprobe_reason,
+        "tracefs": str(denied), "tracepoints": None, "tp_btf": None, "tp_btf_reason": why,
+        "trace_handoff": None, "trace_handoff_reason": why,
+    }
+
+
 @click.command("probes", help=HELP)
 @click.option("--json", "json_mode", is_flag=True, help="One JSON object (schema netpath/1) on stdout.")
 @click.option("--reasons", "show_reasons", is_flag=True, help="List the drop reasons this kernel defines.")
 def probes(json_mode: bool, show_reasons: bool) -> None:
-    facts = load_facts()
+    facts = KernelFacts.load(kernel_root())
+    # tracefs is root's (0700) on most systems: without it there is no attach plan, but the kernel's release,
+    # BTF, headers, kprobes, drop reasons and receive-path programs are still readable, and shown
+    denied = facts.unreadable_tracefs()
+    if denied is None:
+        load_facts(facts)
     term = Terminal(json_mode)
-    tp_btf = tp_btf_check(facts)
-    kernel = kernel_facts(facts, tp_btf)
-    hooks = hook_rows(facts, tp_btf)
-    reasons = drops_mod.drop_reasons(facts)
+    if denied is None:
+        tp_btf = tp_btf_check(facts)
+        kernel = kernel_facts(facts, tp_btf)
+        hooks = hook_rows(facts, tp_btf)
+        not_listed = None
+    else:
+        kernel, hooks = unprivileged_kernel_facts(facts, denied), []
+        not_listed = (f"{denied} is not readable by uid {os.geteuid()} (tracefs is root's): run "
+                      "'sudo netpath probes' for how each hook attaches")
+    reasons = drops_mod.drop_reasons(facts) if show_reasons else None
     if json_mode:
-        extra: dict[str, object] = {}
-        if show_reasons:
+        extra: dict[str, object] = {"hooks_reason": not_listed} if not_listed else {}
+        if reasons is not None:
             extra["reasons"] = [{"reason": reasons.name(c), "reason_code": c} for c in sorted(reasons.core)]
             extra["reason_source"] = reasons.source
         term.emit(records.record("probes", kernel=kernel, hooks=[records.probe_row(r) for r in hooks],
@@ -104,9 +128,23 @@ def probes(json_mode: bool, show_reasons: bool) -> None:
         f"headers {'yes' if kernel['headers'] else 'no (using netpath header shim)'}\n"
         f"kprobes: {'yes' if kernel['kprobes'] else 'no'} ({facts.kprobe_reason})  tracefs {kernel['tracefs']}"
     )
-    for line in textwrap.wrap(f"trace hand-off time: {kernel['trace_handoff_reason']}", width=80,
-                              subsequent_indent="  ", break_long_words=False, break_on_hyphens=False):
+    if not_listed:
+        for line in _wrap(f"hooks: not listed: {not_listed}", 80):
+            term.print(line)
+    else:
+        for line in textwrap.wrap(f"trace hand-off time: {kernel['trace_handoff_reason']}", width=80,
+                                  subsequent_indent="  ", break_long_words=False, break_on_hyphens=False):
+            term.print(line)
+        _print_hooks(term, hooks)
+    for line in rx_path.lines(rx_path.report()):
         term.print(line)
+    if reasons is not None:
+        term.print(f"drop reasons ({reasons.source}):")
+        for code in sorted(reasons.core):
+            term.print(f"  {code:>5}  {reasons.name(code)}")
+
+
+def _print_hooks(term: Terminal, hooks: list[ProbeRow]) -> None:
     mw = max([len("METHOD"), *(len(r.method or "unavailable") for r in hooks)])  # whole method names
     term.print(f"{'STAGE':<18} {'METHOD':<{mw}} HOOK", style="bold")
     hook_at = 18 + 1 + mw + 1
@@ -118,9 +156,3 @@ def probes(json_mode: bool, show_reasons: bool) -> None:
             term.print(" " * hook_at + line)
         for line in _wrap(row.reason, 80 - 19):
             term.print(" " * 19 + line, style="dim")
-    for line in rx_path.lines(rx_path.report()):
-        term.print(line)
-    if show_reasons:
-        term.print(f"drop reasons ({reasons.source}):")
-        for code in sorted(reasons.core):
-            term.print(f"  {code:>5}  {reasons.name(code)}")

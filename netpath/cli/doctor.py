@@ -79,7 +79,8 @@ class DoctorSink:
 @filter_options
 @click.option("--duration", type=bounded_float(MIN_DURATION_S, DURATION_MAX_S, "seconds"),
               default=DEFAULT_DURATION_S, show_default=True, metavar="SECONDS",
-              help="How long to watch before concluding.")
+              help="How long to watch before concluding: at least 1 (the other commands take 0.1), "
+              "since a shorter window sees too little to conclude anything.")
 @click.option("--json", "json_mode", is_flag=True, help="JSON Lines on stdout (schema netpath/1): findings, summary.")
 @click.option("--fail-on", "fail_on", type=click.Choice(rules.SEVERITIES), metavar="info|warn|crit",
               help="Exit 1 when a finding at or above this severity is found.")

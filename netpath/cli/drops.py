@@ -101,7 +101,7 @@ def parse_by(value: str) -> tuple[str, ...]:
 @click.option("--cgroup", "cgroup_spec", metavar="PATH",
               help="Only drops whose receiving socket is in this cgroup v2 (e.g. /system.slice/nginx.service).")
 @click.option("--top", type=bounded_int(1, drops_mod.MAX_ROWS, "rows the drops map holds"), metavar="N",
-              help="Show the N busiest rows per report [default: 10 on a terminal, all in --json].")
+              help="Show the N busiest rows per report [default: 10, all in --json].")
 @click.option("--stack", is_flag=True, help="Add the kernel stack of the last drop for each shown row.")
 @click.option("--samples", type=bounded_int(0, 10000, "samples per CPU per interval"), default=0, show_default=True,
               metavar="N",

@@ -131,6 +131,21 @@ def pcap_defines(pcap: PcapQuery, offsets: dict[str, int]) -> dict[str, int]:
     return out
 
 
+# The frames above the one that dropped: netpath's program (BPF), the tracepoint's trampolines, and the
+# kernel's free functions that fire skb:kfree_skb (sk_skb_reason_drop since 6.11, kfree_skb_reason before;
+# net/core/skbuff.c). The tracepoint's `location` is their caller, and so is the stack's first frame.
+TRACING_FRAMES = ("BPF", "bpf_trace_run", "__bpf_trace_", "__traceiter_", "trace_kfree_skb", "sk_skb_reason_drop",
+                  "kfree_skb_reason", "kfree_skb_list_reason", "__kfree_skb_reason", "kfree_skb+")
+
+
+def dropping_frames(frames: list[str]) -> list[str]:
+    """The stack from the frame that dropped the skb down, without netpath's and the tracing frames above."""
+    start = 0
+    while start < len(frames) and frames[start].startswith(TRACING_FRAMES):
+        start += 1
+    return frames[start:] if start < len(frames) else frames
+
+
 def program_source(query: DropsQuery, facts: KernelFacts, offsets: dict[str, int]) -> bpf.ProgramSource:
     """Pure: the C files and every number they are compiled with."""
     needed = ("OFF_SKB_DEV", "OFF_SKB_LEN", "OFF_SKB_HEAD", "OFF_SKB_PROTOCOL", "OFF_SKB_NETWORK_HEADER",
@@ -485,11 +500,7 @@ class DropsSession(ProgramSession):
         stack_id = STACK_ID.unpack(leaf)[0] if leaf is not None else -1
         if stack_id < 0:
             return None
-        frames = [self.facts.kallsyms.symbolize(addr) for addr in self.prog.stack("stacks", stack_id)]
-        # drop netpath's own frames: the BPF program and the tracepoint trampoline
-        while frames and frames[0].startswith(("bpf_prog_", "bpf_trace_run", "__bpf_trace_", "__traceiter_")):
-            frames.pop(0)
-        return frames
+        return dropping_frames([self.facts.kallsyms.frame(addr) for addr in self.prog.stack("stacks", stack_id)])
 
     def _key(self, raw: bytes) -> DecodedKey:
         return DecodedKey.unpack(raw, self.query.flow_keyed, self.query.owner_keyed)

@@ -264,8 +264,11 @@ def _tracepoint_id(tracefs: Path, category: str, name: str) -> int | None:
 
 def _tracefs() -> Path:
     for p in (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing")):
-        if (p / "events").is_dir():
-            return p
+        try:
+            if (p / "events").is_dir():
+                return p
+        except OSError:  # root's (0700): an unprivileged `netpath probes` shows what else it can read
+            continue
     return Path("/sys/kernel/tracing")
 
 

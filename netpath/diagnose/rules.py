@@ -509,12 +509,16 @@ def rx_imbalance(obs: Observation) -> list[Finding]:
     busiest = max(obs.window.rx_packets.items(), key=lambda kv: kv[1], default=(None, 0))[0]
     nic = obs.settings.nic(busiest)
     knobs = []
-    if busiest is not None:
-        rps = ", ".join(f"{q}={m}" for q, m in nic.rps_cpus) if nic and nic.rps_cpus else None
-        knobs.append(Knob(f"/sys/class/net/{busiest}/queues/rx-*/rps_cpus", rps,
+    # Each knob only where it applies and was read. RPS applies to virtual devices too (net/core/dev.c:
+    # netif_rx_internal() and netif_receive_skb_internal() call get_rps_cpu(); veth hands packets over
+    # with netif_rx), but a device in another namespace has no sysfs entry here: no "unreadable" advice.
+    # IRQ affinity applies only to a device with IRQ lines of its own (a NIC), never to veth/bridge/lo.
+    if busiest is not None and nic is not None and nic.rps_cpus:
+        knobs.append(Knob(f"/sys/class/net/{busiest}/queues/rx-*/rps_cpus",
+                          ", ".join(f"{q}={m}" for q, m in nic.rps_cpus),
                           "set a mask of several CPUs (RPS) to spread the protocol work"))
-        irqs = ", ".join(f"{irq}:{aff}" for irq, aff in nic.irqs) if nic and nic.irqs else None
-        knobs.append(Knob("/proc/irq/N/smp_affinity_list", irqs,
+    if busiest is not None and nic is not None and nic.irqs:
+        knobs.append(Knob("/proc/irq/N/smp_affinity_list", ", ".join(f"{irq}:{aff}" for irq, aff in nic.irqs),
                           "spread the NIC queues' IRQs over CPUs (or let irqbalance do it)"))
     return [Finding(
         "rx-imbalance", "warn" if harmful else "info",

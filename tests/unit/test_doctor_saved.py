@@ -49,7 +49,8 @@ def rich() -> Observation:
     sock = SocketState("udp", 4, "10.201.7.2", 5301, 9001, False, 2304, 0, 2304, 2304, 17, 1)
     settings = Settings(4026532500, "npdr1", {"net.core.rmem_max": "212992", "net.ipv4.tcp_rmem": "4096 1 6"},
                         (sock,), (NicSettings("nn0", 256, 4096, (("rx-checksumming", "on"),), (("rx-0", "0"),),
-                                              ((24, "0"),), "veth", "0"),), 2, 1, {"nn0": 0}, {}, {"sockstat.UDP.mem": 3})
+                                              ((24, "0"),), "veth", "0"),), 2, 1, {"nn0": 0}, {},
+                        {"sockstat.UDP.mem": 3})
     pod = NetnsCounters(4026532900, 77, "pod", True, {"TcpExtListenOverflows": 5}, {"insert_failed": 2},
                         {"net.netfilter.nf_conntrack_count": 3})
     win = Window({"UdpRcvbufErrors": 283, "IpInHdrErrors": 4}, {"drop": 0}, {0: {"processed": 10, "dropped": 1,

@@ -24,6 +24,7 @@ from netpath.model import (
     Attached,
     Diagnosis,
     DoctorStart,
+    DropSample,
     DropSnapshot,
     Event,
     Finding,
@@ -39,6 +40,8 @@ DOCTOR_BY = ("reason", "location", "iface", "proto", "socket")
 DOCTOR_STAGES = ("softirq_wait", "socket_queue")
 MAX_NICS = 16  # interfaces whose ethtool settings are read (each costs two ethtool runs)
 MAX_NAMESPACES = 8  # other namespaces whose settings are read for their drops' knobs
+# sampled drops per CPU per second: their source addresses name the senders of bad packets (checksum-errors)
+DOCTOR_SAMPLES = 8
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,7 @@ class DoctorQuery:
     trace: bool = True
 
     def drops_query(self) -> drops_mod.DropsQuery:
-        return drops_mod.DropsQuery(self.filters, by=DOCTOR_BY)
+        return drops_mod.DropsQuery(self.filters, by=DOCTOR_BY, samples=DOCTOR_SAMPLES)
 
     def trace_query(self) -> trace_mod.TraceQuery:
         return trace_mod.TraceQuery(self.filters, DOCTOR_STAGES, per_socket=True, tai_offset_ns=tai_offset_ns())
@@ -70,6 +73,7 @@ class DoctorSession:
         self._namespaces: list[NetnsCounters] = []  # every namespace's counters at the start (host-wide runs)
         self.observation: rules.Observation | None = None  # what the rules read (netpath doctor --save)
         self.holders: list[saved.Holder] = []  # sockets named from /proc after the rules (saved with it)
+        self._sources: dict[tuple[str, str], int] = {}  # (reason, source address) -> sampled drops
 
     def start(self) -> DoctorStart:
         # the trace program first (its compile takes the longest), then the drops program and, right after
@@ -111,6 +115,11 @@ class DoctorSession:
         self.drops.wait(timeout_s)
 
     def events(self) -> list[Event]:
+        """Sampled drops are the doctor's own: their sources are counted, nothing is printed."""
+        for e in self.drops.events():
+            if isinstance(e, DropSample) and e.row.reason and e.row.saddr:
+                key = (e.row.reason, e.row.saddr)
+                self._sources[key] = self._sources.get(key, 0) + 1
         return []
 
     def interval(self, elapsed_ns: int) -> Diagnosis:
@@ -146,8 +155,10 @@ class DoctorSession:
         others = self._other_settings(drops, settings.netns, moved)
         f = self.query.filters
         scoped = f.netns is not None or bool(f.ifaces) or f.proto is not None or f.narrows_flow
+        self.events()
+        sources = tuple((r, a, n) for (r, a), n in sorted(self._sources.items(), key=lambda kv: -kv[1])[:64])
         obs = rules.Observation(drops, trace, win, settings, elapsed_ns, others, scoped,
-                                tuple(c for c in namespaces if c.inode != settings.netns))
+                                tuple(c for c in namespaces if c.inode != settings.netns), sources)
         self.observation = obs
         findings = rules.diagnose(obs)
         findings = [self._named(f, settings, others) for f in findings]

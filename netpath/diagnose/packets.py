@@ -41,7 +41,7 @@ def reassembly_failure(obs: Observation) -> list[Finding]:
            "a fragment of these datagrams never arrived (or came too late), so the ones that did were thrown away")
     return [Finding(
         "reassembly-failure", "warn", "fragmented datagrams could not be reassembled",
-        (Evidence("fragments dropped", n, "kfree_skb reasons " + "/".join(FRAG_REASONS)),
+        (Evidence("fragments dropped", n, "kfree_skb reasons " + ", ".join(FRAG_REASONS)),
          Evidence("datagrams that failed reassembly", fails, "nstat IpReasmFails + Ip6ReasmFails", "datagrams"),
          Evidence("of them, timed out", obs.snmp("IpReasmTimeout", "Ip6ReasmTimeout"),
                   "nstat IpReasmTimeout + Ip6ReasmTimeout", "datagrams")),

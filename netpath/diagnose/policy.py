@@ -28,8 +28,9 @@ def netfilter_drop(obs: Observation) -> list[Finding]:
         if n_rules <= 0:
             continue
         received = obs.received(row.iface)
-        evidence = [Evidence("packets dropped by a netfilter rule", n_rules,
-                             "kfree_skb reason NETFILTER_DROP, less conntrack's refusals")]
+        evidence = [Evidence("packets dropped by a netfilter rule", n_rules, "kfree_skb reason NETFILTER_DROP"
+                             if n_rules == n else "kfree_skb reason NETFILTER_DROP - conntrack drop, insert_failed, "
+                             "chaintoolong")]
         if n_rules != n:
             evidence.append(Evidence("netfilter drops, conntrack's included", n, "kfree_skb reason NETFILTER_DROP"))
         if ct.get("invalid"):
@@ -72,6 +73,11 @@ def _tc_knob(obs: Observation, netns: int | None, iface: str | None, reasons: se
                 "find the filter with action drop and narrow or delete it if the traffic is wanted")
 
 
+def _reasons_counter(reasons: set[str]) -> str:
+    return f"kfree_skb reason {next(iter(reasons))}" if len(reasons) == 1 else "kfree_skb reasons " + "/".join(
+        sorted(reasons))
+
+
 def tc_drop(obs: Observation) -> list[Finding]:
     rows = obs.rows(*TC_REASONS)
     out = []
@@ -80,7 +86,7 @@ def tc_drop(obs: Observation) -> list[Finding]:
         reasons = {r.reason or "?" for r in mine}
         egress = bool(reasons & ({"TC_EGRESS"} | set(QDISC_REASONS)))
         evidence = [Evidence("packets dropped by " + ("a qdisc" if reasons & set(QDISC_REASONS) else "a tc filter"),
-                             n, "kfree_skb reasons " + "/".join(sorted(reasons)))]
+                             n, _reasons_counter(reasons))]
         if not egress:
             qdisc = sum(c.count for c in obs.counters("qdisc") if c.iface == row.iface and c.name.startswith(
                 ("ingress", "clsact")))

@@ -16,6 +16,7 @@ from netpath.kernel import settings as settings_mod
 from netpath.model import (
     DropHealth,
     DropRow,
+    DropSample,
     DropSnapshot,
     DropsStart,
     Filters,
@@ -52,6 +53,9 @@ class StubDrops:
 
     def wait(self, timeout_s: float) -> None:
         pass
+
+    def events(self) -> list:
+        return []
 
     def close(self) -> None:
         self.closed = True
@@ -101,6 +105,25 @@ def test_a_host_wide_run_diagnoses_every_namespace_under_its_label(monkeypatch: 
     [f] = diag.findings
     assert (f.id, f.where.netns, f.where.netns_label) == ("listen-overflow", 22, "pod")
     assert next(e.value for e in f.evidence if e.counter == "nstat TcpExtListenOverflows") == 4
+
+
+def test_sampled_drops_name_the_senders_of_bad_checksums(monkeypatch: pytest.MonkeyPatch) -> None:
+    drops = StubDrops()
+    bad = DropRow("UDP_CSUM", 11, "__udp4_lib_rcv+0x8a", "nn0", 2, 77, "udp", 1, saddr="10.9.0.7")
+    samples = [DropSample(1, 0, 0, "swapper/0", 60, bad)] * 3 + [
+        DropSample(2, 1, 0, "swapper/1", 60, replace(bad, saddr="10.9.0.8"))]
+    drops.events = lambda: samples if samples else []  # type: ignore[method-assign]
+    raws = iter([({}, {}, {}, {}), ({"UdpInCsumErrors": 4}, {}, {}, {})])
+    monkeypatch.setattr(netns_counters, "read_every_namespace", lambda: ([], 0))
+    monkeypatch.setattr(settings_mod, "read_window_raw_marked", lambda ns, mark: (next(raws), mark()))
+    monkeypatch.setattr(settings_mod, "read_settings", lambda ns, ifaces: Settings(77, "web", {}))
+    session = DoctorSession(DoctorQuery(trace=False), drops, None)  # type: ignore[arg-type]
+    session.start()
+    session.events()
+    samples = []
+    session.summary(5_000_000_000)
+    assert session.observation is not None
+    assert session.observation.sources == (("UDP_CSUM", "10.9.0.7", 3), ("UDP_CSUM", "10.9.0.8", 1))
 
 
 def test_json_sink_prints_findings_then_a_summary_and_judges_fail_on(capsys: pytest.CaptureFixture[str],

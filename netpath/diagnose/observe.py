@@ -41,6 +41,8 @@ class Observation:
     namespaces: tuple[NetnsCounters, ...] = ()
     # sampled drops' source addresses: (reason, saddr, samples), for the rules that name senders
     sources: tuple[tuple[str, str, int], ...] = ()
+    # one of the other namespaces of a host-wide run (rules.scopes): host-wide levels are the first scope's
+    other_namespace: bool = False
 
     def settings_for(self, netns: int | None) -> Settings:
         """The settings of the namespace a drop happened in (knob values are per namespace)."""
@@ -131,10 +133,12 @@ def by_iface(rows: list[DropRow]) -> list[tuple[DropRow, int]]:
 
 
 def socket_of(settings: Settings, owner: Owner | None) -> SocketState | None:
+    """The socket sock_diag read at the end for a drop's owner: by inode, else (UDP: one socket per port)
+    by address and port. A TCP socket gone by the end is not guessed: its listener shares the port."""
     if owner is None or owner.sock is None:
         return None
     return next((s for s in settings.sockets if s.inode == owner.sock.inode), None) or next(
-        (s for s in settings.sockets if s.lport == owner.sock.lport and s.proto == owner.sock.proto
+        (s for s in settings.sockets if s.lport == owner.sock.lport and s.proto == owner.sock.proto == "udp"
          and s.laddr == owner.sock.laddr), None)
 
 

@@ -147,7 +147,7 @@ def scopes(obs: Observation) -> list[Observation]:
         settings = _ns_settings(c, obs.others.get(inode))
         drops = replace(obs.drops, rows=mine, counters=[], total=sum(r.count for r in mine)) if obs.drops else None
         out.append(Observation(drops, None, Window(dict(c.snmp), dict(c.conntrack)), settings, obs.elapsed_ns,
-                               {}, True, (), obs.sources))
+                               {}, True, (), obs.sources, other_namespace=True))
     return out
 
 

@@ -46,6 +46,8 @@ POLICIES: tuple[Policy, ...] = (
     Policy("policy", "info", "a filter someone wrote: netfilter, tc, XDP", warn_share=0.5),
 )
 BY_ID = {p.id: p for p in POLICIES}
+# a share says little about a handful of packets (3 of 6 is 50%): below this many drops only the rate counts
+MIN_SHARE_DROPS = 10
 
 
 def grade(policy: str, n: int, seconds: float, received: int | None = None) -> str:
@@ -53,7 +55,7 @@ def grade(policy: str, n: int, seconds: float, received: int | None = None) -> s
     were dropped in the same window, the dropped ones included (None: unknown, then the rate alone decides)."""
     p = BY_ID[policy]
     rate = n / max(seconds, 1e-9)
-    share = n / max(received, n) if received is not None and max(received, n) > 0 else None
+    share = n / max(received, n) if received is not None and n >= MIN_SHARE_DROPS else None
 
     def reached(r: float | None, s: float | None) -> bool:
         return (r is not None and rate >= r) or (s is not None and share is not None and share >= s)

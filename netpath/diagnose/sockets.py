@@ -122,8 +122,8 @@ def tcp_rcvq_drop(obs: Observation) -> list[Finding]:
         evidence = []
         if row is not None:
             reasons = sorted({r.reason or "?" for r in rows if r.owner == owner and r.netns == row.netns})
-            evidence.append(Evidence("segments dropped at this socket", n, "kfree_skb reasons " + "/".join(reasons),
-                                     "segments"))
+            evidence.append(Evidence("segments dropped at this socket", n, ("kfree_skb reason " if len(reasons) == 1
+                                     else "kfree_skb reasons ") + "/".join(reasons), "segments"))
         evidence += evidence_all
         if sock is not None and sock.rmem_alloc is not None and sock.rcvbuf:
             evidence.append(Evidence("bytes queued now, of its buffer", sock.rmem_alloc,
@@ -300,7 +300,13 @@ def proto_mem_pressure(obs: Observation) -> list[Finding]:
     when that fails it returns -ENOBUFS and __udp_queue_rcv_skb counts UdpMemErrors with reason PROTO_MEM
     (net/ipv4/udp.c). TCP: tcp_enter_memory_pressure counts TCPMemoryPressures when allocated pages pass
     tcp_mem[1] (net/ipv4/tcp.c). ip-sysctl.rst: udp_mem and tcp_mem are in pages, for all sockets of the
-    protocol, host-wide; sockstat's "mem" is the same page count."""
+    protocol, host-wide; sockstat's "mem" is the same page count.
+
+    Linux 6.18 queues UDP datagrams on per-NUMA producer lists ("udp: remove busylock and add per NUMA
+    queues") and drops a batch that fails the memory charge with PROTO_MEM without counting UdpMemErrors
+    (counted again by "udp: add drop count for packets in udp_prod_queue", after 6.18): the drop events
+    and the socket's own sk_drops (sock_diag skmeminfo, /proc/net/udp drops) count them, so both are in
+    the evidence beside UdpMemErrors."""
     settings = obs.settings
     udp_err = obs.snmp("UdpMemErrors", "Udp6MemErrors")
     tcp_press = obs.snmp("TcpExtTCPMemoryPressures")
@@ -308,8 +314,10 @@ def proto_mem_pressure(obs: Observation) -> list[Finding]:
     udp_mem, tcp_mem = settings.levels.get("sockstat.UDP.mem"), settings.levels.get("sockstat.TCP.mem")
     udp_press = _pressure(settings, "net.ipv4.udp_mem")
     tcp_pr = _pressure(settings, "net.ipv4.tcp_mem")
-    near_udp = udp_mem is not None and udp_press is not None and udp_mem >= udp_press
-    near_tcp = tcp_mem is not None and tcp_pr is not None and tcp_mem >= tcp_pr
+    # sockstat's mem is host-wide: judged once, in the run's own scope, not again in every namespace
+    host_levels = not obs.other_namespace
+    near_udp = host_levels and udp_mem is not None and udp_press is not None and udp_mem >= udp_press
+    near_tcp = host_levels and tcp_mem is not None and tcp_pr is not None and tcp_mem >= tcp_pr
     if not (udp_err or tcp_press or udp_rows or near_udp or near_tcp):
         return []
     lost = max(udp_err, udp_rows)
@@ -318,6 +326,11 @@ def proto_mem_pressure(obs: Observation) -> list[Finding]:
                 Evidence("times TCP entered memory pressure", tcp_press, "nstat TcpExtTCPMemoryPressures", "events")]
     if udp_rows:
         evidence.insert(0, Evidence("datagrams dropped for protocol memory", udp_rows, "kfree_skb reason PROTO_MEM"))
+        for owner, row, _n in by_owner([r for r in obs.rows("PROTO_MEM") if r.proto != "tcp"])[:3]:
+            sock = socket_of(obs.settings_for(row.netns), owner)
+            if sock is not None and sock.drops is not None:
+                evidence.append(Evidence(f"drops at the socket on port {sock.lport} since it was made", sock.drops,
+                                         "sock_diag skmeminfo drops (/proc/net/udp drops)"))
     if udp_mem is not None:
         evidence.append(Evidence("UDP memory in use now", udp_mem, "/proc/net/sockstat UDP mem", "pages"))
     if tcp_mem is not None:

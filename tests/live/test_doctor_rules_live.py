@@ -238,6 +238,15 @@ sys.stdin.readline()
 """
 
 
+def udp_socket_drops(ns: str, port: int) -> int:
+    """The drops column of /proc/net/udp: the socket's sk_drops."""
+    for line in ns_cat(ns, "/proc/net/udp").splitlines()[1:]:
+        cols = line.split()
+        if int(cols[1].split(":")[1], 16) == port:
+            return int(cols[-1])
+    raise AssertionError(f"no UDP socket on port {port}")
+
+
 def test_udp_memory_exhausted_is_proto_mem_pressure_equal_to_udpmemerrors(tmp_path: Path) -> None:
     """udp_mem (pages, for all UDP sockets of the host) lowered to one page for the provocation: past the
     per-socket minimum every datagram fails __sk_mem_raise_allocated and counts UdpMemErrors."""
@@ -253,16 +262,19 @@ def test_udp_memory_exhausted_is_proto_mem_pressure_equal_to_udpmemerrors(tmp_pa
                 time.sleep(0.2)
             findings = doc.finish()
             after = ns_snmp(pair.ns)
+            sk_drops = udp_socket_drops(pair.ns, port)
             udp_mem = " ".join(Path("/proc/sys/net/ipv4/udp_mem").read_text().split())
         finally:
             stop(proc)
-    errors = delta(before, after, "UdpMemErrors")
-    assert errors >= 150
+    # Linux 6.18 drops batches from its per-NUMA UDP queues without counting UdpMemErrors (fixed after
+    # 6.18): the socket's own drop counter counts every one, UdpMemErrors what this kernel counts
+    assert sk_drops >= 150
     f = one(findings, "proto-mem-pressure")
     nothing_else_above_info(findings, "proto-mem-pressure")
     assert f["severity"] in ("warn", "crit")
-    assert evidence(f, "nstat UdpMemErrors + Udp6MemErrors") == errors
-    assert evidence(f, "kfree_skb reason PROTO_MEM") == errors
+    assert evidence(f, "kfree_skb reason PROTO_MEM") == sk_drops
+    assert evidence(f, "sock_diag skmeminfo drops (/proc/net/udp drops)") == sk_drops
+    assert evidence(f, "nstat UdpMemErrors + Udp6MemErrors") == delta(before, after, "UdpMemErrors")
     assert knob(f, "net.ipv4.udp_mem") == udp_mem  # read at the end, after the test put it back
 
 
@@ -364,7 +376,7 @@ def test_a_drop_no_rule_knows_is_unexplained_with_the_command_to_dig_in(tmp_path
     assert unknown == 30
     f = one(findings, "unexplained-drops")
     nothing_else_above_info(findings, "unexplained-drops")
-    assert f["severity"] == "warn"  # 5 a second
+    assert f["severity"] == "crit"  # every packet the interface received (unexplained policy: 5% is crit)
     assert evidence(f, "kfree_skb reason IP_NOPROTO") == unknown
     assert evidence(f, "nstat IpInUnknownProtos") == unknown
     assert knob(f, "netpath drops") == (f"netpath drops --netns {pair.ns} --iface {pair.ns_if} --reason IP_NOPROTO "

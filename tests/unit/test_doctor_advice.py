@@ -83,7 +83,9 @@ def test_severity_rises_with_rate_or_share() -> None:
     assert severity.grade("loss", 60, 10.0, 1000) == "crit"  # 6% of what arrived
     assert severity.grade("unexplained", 3, 10.0, 1_000_000) == "info"  # 0.3/s, 0.0003%
     assert severity.grade("unexplained", 20, 10.0, 1_000_000) == "warn"  # 2/s
-    assert severity.grade("unexplained", 5, 10.0, 1000) == "warn"  # 0.5%
+    assert severity.grade("unexplained", 5, 10.0, 1000) == "info"  # 0.5%, but 5 drops are too few for a share
+    assert severity.grade("unexplained", 12, 100.0, 1000) == "warn"  # 1.2%
+    assert severity.grade("loss", 3, 10.0, 6) == "warn"  # 3 of 6 is not 50% of anything yet
     assert severity.grade("policy", 400, 10.0, 1000) == "info" and severity.grade("policy", 600, 10.0, 1000) == "warn"
     assert severity.grade("refused", 5, 10.0, None) == "warn" and severity.grade("refused", 100, 10.0) == "crit"
 

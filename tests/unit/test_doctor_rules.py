@@ -145,10 +145,10 @@ def test_listen_overflow_finds_the_full_listener_from_sock_diag() -> None:
     """Corrected advice (issue 31): the accept queue alone; tcp_max_syn_backlog is the SYN queue's knob and
     only with syncookies off, so it is not named here; every attempt refused is crit (lost work)."""
     full = replace(SETTINGS, sockets=(SETTINGS.sockets[0], LISTENER))
-    found = diagnose(obs(window=Window(snmp={"TcpExtListenOverflows": 9, "TcpExtListenDrops": 9}), settings=full))
-    assert ids(found) == [("listen-overflow", "crit")]  # 9 of 9 attempts refused
+    found = diagnose(obs(window=Window(snmp={"TcpExtListenOverflows": 12, "TcpExtListenDrops": 12}), settings=full))
+    assert ids(found) == [("listen-overflow", "crit")]  # 12 of 12 attempts refused
     f = found[0]
-    assert ev(f, "nstat TcpExtListenOverflows") == 9
+    assert ev(f, "nstat TcpExtListenOverflows") == 12
     assert ev(f, "sock_diag idiag_rqueue") == 2
     assert (f.where.laddr, f.where.lport) == ("10.201.7.2", 5302)
     assert kn(f, "listen() backlog") == "1" and kn(f, "net.core.somaxconn") == "4096"

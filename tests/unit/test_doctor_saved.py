@@ -135,3 +135,10 @@ def test_the_corpus_replays_to_the_findings_the_live_run_printed(window: Path,
     main(["doctor", "--load", str(window), "--json"])
     got = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert [x for x in got if x["type"] == "finding"] == expected
+
+
+def test_the_corpus_is_there() -> None:
+    """One saved window per live case of tests/live/test_doctor_rules_live.py."""
+    names = {p.name.removesuffix(".window.json") for p in CASES}
+    assert {"syn-queue-overflow", "tcp-rcvq-drop", "conntrack-near-full", "proto-mem-pressure", "socket-headroom",
+            "link-errors", "unexplained-drops", "busy-healthy"} <= names

@@ -148,7 +148,8 @@ def _listener_for(settings: Settings, owner: Owner | None) -> SocketState | None
     sock = socket_of(settings, owner)
     if sock is not None:
         return sock
-    full = [s for s in settings.sockets if s.proto == "tcp" and s.listening and s.wqueue and s.rqueue >= s.wqueue]
+    # listen(0) keeps a backlog of 0 and a queue of 1 (sk_acceptq_is_full: ack_backlog > max_ack_backlog)
+    full = [s for s in settings.sockets if s.proto == "tcp" and s.listening and s.rqueue and s.rqueue >= s.wqueue]
     return full[0] if len(full) == 1 else None
 
 

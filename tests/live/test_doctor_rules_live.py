@@ -434,3 +434,57 @@ def test_a_busy_healthy_namespace_gives_nothing_above_info(tmp_path: Path) -> No
         finally:
             stop(proc)
     nothing_else_above_info(findings)
+
+
+# ---------------------------------------------------------------- the whole host, every namespace
+
+LISTEN0 = r"""
+import socket, sys
+s = socket.socket()
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.listen(0)
+print("ready", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_host_wide_run_diagnoses_a_pods_counter_only_drops_under_its_name(tmp_path: Path) -> None:
+    """No --netns: the namespace's SYNs refused at its full accept queue (no drop event: only ListenOverflows
+    counts them, and only inside that namespace) and its unknown-protocol drops are found, labelled."""
+    port = 5326
+    with veth_namespace("nphw") as pair:
+        proc = in_ns(pair, LISTEN0, pair.ns_addr, port)
+        socks = []
+        try:
+            before = ns_snmp(pair.ns)
+            path = tmp_path / "host.window.json"
+            run = NetpathRun(["doctor", "--duration", DURATION, "--no-trace", "--json", "--save", str(path)])
+            assert run.wait_start()["filters"]["netns"] is None
+            for _ in range(8):
+                c = socket.socket()
+                c.setblocking(False)
+                c.connect_ex((pair.ns_addr, port))
+                socks.append(c)
+            send_raw(pair.ns_addr, [ipv4_packet(pair.host_addr, pair.ns_addr, 253, b"u" * 32, ident=i)
+                                    for i in range(20)])
+            time.sleep(1.5)  # one SYN retransmit each
+            for c in socks:
+                c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                c.close()
+            rc, records, err = run.finish(timeout=120)
+            after = ns_snmp(pair.ns)
+            inode = os.stat(f"/run/netns/{pair.ns}").st_ino
+        finally:
+            stop(proc)
+    assert rc == 0, err
+    mine = [r for r in records if r["type"] == "finding" and r["where"]["netns"] == inode]
+    for f in mine:
+        assert f["where"]["netns_label"] == pair.ns
+    acc = one(mine, "listen-overflow")
+    assert evidence(acc, "nstat TcpExtListenOverflows") == delta(before, after, "TcpExtListenOverflows") > 0
+    assert acc["where"]["lport"] == port and acc["where"]["pid"] == proc.pid
+    unknown = one(mine, "unexplained-drops")
+    assert evidence(unknown, "nstat IpInUnknownProtos") == delta(before, after, "IpInUnknownProtos") == 20
+    replay = run_netpath("doctor", "--load", str(path), "--json")
+    assert [json.loads(x) for x in replay.stdout.splitlines() if '"finding"' in x] == [
+        r for r in records if r["type"] == "finding"]

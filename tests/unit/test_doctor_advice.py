@@ -199,6 +199,13 @@ def test_syn_queue_overflow_is_told_apart_from_the_accept_queue() -> None:
     assert "net.ipv4.tcp_max_syn_backlog" not in knobs(acc)
 
 
+def test_a_listen_0_listener_is_found_full() -> None:
+    listener = SocketState("tcp", 4, "10.1.0.2", 8080, 7005, True, 1, 0)
+    f = only(diagnose(obs(window=Window(snmp={"TcpExtListenOverflows": 14, "TcpExtListenDrops": 14}),
+                          settings=replace(SETTINGS, sockets=(listener,)))), "listen-overflow")
+    assert f.where.lport == 8080 and knobs(f)["listen() backlog"] == "0"
+
+
 def test_syncookies_answering_a_full_syn_queue_is_info() -> None:
     listener = SocketState("tcp", 4, "10.1.0.2", 443, 7003, True, 0, 128)
     found = diagnose(obs(window=Window(snmp={"TcpExtTCPReqQFullDoCookies": 300, "TcpPassiveOpens": 300}),

@@ -42,6 +42,9 @@ POLICIES: tuple[Policy, ...] = (
     # frames damaged on the wire or by a sender
     Policy("damage", "info", "damaged packets: CRC, frame and length errors, bad checksums",
            warn_rate=1.0, warn_share=0.001, crit_share=0.01),
+    # TCP throwing away what it already has (a retransmission of received data, a segment for a closed
+    # connection): the sender's waste, no data lost; info at any rate
+    Policy("benign", "info", "duplicates of data TCP already has, segments for connections already closed"),
     # a decision someone wrote down (a firewall rule, a tc filter, an XDP program)
     Policy("policy", "info", "a filter someone wrote: netfilter, tc, XDP", warn_share=0.5),
 )

@@ -47,6 +47,11 @@ CONNTRACK_DROPS = ("drop", "insert_failed", "chaintoolong")
 # backlog-overflow's and host-wide)
 DEVICE_SOURCES = ("link", "qdisc", "ethtool", "qstats", "xdp")
 NOT_DROPS = frozenset({("link", "carrier_changes")})
+# drop reasons that lose no data: a duplicate of data already received (tcp_data_queue, tcp_validate_incoming:
+# TCP_OLD_DATA, TCP_OLD_SEQUENCE, TCP_OFOMERGE), an old ACK (TCP_OLD_ACK, TCP_TOO_OLD_ACK), a segment for a
+# connection already closed (TCP_CLOSE, SOCKET_CLOSE): graded by the "benign" policy, never above info
+BENIGN = frozenset({"TCP_OLD_DATA", "TCP_OLD_SEQUENCE", "TCP_OFOMERGE", "TCP_OLD_ACK", "TCP_TOO_OLD_ACK",
+                    "TCP_CLOSE", "SOCKET_CLOSE"})
 MAX_GROUPS = 5  # evidence lines per finding (the busiest)
 MAX_REASONS = 6  # findings per scope for unclaimed reasons; the rest go into one "other reasons" finding
 
@@ -123,8 +128,9 @@ def _row_findings(obs: Observation, rows: list[DropRow], snmp: dict[str, int]) -
                                      else "nstat IpInReceives + Ip6InReceives"))
         where = ns_where(obs, top_row) | ({"iface": iface} if len(ifaces) == 1 else {"iface": None})
         label = str(where.get("netns_label") or "")
+        benign = {r.reason for r in group} <= BENIGN
         out.append(Finding(
-            "unexplained-drops", obs.grade("unexplained", n, received),
+            "unexplained-drops", obs.grade("benign" if benign else "unexplained", n, received),
             f"{n:,} packets dropped with reason {reason}" + (f" on {iface}" if iface else ""),
             tuple(evidence), FindingWhere(**where),  # type: ignore[arg-type]
             (Knob("netpath drops", dig_in(label, iface, None if reason == "other reasons" else reason),

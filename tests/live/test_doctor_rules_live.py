@@ -256,8 +256,10 @@ def test_udp_memory_exhausted_is_proto_mem_pressure_equal_to_udpmemerrors(tmp_pa
         try:
             before = ns_snmp(pair.ns)
             doc = SavedDoctor(pair, "proto-mem-pressure", tmp_path)
+            # the host's UDP memory is counted in per-CPU batches of up to 1 MB (sk_memory_allocated_add):
+            # past a few MB queued at the socket the global count is over any udp_mem of a page
             with sysctl("net.ipv4.udp_mem", "1 1 1"), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
-                for _ in range(200):
+                for _ in range(3000):
                     tx.sendto(b"m" * 1000, (pair.ns_addr, port))
                 time.sleep(0.2)
             findings = doc.finish()
@@ -268,7 +270,7 @@ def test_udp_memory_exhausted_is_proto_mem_pressure_equal_to_udpmemerrors(tmp_pa
             stop(proc)
     # Linux 6.18 drops batches from its per-NUMA UDP queues without counting UdpMemErrors (fixed after
     # 6.18): the socket's own drop counter counts every one, UdpMemErrors what this kernel counts
-    assert sk_drops >= 150
+    assert sk_drops >= 500
     f = one(findings, "proto-mem-pressure")
     nothing_else_above_info(findings, "proto-mem-pressure")
     assert f["severity"] in ("warn", "crit")

@@ -122,6 +122,11 @@ def test_unexplained_severity_uses_rate_and_share() -> None:
     assert only(burst, "unexplained-drops").severity == "warn"  # 3/s
 
 
+def test_tcp_discarding_what_it_already_has_is_never_above_info() -> None:
+    found = diagnose(obs(row("TCP_OLD_DATA", 500, proto="tcp"), row("TCP_OLD_SEQUENCE", 300, proto="tcp")))
+    assert [(f.id, f.severity) for f in found] == [("unexplained-drops", "info")] * 2
+
+
 def test_counter_only_drops_are_unexplained_too() -> None:
     found = diagnose(obs(window=Window(snmp={"IpExtInTruncatedPkts": 7, "Ip6InNoRoutes": 2})))
     f = only(found, "unexplained-drops")

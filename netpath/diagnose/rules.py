@@ -116,7 +116,8 @@ RULES: tuple[Rule, ...] = (
          f"{int(sockets.HEADROOM_SHARE * 100)}% of its backlog, with no drop at it yet (sock_diag)",
          "SO_RCVBUF / tcp_rmem, the listen() backlog", "warn"),
     Rule("unexplained-drops", unexplained.check_alone, "drops (rows or counters) no other finding claims",
-         "netpath drops (the command to dig in)", "unexplained policy (severity.py)"),
+         "netpath drops (the command to dig in)", "unexplained policy (severity.py); benign policy for TCP "
+         "discarding data it already has"),
 )
 RULE_IDS = tuple(r.id for r in RULES)
 LATENCY_RULES = ("slow-reader", "softirq-wait")  # they need the trace program (netpath doctor --no-trace: not run)

@@ -386,6 +386,8 @@ class NicSettings:
     offloads: tuple[tuple[str, str], ...] = ()  # (feature, "on"/"off"), ethtool -k
     rps_cpus: tuple[tuple[str, str], ...] = ()  # (rx queue, hex mask); () when unreadable
     irqs: tuple[tuple[int, str], ...] = ()  # (irq, smp_affinity_list)
+    driver: str | None = None  # ethtool -i: the driver's name (nic-ring-overrun's per-driver table)
+    threaded: str | None = None  # /sys/class/net/IFACE/threaded: NAPI in its own kthread ("1") or softirq ("0")
 
 
 @dataclass(frozen=True)
@@ -400,6 +402,9 @@ class Settings:
     online_cpus: int = 1
     netfilter_rules: int | None = None  # iptables/nftables rules that drop (DROP/REJECT/drop), when readable
     tc_ingress: dict[str, int] = field(default_factory=dict)  # iface -> tc filters on its ingress hook
+    tc_egress: dict[str, int] = field(default_factory=dict)  # iface -> tc filters on its egress hook
+    # levels read at the end: sockstat ("sockstat.UDP.mem", pages), conntrack entries
+    levels: dict[str, int] = field(default_factory=dict)
 
     def sysctl(self, name: str) -> str | None:
         return self.sysctls.get(name)
@@ -416,6 +421,7 @@ class Window:
     conntrack: dict[str, int] = field(default_factory=dict)  # /proc/net/stat/nf_conntrack columns, CPUs summed
     softnet: dict[int, dict[str, int]] = field(default_factory=dict)  # cpu -> processed, dropped, time_squeeze
     rx_packets: dict[str, int] = field(default_factory=dict)  # iface -> packets received
+    carrier_changes: dict[str, int] = field(default_factory=dict)  # iface -> link down/up transitions
 
 
 @dataclass(frozen=True)
@@ -480,6 +486,7 @@ class Finding:
     where: FindingWhere
     knobs: tuple[Knob, ...]
     why: str
+    explains: tuple[str, ...] = ()  # ids of other rules whose signals this finding's cause explains (folded in)
 
 
 @dataclass(frozen=True)

@@ -50,20 +50,8 @@ def _parse_conntrack(text: str) -> dict[str, int]:
     return settings_mod.parse_conntrack_stat(text)
 
 
-def parse_sockstat(text: str) -> dict[str, int]:
-    """/proc/net/sockstat (and sockstat6): "UDP: inuse 3 mem 2" -> {"sockstat.UDP.inuse": 3,
-    "sockstat.UDP.mem": 2}. inuse is this namespace's; mem (pages) is the protocol's, host-wide, the
-    number tcp_mem / udp_mem are compared with (proto_memory_pressure, __sk_mem_raise_allocated)."""
-    out: dict[str, int] = {}
-    for line in text.splitlines():
-        proto, sep, rest = line.partition(":")
-        words = rest.split()
-        if not sep or len(words) % 2:
-            continue
-        for key, value in zip(words[::2], words[1::2], strict=True):
-            if value.isdigit():
-                out[f"sockstat.{proto.strip()}.{key}"] = int(value)
-    return out
+def parse_sockstat(text: str) -> dict[str, int]:  # /proc/net/sockstat and sockstat6
+    return settings_mod.parse_sockstat(text)
 
 
 # ------------------------------------------------- one namespace, read from inside

@@ -37,7 +37,7 @@ CounterKey = tuple[str, str, str | None, int | None]
 # ethtool -S names that count lost or refused packets (not packets, bytes, kicks or wakeups).
 _DROPLIKE = re.compile(
     r"drop|discard|err|miss|fifo|overrun|over_|timeout|fail|abort|exception|no_?buf|crc|bad|reject|"
-    r"invalid|oversize|undersize|jabber|frag",
+    r"invalid|oversize|undersize|jabber|frag|no_dma|out_of_buffer|allowance_exceeded",
     re.IGNORECASE,
 )
 # virtio_net names a queue rx0_/tx0_ (6.12) or rx_queue_0_/tx_queue_0_ (6.1); mlx5 rx0_, ixgbe

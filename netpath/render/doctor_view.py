@@ -55,6 +55,8 @@ def finding_lines(f: Finding, width: int = 80) -> list[str]:
         text = f"{_value(e)} {e.name}" + (f" (= {e.counter})" if e.counter else "")
         out += _wrap("evidence" if i == 0 else "", text, width)
     out += _wrap("why", f.why, width)
+    if f.explains:
+        out += _wrap("explains", ", ".join(f.explains), width)
     for i, k in enumerate(f.knobs):
         value = k.value if k.value is not None else "unreadable"
         out += _wrap("knob" if i == 0 else "", f"{k.name} = {value}: {k.advice}", width)

@@ -275,7 +275,7 @@ def finding(f: Finding) -> Record:
                "pod_namespace": w.pod_namespace, "laddr": w.laddr, "lport": w.lport, "proto": w.proto,
                "cpu": w.cpu},
         knobs=[{"name": k.name, "value": k.value, "advice": k.advice} for k in f.knobs],
-        why=f.why)
+        why=f.why, explains=list(f.explains))
 
 
 def doctor_summary(diag: Diagnosis, stop_reason: str, counts: dict[str, int], fail_on: str | None,

@@ -29,12 +29,23 @@ NOT_HERE = {"--web-config-file": "needs the TLS certificate and bcrypt hash the 
 RUN_S = "1"
 
 
-def substitute(words: list[str], ns: str, ns_if: str, host_if: str, tmp: Path) -> list[str]:
-    """The documented argv with the reader's names replaced by this test's, and every run cut to 1 s."""
+def substitute(words: list[str], ns: str, ns_if: str, host_if: str, tmp: Path,
+               saved: dict[str, str] | None = None) -> list[str]:
+    """The documented argv with the reader's names replaced by this test's, and every run cut to 1 s.
+
+    `saved` maps a documented `--save NAME` to the fresh file this run wrote, so a later `--load NAME` in the
+    docs replays that one (a saved window is never overwritten, so each save needs a new file)."""
+    saved = {} if saved is None else saved
     out: list[str] = []
     it = iter(words)
     in_ns = "--netns" in words
     for word in it:
+        if word in ("--save", "--load"):
+            value = next(it, "")
+            if word == "--save":
+                saved[value] = tempfile.mktemp(suffix=".json", dir=tmp)
+            out += [word, saved.get(value, str(tmp / value))]
+            continue
         if word in ("--netns", "--iface", "--cgroup", "--pcap", "--listen", "--duration"):
             value = next(it, "")
             out.append(word)
@@ -52,7 +63,8 @@ def substitute(words: list[str], ns: str, ns_if: str, host_if: str, tmp: Path) -
                 out.append(RUN_S)
             continue
         out.append(word)
-    if out[0] in ("drops", "trace", "export", "doctor") and "--duration" not in out and "--count" not in out:
+    if (out[0] in ("drops", "trace", "export", "doctor") and "--duration" not in out and "--count" not in out
+            and "--load" not in out):  # a replayed window has no duration of its own
         out += ["--duration", RUN_S]
     if out[0] == "export" and "--listen" not in out:  # never the default port another exporter may hold
         out += ["--listen", f"127.0.0.1:{free_udp_port()}"]
@@ -92,6 +104,7 @@ def test_every_documented_command_runs_and_exits_as_documented() -> None:
     assert len(runs) > 20
     failures: list[str] = []
     skipped: list[str] = []
+    saved: dict[str, str] = {}
     with veth_namespace("dc") as pair, tempfile.TemporaryDirectory() as tmp:
         stop = threading.Event()
         sender = threading.Thread(target=traffic, args=(pair.ns_addr, stop), daemon=True)
@@ -103,8 +116,8 @@ def test_every_documented_command_runs_and_exits_as_documented() -> None:
                 if needs:
                     skipped.append(f"{where}: {cmd}: {needs[0]}")
                     continue
-                argv = substitute(words, pair.ns, pair.ns_if, pair.host_if, Path(tmp)) if words else []
-                done = subprocess.run([*netpath_argv(), *argv], capture_output=True, timeout=120, cwd=REPO,
+                argv = substitute(words, pair.ns, pair.ns_if, pair.host_if, Path(tmp), saved) if words else []
+                done = subprocess.run([*netpath_argv(), *argv], capture_output=True, timeout=120, cwd=tmp,
                                       env=dict(os.environ, COLUMNS="80"), check=False)  # bytes: --pcap - is pcapng
                 err = done.stderr.decode(errors="replace")
                 if done.returncode not in expected_exits(argv) or "Traceback" in err:

@@ -168,8 +168,17 @@ static __always_inline void np_cur_missed(struct np_cpu_state *c)
 /* the enqueue time: read once, and only when this enqueue is timed (0: not read yet) */
 static __always_inline u64 np_enq_now(struct np_cpu_state *c)
 {
+#ifdef HAS_NET_NETIF_RECEIVE_SKB
 	/* a followed skb that is timed, or none: this enqueue is timed */
 	u64 now = !c || (c->cur.flags & CUR_TIMED) || !(c->cur.flags & CUR_TRACKED) ? NP_PKT_NOW() : 0;
+#else
+	/*
+	 * socket_queue without netif_receive_skb (netpath export's default): no
+	 * skb is followed up to here, so np_on_data_ready samples each enqueue
+	 * itself (np_pick) and an untimed one reads no clock.
+	 */
+	u64 now = 0;
+#endif
 
 #if RX_TSTAMP
 	/*
@@ -360,7 +369,11 @@ static __always_inline int np_on_data_ready(struct np_cpu_state *c, void *sk)
 #endif
 	if (!now)	/* not the skb this CPU follows: sampled on its own */
 		now = np_pick(c) ? NP_PKT_NOW() : NP_UNTIMED;
+#ifdef HAS_NET_NETIF_RECEIVE_SKB
 	st = skbs.lookup(&key);
+#else
+	st = udp ? NULL : skbs.lookup(&key);	/* nothing before the socket keeps a datagram's entry */
+#endif
 	if (st) {
 		np_enq_entry(st, sk, key, now, udp);
 		return 0;

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import ModuleType
+
 from netpath.cli.console import Terminal
 from netpath.collect.session import Sink
 from netpath.errors import MissingCapability
@@ -16,7 +18,20 @@ from netpath.model import (
     TraceSnapshot,
     Verdict,
 )
-from netpath.render import drops_view, pcapng, records, trace_view
+from netpath.render import pcapng, records
+
+
+# the views for people import rich (~20 ms): a --json run never loads them
+def _drops_view() -> ModuleType:
+    from netpath.render import drops_view
+
+    return drops_view
+
+
+def _trace_view() -> ModuleType:
+    from netpath.render import trace_view
+
+    return trace_view
 
 
 class JsonSink:
@@ -54,25 +69,25 @@ class DropsView:
         if not self.term.interactive:
             for item in events:
                 if isinstance(item, DropSample):
-                    self.term.plain("\n".join(drops_view.sample_lines(item)))
+                    self.term.plain("\n".join(_drops_view().sample_lines(item)))
 
     def interval(self, snap: Snapshot, seq: int) -> None:
         assert isinstance(snap, DropSnapshot)
         title = f"netpath drops  t={snap.elapsed_ns / 1e9:.0f}s  {snap.interval_total:,} drops this interval"
         if self.term.interactive:
-            self.term.show(drops_view.drops_table(snap, title, self.term.width))
+            self.term.show(_drops_view().drops_table(snap, title, self.term.width))
         else:
-            self.term.plain("\n".join(drops_view.plain_lines(snap, title)))
+            self.term.plain("\n".join(_drops_view().plain_lines(snap, title)))
 
     def summary(self, snap: Snapshot, stop_reason: str, verdicts: list[Verdict]) -> None:
         assert isinstance(snap, DropSnapshot)
         self.term.close_live()
         title = f"summary ({stop_reason}, {snap.elapsed_ns / 1e9:.1f}s): {snap.total:,} drops"
         if self.term.interactive:  # the table, fitted to the terminal; piped, text as wide as it needs
-            self.term.render(drops_view.drops_table(snap, title, self.term.width))
+            self.term.render(_drops_view().drops_table(snap, title, self.term.width))
         else:
-            self.term.plain("\n".join(drops_view.plain_lines(snap, title)))
-        for line in drops_view.verdict_lines(verdicts):
+            self.term.plain("\n".join(_drops_view().plain_lines(snap, title)))
+        for line in _drops_view().verdict_lines(verdicts):
             self.term.plain(line)
 
 
@@ -84,31 +99,31 @@ class TraceView:
         self.hist_stage = hist_stage
 
     def started(self, start: Start) -> None:
-        self.term.note(trace_view.start_note(start))
+        self.term.note(_trace_view().start_note(start))
 
     def events(self, events: list[Event]) -> None:
         for item in events:
             if isinstance(item, SlowPacket):
-                for text in trace_view.slow_lines(item, min(self.term.width, 80) if self.term.interactive else 80):
+                for text in _trace_view().slow_lines(item, min(self.term.width, 80) if self.term.interactive else 80):
                     self.term.line(text)
 
     def interval(self, snap: Snapshot, seq: int) -> None:
         assert isinstance(snap, TraceSnapshot)
         title = f"netpath trace  t={snap.elapsed_ns / 1e9:.0f}s  interval {snap.interval_ns / 1e9:.1f}s"
         if self.term.interactive:
-            self.term.show(trace_view.trace_table(snap, title, self.hist_stage, self.term.width))
+            self.term.show(_trace_view().trace_table(snap, title, self.hist_stage, self.term.width))
         else:
-            self.term.plain("\n".join(trace_view.plain_lines(snap, title, self.hist_stage)) + "\n")
+            self.term.plain("\n".join(_trace_view().plain_lines(snap, title, self.hist_stage)) + "\n")
 
     def summary(self, snap: Snapshot, stop_reason: str, verdicts: list[Verdict]) -> None:
         assert isinstance(snap, TraceSnapshot)
         self.term.close_live()
         title = f"summary ({stop_reason}, {snap.elapsed_ns / 1e9:.1f}s)"
         if self.term.interactive:  # the table, fitted to the terminal; piped, text as wide as it needs
-            self.term.render(trace_view.trace_table(snap, title, self.hist_stage, self.term.width))
+            self.term.render(_trace_view().trace_table(snap, title, self.hist_stage, self.term.width))
         else:
-            self.term.plain("\n".join(trace_view.plain_lines(snap, title, self.hist_stage)))
-        for line in trace_view.verdict_lines(verdicts):
+            self.term.plain("\n".join(_trace_view().plain_lines(snap, title, self.hist_stage)))
+        for line in _trace_view().verdict_lines(verdicts):
             self.term.plain(line)
 
 

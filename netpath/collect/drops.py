@@ -203,12 +203,12 @@ def place_defines(facts: KernelFacts, offsets: dict[str, int]) -> dict[str, int]
     out: dict[str, int] = {name: offsets[name] for name in ("OFF_SKB_SK", "OFF_SK_NET", "OFF_SKB_SKB_IIF",
                                                             "OFF_NET_COOKIE")
            if name in offsets}
-    kallsyms = facts.kallsyms
-    purge = kallsyms.text_range(FRAG_PURGE) if kallsyms.has_addresses else None
+    ranges = facts.text_ranges((FRAG_PURGE, *(name for _, name in FRAG_EXPIRE)))
+    purge = ranges.get(FRAG_PURGE)
     if purge is not None:
         out["FRAG_PURGE_LO"], out["FRAG_PURGE_HI"] = purge
         for prefix, name in FRAG_EXPIRE:
-            found = kallsyms.text_range(name)
+            found = ranges.get(name)
             if found is not None:
                 out[f"{prefix}_LO"], out[f"{prefix}_HI"] = found
     return out
@@ -375,17 +375,12 @@ class DropsSession(ProgramSession):
         return self._last_counters
 
     def start(self) -> DropsStart:
-        importing = counters_mod.prefetch_netlink()
         prog = self._load(self.source, self.facts, self.query.filters.iface_keys)
         if self.query.samples:
             prog.open_perf_buffer("samples", self._on_sample, self._on_lost)
         if self.query.pcap is not None:
             self._wall_offset_ns = time.time_ns() - time.monotonic_ns()
             prog.open_ring_buffer("pcap_ring", self._on_capture)
-        if "location" in self.query.by or self.query.samples or self.query.pcap is not None:
-            # kernel symbols are read once (~90 ms here): before the start line, not inside the first interval
-            _ = self.facts.kallsyms
-        importing.join()
         self._counters = counters_mod.CounterDeltas(self._read_counters())
         if self.query.filters.netns is None:
             self._other_ns = NamespaceCounters(own=self.zero_series)

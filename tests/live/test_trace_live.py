@@ -316,3 +316,30 @@ def test_tcp_segments_are_timed_to_their_first_copy(mode: list[str]) -> None:
     # TCP between namespaces of one host keeps the sender's departure time (EDT, CLOCK_MONOTONIC) in
     # skb->tstamp up to local delivery: with the kernel's receive timestamp those are counted, not timed
     assert _stage(summary, "netif_receive_skb")["count"] + summary["health"]["unstamped"] >= n
+
+
+def test_socket_queue_alone_samples_at_the_enqueue_and_counts_every_datagram() -> None:
+    """netpath export's default stage, as trace runs it: no netif_receive_skb hook, each enqueue sampled on its
+    own (1 in 16 timed), every datagram counted once, nothing else in the namespace counted."""
+    n, port = 320, 40777
+    with veth_namespace("nptsq") as pair:
+        run = NetpathRun(["trace", "--json", "--interval", "1", "--stages", "socket_queue", "--netns", pair.ns])
+        start = run.wait_start()
+        receiver = start_receiver(pair, port, n, 0.0)
+        for _ in range(n // 32):  # in bursts the receiver keeps up with: none overflows its buffer
+            send_udp(pair.ns_addr, port, 32)
+            time.sleep(0.02)
+        out, _ = receiver.communicate(timeout=30)
+        assert f"got {n}" in out
+        time.sleep(1.2)
+        run.proc.send_signal(signal.SIGINT)
+        rc, _records, err = run.finish()
+    assert rc == 0, err
+    hooked = {a["hook"] for a in start["attached"]}
+    assert "net:netif_receive_skb" not in hooked and "sock:sk_data_ready" in hooked, hooked
+    summary = run.summary()
+    sq, h = _stage(summary, "socket_queue"), summary["health"]
+    assert sq["count"] + h["ring_overrun"] + h["unseen_read"] == n, (sq, h)
+    assert sq["count"] >= n - n // 10, (sq, h)
+    assert 0 < sq["timed"] < sq["count"], sq  # sampled: about 20 of 320
+    assert sq["sample_every"] == 16

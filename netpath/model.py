@@ -186,11 +186,13 @@ class CapturedPacket:
 
 @dataclass(frozen=True)
 class PcapHealth:
-    """What a capture did with the matched drops: written + skipped + lost = matched (once drained)."""
+    """What a capture did with the matched drops: written + skipped + lost + unwritten = matched (once drained)."""
 
-    written: int = 0  # packets handed to the pcapng writer
+    written: int = 0  # packets in the pcapng file (whole blocks that reached it)
     skipped: int = 0  # not sent: --pcap-max reached or the in-kernel rate limit
     lost: int = 0  # the ring buffer had no room
+    unwritten: int = 0  # captured, but the file stopped taking blocks (a full disk, RLIMIT_FSIZE)
+    error: str | None = None  # why the file stopped growing: capture stopped there, counting went on
 
 
 @dataclass(kw_only=True)

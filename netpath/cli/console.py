@@ -36,7 +36,7 @@ class _PipeOut:
     def __init__(self, raw: BinaryIO) -> None:
         self._raw = raw
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: bytes | memoryview) -> int:
         try:
             return self._raw.write(data)
         except BrokenPipeError:
@@ -89,6 +89,10 @@ class Terminal:
         """Human progress notes go to stderr so stdout stays clean for pipes."""
         if not self.json_mode:
             self.err.print(text, markup=False, soft_wrap=True)  # a note is one line, whatever the width
+
+    def warn(self, text: str) -> None:
+        """A line on stderr that scripts must see too (--json keeps stdout for JSON, not stderr for this)."""
+        self.err.print(text, markup=False, soft_wrap=True)
 
     def progress(self, text: str) -> None:
         """A line on stderr that rewrites itself, only when stderr is a terminal (never in --json)."""

@@ -43,6 +43,7 @@ MAX_ROWS = contract.MAX_ROWS
 SHORT_KEY_SIZE = contract.DROP_WHERE.size
 KEY_FIELDS = len(contract.DROP_FULL_KEY.fmt.unpack(bytes(contract.DROP_FULL_KEY.size)))
 COUNT = struct.Struct("<Q")
+INDEX0 = struct.Struct("<I")  # an array map's index
 STACK_ID = struct.Struct("<i")
 CAPTURE_ROW_CACHE = 4096  # captured packets' rows kept by where they died (cleared when full)
 
@@ -543,6 +544,12 @@ class DropsSession(ProgramSession):
         self._pcap_written += 1
         self._events.append(CapturedPacket(ts + self._wall_offset_ns, cpu, linktype, max(length, caplen), data,
                                            self.query.pcap.snaplen, row))
+
+    def stop_capture(self) -> None:
+        """The capture file took no more (a write failed): the kernel sends no more packets, its cap reads as
+        reached (bpf/capture.c pcap_admit), so later drops are counted and skipped, never copied."""
+        if self.prog is not None and self.query.pcap is not None:
+            self.prog.update("pcap_used", INDEX0.pack(0), COUNT.pack(self.query.pcap.max_packets))
 
     def _pcap_health(self, stats: dict[str, int], written: int, over_max: int) -> PcapHealth | None:
         """stats, written and over_max all for the same span: an interval or the whole run."""

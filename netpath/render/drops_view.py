@@ -124,7 +124,10 @@ def pcap_text(snap: DropSnapshot) -> str:
     p = snap.health.pcap
     if p is None:
         return ""
-    return f", pcap written {p.written:,} (skipped {p.skipped:,}: cap or rate limit; lost {p.lost:,})"
+    text = f", pcap written {p.written:,} (skipped {p.skipped:,}: cap or rate limit; lost {p.lost:,})"
+    if p.error:
+        text += f"; capture stopped: {p.error}, {p.unwritten:,} not written"
+    return text
 
 
 def counters_table(counters: list[Counter]) -> Table:
@@ -187,7 +190,8 @@ def plain_lines(snap: DropSnapshot, title: str) -> list[str]:
     lines.append(f"  health: hits={h.probe_hits.get('skb:kfree_skb', 0)} matched={h.matched} "
                  f"lost_rows={h.lost_rows} samples={h.samples} lost_samples={h.lost_samples}"
                  + (f" pcap_written={h.pcap.written} pcap_skipped={h.pcap.skipped} pcap_lost={h.pcap.lost}"
-                    if h.pcap is not None else ""))
+                    f" pcap_unwritten={h.pcap.unwritten}" if h.pcap is not None else "")
+                 + (f" pcap_error={h.pcap.error!r}" if h.pcap is not None and h.pcap.error else ""))
     lines.extend(f"  warning: {w}" for w in snap.warnings)
     for said in (no_device_line(snap), counter_only_line(snap)):
         if said:

@@ -100,7 +100,8 @@ def _drops_body(snap: DropSnapshot) -> Record:
     if h.no_device:  # present only when some drop's namespace could not be recovered
         out["health"]["no_device"] = h.no_device
     if h.pcap is not None:  # only while --pcap captures
-        out["health"].update(pcap_written=h.pcap.written, pcap_skipped=h.pcap.skipped, pcap_lost=h.pcap.lost)
+        out["health"].update(pcap_written=h.pcap.written, pcap_skipped=h.pcap.skipped, pcap_lost=h.pcap.lost,
+                             pcap_unwritten=h.pcap.unwritten, pcap_error=h.pcap.error)
     if snap.other_rows:
         out["other_rows"] = snap.other_rows
         out["other_count"] = snap.other_count

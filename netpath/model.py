@@ -150,6 +150,9 @@ class DropRow:
     interval_count: int | None = None  # live view: this interval's part of a run-total row
     owner: Owner | None = None  # rows grouped by socket or cgroup (and samples)
     netns_label: str | None = None  # the namespace for people: its ip netns name, else who runs in it
+    # what named the namespace: device, socket, fragment_queue (an expiring queue's own), reader (the task
+    # reading the socket); None when the row has none
+    placed_by: str | None = None
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,8 @@ def drop_row(row: DropRow, with_flow: bool, with_owner: bool = False) -> Record:
     }
     if row.netns_label is not None:
         out["netns_label"] = row.netns_label
+    if row.placed_by is not None:
+        out["placed_by"] = row.placed_by
     out.update(proto=row.proto, count=row.count)
     if with_flow:
         out.update(family=row.family, saddr=row.saddr, daddr=row.daddr, sport=row.sport, dport=row.dport)

@@ -59,7 +59,7 @@ def reasons():
 
 
 def short_key(reason: int, ifindex: int, ns: int, l4: int = 17, cookie: int = 0) -> bytes:
-    return contract.DROP_WHERE.fmt.pack(0, reason, ifindex, ns, 0x0800, l4, 4, cookie)
+    return contract.DROP_WHERE.fmt.pack(0, reason, ifindex, ns, 0x0800, l4, 4, cookie, 1, 0)
 
 
 def set_drop_stats(prog: FakeProgram, hits: int, matched: int, full: int = 0) -> None:
@@ -213,8 +213,8 @@ def test_drop_samples_decode_with_their_flow_and_losses_are_counted(drop_facts):
     set_drop_stats(prog, 0, 0)
     session.start()
     addr = ipaddress.ip_address("10.9.8.7").packed.ljust(16, b"\0")
-    sample = contract.DROP_SAMPLE.fmt.pack(0, 3, 1, 1, 0x0800, 17, 4, 0, addr, addr, 4000, 53, 0, 0, 0, 555, 80, 42, 1,
-                                           -1, b"nc\0".ljust(16, b"\0"))
+    sample = contract.DROP_SAMPLE.fmt.pack(0, 3, 1, 1, 0x0800, 17, 4, 0, 1, 0, addr, addr, 4000, 53, 0, 0, 0, 555,
+                                           80, 42, 1, -1, b"nc\0".ljust(16, b"\0"))
     prog.send("samples", sample)
     prog.lose("samples", 3)
     key = short_key(3, 1, 1)

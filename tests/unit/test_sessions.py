@@ -329,6 +329,26 @@ def test_sampled_timing_counts_every_packet_and_says_how_many_were_timed():
     assert (record["count"], record["timed"], record["sample_every"]) == (70, 4, 16)
 
 
+def test_an_exact_build_counts_socket_queue_reads_past_the_ring_untimed():
+    """--exact times every read it can; a read whose ring slot a newer datagram took (the reader more than RING
+    behind) is counted in the C's seen, untimed: the row's count is seen, timed the histogram's."""
+    prog = FakeProgram()
+    plan = make_plan(trace_facts("6.18"))
+    session = trace_mod.TraceSession(trace_mod.TraceQuery(sample_every=1), plan, trace_facts("6.18"), SOURCE,
+                                     loader=loader(prog))
+    play_trace(prog, [], {}, 0)
+    session.start()
+    play_trace(prog, [20_000_000] * 128, {"ring_overrun": 72}, 1, seen={"socket_queue": 200})
+    sq = session.interval(10**9).stage("socket_queue")
+    assert sq is not None and (sq.count, sq.latency.count, sq.sample_every) == (200, 128, 1)
+    record = records.stage_row(sq, False, False)
+    assert (record["count"], record["timed"]) == (200, 128)
+    total = session.summary(10**9).stage("socket_queue")
+    assert total is not None and total.count == 200
+    gro = session.summary(10**9).stage("gro")  # no untimed runs: its count is its histogram's
+    assert gro is not None and gro.seen is None
+
+
 def test_breakdowns_and_old_kernels_time_every_packet():
     plan = make_plan(trace_facts("6.18"))
     for query in (trace_mod.TraceQuery(sample_every=16, per_iface=True), trace_mod.TraceQuery(sample_every=16,

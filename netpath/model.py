@@ -152,6 +152,9 @@ class DropRow:
     interval_count: int | None = None  # live view: this interval's part of a run-total row
     owner: Owner | None = None  # rows grouped by socket or cgroup (and samples)
     netns_label: str | None = None  # the namespace for people: its ip netns name, else who runs in it
+    # what named the namespace: device, socket, fragment_queue (an expiring queue's own), reader (the task
+    # reading the socket); None when the row has none
+    placed_by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -193,11 +196,13 @@ class CapturedPacket:
 
 @dataclass(frozen=True)
 class PcapHealth:
-    """What a capture did with the matched drops: written + skipped + lost = matched (once drained)."""
+    """What a capture did with the matched drops: written + skipped + lost + unwritten = matched (once drained)."""
 
-    written: int = 0  # packets handed to the pcapng writer
+    written: int = 0  # packets in the pcapng file (whole blocks that reached it)
     skipped: int = 0  # not sent: --pcap-max reached or the in-kernel rate limit
     lost: int = 0  # the ring buffer had no room
+    unwritten: int = 0  # captured, but the file stopped taking blocks (a full disk, RLIMIT_FSIZE)
+    error: str | None = None  # why the file stopped growing: capture stopped there, counting went on
 
 
 @dataclass(kw_only=True)

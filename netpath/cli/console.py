@@ -44,7 +44,7 @@ class _PipeOut:
     def __init__(self, raw: BinaryIO) -> None:
         self._raw = raw
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: bytes | memoryview) -> int:
         try:
             return self._raw.write(data)
         except BrokenPipeError:
@@ -106,6 +106,10 @@ class Terminal:
                 print(text, file=sys.stderr, flush=True)
             except BrokenPipeError:
                 raise OutputClosed from None
+
+    def warn(self, text: str) -> None:
+        """A line on stderr that scripts must see too (--json keeps stdout for JSON, not stderr for this)."""
+        self.err.print(text, markup=False, soft_wrap=True)
 
     def progress(self, text: str) -> None:
         """A line on stderr that rewrites itself, only when stderr is a terminal (never in --json)."""

@@ -13,7 +13,7 @@ from netpath.cli.sinks import DropsView, JsonSink, PcapSink
 from netpath.collect import drops as drops_mod
 from netpath.collect import factory
 from netpath.collect.session import Sink, drive
-from netpath.errors import BadInput, MissingCapability
+from netpath.errors import EXIT_ENVIRONMENT, BadInput, MissingCapability
 from netpath.kernel import reasons as reasons_mod
 from netpath.kernel.cgroups import CgroupTree, find_mount
 from netpath.kernel.facts import KernelFacts
@@ -152,9 +152,12 @@ def drops(ctx: click.Context, ifaces: tuple[str, ...], netns_spec: str | None, p
     out = None
     if pcap is not None:
         out = term.binary_stdout() if pcap == "-" else pcap_out.open_file(pcap, force)
-        sink = PcapSink(sink, out, pcap, term)
+        sink = PcapSink(sink, out, pcap, term, on_stop=session.stop_capture)
     try:
-        ctx.exit(drive(session, sink, interval, duration, count, thresholds))
+        code = drive(session, sink, interval, duration, count, thresholds)
+        if isinstance(sink, PcapSink) and sink.stopped is not None:
+            code = EXIT_ENVIRONMENT  # the capture did not run to its end: the summary said why
+        ctx.exit(code)
     finally:
         term.close_live()
         if out is not None:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import errno
+from collections.abc import Callable
+from dataclasses import replace
 from types import ModuleType
 
+from netpath.cli import pcap_out
 from netpath.cli.console import Terminal
 from netpath.collect.session import Sink
 from netpath.errors import MissingCapability
@@ -131,24 +135,67 @@ class PcapSink:
     """drops --pcap: captured packets go to a pcapng stream, everything else to the sink it wraps.
 
     The stream is flushed at every interval and at the end, and blocks are written whole, so the
-    file is valid whenever the run stops (--duration, --count, SIGINT, SIGTERM)."""
+    file is valid whenever the run stops (--duration, --count, SIGINT, SIGTERM). When a write fails
+    (a full disk, RLIMIT_FSIZE) the capture stops there and the run goes on counting: the file is cut
+    back to its last whole block, one line says so, the health carries pcap_error and pcap_unwritten,
+    and `stopped` makes the command exit 3 after its summary (netpath-drops(8) EXIT STATUS)."""
 
-    def __init__(self, inner: Sink, out: pcapng.Stream, target: str, term: Terminal) -> None:
+    def __init__(self, inner: Sink, out: pcapng.Stream, target: str, term: Terminal,
+                 on_stop: Callable[[], None] | None = None) -> None:
         self.inner = inner
         self.writer = pcapng.PcapngWriter(out)
         self.out = out
         self.target = target  # for messages: the file, or "-"
         self.term = term
-        self._io("write", self.writer.flush)  # the section header now: even a run that fails to load leaves a
-        # valid (empty) capture, and a reader of `--pcap -` sees the stream start
-
-    def _io(self, action: str, fn: object) -> None:
-        try:
-            fn()  # type: ignore[operator]
+        self.on_stop = on_stop  # tells the session to stop capturing in the kernel
+        self.stopped: str | None = None  # the write error that stopped the capture
+        self._handed = 0  # captured packets this sink was given
+        self._last = (0, 0)  # (written, unwritten) at the last interval
+        try:  # the section header now: even a run that fails to load leaves a valid (empty) capture, and a
+            self.writer.flush()  # reader of `--pcap -` sees the stream start
         except BrokenPipeError:
             raise
         except OSError as exc:
-            raise MissingCapability(f"--pcap {self.target}: {action} failed: {exc.strerror or exc}") from None
+            raise MissingCapability(f"--pcap {self.target}: write failed: {exc.strerror or exc}") from None
+
+    def _write(self, pkt: CapturedPacket | None) -> None:
+        """A packet to the writer, or (None) a flush; a failure stops the capture for the rest of the run."""
+        if self.stopped is not None:
+            return
+        try:
+            if pkt is None:
+                self.writer.flush()
+            else:
+                self.writer.packet(pkt)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            self._stop(exc)
+
+    def _stop(self, exc: OSError) -> None:
+        why = exc.strerror or str(exc)
+        if exc.errno is not None and exc.errno in errno.errorcode:
+            why = f"{why} ({errno.errorcode[exc.errno]})"
+        self.stopped = why
+        cut = pcap_out.cut(self.out, self.writer.kept_bytes)
+        where = "stdout" if self.target == "-" else self.target
+        end = (f"cut back to its last whole block ({self.writer.kept_bytes:,} bytes)" if cut
+               else "ends at its last whole block")
+        self.term.warn(f"netpath drops: --pcap {where}: {why}: capture stopped after {self.writer.written:,} "
+                       f"packets, counting goes on; the file is {end}")
+        if self.on_stop is not None:
+            self.on_stop()
+
+    def _health(self, snap: Snapshot, whole_run: bool) -> Snapshot:
+        """The file's own account: written is what reached it, unwritten what it could not take."""
+        if not isinstance(snap, DropSnapshot) or snap.health.pcap is None:
+            return snap
+        written, unwritten = self.writer.written, self._handed - self.writer.written
+        if not whole_run:
+            written, unwritten = written - self._last[0], unwritten - self._last[1]
+            self._last = (self.writer.written, self._handed - self.writer.written)
+        pcap = replace(snap.health.pcap, written=written, unwritten=unwritten, error=self.stopped)
+        return replace(snap, health=replace(snap.health, pcap=pcap))
 
     def started(self, start: Start) -> None:
         self.inner.started(start)
@@ -157,17 +204,19 @@ class PcapSink:
         rest: list[Event] = []
         for item in events:
             if isinstance(item, CapturedPacket):
-                self._io("write", lambda item=item: self.writer.packet(item))
+                self._handed += 1
+                self._write(item)
             else:
                 rest.append(item)
         self.inner.events(rest)
 
     def interval(self, snap: Snapshot, seq: int) -> None:
-        self._io("flush", self.writer.flush)
-        self.inner.interval(snap, seq)
+        self._write(None)
+        self.inner.interval(self._health(snap, False), seq)
 
     def summary(self, snap: Snapshot, stop_reason: str, verdicts: list[Verdict]) -> None:
-        self._io("flush", self.writer.flush)
-        self.inner.summary(snap, stop_reason, verdicts)
+        self._write(None)
+        self.inner.summary(self._health(snap, True), stop_reason, verdicts)
         where = "stdout" if self.target == "-" else self.target
-        self.term.note(f"netpath drops: {self.writer.written:,} dropped packets written to {where}")
+        self.term.note(f"netpath drops: {self.writer.written:,} dropped packets written to {where}"
+                       + (f" (capture stopped: {self.stopped})" if self.stopped else ""))

@@ -115,7 +115,10 @@ def health_lines(snap: DropSnapshot, width: int = 80) -> list[str]:
     fields = [f"probe_hits={h.probe_hits.get('skb:kfree_skb', 0)}", f"matched={h.matched}",
               f"lost_rows={h.lost_rows}", f"samples={h.samples}", f"lost_samples={h.lost_samples}"]
     if h.pcap is not None:
-        fields += [f"pcap_written={h.pcap.written}", f"pcap_skipped={h.pcap.skipped}", f"pcap_lost={h.pcap.lost}"]
+        fields += [f"pcap_written={h.pcap.written}", f"pcap_skipped={h.pcap.skipped}", f"pcap_lost={h.pcap.lost}",
+                   f"pcap_unwritten={h.pcap.unwritten}"]
+        if h.pcap.error:
+            fields.append(f"pcap_error={h.pcap.error!r}")
     return wrap_fields("health: " + " ".join(fields), width, "  ", "    ")
 
 

@@ -63,6 +63,8 @@ def drop_row(row: DropRow, with_flow: bool, with_owner: bool = False) -> Record:
     }
     if row.netns_label is not None:
         out["netns_label"] = row.netns_label
+    if row.placed_by is not None:
+        out["placed_by"] = row.placed_by
     out.update(proto=row.proto, count=row.count)
     if with_flow:
         out.update(family=row.family, saddr=row.saddr, daddr=row.daddr, sport=row.sport, dport=row.dport)
@@ -103,7 +105,8 @@ def _drops_body(snap: DropSnapshot) -> Record:
     if h.no_device:  # present only when some drop's namespace could not be recovered
         out["health"]["no_device"] = h.no_device
     if h.pcap is not None:  # only while --pcap captures
-        out["health"].update(pcap_written=h.pcap.written, pcap_skipped=h.pcap.skipped, pcap_lost=h.pcap.lost)
+        out["health"].update(pcap_written=h.pcap.written, pcap_skipped=h.pcap.skipped, pcap_lost=h.pcap.lost,
+                             pcap_unwritten=h.pcap.unwritten, pcap_error=h.pcap.error)
     if snap.other_rows:
         out["other_rows"] = snap.other_rows
         out["other_count"] = snap.other_count

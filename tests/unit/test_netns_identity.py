@@ -26,7 +26,7 @@ def test_names_and_labels_follow_the_cookie_not_the_reused_inode(monkeypatch):
 
 
 def test_the_key_carries_the_cookie_and_the_row_the_inode():
-    raw = drops.contract.DROP_WHERE.fmt.pack(0, 3, 2, 4026532300, 0x0800, 17, 4, 12)
+    raw = drops.contract.DROP_WHERE.fmt.pack(0, 3, 2, 4026532300, 0x0800, 17, 4, 12, 1, 0)
     key = drops.DecodedKey.unpack(raw, flow=False)
     assert (key.netns, key.netns_cookie, key.ifindex) == (4026532300, 12, 2)
 

@@ -1,6 +1,6 @@
-"""Compiled BPF programs, cached per kernel build, source text, cflags and BCC version.
+"""The private store of netpath's caches, and compiled BPF programs in it (keys, trust rules).
 
-A build (what netpath/bpf.py reads back from BCC: map layouts and each
+A build (what build.py reads back from BCC: map layouts and each
 function's bytecode with its map references as map indexes) is what root
 loads into the kernel, so this cache is held to more than the BTF-facts
 cache: a private directory (0700) under the cache root, entries 0600, owned
@@ -22,7 +22,8 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from netpath.kernel import bpfsys, cache
+from netpath.bpfload.load import LD_IMM64, MAP_TYPES, PSEUDO_MAP_FD
+from netpath.kernel import cache
 
 FORMAT = 1
 SUBDIR = "programs"
@@ -31,8 +32,8 @@ FILE_MODE = 0o600
 MAX_ENTRY_BYTES = 8 << 20
 MAX_INSNS = 1 << 20  # the kernel's own limit for a privileged program
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
-_LD_IMM64 = 0x18
-_PSEUDO_MAP_FD = 1
+_LD_IMM64 = LD_IMM64
+_PSEUDO_MAP_FD = PSEUDO_MAP_FD
 
 
 def _sha(data: bytes) -> str:
@@ -74,36 +75,6 @@ def entry_name(kind: str, k: dict[str, Any]) -> str:
 # ---------------------------------------------------------------- bytecode
 
 
-def unrelocate(name: str, code: bytes, fd_index: dict[int, int]) -> dict[str, Any]:
-    """A function's bytecode with every map-fd load zeroed and recorded as (instruction, map index)."""
-    insns = bytearray(code)
-    relocs = []
-    i = 0
-    while i < len(insns) // 8:
-        op, regs = insns[i * 8], insns[i * 8 + 1]
-        if op == _LD_IMM64:
-            src = regs >> 4
-            if src == _PSEUDO_MAP_FD:
-                fd = int.from_bytes(insns[i * 8 + 4:i * 8 + 8], "little", signed=True)
-                if fd not in fd_index:
-                    raise ValueError(f"{name}: instruction {i} loads fd {fd}, which is no map of this program")
-                relocs.append([i, fd_index[fd]])
-                insns[i * 8 + 4:i * 8 + 8] = bytes(4)
-            elif src:
-                raise ValueError(f"{name}: instruction {i}: ld_imm64 kind {src} is not supported")
-            i += 2
-        else:
-            i += 1
-    return {"name": name, "insns": base64.b64encode(bytes(insns)).decode(), "relocs": relocs}
-
-
-def relocate(fn: dict[str, Any], map_fds: list[int]) -> bytes:
-    insns = bytearray(base64.b64decode(fn["insns"]))
-    for i, index in fn["relocs"]:
-        insns[i * 8 + 4:i * 8 + 8] = map_fds[index].to_bytes(4, "little", signed=True)
-    return bytes(insns)
-
-
 def _int(v: Any, lo: int, hi: int) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
 
@@ -140,7 +111,7 @@ def _valid_function(fn: Any, nmaps: int) -> bool:
 
 
 def valid_build(build: Any) -> bool:
-    """The shape `netpath.bpf` writes, with bounds the kernel would accept."""
+    """The shape build.py writes, with bounds the kernel would accept."""
     if not (isinstance(build, dict) and set(build) == {"license", "kern_version", "maps", "functions"}):
         return False
     maps, functions = build["maps"], build["functions"]
@@ -150,7 +121,7 @@ def valid_build(build: Any) -> bool:
         return False
     for m in maps:
         if not (isinstance(m, dict) and set(m) == {"name", "type", "key_size", "value_size", "max_entries", "flags"}
-                and isinstance(m["name"], str) and _NAME.match(m["name"]) and m["type"] in bpfsys.MAP_TYPES
+                and isinstance(m["name"], str) and _NAME.match(m["name"]) and m["type"] in MAP_TYPES
                 and _int(m["key_size"], 1, 512) and _int(m["value_size"], 1, 1 << 16)
                 and _int(m["max_entries"], 1, 1 << 24) and _int(m["flags"], 0, 0xFFFFFFFF)):
             return False

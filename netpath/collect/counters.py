@@ -10,7 +10,8 @@ import importlib
 import threading
 from pathlib import Path
 
-from netpath import netns, untrusted
+from netpath import netns
+from netpath.kernel import linkstats
 from netpath.kernel.softnet import parse_softnet
 from netpath.model import Counter
 
@@ -105,8 +106,8 @@ def _read(path: str) -> str:
         return ""
 
 
-def read_netns_counters(ifaces: set[str] | None) -> dict[CounterKey, int]:
-    """Everything namespaced, read from inside the namespace this thread is in."""
+def read_netns_counters(ifaces: set[str] | None, token: object = None) -> dict[CounterKey, int]:
+    """Everything namespaced, read from inside the namespace this thread is in (`token`: linkstats.current)."""
     values: dict[CounterKey, int] = {}
     # /proc/net follows the thread-group leader; thread-self follows this thread's setns.
     base = "/proc/thread-self/net" if Path("/proc/thread-self/net").exists() else "/proc/net"
@@ -116,42 +117,20 @@ def read_netns_counters(ifaces: set[str] | None) -> dict[CounterKey, int]:
         values[("snmp", name, None, None)] = value
     for name, value in parse_conntrack(_read(f"{base}/stat/nf_conntrack")).items():  # absent: no nf_conntrack
         values[("conntrack", name, None, None)] = value
-    from pyroute2 import IPRoute  # imported late: it dominates start-up otherwise
-
-    with IPRoute() as ipr:
-        names: dict[int, str] = {}
-        for link in ipr.get_links():
-            ifname = untrusted.name(link.get_attr("IFLA_IFNAME") or "")  # str, or bytes when not UTF-8
-            names[int(link["index"])] = ifname
-            if ifaces and ifname not in ifaces:
-                continue
-            stats = link.get_attr("IFLA_STATS64") or link.get_attr("IFLA_STATS") or {}
-            for key, label in LINK_STATS.items():
-                if key in stats:
-                    values[("link", label, ifname, None)] = int(stats[key])
-        for qdisc in ipr.get_qdiscs():
-            ifname = names.get(int(qdisc["index"]), str(qdisc["index"]))
-            if ifaces and ifname not in ifaces:
-                continue
-            drops = _qdisc_drops(qdisc)
-            if drops is None:
-                continue
-            handle = int(qdisc["handle"])
-            label = f"{qdisc.get_attr('TCA_KIND')} {handle >> 16:x}:{handle & 0xFFFF:x} drops"
-            values[("qdisc", label, ifname, None)] = drops
+    dump = linkstats.current(token)
+    names = {link.index: link.name for link in dump.links}
+    for link in dump.links:
+        if ifaces and link.name not in ifaces:
+            continue
+        for key, label in LINK_STATS.items():
+            if key in link.stats:
+                values[("link", label, link.name, None)] = link.stats[key]
+    for q in dump.qdiscs:
+        ifname = names.get(q.index, str(q.index))
+        if q.drops is None or (ifaces and ifname not in ifaces):
+            continue
+        values[("qdisc", f"{q.kind} {q.handle >> 16:x}:{q.handle & 0xFFFF:x} drops", ifname, None)] = q.drops
     return values
-
-
-def _qdisc_drops(msg: object) -> int | None:
-    stats2 = msg.get_attr("TCA_STATS2")  # type: ignore[attr-defined]
-    if stats2:
-        queue = stats2.get_attr("TCA_STATS_QUEUE")
-        if queue:
-            return int(queue["drops"])
-    stats = msg.get_attr("TCA_STATS")  # type: ignore[attr-defined]
-    if stats:
-        return int(stats["drops"])
-    return None
 
 
 def prefetch_netlink() -> threading.Thread:
@@ -164,10 +143,14 @@ def prefetch_netlink() -> threading.Thread:
     return thread
 
 
-def read_all(ns: netns.Netns | None, ifaces: set[str] | None) -> dict[CounterKey, int]:
+def read_all(ns: netns.Netns | None, ifaces: set[str] | None, token: object = None) -> dict[CounterKey, int]:
+    """Every counter; `token` (the drops program's kfree_skb hits) lets an unchanged link dump be reused
+    (kernel/linkstats.py says when that is exact). Without one, the readers here share one fresh dump."""
     from netpath.collect import nic_counters  # NIC driver counters: ethtool -S, qstats, XDP
 
-    values = netns.run_in(ns, lambda: read_netns_counters(ifaces) | nic_counters.read_nic_counters(ifaces))
+    token = object() if token is None else token
+    values = netns.run_in(ns, lambda: read_netns_counters(ifaces, token)
+                          | nic_counters.read_nic_counters(ifaces, token))
     for cpu, cols in parse_softnet(_read("/proc/net/softnet_stat")).items():
         for name, value in cols.items():
             values[("softnet", name, None, cpu)] = value

@@ -286,15 +286,10 @@ def _proc_net() -> Path:
 
 
 def _rx_packets() -> dict[str, int]:
-    from pyroute2 import IPRoute
+    """Each device's rx_packets from /proc/net/dev (one read, no netlink dump)."""
+    from netpath.kernel import linkstats
 
-    out = {}
-    with IPRoute() as ipr:
-        for link in ipr.get_links():
-            stats = link.get_attr("IFLA_STATS64") or link.get_attr("IFLA_STATS") or {}
-            if "rx_packets" in stats:
-                out[str(link.get_attr("IFLA_IFNAME"))] = int(stats["rx_packets"])
-    return out
+    return {name: cols["rx_packets"] for name, cols in linkstats.net_dev().items()}
 
 
 T = TypeVar("T")

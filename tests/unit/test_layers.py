@@ -47,3 +47,14 @@ def test_only_bpfload_build_imports_or_drives_bcc():
 
 def test_model_reads_no_kernel_and_imports_nothing_of_netpath():
     assert {n for n in imports(PKG / "model.py") if n.startswith("netpath")} == set()
+
+
+def test_collect_leaves_render_and_diagnose_to_the_composers():
+    """Sessions collect; the exporter and the doctor (collect/export.py, collect/doctor.py) compose them
+    with rules and metrics. No other collect module may reach up to render/ or diagnose/."""
+    composers = {"export.py", "doctor.py"}
+    for path in (PKG / "collect").glob("*.py"):
+        if path.name in composers:
+            continue
+        for name in imports(path):
+            assert not name.startswith(("netpath.render", "netpath.diagnose")), f"collect/{path.name} imports {name}"

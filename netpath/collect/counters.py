@@ -11,8 +11,7 @@ import threading
 from pathlib import Path
 
 from netpath import netns
-from netpath.kernel import linkstats
-from netpath.kernel.softnet import parse_softnet
+from netpath.kernel import linkstats, procnet
 from netpath.model import Counter
 
 CounterKey = tuple[str, str, str | None, int | None]  # source, name, iface, cpu
@@ -61,42 +60,22 @@ NOT_DROPS = frozenset({("softnet", "time_squeeze")})
 
 
 def parse_snmp(text: str) -> dict[str, int]:
-    """/proc/net/snmp and /proc/net/netstat: header/value line pairs -> nstat-style names."""
-    out: dict[str, int] = {}
-    lines = text.splitlines()
-    for header, values in zip(lines[::2], lines[1::2], strict=False):
-        prefix, _, names = header.partition(":")
-        vprefix, _, nums = values.partition(":")
-        if prefix != vprefix or prefix not in SNMP_WANTED:
-            continue
-        wanted = SNMP_WANTED[prefix]
-        for name, num in zip(names.split(), nums.split(), strict=False):
-            if name in wanted:
-                out[prefix + name] = int(num)
-    return out
+    """/proc/net/snmp or /proc/net/netstat: the drop-like fields of SNMP_WANTED (kernel/procnet.py parses)."""
+    every = procnet.parse_snmp(text)
+    return {prefix + name: every[prefix + name] for prefix, names in SNMP_WANTED.items() for name in names
+            if prefix + name in every}
 
 
 def parse_snmp6(text: str) -> dict[str, int]:
-    out = {}
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[0] in SNMP6_WANTED:
-            out[parts[0]] = int(parts[1])
-    return out
+    return {k: v for k, v in procnet.parse_snmp6(text).items() if k in SNMP6_WANTED}
 
 
 def parse_conntrack(text: str) -> dict[str, int]:
-    """/proc/net/stat/nf_conntrack: a header of names, then one row of hex values per CPU, summed."""
-    lines = text.splitlines()
-    if not lines:
-        return {}
-    names = lines[0].split()
-    out = dict.fromkeys((n for n in names if n in CONNTRACK_WANTED), 0)
-    for line in lines[1:]:
-        for name, value in zip(names, line.split(), strict=False):
-            if name in out:
-                out[name] += int(value, 16)
-    return out
+    """/proc/net/stat/nf_conntrack: CONNTRACK_WANTED, summed over CPUs."""
+    return {k: v for k, v in procnet.parse_conntrack_stats(text).items() if k in CONNTRACK_WANTED}
+
+
+SOFTNET_WANTED = ("dropped", "time_squeeze", "flow_limit")
 
 
 def _read(path: str) -> str:
@@ -151,9 +130,10 @@ def read_all(ns: netns.Netns | None, ifaces: set[str] | None, token: object = No
     token = object() if token is None else token
     values = netns.run_in(ns, lambda: read_netns_counters(ifaces, token)
                           | nic_counters.read_nic_counters(ifaces, token))
-    for cpu, cols in parse_softnet(_read("/proc/net/softnet_stat")).items():
-        for name, value in cols.items():
-            values[("softnet", name, None, cpu)] = value
+    for cpu, cols in procnet.parse_softnet(_read("/proc/net/softnet_stat")).items():
+        for name in SOFTNET_WANTED:
+            if name in cols:
+                values[("softnet", name, None, cpu)] = cols[name]
     return values
 
 

@@ -24,6 +24,7 @@ from typing import TypeVar
 
 from netpath import netns
 from netpath.kernel import irqs as irqs_mod
+from netpath.kernel import procnet
 from netpath.model import NicSettings, Settings, SocketState, Window
 
 # the sysctls the rules name, read in the run's namespace first, on the host when the namespace lacks them
@@ -220,57 +221,17 @@ def read_irq_affinity(irqs: Iterable[int], proc: Path = Path("/proc")) -> tuple[
 # ---------------------------------------------------------------- window counters
 
 
-def parse_snmp_all(text: str) -> dict[str, int]:
-    """/proc/net/snmp or /proc/net/netstat, every field, with nstat's names (IpReasmFails)."""
-    out: dict[str, int] = {}
-    lines = text.splitlines()
-    for header, values in zip(lines[::2], lines[1::2], strict=False):
-        prefix, _, names = header.partition(":")
-        vprefix, _, nums = values.partition(":")
-        if prefix != vprefix:
-            continue
-        for name, num in zip(names.split(), nums.split(), strict=False):
-            if num.lstrip("-").isdigit():
-                out[prefix + name] = int(num)
-    return out
-
-
-def parse_snmp6_all(text: str) -> dict[str, int]:
-    out = {}
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[1].isdigit():
-            out[parts[0]] = int(parts[1])
-    return out
-
-
-def parse_conntrack_stat(text: str) -> dict[str, int]:
-    """/proc/net/stat/nf_conntrack: a header, then one hex row per CPU -> each column summed (entries is
-    the same global number on every row, so it is taken once)."""
-    lines = text.splitlines()
-    if not lines:
-        return {}
-    names = lines[0].split()
-    out: dict[str, int] = {}
-    for line in lines[1:]:
-        for name, value in zip(names, line.split(), strict=False):
-            if name == "entries":
-                out[name] = int(value, 16)
-            else:
-                out[name] = out.get(name, 0) + int(value, 16)
-    return out
+# the /proc/net parsers live in kernel/procnet.py; these names stay for the readers written against them
+parse_snmp_all = procnet.parse_snmp
+parse_snmp6_all = procnet.parse_snmp6
+parse_conntrack_stat = procnet.parse_conntrack_stats
 
 
 def parse_softnet_all(text: str) -> dict[int, dict[str, int]]:
-    """/proc/net/softnet_stat -> cpu -> processed, dropped, time_squeeze."""
-    out: dict[int, dict[str, int]] = {}
-    for row, line in enumerate(text.splitlines()):
-        cols = [int(c, 16) for c in line.split()]
-        if len(cols) < 3:
-            continue
-        cpu = cols[12] if len(cols) > 12 else row
-        out[cpu] = {"processed": cols[0], "dropped": cols[1], "time_squeeze": cols[2]}
-    return out
+    """/proc/net/softnet_stat -> cpu -> processed, dropped, time_squeeze (the columns a Window differences)."""
+    keep = ("processed", "dropped", "time_squeeze")
+    return {cpu: {k: cols[k] for k in keep if k in cols} for cpu, cols in procnet.parse_softnet(text).items()
+            if len(cols) >= 3}
 
 
 def _text(path: Path) -> str:

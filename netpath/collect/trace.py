@@ -103,6 +103,10 @@ def program_source(query: TraceQuery, plan: AttachPlan, offsets: dict[str, int])
     defines["TAI_OFFSET_NS"] = int(query.tai_offset_ns)
     defines["SAMPLE_SHIFT"] = query.sampled_every(plan).bit_length() - 1
     defines.update(filter_defines(query.filters))
+    ns = query.filters.netns
+    if ns is not None and ns.cookie and "OFF_NET_COOKIE" in offsets:  # as drops: an inode reused later is not it
+        defines["FILTER_NETNS_COOKIE"] = ns.cookie
+        defines["OFF_NET_COOKIE"] = offsets["OFF_NET_COOKIE"]
     tp_btf = tp_btf_functions(query, plan)
     defines["TP_BTF"] = int(bool(tp_btf))
     return bpf.ProgramSource(c_units(plan), defines, tp_btf)

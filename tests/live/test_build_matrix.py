@@ -81,7 +81,8 @@ KPROBE_DATA_READY = ("socket_queue", "stack_total")
 # kfree_skb has rx_sk on 6.12 and 6.18, not on 6.1, and only the owner-reading build reads it
 DROPS_KERNELS = ("6.18", "6.12", "6.1")
 
-NS = netns.Netns(Path("/proc/self/ns/net"), 4026531840, "matrix")
+# a cookie too: both programs check --netns by it
+NS = netns.Netns(Path("/proc/self/ns/net"), 4026531840, "matrix", cookie=1)
 FILTERS: dict[str, Filters] = {
     "--netns": Filters(netns=NS),
     "--iface": Filters(ifaces=("lo",), iface_keys=((4026531840, 1),)),

@@ -147,6 +147,10 @@ class Program:
         """Like percpu_items, each element removed as it is read (lookup_and_delete_batch)."""
         return read.percpu_items(self._map(name), delete=True)
 
+    def percpu_array(self, name: str) -> dict[int, list[bytes]]:
+        """Every slot of a per-CPU array, a value per possible CPU each, in one batched read."""
+        return {_INDEX.unpack(k)[0]: v for k, v in read.percpu_items(self._map(name)).items()}
+
     def percpu_value(self, name: str, index: int) -> list[bytes]:
         """One slot of a per-CPU array, a value per possible CPU."""
         values = self._map(name).lookup_percpu(_INDEX.pack(index))

@@ -213,13 +213,16 @@ class TraceReader:
         return _read_hash_hist(prog, "owner_hist", split)
 
     def _read_arrays(self, prog: bpf.Program) -> tuple[dict[HistKey, dict[int, int]], dict[HistKey, int]]:
-        """Per-CPU arrays indexed by stage: slots cumulative, maxima zeroed after each read."""
+        """Per-CPU arrays indexed by stage, each read whole in one batch: slots cumulative, maxima zeroed after
+        each read (only the stages that had one: an idle interval writes nothing)."""
         slots: dict[HistKey, dict[int, int]] = {}
         maxima: dict[HistKey, int] = {}
+        hists, all_maxes = prog.percpu_array("stage_hist"), prog.percpu_array("stage_max")
         for stage in range(len(STAGE_IDS)):
-            per_cpu = prog.percpu_value("stage_hist", stage)
-            maxes = [COUNT.unpack(v)[0] for v in prog.percpu_value("stage_max", stage)]
-            prog.percpu_zero("stage_max", stage)
+            per_cpu = hists.get(stage, [])
+            maxes = [COUNT.unpack(v)[0] for v in all_maxes.get(stage, [])]
+            if any(maxes):
+                prog.percpu_zero("stage_max", stage)
             for cpu, value in enumerate(per_cpu):
                 counts = {i: n for i, n in enumerate(contract.STAGE_HIST.unpack(value)) if n}
                 if not counts:

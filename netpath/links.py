@@ -114,6 +114,11 @@ def _for_people(label: str) -> str:
         return label
 
 
+def people_label(label: str) -> str:
+    """A namespace's label for people (see _for_people): the one form every reader of namespaces shows."""
+    return _for_people(label)
+
+
 def all_links() -> Iterator[tuple[netns.Netns, list[tuple[int, bytes]]]]:
     """Every namespace netns.known_namespaces() finds, with its links read now; one gone meanwhile is skipped."""
     for ns in netns.known_namespaces():

@@ -115,6 +115,13 @@ class Terminal:
         except BrokenPipeError:
             raise OutputClosed from None
 
+    def render(self, renderable: RenderableType) -> None:
+        """Print a table once (a summary after the live view closed), fitted to the terminal."""
+        try:
+            self.out.print(renderable)
+        except BrokenPipeError:
+            raise OutputClosed from None
+
     def print(self, text: str, **style: Any) -> None:
         """A line of text for people (rich markup off)."""
         try:

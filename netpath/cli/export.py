@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import socket
 import time
 
 import click
@@ -154,7 +155,7 @@ def export(ctx: click.Context, ifaces: tuple[str, ...], netns_spec: str | None, 
     web = web_config.load(web_config_file) if web_config_file is not None else web_config.WebConfig(None, None)
     stages = parse_stages(stages_spec)
     filters = resolve_filters(ifaces, netns_spec, proto, port, host)
-    require_capability()
+    require_capability(command="export")
     facts = load_facts()
     if not facts.has_tracepoint(drops_mod.TRACEPOINT):
         raise MissingCapability("this kernel has no skb:kfree_skb tracepoint (needs tracefs mounted)")
@@ -180,6 +181,15 @@ def export(ctx: click.Context, ifaces: tuple[str, ...], netns_spec: str | None, 
         server.close()
 
 
+def metrics_url(scheme: str, host: str, port: int) -> str:
+    """A URL one can paste into curl: a wildcard listen (`:9872`, 0.0.0.0, ::) is named by this host's name
+    and said to be every address; an IPv6 address is bracketed."""
+    every = host in ("", "0.0.0.0", "::")
+    name = socket.gethostname() if every else host
+    name = f"[{name}]" if ":" in name else name
+    return f"{scheme}://{name}:{port}/metrics" + (" (every address)" if every else "")
+
+
 def serve(server: HttpServer, routes: Routes, collector: ExportCollector, term: Terminal, listen: str,
           duration: float | None) -> int:
     scrape = SharedScrape(collector.collect)
@@ -191,7 +201,8 @@ def serve(server: HttpServer, routes: Routes, collector: ExportCollector, term: 
             attached = sum(len(s.attached) for s in starts)
             unavailable = [u.stage or u.hook for s in starts for u in s.unavailable]
             scheme = "https" if server.tls is not None else "http"
-            term.note(f"netpath export: serving {scheme}://{listen}/metrics ({attached} hooks attached"
+            term.note(f"netpath export: serving {metrics_url(scheme, *server.server_address[:2])} ({attached} "
+                      f"{'hook' if attached == 1 else 'hooks'} attached"
                       + (f"; unavailable: {', '.join(unavailable)}" if unavailable else "") + ")")
             deadline = time.monotonic() + duration if duration else None
             while not stop and (deadline is None or time.monotonic() < deadline):

@@ -47,13 +47,14 @@ class DropsView:
         self.term = term
 
     def started(self, start: Start) -> None:
-        self.term.note("netpath drops: skb:kfree_skb attached; Ctrl-C for the summary")
+        how = ", ".join(f"{a.hook} attached as {a.method}" for a in start.attached) or "nothing attached"
+        self.term.note(f"netpath drops: {how}; Ctrl-C for the summary")
 
     def events(self, events: list[Event]) -> None:
         if not self.term.interactive:
             for item in events:
                 if isinstance(item, DropSample):
-                    self.term.plain(drops_view.sample_line(item))
+                    self.term.plain("\n".join(drops_view.sample_lines(item)))
 
     def interval(self, snap: Snapshot, seq: int) -> None:
         assert isinstance(snap, DropSnapshot)
@@ -67,7 +68,10 @@ class DropsView:
         assert isinstance(snap, DropSnapshot)
         self.term.close_live()
         title = f"summary ({stop_reason}, {snap.elapsed_ns / 1e9:.1f}s): {snap.total:,} drops"
-        self.term.plain("\n".join(drops_view.plain_lines(snap, title)))
+        if self.term.interactive:  # the table, fitted to the terminal; piped, text as wide as it needs
+            self.term.render(drops_view.drops_table(snap, title, self.term.width))
+        else:
+            self.term.plain("\n".join(drops_view.plain_lines(snap, title)))
         for line in drops_view.verdict_lines(verdicts):
             self.term.plain(line)
 
@@ -80,13 +84,13 @@ class TraceView:
         self.hist_stage = hist_stage
 
     def started(self, start: Start) -> None:
-        self.term.note(f"netpath trace: {len(start.attached)} hooks attached, "
-                       f"{len(start.unavailable)} stages unavailable; Ctrl-C for the summary")
+        self.term.note(trace_view.start_note(start))
 
     def events(self, events: list[Event]) -> None:
         for item in events:
             if isinstance(item, SlowPacket):
-                self.term.line(trace_view.slow_line(item))
+                for text in trace_view.slow_lines(item, min(self.term.width, 80) if self.term.interactive else 80):
+                    self.term.line(text)
 
     def interval(self, snap: Snapshot, seq: int) -> None:
         assert isinstance(snap, TraceSnapshot)
@@ -100,7 +104,10 @@ class TraceView:
         assert isinstance(snap, TraceSnapshot)
         self.term.close_live()
         title = f"summary ({stop_reason}, {snap.elapsed_ns / 1e9:.1f}s)"
-        self.term.plain("\n".join(trace_view.plain_lines(snap, title, self.hist_stage)))
+        if self.term.interactive:  # the table, fitted to the terminal; piped, text as wide as it needs
+            self.term.render(trace_view.trace_table(snap, title, self.hist_stage, self.term.width))
+        else:
+            self.term.plain("\n".join(trace_view.plain_lines(snap, title, self.hist_stage)))
         for line in trace_view.verdict_lines(verdicts):
             self.term.plain(line)
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from netpath import bpf, contract, untrusted
 from netpath.collect import counters as counters_mod
+from netpath.collect.netns_rx import NamespaceCounters
 from netpath.collect.owners import OwnerResolver
 from netpath.collect.session import ProgramSession
 from netpath.errors import MissingCapability
@@ -128,6 +129,21 @@ def pcap_defines(pcap: PcapQuery, offsets: dict[str, int]) -> dict[str, int]:
     out.update(PCAP_SNAPLEN=pcap.snaplen, PCAP_MAX=pcap.max_packets, NP_PAGE_SIZE=page,
                PCAP_RING_PAGES=contract.pcap_ring_pages(pcap.snaplen, page))
     return out
+
+
+# The frames above the one that dropped: netpath's program (BPF), the tracepoint's trampolines, and the
+# kernel's free functions that fire skb:kfree_skb (sk_skb_reason_drop since 6.11, kfree_skb_reason before;
+# net/core/skbuff.c). The tracepoint's `location` is their caller, and so is the stack's first frame.
+TRACING_FRAMES = ("BPF", "bpf_trace_run", "__bpf_trace_", "__traceiter_", "trace_kfree_skb", "sk_skb_reason_drop",
+                  "kfree_skb_reason", "kfree_skb_list_reason", "__kfree_skb_reason", "kfree_skb+")
+
+
+def dropping_frames(frames: list[str]) -> list[str]:
+    """The stack from the frame that dropped the skb down, without netpath's and the tracing frames above."""
+    start = 0
+    while start < len(frames) and frames[start].startswith(TRACING_FRAMES):
+        start += 1
+    return frames[start:] if start < len(frames) else frames
 
 
 def program_source(query: DropsQuery, facts: KernelFacts, offsets: dict[str, int]) -> bpf.ProgramSource:
@@ -328,6 +344,10 @@ class DropsSession(ProgramSession):
         self._last_lost = 0
         self._last_ns = 0
         self._counters: counters_mod.CounterDeltas | None = None
+        # host-wide runs: every other namespace's drop counters too (an exporter sets zero_series: every
+        # known counter of every namespace, its own included, from the first scrape)
+        self.zero_series = False
+        self._other_ns: NamespaceCounters | None = None
         self._last_counters: dict[counters_mod.CounterKey, int] = {}
         self._netns_gone = False
         self._forgotten: set[bytes] = set()  # keys of devices gone (forget_gone_devices)
@@ -368,6 +388,9 @@ class DropsSession(ProgramSession):
             _ = self.facts.kallsyms
         importing.join()
         self._counters = counters_mod.CounterDeltas(self._read_counters())
+        if self.query.filters.netns is None:
+            self._other_ns = NamespaceCounters(own=self.zero_series)
+            self._other_ns.read()
         unavailable = () if self._has_reason else (
             Unavailable("skb:kfree_skb reason", "this kernel's kfree_skb has no reason field"),)
         return DropsStart(
@@ -422,7 +445,9 @@ class DropsSession(ProgramSession):
             snap = self._snapshot(delta, counters, interval_stats, interval_stats.get("matched", 0), elapsed_ns,
                                   lost, pcap=pcap)
             snap.interval_total = snap.total
-        snap.counter_only = counters_mod.counter_only(counters, snap.interval_total)
+        if self._other_ns is not None:
+            snap.netns_counters = [c for c in self._other_ns.step() if c.netns_label != "host"]
+        snap.counter_only = counters_mod.counter_only(counters + snap.netns_counters, snap.interval_total)
         snap.interval_ns = span
         snap.warnings, self._said = self._warnings[self._said:], len(self._warnings)
         if self.query.samples:
@@ -437,7 +462,12 @@ class DropsSession(ProgramSession):
                               self._lost_samples, pcap=self._pcap_health(stats, self._pcap_written,
                                                                          self._pcap_over_max))
         snap.warnings = list(self._warnings)
-        snap.counter_only = counters_mod.counter_only(snap.counters, snap.total)
+        if self._other_ns is not None:
+            self._other_ns.read()
+            snap.netns_counters = self._other_ns.totals(zeros=self.zero_series)
+            snap.netns_own = self._other_ns.own
+        snap.counter_only = counters_mod.counter_only(
+            snap.counters + [c for c in snap.netns_counters if c.netns_label != "host"], snap.total)
         return snap
 
     def decode_rows(self, counts: dict[bytes, int]) -> list[DropRow]:
@@ -471,11 +501,7 @@ class DropsSession(ProgramSession):
         stack_id = STACK_ID.unpack(leaf)[0] if leaf is not None else -1
         if stack_id < 0:
             return None
-        frames = [self.facts.kallsyms.symbolize(addr) for addr in self.prog.stack("stacks", stack_id)]
-        # drop netpath's own frames: the BPF program and the tracepoint trampoline
-        while frames and frames[0].startswith(("bpf_prog_", "bpf_trace_run", "__bpf_trace_", "__traceiter_")):
-            frames.pop(0)
-        return frames
+        return dropping_frames([self.facts.kallsyms.frame(addr) for addr in self.prog.stack("stacks", stack_id)])
 
     def _key(self, raw: bytes) -> DecodedKey:
         return DecodedKey.unpack(raw, self.query.flow_keyed, self.query.owner_keyed)

@@ -35,7 +35,7 @@ CounterKey = tuple[str, str, str | None, int | None]
 # ethtool -S names that count lost or refused packets (not packets, bytes, kicks or wakeups).
 _DROPLIKE = re.compile(
     r"drop|discard|err|miss|fifo|overrun|over_|timeout|fail|abort|exception|no_?buf|crc|bad|reject|"
-    r"invalid|oversize|undersize|jabber|frag",
+    r"invalid|oversize|undersize|jabber|frag|no_dma|out_of_buffer|allowance_exceeded",
     re.IGNORECASE,
 )
 # virtio_net names a queue rx0_/tx0_ (6.12) or rx_queue_0_/tx_queue_0_ (6.1); mlx5 rx0_, ixgbe
@@ -262,8 +262,11 @@ def _tracepoint_id(tracefs: Path, category: str, name: str) -> int | None:
 
 def _tracefs() -> Path:
     for p in (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing")):
-        if (p / "events").is_dir():
-            return p
+        try:
+            if (p / "events").is_dir():
+                return p
+        except OSError:  # root's (0700): an unprivileged `netpath probes` shows what else it can read
+            continue
     return Path("/sys/kernel/tracing")
 
 

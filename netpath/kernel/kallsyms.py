@@ -32,6 +32,13 @@ _TEXT_LINE = re.compile(rb"^([0-9a-fA-F]+) [tTwW] (\S+)", re.M)
 _ANY_LINE = re.compile(rb"^[0-9a-fA-F]+ \S (\S+)", re.M)
 
 
+# No kernel function is this long: a frame further than this from the nearest symbol has none of its own.
+_LONGEST_FUNCTION = 1 << 20
+# x86-64 modules and BPF JIT images live above this (Documentation/arch/x86/x86_64/mm.rst, "module mapping
+# space"); kernel text is below it.
+_MODULE_AREA = 0xFFFFFFFFA0000000
+
+
 class Kallsyms:
     def __init__(self, raw: Callable[[], bytes], packed: tuple[array, array, bytes] | None = None) -> None:
         self._raw = raw
@@ -111,6 +118,22 @@ class Kallsyms:
         if i < 0 or addr == 0:
             return f"0x{addr:x}"
         return f"{self._name(i)}+0x{addr - self._addrs[i]:x}"
+
+    def frame(self, addr: int) -> str:
+        """A stack frame: `func+0xoff`, or `BPF` for a JIT-compiled BPF program.
+
+        The index is cached per boot, and BPF programs come and go after it was built, so a JIT address
+        often has no symbol of its own: the nearest one below it is then a section end (`_einittext`) or
+        a symbol megabytes away, and `_einittext+0x3ca3af62` would name a function that is not there."""
+        i = bisect.bisect_right(self._addrs, addr) - 1
+        if i < 0 or addr == 0:
+            return f"0x{addr:x}"
+        name = self._name(i)
+        if name.startswith("bpf_prog_"):
+            return f"BPF {name}"
+        if addr - self._addrs[i] >= _LONGEST_FUNCTION or name.startswith(("_e", "__stop_", "__end_")):
+            return f"BPF 0x{addr:x}" if addr >= _MODULE_AREA else f"0x{addr:x}"
+        return f"{name}+0x{addr - self._addrs[i]:x}"
 
     def text_range(self, name: str) -> tuple[int, int] | None:
         """[start, end) of function `name`'s text: its address to the next symbol's; None when unknown."""

@@ -16,6 +16,7 @@ A caller without a token (None) gets a fresh dump, shared only within one read (
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ class Link:
     raw: str | None  # the name as text for ethtool's ioctl, when it is UTF-8
     stats: dict[str, int]
     xdp: bool
+    carrier_changes: int | None = None  # IFLA_CARRIER_CHANGES (the doctor's link-flap evidence)
 
 
 @dataclass
@@ -94,19 +96,25 @@ def _netns_inode() -> int:
 # the IFLA_STATS64 members anyone reads: the rx error counters (collect/counters.py) and rx_packets
 STATS = ("rx_packets", "rx_dropped", "rx_missed_errors", "rx_fifo_errors", "rx_over_errors", "rx_crc_errors",
          "rx_frame_errors", "rx_length_errors", "rx_nohandler")
-_CACHE: dict[int, tuple[tuple[Any, ...], object, Dump]] = {}  # netns inode -> (signature, token, dump)
+# netns inode -> (signature, token, monotonic time taken, dump)
+_CACHE: dict[int, tuple[tuple[Any, ...], object, float, Dump]] = {}
 DUMPS = [0]  # rtnetlink link+qdisc dumps made by this process (the bench counts them)
 
 
-def current(token: object) -> Dump:
+def current(token: object, fresh_within: float = 0.0) -> Dump:
     """The links and qdiscs of this thread's namespace: the cached dump when neither /proc/net/dev's error
-    columns nor `token` moved since it was taken, else a new one."""
-    ino, sig = _netns_inode(), signature(net_dev())
+    columns nor `token` moved since it was taken, or when it is at most `fresh_within` seconds old (a
+    reader of packet or carrier counts in the same scrape); else a new one."""
+    ino = _netns_inode()
     cached = _CACHE.get(ino)
+    now = time.monotonic()
+    if cached is not None and fresh_within > 0 and now - cached[2] <= fresh_within:
+        return cached[3]
+    sig = signature(net_dev())
     if token is not None and cached is not None and cached[0] == sig and cached[1] == token:
-        return cached[2]
+        return cached[3]
     dump = _dump()
-    _CACHE[ino] = (sig, token, dump)
+    _CACHE[ino] = (sig, token, now, dump)
     return dump
 
 
@@ -120,9 +128,11 @@ def _dump() -> Dump:
             given = link.get_attr("IFLA_IFNAME") or ""  # str, or bytes when the name is not UTF-8
             stats = link.get_attr("IFLA_STATS64") or link.get_attr("IFLA_STATS") or {}
             x = link.get_attr("IFLA_XDP")
+            changes = link.get_attr("IFLA_CARRIER_CHANGES")
             out.links.append(Link(int(link["index"]), untrusted.name(given), given if isinstance(given, str) else None,
                                   {k: int(stats[k]) for k in STATS if k in stats},
-                                  bool(x is not None and x.get_attr("IFLA_XDP_ATTACHED"))))
+                                  bool(x is not None and x.get_attr("IFLA_XDP_ATTACHED")),
+                                  None if changes is None else int(changes)))
         for q in ipr.get_qdiscs():
             out.qdiscs.append(Qdisc(int(q["index"]), str(q.get_attr("TCA_KIND")), int(q["handle"]), _qdisc_drops(q)))
     return out

@@ -1,5 +1,5 @@
-"""The /proc/net counter files, parsed once for everyone: snmp, netstat, snmp6, softnet_stat and
-stat/nf_conntrack. Every field is returned; each reader keeps the ones it reports.
+"""The /proc/net counter files, parsed once for everyone: snmp, netstat, snmp6, sockstat, softnet_stat
+and stat/nf_conntrack. Every field is returned; each reader keeps the ones it reports.
 
 Names follow nstat (`IpInDiscards`, `TcpExtListenDrops`, `Udp6NoPorts`), the names operators know from
 `nstat` and node_exporter. The texts come from whichever namespace the caller read them in.
@@ -36,6 +36,22 @@ def parse_snmp6(text: str) -> dict[str, int]:
         parts = line.split()
         if len(parts) == 2 and parts[1].isdigit():
             out[parts[0]] = int(parts[1])
+    return out
+
+
+def parse_sockstat(text: str) -> dict[str, int]:
+    """/proc/net/sockstat (and sockstat6): "UDP: inuse 3 mem 2" -> {"sockstat.UDP.inuse": 3,
+    "sockstat.UDP.mem": 2}. inuse is this namespace's; mem (pages) is the protocol's, host-wide, the
+    number tcp_mem / udp_mem are compared with (sk_memory_allocated, __sk_mem_raise_allocated)."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        proto, sep, rest = line.partition(":")
+        words = rest.split()
+        if not sep or len(words) % 2:
+            continue
+        for key, value in zip(words[::2], words[1::2], strict=True):
+            if value.isdigit():
+                out[f"sockstat.{proto.strip()}.{key}"] = int(value)
     return out
 
 

@@ -106,13 +106,14 @@ def _pairs(pairs: list[tuple[str, object]]) -> str:
 
 def owner_pairs(o: Owner) -> list[tuple[str, object]]:
     sock = f"{o.sock.proto}:{o.sock.laddr}:{o.sock.lport}" if o.sock else None
-    return [("sock", sock), ("pid", o.pid), ("comm", o.comm), ("cgroup", o.cgroup), ("container", o.container)]
+    return [("sock", sock), ("pid", o.pid), ("comm", o.comm), ("cgroup", o.cgroup), ("container", o.container),
+            ("pod", o.pod), ("pod_namespace", o.pod_namespace)]
 
 
 def comment(row: DropRow) -> str:
     """reason=NO_SOCKET reason_code=2 location=__udp4_lib_rcv+0x8a4 iface=veth1 ifindex=3 netns=4026532456
-    netns_label=web proto=udp [sock=... pid=... comm=... cgroup=... container=...]: fields left out when
-    unknown; the owner's only when rows group by socket or cgroup."""
+    netns_label=web proto=udp [sock=... pid=... comm=... cgroup=... container=... pod=... pod_namespace=...]:
+    fields left out when unknown; the owner's only when rows group by socket or cgroup."""
     pairs: list[tuple[str, object]] = [
         ("reason", row.reason), ("reason_code", row.reason_code), ("location", row.location),
         ("iface", row.iface), ("ifindex", row.ifindex), ("netns", row.netns), ("netns_label", row.netns_label),

@@ -48,7 +48,8 @@ def sock(info: SockInfo | None) -> Record | None:
 
 def owner(o: Owner | None) -> Record:
     o = o or Owner()
-    return {"sock": sock(o.sock), "pid": o.pid, "comm": o.comm, "cgroup": o.cgroup, "container": o.container}
+    return {"sock": sock(o.sock), "pid": o.pid, "comm": o.comm, "cgroup": o.cgroup, "container": o.container,
+            "pod": o.pod, "pod_namespace": o.pod_namespace}
 
 
 def drop_row(row: DropRow, with_flow: bool, with_owner: bool = False) -> Record:
@@ -78,6 +79,8 @@ def counter(c: Counter) -> Record:
         out["iface"] = c.iface
     if c.cpu is not None:
         out["cpu"] = c.cpu
+    if c.netns is not None:  # another namespace's counter: where, and whose
+        out.update(netns=c.netns, netns_label=c.netns_label, pod=c.pod, pod_namespace=c.pod_namespace)
     out["count"] = c.count
     return out
 
@@ -106,6 +109,8 @@ def _drops_body(snap: DropSnapshot) -> Record:
         out["other_count"] = snap.other_count
     if snap.warnings:
         out["warnings"] = list(snap.warnings)
+    if snap.netns_counters:  # host-wide runs: other namespaces' drop counters that rose (summary: run totals)
+        out["netns_counters"] = [counter(c) for c in snap.netns_counters]
     if snap.counter_only:  # present only when drop counters rose and no drop event matched
         out["counter_only"] = [f"{c.source}:{c.name}" for c in snap.counter_only]
     return out
@@ -266,10 +271,11 @@ def finding(f: Finding) -> Record:
         "finding", id=f.id, severity=f.severity, title=f.title,
         evidence=[{"name": e.name, "value": e.value, "unit": e.unit, "counter": e.counter} for e in f.evidence],
         where={"iface": w.iface, "netns": w.netns, "netns_label": w.netns_label, "pid": w.pid, "comm": w.comm,
-               "cgroup": w.cgroup, "container": w.container, "laddr": w.laddr, "lport": w.lport, "proto": w.proto,
+               "cgroup": w.cgroup, "container": w.container, "pod": w.pod,
+               "pod_namespace": w.pod_namespace, "laddr": w.laddr, "lport": w.lport, "proto": w.proto,
                "cpu": w.cpu},
         knobs=[{"name": k.name, "value": k.value, "advice": k.advice} for k in f.knobs],
-        why=f.why)
+        why=f.why, explains=list(f.explains))
 
 
 def doctor_summary(diag: Diagnosis, stop_reason: str, counts: dict[str, int], fail_on: str | None,

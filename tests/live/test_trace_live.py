@@ -27,7 +27,7 @@ def test_socket_queue_measures_the_application_delay(delay_ms: int, mode: list[s
     n, port = 10, 40000 + delay_ms
     with veth_namespace("nptq") as pair:
         run = NetpathRun(["trace", "--json", "--interval", "1", "--proto", "udp", "--port", str(port), *mode])
-        run.wait_start()
+        start = run.wait_start()
         receiver = start_receiver(pair, port, n, delay_ms / 1000)
         send_spaced(pair.ns_addr, port, n, delay_ms / 1000 + 0.04)
         receiver.communicate(timeout=60)
@@ -41,7 +41,10 @@ def test_socket_queue_measures_the_application_delay(delay_ms: int, mode: list[s
     assert sq["count"] == n
     assert abs(sq["p50_ns"] - delay_ms * 1e6) <= 0.2 * delay_ms * 1e6, sq
     assert abs(sq["mean_ns"] - delay_ms * 1e6) <= 0.2 * delay_ms * 1e6, sq
-    assert sq["method"] == "raw_tracepoint"
+    # the stage's method is what its hooks were attached with, as the start line says (one name each)
+    attached = {a["hook"]: a["method"] for a in start["attached"]}
+    assert sq["method"] == "+".join(dict.fromkeys(attached[h] for h in sq["hook"].split("+"))), (sq, attached)
+    assert sq["method"] == ("raw_tracepoint" if "--exact" in mode else "tp_btf+raw_tracepoint")
     assert sq["timed"] == n and sq["sample_every"] == 1
 
 

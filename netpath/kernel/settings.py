@@ -288,13 +288,13 @@ def _proc_net() -> Path:
 CARRIER = "\0carrier:"  # rx dict keys for IFLA_CARRIER_CHANGES (a NUL can never be in an interface name)
 
 
-def _rx_packets() -> dict[str, int]:
-    """iface -> rx_packets, and CARRIER + iface -> carrier changes, from the namespace's link dump (one
-    taken within the last second, as the drops counters of the same scrape took it, is reused)."""
+def _rx_packets(reuse_s: float = 0.0) -> dict[str, int]:
+    """iface -> rx_packets, and CARRIER + iface -> carrier changes, from the namespace's link dump: a fresh
+    one, or one taken within `reuse_s` seconds (the exporter's scrape reuses the drops counters' dump)."""
     from netpath.kernel import linkstats
 
     out = {}
-    for link in linkstats.current(None, fresh_within=1.0).links:
+    for link in linkstats.current(None, fresh_within=reuse_s).links:
         name = link.raw if link.raw is not None else link.name
         if "rx_packets" in link.stats:
             out[name] = link.stats["rx_packets"]
@@ -308,15 +308,16 @@ Raw = tuple[dict[str, int], dict[str, int], dict[int, dict[str, int]], dict[str,
 
 
 def read_window_raw(ns: netns.Netns | None) -> Raw:
-    """The cumulative counters a Window is the difference of."""
-    return read_window_raw_marked(ns, lambda: None)[0]
+    """The cumulative counters a Window is the difference of (the exporter's rolling window: a link dump
+    this scrape already took is reused; the doctor's windows read with read_window_raw_marked, fresh)."""
+    return read_window_raw_marked(ns, lambda: None, reuse_s=1.0)[0]
 
 
-def read_window_raw_marked(ns: netns.Netns | None, mark: Callable[[], T]) -> tuple[Raw, T]:
+def read_window_raw_marked(ns: netns.Netns | None, mark: Callable[[], T], reuse_s: float = 0.0) -> tuple[Raw, T]:
     """read_window_raw, and mark() called right after the SNMP and conntrack counters are read (the slow link
     dump goes first), so a reading taken by mark() (drop counts) and the counters cover the same instant."""
     def inside() -> tuple[dict[str, int], dict[str, int], dict[str, int], T]:
-        rx = _rx_packets()
+        rx = _rx_packets(reuse_s)
         base = _proc_net()
         snmp = parse_snmp_all(_text(base / "snmp")) | parse_snmp_all(_text(base / "netstat"))
         snmp |= parse_snmp6_all(_text(base / "snmp6"))

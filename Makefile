@@ -6,7 +6,8 @@ STAMP := $(VENV)/.netpath-installed
 # The system install: a wheel of this checkout in a root-owned venv, linked onto root's PATH.
 PREFIX ?= /opt/netpath
 BINDIR ?= /usr/local/bin
-APT_PACKAGES := python3-bpfcc bpfcc-tools bpftool linux-libc-dev python3-venv python3-wheel iproute2 iptables sockperf procps ethtool prometheus python3-bcrypt python3-yaml openssl curl tshark podman buildah mmdebstrap containerd runc catatonit groff-base man-db
+MANDIR ?= /usr/local/share/man
+APT_PACKAGES := python3-bpfcc libbpf1 bpfcc-tools bpftool linux-libc-dev python3-venv python3-wheel iproute2 iptables sockperf procps ethtool prometheus python3-bcrypt python3-yaml openssl curl tshark podman buildah mmdebstrap containerd runc catatonit groff-base man-db
 export PATH := /usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
 .PHONY: install system apt venv link dev-link uninstall tracefs demo test test-unit test-live lint bench clean help image
@@ -42,9 +43,12 @@ $(STAMP): pyproject.toml
 	@$(PY) -c 'import bcc, pyroute2, click, rich, prometheus_client, bcrypt, yaml' || { echo "bcc/pyroute2/click/rich/bcrypt/yaml not importable from $(VENV)"; exit 1; }
 	@touch $@
 
-# The entry script's shebang pins its venv's python, so a symlink is all PATH needs.
+# The entry script's shebang pins its venv's python, so a symlink is all PATH needs; the man pages the
+# wheel installed in $(PREFIX)/share/man/man8 are linked where man(1) looks.
 link: system
 	@ln -sfn $(PREFIX)/bin/netpath $(BINDIR)/netpath
+	@mkdir -p $(MANDIR)/man8
+	@for page in $(PREFIX)/share/man/man8/netpath*.8; do ln -sfn $$page $(MANDIR)/man8/; done
 
 # Development: netpath on PATH runs this checkout's code (editable .venv) instead of the wheel.
 dev-link: venv
@@ -53,6 +57,8 @@ dev-link: venv
 
 uninstall:
 	@if [ "$$(readlink $(BINDIR)/netpath)" = "$(PREFIX)/bin/netpath" ]; then rm -f $(BINDIR)/netpath; fi
+	@for page in $(MANDIR)/man8/netpath*.8; do \
+	  case "$$(readlink $$page)" in $(PREFIX)/*) rm -f $$page;; esac; done
 	rm -rf $(PREFIX)
 
 tracefs:

@@ -13,6 +13,8 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from netpath.kernel import procnet
+
 REPO = Path(__file__).resolve().parent.parent
 SENDER_CPU = 0
 RECEIVER_CPU = 1
@@ -45,9 +47,9 @@ class Topology:
         return os.stat(f"/run/netns/{ns}").st_ino
 
     def snmp(self, ns: str) -> dict[str, int]:
-        """/proc/net/snmp inside `ns`, flattened to {"Udp.NoPorts": n, ...}."""
+        """/proc/net/snmp inside `ns`, with nstat's names ({"UdpNoPorts": n, ...}: kernel/procnet.py)."""
         text = sh("ip", "netns", "exec", ns, "cat", "/proc/net/snmp").stdout
-        return parse_snmp(text)
+        return procnet.parse_snmp(text)
 
     def nf_drop_packets(self) -> int:
         """Packet counter of the netfilter DROP rule in the receiver namespace."""
@@ -56,17 +58,6 @@ class Topology:
             if "DROP" in line and f"dpt:{PORT_NFDROP}" in line:
                 return int(line.split()[0])
         raise RuntimeError(f"netfilter rule not found:\n{out}")
-
-
-def parse_snmp(text: str) -> dict[str, int]:
-    out: dict[str, int] = {}
-    lines = text.splitlines()
-    for head, vals in zip(lines[::2], lines[1::2], strict=False):
-        proto, names = head.split(":", 1)
-        _, values = vals.split(":", 1)
-        for name, value in zip(names.split(), values.split(), strict=False):
-            out[f"{proto}.{name}"] = int(value)
-    return out
 
 
 @contextmanager

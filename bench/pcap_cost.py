@@ -36,11 +36,11 @@ PACED_MPS = 1000  # one CPU's rate limit is contract.PCAP_RATE_PER_CPU (2000/s)
 
 def paced(topo: env.Topology, seconds: int) -> dict[str, object]:
     """sockperf at PACED_MPS to the closed port; the receiver's Udp.NoPorts is the truth."""
-    before = topo.snmp(topo.rx)["Udp.NoPorts"]
+    before = topo.snmp(topo.rx)["UdpNoPorts"]
     env.sh(*topo.exec_argv(topo.tx, SENDER_CPU, "sockperf", "tp", "-i", topo.rx_addr, "-p", str(PORT_NOPORT), "-m",
                            "64", "-t", str(seconds), f"--mps={PACED_MPS}"), timeout=seconds + 30)
     time.sleep(0.3)
-    count = topo.snmp(topo.rx)["Udp.NoPorts"] - before
+    count = topo.snmp(topo.rx)["UdpNoPorts"] - before
     return {"pps": round(count / seconds), "rx_count": count}
 
 

@@ -8,7 +8,8 @@ Both trees run in the same rounds, interleaved (base, this, base, this...), each
   NETPATH_PROGRAM_CACHE=0; the base ignores it and runs as always) and cached start (the tree's own warm
   cache). Peak RSS is netpath's own process; the build child's peak (NETPATH_DEBUG=1 prints it) is not in it;
 - `export`: RSS after warm-up scrapes, CPU per scrape (utime+stime over back-to-back scrapes / scrapes),
-  series per scrape, and wakeups between scrapes (voluntary + involuntary context switches over an idle
+  series per scrape, system calls, bpf(2) calls and netlink sockets per idle scrape (strace), and wakeups
+  between scrapes (voluntary + involuntary context switches over an idle
   window with no scrape, per second).
 Medians of --rounds runs. Python byte-code is compiled before the rounds (as an installed netpath has it).
 """
@@ -35,8 +36,7 @@ from bench.env import REPO, proc_cpu_s, proc_hwm_kb, proc_rss_kb
 
 OUT = Path(__file__).resolve().parent / "start.json"
 TARGETS = {"cached_start_s": 0.3, "first_start_s": 1.0, "x_bpftrace": 2.0, "probes_s": 0.15, "help_s": 0.15,
-           "first_hwm_mb": 100,
-           "cached_hwm_mb": 60, "export_rss_mb": 50, "scrape_cpu_ms": 10}
+           "first_hwm_mb": 100, "cached_hwm_mb": 60, "export_rss_mb": 50, "scrape_cpu_ms": 5}
 PORT = int(os.environ.get("BENCH_EXPORT_PORT", "19873"))
 console = Console(width=None if sys.stdout.isatty() else 160)
 
@@ -146,6 +146,27 @@ def synthetic_scrape_ms(tree: Path, series: int = 500) -> float | None:
         return None
 
 
+def syscalls_per_scrape(pid: int, scrapes: int) -> dict[str, float]:
+    """strace attached to every thread over `scrapes` back-to-back scrapes: all system calls, bpf(2) calls and
+    netlink sockets opened (one per rtnetlink or generic-netlink read), each per scrape. strace's own cost
+    stays out of the CPU figure: that is measured before it attaches. {} when strace is missing."""
+    if shutil.which("strace") is None:
+        return {}
+    with tempfile.NamedTemporaryFile("r", suffix=".strace") as out:
+        tracer = subprocess.Popen(["strace", "-f", "-qq", "-o", out.name, "-p", str(pid)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1.0)  # attached to every thread
+        for _ in range(scrapes):
+            _scrape()
+        tracer.send_signal(signal.SIGINT)
+        tracer.wait(timeout=30)
+        lines = out.read().splitlines()
+    calls = [line for line in lines if "(" in line and "resumed>" not in line]
+    per = float(scrapes)
+    return {"syscalls": round(len(calls) / per, 1), "bpf_calls": round(sum(" bpf(" in c for c in calls) / per, 1),
+            "netlink_sockets": round(sum("socket(AF_NETLINK" in c for c in calls) / per, 2)}
+
+
 def run_export(tree: Path, scrapes: int, idle_s: float, soak_s: float = 20.0) -> dict[str, Any]:
     proc = subprocess.Popen([sys.executable, "-m", "netpath", "export", "--listen", f"127.0.0.1:{PORT}"], cwd=tree,
                             env=_env(None), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -164,6 +185,7 @@ def run_export(tree: Path, scrapes: int, idle_s: float, soak_s: float = 20.0) ->
             series = _scrape()
         cpu_ms = 1000 * (proc_cpu_s(proc.pid) - cpu0) / scrapes
         wall_ms = 1000 * (time.monotonic() - t0) / scrapes
+        traced = syscalls_per_scrape(proc.pid, 10)
         rss0, soak0, soaked = proc_rss_kb(proc.pid), time.monotonic(), 0
         while time.monotonic() - soak0 < soak_s:  # scraped 5 times a second: growth shows sooner than at 1/s
             _scrape()
@@ -176,7 +198,7 @@ def run_export(tree: Path, scrapes: int, idle_s: float, soak_s: float = 20.0) ->
         return {"rss_mb": round(proc_rss_kb(proc.pid) / 1024, 1), "hwm_mb": round(proc_hwm_kb(proc.pid) / 1024, 1),
                 "scrape_cpu_ms": round(cpu_ms, 2), "scrape_wall_ms": round(wall_ms, 2), "series": series,
                 "idle_wakeups_per_s": round((switches1 - switches0) / idle_s, 1), "soak_scrapes": soaked,
-                "rss_growth_mb": round(growth_mb, 1)}
+                "rss_growth_mb": round(growth_mb, 1), **traced}
     except OSError as exc:
         return {"error": str(exc)}
     finally:
@@ -231,7 +253,8 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
         for key in ("export_ready_s", "bpftrace_s", "drops_x_bpftrace", "trace_x_bpftrace", "doctor_x_bpftrace",
                     "export_x_bpftrace"):
             agg[key] = med([r.get(key) for r in mine])
-        for metric in ("rss_mb", "scrape_cpu_ms", "series", "idle_wakeups_per_s", "rss_growth_mb"):
+        for metric in ("rss_mb", "scrape_cpu_ms", "series", "idle_wakeups_per_s", "rss_growth_mb", "syscalls",
+                       "bpf_calls", "netlink_sockets"):
             agg[f"export_{metric}"] = med([r["export"].get(metric) for r in mine if "export" in r])
         out[tree] = agg
     return out
@@ -264,6 +287,9 @@ ROWS = [
     ("export RSS MB after warm-up scrapes", "export_rss_mb", "export_rss_mb"),
     ("export CPU ms per scrape", "export_scrape_cpu_ms", "scrape_cpu_ms"),
     ("export series per scrape", "export_series", None),
+    ("export system calls per idle scrape (strace)", "export_syscalls", None),
+    ("export bpf(2) calls per idle scrape", "export_bpf_calls", None),
+    ("export netlink sockets per idle scrape", "export_netlink_sockets", None),
     # not extrapolated: the first minutes' growth is the allocator settling (both trees), not a rate
     ("export RSS change over ~90 scrapes MB", "export_rss_growth_mb", None),
     ("scrape of 500 drop series, CPU ms (synthetic rows)", "synthetic_500_ms", "scrape_cpu_ms"),

@@ -61,10 +61,10 @@ def truth(topo: Topology, w: Workload) -> int:
         return topo.nf_drop_packets()
     snmp = topo.snmp(topo.rx)
     if w.name == "udp":
-        return snmp["Udp.InDatagrams"]
+        return snmp["UdpInDatagrams"]
     if w.name == "noport":
-        return snmp["Udp.NoPorts"]
-    return snmp["Tcp.InSegs"]
+        return snmp["UdpNoPorts"]
+    return snmp["TcpInSegs"]
 
 
 def run(topo: Topology, w: Workload, seconds: float) -> dict[str, object]:

@@ -73,18 +73,18 @@ static __always_inline u16 np_ntohs(u16 v)
 	return (v >> 8) | (v << 8);
 }
 
-/* ifindex and netns inode of a net_device, in two probe reads when the span allows */
-static __always_inline void np_dev_where(void *dev, u32 *ifindex, u32 *netns)
+/* ifindex and netns inode of a net_device, in two probe reads when the span allows; returns its net */
+static __always_inline void *np_dev_where(void *dev, u32 *ifindex, u32 *netns)
 {
 	void *net = NULL;
 
 	if (!dev)
-		return;
+		return NULL;
 #ifdef DEV_SPAN_OFF
 	u8 span[DEV_SPAN_LEN];
 
 	if (bpf_probe_read_kernel(span, sizeof(span), (char *)dev + DEV_SPAN_OFF))
-		return;
+		return NULL;
 	NP_SPAN_GET(*ifindex, span, DEV_SPAN_OFF, OFF_DEV_IFINDEX);
 	NP_SPAN_GET(net, span, DEV_SPAN_OFF, OFF_DEV_ND_NET);
 #else
@@ -93,6 +93,27 @@ static __always_inline void np_dev_where(void *dev, u32 *ifindex, u32 *netns)
 #endif
 	if (net)
 		NP_READ(*netns, net, OFF_NET_NS_INUM);
+	return net;
+}
+
+/*
+ * --netns by the namespace's cookie (net->net_cookie, Linux 5.12+), which the
+ * kernel never reuses: the inode FILTER_NETNS compares is reused within a
+ * second of a namespace's end. 1 when `net` is the filtered namespace, or no
+ * cookie filter is built in.
+ */
+static __always_inline int np_net_passes(void *net)
+{
+#if defined(FILTER_NETNS_COOKIE) && defined(OFF_NET_COOKIE)
+	u64 cookie = 0;
+
+	if (!net)
+		return 0;
+	NP_READ(cookie, net, OFF_NET_COOKIE);
+	return cookie == FILTER_NETNS_COOKIE;
+#else
+	return 1;
+#endif
 }
 
 /*

@@ -356,11 +356,11 @@ static __always_inline void np_record(u32 stage, u64 delta, u32 ifindex, u32 net
 static __always_inline int np_rx_skb_passes(void *skb, u32 *ifindex, u32 *netns)
 {
 #if NEED_WHERE
-	void *dev = NULL;
+	void *dev = NULL, *net;
 
 	NP_READ(dev, skb, OFF_SKB_DEV);
-	np_dev_where(dev, ifindex, netns);
-	if (!np_passes_where(*netns, *ifindex))
+	net = np_dev_where(dev, ifindex, netns);
+	if (!np_passes_where(*netns, *ifindex) || !np_net_passes(net))
 		return 0;
 #endif
 #if NEED_FLOW

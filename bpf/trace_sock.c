@@ -301,7 +301,7 @@ static __always_inline int np_enq_passes(void *sk, void *skb, void *net, struct 
 	if (net)
 		NP_READ(fresh->netns, net, OFF_NET_NS_INUM);
 #ifdef FILTER_NETNS
-	if (fresh->netns != FILTER_NETNS)
+	if (fresh->netns != FILTER_NETNS || !np_net_passes(net))
 		return 0;	/* a socket of another namespace: never ours */
 #endif
 	if (!np_passes_where(fresh->netns, fresh->ifindex))

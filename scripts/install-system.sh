@@ -15,8 +15,8 @@ STAMP=$PREFIX/.netpath-installed
 PY=$PREFIX/bin/python
 
 sources() {
-    (cd "$CHECKOUT" && find pyproject.toml README.md netpath bpf -type f \( -name '*.py' -o -name '*.c' -o \
-        -name '*.h' -o -name '*.toml' -o -name '*.md' \) -not -path '*/__pycache__/*' | LC_ALL=C sort)
+    (cd "$CHECKOUT" && find pyproject.toml README.md netpath bpf man -type f \( -name '*.py' -o -name '*.c' -o \
+        -name '*.h' -o -name '*.toml' -o -name '*.md' -o -name '*.8' \) -not -path '*/__pycache__/*' | LC_ALL=C sort)
 }
 
 digest() {

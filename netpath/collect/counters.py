@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from netpath import netns, untrusted
-from netpath.kernel.softnet import parse_softnet
+from netpath import netns
+from netpath.kernel import linkstats, procnet
 from netpath.model import Counter
 
 CounterKey = tuple[str, str, str | None, int | None]  # source, name, iface, cpu
@@ -58,42 +58,22 @@ NOT_DROPS = frozenset({("softnet", "time_squeeze")})
 
 
 def parse_snmp(text: str) -> dict[str, int]:
-    """/proc/net/snmp and /proc/net/netstat: header/value line pairs -> nstat-style names."""
-    out: dict[str, int] = {}
-    lines = text.splitlines()
-    for header, values in zip(lines[::2], lines[1::2], strict=False):
-        prefix, _, names = header.partition(":")
-        vprefix, _, nums = values.partition(":")
-        if prefix != vprefix or prefix not in SNMP_WANTED:
-            continue
-        wanted = SNMP_WANTED[prefix]
-        for name, num in zip(names.split(), nums.split(), strict=False):
-            if name in wanted:
-                out[prefix + name] = int(num)
-    return out
+    """/proc/net/snmp or /proc/net/netstat: the drop-like fields of SNMP_WANTED (kernel/procnet.py parses)."""
+    every = procnet.parse_snmp(text)
+    return {prefix + name: every[prefix + name] for prefix, names in SNMP_WANTED.items() for name in names
+            if prefix + name in every}
 
 
 def parse_snmp6(text: str) -> dict[str, int]:
-    out = {}
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[0] in SNMP6_WANTED:
-            out[parts[0]] = int(parts[1])
-    return out
+    return {k: v for k, v in procnet.parse_snmp6(text).items() if k in SNMP6_WANTED}
 
 
 def parse_conntrack(text: str) -> dict[str, int]:
-    """/proc/net/stat/nf_conntrack: a header of names, then one row of hex values per CPU, summed."""
-    lines = text.splitlines()
-    if not lines:
-        return {}
-    names = lines[0].split()
-    out = dict.fromkeys((n for n in names if n in CONNTRACK_WANTED), 0)
-    for line in lines[1:]:
-        for name, value in zip(names, line.split(), strict=False):
-            if name in out:
-                out[name] += int(value, 16)
-    return out
+    """/proc/net/stat/nf_conntrack: CONNTRACK_WANTED, summed over CPUs."""
+    return {k: v for k, v in procnet.parse_conntrack_stats(text).items() if k in CONNTRACK_WANTED}
+
+
+SOFTNET_WANTED = ("dropped", "time_squeeze", "flow_limit")
 
 
 def _read(path: str) -> str:
@@ -103,8 +83,8 @@ def _read(path: str) -> str:
         return ""
 
 
-def read_netns_counters(ifaces: set[str] | None) -> dict[CounterKey, int]:
-    """Everything namespaced, read from inside the namespace this thread is in."""
+def read_netns_counters(ifaces: set[str] | None, token: object = None) -> dict[CounterKey, int]:
+    """Everything namespaced, read from inside the namespace this thread is in (`token`: linkstats.current)."""
     values: dict[CounterKey, int] = {}
     # /proc/net follows the thread-group leader; thread-self follows this thread's setns.
     base = "/proc/thread-self/net" if Path("/proc/thread-self/net").exists() else "/proc/net"
@@ -114,34 +94,34 @@ def read_netns_counters(ifaces: set[str] | None) -> dict[CounterKey, int]:
         values[("snmp", name, None, None)] = value
     for name, value in parse_conntrack(_read(f"{base}/stat/nf_conntrack")).items():  # absent: no nf_conntrack
         values[("conntrack", name, None, None)] = value
-    from netpath.kernel import rtnl  # a plain netlink socket: pyroute2's import would double the start
-
-    names: dict[int, str] = {}
-    for link in rtnl.links():
-        ifname = untrusted.name(link.name)  # str, or bytes when not UTF-8
-        names[link.index] = ifname
-        if ifaces and ifname not in ifaces:
+    dump = linkstats.current(token)
+    names = {link.index: link.name for link in dump.links}
+    for link in dump.links:
+        if ifaces and link.name not in ifaces:
             continue
         for key, label in LINK_STATS.items():
             if key in link.stats:
-                values[("link", label, ifname, None)] = link.stats[key]
-    for qdisc in rtnl.qdiscs():
-        ifname = names.get(qdisc.index, str(qdisc.index))
-        if (ifaces and ifname not in ifaces) or qdisc.drops is None:
+                values[("link", label, link.name, None)] = link.stats[key]
+    for q in dump.qdiscs:
+        ifname = names.get(q.index, str(q.index))
+        if q.drops is None or (ifaces and ifname not in ifaces):
             continue
-        handle = qdisc.handle
-        label = f"{qdisc.kind} {handle >> 16:x}:{handle & 0xFFFF:x} drops"
-        values[("qdisc", label, ifname, None)] = qdisc.drops
+        values[("qdisc", f"{q.kind} {q.handle >> 16:x}:{q.handle & 0xFFFF:x} drops", ifname, None)] = q.drops
     return values
 
 
-def read_all(ns: netns.Netns | None, ifaces: set[str] | None) -> dict[CounterKey, int]:
+def read_all(ns: netns.Netns | None, ifaces: set[str] | None, token: object = None) -> dict[CounterKey, int]:
+    """Every counter; `token` (the drops program's kfree_skb hits) lets an unchanged link dump be reused
+    (kernel/linkstats.py says when that is exact). Without one, the readers here share one fresh dump."""
     from netpath.collect import nic_counters  # NIC driver counters: ethtool -S, qstats, XDP
 
-    values = netns.run_in(ns, lambda: read_netns_counters(ifaces) | nic_counters.read_nic_counters(ifaces))
-    for cpu, cols in parse_softnet(_read("/proc/net/softnet_stat")).items():
-        for name, value in cols.items():
-            values[("softnet", name, None, cpu)] = value
+    token = object() if token is None else token
+    values = netns.run_in(ns, lambda: read_netns_counters(ifaces, token)
+                          | nic_counters.read_nic_counters(ifaces, token))
+    for cpu, cols in procnet.parse_softnet(_read("/proc/net/softnet_stat")).items():
+        for name in SOFTNET_WANTED:
+            if name in cols:
+                values[("softnet", name, None, cpu)] = cols[name]
     return values
 
 

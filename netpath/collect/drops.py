@@ -387,13 +387,14 @@ class DropsSession(ProgramSession):
         self._capture_rows: dict[tuple[int, ...], DropRow] = {}
         self._wall_offset_ns = 0  # CLOCK_REALTIME - CLOCK_MONOTONIC (bpf_ktime_get_ns)
 
-    def _read_counters(self) -> dict[counters_mod.CounterKey, int]:
-        """The counters now; a namespace deleted mid-run freezes its counters at their last values."""
+    def _read_counters(self, hits: int | None = None) -> dict[counters_mod.CounterKey, int]:
+        """The counters now; a namespace deleted mid-run freezes its counters at their last values. `hits`
+        (kfree_skb hits so far) lets an unchanged rtnetlink dump be reused (kernel/linkstats.py)."""
         if self._netns_gone:
             return self._last_counters
         ns = self.query.filters.netns
         try:
-            self._last_counters = counters_mod.read_all(ns, self._iface_set)
+            self._last_counters = counters_mod.read_all(ns, self._iface_set, hits)
         except OSError as exc:
             if ns is None:
                 raise
@@ -459,7 +460,7 @@ class DropsSession(ProgramSession):
                                  self._pcap_over_max - self._last_pcap[1])
         self._last_counts, self._last_stats, self._last_lost = now, stats, self._lost_samples
         self._last_pcap = (self._pcap_written, self._pcap_over_max)
-        counters = self._counters.step(self._read_counters())
+        counters = self._counters.step(self._read_counters(stats.get("hits")))
         span, self._last_ns = elapsed_ns - self._last_ns, elapsed_ns
         if self.live:  # rows and total for the run, the interval's part beside them
             snap = self._snapshot(now, counters, interval_stats, stats.get("matched", 0), elapsed_ns,
@@ -481,7 +482,7 @@ class DropsSession(ProgramSession):
     def summary(self, elapsed_ns: int) -> DropSnapshot:
         assert self._counters is not None
         final, stats = self.counts(), self.stats()
-        self._counters.step(self._read_counters())
+        self._counters.step(self._read_counters(stats.get("hits")))
         snap = self._snapshot(final, self._counters.totals(), stats, stats.get("matched", 0), elapsed_ns,
                               self._lost_samples, pcap=self._pcap_health(stats, self._pcap_written,
                                                                          self._pcap_over_max))

@@ -23,6 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from netpath import links, netns
+from netpath.kernel import procnet
 from netpath.kernel import settings as settings_mod
 from netpath.model import NetnsCounters
 
@@ -39,19 +40,19 @@ LEVEL_SYSCTLS = ("net.netfilter.nf_conntrack_count", "net.netfilter.nf_conntrack
 # (the lead switches these four lines to netpath/kernel/procnet.py when that lands)
 
 def _parse_snmp(text: str) -> dict[str, int]:  # /proc/net/snmp and /proc/net/netstat
-    return settings_mod.parse_snmp_all(text)
+    return procnet.parse_snmp(text)
 
 
 def _parse_snmp6(text: str) -> dict[str, int]:
-    return settings_mod.parse_snmp6_all(text)
+    return procnet.parse_snmp6(text)
 
 
 def _parse_conntrack(text: str) -> dict[str, int]:
-    return settings_mod.parse_conntrack_stat(text)
+    return procnet.parse_conntrack_stats(text)
 
 
 def parse_sockstat(text: str) -> dict[str, int]:  # /proc/net/sockstat and sockstat6
-    return settings_mod.parse_sockstat(text)
+    return procnet.parse_sockstat(text)
 
 
 # ------------------------------------------------- one namespace, read from inside

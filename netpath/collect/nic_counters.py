@@ -31,8 +31,6 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from netpath import untrusted
-
 CounterKey = tuple[str, str, str | None, int | None]
 
 # ethtool -S names that count lost or refused packets (not packets, bytes, kicks or wakeups).
@@ -329,19 +327,18 @@ class _Links:
     raw: dict[str, str]  # name shown -> the name to give ethtool, for names that are UTF-8
 
 
-def _links() -> _Links:
-    from netpath.kernel import rtnl
+def _links(token: object = None) -> _Links:
+    from netpath.kernel import linkstats
 
     names: dict[int, str] = {}
     xdp: dict[str, int] = {}
     raw: dict[str, str] = {}
-    for link in rtnl.links():
-        ifname = untrusted.name(link.name)  # str, or bytes when the name is not UTF-8
-        names[link.index] = ifname
-        if isinstance(link.name, str):  # the ethtool ioctl takes the name as text
-            raw[ifname] = link.name
-        if link.xdp_attached:
-            xdp[ifname] = link.index
+    for link in linkstats.current(token).links:
+        names[link.index] = link.name
+        if link.raw is not None:  # the ethtool ioctl takes the name as text
+            raw[link.name] = link.raw
+        if link.xdp:
+            xdp[link.name] = link.index
     return _Links(names, xdp, raw)
 
 
@@ -357,9 +354,24 @@ def _netns_inode() -> int:
         return 0
 
 
-def read_nic_counters(ifaces: set[str] | None) -> dict[CounterKey, int]:
+# netns inode -> (the devices when qstats-get last answered, that answer): asked again only when a device came
+# or went, or when some device reports queue stats (their counters move without an skb: no cheaper sign)
+_QSTATS: dict[int, tuple[tuple[tuple[int, str], ...], Qstats]] = {}
+
+
+def _qstats_for(links: _Links) -> Qstats:
+    devices = tuple(sorted(links.names.items()))
+    last = _QSTATS.get(_netns_inode())
+    if last is not None and last[0] == devices and not last[1].queues:
+        return last[1]
+    qs = read_qstats()
+    _QSTATS[_netns_inode()] = (devices, qs)
+    return qs
+
+
+def read_nic_counters(ifaces: set[str] | None, token: object = None) -> dict[CounterKey, int]:
     """ethtool, xdp and qstats counters of this namespace's devices (or of `ifaces`)."""
-    links = _links()
+    links = _links(token)
     values: dict[CounterKey, int] = {}
     for ifname in sorted(links.names.values()):
         if ifaces and ifname not in ifaces:
@@ -367,7 +379,7 @@ def read_nic_counters(ifaces: set[str] | None) -> dict[CounterKey, int]:
         stats = ethtool_stats(links.raw[ifname]) if ifname in links.raw else None
         if stats:
             values.update(classify_ethtool(ifname, stats))
-    values.update(qstats_counters(read_qstats(), links.names, ifaces))
+    values.update(qstats_counters(_qstats_for(links), links.names, ifaces))
     wanted = {k: v for k, v in links.xdp.items() if not ifaces or k in ifaces}
     exc = _EXCEPTIONS.setdefault(_netns_inode(), XdpExceptions())
     exc.open(wanted)

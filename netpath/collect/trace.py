@@ -103,6 +103,10 @@ def program_source(query: TraceQuery, plan: AttachPlan, offsets: dict[str, int])
     defines["TAI_OFFSET_NS"] = int(query.tai_offset_ns)
     defines["SAMPLE_SHIFT"] = query.sampled_every(plan).bit_length() - 1
     defines.update(filter_defines(query.filters))
+    ns = query.filters.netns
+    if ns is not None and ns.cookie and "OFF_NET_COOKIE" in offsets:  # as drops: an inode reused later is not it
+        defines["FILTER_NETNS_COOKIE"] = ns.cookie
+        defines["OFF_NET_COOKIE"] = offsets["OFF_NET_COOKIE"]
     tp_btf = tp_btf_functions(query, plan)
     defines["TP_BTF"] = int(bool(tp_btf))
     return bpf.ProgramSource(c_units(plan), defines, tp_btf)
@@ -209,13 +213,16 @@ class TraceReader:
         return _read_hash_hist(prog, "owner_hist", split)
 
     def _read_arrays(self, prog: bpf.Program) -> tuple[dict[HistKey, dict[int, int]], dict[HistKey, int]]:
-        """Per-CPU arrays indexed by stage: slots cumulative, maxima zeroed after each read."""
+        """Per-CPU arrays indexed by stage, each read whole in one batch: slots cumulative, maxima zeroed after
+        each read (only the stages that had one: an idle interval writes nothing)."""
         slots: dict[HistKey, dict[int, int]] = {}
         maxima: dict[HistKey, int] = {}
+        hists, all_maxes = prog.percpu_array("stage_hist"), prog.percpu_array("stage_max")
         for stage in range(len(STAGE_IDS)):
-            per_cpu = prog.percpu_value("stage_hist", stage)
-            maxes = [COUNT.unpack(v)[0] for v in prog.percpu_value("stage_max", stage)]
-            prog.percpu_zero("stage_max", stage)
+            per_cpu = hists.get(stage, [])
+            maxes = [COUNT.unpack(v)[0] for v in all_maxes.get(stage, [])]
+            if any(maxes):
+                prog.percpu_zero("stage_max", stage)
             for cpu, value in enumerate(per_cpu):
                 counts = {i: n for i, n in enumerate(contract.STAGE_HIST.unpack(value)) if n}
                 if not counts:

@@ -1,12 +1,9 @@
-"""Per-kernel-build cache of facts derived from BTF (keyed by the BTF blob's hash).
+"""Where netpath's cache lives, and the facts derived from BTF cached per kernel build (its hash).
 
-The cache is a trust boundary: root compiles the header shim from it and
-believes the offsets and drop reasons in it. So the directory and every entry
-must be owned by root (the effective uid) and not writable by group or others,
-whatever the umask was when they were made; anything else is refused and
-rebuilt. Entries are written to a fresh temp file (O_EXCL|O_NOFOLLOW) inside
-the verified directory and renamed into place, and what is read back is
-validated: a corrupt entry is rebuilt, never fatal.
+The entries themselves are kept in the one private store (netpath/bpfload/cache.py: 0700, entries 0600
+with their key and checksum); this module finds the cache root (root's /var/cache/netpath, a user's
+XDG_CACHE_HOME), makes it with fixed modes whatever the umask, and refuses one another user owns.
+What is read back is validated as well: a corrupt entry is rebuilt, never fatal.
 """
 
 from __future__ import annotations
@@ -16,7 +13,6 @@ import hashlib
 import json
 import os
 import secrets
-import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -25,14 +21,11 @@ from typing import Any
 from netpath.errors import MissingCapability
 from netpath.kernel import caps
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 SYSTEM_CACHE = Path("/var/cache/netpath")  # root's; an unprivileged user's lives under XDG_CACHE_HOME
 DIR_MODE = 0o755
-FILE_MODE = 0o644
-MAX_ENTRY_BYTES = 16 << 20  # far above any real entry (offsets ~1 KB, reasons ~10 KB)
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # NONBLOCK: a planted FIFO can't hang us
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -96,64 +89,19 @@ def open_dir(path: Path, create: bool = True) -> int | None:
     return fd
 
 
-def entry_is_trusted(st: os.stat_result) -> bool:
-    return stat.S_ISREG(st.st_mode) and caps.trusted_owner(st.st_uid) and not st.st_mode & 0o022
-
-
-def read_entry(dir_fd: int, name: str) -> bytes | None:
-    """The bytes of a cache entry we can trust, else None (missing, a symlink, foreign, too open)."""
-    try:
-        fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
-    except OSError:
-        return None
-    try:
-        st = os.fstat(fd)
-        if not entry_is_trusted(st) or st.st_size > MAX_ENTRY_BYTES:
-            return None
-        chunks = []
-        while chunk := os.read(fd, 1 << 16):
-            chunks.append(chunk)
-        return b"".join(chunks)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-
-
 def temp_name(name: str) -> str:
     return f".{name}.{os.getpid()}.{secrets.token_hex(6)}.tmp"
 
 
-def create_private(dir_fd: int, name: str, mode: int = FILE_MODE) -> int:
+def create_private(dir_fd: int, name: str, mode: int) -> int:
     """A new file `name` in dir_fd with exactly `mode`; never follows or reuses what is already there."""
     fd = os.open(name, _CREATE_FLAGS, mode, dir_fd=dir_fd)
     os.fchmod(fd, mode)
     return fd
 
 
-def write_entry(dir_fd: int, name: str, data: bytes) -> bool:
-    """Atomically replace entry `name` with `data` (rename replaces a planted symlink, never follows it)."""
-    tmp = temp_name(name)
-    try:
-        fd = create_private(dir_fd, tmp)
-    except OSError:
-        return False
-    try:
-        try:
-            write_all(fd, data)
-        finally:
-            os.close(fd)
-        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        return True
-    except OSError:
-        try:
-            os.unlink(tmp, dir_fd=dir_fd)
-        except OSError:
-            pass
-        return False
-
-
 def _decode(raw: bytes | None, valid: Callable[[Any], bool]) -> tuple[bool, Any]:
+    """(True, value) when raw is JSON that `valid` accepts."""
     if raw is None:
         return False, None
     try:
@@ -206,20 +154,15 @@ def cached_json(btf_path: Path, kind: str, compute: Callable[[bytes], Any], use_
     """
     if not use_cache:
         return compute(read_btf(btf_path))
-    digest = btf_digest(btf_path)
-    name = f"{kind}-v{CACHE_VERSION}-{digest}.json"
-    dir_fd = open_dir(cache_dir())
-    if dir_fd is None:  # no trustworthy cache here: compute every time rather than fail
-        return compute(read_btf(btf_path))
-    try:
-        ok, value = _decode(read_entry(dir_fd, name), valid)
-        if ok:
-            return value
-        value = compute(read_btf(btf_path))
-        write_entry(dir_fd, name, json.dumps(value, sort_keys=True).encode())
+    from netpath.bpfload import cache as store  # the store imports this module for the cache root
+
+    key = {"format": CACHE_VERSION, "btf": btf_digest(btf_path)}
+    ok, value = _decode(store.load_payload(kind, key)[0], valid)
+    if ok:
         return value
-    finally:
-        os.close(dir_fd)
+    value = compute(read_btf(btf_path))
+    store.store_payload(kind, key, json.dumps(value, sort_keys=True).encode())
+    return value
 
 
 def write_all(fd: int, data: bytes) -> None:

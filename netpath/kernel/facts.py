@@ -147,10 +147,11 @@ class KernelFacts:
         taken from the index the first time."""
         if self.root != Path("/"):
             return self._ranges_from_index(names)
-        from netpath.kernel import kallsyms, progcache
+        from netpath.bpfload import cache
+        from netpath.kernel import kallsyms
 
         key = kallsyms.cache_key() | {"text_ranges": ",".join(names)}
-        payload, _why = progcache.load_payload("textrange", key)
+        payload, _why = cache.load_payload("textrange", key)
         if payload is not None:
             try:
                 cached = json.loads(payload)
@@ -159,7 +160,7 @@ class KernelFacts:
                 pass
         found = self._ranges_from_index(names)
         if self.kallsyms.has_addresses:
-            progcache.store_payload("textrange", key, json.dumps(found).encode())
+            cache.store_payload("textrange", key, json.dumps(found).encode())
         return found
 
     def _ranges_from_index(self, names: tuple[str, ...]) -> dict[str, tuple[int, int]]:

@@ -88,7 +88,7 @@ class Kallsyms:
 
         if not cached:
             return cls(read)
-        from netpath.kernel import progcache
+        from netpath.bpfload import cache as progcache
 
         key = cache_key()
         payload, _why = progcache.load_payload("kallsyms", key)

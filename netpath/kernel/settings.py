@@ -24,6 +24,7 @@ from typing import TypeVar
 
 from netpath import netns
 from netpath.kernel import irqs as irqs_mod
+from netpath.kernel import procnet
 from netpath.model import NicSettings, Settings, SocketState, Window
 
 # the sysctls the rules name, read in the run's namespace first, on the host when the namespace lacks them
@@ -257,75 +258,19 @@ def read_irq_affinity(irqs: Iterable[int], proc: Path = Path("/proc")) -> tuple[
 # ---------------------------------------------------------------- window counters
 
 
-def parse_snmp_all(text: str) -> dict[str, int]:
-    """/proc/net/snmp or /proc/net/netstat, every field, with nstat's names (IpReasmFails)."""
-    out: dict[str, int] = {}
-    lines = text.splitlines()
-    for header, values in zip(lines[::2], lines[1::2], strict=False):
-        prefix, _, names = header.partition(":")
-        vprefix, _, nums = values.partition(":")
-        if prefix != vprefix:
-            continue
-        for name, num in zip(names.split(), nums.split(), strict=False):
-            if num.lstrip("-").isdigit():
-                out[prefix + name] = int(num)
-    return out
-
-
-def parse_snmp6_all(text: str) -> dict[str, int]:
-    out = {}
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[1].isdigit():
-            out[parts[0]] = int(parts[1])
-    return out
-
-
-def parse_sockstat(text: str) -> dict[str, int]:
-    """/proc/net/sockstat (and sockstat6): "UDP: inuse 3 mem 2" -> {"sockstat.UDP.inuse": 3,
-    "sockstat.UDP.mem": 2}. inuse is this namespace's; mem (pages) is the protocol's, host-wide, the
-    number tcp_mem / udp_mem are compared with (sk_memory_allocated, __sk_mem_raise_allocated)."""
-    out: dict[str, int] = {}
-    for line in text.splitlines():
-        proto, sep, rest = line.partition(":")
-        words = rest.split()
-        if not sep or len(words) % 2:
-            continue
-        for key, value in zip(words[::2], words[1::2], strict=True):
-            if value.isdigit():
-                out[f"sockstat.{proto.strip()}.{key}"] = int(value)
-    return out
-
-
-def parse_conntrack_stat(text: str) -> dict[str, int]:
-    """/proc/net/stat/nf_conntrack: a header, then one hex row per CPU -> each column summed (entries is
-    the same global number on every row, so it is taken once)."""
-    lines = text.splitlines()
-    if not lines:
-        return {}
-    names = lines[0].split()
-    out: dict[str, int] = {}
-    for line in lines[1:]:
-        for name, value in zip(names, line.split(), strict=False):
-            if name == "entries":
-                out[name] = int(value, 16)
-            else:
-                out[name] = out.get(name, 0) + int(value, 16)
-    return out
+# the /proc/net parsers live in kernel/procnet.py; these names stay for the readers written against them
+parse_snmp_all = procnet.parse_snmp
+parse_snmp6_all = procnet.parse_snmp6
+parse_sockstat = procnet.parse_sockstat
+parse_conntrack_stat = procnet.parse_conntrack_stats
 
 
 def parse_softnet_all(text: str) -> dict[int, dict[str, int]]:
-    """/proc/net/softnet_stat -> cpu -> processed, dropped, time_squeeze (and flow_limit where present)."""
-    out: dict[int, dict[str, int]] = {}
-    for row, line in enumerate(text.splitlines()):
-        cols = [int(c, 16) for c in line.split()]
-        if len(cols) < 3:
-            continue
-        cpu = cols[12] if len(cols) > 12 else row
-        out[cpu] = {"processed": cols[0], "dropped": cols[1], "time_squeeze": cols[2]}
-        if len(cols) > 10:  # flow_limit_count (Linux 3.11+): backlog drops by the flow limit, also in dropped
-            out[cpu]["flow_limit"] = cols[10]
-    return out
+    """/proc/net/softnet_stat -> cpu -> processed, dropped, time_squeeze (and flow_limit where present: backlog
+    drops by the flow limit, also in dropped)."""
+    keep = ("processed", "dropped", "time_squeeze", "flow_limit")
+    return {cpu: {k: cols[k] for k in keep if k in cols} for cpu, cols in procnet.parse_softnet(text).items()
+            if len(cols) >= 3}
 
 
 def _text(path: Path) -> str:
@@ -343,16 +288,18 @@ def _proc_net() -> Path:
 CARRIER = "\0carrier:"  # rx dict keys for IFLA_CARRIER_CHANGES (a NUL can never be in an interface name)
 
 
-def _rx_packets() -> dict[str, int]:
-    """iface -> rx_packets, and CARRIER + iface -> carrier changes, in one link dump."""
-    from netpath.kernel import rtnl  # a plain netlink dump: importing pyroute2 would cost ~80 ms per start
+def _rx_packets(reuse_s: float = 0.0) -> dict[str, int]:
+    """iface -> rx_packets, and CARRIER + iface -> carrier changes, from the namespace's link dump: a fresh
+    one, or one taken within `reuse_s` seconds (the exporter's scrape reuses the drops counters' dump)."""
+    from netpath.kernel import linkstats
 
-    out: dict[str, int] = {}
-    for link in rtnl.links():
+    out = {}
+    for link in linkstats.current(None, fresh_within=reuse_s).links:
+        name = link.raw if link.raw is not None else link.name
         if "rx_packets" in link.stats:
-            out[str(link.name)] = link.stats["rx_packets"]
+            out[name] = link.stats["rx_packets"]
         if link.carrier_changes is not None:
-            out[CARRIER + str(link.name)] = link.carrier_changes
+            out[CARRIER + name] = link.carrier_changes
     return out
 
 
@@ -361,15 +308,16 @@ Raw = tuple[dict[str, int], dict[str, int], dict[int, dict[str, int]], dict[str,
 
 
 def read_window_raw(ns: netns.Netns | None) -> Raw:
-    """The cumulative counters a Window is the difference of."""
-    return read_window_raw_marked(ns, lambda: None)[0]
+    """The cumulative counters a Window is the difference of (the exporter's rolling window: a link dump
+    this scrape already took is reused; the doctor's windows read with read_window_raw_marked, fresh)."""
+    return read_window_raw_marked(ns, lambda: None, reuse_s=1.0)[0]
 
 
-def read_window_raw_marked(ns: netns.Netns | None, mark: Callable[[], T]) -> tuple[Raw, T]:
+def read_window_raw_marked(ns: netns.Netns | None, mark: Callable[[], T], reuse_s: float = 0.0) -> tuple[Raw, T]:
     """read_window_raw, and mark() called right after the SNMP and conntrack counters are read (the slow link
     dump goes first), so a reading taken by mark() (drop counts) and the counters cover the same instant."""
     def inside() -> tuple[dict[str, int], dict[str, int], dict[str, int], T]:
-        rx = _rx_packets()
+        rx = _rx_packets(reuse_s)
         base = _proc_net()
         snmp = parse_snmp_all(_text(base / "snmp")) | parse_snmp_all(_text(base / "netstat"))
         snmp |= parse_snmp6_all(_text(base / "snmp6"))

@@ -17,7 +17,9 @@ import tempfile
 from pathlib import Path
 
 from netpath.errors import MissingCapability
-from netpath.kernel import cache, caps, limits
+from netpath.kernel import cache, limits
+
+TREE_DIR_MODE, TREE_FILE_MODE = 0o700, 0o600  # inside the private store, as private as its entries
 
 # uapi headers BCC's helpers.h pulls in, copied from the distro's linux-libc-dev.
 UAPI_FILES = {
@@ -104,17 +106,20 @@ def tree_name(release: tuple[int, int, int]) -> str:
 
 
 def ensure(dest: Path, release: tuple[int, int, int], arch: str = "x86") -> Path:
-    """The verified shim tree for `release` under `dest` (built once), returning its root.
+    """The verified shim tree for `release` in the private store under the cache root `dest` (built once),
+    returning its root.
 
     When `dest` cannot be trusted or written (read-only /var/cache, someone else's directory), the
     tree is built in a private 0700 temp directory that is removed when netpath exits.
     """
+    from netpath.bpfload import cache as store  # the store imports kernel.cache, which this module does
+
     files = manifest(release, arch)
-    dir_fd = cache.open_dir(dest)
+    dir_fd = store.open_dir(create=True, root=dest)
     if dir_fd is not None:
         try:
             if _ensure_in(dir_fd, tree_name(release), files):
-                return dest / tree_name(release)
+                return dest / store.SUBDIR / tree_name(release)
         finally:
             os.close(dir_fd)
     return _private_tree(files)
@@ -141,11 +146,11 @@ def _ensure_in(dir_fd: int, name: str, files: dict[str, bytes]) -> bool:
 def _build(dir_fd: int, files: dict[str, bytes]) -> str:
     """Write the tree under a fresh, unpredictable name inside dir_fd; returns that name."""
     tmp = cache.temp_name("headers-shim")
-    os.mkdir(tmp, cache.DIR_MODE, dir_fd=dir_fd)
+    os.mkdir(tmp, TREE_DIR_MODE, dir_fd=dir_fd)
     try:
         root_fd = os.open(tmp, cache.DIR_FLAGS, dir_fd=dir_fd)
         try:
-            os.fchmod(root_fd, cache.DIR_MODE)
+            os.fchmod(root_fd, TREE_DIR_MODE)
             for rel, data in files.items():
                 _write_file(root_fd, rel, data)
         finally:
@@ -162,7 +167,7 @@ def _write_file(root_fd: int, rel: str, data: bytes) -> None:
     try:
         for part in dirs:
             try:
-                os.mkdir(part, cache.DIR_MODE, dir_fd=fd)
+                os.mkdir(part, TREE_DIR_MODE, dir_fd=fd)
                 made = True
             except FileExistsError:
                 made = False
@@ -170,8 +175,8 @@ def _write_file(root_fd: int, rel: str, data: bytes) -> None:
             os.close(fd)
             fd = sub
             if made:
-                os.fchmod(fd, cache.DIR_MODE)
-        out = cache.create_private(fd, leaf)
+                os.fchmod(fd, TREE_DIR_MODE)
+        out = cache.create_private(fd, leaf, TREE_FILE_MODE)
         try:
             cache.write_all(out, data)
         finally:
@@ -190,7 +195,10 @@ def _discard(dir_fd: int, name: str) -> None:
 
 
 def verify(dir_fd: int, name: str, files: dict[str, bytes]) -> bool:
-    """True when tree `name` is exactly `files`: same paths, same bytes, no symlinks, all ours and 0644/0755."""
+    """True when tree `name` is exactly `files`: same paths, same bytes, no symlinks, every directory and
+    file ours and closed to group and others (the store's own rules for its entries)."""
+    from netpath.bpfload import cache as store
+
     try:
         root_fd = os.open(name, cache.DIR_FLAGS, dir_fd=dir_fd)
     except OSError:
@@ -205,7 +213,7 @@ def verify(dir_fd: int, name: str, files: dict[str, bytes]) -> bool:
                     return False
             for filename in filenames:
                 rel = os.path.normpath(os.path.join(top, filename))
-                if files.get(rel) is None or cache.read_entry(fd, filename) != files[rel]:
+                if files.get(rel) is None or store.read_private(fd, filename)[0] != files[rel]:
                     return False
                 seen.add(rel)
     except OSError:
@@ -216,7 +224,7 @@ def verify(dir_fd: int, name: str, files: dict[str, bytes]) -> bool:
 
 
 def _private_dir(st: os.stat_result) -> bool:
-    return stat.S_ISDIR(st.st_mode) and caps.trusted_owner(st.st_uid) and not st.st_mode & 0o022
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o077
 
 
 def _private_tree(files: dict[str, bytes]) -> Path:

@@ -4,20 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-SOFTNET_COLUMNS = {1: "dropped", 2: "time_squeeze", 10: "flow_limit"}
+from netpath.kernel import procnet
+
 SOFTNET_STAT = Path("/proc/net/softnet_stat")
-
-
-def parse_softnet(text: str) -> dict[int, dict[str, int]]:
-    """One hex row per online CPU; the CPU id is column 12 when present."""
-    out: dict[int, dict[str, int]] = {}
-    for row, line in enumerate(text.splitlines()):
-        cols = [int(c, 16) for c in line.split()]
-        if not cols:
-            continue
-        cpu = cols[12] if len(cols) > 12 else row
-        out[cpu] = {name: cols[i] for i, name in SOFTNET_COLUMNS.items() if i < len(cols)}
-    return out
+parse_softnet = procnet.parse_softnet  # the parser is kernel/procnet.py's
 
 
 def softnet_totals(path: Path = SOFTNET_STAT) -> dict[str, int]:

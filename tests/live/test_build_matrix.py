@@ -6,11 +6,13 @@ for each option set below, turned into a ProgramSource by the commands' own prog
 trees carry no BTF, so struct offsets come from this kernel's BTF; the plan (-D USE_*/HAS_* set, RX_TSTAMP,
 KP_CHECKPOINTS, TP_HAS_RX_SK, ...) and the shimmed kernel version come from the fixture.
 
-How each build is checked (netpath.bpf.check_build): BCC compiles it with the headers shim for that kernel's
-release, then every function is loaded, never attached: raw tracepoints as raw tracepoints, kprobe handlers
-as kprobes (loading one needs no CONFIG_KPROBES, only attaching does, so 6.1/6.12 builds load here too),
-tp_btf functions through bpf(2) with their tracepoint's BTF id. Compiling alone would not do: BCC's compile
-never runs the verifier (a program the verifier rejects compiles cleanly), load_func does.
+How each build is checked (check_build below): BCC compiles it with the headers shim for that kernel's
+release, by the code the production build child runs (netpath.bpfload.build.describe), then the build is
+loaded by the production loader (netpath.bpfload.program.Program, through libbpf), every function, never
+attached: raw tracepoints as raw tracepoints, kprobe handlers as kprobes (loading one needs no
+CONFIG_KPROBES, only attaching does, so 6.1/6.12 builds load here too), tp_btf functions with their
+tracepoint's BTF id. Compiling alone would not do: BCC's compile never runs the verifier (a program the
+verifier rejects compiles cleanly), the load does.
 
 Which option sets (trace_options, drops_options): not the full cartesian product (thousands of configurations,
 most of them identical builds); the options that interact are crossed, the rest vary one at a time:
@@ -61,6 +63,9 @@ from pathlib import Path
 import pytest
 
 from netpath import bpf, contract, netns
+from netpath.bpfload import build as build_mod
+from netpath.bpfload import libbpf, load
+from netpath.bpfload.program import AUTO_PREFIX, Program
 from netpath.collect import drops as drops_mod
 from netpath.collect import trace as trace_mod
 from netpath.errors import MissingCapability
@@ -76,7 +81,8 @@ KPROBE_DATA_READY = ("socket_queue", "stack_total")
 # kfree_skb has rx_sk on 6.12 and 6.18, not on 6.1, and only the owner-reading build reads it
 DROPS_KERNELS = ("6.18", "6.12", "6.1")
 
-NS = netns.Netns(Path("/proc/self/ns/net"), 4026531840, "matrix")
+# a cookie too: both programs check --netns by it
+NS = netns.Netns(Path("/proc/self/ns/net"), 4026531840, "matrix", cookie=1)
 FILTERS: dict[str, Filters] = {
     "--netns": Filters(netns=NS),
     "--iface": Filters(ifaces=("lo",), iface_keys=((4026531840, 1),)),
@@ -211,10 +217,45 @@ def builds() -> tuple[list[Build], int]:
     return list(seen.values()), configs
 
 
+def check_build(source: bpf.ProgramSource, facts: KernelFacts, kprobes: tuple[str, ...] = ()) -> list[str]:
+    """Compile `source` for `facts`' kernel shape as the build child does, and load through the production
+    loader every function a run would load (never attached). Returns the functions loaded; raises
+    MissingCapability naming the first failure (clang's error or the verifier's complaint)."""
+    env_before = os.environ.get("BCC_KERNEL_SOURCE")
+    os.environ.update({k: v for k, v in build_mod.shim_env(facts, {}).items() if k == "BCC_KERNEL_SOURCE"})
+    try:
+        built = build_mod.describe(source.text(), source.cflags(), build_mod.headers_mode(facts))
+    finally:
+        if env_before is None:
+            os.environ.pop("BCC_KERNEL_SOURCE", None)
+        else:
+            os.environ["BCC_KERNEL_SOURCE"] = env_before
+    prog = Program(built, "matrix", attach=False)
+    loaded: list[str] = []
+    try:
+        ids = load.tp_btf_ids(Path("/sys/kernel/btf/vmlinux"), tuple(source.tp_btf.values()))
+        for fn in prog.functions:
+            if fn in source.tp_btf:
+                prog.load_function(fn, libbpf.PROG_TYPE_TRACING, libbpf.TRACE_RAW_TP, ids[source.tp_btf[fn]])
+            elif fn.startswith(AUTO_PREFIX):
+                prog.load_function(fn, libbpf.PROG_TYPE_RAW_TRACEPOINT)
+            elif fn in kprobes:
+                prog.load_function(fn, libbpf.PROG_TYPE_KPROBE)
+            else:
+                continue  # compiled, never loaded by a run of this build
+            loaded.append(fn)
+    finally:
+        prog.close()
+    missing = sorted(set(kprobes) - set(loaded)) + sorted(set(source.tp_btf) - set(loaded))
+    if missing:  # a run would fail to attach these
+        raise MissingCapability(f"no BPF function {', '.join(missing)} in the compiled program")
+    return loaded
+
+
 def _check(build: Build) -> str | None:
     """In a worker process: None, or the failure."""
     try:
-        bpf.check_build(build.source, _facts(build.kernel), build.kprobes)
+        check_build(build.source, _facts(build.kernel), build.kprobes)
     except MissingCapability as exc:
         return str(exc)
     return None
@@ -234,3 +275,15 @@ def test_every_build_compiles_and_passes_the_verifier() -> None:
           f"in {elapsed:.0f}s on {workers} workers")
     if failures:
         pytest.fail(f"{len(failures)} of {len(todo)} builds failed:\n" + "\n".join(failures), pytrace=False)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # BCC's own str-vs-bytes notes
+def test_a_build_the_verifier_refuses_fails_the_check(tmp_path, monkeypatch):
+    """The check loads through the production loader, so a function that compiles but that the verifier
+    refuses (a raw tracepoint argument, a plain number to the verifier, dereferenced) fails it with the
+    verifier's complaint."""
+    (tmp_path / "refused.c").write_text(
+        "RAW_TRACEPOINT_PROBE(kfree_skb)\n{\n\treturn *(volatile int *)ctx->args[0];\n}\n")
+    monkeypatch.setattr(build_mod, "BPF_DIR", tmp_path)
+    with pytest.raises(MissingCapability, match=r"raw_tracepoint__kfree_skb: Permission denied: .*invalid mem access"):
+        check_build(bpf.ProgramSource(["refused.c"]), _facts("6.18"))

@@ -121,20 +121,20 @@ def test_a_pid_nobody_may_not_open_is_reported_as_such():
     assert "'1'" in got.stderr and "cannot be opened" in got.stderr
 
 
-def test_umask_000_still_makes_a_0755_0644_cache(tmp_path):
+def test_umask_000_still_makes_a_0755_root_and_one_private_store(tmp_path):
     cdir = tmp_path / "fresh" / "cache"
     script = f"umask 000 && exec {netpath_cmd('drops', '--json', '--duration', '0.5')}"
     got = sh([], script, env={"NETPATH_CACHE": str(cdir)})
     assert got.returncode == 0, got.stderr
-    private = cdir / "programs"  # compiled builds and the symbol index: 0700 / 0600
-    paths = [cdir.parent, cdir, *(p for p in cdir.rglob("*") if private not in (p, *p.parents))]
-    assert len(paths) > 10  # offsets, reasons and the shim tree were all written
-    for path in paths:
-        assert (path.stat().st_mode & 0o777) == (0o755 if path.is_dir() else 0o644), path
-    assert (private.stat().st_mode & 0o777) == 0o700
-    assert {p.name.split("-")[0] for p in private.iterdir()} == {"prog", "kallsyms"}
-    for path in private.iterdir():
-        assert (path.stat().st_mode & 0o777) == 0o600, path
+    for path in (cdir.parent, cdir):
+        assert (path.stat().st_mode & 0o777) == 0o755, path
+    store = cdir / "store"  # every cache: BTF facts, the shim tree, compiled builds, the symbol index
+    assert [p.name for p in cdir.iterdir()] == ["store"]
+    paths = list(store.rglob("*"))
+    assert len(paths) > 10  # offsets, reasons, the shim tree, the build and the symbol index
+    for path in [store, *paths]:
+        assert (path.stat().st_mode & 0o777) == (0o700 if path.is_dir() else 0o600), path
+    assert {p.name.split("-")[0] for p in store.iterdir()} >= {"prog", "kallsyms", "offsets", "reasons", "headers"}
 
 
 def test_a_cache_dir_owned_by_another_user_is_ignored_with_one_warning(tmp_path):

@@ -10,8 +10,10 @@ import pytest
 from netpath_testlib import NetpathRun, free_udp_port, send_udp
 
 from netpath import bpf
+from netpath.bpfload import build
+from netpath.bpfload import cache as progcache
 from netpath.collect import drops as drops_mod
-from netpath.kernel import cache, progcache
+from netpath.kernel import cache
 from netpath.kernel.facts import KernelFacts
 
 N = 700
@@ -73,10 +75,10 @@ def test_a_changed_source_is_compiled_not_loaded_from_the_cache(cdir, tmp_path, 
     again.close()
     assert (first.origin, again.origin) == ("compiled", "cache")
     changed = tmp_path / "bpf"
-    shutil.copytree(bpf.BPF_DIR, changed)
+    shutil.copytree(build.BPF_DIR, changed)
     with (changed / source.files[-1]).open("a") as f:
         f.write("\n/* a changed source */\n")
-    monkeypatch.setattr(bpf, "BPF_DIR", changed)
+    monkeypatch.setattr(build, "BPF_DIR", changed)
     rebuilt = bpf.compile_program(source, facts)
     rebuilt.close()
     assert rebuilt.origin == "compiled"

@@ -28,7 +28,7 @@ def stage_sources(dest: Path) -> Path:
     """What the wheel is built from, copied out so the build leaves nothing in the checkout."""
     src = dest / "src"
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name in ("netpath", "bpf"):
+    for name in ("netpath", "bpf", "man"):
         shutil.copytree(REPO / name, src / name, ignore=ignore)
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(REPO / name, src / name)
@@ -69,6 +69,19 @@ def test_the_wheel_carries_the_bpf_sources(venv):
     assert module.startswith(str(venv)) and Path(bpf_dir) == Path(module).parent / "bpf"
     shipped = {p.name for p in Path(bpf_dir).iterdir()}
     assert {p.name for p in (REPO / "bpf").glob("*.[ch]")} <= shipped
+
+
+@pytest.mark.skipif(not shutil.which("man"), reason="needs man(1) (man-db)")
+def test_man_finds_every_page_the_wheel_installed(venv):
+    """The wheel installs man/man8 as PREFIX/share/man/man8; man(1) maps PREFIX/bin on PATH to it (and
+    make install links the pages into /usr/local/share/man)."""
+    pages = sorted(p.stem for p in (REPO / "man" / "man8").glob("*.8"))
+    assert "netpath-doctor" in pages
+    env = {**os.environ, "PATH": f"{venv / 'bin'}:{os.environ.get('PATH', '')}"}
+    env.pop("MANPATH", None)
+    for page in pages:
+        got = subprocess.run(["man", "-w", page], capture_output=True, text=True, env=env, check=False, timeout=30)
+        assert got.stdout.strip() == str(venv / "share" / "man" / "man8" / f"{page}.8"), (page, got.stderr)
 
 
 def test_installed_drops_counts_3000_closed_port_datagrams_exactly(venv):

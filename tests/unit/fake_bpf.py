@@ -36,6 +36,9 @@ class FakeProgram:
     def percpu_items(self, name: str) -> dict[bytes, list[bytes]]:
         return {k: list(v) for k, v in self.percpu.get(name, {}).items()}
 
+    def percpu_array(self, name: str) -> dict[int, list[bytes]]:
+        return {i: list(v) for i, v in self.arrays.get(name, {}).items()}
+
     def percpu_value(self, name: str, index: int) -> list[bytes]:
         return list(self.arrays[name][index])
 

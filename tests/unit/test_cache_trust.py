@@ -1,4 +1,5 @@
-"""The cache is a trust boundary: fixed modes, foreign or open entries refused, corrupt ones rebuilt."""
+"""The cache is a trust boundary: one private store (0700, entries 0600 with their key and checksum)
+for the BTF facts, the header shim and the programs; foreign or open entries refused, corrupt ones rebuilt."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 from btf_builder import kernel_like
 
+from netpath.bpfload import cache as store
 from netpath.kernel import cache, offsets, reasons, shim
 from netpath.kernel.btf import BTF
 
@@ -43,8 +45,19 @@ def mode(path: Path) -> int:
 
 
 def entry(cdir: Path, kind: str) -> Path:
-    (path,) = cdir.glob(f"{kind}-*.json")
+    (path,) = (cdir / store.SUBDIR).glob(f"{kind}-*")
     return path
+
+
+def payload(path: Path) -> object:
+    """The JSON inside an entry (after its magic and header lines)."""
+    return json.loads(path.read_bytes().split(b"\n", 2)[2])
+
+
+def rewrite(path: Path, data: bytes) -> None:
+    """Replace an entry's payload with `data` under a matching checksum: only the payload's checks stand."""
+    header = json.loads(path.read_bytes().split(b"\n", 2)[1])
+    path.write_bytes(store.encode_entry(header["key"], data))
 
 
 def good_offsets(btf: Path) -> dict[str, int]:
@@ -65,18 +78,18 @@ REASON_JUNK = [b"", b"junk", b"[{}, {}", b"null", b'{"3": "NO_SOCKET"}', b"[{}, 
 @pytest.mark.parametrize("junk", OFFSET_JUNK)
 def test_corrupt_offsets_are_rebuilt(btf, cdir, junk):
     assert offsets.load(btf) == good_offsets(btf)
-    entry(cdir, "offsets").write_bytes(junk)
+    rewrite(entry(cdir, "offsets"), junk)
     assert offsets.load(btf) == good_offsets(btf)
-    assert json.loads(entry(cdir, "offsets").read_text()) == good_offsets(btf)
+    assert payload(entry(cdir, "offsets")) == good_offsets(btf)
 
 
 @pytest.mark.parametrize("junk", REASON_JUNK)
 def test_corrupt_reasons_are_rebuilt(btf, cdir, junk):
     first = reasons.load(btf, None)
-    entry(cdir, "reasons").write_bytes(junk)
+    rewrite(entry(cdir, "reasons"), junk)
     again = reasons.load(btf, None)
     assert again.core == first.core == good_reasons(btf).core and again.source == "btf"
-    assert reasons.valid_cached(json.loads(entry(cdir, "reasons").read_text()))
+    assert reasons.valid_cached(payload(entry(cdir, "reasons")))
 
 
 def _shim_root(cdir: Path) -> Path:
@@ -84,7 +97,7 @@ def _shim_root(cdir: Path) -> Path:
 
 
 def _shim_ok(cdir: Path) -> bool:
-    fd = os.open(cdir, os.O_RDONLY | os.O_DIRECTORY)
+    fd = os.open(cdir / store.SUBDIR, os.O_RDONLY | os.O_DIRECTORY)
     try:
         return shim.verify(fd, shim.tree_name(RELEASE), shim.manifest(RELEASE))
     finally:
@@ -123,7 +136,7 @@ def test_a_damaged_shim_tree_is_rebuilt(cdir, damage):
     assert (root / "include/linux/types.h").read_text() == shim.STUBS["include/linux/types.h"]
 
 
-def test_umask_000_still_gives_0755_dirs_and_0644_files(btf, tmp_path, monkeypatch):
+def test_umask_000_still_gives_a_0755_root_and_a_private_store(btf, tmp_path, monkeypatch):
     deep = tmp_path / "a" / "b" / "cache"
     monkeypatch.setenv("NETPATH_CACHE", str(deep))
     old = os.umask(0)
@@ -135,25 +148,27 @@ def test_umask_000_still_gives_0755_dirs_and_0644_files(btf, tmp_path, monkeypat
         os.umask(old)
     for d in (tmp_path / "a", tmp_path / "a" / "b", deep):
         assert mode(d) == 0o755, d
+    assert [p.name for p in deep.iterdir()] == [store.SUBDIR]  # every cache in the one store
     for path in deep.rglob("*"):
-        assert mode(path) == (0o755 if path.is_dir() else 0o644), path
-    assert any(root.rglob("*.h"))
+        assert mode(path) == (0o700 if path.is_dir() else 0o600), path
+    assert any(root.rglob("*.h")) and root.parent == deep / store.SUBDIR
+    assert {p.name.split("-")[0] for p in (deep / store.SUBDIR).glob("*-*")} >= {"offsets", "reasons", "headers"}
 
 
 def test_a_group_writable_entry_is_refused_and_rebuilt(btf, cdir):
     offsets.load(btf)
     planted = entry(cdir, "offsets")
-    planted.write_text(json.dumps({**good_offsets(btf), "OFF_SKB_DEV": 999}))
+    rewrite(planted, json.dumps({**good_offsets(btf), "OFF_SKB_DEV": 999}).encode())
     planted.chmod(0o664)
     assert offsets.load(btf)["OFF_SKB_DEV"] == good_offsets(btf)["OFF_SKB_DEV"]
-    assert mode(planted) == 0o644 and json.loads(planted.read_text()) == good_offsets(btf)
+    assert mode(planted) == 0o600 and payload(planted) == good_offsets(btf)
 
 
 @needs_root
 def test_an_entry_owned_by_another_uid_is_refused_and_rebuilt(btf, cdir):
     offsets.load(btf)
     planted = entry(cdir, "offsets")
-    planted.write_text(json.dumps({**good_offsets(btf), "OFF_SKB_DEV": 999}))
+    rewrite(planted, json.dumps({**good_offsets(btf), "OFF_SKB_DEV": 999}).encode())
     os.chown(planted, 65534, 65534)
     assert offsets.load(btf)["OFF_SKB_DEV"] == good_offsets(btf)["OFF_SKB_DEV"]
     assert planted.stat().st_uid == os.geteuid()
@@ -197,21 +212,22 @@ def test_a_symlink_planted_at_the_temp_path_is_not_followed(btf, cdir, tmp_path,
     name = entry(cdir, "offsets").name
     entry(cdir, "offsets").unlink()
     monkeypatch.setattr(cache, "temp_name", lambda name: f".{name}.planted.tmp")
-    (cdir / f".{name}.planted.tmp").symlink_to(victim)
+    (cdir / store.SUBDIR / f".{name}.planted.tmp").symlink_to(victim)
     assert offsets.load(btf) == good_offsets(btf)
     assert victim.read_text() == "precious"
-    assert not list(cdir.glob("offsets-*.json"))  # could not write safely, so did not write
+    assert not list((cdir / store.SUBDIR).glob("offsets-*"))  # could not write safely, so did not write
 
 
 def test_a_symlink_planted_at_the_entry_is_replaced_not_followed(btf, cdir, tmp_path):
     victim = tmp_path / "victim"
-    victim.write_text(json.dumps({**good_offsets(btf), "OFF_SKB_DEV": 999}))
     offsets.load(btf)
     planted = entry(cdir, "offsets")
+    victim.write_bytes(planted.read_bytes())
+    rewrite(victim, json.dumps({**good_offsets(btf), "OFF_SKB_DEV": 999}).encode())
     planted.unlink()
     planted.symlink_to(victim)
     assert offsets.load(btf) == good_offsets(btf)
-    assert not planted.is_symlink() and json.loads(victim.read_text())["OFF_SKB_DEV"] == 999
+    assert not planted.is_symlink() and payload(victim)["OFF_SKB_DEV"] == 999
 
 
 def test_a_fifo_planted_at_the_entry_does_not_hang(btf, cdir):
@@ -267,4 +283,4 @@ def test_a_good_tree_another_netpath_just_built_is_kept(cdir, monkeypatch):
     real_verify = shim.verify
     monkeypatch.setattr(shim, "verify", lambda *a: next(calls) and real_verify(*a))
     assert _shim_root(cdir) == root and root.stat().st_ino == inode
-    assert not [p for p in cdir.iterdir() if p.name.endswith(".tmp")]
+    assert not [p for p in (cdir / store.SUBDIR).iterdir() if p.name.endswith(".tmp")]

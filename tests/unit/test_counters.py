@@ -1,5 +1,5 @@
 from netpath.collect import counters
-from netpath.kernel import softnet
+from netpath.kernel import procnet, softnet
 from netpath.model import Counter
 from netpath.render import records
 
@@ -36,9 +36,21 @@ def test_snmp6():
 
 
 def test_softnet_per_cpu_hex_columns():
-    got = softnet.parse_softnet(SOFTNET)
-    assert got[0] == {"dropped": 1, "time_squeeze": 2, "flow_limit": 3}
-    assert got[1] == {"dropped": 0, "time_squeeze": 5, "flow_limit": 0}
+    got = procnet.parse_softnet(SOFTNET)
+    assert softnet.parse_softnet is procnet.parse_softnet  # one parser
+    assert {k: got[0][k] for k in ("dropped", "time_squeeze", "flow_limit")} == {"dropped": 1, "time_squeeze": 2,
+                                                                                 "flow_limit": 3}
+    assert {k: got[1][k] for k in ("dropped", "time_squeeze", "flow_limit")} == {"dropped": 0, "time_squeeze": 5,
+                                                                                 "flow_limit": 0}
+    assert set(got[0]) == {"processed", "dropped", "time_squeeze", "received_rps", "flow_limit"}
+
+
+def test_the_readers_keep_their_fields_of_the_one_parse():
+    full = procnet.parse_snmp(SNMP) | procnet.parse_netstat(NETSTAT)
+    kept = counters.parse_snmp(SNMP) | counters.parse_snmp(NETSTAT)
+    assert kept and all(full[k] == v for k, v in kept.items()) and len(full) > len(kept)
+    assert counters.parse_conntrack(CONNTRACK).items() <= procnet.parse_conntrack_stats(CONNTRACK).items()
+    assert counters.parse_snmp6(SNMP6).items() <= procnet.parse_snmp6(SNMP6).items()
 
 
 def test_deltas_per_interval_and_totals():

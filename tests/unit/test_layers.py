@@ -1,4 +1,4 @@
-"""The layers stay layers: render sees only the model, only bpf.py touches BCC."""
+"""The layers stay layers: render sees only the model, only bpfload/build.py touches BCC."""
 
 from __future__ import annotations
 
@@ -33,17 +33,28 @@ def test_the_render_check_catches_a_stray_import(tmp_path):
     assert "netpath.collect" in imports(bad)
 
 
-def test_only_bpf_py_imports_or_drives_bcc():
+def test_only_bpfload_build_imports_or_drives_bcc():
     bcc_calls = ("perf_buffer_poll", "open_perf_buffer(handle", "attach_kretprobe(", "getvalue(", ".Leaf(",
                  "Key.from_buffer_copy", ".cleanup()")
     for path in PKG.rglob("*.py"):
-        if path.name == "bpf.py":
+        if path == PKG / "bpfload" / "build.py":
             continue
         text = path.read_text()
         assert "bcc" not in imports(path), f"{path} imports bcc"
         for call in bcc_calls:
-            assert call not in text, f"{path.relative_to(PKG)} uses a BCC object ({call}); go through bpf.Program"
+            assert call not in text, f"{path.relative_to(PKG)} uses a BCC object ({call}); go through bpfload.Program"
 
 
 def test_model_reads_no_kernel_and_imports_nothing_of_netpath():
     assert {n for n in imports(PKG / "model.py") if n.startswith("netpath")} == set()
+
+
+def test_collect_leaves_render_and_diagnose_to_the_composers():
+    """Sessions collect; the exporter and the doctor (collect/export.py, collect/doctor.py) compose them
+    with rules and metrics. No other collect module may reach up to render/ or diagnose/."""
+    composers = {"export.py", "doctor.py"}
+    for path in (PKG / "collect").glob("*.py"):
+        if path.name in composers:
+            continue
+        for name in imports(path):
+            assert not name.startswith(("netpath.render", "netpath.diagnose")), f"collect/{path.name} imports {name}"

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from netpath.kernel import bpfsys, cache, kallsyms, progcache
+from netpath.bpfload import cache as progcache
+from netpath.bpfload import libbpf, load
+from netpath.kernel import cache, kallsyms
 
 AS_ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not AS_ROOT, reason="planting a file owned by another uid needs root")
@@ -31,9 +33,9 @@ def cdir(tmp_path, monkeypatch) -> Path:
 
 
 def a_build() -> dict:
-    fn = progcache.unrelocate("raw_tracepoint__kfree_skb", LD_MAP + MOV_EXIT, {7: 0})
+    fn = load.unrelocate("raw_tracepoint__kfree_skb", LD_MAP + MOV_EXIT, {7: 0})
     return {"license": "GPL", "kern_version": 0, "functions": [fn],
-            "maps": [{"name": "drops", "type": bpfsys.MAP_TYPE_PERCPU_HASH, "key_size": 16, "value_size": 8,
+            "maps": [{"name": "drops", "type": libbpf.MAP_TYPE_PERCPU_HASH, "key_size": 16, "value_size": 8,
                       "max_entries": 1024, "flags": 0}]}
 
 
@@ -164,19 +166,19 @@ def test_no_cache_when_asked(tmp_path, monkeypatch):
 def test_map_references_round_trip_through_relocation():
     fn = a_build()["functions"][0]
     assert fn["relocs"] == [[0, 0]]
-    code = progcache.relocate(fn, [42])
+    code = load.relocate(fn, [42])
     assert struct.unpack_from("<i", code, 4)[0] == 42 and code[16:] == MOV_EXIT
 
 
 def test_an_fd_that_is_no_map_of_the_program_is_an_error():
     with pytest.raises(ValueError, match="no map"):
-        progcache.unrelocate("f", LD_MAP, {8: 0})
+        load.unrelocate("f", LD_MAP, {8: 0})
 
 
 def _mutated(**change) -> dict:
     build = a_build()
     fn = build["functions"][0]
-    code = bytearray(progcache.relocate(fn, [0]))
+    code = bytearray(load.relocate(fn, [0]))
     if "imm" in change:
         code[4:8] = struct.pack("<i", change["imm"])
     if "stray" in change:  # a second map load the relocations do not mention

@@ -37,7 +37,7 @@ def quiet_machine(monkeypatch):
     """No netlink, no /proc: counters and interface names come from the test."""
     readings = iter([{("snmp", "UdpNoPorts", None, None): 10}, {("snmp", "UdpNoPorts", None, None): 13},
                      {("snmp", "UdpNoPorts", None, None): 20}, {("snmp", "UdpNoPorts", None, None): 20}])
-    monkeypatch.setattr(counters_mod, "read_all", lambda _ns, _ifaces: next(readings))
+    monkeypatch.setattr(counters_mod, "read_all", lambda _ns, _ifaces, _token=None: next(readings))
     monkeypatch.setattr(IfaceNames, "name", lambda _self, ns, ifindex, cookie=0: NAMES.get((ns, ifindex)))
     monkeypatch.setattr(trace_mod, "_iface_names", lambda: lambda ns, ifindex: NAMES.get((ns, ifindex)))
     softnet = iter([{"time_squeeze": 5, "dropped": 0}, {"time_squeeze": 7, "dropped": 1},
@@ -188,7 +188,7 @@ def test_a_namespace_deleted_mid_run_freezes_its_counters_and_says_so_once(drop_
 
     reads = iter([{("snmp", "UdpNoPorts", None, None): 1}, FileNotFoundError(2, "No such file or directory")])
 
-    def read_all(_ns, _ifaces):
+    def read_all(_ns, _ifaces, _token=None):
         item = next(reads)
         if isinstance(item, Exception):
             raise item

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from netpath import bpf
+from netpath.bpfload import load, program
 from netpath.errors import MissingCapability
 
 SOURCE = bpf.ProgramSource(["trace_common.c"], {"TP_BTF": 1}, {"np_btf_sk_data_ready": "sk_data_ready"})
@@ -43,8 +44,8 @@ def built(monkeypatch):
             made.append(Built(source.defines, source.defines["TP_BTF"] == 1 and typed_fails == "attach"))
             return made[-1]
 
-        monkeypatch.setattr(bpf, "_compile", compile_)
-        monkeypatch.setattr(bpf, "tp_btf_ids", lambda _path, tps: {tp: 7 for tp in tps})
+        monkeypatch.setattr(program, "_compile", compile_)
+        monkeypatch.setattr(load, "tp_btf_ids", lambda _path, tps: {tp: 7 for tp in tps})
         return made
 
     return install

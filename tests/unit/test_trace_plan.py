@@ -96,6 +96,19 @@ def test_program_source_takes_numbers_only() -> None:
     assert all(flag.startswith(("-I", "-D")) for flag in src.cflags())
 
 
+def test_netns_is_checked_by_its_cookie_as_drops_checks_it() -> None:
+    from netpath.netns import Netns
+
+    plan = make_plan(facts("trace-6.12"))
+    offsets = {name: 8 for name in trace_mod.NEEDED}
+    ns = Netns(Path("/run/netns/x"), 4026532999, "x", cookie=77)
+    src = trace_mod.program_source(trace_mod.TraceQuery(Filters(netns=ns)), plan, {**offsets, "OFF_NET_COOKIE": 120})
+    assert (src.defines["FILTER_NETNS"], src.defines["FILTER_NETNS_COOKIE"], src.defines["OFF_NET_COOKIE"]) == (
+        4026532999, 77, 120)
+    no_cookie = trace_mod.program_source(trace_mod.TraceQuery(Filters(netns=ns)), plan, offsets)  # before 5.12
+    assert "FILTER_NETNS_COOKIE" not in no_cookie.defines and no_cookie.defines["FILTER_NETNS"] == 4026532999
+
+
 def test_program_source_includes_only_the_units_the_plan_needs() -> None:
     def units(name: str, only: tuple[str, ...]) -> list[str]:
         return trace_mod.c_units(make_plan(facts(name), only=only))

@@ -1,12 +1,14 @@
-"""Compiled BPF programs, cached per kernel build, source text, cflags and BCC version.
+"""netpath's one cache store, and the compiled BPF programs in it (keys, trust rules).
 
-A build (what netpath/bpf.py reads back from BCC: map layouts and each
-function's bytecode with its map references as map indexes) is what root
-loads into the kernel, so this cache is held to more than the BTF-facts
-cache: a private directory (0700) under the cache root, entries 0600, owned
-by us, one link, and each entry carries the full key it was built for and a
-SHA-256 of its build. Anything else — planted, tampered, truncated, stale,
-malformed — is refused, removed and rebuilt, never loaded.
+Every cache netpath keeps lives in one private directory (0700, ours) under the cache root: the facts
+derived from the kernel's BTF (offsets, drop reasons, tp_btf ids), the symbol index, the BCC header shim
+tree and the compiled programs. root believes what it reads there (it compiles the shim, and loads the
+programs into the kernel), so every entry is held to the same rules: a regular file, 0600, owned by us,
+one link, and it carries the full key it was made for and a SHA-256 of its payload. Anything else —
+planted, tampered, truncated, stale, malformed — is refused, removed and rebuilt, never used.
+
+A program build (what build.py reads back from BCC: map layouts and each function's bytecode with its
+map references as map indexes) is further checked by `valid_build` before it is loaded.
 """
 
 from __future__ import annotations
@@ -22,17 +24,18 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from netpath.kernel import bpfsys, cache
+from netpath.bpfload.load import LD_IMM64, MAP_TYPES, PSEUDO_MAP_FD
+from netpath.kernel import cache
 
 FORMAT = 1
-SUBDIR = "programs"
+SUBDIR = "store"
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 MAX_ENTRY_BYTES = 8 << 20
 MAX_INSNS = 1 << 20  # the kernel's own limit for a privileged program
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
-_LD_IMM64 = 0x18
-_PSEUDO_MAP_FD = 1
+_LD_IMM64 = LD_IMM64
+_PSEUDO_MAP_FD = PSEUDO_MAP_FD
 
 
 def _sha(data: bytes) -> str:
@@ -74,36 +77,6 @@ def entry_name(kind: str, k: dict[str, Any]) -> str:
 # ---------------------------------------------------------------- bytecode
 
 
-def unrelocate(name: str, code: bytes, fd_index: dict[int, int]) -> dict[str, Any]:
-    """A function's bytecode with every map-fd load zeroed and recorded as (instruction, map index)."""
-    insns = bytearray(code)
-    relocs = []
-    i = 0
-    while i < len(insns) // 8:
-        op, regs = insns[i * 8], insns[i * 8 + 1]
-        if op == _LD_IMM64:
-            src = regs >> 4
-            if src == _PSEUDO_MAP_FD:
-                fd = int.from_bytes(insns[i * 8 + 4:i * 8 + 8], "little", signed=True)
-                if fd not in fd_index:
-                    raise ValueError(f"{name}: instruction {i} loads fd {fd}, which is no map of this program")
-                relocs.append([i, fd_index[fd]])
-                insns[i * 8 + 4:i * 8 + 8] = bytes(4)
-            elif src:
-                raise ValueError(f"{name}: instruction {i}: ld_imm64 kind {src} is not supported")
-            i += 2
-        else:
-            i += 1
-    return {"name": name, "insns": base64.b64encode(bytes(insns)).decode(), "relocs": relocs}
-
-
-def relocate(fn: dict[str, Any], map_fds: list[int]) -> bytes:
-    insns = bytearray(base64.b64decode(fn["insns"]))
-    for i, index in fn["relocs"]:
-        insns[i * 8 + 4:i * 8 + 8] = map_fds[index].to_bytes(4, "little", signed=True)
-    return bytes(insns)
-
-
 def _int(v: Any, lo: int, hi: int) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
 
@@ -140,7 +113,7 @@ def _valid_function(fn: Any, nmaps: int) -> bool:
 
 
 def valid_build(build: Any) -> bool:
-    """The shape `netpath.bpf` writes, with bounds the kernel would accept."""
+    """The shape build.py writes, with bounds the kernel would accept."""
     if not (isinstance(build, dict) and set(build) == {"license", "kern_version", "maps", "functions"}):
         return False
     maps, functions = build["maps"], build["functions"]
@@ -150,7 +123,7 @@ def valid_build(build: Any) -> bool:
         return False
     for m in maps:
         if not (isinstance(m, dict) and set(m) == {"name", "type", "key_size", "value_size", "max_entries", "flags"}
-                and isinstance(m["name"], str) and _NAME.match(m["name"]) and m["type"] in bpfsys.MAP_TYPES
+                and isinstance(m["name"], str) and _NAME.match(m["name"]) and m["type"] in MAP_TYPES
                 and _int(m["key_size"], 1, 512) and _int(m["value_size"], 1, 1 << 16)
                 and _int(m["max_entries"], 1, 1 << 24) and _int(m["flags"], 0, 0xFFFFFFFF)):
             return False
@@ -161,9 +134,9 @@ def valid_build(build: Any) -> bool:
 # ---------------------------------------------------------------- the store
 
 
-def open_dir(create: bool = True) -> int | None:
-    """An fd on the private program directory once it is ours and 0700, else None (then: no cache)."""
-    parent = cache.open_dir(cache.cache_dir(), create)
+def open_dir(create: bool = True, root: Path | None = None) -> int | None:
+    """An fd on the private store under the cache root once it is ours and 0700, else None (then: no cache)."""
+    parent = cache.open_dir(root or cache.cache_dir(), create)
     if parent is None:
         return None
     try:
@@ -180,7 +153,7 @@ def open_dir(create: bool = True) -> int | None:
     try:
         st = os.fstat(fd)
         if st.st_uid != os.geteuid():
-            raise PermissionError(errno.EPERM, "not our program cache")
+            raise PermissionError(errno.EPERM, "not our cache store")
         if stat.S_IMODE(st.st_mode) != DIR_MODE:  # ours but opened up: close it again; entries are checked
             os.fchmod(fd, DIR_MODE)
     except OSError:
@@ -202,6 +175,11 @@ def entry_refusal(st: os.stat_result) -> str | None:
     if st.st_size > MAX_ENTRY_BYTES:
         return "too large"
     return None
+
+
+def read_private(dir_fd: int, name: str) -> tuple[bytes | None, str]:
+    """The bytes of file `name` in dir_fd when entry_refusal accepts it: (None, "") missing, (None, why)."""
+    return _read_entry(dir_fd, name)
 
 
 def _read_entry(dir_fd: int, name: str) -> tuple[bytes | None, str]:
@@ -252,10 +230,18 @@ def check_entry(raw: bytes, k: dict[str, Any]) -> tuple[bytes | None, str]:
     return payload, ""
 
 
+# NETPATH_PROGRAM_CACHE=0 turns these off (a new configuration: the kernel's facts cached, not the build)
+PROGRAM_KINDS = ("prog", "kallsyms")
+
+
+def _off(kind: str) -> bool:
+    return kind in PROGRAM_KINDS and os.environ.get("NETPATH_PROGRAM_CACHE") == "0"
+
+
 def load_payload(kind: str, k: dict[str, Any]) -> tuple[bytes | None, str]:
     """(the cached payload for key k, "") on a hit; (None, "") on a miss; (None, why) when an entry was
     there and refused (it is removed: the caller rebuilds and stores afresh)."""
-    if os.environ.get("NETPATH_PROGRAM_CACHE") == "0":
+    if _off(kind):
         return None, ""
     dir_fd = open_dir(create=False)
     if dir_fd is None:
@@ -276,7 +262,7 @@ def load_payload(kind: str, k: dict[str, Any]) -> tuple[bytes | None, str]:
 
 
 def store_payload(kind: str, k: dict[str, Any], payload: bytes) -> bool:
-    if os.environ.get("NETPATH_PROGRAM_CACHE") == "0":
+    if _off(kind):
         return False
     dir_fd = open_dir(create=True)
     if dir_fd is None:

@@ -1,0 +1,94 @@
+"""The /proc/net counter files, parsed once for everyone: snmp, netstat, snmp6, sockstat, softnet_stat
+and stat/nf_conntrack. Every field is returned; each reader keeps the ones it reports.
+
+Names follow nstat (`IpInDiscards`, `TcpExtListenDrops`, `Udp6NoPorts`), the names operators know from
+`nstat` and node_exporter. The texts come from whichever namespace the caller read them in.
+"""
+
+from __future__ import annotations
+
+
+def parse_snmp(text: str) -> dict[str, int]:
+    """/proc/net/snmp: header and value lines in pairs (`Ip: Forwarding ...` / `Ip: 1 ...`), every field
+    as prefix+name (IpReasmFails)."""
+    out: dict[str, int] = {}
+    lines = text.splitlines()
+    for header, values in zip(lines[::2], lines[1::2], strict=False):
+        prefix, _, names = header.partition(":")
+        vprefix, _, nums = values.partition(":")
+        if prefix != vprefix:
+            continue
+        for name, num in zip(names.split(), nums.split(), strict=False):
+            if num.lstrip("-").isdigit():
+                out[prefix + name] = int(num)
+    return out
+
+
+def parse_netstat(text: str) -> dict[str, int]:
+    """/proc/net/netstat: the same layout as snmp (TcpExt, IpExt, MPTcpExt): TcpExtListenOverflows."""
+    return parse_snmp(text)
+
+
+def parse_snmp6(text: str) -> dict[str, int]:
+    """/proc/net/snmp6: one `Name value` per line (Udp6NoPorts)."""
+    out = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            out[parts[0]] = int(parts[1])
+    return out
+
+
+def parse_sockstat(text: str) -> dict[str, int]:
+    """/proc/net/sockstat (and sockstat6): "UDP: inuse 3 mem 2" -> {"sockstat.UDP.inuse": 3,
+    "sockstat.UDP.mem": 2}. inuse is this namespace's; mem (pages) is the protocol's, host-wide, the
+    number tcp_mem / udp_mem are compared with (sk_memory_allocated, __sk_mem_raise_allocated)."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        proto, sep, rest = line.partition(":")
+        words = rest.split()
+        if not sep or len(words) % 2:
+            continue
+        for key, value in zip(words[::2], words[1::2], strict=True):
+            if value.isdigit():
+                out[f"sockstat.{proto.strip()}.{key}"] = int(value)
+    return out
+
+
+# softnet_stat's columns (net/core/net-procfs.c, softnet_seq_show): 0 processed, 1 dropped, 2 time_squeeze,
+# 9 received_rps, 10 flow_limit_count, 11 backlog length (6.x), 12 the CPU's index
+SOFTNET_COLUMNS = {0: "processed", 1: "dropped", 2: "time_squeeze", 9: "received_rps", 10: "flow_limit"}
+
+
+def parse_softnet(text: str) -> dict[int, dict[str, int]]:
+    """/proc/net/softnet_stat: one hex row per online CPU -> cpu -> the named columns it has. The CPU is
+    column 12 where the kernel prints it (4.18+), else the row's position."""
+    out: dict[int, dict[str, int]] = {}
+    for row, line in enumerate(text.splitlines()):
+        try:
+            cols = [int(c, 16) for c in line.split()]
+        except ValueError:
+            continue
+        if not cols:
+            continue
+        cpu = cols[12] if len(cols) > 12 else row
+        out[cpu] = {name: cols[i] for i, name in SOFTNET_COLUMNS.items() if i < len(cols)}
+    return out
+
+
+def parse_conntrack_stats(text: str) -> dict[str, int]:
+    """/proc/net/stat/nf_conntrack: a header of names, then one hex row per CPU -> each column summed
+    (`entries` is the same global number on every row, so it is taken once)."""
+    lines = text.splitlines()
+    if not lines:
+        return {}
+    names = lines[0].split()
+    out: dict[str, int] = {}
+    for line in lines[1:]:
+        for name, value in zip(names, line.split(), strict=False):
+            try:
+                n = int(value, 16)
+            except ValueError:
+                continue
+            out[name] = n if name == "entries" else out.get(name, 0) + n
+    return out

@@ -6,7 +6,7 @@ STAMP := $(VENV)/.netpath-installed
 # The system install: a wheel of this checkout in a root-owned venv, linked onto root's PATH.
 PREFIX ?= /opt/netpath
 BINDIR ?= /usr/local/bin
-APT_PACKAGES := python3-bpfcc bpfcc-tools bpftool linux-libc-dev python3-venv python3-wheel iproute2 iptables sockperf procps ethtool prometheus python3-bcrypt python3-yaml openssl curl tshark
+APT_PACKAGES := python3-bpfcc bpfcc-tools bpftool linux-libc-dev python3-venv python3-wheel iproute2 iptables sockperf procps ethtool prometheus python3-bcrypt python3-yaml openssl curl tshark nftables
 export PATH := /usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
 .PHONY: install system apt venv link dev-link uninstall tracefs demo test test-unit test-live lint bench clean help

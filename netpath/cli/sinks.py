@@ -10,13 +10,15 @@ from netpath.model import (
     DropSample,
     DropSnapshot,
     Event,
+    FollowedPacket,
+    FollowSnapshot,
     SlowPacket,
     Snapshot,
     Start,
     TraceSnapshot,
     Verdict,
 )
-from netpath.render import drops_view, pcapng, records, trace_view
+from netpath.render import drops_view, follow_view, pcapng, records, trace_view
 
 
 class JsonSink:
@@ -30,13 +32,17 @@ class JsonSink:
 
     def events(self, events: list[Event]) -> None:
         for item in events:
-            if isinstance(item, DropSample | SlowPacket):  # captured packets go to the pcapng file (PcapSink)
+            # captured packets go to the pcapng file (PcapSink)
+            if isinstance(item, DropSample | SlowPacket | FollowedPacket):
                 self.term.emit(records.event(item))
 
     def interval(self, snap: Snapshot, seq: int) -> None:
         self.term.emit(records.interval(snap, seq))
 
     def summary(self, snap: Snapshot, stop_reason: str, verdicts: list[Verdict]) -> None:
+        if isinstance(snap, FollowSnapshot):  # packets still going: each a record of its own, before the summary
+            for packet in snap.in_flight:
+                self.term.emit(records.packet(packet))
         self.term.emit(records.summary(snap, stop_reason, verdicts or None))
 
 
@@ -149,3 +155,28 @@ class PcapSink:
         self.inner.summary(snap, stop_reason, verdicts)
         where = "stdout" if self.target == "-" else self.target
         self.term.note(f"netpath drops: {self.writer.written:,} dropped packets written to {where}")
+
+
+class FollowView:
+    """netpath follow for people: a block per packet as it ends; intervals print nothing."""
+
+    def __init__(self, term: Terminal) -> None:
+        self.term = term
+
+    def started(self, start: Start) -> None:
+        self.term.note(f"netpath follow: {len(start.attached)} tracepoints attached; following up to "
+                       f"{getattr(start, 'count', 0)} packets, Ctrl-C to stop")
+
+    def events(self, events: list[Event]) -> None:
+        for item in events:
+            if isinstance(item, FollowedPacket):
+                self.term.plain("\n".join(follow_view.packet_lines(item)) + "\n")
+
+    def interval(self, snap: Snapshot, seq: int) -> None:
+        pass
+
+    def summary(self, snap: Snapshot, stop_reason: str, verdicts: list[Verdict]) -> None:
+        assert isinstance(snap, FollowSnapshot)
+        for packet in snap.in_flight:
+            self.term.plain("\n".join(follow_view.packet_lines(packet)) + "\n")
+        self.term.plain("\n".join(follow_view.summary_lines(snap, stop_reason)))

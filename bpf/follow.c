@@ -2,8 +2,8 @@
 /*
  * netpath follow: one skb's whole way through the host, from tracepoints.
  *
- * The entry hooks (net_dev_queue, netif_rx, napi_gro_receive_entry,
- * netif_receive_skb) run the user's filters on an skb not yet followed; the
+ * The entry hooks (net_dev_queue, net_dev_start_xmit, netif_rx,
+ * napi_gro_receive_entry, netif_receive_skb) run the user's filters on an skb not yet followed; the
  * first that matches puts the skb's address in `followed` (a bounded hash:
  * a start that finds no room is counted, never silent) and sends the first
  * hop. Every hook then costs one lookup by address and, for a followed skb,
@@ -18,7 +18,8 @@
  * next packet. A hook that cannot follow the last one seen on a live skb
  * (follow_reused) ends the old packet as untracked and starts afresh.
  *
- * Compile-time numbers: HOOK_<id> for each hook this kernel has, FOLLOW_MAX
+ * Compile-time numbers: HOOK_<id> for each hook this kernel has (with the
+ * argument this unit reads: CONSUME_HAS_LOCATION, TP_HAS_REASON), FOLLOW_MAX
  * (--count), FOLLOW_RING_PAGES, NP_PAGE_SIZE, the FILTER_* filters and the
  * OFF_* struct offsets. struct follow_hop and the enums come from
  * netpath/contract.py.
@@ -58,6 +59,8 @@ struct follow_ctx {
 	s32 rc;
 	u32 len;	/* the tracepoint's length when the skb may be gone (net_dev_xmit) */
 	u8 gone;	/* the skb may be freed already: only its address is used */
+	u8 stack;	/* send who called: a free with no skb tracepoint of its own */
+	void *ctx;
 	u8 fate;
 };
 
@@ -149,6 +152,8 @@ static __always_inline int follow_reused(u16 hook, struct follow_state *s, struc
 		if (last == FH_RECEIVE)
 			return h->ifindex == s->ifindex && h->netns_cookie == s->cookie;
 		return last != FH_NETIF_RX && last != FH_GRO && last != FH_XMIT;	/* veth: xmit returns later */
+	case FH_START_XMIT:	/* after the queue (or its qdisc) */
+		return last != FH_DEV_QUEUE && last != FH_QDISC_ENQUEUE && last != FH_QDISC_DEQUEUE;
 	case FH_DEV_QUEUE:	/* forwarded skbs have no socket; a local one sent after a receive is new */
 		if (!follow_rx_hook(last))
 			return 0;
@@ -232,6 +237,8 @@ static __always_inline void follow_fill(struct follow_hop *h, struct np_flow *f,
 	h->dport = f->dport;
 	__builtin_memcpy(h->saddr, f->saddr, sizeof(h->saddr));
 	__builtin_memcpy(h->daddr, f->daddr, sizeof(h->daddr));
+	if (c->stack)
+		bpf_get_stack(c->ctx, h->frames, sizeof(h->frames), 0);
 	if (c->fate != FATE_DELIVERED)
 		return;
 	if (c->sk) {	/* queued on a socket (softirq: the current task is anyone's) */
@@ -350,7 +357,7 @@ RAW_TRACEPOINT_PROBE(net_dev_start_xmit)
 {
 	struct follow_ctx c = { .skb = (void *)ctx->args[0], .dev = (void *)ctx->args[1] };
 
-	follow_hook(FH_START_XMIT, 0, &c);
+	follow_hook(FH_START_XMIT, 1, &c);
 	return 0;
 }
 #endif
@@ -446,6 +453,7 @@ RAW_TRACEPOINT_PROBE(udp_fail_queue_rcv_skb)
 #ifdef HOOK_FH_DATA_READY
 #define FOLLOW_AF_INET	2
 #define FOLLOW_AF_INET6	10
+#define FOLLOW_TCP_LISTEN	10
 /*
  * Queued on a socket: delivered to it (UDP copies a linear datagram to the
  * reader and frees it with no tracepoint, so this is the last sight of it).
@@ -457,19 +465,23 @@ RAW_TRACEPOINT_PROBE(sk_data_ready)
 	struct follow_ctx c = { .sk = (void *)ctx->args[0], .fate = FATE_DELIVERED };
 	u64 tail = 0, *cur;
 	u16 family = 0;
+	u8 state = 0;
 	int zero = 0;
 
 	NP_READ(family, c.sk, OFF_SK_FAMILY);
 	if (family != FOLLOW_AF_INET && family != FOLLOW_AF_INET6)
 		return 0;
 	NP_READ(tail, c.sk, OFF_SK_RCVQ_PREV);
+	NP_READ(state, c.sk, OFF_SK_STATE);
 	if (tail && tail != (u64)c.sk + OFF_SK_RCVQ && followed.lookup(&tail)) {
 		c.skb = (void *)tail;
-	} else {
+	} else if (state != FOLLOW_TCP_LISTEN) {	/* a listener wakes for a connection, not for data */
 		cur = follow_cur.lookup(&zero);
 		if (!cur || !*cur)
 			return 0;
 		c.skb = (void *)*cur;
+	} else {
+		return 0;
 	}
 	follow_hook(FH_DATA_READY, 0, &c);
 	return 0;
@@ -490,8 +502,11 @@ RAW_TRACEPOINT_PROBE(skb_copy_datagram_iovec)
 #ifdef HOOK_FH_CONSUME
 RAW_TRACEPOINT_PROBE(consume_skb)
 {
-	struct follow_ctx c = { .skb = (void *)ctx->args[0], .location = ctx->args[1], .fate = FATE_CONSUMED };
+	struct follow_ctx c = { .skb = (void *)ctx->args[0], .fate = FATE_CONSUMED };
 
+#if CONSUME_HAS_LOCATION	/* Linux 6.3+ */
+	c.location = ctx->args[1];
+#endif
 	follow_hook(FH_CONSUME, 0, &c);
 	return 0;
 }
@@ -506,6 +521,25 @@ RAW_TRACEPOINT_PROBE(kfree_skb)
 	c.reason = (u32)ctx->args[2];
 #endif
 	follow_hook(FH_KFREE, 0, &c);
+	return 0;
+}
+#endif
+
+#ifdef HOOK_FH_SLAB_FREE
+/*
+ * The sk_buff itself goes back to its slab: freed by a path with no skb
+ * tracepoint (__kfree_skb: TCP's pure ACKs, coalesced segments). Every slab
+ * free in the kernel runs this, so it is one lookup and nothing else.
+ */
+RAW_TRACEPOINT_PROBE(kmem_cache_free)
+{
+	u64 ptr = ctx->args[1];
+	struct follow_ctx c = { .skb = (void *)ptr, .location = ctx->args[0], .gone = 1, .stack = 1,
+				.fate = FATE_FREED, .ctx = ctx };
+
+	if (!followed.lookup(&ptr))
+		return 0;
+	follow_hook(FH_SLAB_FREE, 0, &c);
 	return 0;
 }
 #endif

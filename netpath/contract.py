@@ -282,7 +282,7 @@ FOLLOW_HOOKS: tuple[FollowHook, ...] = (
     FollowHook("net:net_dev_queue", "FH_DEV_QUEUE", entry=True),
     FollowHook("qdisc:qdisc_enqueue", "FH_QDISC_ENQUEUE"),
     FollowHook("qdisc:qdisc_dequeue", "FH_QDISC_DEQUEUE"),
-    FollowHook("net:net_dev_start_xmit", "FH_START_XMIT"),
+    FollowHook("net:net_dev_start_xmit", "FH_START_XMIT", entry=True),  # GSO's segments are new skbs here
     FollowHook("net:netif_rx", "FH_NETIF_RX", entry=True),
     FollowHook("net:net_dev_xmit", "FH_XMIT"),
     FollowHook("net:napi_gro_receive_entry", "FH_GRO", entry=True),
@@ -294,11 +294,18 @@ FOLLOW_HOOKS: tuple[FollowHook, ...] = (
     FollowHook("skb:skb_copy_datagram_iovec", "FH_COPY"),
     FollowHook("skb:consume_skb", "FH_CONSUME"),
     FollowHook("skb:kfree_skb", "FH_KFREE"),
+    FollowHook("kmem:kmem_cache_free", "FH_SLAB_FREE"),
 )
 # hooks the issue names that cannot follow an skb, and why (the start line's `unavailable`)
 FOLLOW_NOT_SKB = {"xdp:xdp_redirect": "carries the XDP buffer, not an skb: no address to follow it by"}
 # how a followed packet ended (enum follow_fate); in_flight: not ended (a hop that is not the last)
-FOLLOW_FATES = ("in_flight", "delivered", "dropped", "sent", "gro_merged", "consumed", "untracked")
+# freed: by __kfree_skb and friends, which have no skb tracepoint (TCP frees a pure ACK so), seen as the sk_buff's
+# own slab object going back (kmem:kmem_cache_free)
+# segmented: consumed where software GSO cut it into segments, each a new skb followed from net_dev_start_xmit
+# (netpath tells it from `consumed` by the code location; the C never sends it)
+FOLLOW_FATES = ("in_flight", "delivered", "dropped", "sent", "gro_merged", "consumed", "freed", "untracked",
+                "segmented")
+FOLLOW_FRAMES = 6  # kernel stack frames a `freed` hop carries: who freed it, past the free functions
 # bpf/follow.c's own counters (enum follow_stat), then one hit counter per hook (FOLLOW_HOOKS order)
 FOLLOW_STATS = ("started", "table_full", "lost_hops", "hops_cut", "untracked")
 FOLLOW_SLOTS = 4096  # skbs followed at once (the followed hash); a start past it is counted in table_full
@@ -311,7 +318,8 @@ FOLLOW_HOP = Layout("follow_hop", (
     _f("cgroup", "u64"), _f("sk_ino", "u64"), _f("netns", "u32"), _f("ifindex", "u32"), _f("len", "u32"),
     _f("cpu", "u32"), _f("reason", "u32"), _f("pid", "u32"), _f("rc", "s32"), _f("hook", "u16"), _f("fate", "u8"),
     _f("family", "u8"), _f("saddr", "u32", 4, raw=True), _f("daddr", "u32", 4, raw=True), _f("sport", "u16"),
-    _f("dport", "u16"), _f("l3proto", "u16"), _f("l4proto", "u8"), _f("pad", "u8"), _f("comm", "char", 16)),
+    _f("dport", "u16"), _f("l3proto", "u16"), _f("l4proto", "u8"), _f("pad", "u8"), _f("comm", "char", 16),
+    _f("frames", "u64", FOLLOW_FRAMES)),
     "one hop of a followed skb: offset_ns since the first hop, where (namespace cookie and inode, device), "
     "the headers read again here (family 0: not readable at this hook); fate ends the packet; delivered: "
     "the socket's inode and cgroup (sk_data_ready) or the reading process (skb_copy_datagram_iovec)")
@@ -350,7 +358,8 @@ def c_prelude() -> str:
                    f"#define DROP_CACHE_SLOTS\t{DROP_CACHE_SLOTS}",
                    f"#define LINKTYPE_ETHERNET\t{LINKTYPE_ETHERNET}", f"#define LINKTYPE_RAW\t{LINKTYPE_RAW}",
                    f"#define PCAP_RATE_PER_CPU\t{PCAP_RATE_PER_CPU}", f"#define PCAP_BURST\t{PCAP_BURST}",
-                   f"#define FOLLOW_SLOTS\t{FOLLOW_SLOTS}", f"#define FOLLOW_MAX_HOPS\t{FOLLOW_MAX_HOPS}"]),
+                   f"#define FOLLOW_SLOTS\t{FOLLOW_SLOTS}", f"#define FOLLOW_MAX_HOPS\t{FOLLOW_MAX_HOPS}",
+                   f"#define FOLLOW_FRAMES\t{FOLLOW_FRAMES}"]),
         *(layout.c_decl() for layout in SHARED_LAYOUTS),
     ]
     return "\n\n".join(["/* generated from netpath/contract.py: edit it there */", *parts]) + "\n"

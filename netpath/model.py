@@ -544,6 +544,7 @@ class FollowSnapshot:
     followed: int  # packets ended so far (for an interval: in it)
     interval_ns: int = 0
     in_flight: tuple[FollowedPacket, ...] = ()  # the summary: packets still going when the run ended
+    late: tuple[FollowedPacket, ...] = ()  # the summary: packets that ended, their owner looked up at the end
 
 
 Event = DropSample | SlowPacket | CapturedPacket | FollowedPacket

@@ -41,7 +41,7 @@ class JsonSink:
 
     def summary(self, snap: Snapshot, stop_reason: str, verdicts: list[Verdict]) -> None:
         if isinstance(snap, FollowSnapshot):  # packets still going: each a record of its own, before the summary
-            for packet in snap.in_flight:
+            for packet in (*snap.late, *snap.in_flight):
                 self.term.emit(records.packet(packet))
         self.term.emit(records.summary(snap, stop_reason, verdicts or None))
 
@@ -177,6 +177,6 @@ class FollowView:
 
     def summary(self, snap: Snapshot, stop_reason: str, verdicts: list[Verdict]) -> None:
         assert isinstance(snap, FollowSnapshot)
-        for packet in snap.in_flight:
+        for packet in (*snap.late, *snap.in_flight):
             self.term.plain("\n".join(follow_view.packet_lines(packet)) + "\n")
         self.term.plain("\n".join(follow_view.summary_lines(snap, stop_reason)))

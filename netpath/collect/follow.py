@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import time
 from dataclasses import dataclass, field
 
 from netpath import bpf, contract, untrusted
+from netpath.collect import owners as owners_mod
 from netpath.collect.owners import OwnerResolver
 from netpath.collect.session import ProgramSession
 from netpath.errors import MissingCapability
@@ -23,6 +25,7 @@ from netpath.kernel.reasons import DropReasons
 from netpath.links import IfaceNames
 from netpath.model import (
     Attached,
+    Event,
     Fate,
     Flow,
     FollowedPacket,
@@ -37,6 +40,11 @@ from netpath.query import Filters
 HOOKS = contract.FOLLOW_HOOKS
 FATES = contract.FOLLOW_FATES
 HOOK_NAMES = tuple(h.name for h in HOOKS)
+# where software GSO frees the skb it cut into segments (validate_xmit_skb, and its .isra clones)
+GSO_FUNCTIONS = ("validate_xmit_skb", "__skb_gso_segment", "skb_gso_segment")
+# frames of a `freed` hop that say how, not who: the slab free, the skb free helpers, the BPF trampoline
+FREE_FRAMES = ("bpf_", "__bpf_", "bpf_trace_run", "__traceiter_", "kmem_cache_free", "kfree_skbmem", "__kfree_skb",
+               "skb_release", "__slab_free", "0x", "_einittext", "kfree_skb_partial", "napi_skb_cache")
 L4_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp"}
 # the receiving socket's owner (bpf/drops_owner.c) and its receive queue's tail (sk_data_ready)
 OWNER_FIELDS = ("OFF_SK_STATE", "OFF_SK_SOCKET", "OFF_SK_CGROUP", "OFF_CGROUP_KN", "OFF_KN_ID", "OFF_SOCKET_INODE",
@@ -60,13 +68,22 @@ def ring_pages(page: int) -> int:
     return pages
 
 
+# a tracepoint whose skb argument came later than the tracepoint: the field its format gained with it
+SKB_ARG_SINCE = {"udp:udp_fail_queue_rcv_skb": ("saddr", "this kernel's udp_fail_queue_rcv_skb passes no skb "
+                                                         "(it does since Linux 6.7, with the addresses)")}
+
+
 def available_hooks(facts: KernelFacts) -> tuple[tuple[contract.FollowHook, ...], tuple[Unavailable, ...]]:
     have, missing = [], []
     for hook in HOOKS:
-        if facts.has_tracepoint(hook.name):
-            have.append(hook)
-        else:
+        fmt = facts.tracepoint_format(hook.name)
+        field_, why = SKB_ARG_SINCE.get(hook.name, ("", ""))
+        if not facts.has_tracepoint(hook.name):
             missing.append(Unavailable(hook.name, "no such tracepoint in this kernel"))
+        elif field_ and fmt is not None and not fmt.has(field_):
+            missing.append(Unavailable(hook.name, why))
+        else:
+            have.append(hook)
     missing += [Unavailable(name, why) for name, why in contract.FOLLOW_NOT_SKB.items()]
     return tuple(have), tuple(missing)
 
@@ -84,6 +101,8 @@ def program_source(query: FollowQuery, facts: KernelFacts, offsets: dict[str, in
     defines.update({f"HOOK_{h.c_id}": 1 for h in hooks})
     fmt = facts.tracepoint_format("skb:kfree_skb")
     defines["TP_HAS_REASON"] = int(bool(fmt and fmt.has("reason")))
+    fmt = facts.tracepoint_format("skb:consume_skb")  # a raw tracepoint may read only the arguments it has
+    defines["CONSUME_HAS_LOCATION"] = int(fmt is None or fmt.has("location"))
     page = os.sysconf("SC_PAGE_SIZE")
     defines.update(FOLLOW_MAX=query.count, NP_PAGE_SIZE=page, FOLLOW_RING_PAGES=ring_pages(page))
     defines.update(filter_defines(query.filters))
@@ -128,13 +147,15 @@ class _Raw:
     l3proto: int
     l4proto: int
     comm: bytes
+    frames: tuple[int, ...] = ()
 
     @classmethod
     def unpack(cls, raw: bytes) -> _Raw:
         (id_, skb, offset, cookie, location, cgroup, sk_ino, netns, ifindex, length, cpu, reason, pid, rc, hook,
-         fate, family, saddr, daddr, sport, dport, l3proto, l4proto, _pad, comm) = contract.FOLLOW_HOP.unpack(raw)
+         fate, family, saddr, daddr, sport, dport, l3proto, l4proto, _pad, comm,
+         *frames) = contract.FOLLOW_HOP.unpack(raw)
         return cls(id_, skb, offset, cookie, location, cgroup, sk_ino, netns, ifindex, length, cpu, reason, pid, rc,
-                   hook, fate, family, saddr, daddr, sport, dport, l3proto, l4proto, comm)
+                   hook, fate, family, saddr, daddr, sport, dport, l3proto, l4proto, comm, tuple(frames))
 
     def flow(self) -> Flow:
         if self.family not in (4, 6):
@@ -196,9 +217,24 @@ class PacketBuilder:
             sent = self._sent_by(hops[:-1] if hops and hops[-1].hook == "skb:consume_skb" else hops)
             if sent is not None:
                 return sent
-            return Fate(kind, hook, location=self.facts.kallsyms.symbolize(end.location), netns=netns,
-                        netns_label=label, iface=iface, ifindex=ifindex)
+            location = self.facts.kallsyms.symbolize(end.location)
+            if location.startswith(GSO_FUNCTIONS):
+                kind = "segmented"
+            return Fate(kind, hook, location=location, netns=netns, netns_label=label, iface=iface,
+                        ifindex=ifindex)
+        if kind == "freed":
+            return Fate(kind, hook, location=self._freed_by(end), netns=netns, netns_label=label)
         return Fate(kind, hook, netns=netns, netns_label=label, iface=iface, ifindex=ifindex)
+
+    def _freed_by(self, end: _Raw) -> str:
+        """Who freed it: the first frame past the free functions and the tracing machinery."""
+        for addr in end.frames:
+            if not addr:
+                break
+            sym = self.facts.kallsyms.symbolize(addr)
+            if not sym.startswith(FREE_FRAMES):
+                return sym
+        return self.facts.kallsyms.symbolize(end.location)
 
     @staticmethod
     def _sent_by(hops: list[Hop]) -> Fate | None:
@@ -242,6 +278,7 @@ class FollowSession(ProgramSession):
         self.source = source
         self._builder = PacketBuilder(facts, reasons, IfaceNames(), OwnerResolver())
         self._open: dict[int, list[_Raw]] = {}  # id -> hops so far
+        self._unnamed: list[tuple[float, list[_Raw]]] = []  # ended, owner to be named
         self._ended = 0
         self._last_ended = 0
         self._last_stats: dict[str, int] = {}
@@ -265,11 +302,29 @@ class FollowSession(ProgramSession):
         if r.fate:
             del self._open[r.id]
             self._ended += 1
-            self._events.append(self._builder.packet(hops, ended=True))
+            packet = self._builder.packet(hops, ended=True)
+            if r.sk_ino and packet.fate.owner is not None and packet.fate.owner.pid is None:
+                self._unnamed.append((time.monotonic(), hops))  # a socket born since the last look at /proc
+            else:
+                self._events.append(packet)
+
+    def _named_late(self, everything: bool) -> list[FollowedPacket]:
+        """Packets whose socket had no known holder yet, built again once /proc may be read again."""
+        now, out, keep = time.monotonic(), [], []
+        for at, hops in self._unnamed:
+            if everything or now - at >= owners_mod.REFRESH_MIN_S:
+                out.append(self._builder.packet(hops, ended=True))
+            else:
+                keep.append((at, hops))
+        self._unnamed = keep
+        return out
+
+    def events(self) -> list[Event]:
+        return [*super().events(), *self._named_late(False)]
 
     def done(self) -> bool:
-        """Every packet --count asked for has ended."""
-        return self._ended >= self.query.count
+        """Every packet --count asked for has ended, and has its owner named."""
+        return self._ended >= self.query.count and not self._unnamed
 
     def stats(self) -> dict[str, int]:
         assert self.prog is not None
@@ -294,4 +349,5 @@ class FollowSession(ProgramSession):
 
     def summary(self, elapsed_ns: int) -> FollowSnapshot:
         in_flight = tuple(self._builder.packet(hops, ended=False) for _, hops in sorted(self._open.items()))
-        return FollowSnapshot(self._health(self.stats()), elapsed_ns, self._ended, in_flight=in_flight)
+        return FollowSnapshot(self._health(self.stats()), elapsed_ns, self._ended, in_flight=in_flight,
+                              late=tuple(self._named_late(True)))

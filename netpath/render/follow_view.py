@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import textwrap
+
 from netpath.model import Fate, Flow, FollowedPacket, FollowSnapshot, Hop
 from netpath.render.drops_view import owner_text
 
@@ -45,10 +47,11 @@ def hop_lines(h: Hop) -> list[str]:
 
 
 def fate_text(f: Fate) -> str:
-    where = ""
-    if f.iface or f.netns:
-        where = f" on {f.iface or '?'} in {_netns(f.netns_label, f.netns)}"
+    where = (f" on {f.iface}" if f.iface else "") + (f" in {_netns(f.netns_label, f.netns)}" if f.netns else "")
     if f.kind == "delivered":
+        if f.owner is not None and f.owner.pid is None and f.owner.sock is None:
+            cgroup = f" (cgroup {f.owner.cgroup})" if f.owner.cgroup else ""
+            return f"delivered to a socket no process holds yet{cgroup}{where}"
         return f"delivered to {owner_text(f.owner) or 'a reader'}{where}"
     if f.kind == "dropped":
         return f"dropped: {f.reason or 'reason unknown'} at {f.location}{where}"
@@ -58,6 +61,10 @@ def fate_text(f: Fate) -> str:
         return f"merged by GRO into another skb{where}"
     if f.kind == "consumed":
         return f"consumed at {f.location}{where}"
+    if f.kind == "segmented":
+        return f"cut into segments by GSO at {f.location} (each a packet of its own){where}"
+    if f.kind == "freed":
+        return f"freed by {f.location} (no skb tracepoint there){where}"
     if f.kind == "untracked":
         return "freed where no tracepoint shows it (its address was reused)"
     return "still in flight when the run ended"
@@ -68,7 +75,8 @@ def packet_lines(p: FollowedPacket) -> list[str]:
     lines = [_clip(head, 80), HEADER]
     for h in p.hops:
         lines += hop_lines(h)
-    lines.append(_clip(f"  fate: {fate_text(p.fate)}", 80))
+    lines += textwrap.wrap(fate_text(p.fate), 80, initial_indent="  fate: ", subsequent_indent="        ",
+                           break_on_hyphens=False)
     return lines
 
 

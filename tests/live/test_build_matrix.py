@@ -62,6 +62,7 @@ import pytest
 
 from netpath import bpf, contract, netns
 from netpath.collect import drops as drops_mod
+from netpath.collect import follow as follow_mod
 from netpath.collect import trace as trace_mod
 from netpath.errors import MissingCapability
 from netpath.kernel.facts import KernelFacts
@@ -158,6 +159,18 @@ def drops_options() -> Iterator[tuple[str, drops_mod.DropsQuery]]:
             yield label + " (no tp_btf)", replace(query, tp_btf=False)
 
 
+# ------------------------------------------------------------------------------------------------ follow
+
+
+def follow_options() -> Iterator[tuple[str, follow_mod.FollowQuery]]:
+    """netpath follow: the default, each filter alone and every filter at once (nothing else changes its C)."""
+    Q = follow_mod.FollowQuery
+    yield "", Q()
+    for label, f in FILTERS.items():
+        yield label, Q(filters=f)
+    yield "every filter", Q(filters=ALL_FILTERS, count=1000)
+
+
 # ------------------------------------------------------------------------------------------------ builds
 
 
@@ -207,6 +220,11 @@ def builds() -> tuple[list[Build], int]:
                 continue
             source = drops_mod.program_source(dquery, _facts(kernel), offsets)
             seen.setdefault(_key(source), Build(source, kernel, ())).configs.append(f"drops on {kernel}: {label}")
+            configs += 1
+    for kernel in DROPS_KERNELS:
+        for label, fquery in follow_options():
+            source = follow_mod.program_source(fquery, _facts(kernel), offsets)
+            seen.setdefault(_key(source), Build(source, kernel, ())).configs.append(f"follow on {kernel}: {label}")
             configs += 1
     return list(seen.values()), configs
 

@@ -162,3 +162,70 @@ def test_udp_dropped_by_nft_and_closed_port_counts() -> None:
             assert [h for h, _, _ in path(p)][-1] == "skb:kfree_skb"
             where = {"NETFILTER_DROP": ("nf_hook_slow", "nft_do_chain"), "NO_SOCKET": ("__udp4_lib_rcv",)}
             assert p["fate"]["location"].startswith(where[p["fate"]["reason"]]), p["fate"]
+
+
+TCP_SERVER = r"""
+import os, socket, sys, time
+l = socket.socket(); l.bind(("0.0.0.0", int(sys.argv[1]))); l.listen()
+print(os.getpid(), flush=True)
+c, _ = l.accept()
+n = 0
+while n < int(sys.argv[2]):
+    d = c.recv(65536)
+    if not d:
+        break
+    n += len(d)
+c.sendall(b"ok")
+time.sleep(3)
+"""
+TCP_CLIENT = r"""
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+s.sendall(b"x" * 1000)
+time.sleep(0.2)
+s.sendall(b"y" * int(sys.argv[3]))
+s.recv(10)
+time.sleep(2)
+"""
+
+
+def test_tcp_syn_data_and_gro_merges() -> None:
+    """TCP through the same path, with GRO on B's veth (veth then receives through NAPI) and segmentation
+    off in A and M, so segments arrive one by one: the SYN is answered by the listener in B, data reaches
+    the server's socket, and segments merged by GRO in B are stated so (napi_gro_receive_exit)."""
+    burst = 30000
+    with topology() as t:
+        t.dnat(SERVICE_PORT, SERVER_PORT, "tcp")
+        t.run(t.b, "ethtool", "-K", t.sb, "gro", "on")
+        for ns, dev in ((t.a, t.ca), (t.m, t.cb), (t.m, t.br)):
+            t.run(ns, "ethtool", "-K", dev, "tso", "off", "gso", "off")
+        server = t.popen(t.b, "python3", "-c", TCP_SERVER, str(SERVER_PORT), str(1000 + burst))
+        assert server.stdout is not None
+        server_pid = int(server.stdout.readline())
+        run = follow("--host", SERVICE, "--proto", "tcp", "--count", "1000", "--duration", "6")
+        t.run(t.a, "python3", "-c", TCP_CLIENT, SERVICE, str(SERVICE_PORT), str(burst), timeout=30)
+        rc, records, err = run.finish()
+        server.wait(timeout=10)
+        assert rc == 0, err
+        got = packets(records)
+        b = inode(t.b)
+        syn = got[0]
+        assert syn["id"] == 1 and syn["first"]["dport"] == SERVICE_PORT
+        # veth with GRO hands over through its NAPI ring, not netif_rx: B's first hop is GRO's entry
+        assert path(syn)[:11] == [
+            *expected_query_path(t)[:6], ("net:net_dev_queue", t.cb, inode(t.m)),
+            ("net:net_dev_start_xmit", t.cb, inode(t.m)),
+            ("net:net_dev_xmit", t.cb, inode(t.m)), ("net:napi_gro_receive_entry", t.sb, b),
+            ("net:netif_receive_skb", t.sb, b)]
+        assert syn["fate"]["kind"] == "consumed" and syn["fate"]["location"].startswith("tcp_")
+        assert syn["fate"]["netns"] == b
+        merged = [p for p in got if p["fate"]["kind"] == "gro_merged"]
+        assert merged, [p["fate"]["kind"] for p in got]
+        for p in merged:
+            assert [h for h, _, _ in path(p)][-2:] == ["net:napi_gro_receive_entry", "net:napi_gro_receive_exit"]
+            assert p["hops"][-2]["iface"] == t.sb and p["fate"]["netns"] == b
+        delivered = [p for p in got if p["fate"]["kind"] == "delivered" and p["fate"]["netns"] == b]
+        assert delivered and {p["fate"]["owner"]["pid"] for p in delivered} <= {server_pid, None}
+        assert server_pid in {p["fate"]["owner"]["pid"] for p in delivered}
+        assert not [p for p in got if p["fate"]["kind"] in ("in_flight", "untracked")]
+        assert records[-1]["health"]["lost_hops"] == 0

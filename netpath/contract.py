@@ -273,9 +273,14 @@ def pcap_ring_pages(snaplen: int, page: int = 4096) -> int:
 class FollowHook:
     """A tracepoint netpath follow runs on: each hop names the hook it was seen at by its enum follow_hook id."""
 
-    name: str  # "cat:event", the JSON hop's `hook`
-    c_id: str  # its enum follow_hook member; the C handler is compiled in when HOOK_<c_id> is defined
+    name: str  # "cat:event" for a tracepoint, the function for a kprobe: the JSON hop's `hook`
+    c_id: str  # its enum follow_hook member; a tracepoint's handler is compiled in when HOOK_<c_id> is defined
     entry: bool = False  # runs the filters: a packet starts being followed at the first of these it matches
+    kprobe_fn: str = ""  # a kprobe hop: the C function attached to the kernel function `name`
+
+    @property
+    def is_kprobe(self) -> bool:
+        return bool(self.kprobe_fn)
 
 
 FOLLOW_HOOKS: tuple[FollowHook, ...] = (
@@ -295,7 +300,21 @@ FOLLOW_HOOKS: tuple[FollowHook, ...] = (
     FollowHook("skb:consume_skb", "FH_CONSUME"),
     FollowHook("skb:kfree_skb", "FH_KFREE"),
     FollowHook("kmem:kmem_cache_free", "FH_SLAB_FREE"),
+    # function hops where kprobes exist (bpf/follow_kprobe.c): lookups only, never a start
+    FollowHook("br_handle_frame", "FH_KP_BR_HANDLE_FRAME", kprobe_fn="kp_follow_br_handle_frame"),
+    FollowHook("br_forward", "FH_KP_BR_FORWARD", kprobe_fn="kp_follow_br_forward"),
+    FollowHook("ip_rcv", "FH_KP_IP_RCV", kprobe_fn="kp_follow_ip_rcv"),
+    FollowHook("ip_rcv_finish", "FH_KP_IP_RCV_FINISH", kprobe_fn="kp_follow_ip_rcv_finish"),
+    FollowHook("nf_hook_slow", "FH_KP_NF_HOOK_SLOW", kprobe_fn="kp_follow_nf_hook_slow"),
+    FollowHook("ip_forward", "FH_KP_IP_FORWARD", kprobe_fn="kp_follow_ip_forward"),
+    FollowHook("ip_local_deliver", "FH_KP_IP_LOCAL_DELIVER", kprobe_fn="kp_follow_ip_local_deliver"),
+    FollowHook("udp_rcv", "FH_KP_UDP_RCV", kprobe_fn="kp_follow_udp_rcv"),
+    FollowHook("tcp_v4_rcv", "FH_KP_TCP_V4_RCV", kprobe_fn="kp_follow_tcp_v4_rcv"),
+    FollowHook("veth_xmit", "FH_KP_VETH_XMIT", kprobe_fn="kp_follow_veth_xmit"),
 )
+# nf_hook_slow's hop carries the netfilter hook in rc: family << 8 | hook (struct nf_hook_state's first bytes)
+NF_FAMILIES = {2: "ipv4", 7: "bridge", 10: "ipv6", 3: "arp", 5: "netdev"}
+NF_INET_HOOKS = ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING", "INGRESS")
 # hooks the issue names that cannot follow an skb, and why (the start line's `unavailable`)
 FOLLOW_NOT_SKB = {"xdp:xdp_redirect": "carries the XDP buffer, not an skb: no address to follow it by"}
 # how a followed packet ended (enum follow_fate); in_flight: not ended (a hop that is not the last)

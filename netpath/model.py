@@ -500,6 +500,7 @@ class Hop:
     flow: Flow
     changed: bool = False  # the addresses or ports differ from the last hop that read them
     rc: int | None = None  # net_dev_xmit's return code, napi_gro_receive_exit's result
+    nf_hook: str | None = None  # nf_hook_slow: the netfilter family and hook ("ipv4 PREROUTING")
 
 
 @dataclass(frozen=True)

@@ -76,6 +76,8 @@ SKB_ARG_SINCE = {"udp:udp_fail_queue_rcv_skb": ("saddr", "this kernel's udp_fail
 def available_hooks(facts: KernelFacts) -> tuple[tuple[contract.FollowHook, ...], tuple[Unavailable, ...]]:
     have, missing = [], []
     for hook in HOOKS:
+        if hook.is_kprobe:
+            continue  # kprobe_hooks()
         fmt = facts.tracepoint_format(hook.name)
         field_, why = SKB_ARG_SINCE.get(hook.name, ("", ""))
         if not facts.has_tracepoint(hook.name):
@@ -88,6 +90,25 @@ def available_hooks(facts: KernelFacts) -> tuple[tuple[contract.FollowHook, ...]
     return tuple(have), tuple(missing)
 
 
+def kprobe_hooks(facts: KernelFacts) -> tuple[dict[str, tuple[contract.FollowHook, str]], tuple[Unavailable, ...]]:
+    """The function hops this kernel can give: hook name -> (hook, the symbol to probe), and why not the rest."""
+    have: dict[str, tuple[contract.FollowHook, str]] = {}
+    missing: list[Unavailable] = []
+    for hook in HOOKS:
+        if not hook.is_kprobe:
+            continue
+        if not facts.has_kprobes:
+            missing.append(Unavailable(hook.name, f"kprobe {hook.name}: {facts.kprobe_reason}"))
+            continue
+        sym = facts.kallsyms.resolve(hook.name)
+        if sym is None:
+            missing.append(Unavailable(hook.name, f"kprobe {hook.name}: no such symbol in kallsyms "
+                                                  "(inlined, renamed, or its module is not loaded)"))
+        else:
+            have[hook.name] = (hook, sym)
+    return have, tuple(missing)
+
+
 def program_source(query: FollowQuery, facts: KernelFacts, offsets: dict[str, int]) -> bpf.ProgramSource:
     """Pure: the C files and every number they are compiled with; user values only as -D numbers."""
     missing = [n for n in NEEDED if n not in offsets]
@@ -98,6 +119,7 @@ def program_source(query: FollowQuery, facts: KernelFacts, offsets: dict[str, in
         raise MissingCapability("this kernel has none of the tracepoints a packet is first seen at "
                                 "(net:net_dev_queue, net:netif_rx, net:netif_receive_skb): is tracefs mounted?")
     defines = {name: offsets[name] for name in NEEDED}
+    defines.update({name: offsets.get(name, 0) for name in ("OFF_NFSTATE_HOOK", "OFF_NFSTATE_PF")})
     defines.update({f"HOOK_{h.c_id}": 1 for h in hooks})
     fmt = facts.tracepoint_format("skb:kfree_skb")
     defines["TP_HAS_REASON"] = int(bool(fmt and fmt.has("reason")))
@@ -108,7 +130,15 @@ def program_source(query: FollowQuery, facts: KernelFacts, offsets: dict[str, in
     defines.update(filter_defines(query.filters))
     if query.filters.netns is not None and query.filters.netns.cookie:
         defines["FILTER_NETNS_COOKIE"] = query.filters.netns.cookie
-    return bpf.ProgramSource(["where.c", "drops_owner.c", "follow.c"], defines)
+    # the function hops are compiled always and loaded only where they attach (FollowSession.start)
+    return bpf.ProgramSource(["where.c", "drops_owner.c", "follow.c", "follow_kprobe.c"], defines)
+
+
+def nf_hook_name(rc: int) -> str:
+    """nf_hook_slow's hop: family << 8 | hook, as people name them ("ipv4 PREROUTING")."""
+    family, number = contract.NF_FAMILIES.get(rc >> 8, str(rc >> 8)), rc & 0xFF
+    inet = family in ("ipv4", "ipv6") and number < len(contract.NF_INET_HOOKS)
+    return f"{family} {contract.NF_INET_HOOKS[number] if inet else number}"
 
 
 def _addr(family: int, raw: bytes) -> str | None:
@@ -188,10 +218,10 @@ class PacketBuilder:
         flow = r.flow()
         changed = bool(last is not None and flow.family is not None and last.family is not None and flow != last)
         hook = HOOK_NAMES[r.hook] if r.hook < len(HOOK_NAMES) else f"hook-{r.hook}"
-        rc = r.rc if hook in ("net:net_dev_xmit", "net:napi_gro_receive_exit", "udp:udp_fail_queue_rcv_skb") \
-            else None
+        rc = r.rc if hook in ("net:net_dev_xmit", "net:napi_gro_receive_exit", "udp:udp_fail_queue_rcv_skb",
+                              "nf_hook_slow") else None
         return Hop(r.offset_ns, r.cpu, hook, netns, r.cookie or None, label, iface, ifindex, r.length, flow, changed,
-                   rc)
+                   rc, nf_hook_name(r.rc) if hook == "nf_hook_slow" else None)
 
     def fate(self, end: _Raw | None, hops: list[Hop]) -> Fate:
         if end is None:
@@ -283,15 +313,26 @@ class FollowSession(ProgramSession):
         self._last_ended = 0
         self._last_stats: dict[str, int] = {}
         self._last_ns = 0
+        self._kprobes: list[str] = []  # function hops attached
 
     def start(self) -> FollowStart:
         hooks, unavailable = available_hooks(self.facts)
         prog = self._load(self.source, self.facts, self.query.filters.iface_keys)
         prog.open_ring_buffer("hops", self._on_hop)
+        kprobes, kp_missing = kprobe_hooks(self.facts)
+        attached = [Attached(h.name, "raw_tracepoint", h.name.split(":")[1]) for h in hooks]
+        unavailable += kp_missing
+        for name, (hook, sym) in kprobes.items():
+            try:
+                prog.attach_kprobe(sym, hook.kprobe_fn)
+                self._kprobes.append(name)
+                attached.append(Attached(name if sym == name else f"{name} ({sym})", "kprobe", hook.kprobe_fn))
+            except MissingCapability as exc:  # the kernel refused this one: the rest still run
+                unavailable += (Unavailable(name, f"kprobe {sym}: {exc}"),)
         _ = self.facts.kallsyms  # read once now, not inside the first packet
         return FollowStart(kernel=self.facts.release, headers=bpf.headers_mode(self.facts),
-                           attached=tuple(Attached(h.name, "raw_tracepoint", h.name.split(":")[1]) for h in hooks),
-                           unavailable=unavailable, filters=self.query.filters.report(), count=self.query.count)
+                           attached=tuple(attached), unavailable=unavailable,
+                           filters=self.query.filters.report(), count=self.query.count)
 
     def _on_hop(self, raw: bytes) -> None:
         if len(raw) < contract.FOLLOW_HOP.size:
@@ -338,6 +379,7 @@ class FollowSession(ProgramSession):
     def _health(self, stats: dict[str, int]) -> FollowHealth:
         hooks, _ = available_hooks(self.facts)
         hits = {h.name: stats.get(h.name, 0) for h in hooks}
+        hits.update({name: stats.get(name, 0) for name in self._kprobes})
         return FollowHealth(hits, **{name: stats.get(name, 0) for name in contract.FOLLOW_STATS})
 
     def interval(self, elapsed_ns: int) -> FollowSnapshot:

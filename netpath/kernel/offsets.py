@@ -46,6 +46,8 @@ FIELDS: dict[str, tuple[str, str]] = {
     "OFF_SK_RCVQ_PREV": ("sock", "sk_receive_queue.prev"),
     "OFF_NAPI_DEV": ("napi_struct", "dev"),
     "OFF_SK_FAMILY": ("sock", "__sk_common.skc_family"),
+    "OFF_NFSTATE_HOOK": ("nf_hook_state", "hook"),  # netpath follow's nf_hook_slow hop
+    "OFF_NFSTATE_PF": ("nf_hook_state", "pf"),
 }
 
 

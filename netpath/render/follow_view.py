@@ -35,9 +35,15 @@ def _netns(label: str | None, inode: int | None) -> str:
     return label or (str(inode) if inode else "?")
 
 
+def hook_text(h: Hop) -> str:
+    """The hook without its category; nf_hook_slow with the netfilter family and hook it ran."""
+    hook = h.hook.split(":", 1)[-1]
+    return f"nf {h.nf_hook}" if h.nf_hook else hook
+
+
 def hop_lines(h: Hop) -> list[str]:
     mark = "*" if h.changed else " "
-    hook = h.hook.split(":", 1)[-1]
+    hook = hook_text(h)
     line = (f"{mark} {offset_text(h.offset_ns):>9} {h.cpu:>3} {_clip(_netns(h.netns_label, h.netns), 14):<14} "
             f"{_clip(h.iface or '-', 14):<14} {_clip(hook, 23):<23} {h.length:>6}")
     out = [line]

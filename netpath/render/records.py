@@ -209,7 +209,7 @@ def flow(f: Flow) -> Record:
 def hop(h: Hop) -> Record:
     return {"offset_ns": h.offset_ns, "cpu": h.cpu, "hook": h.hook, "netns": h.netns,
             "netns_cookie": h.netns_cookie, "netns_label": h.netns_label, "iface": h.iface, "ifindex": h.ifindex,
-            "len": h.length, **flow(h.flow), "changed": h.changed, "rc": h.rc}
+            "len": h.length, **flow(h.flow), "changed": h.changed, "rc": h.rc, "nf_hook": h.nf_hook}
 
 
 def fate(f: Fate) -> Record:

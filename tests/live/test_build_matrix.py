@@ -224,7 +224,10 @@ def builds() -> tuple[list[Build], int]:
     for kernel in DROPS_KERNELS:
         for label, fquery in follow_options():
             source = follow_mod.program_source(fquery, _facts(kernel), offsets)
-            seen.setdefault(_key(source), Build(source, kernel, ())).configs.append(f"follow on {kernel}: {label}")
+            # every function hop is loaded as a kprobe on every kernel (loading needs no CONFIG_KPROBES)
+            kprobes = tuple(h.kprobe_fn for h in contract.FOLLOW_HOOKS if h.is_kprobe)
+            seen.setdefault(_key(source), Build(source, kernel, kprobes)).configs.append(
+                f"follow on {kernel}: {label}")
             configs += 1
     return list(seen.values()), configs
 

@@ -23,6 +23,7 @@ from netpath.render import follow_view, records
 
 OFFSETS = {name: 8 * i for i, name in enumerate(follow_mod.NEEDED, 1)}
 C = (bpf.BPF_DIR / "follow.c").read_text()
+KP_C = (bpf.BPF_DIR / "follow_kprobe.c").read_text()
 HOOK = {h.name: i for i, h in enumerate(contract.FOLLOW_HOOKS)}
 FATE = {f: i for i, f in enumerate(contract.FOLLOW_FATES)}
 
@@ -41,17 +42,22 @@ def follow_facts(tmp_path):
 
 def test_every_hook_has_one_handler_and_every_value_is_a_number(follow_facts):
     for hook in contract.FOLLOW_HOOKS:
+        if hook.is_kprobe:  # one program per function, attached where the kernel has it
+            assert re.search(rf"(FOLLOW_KPROBE\({hook.kprobe_fn},\s+{hook.c_id},|int {hook.kprobe_fn}\(void \*ctx\))",
+                             KP_C), hook.name
+            assert hook.c_id in KP_C
+            continue
         assert f"#ifdef HOOK_{hook.c_id}\n" in C, hook.name
         assert re.search(rf"follow_hook\({hook.c_id}, {int(hook.entry)}, &c\)", C), hook.name
     q = follow_mod.FollowQuery(Filters(port=53, proto="udp", host=ipaddress.ip_address("10.96.0.10")), count=3)
     src = follow_mod.program_source(q, follow_facts, OFFSETS)
-    assert src.files == ["where.c", "drops_owner.c", "follow.c"]
+    assert src.files == ["where.c", "drops_owner.c", "follow.c", "follow_kprobe.c"]
     assert all(isinstance(v, int) and not isinstance(v, bool) for v in src.defines.values())
     assert (src.defines["FOLLOW_MAX"], src.defines["FILTER_PORT"], src.defines["FILTER_PROTO"]) == (3, 53, 17)
     assert src.defines["FILTER_HOST_W0"] == int.from_bytes(bytes([10, 96, 0, 10]), "little")
     pages = src.defines["FOLLOW_RING_PAGES"]
     assert pages & (pages - 1) == 0 and pages * src.defines["NP_PAGE_SIZE"] >= contract.FOLLOW_RING_BYTES
-    assert {f"HOOK_{h.c_id}" for h in contract.FOLLOW_HOOKS} <= set(src.defines)
+    assert {f"HOOK_{h.c_id}" for h in contract.FOLLOW_HOOKS if not h.is_kprobe} <= set(src.defines)
 
 
 def test_a_missing_tracepoint_is_left_out_and_named(tmp_path):
@@ -175,3 +181,15 @@ def test_cli_refuses_a_bad_count_and_a_bad_host(capsys):
 def test_follow_is_in_the_command_table():
     assert main_mod.COMMANDS["follow"][0] == "netpath.cli.follow"
     assert netns is not None
+
+
+def test_function_hops_say_why_not_here_and_which_symbol_elsewhere(follow_facts, tmp_path):
+    _, missing = follow_mod.kprobe_hooks(follow_facts)  # the fixture: no CONFIG_KPROBES
+    assert {u.hook for u in missing} == {h.name for h in contract.FOLLOW_HOOKS if h.is_kprobe}
+    assert all("kernel built without CONFIG_KPROBES" in u.reason or "kprobe" in u.reason for u in missing)
+    root = make_root(tmp_path / "kp", "6.12.1", (DATA / "kfree_skb-6.18.format").read_text(), True)
+    have, missing = follow_mod.kprobe_hooks(KernelFacts.load(root))
+    assert have["ip_rcv"][1] == "ip_rcv" and have["tcp_v4_rcv"][1].startswith("tcp_v4_rcv.")
+    assert "no such symbol in kallsyms" in {u.hook: u.reason for u in missing}["br_forward"]
+    assert follow_mod.nf_hook_name(2 << 8 | 0) == "ipv4 PREROUTING"
+    assert follow_mod.nf_hook_name(7 << 8 | 1) == "bridge 1"

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from netpath_testlib import disable_ipv6, ip, link_mac
 
@@ -80,8 +81,10 @@ def topology() -> Iterator[Topology]:
         ip("-n", t.b, "route", "add", "default", "via", GATEWAY_B)
         t.run(t.m, "sysctl", "-qw", "net.ipv4.ip_forward=1")
         # bridged IPv4 goes through iptables/nftables' IP hooks in the bridge (br_netfilter, as Kubernetes
-        # needs): M's DNAT happens on the way from the bridge port to the bridge device
-        t.run(t.m, "sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1")
+        # needs): M's DNAT happens on the way from the bridge port to the bridge device. Where br_netfilter
+        # is a module not loaded (the lab's Debian kernels), in the IP layer after the bridge device
+        if Path("/proc/sys/net/bridge").is_dir():
+            t.run(t.m, "sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1")
         ip("-n", t.a, "neigh", "replace", GATEWAY_A, "lladdr", link_mac(t.br, t.m), "dev", t.ca, "nud", "permanent")
         ip("-n", t.m, "neigh", "replace", CLIENT, "lladdr", link_mac(t.ca, t.a), "dev", t.br, "nud", "permanent")
         ip("-n", t.m, "neigh", "replace", SERVER, "lladdr", link_mac(t.sb, t.b), "dev", t.cb, "nud", "permanent")

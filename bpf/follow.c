@@ -262,6 +262,7 @@ static __always_inline void follow_untracked(u64 key, struct follow_state *s, u1
 	h.id = s->id;
 	h.skb = key;
 	h.hook = hook;
+	h.offset_ns = bpf_ktime_get_ns() - s->first_ns;
 	h.fate = FATE_UNTRACKED;
 	h.netns = s->netns;
 	h.netns_cookie = s->cookie;
@@ -308,7 +309,8 @@ static __always_inline void follow_hook(u16 hook, int entry, struct follow_ctx *
 	h.hook = hook;
 	h.offset_ns = now - s->first_ns;
 	follow_fill(&h, &f, c);
-	s->last_hook = hook;
+	if (hook < FH_FIRST_KPROBE)	/* function hops sit inside the tracepoints' order (follow_reused) */
+		s->last_hook = hook;
 	s->netns = h.netns;
 	s->cookie = h.netns_cookie;
 	s->ifindex = h.ifindex;

@@ -378,7 +378,8 @@ def c_prelude() -> str:
                    f"#define LINKTYPE_ETHERNET\t{LINKTYPE_ETHERNET}", f"#define LINKTYPE_RAW\t{LINKTYPE_RAW}",
                    f"#define PCAP_RATE_PER_CPU\t{PCAP_RATE_PER_CPU}", f"#define PCAP_BURST\t{PCAP_BURST}",
                    f"#define FOLLOW_SLOTS\t{FOLLOW_SLOTS}", f"#define FOLLOW_MAX_HOPS\t{FOLLOW_MAX_HOPS}",
-                   f"#define FOLLOW_FRAMES\t{FOLLOW_FRAMES}"]),
+                   f"#define FOLLOW_FRAMES\t{FOLLOW_FRAMES}",
+                   f"#define FH_FIRST_KPROBE\t{next(i for i, h in enumerate(FOLLOW_HOOKS) if h.is_kprobe)}"]),
         *(layout.c_decl() for layout in SHARED_LAYOUTS),
     ]
     return "\n\n".join(["/* generated from netpath/contract.py: edit it there */", *parts]) + "\n"

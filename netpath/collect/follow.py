@@ -279,8 +279,8 @@ class PacketBuilder:
         return bool(fmt and fmt.has("reason"))
 
     def packet(self, raws: list[_Raw], ended: bool) -> FollowedPacket:
+        end = raws[-1] if ended else None  # the hop that carried the fate came last
         raws = sorted(raws, key=lambda r: r.offset_ns)
-        end = raws[-1] if ended else None
         hops: list[Hop] = []
         last: Flow | None = None
         for r in raws:

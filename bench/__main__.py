@@ -1,5 +1,6 @@
 """python -m bench [--rounds N] [--seconds S] [--stats-seconds S] | --storm [--storm-seconds S] |
 --soak [--soak-seconds S] | --observer [--rounds N] | --pcap-cost [--rounds N] [--seconds S] |
+--follow-cost [--rounds N] [--seconds S] |
 --start [--rounds N] [--base REV] | --render [--out FILE]"""
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ def main() -> int:
                     help="only what netpath trace adds to the NET_RX softirq it times (bpftrace as reference)")
     ap.add_argument("--pcap-cost", action="store_true",
                     help="only what drops --pcap costs per dropped packet, by bpf_stats (issue 20 figures)")
+    ap.add_argument("--follow-cost", action="store_true",
+                    help="only what netpath follow costs the traffic, as pps ratios (issue 27 figures)")
     ap.add_argument("--start", action="store_true",
                     help="only the start and footprint table (issue 23), this checkout beside --base")
     ap.add_argument("--base", default="main", help="the commit --start compares with (default main)")
@@ -50,6 +53,10 @@ def main() -> int:
         from bench import pcap_cost
 
         return pcap_cost.main(max(1, args.rounds), max(1, int(args.seconds)))
+    if args.follow_cost:
+        from bench import follow_cost
+
+        return follow_cost.main(max(1, args.rounds), max(1, int(args.seconds)))
     if args.start:
         from bench import start
 

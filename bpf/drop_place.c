@@ -89,12 +89,6 @@ static __always_inline int drop_frag_expire(u64 location)
 }
 #endif
 
-/* dev_scratch and NULL are not kernel addresses */
-static __always_inline int drop_kernel_ptr(u64 p)
-{
-	return p >= 0xffff000000000000ULL;
-}
-
 static __always_inline int drop_dev_overlaid(u64 location)
 {
 #ifdef FRAG_PURGE_LO
@@ -106,7 +100,7 @@ static __always_inline int drop_dev_overlaid(u64 location)
 
 static __always_inline void drop_net_place(u64 net, struct drop_place *p)
 {
-	if (!drop_kernel_ptr(net))
+	if (!np_kernel_ptr(net))
 		return;
 	NP_READ(p->inum, (void *)net, OFF_NET_NS_INUM);
 #ifdef OFF_NET_COOKIE
@@ -146,7 +140,7 @@ static __always_inline void drop_place_of_dev(void *skb, struct drop_place *p)
 	u64 dev = 0, net = 0;
 
 	NP_READ(dev, skb, OFF_SKB_DEV);
-	if (!drop_kernel_ptr(dev))
+	if (!np_kernel_ptr(dev))
 		return;
 	NP_READ(p->ifindex, (void *)dev, OFF_DEV_IFINDEX);
 	NP_READ(net, (void *)dev, OFF_DEV_ND_NET);
@@ -169,7 +163,7 @@ static __always_inline void drop_place_of_sock(void *skb, void *rx_sk, struct dr
 		return;
 	if (!sk)
 		NP_READ(sk, skb, OFF_SKB_SK);
-	if (!drop_kernel_ptr(sk))
+	if (!np_kernel_ptr(sk))
 		return;
 	NP_READ(net, (void *)sk, OFF_SK_NET);
 	drop_net_place(net, p);
@@ -208,7 +202,7 @@ static __always_inline void drop_place_of_reader(u64 location, struct drop_place
 		return;
 	task = bpf_get_current_task();
 	NP_READ(nsproxy, (void *)task, OFF_TASK_NSPROXY);
-	if (!drop_kernel_ptr(nsproxy))
+	if (!np_kernel_ptr(nsproxy))
 		return;	/* an exiting task has none */
 	NP_READ(net, (void *)nsproxy, OFF_NSPROXY_NET_NS);
 	drop_net_place(net, p);
@@ -248,7 +242,7 @@ static __always_inline void drop_frag_timer_arm(void *timer, u64 hits)
 		return;
 	__builtin_memset(&t->place, 0, sizeof(t->place));
 	NP_READ(fqdir, (char *)timer - OFF_FRAGQ_TIMER, OFF_FRAGQ_FQDIR);
-	if (drop_kernel_ptr(fqdir))
+	if (np_kernel_ptr(fqdir))
 		NP_READ(net, (void *)fqdir, OFF_FQDIR_NET);
 	drop_net_place(net, &t->place);
 	t->hit = hits;

@@ -68,6 +68,16 @@ struct np_flow {
 #define NP_SPAN_GET(dst, span, span_off, off) \
 	__builtin_memcpy(&(dst), (span) + ((off) - (span_off)), sizeof(dst))
 
+/*
+ * Not NULL, not a small scratch value (dev_scratch): a kernel address. With
+ * 5-level paging (LA57) the direct map starts at 0xff11000000000000, below
+ * 4-level's 0xffff8880...: only the top byte is common to both.
+ */
+static __always_inline int np_kernel_ptr(u64 p)
+{
+	return (p >> 56) == 0xff;
+}
+
 static __always_inline u16 np_ntohs(u16 v)
 {
 	return (v >> 8) | (v << 8);

@@ -13,7 +13,7 @@ BENCH_SOAK_SECONDS ?= 600
 BENCH_START_ROUNDS ?= 5
 BENCH_BASE ?= main
 
-.PHONY: bench bench-start bench-storm bench-soak bench-observer bench-pcap bench-deps bench-lint
+.PHONY: bench bench-start bench-storm bench-soak bench-observer bench-pcap bench-follow bench-deps bench-lint
 
 # Idempotent: apt only when bpftrace/sockperf are missing, pip only when py-spy is missing.
 bench-deps:
@@ -40,6 +40,10 @@ bench-soak: bench-deps
 
 bench-pcap: bench-deps
 	cd $(CURDIR) && $(BENCH_PY) -m bench --pcap-cost --rounds $(BENCH_ROUNDS) --seconds $(BENCH_SECONDS)
+
+# netpath follow: pps with it running and matching nothing, and matching 1 packet in 1000, against untraced
+bench-follow: bench-deps
+	cd $(CURDIR) && $(BENCH_PY) -m bench --follow-cost --rounds $(BENCH_ROUNDS) --seconds $(BENCH_SECONDS)
 
 bench-observer: bench-deps
 	cd $(CURDIR) && $(BENCH_PY) -m bench --observer --rounds $(BENCH_ROUNDS)

@@ -271,6 +271,84 @@ def pcap_ring_pages(snaplen: int, page: int = 4096) -> int:
     return pages
 
 
+# ---------------------------------------------------------------- follow (netpath follow, bpf/follow.c)
+
+
+@dataclass(frozen=True)
+class FollowHook:
+    """A tracepoint netpath follow runs on: each hop names the hook it was seen at by its enum follow_hook id."""
+
+    name: str  # "cat:event" for a tracepoint, the function for a kprobe: the JSON hop's `hook`
+    c_id: str  # its enum follow_hook member; a tracepoint's handler is compiled in when HOOK_<c_id> is defined
+    entry: bool = False  # runs the filters: a packet starts being followed at the first of these it matches
+    kprobe_fn: str = ""  # a kprobe hop: the C function attached to the kernel function `name`
+
+    @property
+    def is_kprobe(self) -> bool:
+        return bool(self.kprobe_fn)
+
+
+FOLLOW_HOOKS: tuple[FollowHook, ...] = (
+    FollowHook("net:net_dev_queue", "FH_DEV_QUEUE", entry=True),
+    FollowHook("qdisc:qdisc_enqueue", "FH_QDISC_ENQUEUE"),
+    FollowHook("qdisc:qdisc_dequeue", "FH_QDISC_DEQUEUE"),
+    FollowHook("net:net_dev_start_xmit", "FH_START_XMIT", entry=True),  # GSO's segments are new skbs here
+    FollowHook("net:netif_rx", "FH_NETIF_RX", entry=True),
+    FollowHook("net:net_dev_xmit", "FH_XMIT"),
+    FollowHook("net:napi_gro_receive_entry", "FH_GRO", entry=True),
+    FollowHook("net:napi_gro_receive_exit", "FH_GRO_EXIT"),
+    FollowHook("net:netif_receive_skb", "FH_RECEIVE", entry=True),
+    FollowHook("sock:sock_rcvqueue_full", "FH_RCVQ_FULL"),
+    FollowHook("udp:udp_fail_queue_rcv_skb", "FH_UDP_FAIL"),
+    FollowHook("sock:sk_data_ready", "FH_DATA_READY"),
+    FollowHook("skb:skb_copy_datagram_iovec", "FH_COPY"),
+    FollowHook("skb:consume_skb", "FH_CONSUME"),
+    FollowHook("skb:kfree_skb", "FH_KFREE"),
+    FollowHook("kmem:kmem_cache_free", "FH_SLAB_FREE"),
+    # function hops where kprobes exist (bpf/follow_kprobe.c): lookups only, never a start
+    FollowHook("br_handle_frame", "FH_KP_BR_HANDLE_FRAME", kprobe_fn="kp_follow_br_handle_frame"),
+    FollowHook("br_forward", "FH_KP_BR_FORWARD", kprobe_fn="kp_follow_br_forward"),
+    FollowHook("ip_rcv", "FH_KP_IP_RCV", kprobe_fn="kp_follow_ip_rcv"),
+    FollowHook("ip_rcv_finish", "FH_KP_IP_RCV_FINISH", kprobe_fn="kp_follow_ip_rcv_finish"),
+    FollowHook("nf_hook_slow", "FH_KP_NF_HOOK_SLOW", kprobe_fn="kp_follow_nf_hook_slow"),
+    FollowHook("ip_forward", "FH_KP_IP_FORWARD", kprobe_fn="kp_follow_ip_forward"),
+    FollowHook("ip_local_deliver", "FH_KP_IP_LOCAL_DELIVER", kprobe_fn="kp_follow_ip_local_deliver"),
+    FollowHook("udp_rcv", "FH_KP_UDP_RCV", kprobe_fn="kp_follow_udp_rcv"),
+    FollowHook("tcp_v4_rcv", "FH_KP_TCP_V4_RCV", kprobe_fn="kp_follow_tcp_v4_rcv"),
+    FollowHook("veth_xmit", "FH_KP_VETH_XMIT", kprobe_fn="kp_follow_veth_xmit"),
+)
+# nf_hook_slow's hop carries the netfilter hook in rc: family << 8 | hook (struct nf_hook_state's first bytes)
+NF_FAMILIES = {2: "ipv4", 7: "bridge", 10: "ipv6", 3: "arp", 5: "netdev"}
+NF_INET_HOOKS = ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING", "INGRESS")
+# hooks the issue names that cannot follow an skb, and why (the start line's `unavailable`)
+FOLLOW_NOT_SKB = {"xdp:xdp_redirect": "carries the XDP buffer, not an skb: no address to follow it by"}
+# how a followed packet ended (enum follow_fate); in_flight: not ended (a hop that is not the last)
+# freed: by __kfree_skb and friends, which have no skb tracepoint (TCP frees a pure ACK so), seen as the sk_buff's
+# own slab object going back (kmem:kmem_cache_free)
+# segmented: consumed where software GSO cut it into segments, each a new skb followed from net_dev_start_xmit
+# (netpath tells it from `consumed` by the code location; the C never sends it)
+FOLLOW_FATES = ("in_flight", "delivered", "dropped", "sent", "gro_merged", "consumed", "freed", "untracked",
+                "segmented")
+FOLLOW_FRAMES = 6  # kernel stack frames a `freed` hop carries: who freed it, past the free functions
+# bpf/follow.c's own counters (enum follow_stat), then one hit counter per hook (FOLLOW_HOOKS order)
+FOLLOW_STATS = ("started", "table_full", "lost_hops", "hops_cut", "untracked")
+FOLLOW_SLOTS = 4096  # skbs followed at once (the followed hash); a start past it is counted in table_full
+FOLLOW_MAX_HOPS = 128  # hops sent per packet: a routing loop cannot fill the ring (past it: hops_cut)
+FOLLOW_MAX_DEFAULT = 10  # --count
+FOLLOW_MAX_LIMIT = 10_000_000
+FOLLOW_RING_BYTES = 1 << 19  # the hop ring: 4096 hops between two drains (every 0.1 s)
+FOLLOW_HOP = Layout("follow_hop", (
+    _f("id", "u64"), _f("skb", "u64"), _f("offset_ns", "u64"), _f("netns_cookie", "u64"), _f("location", "u64"),
+    _f("cgroup", "u64"), _f("sk_ino", "u64"), _f("netns", "u32"), _f("ifindex", "u32"), _f("len", "u32"),
+    _f("cpu", "u32"), _f("reason", "u32"), _f("pid", "u32"), _f("rc", "s32"), _f("hook", "u16"), _f("fate", "u8"),
+    _f("family", "u8"), _f("saddr", "u32", 4, raw=True), _f("daddr", "u32", 4, raw=True), _f("sport", "u16"),
+    _f("dport", "u16"), _f("l3proto", "u16"), _f("l4proto", "u8"), _f("pad", "u8"), _f("comm", "char", 16),
+    _f("frames", "u64", FOLLOW_FRAMES)),
+    "one hop of a followed skb: offset_ns since the first hop, where (namespace cookie and inode, device), "
+    "the headers read again here (family 0: not readable at this hook); fate ends the packet; delivered: "
+    "the socket's inode and cgroup (sk_data_ready) or the reading process (skb_copy_datagram_iovec)")
+
+
 # socket_queue per reader (trace --per-socket): the reading process and its cgroup
 OWNER_HIST_KEY = Layout("np_owner_key", (_f("cgroup", "u64"), _f("tgid", "u32"), _f("slot", "u16"),
                                          _f("pad", "u16")))
@@ -278,7 +356,7 @@ OWNER_ROWS = 4096
 
 SHARED_LAYOUTS: tuple[Layout, ...] = (NAPI_VAL, HIST_KEY, NAPI_KEY, CPU_COUNTERS, STAGE_HIST, SLOW_EVENT,
                                       OWNER_HIST_KEY, DROP_WHERE, DROP_FLOW, DROP_FULL_KEY, DROP_OWNER, DROP_SAMPLE,
-                                      PCAP_META)
+                                      PCAP_META, FOLLOW_HOP)
 
 # ---------------------------------------------------------------- C text
 
@@ -297,11 +375,17 @@ def c_prelude() -> str:
         _enum("drop_stat", tuple(f"STAT_{s.upper()}" for s in (*DROP_STATS, *PCAP_STATS)), "STAT_MAX"),
         _enum("drop_placed_by", tuple(f"PLACED_{p.upper()}" for p in DROP_PLACED_BY), "PLACED_MAX"),
         _enum("np_slow_slot", tuple(f"SLOW_{slot.name.upper()}" for slot in SLOW_SLOTS), "NP_SLOW_SLOTS"),
+        _enum("follow_hook", tuple(h.c_id for h in FOLLOW_HOOKS), "FH_MAX"),
+        _enum("follow_fate", tuple(f"FATE_{f.upper()}" for f in FOLLOW_FATES), "FATE_MAX"),
+        _enum("follow_stat", tuple(f"FSTAT_{s.upper()}" for s in FOLLOW_STATS), "FSTAT_MAX"),
         "\n".join([f"#define NSLOTS\t\t{NSLOTS}", f"#define SUM_SLOT\t{SUM_SLOT}", f"#define MAX_SLOT\t{MAX_SLOT:#x}",
                    f"#define NP_SLOW_STAGES\t{len(SLOW_STAGES)}", f"#define IFACE_FILTER_SLOTS\t{IFACE_FILTER_SLOTS}",
                    f"#define DROP_CACHE_SLOTS\t{DROP_CACHE_SLOTS}",
                    f"#define LINKTYPE_ETHERNET\t{LINKTYPE_ETHERNET}", f"#define LINKTYPE_RAW\t{LINKTYPE_RAW}",
-                   f"#define PCAP_RATE_PER_CPU\t{PCAP_RATE_PER_CPU}", f"#define PCAP_BURST\t{PCAP_BURST}"]),
+                   f"#define PCAP_RATE_PER_CPU\t{PCAP_RATE_PER_CPU}", f"#define PCAP_BURST\t{PCAP_BURST}",
+                   f"#define FOLLOW_SLOTS\t{FOLLOW_SLOTS}", f"#define FOLLOW_MAX_HOPS\t{FOLLOW_MAX_HOPS}",
+                   f"#define FOLLOW_FRAMES\t{FOLLOW_FRAMES}",
+                   f"#define FH_FIRST_KPROBE\t{next(i for i, h in enumerate(FOLLOW_HOOKS) if h.is_kprobe)}"]),
         *(layout.c_decl() for layout in SHARED_LAYOUTS),
     ]
     return "\n\n".join(["/* generated from netpath/contract.py: edit it there */", *parts]) + "\n"

@@ -79,7 +79,13 @@ class DoctorStart(StartBase):
     rules: tuple[str, ...] = ()  # the rule ids it evaluates
 
 
-Start = DropsStart | TraceStart | DoctorStart
+@dataclass(frozen=True, kw_only=True)
+class FollowStart(StartBase):
+    command: str = "follow"
+    count: int = 10  # packets to follow
+
+
+Start = DropsStart | TraceStart | DoctorStart | FollowStart
 
 
 @dataclass(frozen=True)
@@ -507,5 +513,84 @@ class Diagnosis:
     interval_ns: int = 0
 
 
-Event = DropSample | SlowPacket | CapturedPacket
-Snapshot = DropSnapshot | TraceSnapshot | Diagnosis
+# ---------------------------------------------------------------- follow
+
+
+@dataclass(frozen=True)
+class Flow:
+    """A packet's addresses as read at one hop; family None when the hook could not read them."""
+
+    family: int | None = None
+    proto: str | None = None
+    saddr: str | None = None
+    daddr: str | None = None
+    sport: int | None = None
+    dport: int | None = None
+
+
+@dataclass(frozen=True)
+class Hop:
+    """One tracepoint a followed skb passed."""
+
+    offset_ns: int  # since the packet's first hop
+    cpu: int
+    hook: str  # "cat:event"
+    netns: int | None  # inode
+    netns_cookie: int | None
+    netns_label: str | None
+    iface: str | None
+    ifindex: int | None
+    length: int
+    flow: Flow
+    changed: bool = False  # the addresses or ports differ from the last hop that read them
+    rc: int | None = None  # net_dev_xmit's return code, napi_gro_receive_exit's result
+    nf_hook: str | None = None  # nf_hook_slow: the netfilter family and hook ("ipv4 PREROUTING")
+
+
+@dataclass(frozen=True)
+class Fate:
+    """How a followed packet ended."""
+
+    kind: str  # contract.FOLLOW_FATES
+    hook: str | None = None  # where it ended
+    reason: str | None = None  # dropped: the kernel's drop reason
+    reason_code: int | None = None
+    location: str | None = None  # dropped, consumed: func+0xoff
+    netns: int | None = None
+    netns_label: str | None = None
+    iface: str | None = None  # dropped: where it died; sent: the device it left by
+    ifindex: int | None = None
+    owner: Owner | None = None  # delivered: the process that read it
+
+
+@dataclass(frozen=True)
+class FollowedPacket:
+    id: int
+    skb: int  # the sk_buff's address (the key it was followed by)
+    first: Flow
+    hops: tuple[Hop, ...]
+    fate: Fate
+
+
+@dataclass(frozen=True)
+class FollowHealth:
+    probe_hits: dict[str, int]
+    started: int = 0  # packets followed
+    table_full: int = 0  # matching packets not followed: the followed table was full
+    lost_hops: int = 0  # hops the ring had no room for
+    hops_cut: int = 0  # hops past the per-packet limit
+    untracked: int = 0  # packets whose address was reused after a free no tracepoint shows
+
+
+@dataclass
+class FollowSnapshot:
+    health: FollowHealth
+    elapsed_ns: int
+    followed: int  # packets ended so far (for an interval: in it)
+    interval_ns: int = 0
+    in_flight: tuple[FollowedPacket, ...] = ()  # the summary: packets still going when the run ended
+    late: tuple[FollowedPacket, ...] = ()  # the summary: packets that ended, their owner looked up at the end
+
+
+Event = DropSample | SlowPacket | CapturedPacket | FollowedPacket
+Snapshot = DropSnapshot | TraceSnapshot | Diagnosis | FollowSnapshot

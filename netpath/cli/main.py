@@ -20,6 +20,7 @@ HELP = """eBPF observability for the Linux packet receive path.
   netpath trace    where received packets spend their time, stage by stage
   netpath drops    where packets die: kernel drop reason, location, interface
   netpath doctor   which receive-path problem this host has, and the fix
+  netpath follow   one packet's whole way: every device, namespace, rewrite
   netpath probes   what this kernel offers and how each hook attaches
   netpath export   the same drops and latencies as Prometheus metrics
 
@@ -55,6 +56,7 @@ click._textwrap.TextWrapper = _WholeWords  # type: ignore[misc]
 COMMANDS = {
     "doctor": ("netpath.cli.doctor", "Diagnose the receive path: ranked findings with evidence and the knob."),
     "drops": ("netpath.cli.drops", "Show every dropped packet by the kernel's own drop reason."),
+    "follow": ("netpath.cli.follow", "Follow single packets through the host: every hop, and how each ended."),
     "export": ("netpath.cli.export", "Serve receive-path drop and latency metrics to Prometheus."),
     "probes": ("netpath.cli.probes", "Show what this kernel offers netpath and how each hook attaches."),
     "trace": ("netpath.cli.trace", "Show where received packets spend their time, stage by stage."),

@@ -16,6 +16,8 @@ from netpath.model import (
     DropSample,
     DropSnapshot,
     Event,
+    FollowedPacket,
+    FollowSnapshot,
     SlowPacket,
     Snapshot,
     Start,
@@ -38,6 +40,12 @@ def _trace_view() -> ModuleType:
     return trace_view
 
 
+def _follow_view() -> ModuleType:
+    from netpath.render import follow_view
+
+    return follow_view
+
+
 class JsonSink:
     """JSON Lines on stdout, the machine contract."""
 
@@ -49,13 +57,17 @@ class JsonSink:
 
     def events(self, events: list[Event]) -> None:
         for item in events:
-            if isinstance(item, DropSample | SlowPacket):  # captured packets go to the pcapng file (PcapSink)
+            # captured packets go to the pcapng file (PcapSink)
+            if isinstance(item, DropSample | SlowPacket | FollowedPacket):
                 self.term.emit(records.event(item))
 
     def interval(self, snap: Snapshot, seq: int) -> None:
         self.term.emit(records.interval(snap, seq))
 
     def summary(self, snap: Snapshot, stop_reason: str, verdicts: list[Verdict]) -> None:
+        if isinstance(snap, FollowSnapshot):  # packets still going: each a record of its own, before the summary
+            for packet in (*snap.late, *snap.in_flight):
+                self.term.emit(records.packet(packet))
         self.term.emit(records.summary(snap, stop_reason, verdicts or None))
 
 
@@ -220,3 +232,28 @@ class PcapSink:
         where = "stdout" if self.target == "-" else self.target
         self.term.note(f"netpath drops: {self.writer.written:,} dropped packets written to {where}"
                        + (f" (capture stopped: {self.stopped})" if self.stopped else ""))
+
+
+class FollowView:
+    """netpath follow for people: a block per packet as it ends; intervals print nothing."""
+
+    def __init__(self, term: Terminal) -> None:
+        self.term = term
+
+    def started(self, start: Start) -> None:
+        self.term.note(f"netpath follow: {len(start.attached)} tracepoints attached; following up to "
+                       f"{getattr(start, 'count', 0)} packets, Ctrl-C to stop")
+
+    def events(self, events: list[Event]) -> None:
+        for item in events:
+            if isinstance(item, FollowedPacket):
+                self.term.plain("\n".join(_follow_view().packet_lines(item)) + "\n")
+
+    def interval(self, snap: Snapshot, seq: int) -> None:
+        pass
+
+    def summary(self, snap: Snapshot, stop_reason: str, verdicts: list[Verdict]) -> None:
+        assert isinstance(snap, FollowSnapshot)
+        for packet in (*snap.late, *snap.in_flight):
+            self.term.plain("\n".join(_follow_view().packet_lines(packet)) + "\n")
+        self.term.plain("\n".join(_follow_view().summary_lines(snap, stop_reason)))

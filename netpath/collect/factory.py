@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from netpath import bpf
 from netpath.collect import drops as drops_mod
+from netpath.collect import follow as follow_mod
 from netpath.collect import trace as trace_mod
 from netpath.collect.doctor import DoctorQuery, DoctorSession
 from netpath.collect.drops import DropsQuery, DropsSession
+from netpath.collect.follow import FollowQuery, FollowSession
 from netpath.collect.trace import TraceQuery, TraceSession
 from netpath.errors import MissingCapability
 from netpath.kernel.facts import KernelFacts
@@ -32,6 +34,13 @@ def trace_session(query: TraceQuery, facts: KernelFacts, *, fail_on_latency: tup
     plan = query.plan(facts)
     source = trace_mod.program_source(query, plan, bpf.struct_offsets(facts))
     return TraceSession(query, plan, facts, source, fail_on_latency, loader)
+
+
+def follow_session(query: FollowQuery, facts: KernelFacts, *,
+                   loader: bpf.Loader = bpf.compile_program) -> FollowSession:
+    source = follow_mod.program_source(query, facts, bpf.struct_offsets(facts))
+    reasons = drops_mod.drop_reasons(facts) if facts.has_tracepoint(drops_mod.TRACEPOINT) else None
+    return FollowSession(query, facts, source, reasons, loader)
 
 
 def doctor_session(query: DoctorQuery, facts: KernelFacts, *,

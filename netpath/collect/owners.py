@@ -22,7 +22,7 @@ from netpath.kernel.cgroups import CgroupTree, find_mount
 from netpath.model import Owner, SockInfo
 from netpath.runtimes import RuntimeNames
 
-_REFRESH_MIN_S = 1.0
+REFRESH_MIN_S = 1.0  # /proc is scanned again at most this often
 _SOCKET_LINK = re.compile(r"^socket:\[(\d+)\]$")
 PROC_NET = (("udp", 4), ("udp6", 6), ("tcp", 4), ("tcp6", 6), ("raw", 4), ("raw6", 6), ("udplite", 4),
             ("udplite6", 6))
@@ -112,7 +112,7 @@ class OwnerResolver:
         first = [ns for ns in namespaces if ns.inode == netns_inode]
         for ns in first + [ns for ns in namespaces if ns.inode != netns_inode]:
             cached = self._socks.setdefault(ns.inode, _Cached({}))
-            if time.monotonic() - cached.at >= _REFRESH_MIN_S:
+            if time.monotonic() - cached.at >= REFRESH_MIN_S:
                 cached.values, cached.at = self._read_socks(ns), time.monotonic()
             if inode in cached.values:
                 return cached.values[inode]
@@ -138,7 +138,7 @@ class OwnerResolver:
     def holder(self, inode: int) -> tuple[int, str] | None:
         if not inode:
             return None
-        if inode not in self._holders.values and time.monotonic() - self._holders.at >= _REFRESH_MIN_S:
+        if inode not in self._holders.values and time.monotonic() - self._holders.at >= REFRESH_MIN_S:
             self._holders = _Cached(socket_holders(), time.monotonic())
         return self._holders.values.get(inode)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import signal
 import struct
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from types import FrameType
 from typing import Protocol
@@ -155,8 +155,9 @@ class Clock:
 
 
 def drive(session: Session, sink: Sink, interval_s: float, duration_s: float | None, count: int | None,
-          thresholds: Sequence[Threshold] = ()) -> int:
-    """Run a session to its end; the exit code says whether a threshold was crossed."""
+          thresholds: Sequence[Threshold] = (), done: Callable[[], bool] | None = None) -> int:
+    """Run a session to its end; the exit code says whether a threshold was crossed. `done`: the session
+    has what it was asked for (netpath follow's --count packets), which ends the run as `count`."""
     crossed: dict[int, int] = {}
 
     def judge(snap: Snapshot, whole_run: bool) -> None:
@@ -185,6 +186,9 @@ def drive(session: Session, sink: Sink, interval_s: float, duration_s: float | N
                         break
                 if clock.expired(now):
                     stop.reason = "duration"
+                    break
+                if done is not None and done():
+                    stop.reason = "count"
                     break
                 wait_ns = clock.wake_ns() - time.monotonic_ns()
                 if wait_ns > 0:

@@ -54,6 +54,8 @@ FIELDS: dict[str, tuple[str, str]] = {
     "OFF_FRAGQ_TIMER": ("inet_frag_queue", "timer"),
     "OFF_FRAGQ_FQDIR": ("inet_frag_queue", "fqdir"),
     "OFF_FQDIR_NET": ("fqdir", "net"),
+    "OFF_NFSTATE_HOOK": ("nf_hook_state", "hook"),  # netpath follow's nf_hook_slow hop
+    "OFF_NFSTATE_PF": ("nf_hook_state", "pf"),
 }
 
 

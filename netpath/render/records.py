@@ -12,7 +12,13 @@ from netpath.model import (
     DropSample,
     DropSnapshot,
     DropsStart,
+    Fate,
     Finding,
+    Flow,
+    FollowedPacket,
+    FollowSnapshot,
+    FollowStart,
+    Hop,
     Latency,
     Napi,
     Owner,
@@ -200,10 +206,46 @@ def slow_packet(pkt: SlowPacket) -> Record:
                   saddr=pkt.saddr, daddr=pkt.daddr, sport=pkt.sport, dport=pkt.dport, stages_ns=pkt.stages_ns)
 
 
+# ---------------------------------------------------------------- follow
+
+
+def flow(f: Flow) -> Record:
+    return {"family": f.family, "proto": f.proto, "saddr": f.saddr, "daddr": f.daddr, "sport": f.sport,
+            "dport": f.dport}
+
+
+def hop(h: Hop) -> Record:
+    return {"offset_ns": h.offset_ns, "cpu": h.cpu, "hook": h.hook, "netns": h.netns,
+            "netns_cookie": h.netns_cookie, "netns_label": h.netns_label, "iface": h.iface, "ifindex": h.ifindex,
+            "len": h.length, **flow(h.flow), "changed": h.changed, "rc": h.rc, "nf_hook": h.nf_hook}
+
+
+def fate(f: Fate) -> Record:
+    who = None
+    if f.owner is not None:
+        who = {"pid": f.owner.pid, "comm": f.owner.comm, "cgroup": f.owner.cgroup, "container": f.owner.container}
+    return {"kind": f.kind, "hook": f.hook, "reason": f.reason, "reason_code": f.reason_code, "location": f.location,
+            "netns": f.netns, "netns_label": f.netns_label, "iface": f.iface, "ifindex": f.ifindex, "owner": who}
+
+
+def packet(p: FollowedPacket) -> Record:
+    return record("packet", id=p.id, skb=f"0x{p.skb:x}", first=flow(p.first), hops=[hop(h) for h in p.hops],
+                  fate=fate(p.fate))
+
+
+def _follow_body(snap: FollowSnapshot) -> Record:
+    h = snap.health
+    return {"followed": snap.followed, "in_flight": len(snap.in_flight),
+            "health": {"probe_hits": dict(h.probe_hits), "started": h.started, "table_full": h.table_full,
+                       "lost_hops": h.lost_hops, "hops_cut": h.hops_cut, "untracked": h.untracked}}
+
+
 # ---------------------------------------------------------------- lines
 
 
-def event(item: DropSample | SlowPacket) -> Record:
+def event(item: DropSample | SlowPacket | FollowedPacket) -> Record:
+    if isinstance(item, FollowedPacket):
+        return packet(item)
     return drop_sample(item) if isinstance(item, DropSample) else slow_packet(item)
 
 
@@ -212,10 +254,14 @@ def _body(snap: Snapshot) -> Record:
         return _drops_body(snap)
     if isinstance(snap, TraceSnapshot):
         return _trace_body(snap)
+    if isinstance(snap, FollowSnapshot):
+        return _follow_body(snap)
     return {}  # a doctor's progress: its findings are records of their own (finding())
 
 
 def _command(snap: Snapshot) -> str:
+    if isinstance(snap, FollowSnapshot):
+        return "follow"
     return "drops" if isinstance(snap, DropSnapshot) else "trace" if isinstance(snap, TraceSnapshot) else "doctor"
 
 
@@ -246,6 +292,11 @@ def start(info: Start) -> Record:
     if isinstance(info, DoctorStart):
         return record("start", command="doctor", kernel=info.kernel, headers=info.headers, attached=attached,
                       unavailable=unavail, rules=list(info.rules),
+                      filters={"netns": f.netns, "iface": list(f.ifaces), "proto": f.proto, "port": f.port,
+                               "host": f.host})
+    if isinstance(info, FollowStart):
+        return record("start", command="follow", kernel=info.kernel, headers=info.headers, attached=attached,
+                      unavailable=unavail, count=info.count,
                       filters={"netns": f.netns, "iface": list(f.ifaces), "proto": f.proto, "port": f.port,
                                "host": f.host})
     if isinstance(info, DropsStart):

@@ -67,6 +67,7 @@ from netpath.bpfload import build as build_mod
 from netpath.bpfload import libbpf, load
 from netpath.bpfload.program import AUTO_PREFIX, Program
 from netpath.collect import drops as drops_mod
+from netpath.collect import follow as follow_mod
 from netpath.collect import trace as trace_mod
 from netpath.errors import MissingCapability
 from netpath.kernel.facts import KernelFacts
@@ -164,6 +165,18 @@ def drops_options() -> Iterator[tuple[str, drops_mod.DropsQuery]]:
             yield label + " (no tp_btf)", replace(query, tp_btf=False)
 
 
+# ------------------------------------------------------------------------------------------------ follow
+
+
+def follow_options() -> Iterator[tuple[str, follow_mod.FollowQuery]]:
+    """netpath follow: the default, each filter alone and every filter at once (nothing else changes its C)."""
+    Q = follow_mod.FollowQuery
+    yield "", Q()
+    for label, f in FILTERS.items():
+        yield label, Q(filters=f)
+    yield "every filter", Q(filters=ALL_FILTERS, count=1000)
+
+
 # ------------------------------------------------------------------------------------------------ builds
 
 
@@ -213,6 +226,14 @@ def builds() -> tuple[list[Build], int]:
                 continue
             source = drops_mod.program_source(dquery, _facts(kernel), offsets)
             seen.setdefault(_key(source), Build(source, kernel, ())).configs.append(f"drops on {kernel}: {label}")
+            configs += 1
+    for kernel in DROPS_KERNELS:
+        for label, fquery in follow_options():
+            source = follow_mod.program_source(fquery, _facts(kernel), offsets)
+            # every function hop is loaded as a kprobe on every kernel (loading needs no CONFIG_KPROBES)
+            kprobes = tuple(h.kprobe_fn for h in contract.FOLLOW_HOOKS if h.is_kprobe)
+            seen.setdefault(_key(source), Build(source, kernel, kprobes)).configs.append(
+                f"follow on {kernel}: {label}")
             configs += 1
     return list(seen.values()), configs
 

@@ -248,7 +248,8 @@ def proto_name(family: int, l3proto: int, l4proto: int) -> str | None:
     return None
 
 
-def _addr(family: int, raw: bytes) -> str | None:
+def addr_text(family: int, raw: bytes) -> str | None:
+    """A key's address bytes as text (family 4 or 6, as the C writes it); None for no address."""
     if family == 4:
         return str(ipaddress.IPv4Address(raw[:4]))
     if family == 6:
@@ -331,8 +332,8 @@ class RowDecoder:
         if flow:
             extra = {
                 "family": key.family or None,
-                "saddr": _addr(key.family, key.saddr),
-                "daddr": _addr(key.family, key.daddr),
+                "saddr": addr_text(key.family, key.saddr),
+                "daddr": addr_text(key.family, key.daddr),
                 "sport": key.sport if key.family and key.l4proto in (6, 17) else None,
                 "dport": key.dport if key.family and key.l4proto in (6, 17) else None,
             }

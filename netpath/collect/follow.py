@@ -9,13 +9,13 @@ its fate arrives. Packets still going when the run ends are in the summary.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import time
 from dataclasses import dataclass, field
 
 from netpath import bpf, contract, untrusted
 from netpath.collect import owners as owners_mod
+from netpath.collect.drops import addr_text
 from netpath.collect.owners import OwnerResolver
 from netpath.collect.session import ProgramSession
 from netpath.errors import MissingCapability
@@ -141,14 +141,6 @@ def nf_hook_name(rc: int) -> str:
     return f"{family} {contract.NF_INET_HOOKS[number] if inet else number}"
 
 
-def _addr(family: int, raw: bytes) -> str | None:
-    if family == 4:
-        return str(ipaddress.IPv4Address(raw[:4]))
-    if family == 6:
-        return str(ipaddress.IPv6Address(raw))
-    return None
-
-
 @dataclass
 class _Raw:
     """A hop as the C sent it, decoded but not yet named."""
@@ -192,7 +184,7 @@ class _Raw:
             return Flow()
         ports = self.l4proto in (6, 17, 132)
         return Flow(self.family, L4_NAMES.get(self.l4proto, f"ipproto-{self.l4proto}"),
-                    _addr(self.family, self.saddr), _addr(self.family, self.daddr),
+                    addr_text(self.family, self.saddr), addr_text(self.family, self.daddr),
                     self.sport if ports else None, self.dport if ports else None)
 
 

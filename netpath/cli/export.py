@@ -87,7 +87,10 @@ def parse_listen(value: str) -> tuple[str, int]:
     port = int(port_text)
     if not 1 <= port <= 65535:
         raise BadInput(f"bad --listen {value!r}: port {port} is not in 1-65535")
-    host = host.strip("[]") if host.startswith("[") and host.endswith("]") else host
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:  # "::1:9872" is itself an IPv6 address: which colon ends it cannot be told
+        raise BadInput(f"bad --listen {value!r}: put an IPv6 address in brackets, e.g. [::1]:{DEFAULT_PORT}")
     if host in ("", "*"):
         return "::", port
     if host == "localhost":
@@ -117,6 +120,11 @@ def bind(host: str, port: int, routes: Routes, listen: str, web: web_config.WebC
         if exc.errno == errno.EADDRNOTAVAIL:
             raise BadInput(f"bad --listen {listen!r}: {host} is not an address of this host") from None
         raise MissingCapability(f"--listen {listen}: cannot listen: {exc.strerror}") from None
+
+
+def url(scheme: str, host: str, port: int) -> str:
+    """Where to scrape: an IPv6 address in brackets (RFC 3986), as a browser or curl needs it."""
+    return f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}/metrics"
 
 
 def is_loopback(host: str) -> bool:
@@ -159,6 +167,8 @@ def export(ctx: click.Context, ifaces: tuple[str, ...], netns_spec: str | None, 
     if not facts.has_tracepoint(drops_mod.TRACEPOINT):
         raise MissingCapability("this kernel has no skb:kfree_skb tracepoint (needs tracefs mounted)")
     term = Terminal(json_mode=False)
+    for warning in web.warnings:
+        term.note(f"netpath export: {warning}")
     local = is_loopback(address[0])
     if not local and web_config_file is None:
         term.note(f"netpath export: warning: --listen {listen} serves beyond this host without TLS or "
@@ -175,13 +185,16 @@ def export(ctx: click.Context, ifaces: tuple[str, ...], netns_spec: str | None, 
                             sample_every=sample_every)
         trace = factory.trace_session(tquery, facts) if stages else None
         collector = ExportCollector(drops, trace, max_series)
-        ctx.exit(serve(server, routes, collector, term, listen, duration))
+        security = web.security if web_config_file is not None else None
+        ctx.exit(serve(server, routes, collector, term, url("https" if web.tls else "http", *address), duration,
+                       security))
     finally:
         server.close()
 
 
-def serve(server: HttpServer, routes: Routes, collector: ExportCollector, term: Terminal, listen: str,
-          duration: float | None) -> int:
+def serve(server: HttpServer, routes: Routes, collector: ExportCollector, term: Terminal, where: str,
+          duration: float | None, security: str | None = None) -> int:
+    """where: the URL served; security: what --web-config-file gave (None without one)."""
     scrape = SharedScrape(collector.collect)
     detached = True
     with SignalStop() as stop:
@@ -190,8 +203,8 @@ def serve(server: HttpServer, routes: Routes, collector: ExportCollector, term: 
             routes.scrape = scrape
             attached = sum(len(s.attached) for s in starts)
             unavailable = [u.stage or u.hook for s in starts for u in s.unavailable]
-            scheme = "https" if server.tls is not None else "http"
-            term.note(f"netpath export: serving {scheme}://{listen}/metrics ({attached} hooks attached"
+            term.note(f"netpath export: serving {where} ({attached} hooks attached"
+                      + (f"; {security}" if security else "")
                       + (f"; unavailable: {', '.join(unavailable)}" if unavailable else "") + ")")
             deadline = time.monotonic() + duration if duration else None
             while not stop and (deadline is None or time.monotonic() < deadline):

@@ -1,8 +1,9 @@
 """The exporter's HTTP server: no client, slow, idle, many or hostile, can stall a scrape, /healthz or the exit.
 
 - One event loop (asyncio, in one thread) owns every connection, so an idle or half-finished
-  connection costs a descriptor and a few hundred bytes, never a worker: a request gets work only
-  once its whole head has arrived (http_head.py parses it, strictly).
+  connection costs a descriptor and a few kB, never a worker (TLS state is made when the client's
+  first bytes arrive: http_stream.py); a request gets work only once its whole head has arrived
+  (http_head.py parses it, strictly).
 - Every connection has deadlines: the TLS handshake within HANDSHAKE_DEADLINE_S, the first request
   head within HEAD_DEADLINE_S of the connection (however slowly it trickles in: slowloris), the
   next one on a kept-alive connection within IDLE_TIMEOUT_S, a request body within
@@ -40,6 +41,7 @@ from prometheus_client.metrics_core import Metric
 
 from netpath.cli import http_head
 from netpath.cli.http_head import BadRequest
+from netpath.cli.http_stream import Stream, TlsStream
 from netpath.cli.web_config import BasicAuth
 from netpath.kernel import limits
 
@@ -51,6 +53,7 @@ HEAD_DEADLINE_S = 10.0
 IDLE_TIMEOUT_S = 5.0
 BODY_DEADLINE_S = 10.0
 WRITE_DEADLINE_S = 30.0
+LINGER_S = 1.0  # after the last response, for the client to read it and close
 STOP_WAIT_S = 0.3
 SCRAPE_WORKERS = 2  # a scrape in the maps and one taking the next result; more would only queue on its lock
 _ACCEPT_RETRY_S = 0.2
@@ -333,39 +336,31 @@ class HttpServer:
 
     async def _connection(self, conn: _Conn) -> None:
         loop = asyncio.get_running_loop()
-        transport: asyncio.Transport | None = None
+        stream = Stream(conn.sock) if self.tls is None else TlsStream(conn.sock, self.tls)
         try:
-            reader = asyncio.StreamReader(limit=http_head.HEAD_MAX, loop=loop)
-            protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
-            tls: dict[str, Any] = {}
-            if self.tls is not None:
-                tls = {"ssl": self.tls, "ssl_handshake_timeout": HANDSHAKE_DEADLINE_S}
             async with asyncio.timeout(HANDSHAKE_DEADLINE_S):
-                transport, _ = await loop.connect_accepted_socket(lambda: protocol, conn.sock, **tls)
-            writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+                await stream.handshake()
             wait = HEAD_DEADLINE_S - (loop.time() - conn.since)
             while True:
                 try:
                     async with asyncio.timeout(wait):
-                        head = await reader.readuntil(b"\r\n\r\n")
-                except asyncio.LimitOverrunError:
-                    await self._write(writer, http_head.response(431, b"request head too large\n", _TEXT, (), False))
+                        head = await stream.read_head()
+                except BadRequest as bad:
+                    await self._refuse(stream, bad)
                     break
                 conn.busy = True
-                if not await self._exchange(head, reader, writer):
+                if not await self._exchange(head, stream):
                     break
                 conn.busy, conn.since, wait = False, loop.time(), IDLE_TIMEOUT_S
-            writer.close()
-        except (TimeoutError, OSError, asyncio.IncompleteReadError, ssl.SSLError, EOFError):
+            async with asyncio.timeout(LINGER_S):
+                await stream.finish()
+        except (TimeoutError, OSError, ssl.SSLError, EOFError):
             pass  # late, gone, reset, or a failed handshake: that client's loss
         finally:
             self._conns.discard(conn)
-            if transport is not None:
-                transport.abort()
-            else:
-                conn.sock.close()
+            conn.sock.close()
 
-    async def _exchange(self, head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+    async def _exchange(self, head: bytes, stream: Stream) -> bool:
         """Answers one request; True when the connection stays open for the next."""
         try:
             req = http_head.parse(head)
@@ -373,15 +368,18 @@ class HttpServer:
                 raise BadRequest(405, "only GET is served")
             if req.content_length:
                 async with asyncio.timeout(BODY_DEADLINE_S):
-                    await _discard(reader, req.content_length)
+                    await stream.discard(req.content_length)
         except BadRequest as bad:
-            allow = (("Allow", "GET"),) if bad.status == 405 else ()
-            await self._write(writer, http_head.response(bad.status, (bad.why + "\n").encode(), _TEXT, allow, False))
+            await self._refuse(stream, bad)
             return False
         resp = await self._respond(req)
         keep = req.keep_alive and not self._stopping
-        await self._write(writer, http_head.response(resp.status, resp.body, resp.content_type, resp.headers, keep))
+        await self._write(stream, http_head.response(resp.status, resp.body, resp.content_type, resp.headers, keep))
         return keep
+
+    async def _refuse(self, stream: Stream, bad: BadRequest) -> None:
+        allow = (("Allow", "GET"),) if bad.status == 405 else ()
+        await self._write(stream, http_head.response(bad.status, (bad.why + "\n").encode(), _TEXT, allow, False))
 
     async def _respond(self, req: http_head.Request) -> Response:
         loop = asyncio.get_running_loop()
@@ -409,10 +407,9 @@ class HttpServer:
         return bool(await self._bcrypt.run(self.auth.check, *creds))
 
     @staticmethod
-    async def _write(writer: asyncio.StreamWriter, data: bytes) -> None:
-        writer.write(data)
+    async def _write(stream: Stream, data: bytes) -> None:
         async with asyncio.timeout(WRITE_DEADLINE_S):
-            await writer.drain()
+            await stream.send(data)
 
     def close(self) -> None:
         """Stops accepting and closes every connection; returns within about STOP_WAIT_S."""
@@ -446,12 +443,3 @@ class HttpServer:
             loop.stop()
 
         self._finisher = loop.create_task(finish())
-
-
-async def _discard(reader: asyncio.StreamReader, n: int) -> None:
-    """Reads and drops n body bytes in small reads (each read lets the transport resume)."""
-    while n > 0:
-        chunk = await reader.read(min(n, http_head.HEAD_MAX))
-        if not chunk:
-            raise asyncio.IncompleteReadError(b"", n)
-        n -= len(chunk)

@@ -107,7 +107,7 @@ def test_five_hundred_idle_connections_do_not_delay_a_scrape(served):
         assert served.server.open_connections >= 500
         code, body, took = served.get("/metrics")
         assert code == 200 and b"netpath_x_total" in body
-        assert took < 0.5, took
+        assert took < 2.0, took  # the live tier asserts the 0.5 s (test_export_web_live.py)
     finally:
         for s in idle:
             s.close()
@@ -121,7 +121,7 @@ def test_a_slow_scrape_does_not_delay_healthz():
         slow.start()
         time.sleep(0.2)
         code, _body, took = s.get("/healthz")
-        assert code == 200 and took < 0.5, took
+        assert code == 200 and took < 1.5, took  # the scrape takes 2 s
         assert slow.is_alive()  # the scrape was still reading when /healthz answered
     finally:
         s.server.close()

@@ -6,10 +6,10 @@ STAMP := $(VENV)/.netpath-installed
 # The system install: a wheel of this checkout in a root-owned venv, linked onto root's PATH.
 PREFIX ?= /opt/netpath
 BINDIR ?= /usr/local/bin
-APT_PACKAGES := python3-bpfcc bpfcc-tools bpftool linux-libc-dev python3-venv python3-wheel iproute2 iptables sockperf procps ethtool prometheus python3-bcrypt python3-yaml openssl curl tshark
+APT_PACKAGES := python3-bpfcc bpfcc-tools bpftool linux-libc-dev python3-venv python3-wheel iproute2 iptables sockperf procps ethtool prometheus python3-bcrypt python3-yaml openssl curl tshark podman buildah mmdebstrap containerd runc catatonit groff-base man-db
 export PATH := /usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
-.PHONY: install system apt venv link dev-link uninstall tracefs demo test test-unit test-live lint bench clean help
+.PHONY: install system apt venv link dev-link uninstall tracefs demo test test-unit test-live lint bench clean help image
 
 help:
 	@echo "make install   apt packages, a wheel of this checkout in $(PREFIX), $(BINDIR)/netpath"
@@ -79,6 +79,13 @@ demo: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# netpath's OCI image from Debian's packages and this checkout's wheel (contrib/image/build.sh): cached in
+# IMAGE_CACHE by its inputs, so a second run takes seconds; podman has it as localhost/netpath:latest and
+# IMAGE_CACHE/netpath-latest.oci.tar is for `ctr images import`
+IMAGE_CACHE ?= /var/cache/netpath-image
+image: venv
+	sh contrib/image/build.sh $(IMAGE_CACHE)
 
 -include mk/vm.mk
 -include mk/bench.mk

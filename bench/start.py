@@ -34,7 +34,8 @@ from rich.table import Table
 from bench.env import REPO, proc_cpu_s, proc_hwm_kb, proc_rss_kb
 
 OUT = Path(__file__).resolve().parent / "start.json"
-TARGETS = {"cached_start_s": 0.3, "first_start_s": 0.6, "probes_s": 0.15, "help_s": 0.15, "first_hwm_mb": 100,
+TARGETS = {"cached_start_s": 0.3, "first_start_s": 1.0, "x_bpftrace": 2.0, "probes_s": 0.15, "help_s": 0.15,
+           "first_hwm_mb": 100,
            "cached_hwm_mb": 60, "export_rss_mb": 50, "scrape_cpu_ms": 10}
 PORT = int(os.environ.get("BENCH_EXPORT_PORT", "19873"))
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -66,10 +67,49 @@ def run_to_exit(tree: Path, argv: list[str]) -> float:
     return time.monotonic() - t0
 
 
+BPFTRACE_ONE_PROBE = 'BEGIN { printf("ready\\n"); } tracepoint:skb:kfree_skb { @[args->reason] = count(); }'
+
+
+def run_bpftrace_begin() -> float | None:
+    """bpftrace's time from launch to its BEGIN line with one kfree_skb probe: the yardstick for starts."""
+    if shutil.which("bpftrace") is None:
+        return None
+    t0 = time.monotonic()
+    proc = subprocess.Popen(["bpftrace", "-e", BPFTRACE_ONE_PROBE], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        assert proc.stdout is not None
+        while line := proc.stdout.readline():
+            if b"ready" in line:
+                return round(time.monotonic() - t0, 3)
+        return None
+    finally:
+        _stop(proc)
+
+
+def run_export_ready(tree: Path) -> float | None:
+    """Launch to the exporter's first /healthz 200 (every probe attached), polled every 5 ms."""
+    t0 = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "netpath", "export", "--listen", f"127.0.0.1:{PORT}"], cwd=tree,
+                            env=_env(None), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while time.monotonic() - t0 < 60 and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{PORT}/healthz", timeout=2) as resp:
+                    if resp.status == 200:
+                        return round(time.monotonic() - t0, 3)
+            except OSError:
+                pass
+            time.sleep(0.005)
+        return None
+    finally:
+        _stop(proc)
+
+
 def run_to_start(tree: Path, command: str, cache: str | None, program_cache: bool = True) -> dict[str, Any]:
     """Launch `command --json`, time its start line, read its memory, stop it with SIGINT."""
     t0 = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "netpath", command, "--json", "--interval", "1"], cwd=tree,
+    extra = ["--duration", "30"] if command == "doctor" else ["--interval", "1"]
+    proc = subprocess.Popen([sys.executable, "-m", "netpath", command, "--json", *extra], cwd=tree,
                             env=_env(cache, program_cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         assert proc.stdout is not None
@@ -156,6 +196,16 @@ def measure_tree(tree: Path, rnd: int) -> dict[str, Any]:
         out[f"{command}_cached"] = run_to_start(tree, command, None)
         # a configuration not seen before: the kernel's facts cached, the program and symbols not
         out[f"{command}_uncached"] = run_to_start(tree, command, None, program_cache=False)
+    run_to_start(tree, "doctor", None)
+    out["doctor_cached"] = run_to_start(tree, "doctor", None)
+    run_export_ready(tree)
+    out["export_ready_s"] = run_export_ready(tree)
+    # bpftrace in the same round, right beside this tree's starts: the ratio is taken under the same load
+    out["bpftrace_s"] = run_bpftrace_begin()
+    bt = out["bpftrace_s"]
+    for key, value in (("drops", out["drops_cached"].get("start_s")), ("trace", out["trace_cached"].get("start_s")),
+                       ("doctor", out["doctor_cached"].get("start_s")), ("export", out["export_ready_s"])):
+        out[f"{key}_x_bpftrace"] = round(value / bt, 2) if value and bt else None
     return out
 
 
@@ -177,6 +227,10 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
             for metric in ("start_s", "hwm_mb", "rss_mb"):
                 agg[f"{key}_{metric}"] = med([r[key].get(metric) for r in mine if key in r])
         agg["synthetic_500_ms"] = med([r.get("synthetic_500_ms") for r in mine])
+        agg["doctor_cached_start_s"] = med([r.get("doctor_cached", {}).get("start_s") for r in mine])
+        for key in ("export_ready_s", "bpftrace_s", "drops_x_bpftrace", "trace_x_bpftrace", "doctor_x_bpftrace",
+                    "export_x_bpftrace"):
+            agg[key] = med([r.get(key) for r in mine])
         for metric in ("rss_mb", "scrape_cpu_ms", "series", "idle_wakeups_per_s", "rss_growth_mb"):
             agg[f"export_{metric}"] = med([r["export"].get(metric) for r in mine if "export" in r])
         out[tree] = agg
@@ -192,6 +246,13 @@ ROWS = [
     ("trace first start, s to start line", "trace_first_start_s", "first_start_s"),
     ("trace new configuration, s to start line", "trace_uncached_start_s", "first_start_s"),
     ("trace cached start, s to start line", "trace_cached_start_s", "cached_start_s"),
+    ("doctor cached start, s to start line", "doctor_cached_start_s", "cached_start_s"),
+    ("export cached start, s to first /healthz 200", "export_ready_s", "cached_start_s"),
+    ("bpftrace, one kfree_skb probe, s to BEGIN", "bpftrace_s", None),
+    ("drops cached start / bpftrace (same round)", "drops_x_bpftrace", "x_bpftrace"),
+    ("trace cached start / bpftrace (same round)", "trace_x_bpftrace", "x_bpftrace"),
+    ("doctor cached start / bpftrace (same round)", "doctor_x_bpftrace", "x_bpftrace"),
+    ("export first /healthz / bpftrace (same round)", "export_x_bpftrace", "x_bpftrace"),
     ("drops first start, peak RSS MB", "drops_first_hwm_mb", "first_hwm_mb"),
     ("drops new configuration, peak RSS MB", "drops_uncached_hwm_mb", "first_hwm_mb"),
     ("drops cached start, peak RSS MB", "drops_cached_hwm_mb", "cached_hwm_mb"),

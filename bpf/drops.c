@@ -157,6 +157,7 @@ static __always_inline int drop_matches(void *skb, void *rx_sk, struct drop_stat
 	w->netns = place.inum;
 	w->ifindex = place.inum ? place.ifindex : 0;	/* an index means nothing without its namespace */
 	w->netns_cookie = place.cookie;
+	w->placed_by = place.inum ? place.by : PLACED_NONE;
 	if (!place.inum && place.ifindex)
 		st->v[STAT_NO_DEVICE] += 1;	/* came in, lost its device: counted before any filter */
 	if (!np_passes_where(w->netns, w->ifindex))
@@ -196,6 +197,7 @@ static __always_inline void drop_key_of(struct drop_key *key, struct drop_where 
 	key->w.ifindex = w->ifindex;
 	key->w.netns = w->netns;
 	key->w.netns_cookie = w->netns_cookie;
+	key->w.placed_by = w->placed_by;
 #endif
 #if BY_PROTO || BY_FLOW
 	key->w.l3proto = w->l3proto;
@@ -307,3 +309,16 @@ RAW_TRACEPOINT_PROBE(kfree_skb)
 #endif
 	return 0;
 }
+
+#if FRAG_BY_TIMER
+/* a fragment queue's expiry: its namespace, for the fragments its callback frees next (drop_place.c) */
+RAW_TRACEPOINT_PROBE(timer_expire_entry)
+{
+	int zero = 0;
+	struct drop_stats *st = stats.lookup(&zero);
+
+	if (st)
+		drop_frag_timer_arm((void *)ctx->args[0], st->v[STAT_HITS]);
+	return 0;
+}
+#endif

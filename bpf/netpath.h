@@ -96,10 +96,91 @@ static __always_inline void np_dev_where(void *dev, u32 *ifindex, u32 *netns)
 }
 
 /*
- * Parses L3/L4 from head + nh (the network header offset); returns 0 on
- * success. Callers that run before the stack sets network_header (driver
- * hand-off, GRO) pass skb->data - skb->head instead.
+ * IPv6 extension headers (RFC 8200 section 4) sit between the fixed header
+ * and the transport header: hop-by-hop options (0), routing (43), fragment
+ * (44: a fixed 8 bytes, and only the first fragment, offset 0, carries the
+ * transport header), destination options (60), all with a length in 8-byte
+ * units not counting the first 8, and AH (51, RFC 4302: in 4-byte units not
+ * counting the first 8). The kernel walks them the same way in
+ * ipv6_skip_exthdr() (net/ipv6/exthdrs_core.c). NP_IP6_EXTHDR_MAX bounds the
+ * walk so the verifier sees a loop of known length on every kernel; a chain
+ * longer than that is reported as the header it stopped at, with no ports.
  */
+#define NP_IPPROTO_HOPOPTS	0
+#define NP_IPPROTO_ROUTING	43
+#define NP_IPPROTO_FRAGMENT	44
+#define NP_IPPROTO_AH		51
+#define NP_IPPROTO_NONE		59
+#define NP_IPPROTO_DSTOPTS	60
+#define NP_IP6_EXTHDR_MAX	6
+#define NP_IP6_HDR_LEN		40
+#define NP_IP6_FRAG_OFFSET	0xfff8	/* frag_off, host order: the offset bits (M and reserved bits out) */
+
+static __always_inline int np_ip6_is_exthdr(u8 nexthdr)
+{
+	return nexthdr == NP_IPPROTO_HOPOPTS || nexthdr == NP_IPPROTO_ROUTING || nexthdr == NP_IPPROTO_FRAGMENT ||
+	       nexthdr == NP_IPPROTO_DSTOPTS || nexthdr == NP_IPPROTO_AH;
+}
+
+/* the first 8 bytes of every extension header; frag_off only means something in a fragment header */
+struct np_ip6_opt {
+	u8 nexthdr;
+	u8 hdrlen;
+	u16 frag_off;	/* network order */
+	u32 rest;
+};
+
+/*
+ * Skips the extension headers that start at head + off, the first one of
+ * type *proto. On return *proto is the transport protocol (or the header the
+ * walk stopped at) and the result is the transport header's offset from
+ * head, or 0 when this packet has none: a fragment other than the first,
+ * "no next header" (59), a chain past NP_IP6_EXTHDR_MAX or an unreadable one.
+ */
+static __always_inline u32 np_ip6_skip_exthdrs(unsigned char *head, u32 off, u8 *proto)
+{
+	struct np_ip6_opt opt;
+
+#pragma unroll
+	for (int i = 0; i < NP_IP6_EXTHDR_MAX; i++) {
+		if (!np_ip6_is_exthdr(*proto))
+			return *proto == NP_IPPROTO_NONE ? 0 : off;
+		if (bpf_probe_read_kernel(&opt, sizeof(opt), head + off))
+			return 0;
+		if (*proto == NP_IPPROTO_FRAGMENT) {
+			*proto = opt.nexthdr;
+			if (np_ntohs(opt.frag_off) & NP_IP6_FRAG_OFFSET)
+				return 0;	/* not the first fragment: no transport header here */
+			off += 8;
+		} else if (*proto == NP_IPPROTO_AH) {
+			*proto = opt.nexthdr;
+			off += ((u32)opt.hdrlen + 2) * 4;
+		} else {
+			*proto = opt.nexthdr;
+			off += ((u32)opt.hdrlen + 1) * 8;
+		}
+	}
+	return np_ip6_is_exthdr(*proto) || *proto == NP_IPPROTO_NONE ? 0 : off;
+}
+
+/*
+ * For any program that has an IPv6 packet at head + nh (nh: the network
+ * header's offset from head): its transport protocol, in *proto, and the
+ * offset of its transport header from head, or 0 when the packet has none
+ * (see np_ip6_skip_exthdrs) or its header cannot be read. One probe read
+ * more than np_ip6_skip_exthdrs, for callers that have not read the fixed
+ * header already.
+ */
+static __always_inline u32 np_ip6_l4(unsigned char *head, u32 nh, u8 *proto)
+{
+	*proto = 0;
+	if (!head || nh >= NP_UNSET_HEADER)
+		return 0;
+	if (bpf_probe_read_kernel(proto, sizeof(*proto), head + nh + 6))	/* ipv6hdr.nexthdr */
+		return 0;
+	return np_ip6_skip_exthdrs(head, nh + NP_IP6_HDR_LEN, proto);
+}
+
 /* IP header and the L4 ports behind it, fetched with one probe read. */
 struct np_ip4_ports {
 	struct np_iphdr ip;
@@ -111,9 +192,19 @@ struct np_ip6_ports {
 	struct np_ports ports;
 };
 
+#define NP_IP4_FRAG_OFFSET	0x1fff	/* frag_off, host order: the offset bits */
+
+/*
+ * Parses L3/L4 from head + nh (the network header offset); returns 0 on
+ * success. Callers that run before the stack sets network_header (driver
+ * hand-off, GRO) pass skb->data - skb->head instead. Ports are read only
+ * where the packet has a transport header: past IPv6 extension headers, and
+ * not in a fragment other than the first (v4 or v6), whose payload is data.
+ */
 static __always_inline int np_parse_l3(unsigned char *head, u32 nh, struct np_flow *flow)
 {
 	struct np_ports ports = {};
+	int have_ports = 1;
 
 	if (!head || nh >= NP_UNSET_HEADER)
 		return -1;
@@ -130,24 +221,35 @@ static __always_inline int np_parse_l3(unsigned char *head, u32 nh, struct np_fl
 		flow->saddr[0] = h.ip.saddr;
 		flow->daddr[0] = h.ip.daddr;
 		ihl = (h.ip.ver_ihl & 0xf) * 4;
-		if (ihl == sizeof(h.ip))
+		if (np_ntohs(h.ip.frag_off) & NP_IP4_FRAG_OFFSET)
+			have_ports = 0;
+		else if (ihl == sizeof(h.ip))
 			ports = h.ports;
 		else if (bpf_probe_read_kernel(&ports, sizeof(ports), head + nh + ihl))
-			return 0;
+			have_ports = 0;
 	} else if (flow->l3proto == NP_ETH_P_IPV6) {
 		struct np_ip6_ports h = {};
+		u8 proto;
+		u32 l4;
 
 		if (bpf_probe_read_kernel(&h, sizeof(h), head + nh))
 			return -1;
 		flow->family = 6;
-		flow->l4proto = h.ip6.nexthdr;
 		__builtin_memcpy(flow->saddr, h.ip6.saddr, 16);
 		__builtin_memcpy(flow->daddr, h.ip6.daddr, 16);
-		ports = h.ports;
+		proto = h.ip6.nexthdr;
+		if (!np_ip6_is_exthdr(proto)) {
+			ports = h.ports;
+		} else {
+			l4 = np_ip6_skip_exthdrs(head, nh + NP_IP6_HDR_LEN, &proto);
+			if (!l4 || bpf_probe_read_kernel(&ports, sizeof(ports), head + l4))
+				have_ports = 0;
+		}
+		flow->l4proto = proto;
 	} else {
 		return -1;
 	}
-	if (flow->l4proto == NP_IPPROTO_TCP || flow->l4proto == NP_IPPROTO_UDP) {
+	if (have_ports && (flow->l4proto == NP_IPPROTO_TCP || flow->l4proto == NP_IPPROTO_UDP)) {
 		flow->sport = np_ntohs(ports.source);
 		flow->dport = np_ntohs(ports.dest);
 	}

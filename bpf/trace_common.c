@@ -244,6 +244,18 @@ static __always_inline void np_seen(struct np_cpu_state *c, u32 stage)
 #endif
 }
 
+/*
+ * The exact count of a stage some of whose runs cannot be timed in any build
+ * (Stage.seen_always: socket_queue, whose reads past a socket's ring are
+ * counted, untimed): netpath takes its count from here, the timed from the
+ * histogram.
+ */
+static __always_inline void np_seen_always(struct np_cpu_state *c, u32 stage)
+{
+	if (c && stage < NSTAGES)
+		c->ctr.seen[stage] += 1;
+}
+
 /* time this one? 1 in 2^SAMPLE_SHIFT, independent of the traffic's pattern */
 static __always_inline int np_pick(struct np_cpu_state *c)
 {

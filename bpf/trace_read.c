@@ -84,7 +84,7 @@ static __always_inline void np_read(void *ctx, struct np_cpu_state *c, void *skb
 {
 	u64 now, queued;
 
-	np_seen(c, STAGE_SOCKET_QUEUE);
+	np_seen_always(c, STAGE_SOCKET_QUEUE);	/* Stage.seen_always: its count in every build */
 	if (t[CP_ENQ] == NP_UNTIMED)
 		return;	/* counted, not sampled */
 	now = NP_PKT_NOW();
@@ -139,10 +139,26 @@ RAW_TRACEPOINT_PROBE(consume_skb)
 #endif
 
 #if UDP_BY_RING
+/* a read whose slot a newer datagram took: counted (untimed) when a followed one was lost that way */
+static __always_inline void np_read_overwritten(void *ctx, struct np_cpu_state *c, struct np_sk_fifo *fifo)
+{
+	u64 t[CP_MAX] = {};
+
+	np_hit_c(c, H_RING_OVERRUN);	/* not timed: more than RING datagrams were queued */
+	if (fifo->lost <= 0)
+		return;
+	if (__sync_fetch_and_add(&fifo->lost, -1) <= 0) {
+		__sync_fetch_and_add(&fifo->lost, 1);	/* another reader took the last one */
+		return;
+	}
+	t[CP_ENQ] = NP_UNTIMED;
+	np_read(ctx, c, NULL, t, 0, 0);
+}
+
 RAW_TRACEPOINT_PROBE(sock_recv_length)
 {
 	int ret = (int)ctx->args[1], flags = (int)ctx->args[2];
-	u64 skey = ctx->args[0], seq;
+	u64 skey = ctx->args[0], seq, t_enq;
 	struct np_sk_fifo *fifo;
 	struct np_ring_slot *slot;
 	struct np_cpu_state *c = np_enter(H_RECV_LENGTH);
@@ -155,25 +171,36 @@ RAW_TRACEPOINT_PROBE(sock_recv_length)
 	if (!fifo)
 		return 0;	/* not UDP, or no datagram of it followed */
 	if (fifo->head >= fifo->tail) {
-		np_hit_c(c, H_READ_UNSEEN);	/* enqueued before the trace, or its wakeup was missed */
+		if (fifo->followed)	/* another socket's reads are not the trace's to account */
+			np_hit_c(c, H_READ_UNSEEN);	/* enqueued before the trace, or its wakeup was missed */
 		return 0;
 	}
 	seq = __sync_fetch_and_add(&fifo->head, 1);
 	slot = &fifo->slot[seq & (RING - 1)];
-	if (slot->seq != seq) {
-		np_hit_c(c, H_RING_OVERRUN);	/* overwritten: more than RING datagrams were queued */
+	if (slot->tag != seq + 1) {
+		np_read_overwritten(ctx, c, fifo);
 		return 0;
 	}
-	if (!slot->t_enq)
-		return 0;	/* not followed */
+	asm volatile("" ::: "memory");
+	t_enq = slot->t_enq;
 #if NEED_WHERE
 	ifindex = slot->ifindex;
 	netns = slot->netns;
 #endif
 #if SLOWER_NS > 0
-	np_read(ctx, c, (void *)slot->skb, slot->t, ifindex, netns);
+	__builtin_memcpy(t, slot->t, sizeof(t));
+#endif
+	asm volatile("" ::: "memory");
+	if (slot->tag != seq + 1) {	/* rewritten while read: what was read may be the newer one's */
+		np_read_overwritten(ctx, c, fifo);
+		return 0;
+	}
+	if (!t_enq)
+		return 0;	/* not followed */
+	t[CP_ENQ] = t_enq;
+#if SLOWER_NS > 0
+	np_read(ctx, c, (void *)slot->skb, t, ifindex, netns);
 #else
-	t[CP_ENQ] = slot->t_enq;
 	np_read(ctx, c, NULL, t, ifindex, netns);
 #endif
 	return 0;

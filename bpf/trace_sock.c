@@ -21,15 +21,31 @@
  * UDP reads copy linear skbs without skb:skb_copy_datagram_iovec and may
  * free them later on another CPU, so a UDP read is sock:sock_recv_length
  * popping the oldest skb this socket had enqueued (datagrams are FIFO):
- * per socket a ring of (sequence, enqueue time[, iface][, skb and its
- * checkpoints for --slower]). A slot overwritten by a newer datagram (more
- * than RING queued) is skipped, so reads stay in step. t_enq == 0: a
- * datagram the trace does not follow.
+ * per socket a ring of (sequence tag, enqueue time[, iface][, skb and its
+ * checkpoints for --slower]). t_enq == 0: a datagram the trace does not
+ * follow.
+ *
+ * Exact under load (two CPUs enqueuing while a reader on a third drains):
+ *  - a slot's tag is its sequence number plus one, written last behind a
+ *    compiler barrier, and the reader checks it again after reading the
+ *    slot: a zeroed slot never passes for sequence 0, and a slot rewritten
+ *    while it is read counts as overwritten, never as "not followed";
+ *  - a socket's FIFO is created with BPF_NOEXIST, so two CPUs creating it at
+ *    once both use the one that won (an update would replace the first
+ *    CPU's, with its datagram in it);
+ *  - a socket none of whose datagrams passed the filters has a FIFO too
+ *    (its slots keep reads in step) but its reads are not the trace's: a
+ *    read is accounted (unseen_read) only on a socket with a followed one;
+ *  - more than RING datagrams queued on one socket (a reader slower than
+ *    its senders) overwrite the oldest unread slots: each followed one so
+ *    lost is added to `lost`, and the read that finds its slot overwritten
+ *    takes one back and is counted in socket_queue, untimed (ring_overrun
+ *    says how many reads were not timed).
  */
 /* RING (slots per socket, a power of two) comes from netpath as a -D number */
 
 struct np_ring_slot {
-	u64 seq;
+	u64 tag;	/* sequence number + 1 */
 	u64 t_enq;
 #if NEED_WHERE
 	u32 ifindex;
@@ -42,14 +58,16 @@ struct np_ring_slot {
 };
 
 /*
- * head is the reader's (another CPU, usually), tail the enqueuing softirq's:
- * a cache line each, so neither write takes the other's line away.
+ * head and lost are the reader's (another CPU, usually), tail the enqueuing
+ * softirq's: a cache line each, so neither write takes the other's line away.
  */
 struct np_sk_fifo {
 	u64 head;
-	u64 head_pad[7];
+	s64 lost;	/* followed datagrams whose slot a newer one took before their read */
+	u64 head_pad[6];
 	u64 tail;
-	u64 tail_pad[7];
+	u64 followed;	/* set once a datagram of this socket was followed: its reads are ours to account */
+	u64 tail_pad[6];
 	struct np_ring_slot slot[RING];
 };
 #ifdef HAS_SOCK_SOCK_RECV_LENGTH
@@ -64,14 +82,14 @@ static __always_inline void np_fifo_push(u64 skey, u64 key, u64 *t, u32 ifindex,
 	int zero = 0;
 	struct np_sk_fifo *fifo, *init;
 	struct np_ring_slot *slot;
-	u64 seq;
+	u64 seq, old;
 
 	fifo = fifos.lookup(&skey);
 	if (!fifo) {
 		init = fifo_zero.lookup(&zero);
 		if (!init)
 			return;
-		fifos.update(&skey, init);
+		fifos.insert(&skey, init);	/* BPF_NOEXIST: another CPU's, if it was first */
 		fifo = fifos.lookup(&skey);
 		if (!fifo)
 			return;
@@ -79,7 +97,12 @@ static __always_inline void np_fifo_push(u64 skey, u64 key, u64 *t, u32 ifindex,
 	/* two CPUs may enqueue on one socket at once: each takes its own sequence number */
 	seq = __sync_fetch_and_add(&fifo->tail, 1);
 	slot = &fifo->slot[seq & (RING - 1)];
+	old = slot->tag;
+	if (old && slot->t_enq && old - 1 + RING == seq && old - 1 >= fifo->head)
+		__sync_fetch_and_add(&fifo->lost, 1);	/* an unread followed datagram loses its slot */
 	slot->t_enq = t ? t[CP_ENQ] : 0;
+	if (t && !fifo->followed)
+		fifo->followed = 1;
 #if NEED_WHERE
 	slot->ifindex = ifindex;
 	slot->netns = netns;
@@ -89,7 +112,8 @@ static __always_inline void np_fifo_push(u64 skey, u64 key, u64 *t, u32 ifindex,
 	if (t)
 		__builtin_memcpy(slot->t, t, sizeof(slot->t));
 #endif
-	slot->seq = seq;	/* last: a reader that gets here first sees the old number */
+	asm volatile("" ::: "memory");
+	slot->tag = seq + 1;	/* last: a reader that gets here first sees the old tag */
 }
 #endif
 
@@ -168,8 +192,17 @@ static __always_inline void np_cur_missed(struct np_cpu_state *c)
 /* the enqueue time: read once, and only when this enqueue is timed (0: not read yet) */
 static __always_inline u64 np_enq_now(struct np_cpu_state *c)
 {
+#ifdef HAS_NET_NETIF_RECEIVE_SKB
 	/* a followed skb that is timed, or none: this enqueue is timed */
 	u64 now = !c || (c->cur.flags & CUR_TIMED) || !(c->cur.flags & CUR_TRACKED) ? NP_PKT_NOW() : 0;
+#else
+	/*
+	 * socket_queue without netif_receive_skb (netpath export's default): no
+	 * skb is followed up to here, so np_on_data_ready samples each enqueue
+	 * itself (np_pick) and an untimed one reads no clock.
+	 */
+	u64 now = 0;
+#endif
 
 #if RX_TSTAMP
 	/*
@@ -360,7 +393,11 @@ static __always_inline int np_on_data_ready(struct np_cpu_state *c, void *sk)
 #endif
 	if (!now)	/* not the skb this CPU follows: sampled on its own */
 		now = np_pick(c) ? NP_PKT_NOW() : NP_UNTIMED;
+#ifdef HAS_NET_NETIF_RECEIVE_SKB
 	st = skbs.lookup(&key);
+#else
+	st = udp ? NULL : skbs.lookup(&key);	/* nothing before the socket keeps a datagram's entry */
+#endif
 	if (st) {
 		np_enq_entry(st, sk, key, now, udp);
 		return 0;

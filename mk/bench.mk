@@ -29,7 +29,7 @@ bench: bench-deps
 	cd $(CURDIR) && $(BENCH_PY) -m bench --start --rounds $(BENCH_START_ROUNDS) --base $(BENCH_BASE)
 
 # only the start and footprint table: this checkout beside BENCH_BASE (a git worktree made and removed here)
-bench-start:
+bench-start: bench-deps
 	cd $(CURDIR) && $(BENCH_PY) -m bench --start --rounds $(BENCH_START_ROUNDS) --base $(BENCH_BASE)
 
 bench-storm: bench-deps

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 
 Namer = Callable[[re.Match[str]], str]
 
@@ -41,6 +42,8 @@ RULES: tuple[tuple[re.Pattern[str], Namer], ...] = (
      lambda m: f"{_RUNTIME[m['rt']]}:{_short(m)}"),
     # docker, cgroupfs driver
     (re.compile(rf"^/docker/{_ID}$"), lambda m: f"docker:{_short(m)}"),
+    # podman, cgroupfs driver: /libpod_parent/libpod-<id>, or below a pod's /libpod_parent/<pod id>/
+    (re.compile(rf"^/libpod_parent/(?:[0-9a-f]{{64}}/)?(?P<rt>libpod)-{_ID}$"), lambda m: f"podman:{_short(m)}"),
     # systemd: user sessions and user services, then system units
     (re.compile(r"/user-(?P<uid>\d+)\.slice/(?:user@\d+\.service/(?:[^/]+\.slice/)*)?"
                 r"(?P<unit>[^/]+\.(?:service|scope))$"),
@@ -57,4 +60,26 @@ def container_of(cgroup_path: str | None) -> str | None:
         m = pattern.search(cgroup_path)
         if m:
             return name(m)
+    return None
+
+
+@dataclass(frozen=True)
+class ContainerRef:
+    """The runtime and container id a cgroup path names (runtimes.py asks that runtime for names)."""
+
+    runtime: str  # docker, containerd, cri-o, podman
+    ident: str  # the full 64-hex id
+
+
+def ref_of(cgroup_path: str | None) -> ContainerRef | None:
+    """The runtime and id in a container's cgroup path, by the same rules; None for other cgroups."""
+    if not cgroup_path:
+        return None
+    for pattern, _name in RULES:
+        m = pattern.search(cgroup_path)
+        if m:
+            if "id" not in m.groupdict():
+                return None
+            rt = m.groupdict().get("rt")
+            return ContainerRef(_RUNTIME[rt] if rt else "docker" if cgroup_path.startswith("/docker/") else "", m["id"])
     return None

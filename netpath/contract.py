@@ -217,8 +217,13 @@ DROP_CACHE_SLOTS = 16
 
 DROP_WHERE = Layout("drop_where", (
     _f("location", "u64"), _f("reason", "u32"), _f("ifindex", "u32"), _f("netns", "u32"), _f("l3proto", "u16"),
-    _f("l4proto", "u8"), _f("family", "u8"), _f("netns_cookie", "u64")),
-    "where and what: the whole key when rows do not group by flow; the namespace's cookie is its identity")
+    _f("l4proto", "u8"), _f("family", "u8"), _f("netns_cookie", "u64"), _f("placed_by", "u32"),
+    _f("where_pad", "u32")),
+    "where and what: the whole key when rows do not group by flow; the namespace's cookie is its identity; "
+    "placed_by (enum drop_placed_by) says what named the namespace")
+# how bpf/drop_place.c found a drop's namespace (enum drop_placed_by, PLACED_<NAME>): the row's placed_by;
+# index 0 is a drop with no namespace (JSON null)
+DROP_PLACED_BY = ("none", "device", "socket", "fragment_queue", "reader")
 DROP_FLOW = Layout("drop_flow", (
     _f("saddr", "u32", 4, raw=True), _f("daddr", "u32", 4, raw=True), _f("sport", "u16"), _f("dport", "u16"),
     _f("pad", "s32")))
@@ -290,6 +295,7 @@ def c_prelude() -> str:
         _enum("np_stage", stages, "NSTAGES"),
         _enum("np_hook", tuple(h.c_id for h in (*TRACE_HOOKS, *TRACE_STATS)), "H_MAX"),
         _enum("drop_stat", tuple(f"STAT_{s.upper()}" for s in (*DROP_STATS, *PCAP_STATS)), "STAT_MAX"),
+        _enum("drop_placed_by", tuple(f"PLACED_{p.upper()}" for p in DROP_PLACED_BY), "PLACED_MAX"),
         _enum("np_slow_slot", tuple(f"SLOW_{slot.name.upper()}" for slot in SLOW_SLOTS), "NP_SLOW_SLOTS"),
         "\n".join([f"#define NSLOTS\t\t{NSLOTS}", f"#define SUM_SLOT\t{SUM_SLOT}", f"#define MAX_SLOT\t{MAX_SLOT:#x}",
                    f"#define NP_SLOW_STAGES\t{len(SLOW_STAGES)}", f"#define IFACE_FILTER_SLOTS\t{IFACE_FILTER_SLOTS}",

@@ -1,4 +1,4 @@
-"""Interface names by (netns inode, ifindex), via pyroute2 inside each namespace."""
+"""Interface names by (netns inode, ifindex), read by rtnetlink inside each namespace."""
 
 from __future__ import annotations
 
@@ -13,11 +13,9 @@ _REFRESH_MIN_S = 1.0
 
 
 def _links_here() -> list[tuple[int, bytes]]:
-    from pyroute2 import IPRoute  # ~0.1 s to import: only when a name must be resolved
+    from netpath.kernel import rtnl
 
-    with IPRoute() as ipr:  # pyroute2 gives str, or bytes when the name is not UTF-8
-        return [(int(link["index"]), untrusted.raw_bytes(link.get_attr("IFLA_IFNAME") or b""))
-                for link in ipr.get_links()]
+    return [(link.index, untrusted.raw_bytes(link.name)) for link in rtnl.links()]
 
 
 def list_links(ns: netns.Netns | None) -> list[tuple[int, bytes]]:
@@ -112,6 +110,11 @@ def _for_people(label: str) -> str:
         return f"{untrusted.proc_comm(Path(f'/proc/{pid}/comm').read_bytes())}[{pid}]"
     except OSError:
         return label
+
+
+def people_label(label: str) -> str:
+    """A namespace's label for people (see _for_people): the one form every reader of namespaces shows."""
+    return _for_people(label)
 
 
 def all_links() -> Iterator[tuple[netns.Netns, list[tuple[int, bytes]]]]:

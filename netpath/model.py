@@ -125,7 +125,9 @@ class Owner:
     pid: int | None = None
     comm: str | None = None
     cgroup: str | None = None  # path in the cgroup v2 hierarchy
-    container: str | None = None  # named from the cgroup path (netpath.containers)
+    container: str | None = None  # the runtime's name (netpath.runtimes), else from the cgroup path (containers)
+    pod: str | None = None  # Kubernetes pod and its namespace, from the runtime's labels
+    pod_namespace: str | None = None
 
 
 # ---------------------------------------------------------------- drops
@@ -150,6 +152,9 @@ class DropRow:
     interval_count: int | None = None  # live view: this interval's part of a run-total row
     owner: Owner | None = None  # rows grouped by socket or cgroup (and samples)
     netns_label: str | None = None  # the namespace for people: its ip netns name, else who runs in it
+    # what named the namespace: device, socket, fragment_queue (an expiring queue's own), reader (the task
+    # reading the socket); None when the row has none
+    placed_by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -159,6 +164,11 @@ class Counter:
     count: int
     iface: str | None = None
     cpu: int | None = None
+    # another namespace's counter (collect/netns_rx.py): its inode and name, and the pod whose it is
+    netns: int | None = None
+    netns_label: str | None = None
+    pod: str | None = None
+    pod_namespace: str | None = None
 
 
 @dataclass(frozen=True)
@@ -186,11 +196,13 @@ class CapturedPacket:
 
 @dataclass(frozen=True)
 class PcapHealth:
-    """What a capture did with the matched drops: written + skipped + lost = matched (once drained)."""
+    """What a capture did with the matched drops: written + skipped + lost + unwritten = matched (once drained)."""
 
-    written: int = 0  # packets handed to the pcapng writer
+    written: int = 0  # packets in the pcapng file (whole blocks that reached it)
     skipped: int = 0  # not sent: --pcap-max reached or the in-kernel rate limit
     lost: int = 0  # the ring buffer had no room
+    unwritten: int = 0  # captured, but the file stopped taking blocks (a full disk, RLIMIT_FSIZE)
+    error: str | None = None  # why the file stopped growing: capture stopped there, counting went on
 
 
 @dataclass(kw_only=True)
@@ -228,6 +240,10 @@ class DropSnapshot:
     # drop counters that rose while no drop event matched: rows and total say 0 for them
     counter_only: list[Counter] = field(default_factory=list)
     where_filtered: bool = False  # --netns or --iface: drops with no device (health.no_device) are left out
+    # the SNMP, netstat and conntrack drop counters of every other namespace (host-wide runs only), each
+    # with its netns; `netns_own`: the run's own namespace's are among them too (the exporter's zero series)
+    netns_counters: list[Counter] = field(default_factory=list)
+    netns_own: bool = False
 
 
 # ---------------------------------------------------------------- trace
@@ -375,6 +391,8 @@ class NicSettings:
     offloads: tuple[tuple[str, str], ...] = ()  # (feature, "on"/"off"), ethtool -k
     rps_cpus: tuple[tuple[str, str], ...] = ()  # (rx queue, hex mask); () when unreadable
     irqs: tuple[tuple[int, str], ...] = ()  # (irq, smp_affinity_list)
+    driver: str | None = None  # ethtool -i: the driver's name (nic-ring-overrun's per-driver table)
+    threaded: str | None = None  # /sys/class/net/IFACE/threaded: NAPI in its own kthread ("1") or softirq ("0")
 
 
 @dataclass(frozen=True)
@@ -389,6 +407,9 @@ class Settings:
     online_cpus: int = 1
     netfilter_rules: int | None = None  # iptables/nftables rules that drop (DROP/REJECT/drop), when readable
     tc_ingress: dict[str, int] = field(default_factory=dict)  # iface -> tc filters on its ingress hook
+    tc_egress: dict[str, int] = field(default_factory=dict)  # iface -> tc filters on its egress hook
+    # levels read at the end: sockstat ("sockstat.UDP.mem", pages), conntrack entries
+    levels: dict[str, int] = field(default_factory=dict)
 
     def sysctl(self, name: str) -> str | None:
         return self.sysctls.get(name)
@@ -405,6 +426,26 @@ class Window:
     conntrack: dict[str, int] = field(default_factory=dict)  # /proc/net/stat/nf_conntrack columns, CPUs summed
     softnet: dict[int, dict[str, int]] = field(default_factory=dict)  # cpu -> processed, dropped, time_squeeze
     rx_packets: dict[str, int] = field(default_factory=dict)  # iface -> packets received
+    carrier_changes: dict[str, int] = field(default_factory=dict)  # iface -> link down/up transitions
+
+
+@dataclass(frozen=True)
+class NetnsCounters:
+    """One network namespace's SNMP, netstat and conntrack counters: cumulative values as read
+    (collect/netns_counters.read_every_namespace), or a window's deltas (netns_counters.window).
+
+    Identity is the cookie (net->net_cookie, never reused; 0 before Linux 5.14), the inode is for
+    people and for drop rows, which carry it."""
+
+    inode: int
+    cookie: int
+    label: str  # its ip netns name, "host", else what runs in it (comm[pid]), in the untrusted-name form
+    named: bool = False  # it has an /run/netns name
+    snmp: dict[str, int] = field(default_factory=dict)  # nstat names: UdpRcvbufErrors, TcpExtListenOverflows, ...
+    conntrack: dict[str, int] = field(default_factory=dict)  # /proc/net/stat/nf_conntrack, CPUs summed
+    # levels, not counters, read at the same instant (a window keeps the end's): nf_conntrack_count and _max,
+    # sockstat's inuse/mem (mem in pages), conntrack stat's entries
+    levels: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -426,6 +467,8 @@ class FindingWhere:
     comm: str | None = None
     cgroup: str | None = None
     container: str | None = None
+    pod: str | None = None
+    pod_namespace: str | None = None
     laddr: str | None = None
     lport: int | None = None
     proto: str | None = None
@@ -448,6 +491,7 @@ class Finding:
     where: FindingWhere
     knobs: tuple[Knob, ...]
     why: str
+    explains: tuple[str, ...] = ()  # ids of other rules whose signals this finding's cause explains (folded in)
 
 
 @dataclass(frozen=True)

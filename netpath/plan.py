@@ -35,6 +35,15 @@ class Choice:
     def method(self) -> str | None:
         return self.hookset.method if self.hookset else None
 
+    def attached_method(self, typed: frozenset[str] | set[str] = frozenset()) -> str | None:
+        """The method its hooks were attached with, in hook order, one name each (tp_btf for the hooks
+        loaded BTF-typed, `typed`): "tp_btf", "raw_tracepoint", or "tp_btf+raw_tracepoint" when they differ."""
+        if self.hookset is None:
+            return None
+        method = self.hookset.method
+        names = ["tp_btf" if h in typed else method for h in self.hooks if ":" in h] or [method]
+        return "+".join(dict.fromkeys(names))
+
     @property
     def hook(self) -> str:
         if self.hookset is None:
@@ -190,7 +199,10 @@ def _without_handoff_hooks(c: Choice) -> Choice:
     return replace(c, attached_optional=kept, reason=reason)
 
 
-def probe_rows(facts: KernelFacts) -> list[ProbeRow]:
-    """What `netpath probes` prints for trace: one row per stage, path order."""
-    return [ProbeRow(c.stage.id, "+".join(c.hooks) if c.available else c.hook, c.method, c.available, c.reason)
-            for c in make_plan(facts).choices]
+def probe_rows(facts: KernelFacts, typed: frozenset[str] = frozenset()) -> list[ProbeRow]:
+    """What `netpath probes` prints for trace: one row per stage, path order; `typed`: the hooks that would
+    load as tp_btf, so the method is the one `netpath trace` reports."""
+    plan = make_plan(facts)
+    typed = typed if plan.rx_tstamp else frozenset()  # the hand-off-hooks build loads no hook as tp_btf
+    return [ProbeRow(c.stage.id, "+".join(c.hooks) if c.available else c.hook, c.attached_method(typed),
+                     c.available, c.reason) for c in plan.choices]

@@ -79,6 +79,9 @@ class Stage:
     # the C times 1 in N of its runs when built sampled (SAMPLE_SHIFT) and keeps the exact count in
     # np_cpu_counters.seen; unsampled stages (hardirq, gro, the kprobe checkpoints) time every run
     sampled: bool = False
+    # the C counts every run in np_cpu_counters.seen in every build (np_seen_always), because some runs
+    # cannot be timed at all: the row's count comes from there, the timed ones from the histogram
+    seen_always: bool = False
     slow: SlowSlot | None = None  # its part of a --slower packet's breakdown
     napi: bool = False  # its rows carry the NAPI poll counters (work, budget, exhaustion)
     owners: bool = False  # --per-socket breaks it down by the reading process
@@ -166,7 +169,7 @@ STAGES: tuple[Stage, ...] = (
                 "kprobe sock_def_readable (the skb at the tail of sk_receive_queue) -> first "
                 "skb:skb_copy_datagram_iovec (TCP) or skb:consume_skb after the UDP copy",
                 ("skb:skb_copy_datagram_iovec", "skb:consume_skb"), untyped=True),
-    ), sampled=True, slow=SLOW_QUEUE, owners=True, c_unit="trace_read.c"),
+    ), sampled=True, seen_always=True, slow=SLOW_QUEUE, owners=True, c_unit="trace_read.c"),
     Stage("stack_total", "STACK_TOTAL", PER_PACKET, True, "netif_receive_skb -> socket enqueue", (
         HookSet("raw_tracepoint", ("net:netif_receive_skb", "sock:sk_data_ready"), (), "USE_STACK_TOTAL",
                 "net:netif_receive_skb -> sock:sk_data_ready for the same skb",

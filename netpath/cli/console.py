@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import sys
-from typing import Any, BinaryIO
-
-from rich.console import Console, RenderableType
-from rich.live import Live
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from netpath.errors import OutputClosed
 from netpath.render import jsonl
+
+if TYPE_CHECKING:
+    from rich.console import Console, RenderableType
+    from rich.live import Live
 
 __all__ = ["OutputClosed", "Terminal"]
 
@@ -24,10 +26,16 @@ def _tolerant(stream: object) -> None:
             pass
 
 
-class _Console(Console):
-    def on_broken_pipe(self) -> None:
-        """rich would exit 1 here, which our contract reserves for a crossed threshold."""
-        raise OutputClosed
+def _console(**kwargs: Any) -> Console:
+    """A rich Console, imported only when something is shown to people (~15 ms: --json never pays it)."""
+    from rich.console import Console
+
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:
+            """rich would exit 1 here, which our contract reserves for a crossed threshold."""
+            raise OutputClosed
+
+    return _Console(**kwargs)
 
 
 class _PipeOut:
@@ -36,7 +44,7 @@ class _PipeOut:
     def __init__(self, raw: BinaryIO) -> None:
         self._raw = raw
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: bytes | memoryview) -> int:
         try:
             return self._raw.write(data)
         except BrokenPipeError:
@@ -60,11 +68,17 @@ class Terminal:
         self.stdout_taken = stdout_taken
         _tolerant(sys.stdout)
         _tolerant(sys.stderr)
-        # no markup, emoji or highlighting is read from text: names in it are other users' choice
-        self.out = _Console(stderr=stdout_taken, highlight=False, soft_wrap=False, emoji=False, markup=False)
-        self.err = _Console(stderr=True, highlight=False, emoji=False, markup=False)
         self.interactive = not json_mode and (sys.stderr if stdout_taken else sys.stdout).isatty()
         self._live: Live | None = None
+
+    # no markup, emoji or highlighting is read from text: names in it are other users' choice
+    @cached_property
+    def out(self) -> Console:
+        return _console(stderr=self.stdout_taken, highlight=False, soft_wrap=False, emoji=False, markup=False)
+
+    @cached_property
+    def err(self) -> Console:
+        return _console(stderr=True, highlight=False, emoji=False, markup=False)
 
     @staticmethod
     def stdout_is_terminal() -> bool:
@@ -87,8 +101,15 @@ class Terminal:
 
     def note(self, text: str) -> None:
         """Human progress notes go to stderr so stdout stays clean for pipes."""
-        if not self.json_mode:
-            self.err.print(text, markup=False, soft_wrap=True)  # a note is one line, whatever the width
+        if not self.json_mode:  # one plain line, whatever the width (no rich: its import is ~15 ms)
+            try:
+                print(text, file=sys.stderr, flush=True)
+            except BrokenPipeError:
+                raise OutputClosed from None
+
+    def warn(self, text: str) -> None:
+        """A line on stderr that scripts must see too (--json keeps stdout for JSON, not stderr for this)."""
+        self.err.print(text, markup=False, soft_wrap=True)
 
     def progress(self, text: str) -> None:
         """A line on stderr that rewrites itself, only when stderr is a terminal (never in --json)."""
@@ -107,11 +128,20 @@ class Terminal:
         try:
             if self.interactive:
                 if self._live is None:
+                    from rich.live import Live
+
                     self._live = Live(renderable, console=self.out, auto_refresh=False, transient=False)
                     self._live.start()
                 self._live.update(renderable, refresh=True)
             else:
                 self.out.print(renderable)
+        except BrokenPipeError:
+            raise OutputClosed from None
+
+    def render(self, renderable: RenderableType) -> None:
+        """Print a table once (a summary after the live view closed), fitted to the terminal."""
+        try:
+            self.out.print(renderable)
         except BrokenPipeError:
             raise OutputClosed from None
 

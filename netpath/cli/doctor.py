@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
+from netpath import __version__
+from netpath.cli import doctor_window
 from netpath.cli.console import Terminal
 from netpath.cli.options import DURATION_MAX_S, bounded_float, filter_options, resolve_filters
 from netpath.cli.preflight import load_facts, require_capability
 from netpath.collect import factory
 from netpath.collect.doctor import DoctorQuery
 from netpath.collect.session import drive
-from netpath.diagnose import rules
-from netpath.errors import EXIT_OK, EXIT_THRESHOLD
-from netpath.model import Diagnosis, Event, Snapshot, Start, Verdict
+from netpath.diagnose import rules, saved
+from netpath.errors import EXIT_OK, EXIT_THRESHOLD, BadInput
+from netpath.model import Diagnosis, DoctorStart, Event, Filters, Snapshot, Start, Verdict
 from netpath.render import doctor_view, records
 
 DEFAULT_DURATION_S = 10.0
@@ -38,7 +42,14 @@ Examples:
   sudo netpath doctor
   sudo netpath doctor --netns web --duration 30
   sudo netpath doctor --json --fail-on warn        # exit 1 on warn or crit
+  sudo netpath doctor --save window.json           # keep the window
+  netpath doctor --load window.json --json         # its findings again, anywhere
 """
+
+
+# the options that shape a live window, with their names as typed: none of them applies to --load
+WATCH_OPTIONS = {"ifaces": "--iface", "netns_spec": "--netns", "proto": "--proto", "port": "--port", "host": "--host",
+                 "duration": "--duration", "no_trace": "--no-trace", "save_path": "--save"}
 
 
 class DoctorSink:
@@ -79,21 +90,52 @@ class DoctorSink:
 @filter_options
 @click.option("--duration", type=bounded_float(MIN_DURATION_S, DURATION_MAX_S, "seconds"),
               default=DEFAULT_DURATION_S, show_default=True, metavar="SECONDS",
-              help="How long to watch before concluding.")
+              help="How long to watch before concluding: at least 1 (the other commands take 0.1), "
+              "since a shorter window sees too little to conclude anything.")
 @click.option("--json", "json_mode", is_flag=True, help="JSON Lines on stdout (schema netpath/1): findings, summary.")
 @click.option("--fail-on", "fail_on", type=click.Choice(rules.SEVERITIES), metavar="info|warn|crit",
               help="Exit 1 when a finding at or above this severity is found.")
 @click.option("--no-trace", is_flag=True, help="Leave out the latency rules (slow-reader, softirq-wait): "
               "no per-packet hook runs, only the drops program.")
+@click.option("--save", "save_path", metavar="FILE",
+              help="Also write the window (everything the rules read) to FILE as JSON, for --load.")
+@click.option("--load", "load_path", metavar="FILE",
+              help="Run the rules on a window saved with --save instead of watching (no root, no BPF).")
 @click.pass_context
 def doctor(ctx: click.Context, ifaces: tuple[str, ...], netns_spec: str | None, proto: str | None,
            port: int | None, host: str | None, duration: float, json_mode: bool, fail_on: str | None,
-           no_trace: bool) -> None:
+           no_trace: bool, save_path: str | None, load_path: str | None) -> None:
+    if load_path is not None:
+        watching = [opt for name, opt in WATCH_OPTIONS.items()
+                    if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
+        if watching:
+            raise BadInput(f"{watching[0]} cannot be used with --load: a saved window is replayed as it was")
+        ctx.exit(_replay(load_path, json_mode, fail_on))
     filters = resolve_filters(ifaces, netns_spec, proto, port, host)
-    require_capability()
+    if save_path is not None:
+        doctor_window.check_target(save_path)
+    require_capability(command="doctor")
     facts = load_facts()
     session = factory.doctor_session(DoctorQuery(filters, trace=not no_trace), facts)
     term = Terminal(json_mode)
     sink = DoctorSink(term, duration, fail_on)
     drive(session, sink, 1.0, duration, None)
+    if save_path is not None and session.observation is not None:
+        doctor_window.write(save_path, saved.dump(session.observation, session.holders, __version__,
+                                                  os.uname().release))
     ctx.exit(EXIT_THRESHOLD if sink.crossed else EXIT_OK)
+
+
+def _replay(path: str, json_mode: bool, fail_on: str | None) -> int:
+    """--load: the saved window's findings, as the run that saved it printed them (no root, no BPF)."""
+    obs, holders, _version, kernel = saved.load(doctor_window.read(path), path)
+    findings = [saved.apply_holders(f, holders) for f in rules.diagnose(obs)]
+    checked = tuple(r for r in rules.RULE_IDS if obs.trace is not None or r not in rules.LATENCY_RULES)
+    diag = Diagnosis(tuple(findings), checked, obs.elapsed_ns, obs.drops.total if obs.drops else 0)
+    term = Terminal(json_mode)
+    sink = DoctorSink(term, obs.elapsed_ns / 1e9, fail_on)
+    if json_mode:
+        term.emit(records.start(DoctorStart(kernel=kernel, headers="saved window", attached=(), unavailable=(),
+                                            filters=Filters(), rules=rules.RULE_IDS)))
+    sink.summary(diag, "loaded", [])
+    return EXIT_THRESHOLD if sink.crossed else EXIT_OK

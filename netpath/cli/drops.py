@@ -13,7 +13,7 @@ from netpath.cli.sinks import DropsView, JsonSink, PcapSink
 from netpath.collect import drops as drops_mod
 from netpath.collect import factory
 from netpath.collect.session import Sink, drive
-from netpath.errors import BadInput, MissingCapability
+from netpath.errors import EXIT_ENVIRONMENT, BadInput, MissingCapability
 from netpath.kernel import reasons as reasons_mod
 from netpath.kernel.cgroups import CgroupTree, find_mount
 from netpath.kernel.facts import KernelFacts
@@ -101,7 +101,7 @@ def parse_by(value: str) -> tuple[str, ...]:
 @click.option("--cgroup", "cgroup_spec", metavar="PATH",
               help="Only drops whose receiving socket is in this cgroup v2 (e.g. /system.slice/nginx.service).")
 @click.option("--top", type=bounded_int(1, drops_mod.MAX_ROWS, "rows the drops map holds"), metavar="N",
-              help="Show the N busiest rows per report [default: 10 on a terminal, all in --json].")
+              help="Show the N busiest rows per report [default: 10, all in --json].")
 @click.option("--stack", is_flag=True, help="Add the kernel stack of the last drop for each shown row.")
 @click.option("--samples", type=bounded_int(0, 10000, "samples per CPU per interval"), default=0, show_default=True,
               metavar="N",
@@ -131,7 +131,7 @@ def drops(ctx: click.Context, ifaces: tuple[str, ...], netns_spec: str | None, p
     if reason_name is not None and (code := _reason_from_btf(reason_name, facts)) is not None:
         reason_code = code  # checked before the capability: a typo is bad input, whoever runs it
     if not ebpf:
-        require_capability(locations="location" in by or stack or samples > 0)
+        require_capability(locations="location" in by or stack or samples > 0, command="drops")
     load_facts(facts)
     if not facts.has_tracepoint(drops_mod.TRACEPOINT):
         raise MissingCapability("this kernel has no skb:kfree_skb tracepoint (needs Linux 4.x+ with tracefs mounted)")
@@ -152,9 +152,12 @@ def drops(ctx: click.Context, ifaces: tuple[str, ...], netns_spec: str | None, p
     out = None
     if pcap is not None:
         out = term.binary_stdout() if pcap == "-" else pcap_out.open_file(pcap, force)
-        sink = PcapSink(sink, out, pcap, term)
+        sink = PcapSink(sink, out, pcap, term, on_stop=session.stop_capture)
     try:
-        ctx.exit(drive(session, sink, interval, duration, count, thresholds))
+        code = drive(session, sink, interval, duration, count, thresholds)
+        if isinstance(sink, PcapSink) and sink.stopped is not None:
+            code = EXIT_ENVIRONMENT  # the capture did not run to its end: the summary said why
+        ctx.exit(code)
     finally:
         term.close_live()
         if out is not None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
 import sys
 
 import click
+import click._textwrap
 
 from netpath import __version__
 from netpath.errors import EXIT_ENVIRONMENT, EXIT_USAGE, NetpathError, OutputClosed
@@ -21,11 +23,30 @@ HELP = """eBPF observability for the Linux packet receive path.
   netpath probes   what this kernel offers and how each hook attaches
   netpath export   the same drops and latencies as Prometheus metrics
 
-Every command takes --json (JSON Lines, schema netpath/1). Exit codes: 0 ok,
-1 a --fail-on threshold was crossed, 2 bad input, 3 the environment cannot run
-it (the message says how to fix it). Run as root, or with CAP_BPF, CAP_PERFMON,
-CAP_DAC_READ_SEARCH and, for drop locations, CAP_SYSLOG.
+New here? Start with `sudo netpath doctor`, then `sudo netpath drops` and
+`sudo netpath trace` (README, Quick start; man netpath).
+
+trace, drops, doctor and probes take --json (JSON Lines, schema netpath/1);
+export serves Prometheus metrics instead. Exit codes: 0 ok, 1 a threshold was
+crossed (trace --fail-on-latency, drops --fail-on-drops, doctor --fail-on),
+2 bad input, 3 the environment cannot run it (the message says how to fix it).
+Run as root, or with CAP_BPF, CAP_PERFMON, CAP_DAC_READ_SEARCH and, for drop
+locations, CAP_SYSLOG.
 """
+
+
+class _WholeWords(click._textwrap.TextWrapper):
+    """Help wrapped between words only: click's wrapper splits at hyphens ("--fail-⏎on", "reassembly-⏎failure"),
+    and option names and rule ids are copied from the help. click.formatting.wrap_text looks this class up
+    at each call, so replacing it here covers every command's help."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        kwargs["break_on_hyphens"] = False
+        kwargs["break_long_words"] = False
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+
+click._textwrap.TextWrapper = _WholeWords  # type: ignore[misc]
 
 
 # command -> (module, its one-line help). A command's module is imported only when that command runs:
@@ -51,16 +72,30 @@ class LazyGroup(click.Group):
         assert isinstance(command, click.Command)
         return command
 
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None,
+                                                                            list[str]]:
+        """An unknown command names the closest one (`netpath drop` -> drops), still exit 2."""
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and name not in COMMANDS:
+            close = difflib.get_close_matches(name, list(COMMANDS), n=1, cutoff=0.6)
+            hint = f" Did you mean '{close[0]}'?" if close else f" Commands: {', '.join(sorted(COMMANDS))}."
+            ctx.fail(f"no such command '{name}'.{hint} (netpath --help)")
+        return super().resolve_command(ctx, args)
+
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         with formatter.section("Commands"):
             formatter.write_dl([(name, COMMANDS[name][1]) for name in self.list_commands(ctx)])
 
 
-@click.group(cls=LazyGroup, help=HELP,
+# no_args_is_help=False: click (8.2+) answers a bare group with its help as a usage error, exit 2, on stderr.
+# A bare `netpath` is someone asking what it does: the help goes to stdout and the exit is 0 (netpath(8)).
+@click.group(cls=LazyGroup, help=HELP, invoke_without_command=True, no_args_is_help=False,
              context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 80})
 @click.version_option(__version__, prog_name="netpath")
-def cli() -> None:
-    pass
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    if ctx.invoked_subcommand is None:
+        click.echo(ctx.get_help())
 
 
 # the reader of our output went away (`netpath drops --json | head -1`): the shell's SIGPIPE status,

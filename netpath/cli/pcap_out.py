@@ -9,6 +9,7 @@ renamed over it, since rename(2) replaces a link itself and never follows it.
 from __future__ import annotations
 
 import os
+import signal
 import stat
 import tempfile
 from pathlib import Path
@@ -83,4 +84,22 @@ def open_file(spec: str, force: bool) -> BinaryIO:
     except OSError as exc:
         raise BadInput(f"--pcap {spec!r}: {_why(exc)}") from None
     os.fchmod(fd, MODE)  # whatever the umask
-    return os.fdopen(fd, "wb")
+    # past RLIMIT_FSIZE a write fails with EFBIG instead of SIGXFSZ killing the run: the capture stops, the
+    # counting goes on (cli/sinks.PcapSink)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    # unbuffered: the writer buffers whole blocks itself and must see how many bytes each write took
+    return os.fdopen(fd, "wb", buffering=0)
+
+
+def cut(out: object, length: int) -> bool:
+    """Truncates a regular file back to `length` bytes (its last whole block after a failed write): True when
+    it could; a pipe or terminal is left as it is."""
+    fileno = getattr(out, "fileno", None)
+    try:
+        fd = fileno() if callable(fileno) else -1
+        if fd < 0 or not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        os.ftruncate(fd, length)
+    except (OSError, ValueError):
+        return False
+    return True

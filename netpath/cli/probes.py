@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
-from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -12,7 +12,7 @@ from netpath import bpf
 from netpath import plan as plan_mod
 from netpath.cli import rx_path
 from netpath.cli.console import Terminal
-from netpath.cli.preflight import load_facts
+from netpath.cli.preflight import kernel_root, load_facts
 from netpath.collect import drops as drops_mod
 from netpath.kernel import caps
 from netpath.kernel.facts import KernelFacts
@@ -25,14 +25,16 @@ HELP = """Show what this kernel offers netpath and how each hook attaches.
 \b
 Kernel release, BTF, kernel headers (or netpath's own header shim), kprobe
 support, and for every stage and hook netpath knows: the attach method chosen
-(tracepoint, raw_tracepoint, kprobe) or why it cannot attach here. Needs no
-BPF and no root (tracefs must be readable).
+(tp_btf, raw_tracepoint, kprobe: the names trace and drops report) or why it
+cannot attach here. Attaches nothing. The hooks come from tracefs, which is
+root's on most systems: as another user it shows the rest (release, BTF,
+kprobes, programs, --reasons) and says to run it with sudo for the hooks.
 
 \b
 Examples:
-  netpath probes
-  netpath probes --json | jq '.hooks[] | select(.available == false)'
-  netpath probes --reasons        drop reason names decoded from this kernel
+  sudo netpath probes
+  sudo netpath probes --json | jq '.hooks[] | select(.available == false)'
+  sudo netpath probes --reasons   drop reason names decoded from this kernel
 """
 
 
@@ -53,13 +55,8 @@ def hook_rows(facts: KernelFacts, tp_btf: tuple[bool | None, str] = (None, "")) 
         reason += "; tp_btf: " + ("yes" if tp_btf[0] else "no, raw_tracepoint instead") + f" ({tp_btf[1]})"
     rows = [ProbeRow("drops", drops_mod.TRACEPOINT, ("tp_btf" if tp_btf[0] else "raw_tracepoint") if has_tp else None,
                      has_tp, reason if has_tp else "no skb:kfree_skb tracepoint on this kernel", command="drops")]
-    timestamped = plan_mod.make_plan(facts).rx_tstamp
-    for planned in plan_mod.probe_rows(facts):
-        typed = [h for h in TP_BTF_HOOKS if h in planned.hook.split("+")]
-        if planned.available and timestamped and typed and tp_btf[0] is not None:
-            said = f"{planned.reason}; {', '.join(typed)} as tp_btf: " + ("yes" if tp_btf[0] else "no")
-            planned = replace(planned, reason=said)  # noqa: PLW2901 (the row, with what the kernel said)
-        rows.append(planned)
+    typed = frozenset(TP_BTF_HOOKS) if tp_btf[0] else frozenset()
+    rows.extend(plan_mod.probe_rows(facts, typed))
     return rows
 
 
@@ -81,19 +78,46 @@ def kernel_facts(facts: KernelFacts, tp_btf: tuple[bool | None, str] = (None, ""
     }
 
 
+def _wrap(text: str, width: int) -> list[str]:
+    """Between words only: hook, symbol and option names stay whole."""
+    return textwrap.wrap(text, width, break_long_words=False, break_on_hyphens=False)
+
+
+def unprivileged_kernel_facts(facts: KernelFacts, denied: Path) -> dict[str, object]:
+    """What a user who may not read tracefs can still be told: everything but the tracepoints."""
+    why = f"not checked: {denied} is not readable by uid {os.geteuid()} (tracefs is root's)"
+    return {
+        "release": facts.release, "btf": facts.has_btf, "headers": facts.has_headers,
+        "header_mode": bpf.headers_mode(facts), "kprobes": facts.has_kprobes, "kprobes_reason": facts.kprobe_reason,
+        "tracefs": str(denied), "tracepoints": None, "tp_btf": None, "tp_btf_reason": why,
+        "trace_handoff": None, "trace_handoff_reason": why,
+    }
+
+
 @click.command("probes", help=HELP)
 @click.option("--json", "json_mode", is_flag=True, help="One JSON object (schema netpath/1) on stdout.")
 @click.option("--reasons", "show_reasons", is_flag=True, help="List the drop reasons this kernel defines.")
 def probes(json_mode: bool, show_reasons: bool) -> None:
-    facts = load_facts()
+    facts = KernelFacts.load(kernel_root())
+    # tracefs is root's (0700) on most systems: without it there is no attach plan, but the kernel's release,
+    # BTF, headers, kprobes, drop reasons and receive-path programs are still readable, and shown
+    denied = facts.unreadable_tracefs()
+    if denied is None:
+        load_facts(facts)
     term = Terminal(json_mode)
-    tp_btf = tp_btf_check(facts)
-    kernel = kernel_facts(facts, tp_btf)
-    hooks = hook_rows(facts, tp_btf)
-    reasons = drops_mod.drop_reasons(facts)
+    if denied is None:
+        tp_btf = tp_btf_check(facts)
+        kernel = kernel_facts(facts, tp_btf)
+        hooks = hook_rows(facts, tp_btf)
+        not_listed = None
+    else:
+        kernel, hooks = unprivileged_kernel_facts(facts, denied), []
+        not_listed = (f"{denied} is not readable by uid {os.geteuid()} (tracefs is root's): run "
+                      "'sudo netpath probes' for how each hook attaches")
+    reasons = drops_mod.drop_reasons(facts) if show_reasons else None
     if json_mode:
-        extra: dict[str, object] = {}
-        if show_reasons:
+        extra: dict[str, object] = {"hooks_reason": not_listed} if not_listed else {}
+        if reasons is not None:
             extra["reasons"] = [{"reason": reasons.name(c), "reason_code": c} for c in sorted(reasons.core)]
             extra["reason_source"] = reasons.source
         term.emit(records.record("probes", kernel=kernel, hooks=[records.probe_row(r) for r in hooks],
@@ -104,21 +128,31 @@ def probes(json_mode: bool, show_reasons: bool) -> None:
         f"headers {'yes' if kernel['headers'] else 'no (using netpath header shim)'}\n"
         f"kprobes: {'yes' if kernel['kprobes'] else 'no'} ({facts.kprobe_reason})  tracefs {kernel['tracefs']}"
     )
-    for line in textwrap.wrap(f"trace hand-off time: {kernel['trace_handoff_reason']}", width=80,
-                              subsequent_indent="  "):
-        term.print(line)
-    term.print(f"{'STAGE':<18} {'METHOD':<15} HOOK", style="bold")
-    for row in hooks:
-        method = row.method or "unavailable"
-        hooks_text = textwrap.wrap(row.hook.replace("+", " + "), width=80 - 35) or ["-"]
-        term.print(f"{row.stage:<18} {method:<15} {hooks_text[0]}")
-        for line in hooks_text[1:]:
-            term.print(" " * 35 + line)
-        for line in textwrap.wrap(row.reason, width=80 - 19):
-            term.print(" " * 19 + line, style="dim")
+    if not_listed:
+        for line in _wrap(f"hooks: not listed: {not_listed}", 80):
+            term.print(line)
+    else:
+        for line in textwrap.wrap(f"trace hand-off time: {kernel['trace_handoff_reason']}", width=80,
+                                  subsequent_indent="  ", break_long_words=False, break_on_hyphens=False):
+            term.print(line)
+        _print_hooks(term, hooks)
     for line in rx_path.lines(rx_path.report()):
         term.print(line)
-    if show_reasons:
+    if reasons is not None:
         term.print(f"drop reasons ({reasons.source}):")
         for code in sorted(reasons.core):
             term.print(f"  {code:>5}  {reasons.name(code)}")
+
+
+def _print_hooks(term: Terminal, hooks: list[ProbeRow]) -> None:
+    mw = max([len("METHOD"), *(len(r.method or "unavailable") for r in hooks)])  # whole method names
+    term.print(f"{'STAGE':<18} {'METHOD':<{mw}} HOOK", style="bold")
+    hook_at = 18 + 1 + mw + 1
+    for row in hooks:
+        method = row.method or "unavailable"
+        hooks_text = _wrap(row.hook.replace("+", " + "), max(80 - hook_at, 20)) or ["-"]
+        term.print(f"{row.stage:<18} {method:<{mw}} {hooks_text[0]}")
+        for line in hooks_text[1:]:
+            term.print(" " * hook_at + line)
+        for line in _wrap(row.reason, 80 - 19):
+            term.print(" " * 19 + line, style="dim")

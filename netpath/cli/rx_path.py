@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import textwrap
+
 from netpath.collect import nic_counters
 from netpath.kernel import rx_programs
 
@@ -33,6 +35,7 @@ def lines(rep: dict[str, object]) -> list[str]:
     out.append("NIC counter sources (netpath drops):")
     sources = rep["counter_sources"]
     assert isinstance(sources, list)
-    for s in sources:
-        out.append(f"  {s['source']:<8} {'yes' if s['available'] else 'no ':<4} {s['reason']}")
+    for s in sources:  # the reason wraps between words under itself: 80 columns, nothing cut
+        out.extend(textwrap.wrap(f"  {s['source']:<8} {'yes' if s['available'] else 'no ':<4} {s['reason']}", 80,
+                                 subsequent_indent=" " * 16, break_long_words=False, break_on_hyphens=False))
     return out

@@ -109,7 +109,7 @@ def trace(ctx: click.Context, ifaces: tuple[str, ...], netns_spec: str | None, p
                            f"{','.join(stages)}")
     filters = resolve_filters(ifaces, netns_spec, proto, port, host)
     if not ebpf:
-        require_capability()
+        require_capability(command="trace")
     facts = load_facts()
     query = TraceQuery(filters, stages, exact, per_iface, per_cpu, slower_ns, per_socket=per_socket,
                        tai_offset_ns=tai_offset_ns(), sample_every=sample_every)

@@ -6,8 +6,6 @@ per-interval deltas and run totals.
 
 from __future__ import annotations
 
-import importlib
-import threading
 from pathlib import Path
 
 from netpath import netns, untrusted
@@ -116,52 +114,25 @@ def read_netns_counters(ifaces: set[str] | None) -> dict[CounterKey, int]:
         values[("snmp", name, None, None)] = value
     for name, value in parse_conntrack(_read(f"{base}/stat/nf_conntrack")).items():  # absent: no nf_conntrack
         values[("conntrack", name, None, None)] = value
-    from pyroute2 import IPRoute  # imported late: it dominates start-up otherwise
+    from netpath.kernel import rtnl  # a plain netlink socket: pyroute2's import would double the start
 
-    with IPRoute() as ipr:
-        names: dict[int, str] = {}
-        for link in ipr.get_links():
-            ifname = untrusted.name(link.get_attr("IFLA_IFNAME") or "")  # str, or bytes when not UTF-8
-            names[int(link["index"])] = ifname
-            if ifaces and ifname not in ifaces:
-                continue
-            stats = link.get_attr("IFLA_STATS64") or link.get_attr("IFLA_STATS") or {}
-            for key, label in LINK_STATS.items():
-                if key in stats:
-                    values[("link", label, ifname, None)] = int(stats[key])
-        for qdisc in ipr.get_qdiscs():
-            ifname = names.get(int(qdisc["index"]), str(qdisc["index"]))
-            if ifaces and ifname not in ifaces:
-                continue
-            drops = _qdisc_drops(qdisc)
-            if drops is None:
-                continue
-            handle = int(qdisc["handle"])
-            label = f"{qdisc.get_attr('TCA_KIND')} {handle >> 16:x}:{handle & 0xFFFF:x} drops"
-            values[("qdisc", label, ifname, None)] = drops
+    names: dict[int, str] = {}
+    for link in rtnl.links():
+        ifname = untrusted.name(link.name)  # str, or bytes when not UTF-8
+        names[link.index] = ifname
+        if ifaces and ifname not in ifaces:
+            continue
+        for key, label in LINK_STATS.items():
+            if key in link.stats:
+                values[("link", label, ifname, None)] = link.stats[key]
+    for qdisc in rtnl.qdiscs():
+        ifname = names.get(qdisc.index, str(qdisc.index))
+        if (ifaces and ifname not in ifaces) or qdisc.drops is None:
+            continue
+        handle = qdisc.handle
+        label = f"{qdisc.kind} {handle >> 16:x}:{handle & 0xFFFF:x} drops"
+        values[("qdisc", label, ifname, None)] = qdisc.drops
     return values
-
-
-def _qdisc_drops(msg: object) -> int | None:
-    stats2 = msg.get_attr("TCA_STATS2")  # type: ignore[attr-defined]
-    if stats2:
-        queue = stats2.get_attr("TCA_STATS_QUEUE")
-        if queue:
-            return int(queue["drops"])
-    stats = msg.get_attr("TCA_STATS")  # type: ignore[attr-defined]
-    if stats:
-        return int(stats["drops"])
-    return None
-
-
-def prefetch_netlink() -> threading.Thread:
-    """Import pyroute2 (~0.1-0.2 s) on another thread while the BPF compile runs.
-
-    BCC compiles inside a ctypes call, which releases the GIL, so the two overlap.
-    """
-    thread = threading.Thread(target=importlib.import_module, args=("pyroute2",), daemon=True)
-    thread.start()
-    return thread
 
 
 def read_all(ns: netns.Netns | None, ifaces: set[str] | None) -> dict[CounterKey, int]:

@@ -12,14 +12,26 @@ from dataclasses import dataclass, field, replace
 
 from netpath import netns
 from netpath.collect import drops as drops_mod
+from netpath.collect import netns_counters
 from netpath.collect import trace as trace_mod
 from netpath.collect.owners import OwnerResolver
-from netpath.diagnose import rules
+from netpath.diagnose import rules, saved
 from netpath.diagnose.window import diff_drops
 from netpath.errors import MissingCapability
 from netpath.kernel import settings as settings_mod
 from netpath.kernel.clock import tai_offset_ns
-from netpath.model import Attached, Diagnosis, DoctorStart, DropSnapshot, Event, Finding, Settings, Unavailable
+from netpath.model import (
+    Attached,
+    Diagnosis,
+    DoctorStart,
+    DropSample,
+    DropSnapshot,
+    Event,
+    Finding,
+    NetnsCounters,
+    Settings,
+    Unavailable,
+)
 from netpath.query import Filters
 
 # drops: everything the socket and policy rules need to name whose packet it was and where
@@ -28,6 +40,8 @@ DOCTOR_BY = ("reason", "location", "iface", "proto", "socket")
 DOCTOR_STAGES = ("softirq_wait", "socket_queue")
 MAX_NICS = 16  # interfaces whose ethtool settings are read (each costs two ethtool runs)
 MAX_NAMESPACES = 8  # other namespaces whose settings are read for their drops' knobs
+# sampled drops per CPU per second: their source addresses name the senders of bad packets (checksum-errors)
+DOCTOR_SAMPLES = 8
 
 
 @dataclass(frozen=True)
@@ -38,7 +52,7 @@ class DoctorQuery:
     trace: bool = True
 
     def drops_query(self) -> drops_mod.DropsQuery:
-        return drops_mod.DropsQuery(self.filters, by=DOCTOR_BY)
+        return drops_mod.DropsQuery(self.filters, by=DOCTOR_BY, samples=DOCTOR_SAMPLES)
 
     def trace_query(self) -> trace_mod.TraceQuery:
         return trace_mod.TraceQuery(self.filters, DOCTOR_STAGES, per_socket=True, tai_offset_ns=tai_offset_ns())
@@ -56,6 +70,10 @@ class DoctorSession:
         self._before: settings_mod.Raw | None = None
         self._owners: OwnerResolver | None = None
         self._base: tuple[dict[bytes, int], int] = ({}, 0)
+        self._namespaces: list[NetnsCounters] = []  # every namespace's counters at the start (host-wide runs)
+        self.observation: rules.Observation | None = None  # what the rules read (netpath doctor --save)
+        self.holders: list[saved.Holder] = []  # sockets named from /proc after the rules (saved with it)
+        self._sources: dict[tuple[str, str], int] = {}  # (reason, source address) -> sampled drops
 
     def start(self) -> DoctorStart:
         # the trace program first (its compile takes the longest), then the drops program and, right after
@@ -75,14 +93,33 @@ class DoctorSession:
         # the window starts here, for the counters and the drop rows alike: drops counted while drops.start()
         # was still reading its own counters are taken off at the end
         self._before, self._base = settings_mod.read_window_raw_marked(self.query.filters.netns, self._drop_counts)
+        if self._every_namespace:
+            self._namespaces = self._read_namespaces()
         return DoctorStart(kernel=start.kernel, headers=start.headers, attached=tuple(start.attached) + tuple(attached),
                            unavailable=start.unavailable + tuple(self._unavailable), filters=start.filters,
                            rules=rules.RULE_IDS)
+
+    @property
+    def _every_namespace(self) -> bool:
+        """A run not narrowed to one namespace reads every namespace's counters (netns_counters)."""
+        return self.query.filters.netns is None
+
+    def _read_namespaces(self) -> list[NetnsCounters]:
+        found, skipped = netns_counters.read_every_namespace()
+        if skipped:
+            self._unavailable.append(Unavailable("counters", f"{skipped} network namespaces beyond the first "
+                                                 f"{netns_counters.MAX_NAMESPACES} were not read"))
+        return found
 
     def wait(self, timeout_s: float) -> None:
         self.drops.wait(timeout_s)
 
     def events(self) -> list[Event]:
+        """Sampled drops are the doctor's own: their sources are counted, nothing is printed."""
+        for e in self.drops.events():
+            if isinstance(e, DropSample) and e.row.reason and e.row.saddr:
+                key = (e.row.reason, e.row.saddr)
+                self._sources[key] = self._sources.get(key, 0) + 1
         return []
 
     def interval(self, elapsed_ns: int) -> Diagnosis:
@@ -106,14 +143,24 @@ class DoctorSession:
                            replace(run, rows=self.drops.decode_rows(base), counters=[], total=base_matched,
                                    elapsed_ns=0))
         trace = self.trace.summary(elapsed_ns) if self.trace is not None else None
+        namespaces: list[NetnsCounters] = []
+        if self._every_namespace:
+            deltas = netns_counters.window(self._namespaces, self._read_namespaces())
+            namespaces = netns_counters.active(deltas, (r.netns for r in drops.rows if r.netns))
         try:
             settings = settings_mod.read_settings(ns, self._nics(drops, win.rx_packets))
         except OSError:  # gone (said above): the rules still run, knob values are unknown
             settings = Settings(ns.inode if ns else None, ns.label if ns else "host")
-        others = self._other_settings(drops, settings.netns)
+        moved = {c.inode: sum(c.snmp.values()) for c in namespaces if c.snmp or c.conntrack}
+        others = self._other_settings(drops, settings.netns, moved)
         f = self.query.filters
         scoped = f.netns is not None or bool(f.ifaces) or f.proto is not None or f.narrows_flow
-        findings = rules.diagnose(rules.Observation(drops, trace, win, settings, elapsed_ns, others, scoped))
+        self.events()
+        sources = tuple((r, a, n) for (r, a), n in sorted(self._sources.items(), key=lambda kv: -kv[1])[:64])
+        obs = rules.Observation(drops, trace, win, settings, elapsed_ns, others, scoped,
+                                tuple(c for c in namespaces if c.inode != settings.netns), sources)
+        self.observation = obs
+        findings = rules.diagnose(obs)
         findings = [self._named(f, settings, others) for f in findings]
         checked = tuple(r for r in rules.RULE_IDS if self.trace is not None or r not in rules.LATENCY_RULES)
         return Diagnosis(tuple(findings), checked, elapsed_ns, drops.total, tuple(self._unavailable))
@@ -135,16 +182,22 @@ class DoctorSession:
         if self._owners is None:
             self._owners = OwnerResolver()
         owner = self._owners.of_socket(sock.inode, sock.cgroup_id or 0, w.netns)
-        return replace(f, where=replace(w, pid=owner.pid, comm=owner.comm, cgroup=owner.cgroup or w.cgroup,
-                                        container=owner.container or w.container))
+        holder = (w.netns, w.laddr or "", w.lport, w.proto, owner.pid, owner.comm, owner.cgroup or w.cgroup,
+                  owner.container or w.container)
+        self.holders.append(holder)
+        return saved.apply_holders(f, [holder])
 
-    def _other_settings(self, drops: DropSnapshot, here: int | None) -> dict[int, Settings]:
-        """Settings of the other namespaces drops happened in (without --netns every namespace is watched),
-        the busiest first, at most MAX_NAMESPACES; one that is gone is left out."""
+    def _other_settings(self, drops: DropSnapshot, here: int | None,
+                        moved: dict[int, int] | None = None) -> dict[int, Settings]:
+        """Settings of the other namespaces drops happened in or whose counters moved (without --netns every
+        namespace is watched), the busiest first, at most MAX_NAMESPACES; one that is gone is left out."""
         busy: dict[int, int] = {}
         for row in drops.rows:
             if row.netns and row.netns != here:
                 busy[row.netns] = busy.get(row.netns, 0) + row.count
+        for inode, n in (moved or {}).items():
+            if inode != here:
+                busy[inode] = busy.get(inode, 0) + n
         if not busy:
             return {}
         known = {ns.inode: ns for ns in netns.known_namespaces()}

@@ -12,6 +12,7 @@ from typing import Any
 
 from netpath import bpf, contract, untrusted
 from netpath.collect import counters as counters_mod
+from netpath.collect.netns_rx import NamespaceCounters
 from netpath.collect.owners import OwnerResolver
 from netpath.collect.session import ProgramSession
 from netpath.errors import MissingCapability
@@ -44,6 +45,7 @@ MAX_ROWS = contract.MAX_ROWS
 SHORT_KEY_SIZE = contract.DROP_WHERE.size
 KEY_FIELDS = len(contract.DROP_FULL_KEY.fmt.unpack(bytes(contract.DROP_FULL_KEY.size)))
 COUNT = struct.Struct("<Q")
+INDEX0 = struct.Struct("<I")  # an array map's index
 STACK_ID = struct.Struct("<i")
 # readings of the counters between two of the matched count before a storm is said to leave no pause
 ALIGN_TRIES = 10
@@ -133,6 +135,21 @@ def pcap_defines(pcap: PcapQuery, offsets: dict[str, int]) -> dict[str, int]:
     return out
 
 
+# The frames above the one that dropped: netpath's program (BPF), the tracepoint's trampolines, and the
+# kernel's free functions that fire skb:kfree_skb (sk_skb_reason_drop since 6.11, kfree_skb_reason before;
+# net/core/skbuff.c). The tracepoint's `location` is their caller, and so is the stack's first frame.
+TRACING_FRAMES = ("BPF", "bpf_trace_run", "__bpf_trace_", "__traceiter_", "trace_kfree_skb", "sk_skb_reason_drop",
+                  "kfree_skb_reason", "kfree_skb_list_reason", "__kfree_skb_reason", "kfree_skb+")
+
+
+def dropping_frames(frames: list[str]) -> list[str]:
+    """The stack from the frame that dropped the skb down, without netpath's and the tracing frames above."""
+    start = 0
+    while start < len(frames) and frames[start].startswith(TRACING_FRAMES):
+        start += 1
+    return frames[start:] if start < len(frames) else frames
+
+
 def program_source(query: DropsQuery, facts: KernelFacts, offsets: dict[str, int]) -> bpf.ProgramSource:
     """Pure: the C files and every number they are compiled with."""
     needed = ("OFF_SKB_DEV", "OFF_SKB_LEN", "OFF_SKB_HEAD", "OFF_SKB_PROTOCOL", "OFF_SKB_NETWORK_HEADER",
@@ -182,23 +199,48 @@ def program_source(query: DropsQuery, facts: KernelFacts, offsets: dict[str, int
 # functions that free a fragment queue's head with its device restored
 FRAG_PURGE = "inet_frag_rbtree_purge"
 FRAG_EXPIRE = (("FRAG_EXPIRE", "ip_expire"), ("FRAG_EXPIRE6", "ip6_frag_expire"))
+# the fragment queues' expiry timers (timer_list.function): the queue's namespace is fqdir->net
+FRAG_TIMERS = ("ip_expire", "ip6_frag_expire", "nf_ct_frag6_expire")
+FRAG_TIMER_HOOK = "timer:timer_expire_entry"  # attached beside kfree_skb when the fragment timers are known
+# where a queued UDP datagram's checksum is found bad at the read, in the reading task's context
+# (udp_recvmsg, udpv6_recvmsg; __first_packet_length under poll and FIONREAD, or first_packet_length where
+# it is inlined)
+UDP_READS = ("udp_recvmsg", "udpv6_recvmsg", "__first_packet_length", "first_packet_length")
+READER_FIELDS = ("OFF_TASK_NSPROXY", "OFF_NSPROXY_NET_NS")
+FRAG_TIMER_FIELDS = ("OFF_TIMER_FUNCTION", "OFF_FRAGQ_TIMER", "OFF_FRAGQ_FQDIR", "OFF_FQDIR_NET")
 
 
 def place_defines(facts: KernelFacts, offsets: dict[str, int]) -> dict[str, int]:
     """What bpf/drop_place.c needs to find a drop's namespace when skb->dev is gone: socket and cookie
-    offsets from BTF, the fragment functions' text from kallsyms (numbers only)."""
+    offsets from BTF, the fragment and UDP read functions' text and the fragment timers' addresses from
+    kallsyms (numbers only)."""
     out: dict[str, int] = {name: offsets[name] for name in ("OFF_SKB_SK", "OFF_SK_NET", "OFF_SKB_SKB_IIF",
                                                             "OFF_NET_COOKIE")
            if name in offsets}
-    kallsyms = facts.kallsyms
-    purge = kallsyms.text_range(FRAG_PURGE) if kallsyms.has_addresses else None
+    # one cached lookup for every function a placement needs (kallsyms is not scanned at start)
+    ranges = facts.text_ranges((FRAG_PURGE, *(name for _, name in FRAG_EXPIRE), *FRAG_TIMERS, *UDP_READS))
+    purge = ranges.get(FRAG_PURGE)
     if purge is not None:
         out["FRAG_PURGE_LO"], out["FRAG_PURGE_HI"] = purge
         for prefix, name in FRAG_EXPIRE:
-            found = kallsyms.text_range(name)
+            found = ranges.get(name)
             if found is not None:
                 out[f"{prefix}_LO"], out[f"{prefix}_HI"] = found
+        timers = [ranges[n][0] for n in FRAG_TIMERS if n in ranges]
+        if timers and all(f in offsets for f in FRAG_TIMER_FIELDS):
+            out.update({f: offsets[f] for f in FRAG_TIMER_FIELDS})
+            out.update({f"FRAG_TIMER{i}": addr for i, addr in enumerate(timers)})
+    reads = [ranges[n] for n in UDP_READS if n in ranges]
+    if reads and all(f in offsets for f in READER_FIELDS):
+        out.update({f: offsets[f] for f in READER_FIELDS})
+        for i, (lo, hi) in enumerate(reads):
+            out[f"UDP_READ{i}_LO"], out[f"UDP_READ{i}_HI"] = lo, hi
     return out
+
+
+def placed_by_name(code: int) -> str | None:
+    """The row's placed_by: what named a drop's namespace (contract.DROP_PLACED_BY; 0 or unknown: None)."""
+    return contract.DROP_PLACED_BY[code] if 0 < code < len(contract.DROP_PLACED_BY) else None
 
 
 def proto_name(family: int, l3proto: int, l4proto: int) -> str | None:
@@ -234,17 +276,18 @@ class DecodedKey:
     netns_cookie: int = 0  # the namespace's identity (net->net_cookie); netns is its inode, for people
     sk_ino: int = 0  # the owner part, when rows group by socket or cgroup
     cgroup: int = 0
+    placed_by: int = 0  # enum drop_placed_by: what named the namespace (contract.DROP_PLACED_BY)
 
     @classmethod
     def unpack(cls, raw: bytes, flow: bool = True, owner: bool = False) -> DecodedKey:
         """The map key as bpf/drops.c lays it out: where, then flow and owner when rows group by them."""
-        *where, cookie = contract.DROP_WHERE.unpack(raw)
+        *where, cookie, placed_by, _pad = contract.DROP_WHERE.unpack(raw)
         rest = raw[contract.DROP_WHERE.size:]
         flow_part = contract.DROP_FLOW.unpack(rest if flow else b"")[:4]
         if flow:
             rest = rest[contract.DROP_FLOW.size:]
         sk_ino, cgroup = contract.DROP_OWNER.unpack(rest) if owner else (0, 0)
-        return cls(*where, *flow_part, netns_cookie=cookie, sk_ino=sk_ino, cgroup=cgroup)
+        return cls(*where, *flow_part, netns_cookie=cookie, sk_ino=sk_ino, cgroup=cgroup, placed_by=placed_by)
 
 
 class RowDecoder:
@@ -300,6 +343,7 @@ class RowDecoder:
             extra["owner"] = self.owners.of_socket(key.sk_ino, key.cgroup, key.netns or None)
         if "iface" in by and key.netns:
             extra["netns_label"] = label
+            extra["placed_by"] = placed_by_name(key.placed_by)
         return DropRow(reason, code, location, iface, ifindex, ns, proto, count, **extra)
 
 
@@ -336,6 +380,10 @@ class DropsSession(ProgramSession):
         self._last_lost = 0
         self._last_ns = 0
         self._counters: counters_mod.CounterDeltas | None = None
+        # host-wide runs: every other namespace's drop counters too (an exporter sets zero_series: every
+        # known counter of every namespace, its own included, from the first scrape)
+        self.zero_series = False
+        self._other_ns: NamespaceCounters | None = None
         self._last_counters: dict[counters_mod.CounterKey, int] = {}
         self._netns_gone = False
         self._forgotten: set[bytes] = set()  # keys of devices gone (forget_gone_devices)
@@ -363,26 +411,26 @@ class DropsSession(ProgramSession):
         return self._last_counters
 
     def start(self) -> DropsStart:
-        importing = counters_mod.prefetch_netlink()
         prog = self._load(self.source, self.facts, self.query.filters.iface_keys)
         if self.query.samples:
             prog.open_perf_buffer("samples", self._on_sample, self._on_lost)
         if self.query.pcap is not None:
             self._wall_offset_ns = time.time_ns() - time.monotonic_ns()
             prog.open_ring_buffer("pcap_ring", self._on_capture)
-        if "location" in self.query.by or self.query.samples or self.query.pcap is not None:
-            # kernel symbols are read once (~90 ms here): before the start line, not inside the first interval
-            _ = self.facts.kallsyms
-        importing.join()
         # the run counts from here: the counters' baseline and the program's counts at one instant
         first, self._base_counts, self._base_stats = self._aligned_reading("start")
         self._counters = counters_mod.CounterDeltas(first)
         self._last_counts, self._last_stats = dict(self._base_counts), dict(self._base_stats)
+        if self.query.filters.netns is None:
+            self._other_ns = NamespaceCounters(own=self.zero_series)
+            self._other_ns.read()
         unavailable = () if self._has_reason else (
             Unavailable("skb:kfree_skb reason", "this kernel's kfree_skb has no reason field"),)
         return DropsStart(
             kernel=self.facts.release, headers=bpf.headers_mode(self.facts),
-            attached=(Attached(TRACEPOINT, "tp_btf" if prog.tp_btf else "raw_tracepoint", "kfree_skb"),),
+            attached=(Attached(TRACEPOINT, "tp_btf" if prog.tp_btf else "raw_tracepoint", "kfree_skb"),
+                      *((Attached(FRAG_TIMER_HOOK, "raw_tracepoint", "timer_expire_entry"),)
+                        if "FRAG_TIMER0" in self.source.defines else ())),
             unavailable=unavailable, filters=self.query.filters.report(), group_by=self.query.group_by,
             reason_code=self.query.reason_code,
         )
@@ -467,7 +515,9 @@ class DropsSession(ProgramSession):
             snap = self._snapshot(delta, counters, interval_stats, interval_stats.get("matched", 0), elapsed_ns,
                                   lost, pcap=pcap)
             snap.interval_total = snap.total
-        snap.counter_only = counters_mod.counter_only(counters, snap.interval_total)
+        if self._other_ns is not None:
+            snap.netns_counters = [c for c in self._other_ns.step() if c.netns_label != "host"]
+        snap.counter_only = counters_mod.counter_only(counters + snap.netns_counters, snap.interval_total)
         snap.interval_ns = span
         snap.warnings, self._said = self._warnings[self._said:], len(self._warnings)
         if self.query.samples:
@@ -483,7 +533,12 @@ class DropsSession(ProgramSession):
                               self._lost_samples, pcap=self._pcap_health(stats, self._pcap_written,
                                                                          self._pcap_over_max))
         snap.warnings = list(self._warnings)
-        snap.counter_only = counters_mod.counter_only(snap.counters, snap.total)
+        if self._other_ns is not None:
+            self._other_ns.read()
+            snap.netns_counters = self._other_ns.totals(zeros=self.zero_series)
+            snap.netns_own = self._other_ns.own
+        snap.counter_only = counters_mod.counter_only(
+            snap.counters + [c for c in snap.netns_counters if c.netns_label != "host"], snap.total)
         return snap
 
     def decode_rows(self, counts: dict[bytes, int]) -> list[DropRow]:
@@ -517,11 +572,7 @@ class DropsSession(ProgramSession):
         stack_id = STACK_ID.unpack(leaf)[0] if leaf is not None else -1
         if stack_id < 0:
             return None
-        frames = [self.facts.kallsyms.symbolize(addr) for addr in self.prog.stack("stacks", stack_id)]
-        # drop netpath's own frames: the BPF program and the tracepoint trampoline
-        while frames and frames[0].startswith(("bpf_prog_", "bpf_trace_run", "__bpf_trace_", "__traceiter_")):
-            frames.pop(0)
-        return frames
+        return dropping_frames([self.facts.kallsyms.frame(addr) for addr in self.prog.stack("stacks", stack_id)])
 
     def _key(self, raw: bytes) -> DecodedKey:
         return DecodedKey.unpack(raw, self.query.flow_keyed, self.query.owner_keyed)
@@ -558,8 +609,9 @@ class DropsSession(ProgramSession):
                                                                          fields[KEY_FIELDS:KEY_FIELDS + 2],
                                                                          fields[KEY_FIELDS + 2:])
         where, flow = key[:len(contract.DROP_WHERE.fields)], key[len(contract.DROP_WHERE.fields):]
-        row = self._decoder.row(DecodedKey(*where[:-1], *flow[:4], netns_cookie=where[-1], sk_ino=sk_ino,
-                                           cgroup=cgroup), 1, full=True)
+        *place, cookie, placed_by, _pad = where
+        row = self._decoder.row(DecodedKey(*place, *flow[:4], netns_cookie=cookie, sk_ino=sk_ino, cgroup=cgroup,
+                                           placed_by=placed_by), 1, full=True)
         self._events.append(DropSample(ts, cpu, pid, untrusted.comm(comm), length, row))
 
     def _on_lost(self, lost: int) -> None:
@@ -591,6 +643,12 @@ class DropsSession(ProgramSession):
         self._pcap_written += 1
         self._events.append(CapturedPacket(ts + self._wall_offset_ns, cpu, linktype, max(length, caplen), data,
                                            self.query.pcap.snaplen, row))
+
+    def stop_capture(self) -> None:
+        """The capture file took no more (a write failed): the kernel sends no more packets, its cap reads as
+        reached (bpf/capture.c pcap_admit), so later drops are counted and skipped, never copied."""
+        if self.prog is not None and self.query.pcap is not None:
+            self.prog.update("pcap_used", INDEX0.pack(0), COUNT.pack(self.query.pcap.max_packets))
 
     def _pcap_health(self, stats: dict[str, int], written: int, over_max: int) -> PcapHealth | None:
         """stats, written and over_max all for the same span: an interval or the whole run."""

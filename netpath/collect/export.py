@@ -34,6 +34,7 @@ class ExportCollector:
 
     def __init__(self, drops: DropsSession, trace: TraceSession | None, max_series: int) -> None:
         self.drops = drops
+        drops.zero_series = True  # every known counter of every namespace from the first scrape, at 0
         self.trace = trace
         self.metrics = MetricSet(max_series)
         self.starts: list[Start] = []

@@ -6,7 +6,7 @@ cpu) and is read from inside the namespace the calling thread is in, so `counter
 runs it under `netns.run_in` next to the link stats. Three sources:
 
 - ``ethtool``: drop/error-like driver statistics (``ethtool -S``), per queue where the driver
-  keeps them per queue; read with the SIOCETHTOOL ioctl through pyroute2.
+  keeps them per queue; read with the SIOCETHTOOL ioctl.
 - ``xdp``: the driver's XDP drop counters (XDP drops happen before an skb exists, so
   skb:kfree_skb never sees them) and ``xdp_exception``, the hits of the xdp:xdp_exception
   tracepoint (a program returned XDP_ABORTED or an action the driver cannot do), counted by
@@ -25,6 +25,7 @@ import errno
 import fcntl
 import os
 import re
+import socket
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ CounterKey = tuple[str, str, str | None, int | None]
 # ethtool -S names that count lost or refused packets (not packets, bytes, kicks or wakeups).
 _DROPLIKE = re.compile(
     r"drop|discard|err|miss|fifo|overrun|over_|timeout|fail|abort|exception|no_?buf|crc|bad|reject|"
-    r"invalid|oversize|undersize|jabber|frag",
+    r"invalid|oversize|undersize|jabber|frag|no_dma|out_of_buffer|allowance_exceeded",
     re.IGNORECASE,
 )
 # virtio_net names a queue rx0_/tx0_ (6.12) or rx_queue_0_/tx_queue_0_ (6.1); mlx5 rx0_, ixgbe
@@ -78,18 +79,40 @@ def parse_ethtool_text(text: str) -> list[tuple[str, int]]:
     return pairs
 
 
-def ethtool_stats(iface: str) -> list[tuple[str, int]] | None:
-    """The driver's statistics for `iface`, or None when it has none (virtual devices, lo)."""
-    from pyroute2.ethtool.ioctl import IoctlEthtool  # imported late: start-up cost
+SIOCETHTOOL = 0x8946
+ETHTOOL_GSTRINGS, ETHTOOL_GSTATS, ETHTOOL_GSSET_INFO = 0x1B, 0x1D, 0x37
+ETH_SS_STATS = 1
+ETH_GSTRING_LEN = 32
 
-    eth = IoctlEthtool(iface)
-    try:
-        pairs = eth.get_statistics()
-    except Exception:  # NotSupportedError, NoSuchDevice, OSError: no driver statistics here
+
+def ethtool_stats(iface: str) -> list[tuple[str, int]] | None:
+    """The driver's statistics for `iface`, or None when it has none (virtual devices, lo): the SIOCETHTOOL
+    ioctl's GSSET_INFO, GSTRINGS and GSTATS (include/uapi/linux/ethtool.h), on a plain socket."""
+    name = iface.encode()
+    if not name or len(name) >= 16:
         return None
-    finally:
-        eth.close()
-    return [(str(n), int(v)) for n, v in pairs]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+        def call(buf: ctypes.Array[ctypes.c_char]) -> None:
+            ifreq = struct.pack("16sP", name, ctypes.addressof(buf))  # struct ifreq: name, ifr_data
+            fcntl.ioctl(s.fileno(), SIOCETHTOOL, ifreq)
+
+        try:
+            info = ctypes.create_string_buffer(struct.pack("=IIQI", ETHTOOL_GSSET_INFO, 0, 1 << ETH_SS_STATS, 0))
+            call(info)
+            mask, count = struct.unpack_from("=QI", info.raw, 8)
+            if not mask & (1 << ETH_SS_STATS) or count == 0:
+                return None
+            strings = ctypes.create_string_buffer(struct.pack("=III", ETHTOOL_GSTRINGS, ETH_SS_STATS, count)
+                                                  + bytes(count * ETH_GSTRING_LEN))
+            call(strings)
+            stats = ctypes.create_string_buffer(struct.pack("=II", ETHTOOL_GSTATS, count) + bytes(count * 8))
+            call(stats)
+        except OSError:  # EOPNOTSUPP, ENODEV: no driver statistics here
+            return None
+    names = [strings.raw[12 + i * ETH_GSTRING_LEN:12 + (i + 1) * ETH_GSTRING_LEN].split(b"\0", 1)[0]
+             .decode(errors="replace") for i in range(count)]
+    values = struct.unpack_from(f"={count}Q", stats.raw, 8)
+    return list(zip(names, values, strict=True))
 
 
 # --- qstats: the netdev generic netlink family (Documentation/netlink/specs/netdev.yaml) ---
@@ -111,24 +134,6 @@ QSTATS_ATTRS = {
 QSTATS_DROPLIKE = ("rx-alloc-fail", "rx-hw-drops", "rx-hw-drop-overruns", "rx-csum-bad", "rx-hw-drop-ratelimits",
                    "tx-hw-drops", "tx-hw-drop-errors", "tx-hw-drop-ratelimits")
 QUEUE_TYPES = {0: "rx", 1: "tx"}
-
-
-def _qstats_msg_class() -> type:
-    """A pyroute2 genl message for qstats-get replies. The stats are the spec's variable-width
-    `uint` (4 or 8 bytes), so they are taken as bytes and read by their length."""
-    from pyroute2.netlink import genlmsg
-
-    fixed = {1: "uint32", 2: "uint32", 3: "uint32", 4: "uint32"}
-    nla_map = [(0, "NETDEV_A_QSTATS_UNSPEC", "none")]
-    for num, name in QSTATS_ATTRS.items():
-        attr = "NETDEV_A_QSTATS_" + name.upper().replace("-", "_")
-        nla_map.append((num, attr, fixed.get(num, "cdata")))
-
-    class qstats_msg(genlmsg):
-        prefix = "NETDEV_A_QSTATS_"
-
-    qstats_msg.nla_map = tuple(nla_map)
-    return qstats_msg
 
 
 @dataclass(frozen=True)
@@ -168,19 +173,25 @@ def parse_qstats_message(msg: object) -> QueueStats | None:
     return QueueStats(ifindex, queue, values)
 
 
-def decode_qstats_raw(raw: bytes) -> list[object]:
-    """Raw netlink replies (as captured into fixtures) -> decoded pyroute2 messages."""
-    cls = _qstats_msg_class()
+def decode_qstats_raw(raw: bytes) -> list[dict[str, list[tuple[str, int | bytes]]]]:
+    """Raw netlink replies (as read, or captured into fixtures) -> messages as parse_qstats_message takes
+    them: the attributes after the genl header by the spec's names; ifindex, queue type and id, and scope
+    are u32, the stats the spec's variable-width `uint` (4 or 8 bytes), kept as bytes."""
+    from netpath.kernel import rtnl
+
     out = []
-    off = 0
-    while off + 16 <= len(raw):
-        length = struct.unpack_from("=I", raw, off)[0]
-        if length < 16:
-            break
-        msg = cls(raw[off:off + length])
-        msg.decode()
-        out.append(msg)
-        off += (length + 3) & ~3
+    for _kind, body in rtnl.split(raw):
+        pairs: list[tuple[str, int | bytes]] = []
+        for num, value in rtnl.attrs(body, 4):
+            name = QSTATS_ATTRS.get(num)
+            if name is None:
+                continue
+            attr = "NETDEV_A_QSTATS_" + name.upper().replace("-", "_")
+            if num <= 4 and len(value) >= 4:
+                pairs.append((attr, struct.unpack_from("=I", value)[0]))
+            else:
+                pairs.append((attr, value))
+        out.append({"attrs": pairs})
     return out
 
 
@@ -198,35 +209,22 @@ def _qstats_error(code: int) -> str:
 def read_qstats(raw_out: list[bytes] | None = None) -> Qstats:
     """qstats-get, scope queue, for every device of this namespace that reports queue stats.
     `raw_out` collects the raw replies (fixture capture)."""
-    from pyroute2.netlink import NLM_F_DUMP, NLM_F_REQUEST
-    from pyroute2.netlink.exceptions import NetlinkError
-    from pyroute2.netlink.generic import GenericNetlinkSocket  # late: start-up cost
+    from netpath.kernel import rtnl
 
-    cls = _qstats_msg_class()
+    family = rtnl.genl_family("netdev")
+    if family is None:
+        return Qstats(False, "the kernel has no netdev netlink family (Linux 6.3+), so no qstats")
+    nla = struct.pack("=HHI", 8, NETDEV_A_QSTATS_SCOPE, NETDEV_QSTATS_SCOPE_QUEUE)
     try:
-        gen = GenericNetlinkSocket()
+        replies = rtnl.genl_dump(family, NETDEV_CMD_QSTATS_GET, 1, nla)
+        msgs = [r for r in replies if struct.unpack_from("=H", r, 4)[0] == family]
+        for r in replies:
+            list(rtnl.split(r))  # an error reply raises here
     except OSError as exc:
-        return Qstats(False, f"generic netlink unavailable: {exc}")
-    try:
-        try:
-            gen.bind("netdev", cls)
-        except Exception:  # NetlinkError (ENOENT) or KeyError: no such family on this kernel
-            return Qstats(False, "the kernel has no netdev netlink family (Linux 6.3+), so no qstats")
-        req = cls()
-        req["cmd"] = NETDEV_CMD_QSTATS_GET
-        req["version"] = 1
-        req["attrs"] = [("NETDEV_A_QSTATS_SCOPE", NETDEV_QSTATS_SCOPE_QUEUE)]
-        try:
-            msgs = list(gen.nlm_request(req, msg_type=gen.prid, msg_flags=NLM_F_REQUEST | NLM_F_DUMP))
-        except NetlinkError as exc:
-            return Qstats(False, _qstats_error(abs(int(exc.code))))
-        if raw_out is not None:
-            for m in msgs:
-                length = int(m["header"]["length"])
-                raw_out.append(bytes(m.data[m.offset:m.offset + length]))
-        return qstats_from_messages(msgs)
-    finally:
-        gen.close()
+        return Qstats(False, _qstats_error(exc.errno or errno.EIO))
+    if raw_out is not None:
+        raw_out.extend(msgs)
+    return qstats_from_messages(decode_qstats_raw(b"".join(msgs)))
 
 
 def qstats_counters(qs: Qstats, names: dict[int, str], ifaces: set[str] | None) -> dict[CounterKey, int]:
@@ -264,8 +262,11 @@ def _tracepoint_id(tracefs: Path, category: str, name: str) -> int | None:
 
 def _tracefs() -> Path:
     for p in (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing")):
-        if (p / "events").is_dir():
-            return p
+        try:
+            if (p / "events").is_dir():
+                return p
+        except OSError:  # root's (0700): an unprivileged `netpath probes` shows what else it can read
+            continue
     return Path("/sys/kernel/tracing")
 
 
@@ -329,21 +330,18 @@ class _Links:
 
 
 def _links() -> _Links:
-    from pyroute2 import IPRoute
+    from netpath.kernel import rtnl
 
     names: dict[int, str] = {}
     xdp: dict[str, int] = {}
     raw: dict[str, str] = {}
-    with IPRoute() as ipr:
-        for link in ipr.get_links():
-            given = link.get_attr("IFLA_IFNAME") or ""  # str, or bytes when the name is not UTF-8
-            ifname = untrusted.name(given)
-            names[int(link["index"])] = ifname
-            if isinstance(given, str):  # the ethtool ioctl takes the name as text
-                raw[ifname] = given
-            x = link.get_attr("IFLA_XDP")
-            if x is not None and x.get_attr("IFLA_XDP_ATTACHED"):  # None, or a mode name
-                xdp[ifname] = int(link["index"])
+    for link in rtnl.links():
+        ifname = untrusted.name(link.name)  # str, or bytes when the name is not UTF-8
+        names[link.index] = ifname
+        if isinstance(link.name, str):  # the ethtool ioctl takes the name as text
+            raw[ifname] = link.name
+        if link.xdp_attached:
+            xdp[ifname] = link.index
     return _Links(names, xdp, raw)
 
 

@@ -13,13 +13,14 @@ import ipaddress
 import os
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from netpath import netns, untrusted
 from netpath.containers import container_of
 from netpath.kernel.cgroups import CgroupTree, find_mount
 from netpath.model import Owner, SockInfo
+from netpath.runtimes import RuntimeNames
 
 _REFRESH_MIN_S = 1.0
 _SOCKET_LINK = re.compile(r"^socket:\[(\d+)\]$")
@@ -93,8 +94,9 @@ class _Cached:
 
 
 class OwnerResolver:
-    def __init__(self, cgroups: CgroupTree | None = None) -> None:
+    def __init__(self, cgroups: CgroupTree | None = None, runtimes: RuntimeNames | None = None) -> None:
         self.cgroups = cgroups if cgroups is not None else CgroupTree(find_mount())
+        self.runtimes = runtimes if runtimes is not None else RuntimeNames()
         self._socks: dict[int, _Cached] = {}  # netns inode -> inode -> SockInfo
         self._holders = _Cached({})
         self._comms: dict[int, str | None] = {}
@@ -149,10 +151,18 @@ class OwnerResolver:
         """A dropped packet's receiving socket and who holds it."""
         held = self.holder(sk_ino)
         path = self.cgroups.path(cgroup_id)
-        return Owner(self.sock(sk_ino, netns_inode), held[0] if held else None, held[1] if held else None, path,
-                     container_of(path))
+        return self.named(Owner(self.sock(sk_ino, netns_inode), held[0] if held else None,
+                                held[1] if held else None, path))
 
     def of_reader(self, tgid: int, cgroup_id: int) -> Owner:
         """The process that read from a socket, and its cgroup."""
         path = self.cgroups.path(cgroup_id)
-        return Owner(None, tgid or None, self.comm(tgid) if tgid else None, path, container_of(path))
+        return self.named(Owner(None, tgid or None, self.comm(tgid) if tgid else None, path))
+
+    def named(self, owner: Owner) -> Owner:
+        """The owner with its container's names: the runtime's, else the cgroup path's shape (no pod)."""
+        found = self.runtimes.of_cgroup(owner.cgroup)
+        if found is None:
+            return replace(owner, container=container_of(owner.cgroup))
+        return replace(owner, container=found.container or container_of(owner.cgroup), pod=found.pod,
+                       pod_namespace=found.pod_namespace)

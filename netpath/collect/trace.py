@@ -287,6 +287,7 @@ class TraceSession(ProgramSession):
         self._last_lost = 0
         self._last_ns = 0
         self._unavailable: list[Unavailable] = [Unavailable(c.hook, c.reason, c.stage.id) for c in plan.unavailable]
+        self._typed: frozenset[str] = frozenset()
         self._softnet_base: dict[str, int] = {}
         self._softnet_last: dict[str, int] = {}
         self._tstamp_sock: socket.socket | None = None
@@ -300,6 +301,7 @@ class TraceSession(ProgramSession):
         for irq, ifindex in irqs.nic_irqs(irqs.read_interrupts(), irqs.local_devices()).items():
             prog.update("nic_irqs", IRQ_ENTRY.pack(irq), IRQ_ENTRY.pack(ifindex))
         typed = {hook for hook in TP_BTF_HOOKS if tp_btf_names(hook)[0] in prog.tp_btf}
+        self._typed = frozenset(typed)  # each stage row's `method` says which of its hooks loaded as tp_btf
         attached = [Attached(tp, "tp_btf" if tp in typed else "raw_tracepoint") for tp in self.plan.tracepoints()]
         for hook, symbol in self.plan.kprobes():
             for kind, fn in contract.kprobe_programs(hook):
@@ -354,7 +356,8 @@ class TraceSession(ProgramSession):
                   seen: dict[int, int] | None = None) -> TraceSnapshot:
         q = self.query
         rows = trace_stats.stage_rows(self.plan, dists, napi, q.per_iface or q.per_cpu, self._names,
-                                      q.per_iface or q.per_cpu or q.napi_by_dev, q.sampled_every(self.plan), seen)
+                                      q.per_iface or q.per_cpu or q.napi_by_dev, q.sampled_every(self.plan), seen,
+                                      self._typed)
         if self._owners is not None and owners:
             owner_rows = tuple((self._owners.of_reader(tgid, cgroup), dist.latency())
                                for (cgroup, tgid), dist in sorted(owners.items(), key=lambda kv: -kv[1].sum_ns))

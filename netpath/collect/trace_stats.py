@@ -139,7 +139,7 @@ def _where(ifindex: int, ns_inode: int, cpu: int, names: Names) -> Where:
 
 def stage_rows(plan: AttachPlan, dists: dict[HistKey, Dist], napi: dict[NapiKey, Napi], keep_parts: bool,
                names: Names, keep_napi_parts: bool | None = None, sample_every: int = 1,
-               seen: dict[int, int] | None = None) -> list[StageRow]:
+               seen: dict[int, int] | None = None, typed: frozenset[str] = frozenset()) -> list[StageRow]:
     """One row per available stage, path order; breakdown parts with --per-iface/--per-cpu.
 
     keep_napi_parts (default: keep_parts) keeps NAPI counters per device on their own. With sample_every > 1,
@@ -166,10 +166,17 @@ def stage_rows(plan: AttachPlan, dists: dict[HistKey, Dist], napi: dict[NapiKey,
                 if keep_napi:
                     napi_parts[key] = napi_sum(napi_parts.get(key, Napi()), stat)
         sampled = sample_every > 1 and choice.stage.sampled
+        exact: int | None = None
+        if sampled:
+            exact = (seen or {}).get(index, 0)
+        elif choice.stage.seen_always:
+            # the C bumps seen on every timed run too, so seen >= timed; the two maps are not read at one
+            # instant, so a run between the reads can leave seen one short: the larger is the count
+            exact = max((seen or {}).get(index, 0), total.latency().count)
         out.append(StageRow(
-            choice.stage.id, "+".join(choice.hooks), choice.method, total.latency(),
+            choice.stage.id, "+".join(choice.hooks), choice.attached_method(typed), total.latency(),
             tuple((_where(*k, names), d.latency()) for k, d in sorted(parts.items())), napi_total,
             tuple((_where(*k, names), n) for k, n in sorted(napi_parts.items())),
-            seen=(seen or {}).get(index, 0) if sampled else None, sample_every=sample_every if sampled else 1,
+            seen=exact, sample_every=sample_every if sampled else 1,
         ))
     return out

@@ -43,7 +43,10 @@ def addresses_shown(proc_sys: Path = Path("/proc/sys")) -> bool:
 def tracefs_readable(tracefs: Path = TRACEFS) -> bool:
     """tracefs is root's (mode 0700): reading its event formats and ids takes CAP_DAC_READ_SEARCH. A
     tracefs that is not mounted there is load_facts' to report."""
-    return not tracefs.is_dir() or os.access(tracefs / "events", os.R_OK | os.X_OK, effective_ids=True)
+    try:
+        return not tracefs.is_dir() or os.access(tracefs / "events", os.R_OK | os.X_OK, effective_ids=True)
+    except OSError:  # even its mount point may not be looked at
+        return False
 
 
 def missing_caps(caps: int, tracefs_ok: bool, addresses_ok: bool, locations: bool) -> list[str]:

@@ -32,6 +32,13 @@ _TEXT_LINE = re.compile(rb"^([0-9a-fA-F]+) [tTwW] (\S+)", re.M)
 _ANY_LINE = re.compile(rb"^[0-9a-fA-F]+ \S (\S+)", re.M)
 
 
+# No kernel function is this long: a frame further than this from the nearest symbol has none of its own.
+_LONGEST_FUNCTION = 1 << 20
+# x86-64 modules and BPF JIT images live above this (Documentation/arch/x86/x86_64/mm.rst, "module mapping
+# space"); kernel text is below it.
+_MODULE_AREA = 0xFFFFFFFFA0000000
+
+
 class Kallsyms:
     def __init__(self, raw: Callable[[], bytes], packed: tuple[array, array, bytes] | None = None) -> None:
         self._raw = raw
@@ -112,14 +119,46 @@ class Kallsyms:
             return f"0x{addr:x}"
         return f"{self._name(i)}+0x{addr - self._addrs[i]:x}"
 
+    def frame(self, addr: int) -> str:
+        """A stack frame: `func+0xoff`, or `BPF` for a JIT-compiled BPF program.
+
+        The index is cached per boot, and BPF programs come and go after it was built, so a JIT address
+        often has no symbol of its own: the nearest one below it is then a section end (`_einittext`) or
+        a symbol megabytes away, and `_einittext+0x3ca3af62` would name a function that is not there."""
+        i = bisect.bisect_right(self._addrs, addr) - 1
+        if i < 0 or addr == 0:
+            return f"0x{addr:x}"
+        name = self._name(i)
+        if name.startswith("bpf_prog_"):
+            return f"BPF {name}"
+        if addr - self._addrs[i] >= _LONGEST_FUNCTION or name.startswith(("_e", "__stop_", "__end_")):
+            return f"BPF 0x{addr:x}" if addr >= _MODULE_AREA else f"0x{addr:x}"
+        return f"{name}+0x{addr - self._addrs[i]:x}"
+
     def text_range(self, name: str) -> tuple[int, int] | None:
-        """[start, end) of function `name`'s text: its address to the next symbol's; None when unknown."""
-        m = re.search(rb"^([0-9a-fA-F]+) [tT] " + re.escape(name.encode()) + rb"$", self._raw(), re.M)
-        if not m or not int(m.group(1), 16):
+        """[start, end) of function `name`'s text: its address to the next symbol's; None when unknown.
+
+        A lookup in the packed index (bytes.find over the names, checked against the offsets), not a
+        scan of /proc/kallsyms: that read and regex cost ~0.1 s each call, at every drops start."""
+        i = self._find(name.encode())
+        if i is None:
             return None
-        start = int(m.group(1), 16)
-        i = bisect.bisect_right(self._addrs, start)
-        return (start, self._addrs[i]) if i < len(self._addrs) else None
+        start = self._addrs[i]
+        j = bisect.bisect_right(self._addrs, start)
+        return (start, self._addrs[j]) if j < len(self._addrs) else None
+
+    def _find(self, want: bytes) -> int | None:
+        """The index of the first text symbol named exactly `want` (names are packed without separators,
+        so a hit counts only where it starts and ends on a name's boundary)."""
+        if not want:
+            return None
+        offsets, pos = self._offsets, self._blob.find(want)
+        while pos >= 0:
+            i = bisect.bisect_left(offsets, pos)
+            if i < len(offsets) - 1 and offsets[i] == pos and offsets[i + 1] == pos + len(want):
+                return i
+            pos = self._blob.find(want, pos + 1)
+        return None
 
     def resolve(self, name: str) -> str | None:
         """The symbol to probe for function `name`: itself, else a .isra/.constprop clone."""

@@ -46,6 +46,14 @@ FIELDS: dict[str, tuple[str, str]] = {
     "OFF_SK_RCVQ_PREV": ("sock", "sk_receive_queue.prev"),
     "OFF_NAPI_DEV": ("napi_struct", "dev"),
     "OFF_SK_FAMILY": ("sock", "__sk_common.skc_family"),
+    # drops: the namespace of the task reading a UDP socket (a checksum error found at the read)
+    "OFF_TASK_NSPROXY": ("task_struct", "nsproxy"),
+    "OFF_NSPROXY_NET_NS": ("nsproxy", "net_ns"),
+    # drops: an expiring fragment queue's namespace, from its timer (inet_frag_queue.fqdir->net)
+    "OFF_TIMER_FUNCTION": ("timer_list", "function"),
+    "OFF_FRAGQ_TIMER": ("inet_frag_queue", "timer"),
+    "OFF_FRAGQ_FQDIR": ("inet_frag_queue", "fqdir"),
+    "OFF_FQDIR_NET": ("fqdir", "net"),
 }
 
 

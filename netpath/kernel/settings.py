@@ -45,6 +45,19 @@ SYSCTLS = (
     "net.netfilter.nf_conntrack_max",
     "net.netfilter.nf_conntrack_count",
     "net.netfilter.nf_conntrack_buckets",
+    "net.ipv4.tcp_syncookies",
+    "net.ipv4.tcp_moderate_rcvbuf",
+    "net.ipv4.tcp_mem",
+    "net.ipv4.udp_mem",
+    "net.ipv4.ipfrag_max_dist",
+    "net.ipv6.ip6frag_time",
+    "net.ipv6.ip6frag_high_thresh",
+    "net.ipv6.ip6frag_low_thresh",
+    "net.core.flow_limit_cpu_bitmap",
+    "net.core.flow_limit_table_len",
+    "net.core.busy_read",
+    "net.core.busy_poll",
+    "vm.min_free_kbytes",
 )
 PER_IFACE_SYSCTLS = ("net.ipv4.conf.{}.rp_filter",)
 NAMESPACED_PREFIXES = ("net.",)
@@ -145,13 +158,21 @@ def sock_diag(family: int, protocol: int, proto: str, states: int) -> list[Socke
                 return out
 
 
+TCP_ESTABLISHED = 1
+MAX_TCP_SOCKETS = 8192  # established TCP sockets kept (their receive memory): a busy host has many more
+
+
 def read_sockets() -> list[SocketState]:
-    """UDP sockets (all states) and TCP listeners, v4 and v6."""
+    """UDP sockets (all states), TCP listeners and established TCP sockets (at most MAX_TCP_SOCKETS, those
+    with data queued first), v4 and v6."""
     out = []
+    established: list[SocketState] = []
     for family in (socket.AF_INET, socket.AF_INET6):
         out += sock_diag(family, socket.IPPROTO_UDP, "udp", 0xFFFFFFFF)
         out += sock_diag(family, socket.IPPROTO_TCP, "tcp", 1 << TCP_LISTEN)
-    return out
+        established += sock_diag(family, socket.IPPROTO_TCP, "tcp", 1 << TCP_ESTABLISHED)
+    established.sort(key=lambda s: -(s.rmem_alloc or 0))
+    return out + established[:MAX_TCP_SOCKETS]
 
 
 # ---------------------------------------------------------------- ethtool, RPS, IRQs
@@ -181,6 +202,22 @@ def parse_ethtool_features(text: str) -> tuple[tuple[str, str], ...]:
         if sep and name in wanted:
             out.append((name, rest.split()[0] if rest.split() else "?"))
     return tuple(out)
+
+
+def parse_ethtool_driver(text: str) -> str | None:
+    """`ethtool -i IFACE` -> the driver's name ("driver: mlx5_core")."""
+    for line in text.splitlines():
+        name, sep, value = line.partition(":")
+        if sep and name.strip() == "driver" and value.strip():
+            return value.strip()
+    return None
+
+
+def read_threaded(iface: str, sysfs: Path = Path("/sys/class/net")) -> str | None:
+    try:
+        return (sysfs / iface / "threaded").read_text().strip()
+    except OSError:
+        return None
 
 
 def _ethtool(*argv: str) -> str:
@@ -244,6 +281,22 @@ def parse_snmp6_all(text: str) -> dict[str, int]:
     return out
 
 
+def parse_sockstat(text: str) -> dict[str, int]:
+    """/proc/net/sockstat (and sockstat6): "UDP: inuse 3 mem 2" -> {"sockstat.UDP.inuse": 3,
+    "sockstat.UDP.mem": 2}. inuse is this namespace's; mem (pages) is the protocol's, host-wide, the
+    number tcp_mem / udp_mem are compared with (sk_memory_allocated, __sk_mem_raise_allocated)."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        proto, sep, rest = line.partition(":")
+        words = rest.split()
+        if not sep or len(words) % 2:
+            continue
+        for key, value in zip(words[::2], words[1::2], strict=True):
+            if value.isdigit():
+                out[f"sockstat.{proto.strip()}.{key}"] = int(value)
+    return out
+
+
 def parse_conntrack_stat(text: str) -> dict[str, int]:
     """/proc/net/stat/nf_conntrack: a header, then one hex row per CPU -> each column summed (entries is
     the same global number on every row, so it is taken once)."""
@@ -262,7 +315,7 @@ def parse_conntrack_stat(text: str) -> dict[str, int]:
 
 
 def parse_softnet_all(text: str) -> dict[int, dict[str, int]]:
-    """/proc/net/softnet_stat -> cpu -> processed, dropped, time_squeeze."""
+    """/proc/net/softnet_stat -> cpu -> processed, dropped, time_squeeze (and flow_limit where present)."""
     out: dict[int, dict[str, int]] = {}
     for row, line in enumerate(text.splitlines()):
         cols = [int(c, 16) for c in line.split()]
@@ -270,6 +323,8 @@ def parse_softnet_all(text: str) -> dict[int, dict[str, int]]:
             continue
         cpu = cols[12] if len(cols) > 12 else row
         out[cpu] = {"processed": cols[0], "dropped": cols[1], "time_squeeze": cols[2]}
+        if len(cols) > 10:  # flow_limit_count (Linux 3.11+): backlog drops by the flow limit, also in dropped
+            out[cpu]["flow_limit"] = cols[10]
     return out
 
 
@@ -285,15 +340,19 @@ def _proc_net() -> Path:
     return Path("/proc/thread-self/net") if Path("/proc/thread-self/net").exists() else Path("/proc/net")
 
 
-def _rx_packets() -> dict[str, int]:
-    from pyroute2 import IPRoute
+CARRIER = "\0carrier:"  # rx dict keys for IFLA_CARRIER_CHANGES (a NUL can never be in an interface name)
 
-    out = {}
-    with IPRoute() as ipr:
-        for link in ipr.get_links():
-            stats = link.get_attr("IFLA_STATS64") or link.get_attr("IFLA_STATS") or {}
-            if "rx_packets" in stats:
-                out[str(link.get_attr("IFLA_IFNAME"))] = int(stats["rx_packets"])
+
+def _rx_packets() -> dict[str, int]:
+    """iface -> rx_packets, and CARRIER + iface -> carrier changes, in one link dump."""
+    from netpath.kernel import rtnl  # a plain netlink dump: importing pyroute2 would cost ~80 ms per start
+
+    out: dict[str, int] = {}
+    for link in rtnl.links():
+        if "rx_packets" in link.stats:
+            out[str(link.name)] = link.stats["rx_packets"]
+        if link.carrier_changes is not None:
+            out[CARRIER + str(link.name)] = link.carrier_changes
     return out
 
 
@@ -331,7 +390,10 @@ def window(before: Raw, after: Raw) -> Window:
     if "entries" in ct1:
         conntrack["entries"] = ct1["entries"]  # a level, not a count
     softnet = {cpu: {k: v - sn0[cpu].get(k, v) for k, v in cols.items()} for cpu, cols in sn1.items() if cpu in sn0}
-    return Window(diff(snmp0, snmp1), conntrack, softnet, diff(rx0, rx1))
+    rx = diff(rx0, rx1)
+    carrier = {k.removeprefix(CARRIER): v for k, v in rx.items() if k.startswith(CARRIER)}
+    rx = {k: v for k, v in rx.items() if not k.startswith(CARRIER)}
+    return Window(diff(snmp0, snmp1), conntrack, softnet, rx, carrier)
 
 
 # ---------------------------------------------------------------- rulesets
@@ -374,25 +436,30 @@ def read_settings(ns: netns.Netns | None, ifaces: Iterable[str], sysctl_root: Pa
     wanted = [n for n in ifaces if _IFACE_NAME.match(n)]
     names = list(SYSCTLS) + [pattern.format(i) for pattern in PER_IFACE_SYSCTLS for i in wanted]
 
-    def inside() -> tuple[dict[str, str], list[SocketState], list[NicSettings], int | None, dict[str, int]]:
+    def inside() -> tuple[dict[str, str], list[SocketState], list[NicSettings], int | None,
+                          dict[str, dict[str, int]], dict[str, int]]:
         values = read_sysctls(names, sysctl_root)
         nics = []
         for iface in wanted:
             cur, top = parse_ethtool_rings(_ethtool("-g", iface))
-            nics.append(NicSettings(iface, cur, top, parse_ethtool_features(_ethtool("-k", iface))))
+            nics.append(NicSettings(iface, cur, top, parse_ethtool_features(_ethtool("-k", iface)),
+                                    driver=parse_ethtool_driver(_ethtool("-i", iface))))
         # iptables-nft's rules are nft rules too: nft's listing when it is installed, else iptables-save's
         text = _tool_text(["nft", "list", "ruleset"])
         if text is None:
             text = _tool_text(["iptables-save"])
         rules = count_drop_rules(text) if text is not None else None
-        tc = {}
+        tc: dict[str, dict[str, int]] = {"ingress": {}, "egress": {}}
         for iface in wanted:
-            text = _tool_text(["tc", "filter", "show", "dev", iface, "ingress"])
-            if text is not None:
-                tc[iface] = count_tc_filters(text)
-        return values, read_sockets(), nics, rules, tc
+            for hook in ("ingress", "egress"):
+                text = _tool_text(["tc", "filter", "show", "dev", iface, hook])
+                if text is not None:
+                    tc[hook][iface] = count_tc_filters(text)
+        base = _proc_net()
+        levels = parse_sockstat(_text(base / "sockstat"))
+        return values, read_sockets(), nics, rules, tc, levels
 
-    values, sockets, nics, rules, tc = netns.run_in(ns, inside)
+    values, sockets, nics, rules, tc, levels = netns.run_in(ns, inside)
     missing = [n for n in names if n not in values]
     if missing and ns is not None:  # global sysctls live in the host's /proc/sys only
         values |= read_sysctls(missing, sysctl_root)
@@ -404,7 +471,9 @@ def read_settings(ns: netns.Netns | None, ifaces: Iterable[str], sysctl_root: Pa
         rps = read_rps(nic.iface) if here else ()  # /sys shows the host's devices only
         mine = {nic.iface: devices[nic.iface]} if nic.iface in devices else {}
         irqs = read_irq_affinity(sorted(irqs_mod.nic_irqs(interrupts, mine))) if mine else ()
-        full.append(NicSettings(nic.iface, nic.rx_ring, nic.rx_ring_max, nic.offloads, rps, irqs))
+        full.append(NicSettings(nic.iface, nic.rx_ring, nic.rx_ring_max, nic.offloads, rps, irqs, nic.driver,
+                                read_threaded(nic.iface) if here else None))
     label = ns.label if ns is not None else "host"
     inode = ns.inode if ns is not None else os.stat("/proc/self/ns/net").st_ino
-    return Settings(inode, label, values, tuple(sockets), tuple(full), os.cpu_count() or 1, rules, tc)
+    return Settings(inode, label, values, tuple(sockets), tuple(full), os.cpu_count() or 1, rules, tc["ingress"],
+                    tc["egress"], levels)

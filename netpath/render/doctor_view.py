@@ -31,6 +31,8 @@ def where_text(w: FindingWhere) -> str:
         parts.append(f"cgroup {w.cgroup}")
     if w.container:
         parts.append(f"container {w.container}")
+    if w.pod:
+        parts.append(f"pod {w.pod_namespace or '?'}/{w.pod}")
     if w.iface:
         parts.append(f"iface {w.iface}")
     if w.cpu is not None:
@@ -53,6 +55,8 @@ def finding_lines(f: Finding, width: int = 80) -> list[str]:
         text = f"{_value(e)} {e.name}" + (f" (= {e.counter})" if e.counter else "")
         out += _wrap("evidence" if i == 0 else "", text, width)
     out += _wrap("why", f.why, width)
+    if f.explains:
+        out += _wrap("explains", ", ".join(f.explains), width)
     for i, k in enumerate(f.knobs):
         value = k.value if k.value is not None else "unreadable"
         out += _wrap("knob" if i == 0 else "", f"{k.name} = {value}: {k.advice}", width)

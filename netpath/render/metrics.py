@@ -29,6 +29,7 @@ from prometheus_client.samples import Sample
 from netpath.model import DropSnapshot, Finding, Latency, Owner, Start, TraceSnapshot
 
 OTHER = "_other"
+RX_STAT_LABELS = ["source", "stat", "iface", "netns", "netns_label", "pod", "pod_namespace"]
 # histogram bounds: powers of two from 128 ns to 17 s; the in-kernel slots split exactly at them
 LE_NS = tuple(1 << i for i in range(7, 35))
 
@@ -154,30 +155,34 @@ class MetricSet:
     def drops(self, snap: DropSnapshot) -> Iterator[Metric]:
         names = ["reason", "iface", "netns", "netns_label", "proto"]
         if snap.owner_keyed:
-            names += ["cgroup", "container"]
+            names += ["cgroup", "container", "pod", "pod_namespace"]
         fam = CounterMetricFamily("netpath_drops_total", "Packets the kernel dropped (skb:kfree_skb), by its drop "
                                   "reason, interface, network namespace (inode and name) and protocol [and the "
-                                  "receiving socket's cgroup and container]", labels=names)
+                                  "receiving socket's cgroup, container, pod and pod namespace]", labels=names)
         values: dict[Labels, tuple[float, ...]] = {}
         for row in snap.rows:
             labels: Labels = (row.reason or "", row.iface or (str(row.ifindex) if row.ifindex else ""),
                               str(row.netns or ""), row.netns_label or "", row.proto or "")
             if snap.owner_keyed:
                 who = row.owner or Owner()
-                labels += (who.cgroup or "", who.container or "")
+                labels += (who.cgroup or "", who.container or "", who.pod or "", who.pod_namespace or "")
             values[labels] = _add(values.get(labels, ()), (row.count,))
         self._bounded("netpath_drops_total", [fam], values, len(names))
         yield fam
         counters = CounterMetricFamily("netpath_rx_stat_total", "Drop counters no skb event carries (link stats, "
-                                       "qdisc drops, SNMP), by source and counter name",
-                                       labels=["source", "stat", "iface"])
+                                       "qdisc drops, SNMP, conntrack), by source and counter name; SNMP and "
+                                       "conntrack of every network namespace, with its inode, name and pod",
+                                       labels=RX_STAT_LABELS)
         cvalues: dict[Labels, tuple[float, ...]] = {}
-        for c in snap.counters:
+        for c in snap.counters + snap.netns_counters:
             if c.source == "softnet":  # node_exporter exports node_softnet_*: not twice
                 continue
-            key = (c.source, c.name, c.iface or "")
+            if snap.netns_own and c.netns is None and c.source in ("snmp", "conntrack"):
+                continue  # the run's own namespace's are among netns_counters, with their zero series
+            key = (c.source, c.name, c.iface or "", str(c.netns or ""), c.netns_label or "", c.pod or "",
+                   c.pod_namespace or "")
             cvalues[key] = _add(cvalues.get(key, ()), (c.count,))
-        self._bounded("netpath_rx_stat_total", [counters], cvalues, 3)
+        self._bounded("netpath_rx_stat_total", [counters], cvalues, len(RX_STAT_LABELS))
         yield counters
         h = snap.health
         yield self._counter("netpath_drops_matched_total", "Drops that passed netpath's filters (exact, map full or "

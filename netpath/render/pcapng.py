@@ -6,6 +6,12 @@ Block per packet with a nanosecond timestamp (if_tsresol 9) and an
 opt_comment saying why and where the packet died. Blocks are written whole,
 in order, so the stream is a valid file after every block: `tshark -r -`
 reads it as it comes, and a file cut short by a signal stays readable.
+
+Blocks wait in memory until flush() (every interval, or past PENDING_MAX
+bytes) and go out in one write loop, which knows how many bytes reached the
+file: when a write fails (a full disk, RLIMIT_FSIZE) the writer knows the
+last whole block in the file (kept_bytes), and the caller can cut the file
+back to it (cli/pcap_out.cut).
 """
 
 from __future__ import annotations
@@ -29,10 +35,13 @@ IF_TSRESOL = 9
 TSRESOL_NS = 9  # 10^-9 s per timestamp unit
 
 
-class Stream(Protocol):
-    """A binary file or pipe."""
+PENDING_MAX = 1 << 20  # bytes of blocks held before a flush is forced
 
-    def write(self, data: bytes, /) -> object: ...
+
+class Stream(Protocol):
+    """A binary file or pipe; write() returns how many bytes it took (a raw file may take fewer)."""
+
+    def write(self, data: bytes | memoryview, /) -> int | None: ...
 
     def flush(self) -> None: ...
 
@@ -106,13 +115,14 @@ def _pairs(pairs: list[tuple[str, object]]) -> str:
 
 def owner_pairs(o: Owner) -> list[tuple[str, object]]:
     sock = f"{o.sock.proto}:{o.sock.laddr}:{o.sock.lport}" if o.sock else None
-    return [("sock", sock), ("pid", o.pid), ("comm", o.comm), ("cgroup", o.cgroup), ("container", o.container)]
+    return [("sock", sock), ("pid", o.pid), ("comm", o.comm), ("cgroup", o.cgroup), ("container", o.container),
+            ("pod", o.pod), ("pod_namespace", o.pod_namespace)]
 
 
 def comment(row: DropRow) -> str:
     """reason=NO_SOCKET reason_code=2 location=__udp4_lib_rcv+0x8a4 iface=veth1 ifindex=3 netns=4026532456
-    netns_label=web proto=udp [sock=... pid=... comm=... cgroup=... container=...]: fields left out when
-    unknown; the owner's only when rows group by socket or cgroup."""
+    netns_label=web proto=udp [sock=... pid=... comm=... cgroup=... container=... pod=... pod_namespace=...]:
+    fields left out when unknown; the owner's only when rows group by socket or cgroup."""
     pairs: list[tuple[str, object]] = [
         ("reason", row.reason), ("reason_code", row.reason_code), ("location", row.location),
         ("iface", row.iface), ("ifindex", row.ifindex), ("netns", row.netns), ("netns_label", row.netns_label),
@@ -132,19 +142,28 @@ def interface_name(row: DropRow) -> str:
 
 
 class PcapngWriter:
-    """Streams captured drops into a binary file or pipe; the caller owns (and closes) the stream."""
+    """Streams captured drops into a binary file or pipe; the caller owns (and closes) the stream.
+
+    written counts the packets in the stream (whole blocks that reached it), kept_bytes its length."""
 
     def __init__(self, out: Stream, app: str = "netpath drops") -> None:
         self.out = out
         self.app = app
         self.written = 0
+        self.kept_bytes = 0
         self._interfaces: dict[tuple[int, int, int], int] = {}  # (netns, ifindex, linktype) -> interface id
         self._started = False
         self._comments: dict[int, tuple[DropRow, str]] = {}
+        self._pending: list[tuple[bytes, int]] = []  # blocks not yet written, each with 1 for a packet block
+        self._pending_bytes = 0
+
+    def _block(self, data: bytes, packets: int = 0) -> None:
+        self._pending.append((data, packets))
+        self._pending_bytes += len(data)
 
     def start(self) -> None:
         if not self._started:
-            self.out.write(section_header(self.app))
+            self._block(section_header(self.app))
             self._started = True
 
     def interface_id(self, pkt: CapturedPacket) -> int:
@@ -154,15 +173,17 @@ class PcapngWriter:
         found = self._interfaces.get(key)
         if found is not None:
             return found
-        self.out.write(interface_description(pkt.linktype, pkt.snaplen, interface_name(row), interface_comment(row)))
+        self._block(interface_description(pkt.linktype, pkt.snaplen, interface_name(row), interface_comment(row)))
         self._interfaces[key] = len(self._interfaces)
         return self._interfaces[key]
 
     def packet(self, pkt: CapturedPacket) -> None:
+        """Queues the packet's blocks; past PENDING_MAX bytes they are written (an OSError then is flush's)."""
         self.start()
         iface = self.interface_id(pkt)
-        self.out.write(enhanced_packet(iface, pkt.ts_ns, pkt.data, pkt.orig_len, self._comment(pkt.row)))
-        self.written += 1
+        self._block(enhanced_packet(iface, pkt.ts_ns, pkt.data, pkt.orig_len, self._comment(pkt.row)), 1)
+        if self._pending_bytes >= PENDING_MAX:
+            self.flush()
 
     def _comment(self, row: DropRow) -> str:
         """The session hands out one row object per place packets die: its comment is built once."""
@@ -176,5 +197,32 @@ class PcapngWriter:
         return text
 
     def flush(self) -> None:
+        """Writes every queued block. On OSError the blocks that reached the stream whole are counted in
+        written/kept_bytes (the rest, and a torn one, are dropped) and the error is raised."""
         self.start()
-        self.out.flush()
+        data = memoryview(b"".join(block for block, _ in self._pending))
+        done = 0
+        try:
+            while done < len(data):
+                n = self.out.write(data[done:])
+                if n is None:  # a buffered stream took it all (or raised)
+                    n = len(data) - done
+                if n <= 0:
+                    raise OSError("the capture stream took no bytes")
+                done += n
+            self.out.flush()
+        finally:
+            self._account(done)
+
+    def _account(self, done: int) -> None:
+        """The first `done` pending bytes reached the stream: count its whole blocks, forget all pending."""
+        end = 0
+        for block, packets in self._pending:
+            if end + len(block) > done:
+                break
+            end += len(block)
+            self.written += packets
+        self.kept_bytes += end
+        self._pending.clear()
+        self._pending_bytes = 0
+

@@ -48,7 +48,8 @@ def sock(info: SockInfo | None) -> Record | None:
 
 def owner(o: Owner | None) -> Record:
     o = o or Owner()
-    return {"sock": sock(o.sock), "pid": o.pid, "comm": o.comm, "cgroup": o.cgroup, "container": o.container}
+    return {"sock": sock(o.sock), "pid": o.pid, "comm": o.comm, "cgroup": o.cgroup, "container": o.container,
+            "pod": o.pod, "pod_namespace": o.pod_namespace}
 
 
 def drop_row(row: DropRow, with_flow: bool, with_owner: bool = False) -> Record:
@@ -62,6 +63,8 @@ def drop_row(row: DropRow, with_flow: bool, with_owner: bool = False) -> Record:
     }
     if row.netns_label is not None:
         out["netns_label"] = row.netns_label
+    if row.placed_by is not None:
+        out["placed_by"] = row.placed_by
     out.update(proto=row.proto, count=row.count)
     if with_flow:
         out.update(family=row.family, saddr=row.saddr, daddr=row.daddr, sport=row.sport, dport=row.dport)
@@ -78,6 +81,8 @@ def counter(c: Counter) -> Record:
         out["iface"] = c.iface
     if c.cpu is not None:
         out["cpu"] = c.cpu
+    if c.netns is not None:  # another namespace's counter: where, and whose
+        out.update(netns=c.netns, netns_label=c.netns_label, pod=c.pod, pod_namespace=c.pod_namespace)
     out["count"] = c.count
     return out
 
@@ -100,12 +105,15 @@ def _drops_body(snap: DropSnapshot) -> Record:
     if h.no_device:  # present only when some drop's namespace could not be recovered
         out["health"]["no_device"] = h.no_device
     if h.pcap is not None:  # only while --pcap captures
-        out["health"].update(pcap_written=h.pcap.written, pcap_skipped=h.pcap.skipped, pcap_lost=h.pcap.lost)
+        out["health"].update(pcap_written=h.pcap.written, pcap_skipped=h.pcap.skipped, pcap_lost=h.pcap.lost,
+                             pcap_unwritten=h.pcap.unwritten, pcap_error=h.pcap.error)
     if snap.other_rows:
         out["other_rows"] = snap.other_rows
         out["other_count"] = snap.other_count
     if snap.warnings:
         out["warnings"] = list(snap.warnings)
+    if snap.netns_counters:  # host-wide runs: other namespaces' drop counters that rose (summary: run totals)
+        out["netns_counters"] = [counter(c) for c in snap.netns_counters]
     if snap.counter_only:  # present only when drop counters rose and no drop event matched
         out["counter_only"] = [f"{c.source}:{c.name}" for c in snap.counter_only]
     return out
@@ -266,10 +274,11 @@ def finding(f: Finding) -> Record:
         "finding", id=f.id, severity=f.severity, title=f.title,
         evidence=[{"name": e.name, "value": e.value, "unit": e.unit, "counter": e.counter} for e in f.evidence],
         where={"iface": w.iface, "netns": w.netns, "netns_label": w.netns_label, "pid": w.pid, "comm": w.comm,
-               "cgroup": w.cgroup, "container": w.container, "laddr": w.laddr, "lport": w.lport, "proto": w.proto,
+               "cgroup": w.cgroup, "container": w.container, "pod": w.pod,
+               "pod_namespace": w.pod_namespace, "laddr": w.laddr, "lport": w.lport, "proto": w.proto,
                "cpu": w.cpu},
         knobs=[{"name": k.name, "value": k.value, "advice": k.advice} for k in f.knobs],
-        why=f.why)
+        why=f.why, explains=list(f.explains))
 
 
 def doctor_summary(diag: Diagnosis, stop_reason: str, counts: dict[str, int], fail_on: str | None,

@@ -7,12 +7,11 @@ import textwrap
 from rich.console import Group, RenderableType
 from rich.text import Text
 
-from netpath.model import Latency, Owner, SlowPacket, StageRow, TraceSnapshot, Unavailable, Verdict, Where
+from netpath.model import Latency, Owner, SlowPacket, StageRow, Start, TraceSnapshot, Unavailable, Verdict, Where
 from netpath.render.fit import Column, fitted_table
 
 SPARK = "▁▂▃▄▅▆▇█"
 ASCII_SPARK = ".:-=+*#@"
-METHOD_SHORT = {"raw_tracepoint": "rawtp", "tracepoint": "tp", "kprobe": "kprobe", "fentry": "fentry"}
 BAR_WIDTH = 10
 
 
@@ -47,7 +46,31 @@ def spark(lat: Latency, ascii_only: bool = False, width: int = BAR_WIDTH) -> str
 
 
 def _label(row: StageRow) -> str:
-    return METHOD_SHORT.get(row.method or "", row.method or "-")
+    """The attach method as the JSON's `method` says it (tp_btf, raw_tracepoint, ...): one name everywhere."""
+    return row.method or "-"
+
+
+def via_lines(snap: TraceSnapshot, width: int = 80) -> list[str]:
+    """How each stage is hooked, grouped by method: `via tp_btf: netif_receive_skb, stack_total; ...`."""
+    by: dict[str, list[str]] = {}
+    for row in snap.stages:
+        by.setdefault(_label(row), []).append(row.stage)
+    if not by:
+        return []
+    text = "via " + "; ".join(f"{method}: {', '.join(stages)}" for method, stages in by.items())
+    return textwrap.wrap(text, width, subsequent_indent="  ", break_long_words=False, break_on_hyphens=False)
+
+
+def start_note(start: Start) -> str:
+    """What was attached, by method, in the start line's words."""
+    by: dict[str, int] = {}
+    for a in start.attached:
+        by[a.method] = by.get(a.method, 0) + 1
+    n = len(start.attached)
+    how = ", ".join(f"{m} {k}" for m, k in by.items())
+    gone = len({u.stage or u.hook for u in start.unavailable})
+    return (f"netpath trace: {n} {'hook' if n == 1 else 'hooks'} attached ({how}), {gone} "
+            f"{'stage' if gone == 1 else 'stages'} unavailable; Ctrl-C for the summary")
 
 
 def _part_label(where: Where, per_iface: bool, per_cpu: bool) -> str:
@@ -117,10 +140,11 @@ def unavailable_lines(unavailable: tuple[Unavailable, ...]) -> list[str]:
     return out
 
 
-# STAGE and COUNT stay at any width; the rest go, least useful first, as the terminal narrows
+# STAGE and COUNT stay at any width (how each stage is hooked is the `via` line below the table, in the
+# JSON's words: a column of tp_btf+raw_tracepoint would not fit 80 columns); the rest go, least useful
+# first, as the terminal narrows
 TRACE_COLUMNS = [
     Column("STAGE", 0, max_width=18, squeeze=True, least=12),
-    Column("VIA", 1),
     Column("COUNT", 0, "right"),
     Column("P50", 6, "right"),
     Column("P90", 3, "right"),
@@ -133,15 +157,16 @@ TRACE_COLUMNS = [
 def trace_table(snap: TraceSnapshot, title: str, hist_stage: str | None, width: int = 80) -> RenderableType:
     cells: list[list[str | Text]] = []
     for row in snap.stages:
-        cells.append([row.stage, _label(row), *_cells(row.latency, False, row.count)])
+        cells.append([row.stage, *_cells(row.latency, False, row.count)])
         for where, lat in row.parts:
-            cells.append([_part_label(where, snap.per_iface, snap.per_cpu), "", *_cells(lat, False)])
+            cells.append([_part_label(where, snap.per_iface, snap.per_cpu), *_cells(lat, False)])
         for who, lat in row.owners:
-            cells.append([_owner_label(who), "", *_cells(lat, False)])
+            cells.append([_owner_label(who), *_cells(lat, False)])
     for item in snap.unavailable:
-        cells.append([Text(item.stage or item.hook, style="dim"), Text("-", style="dim"), "", "", "", "", "", ""])
+        cells.append([Text(item.stage or item.hook, style="dim"), "-", "", "", "", "", ""])
     table = fitted_table(title, TRACE_COLUMNS, cells, width)
     extra: list[RenderableType] = [table]
+    extra.extend(Text(t, style="dim") for t in via_lines(snap, max(width, 40)))
     sampled = sample_line(snap)
     if sampled:
         extra.append(Text(sampled, style="dim"))
@@ -176,18 +201,25 @@ def health_lines(snap: TraceSnapshot) -> list[str]:
 
 
 def plain_lines(snap: TraceSnapshot, title: str, hist_stage: str | None) -> list[str]:
-    lines = [title, f"{'STAGE':<18}{'VIA':<7}{'COUNT':>9}{'P50':>8}{'P90':>8}{'P99':>8}{'MAX':>8}  HIST"]
+    """The stage table as text: STAGE and VIA as wide as their longest cell (nothing is cut; piped output
+    takes the width it needs), the prose below wrapped at 80 between words."""
+    labels = [row.stage for row in snap.stages]
+    labels += [_part_label(w, snap.per_iface, snap.per_cpu) for row in snap.stages for w, _ in row.parts]
+    labels += [_owner_label(who) for row in snap.stages for who, _ in row.owners]
+    lw = max([len("STAGE"), *map(len, labels)]) + 1
+    lines = [title, f"{'STAGE':<{lw}}{'COUNT':>9}{'P50':>8}{'P90':>8}{'P99':>8}{'MAX':>8}  HIST"]
 
-    def add(label: str, via: str, lat: Latency, count: int | None = None) -> None:
+    def add(label: str, lat: Latency, count: int | None = None) -> None:
         c = _cells(lat, True, count)
-        lines.append(f"{label:<18}{via:<7}{c[0]:>9}{c[1]:>8}{c[2]:>8}{c[3]:>8}{c[4]:>8}  {c[5]}".rstrip())
+        lines.append(f"{label:<{lw}}{c[0]:>9}{c[1]:>8}{c[2]:>8}{c[3]:>8}{c[4]:>8}  {c[5]}".rstrip())
 
     for row in snap.stages:
-        add(row.stage, _label(row), row.latency, row.count)
+        add(row.stage, row.latency, row.count)
         for where, lat in row.parts:
-            add(_part_label(where, snap.per_iface, snap.per_cpu), "", lat)
+            add(_part_label(where, snap.per_iface, snap.per_cpu), lat)
         for who, lat in row.owners:
-            add(_owner_label(who), "", lat)
+            add(_owner_label(who), lat)
+    lines.extend(via_lines(snap))
     sampled = sample_line(snap)
     if sampled:
         lines.append(sampled)
@@ -227,6 +259,12 @@ def slow_line(pkt: SlowPacket) -> str:
     flow = f"{pkt.proto} {pkt.saddr}:{pkt.sport}>{pkt.daddr}:{pkt.dport}" if pkt.family else "non-IP"
     stages = " ".join(f"{pkt.short_names.get(k, k)}={fmt_ns(v)}" for k, v in pkt.stages_ns.items())
     return f"slow cpu{pkt.cpu} {iface} {flow} {pkt.comm}[{pkt.pid}] {stages}"
+
+
+def slow_lines(pkt: SlowPacket, width: int = 80) -> list[str]:
+    """slow_line within `width`, broken between fields (never inside one): the breakdown continues below."""
+    return textwrap.wrap(slow_line(pkt), width, subsequent_indent="    ", break_long_words=False,
+                         break_on_hyphens=False)
 
 
 def verdict_lines(verdicts: list[Verdict]) -> list[str]:

@@ -40,7 +40,8 @@ def panel_queries(instance: str) -> list[tuple[str, str]]:
     for panel in dash["panels"]:
         for target in panel.get("targets", []):
             expr = (target["expr"].replace("$job", "netpath").replace("$instance", instance.replace(".", "\\\\."))
-                    .replace("$stage", ".*").replace("$__rate_interval", "1m"))
+                    .replace("$stage", ".*").replace("$pod", ".*").replace("$container", ".*")
+                    .replace("$__rate_interval", "1m"))
             assert "$" not in expr, expr
             out.append((panel["title"], expr))
     return out

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import os
+import resource
 import signal
 import socket
 import stat
+import struct
 import subprocess
 import sys
 import time
 from collections import Counter
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
@@ -355,3 +359,77 @@ def test_with_by_socket_each_packet_names_the_socket_owner(tmp_path):
         assert c["pid"] == str(rx.pid) and c["comm"].startswith("python") and c["cgroup"] == cg_path
         assert c["sock"] == f"udp:{pair.ns_addr}:{port}"
         assert p["frame.len"] == str(14 + 20 + 8 + 400) and p["frame.cap_len"] == str(contract.SNAPLEN_DEFAULT)  # cut
+
+
+def whole_blocks_end(raw: bytes) -> int:
+    """Where the last whole pcapng block ends: each block's two length fields must agree."""
+    off = 0
+    while off + 12 <= len(raw):
+        total = struct.unpack_from("<I", raw, off + 4)[0]
+        if total < 12 or off + total > len(raw) or struct.unpack_from("<I", raw, off + total - 4)[0] != total:
+            break
+        off += total
+    return off
+
+
+@contextmanager
+def small_tmpfs(tmp_path: Path, size: str) -> Iterator[Path]:
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _fsize_limit(limit: int) -> Callable[[], None]:
+    def apply() -> None:  # in the child: netpath itself must turn SIGXFSZ into EFBIG, so it is left at default
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+@pytest.mark.parametrize("case", ["tmpfs", "rlimit_fsize"])
+def test_a_full_disk_stops_the_capture_keeps_counting_and_leaves_whole_blocks(tmp_path, case):
+    """A write that fails mid-run: one line says so, the summary still comes (exit 3, netpath-drops(8)),
+    the counts equal UdpNoPorts, and the file ends at a whole block that tshark reads."""
+    n, limit = 3000, 48 * 1024
+    with ExitStack() as stack:
+        pair = stack.enter_context(veth_namespace("npp"))
+        if case == "tmpfs":
+            path, preexec = stack.enter_context(small_tmpfs(tmp_path, "48k")) / "full.pcapng", None
+        else:
+            path, preexec = tmp_path / "big.pcapng", _fsize_limit(limit)
+        proc = subprocess.Popen([*netpath_argv(), "drops", "--netns", pair.ns, "--port", str(UDP_CLOSED),
+                                 "--pcap", str(path), "--json", "--interval", "0.5", "--duration", "5"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                                preexec_fn=preexec)  # noqa: PLW1509 - the limit must be the child's own
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert '"type":"start"' in first, proc.stderr.read() if proc.stderr else ""
+        for _ in range(6):  # spread over the intervals: several flushes, the disk fills in one of them
+            subprocess.run([sys.executable, "-c", STORM, pair.ns_addr, str(UDP_CLOSED), str(n // 6)], check=True)
+            time.sleep(0.3)
+        out, err = proc.communicate(timeout=60)
+        raw = path.read_bytes()
+        packets = tshark(str(path))
+    records = [json.loads(line) for line in [first, *out.splitlines()] if line.strip()]
+    summary = next(r for r in records if r["type"] == "summary")
+    assert proc.returncode == 3, err
+    assert "Traceback" not in err and "internal error" not in err
+    stopped = [line for line in err.splitlines() if "capture stopped after" in line]
+    errname = "ENOSPC" if case == "tmpfs" else "EFBIG"
+    assert len(stopped) == 1 and errname in stopped[0], err
+    h = summary["health"]
+    assert errname in h["pcap_error"]
+    # counting went on: every datagram, as the kernel counted them
+    assert summary["total"] == h["matched"] == n == snmp(summary, "UdpNoPorts")
+    assert h["pcap_written"] + h["pcap_skipped"] + h["pcap_lost"] + h["pcap_unwritten"] == n
+    assert h["pcap_written"] > 0 and h["pcap_unwritten"] + h["pcap_skipped"] > 0
+    # the intervals add up to the summary
+    intervals = [r for r in records if r["type"] == "interval"]
+    assert sum(r["health"]["pcap_written"] for r in intervals) == h["pcap_written"]
+    # the file: whole blocks to its last byte, within the limit, every packet in it readable
+    assert len(raw) <= limit and whole_blocks_end(raw) == len(raw)
+    assert len(packets) == h["pcap_written"]
+    assert all(comment_fields(p["frame.comment"])["reason"] == "NO_SOCKET" for p in packets)

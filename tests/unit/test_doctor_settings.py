@@ -171,6 +171,6 @@ def test_bad_options_exit_2_before_anything_loads(capsys) -> None:  # type: igno
 def test_help_lists_every_rule() -> None:
     out = CliRunner().invoke(cli, ["doctor", "--help"]).output
     assert "--fail-on" in out and "--duration" in out
-    flat = " ".join(out.split())
+    flat = " ".join(out.split()).replace("- ", "-")  # click wraps after a hyphen
     for rid in RULE_IDS:
-        assert rid in flat or rid.replace("-", "- ") in flat, rid
+        assert rid in flat, rid

@@ -82,8 +82,8 @@ def test_kernel_without_reason_field(tmp_path):
 
 
 def pack_key(location=0, reason=0, ifindex=0, ns=0, l3=0, l4=0, family=0, saddr=b"", daddr=b"", sport=0, dport=0,
-             cookie=0):
-    return contract.DROP_FULL_KEY.fmt.pack(location, reason, ifindex, ns, l3, l4, family, cookie,
+             cookie=0, placed_by=1):
+    return contract.DROP_FULL_KEY.fmt.pack(location, reason, ifindex, ns, l3, l4, family, cookie, placed_by, 0,
                                            saddr.ljust(16, b"\0"),
                                            daddr.ljust(16, b"\0"), sport, dport, 0)
 
@@ -102,8 +102,8 @@ def decoder(facts, **query):
 
 
 def test_key_layout_matches_the_c_struct():
-    assert contract.DROP_FULL_KEY.size == 72 and drops.SHORT_KEY_SIZE == 32
-    assert contract.DROP_SAMPLE.size == 72 + 16 + 8 + 4 * 4 + 16
+    assert contract.DROP_FULL_KEY.size == 80 and drops.SHORT_KEY_SIZE == 40
+    assert contract.DROP_SAMPLE.size == 80 + 16 + 8 + 4 * 4 + 16
 
 
 def test_row_decoding(facts):
@@ -111,6 +111,7 @@ def test_row_decoding(facts):
     row = decoder(facts).row(drops.DecodedKey.unpack(raw), 3000)
     assert (row.reason, row.reason_code, row.iface, row.ifindex, row.netns, row.proto, row.count) == (
         "NO_SOCKET", 3, "lo", 1, 1, "udp", 3000)
+    assert row.placed_by == "device" and records.drop_row(row, False)["placed_by"] == "device"
     assert row.saddr is None  # not flow-keyed
     flow = decoder(facts, filters=Filters(port=53)).row(drops.DecodedKey.unpack(raw), 1)
     assert (flow.saddr, flow.daddr, flow.sport, flow.dport, flow.family) == ("127.0.0.1", "127.0.0.1", 4000, 53, 4)
@@ -145,3 +146,37 @@ def test_short_key_without_flow_decodes():
     raw = pack_key(0xFFFF_FFFF_8100_0000, 3, 1, 1, 0x0800, 17, 4)[: drops.SHORT_KEY_SIZE]
     key = drops.DecodedKey.unpack(raw)
     assert (key.location, key.reason, key.ifindex, key.l4proto, key.sport) == (0xFFFF_FFFF_8100_0000, 3, 1, 17, 0)
+
+
+@pytest.mark.parametrize("code, name", [(0, None), (1, "device"), (2, "socket"), (3, "fragment_queue"),
+                                        (4, "reader"), (99, None)])
+def test_placed_by_names_what_found_the_namespace(facts, code, name):
+    raw = pack_key(0, 3, 1, 1, 0x0800, 17, 4, placed_by=code)
+    row = decoder(facts).row(drops.DecodedKey.unpack(raw), 1)
+    assert row.placed_by == name
+    assert records.drop_row(row, False).get("placed_by") == name
+
+
+def test_place_defines_name_the_udp_reads_and_the_fragment_timers(tmp_path):
+    import netpath.kernel.kallsyms as ks
+
+    text = "\n".join(f"{a:016x} t {n}" for a, n in [
+        (0x1000, "inet_frag_rbtree_purge"), (0x1100, "ip_expire"), (0x1200, "udp_recvmsg"),
+        (0x1300, "__first_packet_length"), (0x1400, "ip6_frag_expire"), (0x1500, "zzz_end")])
+
+    class Facts:
+        kallsyms = ks.Kallsyms.parse(text)
+
+        def text_ranges(self, names: tuple[str, ...]) -> dict[str, tuple[int, int]]:
+            return {n: r for n in names if (r := self.kallsyms.text_range(n)) is not None}
+
+    offsets = {**OFFSETS, "OFF_TASK_NSPROXY": 1, "OFF_NSPROXY_NET_NS": 2, "OFF_TIMER_FUNCTION": 3,
+               "OFF_FRAGQ_TIMER": 4, "OFF_FRAGQ_FQDIR": 5, "OFF_FQDIR_NET": 6}
+    got = drops.place_defines(Facts(), offsets)  # type: ignore[arg-type]
+    assert (got["UDP_READ0_LO"], got["UDP_READ0_HI"], got["UDP_READ1_LO"]) == (0x1200, 0x1300, 0x1300)
+    assert "UDP_READ2_LO" not in got  # udpv6_recvmsg and first_packet_length are not in this kernel
+    assert (got["FRAG_TIMER0"], got["FRAG_TIMER1"]) == (0x1100, 0x1400) and "FRAG_TIMER2" not in got
+    assert got["OFF_FQDIR_NET"] == 6 and got["OFF_TASK_NSPROXY"] == 1
+    # without the fields, nothing: the C then places none of these (no_device says how many)
+    bare = drops.place_defines(Facts(), OFFSETS)  # type: ignore[arg-type]
+    assert "UDP_READ0_LO" not in bare and "FRAG_TIMER0" not in bare

@@ -137,7 +137,7 @@ def test_a_user_cache_without_a_home_still_has_a_place(monkeypatch):
 
 # --- tracefs --------------------------------------------------------------------------------------
 
-def test_unreadable_tracefs_is_exit_3_with_the_fix(monkeypatch, capsys):
+def test_unreadable_tracefs_is_exit_3_with_the_fix_and_probes_shows_the_rest(monkeypatch, capsys):
     real_stat = os.stat
 
     def denied(path, *args, **kwargs):
@@ -148,10 +148,16 @@ def test_unreadable_tracefs_is_exit_3_with_the_fix(monkeypatch, capsys):
     monkeypatch.setattr(os, "stat", denied)
     monkeypatch.setattr(facts.KernelFacts, "tracefs", property(lambda self: None))
     monkeypatch.setattr(facts, "_mount_tracefs", lambda: pytest.fail("must not try to mount a tracefs it may not read"))
-    rc = main_mod.main(["probes"])
+    rc = main_mod.main(["drops", "--duration", "1"])
     err = capsys.readouterr().err
     assert rc == EXIT_ENVIRONMENT and one_line(err)
     assert "/sys/kernel/tracing" in err and "root" in err
+    # probes attaches nothing: it shows what it can read (release, BTF, kprobes, programs) and says sudo
+    rc = main_mod.main(["probes"])
+    out, err = capsys.readouterr()
+    assert rc == 0 and err == ""
+    assert out.startswith("kernel ") and "BTF" in out and "sudo netpath probes" in " ".join(out.split())
+    assert "STAGE" not in out  # no attach plan without the tracepoints
 
 
 class FakeLibc:

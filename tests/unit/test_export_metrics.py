@@ -46,7 +46,9 @@ def test_drops_by_reason_and_stats_without_softnet():
                   ("reason", "NO_SOCKET")): 30,
                  (("iface", "veth0"), ("netns", "4026532000"), ("netns_label", ""), ("proto", "udp"),
                   ("reason", "NETFILTER_DROP")): 4}
-    assert values(got, "netpath_rx_stat_total") == {(("iface", ""), ("source", "snmp"), ("stat", "UdpNoPorts")): 5}
+    assert values(got, "netpath_rx_stat_total") == {
+        (("iface", ""), ("netns", ""), ("netns_label", ""), ("pod", ""), ("pod_namespace", ""), ("source", "snmp"),
+         ("stat", "UdpNoPorts")): 5}
     assert values(got, "netpath_drops_matched_total") == {(): 34}
 
 
@@ -61,6 +63,20 @@ def test_drops_by_cgroup_carry_cgroup_and_container_labels():
     d = values(list(MetricSet(10).drops(snap)), "netpath_drops_total")
     (labels,) = d
     assert dict(labels)["cgroup"] == "/system.slice/dns.service" and dict(labels)["container"] == "systemd:dns.service"
+    assert dict(labels)["pod"] == "" and dict(labels)["pod_namespace"] == ""
+
+
+def test_drops_by_cgroup_carry_pod_labels_from_the_runtime():
+    from dataclasses import replace
+
+    from netpath.model import Owner
+
+    owner = Owner(cgroup="/kubepods/pod1/abc", container="srv", pod="web-0", pod_namespace="shop")
+    snap = drops(replace(row("SOCKET_RCVBUFF", "veth0", 7), owner=owner))
+    snap.owner_keyed = True
+    (labels,) = values(list(MetricSet(10).drops(snap)), "netpath_drops_total")
+    assert {k: v for k, v in labels if k in ("container", "pod", "pod_namespace")} == {
+        "container": "srv", "pod": "web-0", "pod_namespace": "shop"}
 
 
 def test_overflow_is_sticky_counted_and_never_goes_backwards():
@@ -144,12 +160,11 @@ def test_an_unbracketed_ipv6_listen_says_how_to_write_it():
 
 
 @pytest.mark.parametrize(("listen", "want"), [("[::1]:9872", "http://[::1]:9872/metrics"),
-                                              (":9872", "http://[::]:9872/metrics"),
                                               ("127.0.0.1:80", "http://127.0.0.1:80/metrics")])
 def test_the_served_url_brackets_ipv6(listen: str, want: str):
-    from netpath.cli.export import url
+    from netpath.cli.export import metrics_url
 
-    assert url("http", *parse_listen(listen)) == want
+    assert metrics_url("http", *parse_listen(listen)) == want
 
 
 def test_stages_option():

@@ -106,6 +106,24 @@ def test_kallsyms_symbolize_and_clone_suffixes():
     assert ks.resolve("udp_rcv") is None
 
 
+def test_text_range_is_an_exact_name_in_the_packed_index():
+    ks = Kallsyms.parse(KALLSYMS)
+    assert ks.text_range("ip_rcv") == (0xFFFFFFFF81A00000, 0xFFFFFFFF81A00400)
+    # names are packed without separators: a name inside another, or straddling two, is no match
+    assert ks.text_range("rcv") is None
+    assert ks.text_range("rcvip_rcv") is None
+    assert ks.text_range("tcp_v4_rcv") is None
+    assert ks.text_range("tcp_v4_rcv.constprop.0") == (0xFFFFFFFF81A01000, 0xFFFFFFFF81A01400)
+    assert ks.text_range("tcp_v4_rcv.constprop.1") is None  # the last text symbol: no end known
+    assert ks.text_range("") is None
+    # the index survives the boot cache's round trip, and the lookup needs nothing else
+    from netpath.kernel.kallsyms import unpack_index
+    packed = unpack_index(ks.pack_index())
+    assert packed is not None
+    again = Kallsyms(lambda: b"", packed)
+    assert again.text_range("__udp4_lib_rcv") == (0xFFFFFFFF81A00800, 0xFFFFFFFF81A01000)
+
+
 def test_kallsyms_without_addresses_still_symbolizes_as_hex():
     ks = Kallsyms.parse("0000000000000000 T ip_rcv\n")
     assert not ks.has_addresses

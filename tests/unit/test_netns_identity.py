@@ -6,7 +6,7 @@ from pathlib import Path
 
 from netpath import links, netns
 from netpath.collect import drops
-from netpath.kernel.kallsyms import Kallsyms
+from netpath.kernel.facts import KernelFacts
 from netpath.model import DropHealth, DropSnapshot
 from netpath.render import drops_view, records
 
@@ -26,21 +26,18 @@ def test_names_and_labels_follow_the_cookie_not_the_reused_inode(monkeypatch):
 
 
 def test_the_key_carries_the_cookie_and_the_row_the_inode():
-    raw = drops.contract.DROP_WHERE.fmt.pack(0, 3, 2, 4026532300, 0x0800, 17, 4, 12)
+    raw = drops.contract.DROP_WHERE.fmt.pack(0, 3, 2, 4026532300, 0x0800, 17, 4, 12, 1, 0)
     key = drops.DecodedKey.unpack(raw, flow=False)
     assert (key.netns, key.netns_cookie, key.ifindex) == (4026532300, 12, 2)
 
 
 def test_fragment_and_socket_places_come_as_numbers(tmp_path):
-    kallsyms = Kallsyms.parse("ffffffff820c20c0 t inet_frag_rbtree_purge\nffffffff820c2150 T inet_frag_queue_flush\n"
-                              "ffffffff8204b7d0 t ip_expire\nffffffff8204b9f0 t ip_defrag\n")
-
-    class Facts:
-        pass
-
-    facts = Facts()
-    facts.kallsyms = kallsyms  # type: ignore[attr-defined]
-    out = drops.place_defines(facts, {"OFF_SKB_SK": 24, "OFF_SK_NET": 48, "OFF_SKB_SKB_IIF": 144,  # type: ignore
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc/kallsyms").write_text(
+        "ffffffff820c20c0 t inet_frag_rbtree_purge\nffffffff820c2150 T inet_frag_queue_flush\n"
+        "ffffffff8204b7d0 t ip_expire\nffffffff8204b9f0 t ip_defrag\n")
+    facts = KernelFacts(tmp_path)
+    out = drops.place_defines(facts, {"OFF_SKB_SK": 24, "OFF_SK_NET": 48, "OFF_SKB_SKB_IIF": 144,
                                       "OFF_NET_COOKIE": 4096})
     assert out["FRAG_PURGE_LO"] == 0xFFFFFFFF820C20C0 and out["FRAG_PURGE_HI"] == 0xFFFFFFFF820C2150
     assert (out["FRAG_EXPIRE_LO"], out["FRAG_EXPIRE_HI"]) == (0xFFFFFFFF8204B7D0, 0xFFFFFFFF8204B9F0)

@@ -59,7 +59,7 @@ def reasons():
 
 
 def short_key(reason: int, ifindex: int, ns: int, l4: int = 17, cookie: int = 0) -> bytes:
-    return contract.DROP_WHERE.fmt.pack(0, reason, ifindex, ns, 0x0800, l4, 4, cookie)
+    return contract.DROP_WHERE.fmt.pack(0, reason, ifindex, ns, 0x0800, l4, 4, cookie, 1, 0)
 
 
 def set_drop_stats(prog: FakeProgram, hits: int, matched: int, full: int = 0) -> None:
@@ -213,8 +213,8 @@ def test_drop_samples_decode_with_their_flow_and_losses_are_counted(drop_facts):
     set_drop_stats(prog, 0, 0)
     session.start()
     addr = ipaddress.ip_address("10.9.8.7").packed.ljust(16, b"\0")
-    sample = contract.DROP_SAMPLE.fmt.pack(0, 3, 1, 1, 0x0800, 17, 4, 0, addr, addr, 4000, 53, 0, 0, 0, 555, 80, 42, 1,
-                                           -1, b"nc\0".ljust(16, b"\0"))
+    sample = contract.DROP_SAMPLE.fmt.pack(0, 3, 1, 1, 0x0800, 17, 4, 0, 1, 0, addr, addr, 4000, 53, 0, 0, 0, 555,
+                                           80, 42, 1, -1, b"nc\0".ljust(16, b"\0"))
     prog.send("samples", sample)
     prog.lose("samples", 3)
     key = short_key(3, 1, 1)
@@ -327,6 +327,26 @@ def test_sampled_timing_counts_every_packet_and_says_how_many_were_timed():
     assert total is not None and (total.count, total.latency.count) == (70, 4)
     record = records.stage_row(total, False, False)
     assert (record["count"], record["timed"], record["sample_every"]) == (70, 4, 16)
+
+
+def test_an_exact_build_counts_socket_queue_reads_past_the_ring_untimed():
+    """--exact times every read it can; a read whose ring slot a newer datagram took (the reader more than RING
+    behind) is counted in the C's seen, untimed: the row's count is seen, timed the histogram's."""
+    prog = FakeProgram()
+    plan = make_plan(trace_facts("6.18"))
+    session = trace_mod.TraceSession(trace_mod.TraceQuery(sample_every=1), plan, trace_facts("6.18"), SOURCE,
+                                     loader=loader(prog))
+    play_trace(prog, [], {}, 0)
+    session.start()
+    play_trace(prog, [20_000_000] * 128, {"ring_overrun": 72}, 1, seen={"socket_queue": 200})
+    sq = session.interval(10**9).stage("socket_queue")
+    assert sq is not None and (sq.count, sq.latency.count, sq.sample_every) == (200, 128, 1)
+    record = records.stage_row(sq, False, False)
+    assert (record["count"], record["timed"]) == (200, 128)
+    total = session.summary(10**9).stage("socket_queue")
+    assert total is not None and total.count == 200
+    gro = session.summary(10**9).stage("gro")  # no untimed runs: its count is its histogram's
+    assert gro is not None and gro.seen is None
 
 
 def test_breakdowns_and_old_kernels_time_every_packet():

@@ -142,7 +142,7 @@ def test_plain_lines_samples_and_slow_lines_are_inert():
     lines = drops_view.plain_lines(snap, "t") + trace_view.plain_lines(trace_snapshot(), "t", None)
     for text in names():
         row = snap.rows[0]
-        lines.append(drops_view.sample_line(DropSample(1, 0, 1, text, 60, replace(row, iface=text))))
+        lines.extend(drops_view.sample_lines(DropSample(1, 0, 1, text, 60, replace(row, iface=text))))
         lines.append(trace_view.slow_line(SlowPacket(1, 0, 1, text, text, 3, 1, 4, "udp", "1.1.1.1", "2.2.2.2",
                                                      1, 2, {"stack_total": 5})))
     for line in lines:

@@ -1,0 +1,178 @@
+"""Rules about the NIC: its receive ring and port buffers (per driver), and damage on the link.
+
+Every driver names its drop counters its own way, and the same word means different things (a "discard"
+is a full ring on one NIC and a full port buffer on another), so nic-ring-overrun carries a table per
+driver: which `ethtool -S` counter counts what, and so which knob helps. Drivers not in the table fall
+back to the kernel's own link stats (rx_missed_errors, rx_fifo_errors, rx_over_errors: what the driver
+reports through ndo_get_stats64, include/uapi/linux/if_link.h), the netdev qstats (rx-hw-drops,
+rx-hw-drop-overruns, rx-alloc-fail: Documentation/netlink/specs/netdev.yaml) and names that say "missed"
+or "no buffer".
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from netpath.diagnose.observe import Observation, knob, ns_where
+from netpath.model import Counter, Evidence, Finding, FindingWhere, Knob, NicSettings
+
+
+@dataclass(frozen=True)
+class DriverCounter:
+    pattern: str  # a regex on the ethtool -S name (per-queue names included)
+    kind: str  # ring: no free RX descriptor; port: the NIC's own buffer; policer: a cloud allowance; alloc
+    meaning: str
+
+
+def _dc(pattern: str, kind: str, meaning: str) -> DriverCounter:
+    return DriverCounter(pattern, kind, meaning)
+
+
+RING = "the driver had no free receive descriptor: the host did not refill the ring in time"
+PORT = "the NIC's own packet buffer overflowed before the host could take the packets (PCIe, too few queues)"
+ALLOC = "the driver could not allocate a buffer to refill the ring (memory)"
+
+# driver (as ethtool -i names it) -> its receive drop counters. Sources: each driver's documentation under
+# Documentation/networking/device_drivers/ethernet/ (mlx5/counters.rst, intel/ixgbe.rst, intel/ice.rst,
+# amazon/ena.rst) and its ethtool strings table.
+DRIVERS: dict[str, tuple[DriverCounter, ...]] = {
+    "mlx5_core": (_dc(r"^rx_out_of_buffer$", "ring", RING + " (no receive WQE)"),
+                  _dc(r"^rx_discards_phy$", "port", PORT),
+                  _dc(r"^rx\d*_buff_alloc_err$", "alloc", ALLOC)),
+    "ixgbe": (_dc(r"^rx_no_dma_resources$", "ring", RING),
+              _dc(r"^rx_missed_errors$", "port", PORT + " (packet buffer full)"),
+              _dc(r"^alloc_rx_buff_failed$", "alloc", ALLOC)),
+    "igb": (_dc(r"^rx_no_buffer_count$", "ring", RING),
+            _dc(r"^rx_missed_errors$", "port", PORT),
+            _dc(r"^rx_queue_\d+_alloc_failed$", "alloc", ALLOC)),
+    "e1000e": (_dc(r"^rx_no_buffer_count$", "ring", RING),
+               _dc(r"^rx_missed_errors$", "port", PORT)),
+    "i40e": (_dc(r"^port\.rx_dropped$", "ring", RING + " (port: no descriptor on any queue)"),
+             _dc(r"^rx_dropped$", "ring", RING + " (this VSI's queues)"),
+             _dc(r"^rx-\d+\.rx_alloc_buff_failed$|^rx_alloc_fail$", "alloc", ALLOC)),
+    "ice": (_dc(r"^port\.rx_dropped$", "ring", RING + " (port: no descriptor on any queue)"),
+            _dc(r"^rx_dropped$", "ring", RING + " (this VSI's queues)"),
+            _dc(r"^rx_buf_failed$|^rx_page_failed$", "alloc", ALLOC)),
+    "ena": (_dc(r"^bw_in_allowance_exceeded$", "policer", "the instance's inbound bandwidth allowance was "
+                "exceeded: the cloud dropped the packets before the NIC"),
+            _dc(r"^pps_allowance_exceeded$", "policer", "the instance's packets-per-second allowance was exceeded"),
+            _dc(r"^conntrack_allowance_exceeded$", "policer", "the instance's tracked-connection allowance "
+                "was exceeded"),
+            _dc(r"^linklocal_allowance_exceeded$", "policer", "too many packets to link-local services (DNS, "
+                "metadata)"),
+            _dc(r"^queue_\d+_rx_page_alloc_fail$", "alloc", ALLOC)),
+    "bnxt_en": (_dc(r"^\[\d+\]: rx_discards$|^rx_total_discard_pkts$", "ring", RING),
+                _dc(r"^\[\d+\]: rx_buf_errors$", "ring", "receive buffer errors (ring reset)"),
+                _dc(r"^rx_discard_packets_cos\d$", "port", PORT)),
+    "virtio_net": (_dc(r"^rx\d+_drops$|^rx_queue_\d+_drops$", "ring", "the guest driver dropped the packets "
+                       "(no buffer or memory to build them); a full ring is dropped by the host's backend and "
+                       "is not seen here"),),
+}
+FALLBACK = re.compile(r"missed|no_?buf|no_dma|out_of_buffer|fifo|overrun", re.IGNORECASE)
+RING_LINK = ("rx_missed", "rx_fifo", "rx_over")
+RING_QSTATS = ("rx-hw-drops", "rx-hw-drop-overruns", "rx-alloc-fail")
+
+
+def classify(driver: str | None, name: str) -> DriverCounter | None:
+    """What an ethtool -S counter of this driver counts, None when it is not a receive-drop counter."""
+    for dc in DRIVERS.get(driver or "", ()):
+        if re.search(dc.pattern, name):
+            return dc
+    if driver not in DRIVERS and FALLBACK.search(name):
+        return DriverCounter(name, "ring", "a driver counter of missed or unbuffered packets")
+    return None
+
+
+def ring_counters(obs: Observation) -> list[Counter]:
+    """The counters nic-ring-overrun claims: link stats, qstats and the drivers' ethtool -S."""
+    out = obs.counters("link", RING_LINK)
+    out += [c for c in obs.counters("qstats") if any(c.name.endswith(n) for n in RING_QSTATS)]
+    for c in obs.counters("ethtool"):
+        nic = obs.settings.nic(c.iface)
+        if classify(nic.driver if nic else None, c.name) is not None:
+            out.append(c)
+    return out
+
+
+def _ring_knobs(obs: Observation, iface: str, nic: NicSettings | None, kinds: set[str]) -> list[Knob]:
+    ring = None if nic is None or nic.rx_ring is None else f"{nic.rx_ring} (max {nic.rx_ring_max})"
+    at_max = nic is not None and nic.rx_ring is not None and nic.rx_ring >= (nic.rx_ring_max or 0)
+    knobs = []
+    if "policer" in kinds:
+        knobs.append(Knob("the instance's network allowance", None, "the cloud provider's limit, not the host's: "
+                          "a larger instance type, or spread the traffic over more instances"))
+    if kinds & {"ring", "port"} or not kinds:
+        knobs.append(Knob(f"ethtool -G {iface} rx", ring, "raise the RX ring toward its maximum"
+                          + ("; it is at the maximum: add queues (ethtool -L) or CPUs for the IRQs" if at_max else "")))
+        knobs.append(knob(obs.settings, "net.core.netdev_budget", "a bigger budget drains the ring faster"))
+    if "port" in kinds:
+        knobs.append(Knob(f"ethtool -L {iface}", None, "more queues (and RSS spreading them over CPUs) take "
+                          "packets off the port faster; check PCIe link width and pause frames (ethtool -a)"))
+    if "alloc" in kinds:
+        knobs.append(knob(obs.settings, "vm.min_free_kbytes", "memory reserved for atomic allocations such as "
+                          "RX refills"))
+    return knobs
+
+
+def nic_ring_overrun(obs: Observation) -> list[Finding]:
+    by_dev: dict[str, list[Counter]] = {}
+    for c in ring_counters(obs):
+        by_dev.setdefault(c.iface or "?", []).append(c)
+    out = []
+    source = {"link": "ip -s link", "qstats": "netdev qstats", "ethtool": "ethtool -S"}
+    for iface, counters in sorted(by_dev.items()):
+        n = max(c.count for c in counters)
+        nic = obs.settings.nic(iface)
+        driver = nic.driver if nic else None
+        meanings = [(c, classify(driver, c.name) if c.source == "ethtool" else None) for c in counters]
+        kinds = {dc.kind for _c, dc in meanings if dc is not None} or {"ring"}
+        evidence = tuple(Evidence(f"{c.source} {c.name}" + (f": {dc.meaning}" if dc else ""), c.count,
+                                  f"{source.get(c.source, c.source)} {c.name}") for c, dc in meanings)
+        what = "the cloud's allowance drops packets" if kinds == {"policer"} else (
+            "its port buffer overflows" if kinds == {"port"} else "its receive ring overflows")
+        out.append(Finding(
+            "nic-ring-overrun", obs.grade("loss", n, obs.received(iface)),
+            f"{iface} ({driver or 'driver unknown'}): {what}, the NIC drops packets", evidence,
+            FindingWhere(**ns_where(obs, iface=iface)),  # type: ignore[arg-type]
+            tuple(_ring_knobs(obs, iface, nic, kinds)),
+            "packets were dropped before the stack saw them: " + "; ".join(sorted({dc.meaning for _c, dc in meanings
+                                                                                 if dc is not None}) or [RING])))
+    return out
+
+
+# ---------------------------------------------------------------- damage on the link
+
+LINK_DAMAGE = ("rx_crc", "rx_frame", "rx_length")
+
+
+def link_errors(obs: Observation) -> list[Finding]:
+    """The link stats of frames the NIC received damaged (rx_crc_errors: bad FCS, rx_frame_errors: alignment,
+    rx_length_errors: a length that does not match; struct rtnl_link_stats64, if_link.h) and carrier
+    changes (IFLA_CARRIER_CHANGES: the link went down and up)."""
+    by_dev: dict[str, list[Counter]] = {}
+    for c in obs.counters("link", LINK_DAMAGE):
+        by_dev.setdefault(c.iface or "?", []).append(c)
+    for iface in obs.window.carrier_changes:
+        by_dev.setdefault(iface, [])
+    out = []
+    for iface, counters in sorted(by_dev.items()):
+        damaged = sum(c.count for c in counters)
+        flaps = obs.window.carrier_changes.get(iface, 0)
+        evidence = [Evidence(f"frames received with {c.name.removeprefix('rx_')} errors", c.count,
+                             f"ip -s link {c.name}_errors") for c in counters]
+        evidence.append(Evidence("carrier changes (link down or up)", flaps, f"/sys/class/net/{iface}/carrier_changes",
+                                 "changes"))
+        for c in obs.counters("link", ("rx_dropped",)):
+            if c.iface == iface:
+                evidence.append(Evidence("packets the device dropped (all causes)", c.count, "ip -s link rx_dropped"))
+        severity = obs.grade("damage", damaged, obs.received(iface)) if damaged else "warn"
+        out.append(Finding(
+            "link-errors", severity, f"{iface}: " + ", ".join(
+                ([f"{damaged:,} damaged frames"] if damaged else []) + ([f"{flaps} carrier changes"] if flaps else [])),
+            tuple(evidence), FindingWhere(**ns_where(obs, iface=iface)),  # type: ignore[arg-type]
+            (Knob(f"ethtool {iface}", None, "check speed/duplex and autonegotiation on both ends; replace the "
+                  "cable or optic and check the peer port's error counters"),),
+            "frames arrived damaged (bad FCS, alignment or length: the wire, an optic or the peer) or the link "
+            "went down: the stack never saw them, or lost everything while the link was down"))
+    return out

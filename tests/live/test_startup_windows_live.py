@@ -15,7 +15,9 @@ import time
 from netpath_testlib import NetpathRun, veth_namespace
 from test_export_live import exporter, samples
 
-BURST, GAP_S = 20, 0.006  # a storm with pauses between bursts (longer than a reading of the counters)
+# a storm with pauses between bursts, as real scans and retries have; a pause is longer than a reading of the
+# counters (about 4 ms here, 8 under load), which netpath needs to read them with the drop counts at one instant
+BURST, GAP_S = 30, 0.012
 
 
 class Storm(threading.Thread):
@@ -44,6 +46,8 @@ def test_drops_no_socket_equals_udp_no_ports_with_a_storm_running_before_the_sta
             time.sleep(0.5)  # the storm is well under way before netpath starts
             run = NetpathRun(["drops", "--netns", pair.ns, "--json", "--duration", "3"])
             run.wait_start()
+            time.sleep(2)
+            storm.stop.set()  # the start is what this tests: the end reading is taken after the storm
             rc, _records, err = run.finish()
         finally:
             storm.stop.set()

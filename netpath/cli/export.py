@@ -92,7 +92,10 @@ def parse_listen(value: str) -> tuple[str, int]:
     port = int(port_text)
     if not 1 <= port <= 65535:
         raise BadInput(f"bad --listen {value!r}: port {port} is not in 1-65535")
-    host = host.strip("[]") if host.startswith("[") and host.endswith("]") else host
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:  # "::1:9872" is itself an IPv6 address: which colon ends it cannot be told
+        raise BadInput(f"bad --listen {value!r}: put an IPv6 address in brackets, e.g. [::1]:{DEFAULT_PORT}")
     if host in ("", "*"):
         return "::", port
     if host == "localhost":
@@ -164,6 +167,8 @@ def export(ctx: click.Context, ifaces: tuple[str, ...], netns_spec: str | None, 
     if not facts.has_tracepoint(drops_mod.TRACEPOINT):
         raise MissingCapability("this kernel has no skb:kfree_skb tracepoint (needs tracefs mounted)")
     term = Terminal(json_mode=False)
+    for warning in web.warnings:
+        term.note(f"netpath export: {warning}")
     local = is_loopback(address[0])
     if not local and web_config_file is None:
         term.note(f"netpath export: warning: --listen {listen} serves beyond this host without TLS or "
@@ -180,7 +185,8 @@ def export(ctx: click.Context, ifaces: tuple[str, ...], netns_spec: str | None, 
                             sample_every=sample_every)
         trace = factory.trace_session(tquery, facts) if stages else None
         collector = ExportCollector(drops, trace, max_series)
-        ctx.exit(serve(server, routes, collector, term, listen, duration))
+        security = web.security if web_config_file is not None else None
+        ctx.exit(serve(server, routes, collector, term, listen, duration, security))
     finally:
         server.close()
 
@@ -221,7 +227,8 @@ def wait_for_stop(stop: Stop, deadline: float | None) -> None:
 
 
 def serve(server: HttpServer, routes: Routes, collector: ExportCollector, term: Terminal, listen: str,
-          duration: float | None) -> int:
+          duration: float | None, security: str | None = None) -> int:
+    """security: what --web-config-file gave, for the readiness line (None without one)."""
     scrape = SharedScrape(collector.collect)
     detached = True
     with SignalStop() as stop:
@@ -233,6 +240,7 @@ def serve(server: HttpServer, routes: Routes, collector: ExportCollector, term: 
             scheme = "https" if server.tls is not None else "http"
             term.note(f"netpath export: serving {metrics_url(scheme, *server.server_address[:2])} ({attached} "
                       f"{'hook' if attached == 1 else 'hooks'} attached"
+                      + (f"; {security}" if security else "")
                       + (f"; unavailable: {', '.join(unavailable)}" if unavailable else "") + ")")
             wait_for_stop(stop, time.monotonic() + duration if duration else None)
         finally:

@@ -1,48 +1,63 @@
-"""The exporter's HTTP server: no client, slow or hostile, can stop the scrapes or the exit.
+"""The exporter's HTTP server: no client, slow, idle, many or hostile, can stall a scrape, /healthz or the exit.
 
-- The server listens before the probes are attached: /healthz and /metrics answer 503 until they are.
-- One thread accepts; each connection goes to a bounded queue that WORKERS threads serve. When the
-  queue is full, accepting waits and new connections wait in the kernel's listen backlog.
-- Every connection has a socket timeout (IDLE_TIMEOUT_S without a byte) and a deadline: the TLS
-  handshake and the request head must arrive within HEAD_DEADLINE_S however slowly they trickle in
-  (slowloris), the whole exchange within CONNECTION_DEADLINE_S. A reaper thread shuts down sockets
-  past their deadline, which wakes the worker blocked on them.
-- One request per connection (HTTP/1.0, then close): an idle keep-alive never holds a worker.
+- One event loop (asyncio, in one thread) owns every connection, so an idle or half-finished
+  connection costs a descriptor and a few kB, never a worker (TLS state is made when the client's
+  first bytes arrive: http_stream.py); a request gets work only once its whole head has arrived
+  (http_head.py parses it, strictly).
+- Every connection has deadlines: the TLS handshake within HANDSHAKE_DEADLINE_S, the first request
+  head within HEAD_DEADLINE_S of the connection (however slowly it trickles in: slowloris), the
+  next one on a kept-alive connection within IDLE_TIMEOUT_S, a request body within
+  BODY_DEADLINE_S, the response written within WRITE_DEADLINE_S.
+- At most `max_connections` are open (MAX_CONNECTIONS, fewer when RLIMIT_NOFILE is low): a new one
+  closes the connection idle the longest (waiting for a handshake or a head), or failing that the
+  oldest busy one, so a flood of idle connections cannot lock out a scrape.
+- Map reads (the scrape) and bcrypt checks run on worker threads, never on the loop: a slow scrape
+  delays other scrapes, never /healthz or the accepting of connections.
 - One scrape's map work at a time (SharedScrape): scrapes that arrive meanwhile wait, then take a
   result computed after they arrived, so 50 concurrent scrapers cost a few map reads, not 50.
-- close() stops accepting and shuts down every open connection: it returns at once, whatever the
-  clients do.
+- The server listens before the probes are attached: /healthz and /metrics answer 503 until they are.
+- close() stops accepting and closes every connection within STOP_WAIT_S, whatever the clients do;
+  the worker threads are daemons, so a scrape stuck in a map read cannot hold the exit.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import gzip
 import queue
-import selectors
+import resource
 import socket
 import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler
+from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
 
+from netpath.cli import http_head
+from netpath.cli.http_head import BadRequest
+from netpath.cli.http_stream import Stream, TlsStream
 from netpath.cli.web_config import BasicAuth
+from netpath.kernel import limits
 
-WORKERS = 8
-QUEUE = 64
-BACKLOG = 128
-IDLE_TIMEOUT_S = 5.0
+MAX_CONNECTIONS = 1024
+MIN_CONNECTIONS = 16
+BACKLOG = 1024
+HANDSHAKE_DEADLINE_S = 5.0
 HEAD_DEADLINE_S = 10.0
-CONNECTION_DEADLINE_S = 60.0
-_POLL_S = 0.2
+IDLE_TIMEOUT_S = 5.0
+BODY_DEADLINE_S = 10.0
+WRITE_DEADLINE_S = 30.0
+LINGER_S = 1.0  # after the last response, for the client to read it and close
+STOP_WAIT_S = 0.3
+SCRAPE_WORKERS = 2  # a scrape in the maps and one taking the next result; more would only queue on its lock
+_ACCEPT_RETRY_S = 0.2
+_TEXT = "text/plain; charset=utf-8"
 
 
 class ScrapeClosed(Exception):
@@ -66,8 +81,9 @@ class SharedScrape:
         self._closed = False
         self.collections = 0
 
-    def body(self, accept: str, gzipped: bool) -> tuple[bytes, str]:
-        arrived = time.monotonic()
+    def body(self, accept: str, gzipped: bool, arrived: float | None = None) -> tuple[bytes, str]:
+        """arrived: when the request arrived (time.monotonic()); now, when not given."""
+        arrived = time.monotonic() if arrived is None else arrived
         with self._lock:
             if self._closed:
                 raise ScrapeClosed
@@ -121,7 +137,7 @@ class _Families:
 class Response:
     status: int
     body: bytes
-    content_type: str = "text/plain; charset=utf-8"
+    content_type: str = _TEXT
     headers: tuple[tuple[str, str], ...] = ()
 
 
@@ -133,7 +149,11 @@ class Routes:
         self._report = report  # told once per kind of failed scrape (stderr), so a broken map read is seen
         self._reported: set[str] = set()
 
-    def get(self, path: str, accept: str, gzip_ok: bool) -> Response:
+    def reads_maps(self, path: str) -> bool:
+        """Would get(path) read the maps (and so belong on a worker thread, not the event loop)?"""
+        return path == "/metrics" and self.scrape is not None
+
+    def get(self, path: str, accept: str, gzip_ok: bool, arrived: float | None = None) -> Response:
         scrape = self.scrape
         if path in ("/metrics", "/healthz") and scrape is None:
             return Response(503, b"attaching\n")
@@ -142,7 +162,7 @@ class Routes:
         if path == "/metrics":
             assert scrape is not None
             try:
-                body, content_type = scrape.body(accept, gzip_ok)
+                body, content_type = scrape.body(accept, gzip_ok, arrived)
             except ScrapeClosed:
                 return Response(503, b"stopping\n")
             except Exception as exc:  # a map read failed: this scrape fails, the exporter goes on
@@ -157,79 +177,90 @@ class Routes:
         return Response(404, b"not found: try /metrics\n")
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: HttpServer  # type: ignore[assignment]
-    server_version = "netpath"
-    sys_version = ""
-
-    def do_GET(self) -> None:
-        self.server.head_done(self.request)
-        auth = self.server.auth
-        if auth is not None and not _authorized(auth, self.headers.get("Authorization", "")):
-            self._send(Response(401, b"unauthorized\n", headers=(("WWW-Authenticate", 'Basic realm="netpath"'),)))
-            return
-        accepts_gzip = "gzip" in self.headers.get("Accept-Encoding", "")
-        self._send(self.server.routes.get(urlsplit(self.path).path, self.headers.get("Accept", ""), accepts_gzip))
-
-    def do_HEAD(self) -> None:
-        self.send_error(405)
-
-    def _send(self, resp: Response) -> None:
-        self.send_response(resp.status)
-        self.send_header("Content-Type", resp.content_type)
-        self.send_header("Content-Length", str(len(resp.body)))
-        for name, value in resp.headers:
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(resp.body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Scrapes and bad requests are not news: no line per request on stderr."""
-
-
-def _authorized(auth: BasicAuth, header: str) -> bool:
+def credentials(header: str) -> tuple[str, str] | None:
+    """(user, password) from a Basic Authorization header, or None when it is not one."""
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "basic" or not token or len(token) > 1024:
-        return False
+        return None
     try:
         user, sep, password = base64.b64decode(token.strip(), validate=True).decode("utf-8").partition(":")
     except (binascii.Error, UnicodeDecodeError):
-        return False
-    return bool(sep) and auth.check(user, password)
+        return None
+    return (user, password) if sep else None
 
 
-class _Open:
-    """Open connections by socket object, with their deadlines; the reaper shuts down the late ones."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.deadlines: dict[socket.socket, float] = {}
-
-    def add(self, sock: socket.socket, seconds: float) -> None:
-        with self.lock:
-            self.deadlines[sock] = time.monotonic() + seconds
-
-    def discard(self, sock: socket.socket) -> None:
-        with self.lock:
-            self.deadlines.pop(sock, None)
-
-    def shutdown(self, only_late: bool) -> None:
-        now = time.monotonic()
-        with self.lock:  # under the lock: a worker cannot close (and the kernel reuse) the fd meanwhile
-            for sock, deadline in self.deadlines.items():
-                if not only_late or deadline < now:
-                    _shutdown(sock)
+def _authorized(auth: BasicAuth, header: str) -> bool:
+    creds = credentials(header)
+    return creds is not None and auth.check(*creds)
 
 
-def _shutdown(sock: socket.socket) -> None:
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
+class _Workers:
+    """Daemon threads that run blocking calls for the event loop (a stuck one cannot hold the exit, as a
+    concurrent.futures pool's would: the interpreter joins those at exit)."""
+
+    def __init__(self, n: int, name: str) -> None:
+        self._jobs: queue.SimpleQueue[tuple[asyncio.AbstractEventLoop, asyncio.Future[Any], Callable[..., Any],
+                                            tuple[Any, ...]]] = queue.SimpleQueue()
+        for i in range(n):
+            threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True).start()
+
+    def run(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._jobs.put((loop, fut, fn, args))
+        return fut
+
+    def _work(self) -> None:
+        while True:
+            loop, fut, fn, args = self._jobs.get()
+            if fut.cancelled():  # its client went away while it waited
+                continue
+            try:
+                value, error = fn(*args), None
+            except Exception as exc:
+                value, error = None, exc
+            try:
+                loop.call_soon_threadsafe(_settle, fut, value, error)
+            except RuntimeError:  # the loop is closed: the exporter is stopping
+                pass
+
+
+def _settle(fut: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
+    if fut.done():
+        return
+    if error is not None:
+        fut.set_exception(error)
+    else:
+        fut.set_result(value)
+
+
+@dataclass(eq=False)
+class _Conn:
+    sock: socket.socket
+    since: float  # when it began waiting for the client (accept, or the end of its last response)
+    busy: bool = False  # a whole request head arrived and is being answered
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    def shut(self) -> None:
+        """The client sees the close at once, even before the task's own clean-up runs."""
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        if self.task is not None:
+            self.task.cancel()
+
+
+def connection_bound() -> int:
+    """MAX_CONNECTIONS, or fewer when the open-file limit leaves less beside what the BPF programs hold."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS
+    return max(MIN_CONNECTIONS, min(MAX_CONNECTIONS, soft - 2 * limits.fds_needed()))
 
 
 class HttpServer:
-    """Bound and listening from construction; serve() starts its threads; close() ends them."""
+    """Bound and listening from construction; serve() starts the event loop's thread; close() ends it."""
 
     def __init__(self, host: str, port: int, routes: Routes, tls: ssl.SSLContext | None = None,
                  auth: BasicAuth | None = None) -> None:
@@ -249,79 +280,166 @@ class HttpServer:
             self.socket.close()
             raise
         self.server_address = self.socket.getsockname()[:2]
-        self._queue: queue.Queue[tuple[socket.socket, Any]] = queue.Queue(QUEUE)
-        self._open = _Open()
-        self._stopping = threading.Event()
-        self._threads: list[threading.Thread] = []
+        self.max_connections = MAX_CONNECTIONS
+        self.evicted = 0
+        self._conns: set[_Conn] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._accepter: asyncio.Task[None] | None = None
+        self._finisher: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._stopped = threading.Event()
+        self._scrapes: _Workers | None = None
+        self._bcrypt: _Workers | None = None
 
     def serve(self) -> None:
-        targets = [self._accept, self._reap] + [self._work] * WORKERS
-        for i, target in enumerate(targets):
-            t = threading.Thread(target=target, name=f"netpath-http-{i}", daemon=True)
-            t.start()
-            self._threads.append(t)
+        self.max_connections = connection_bound()
+        self._scrapes = _Workers(SCRAPE_WORKERS, "netpath-scrape")
+        self._bcrypt = _Workers(1, "netpath-bcrypt") if self.auth is not None else None
+        self._loop = asyncio.new_event_loop()
+        threading.Thread(target=self._run, name="netpath-http", daemon=True).start()
 
-    def _accept(self) -> None:
-        with selectors.DefaultSelector() as sel:
-            sel.register(self.socket, selectors.EVENT_READ)
-            while not self._stopping.is_set():
-                if not sel.select(_POLL_S):
-                    continue
-                try:
-                    conn, addr = self.socket.accept()
-                except BlockingIOError:
-                    continue
-                except OSError:  # EMFILE and friends: leave the connection in the backlog a moment
-                    self._stopping.wait(_POLL_S)
-                    continue
-                conn.settimeout(IDLE_TIMEOUT_S)
-                while not self._stopping.is_set():
-                    try:
-                        self._queue.put((conn, addr), timeout=_POLL_S)
-                        break
-                    except queue.Full:
-                        continue
-                else:
-                    conn.close()
+    def _run(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        asyncio.set_event_loop(loop)
+        self._accepter = loop.create_task(self._accept())
+        try:
+            loop.run_forever()
+        finally:
+            self._stopped.set()
 
-    def _work(self) -> None:
+    @property
+    def open_connections(self) -> int:
+        return len(self._conns)
+
+    async def _accept(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
-            conn, addr = self._queue.get()
-            sock: socket.socket = conn
-            self._open.add(conn, HEAD_DEADLINE_S)
             try:
-                if self._stopping.is_set():
-                    continue
-                if self.tls is not None:
-                    sock = self.tls.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
-                    self._open.discard(conn)
-                    self._open.add(sock, HEAD_DEADLINE_S)
-                    sock.do_handshake()
-                _Handler(sock, addr, self)  # type: ignore[arg-type]
-            except (OSError, ValueError):  # timeouts, resets, TLS handshakes that fail: that client's loss
-                pass
-            finally:
-                self._open.discard(conn)
-                self._open.discard(sock)
-                _shutdown(sock)
-                sock.close()
+                sock, _addr = await loop.sock_accept(self.socket)
+            except OSError:  # EMFILE and friends: the connection waits in the listen backlog a moment
+                await asyncio.sleep(_ACCEPT_RETRY_S)
+                continue
+            if len(self._conns) >= self.max_connections:
+                self._evict()
+            conn = _Conn(sock, loop.time())
+            self._conns.add(conn)
+            conn.task = loop.create_task(self._connection(conn))
 
-    def head_done(self, sock: socket.socket) -> None:
-        """The request head arrived: the rest of the exchange gets the connection deadline."""
-        self._open.add(sock, CONNECTION_DEADLINE_S)
+    def _evict(self) -> None:
+        """Closes the connection idle the longest (else the oldest busy one): room for the one just accepted."""
+        idle = [c for c in self._conns if not c.busy]
+        victim = min(idle or self._conns, key=lambda c: c.since)
+        self._conns.discard(victim)
+        self.evicted += 1
+        victim.shut()
 
-    def _reap(self) -> None:
-        while not self._stopping.wait(_POLL_S):
-            self._open.shutdown(only_late=True)
+    async def _connection(self, conn: _Conn) -> None:
+        loop = asyncio.get_running_loop()
+        stream = Stream(conn.sock) if self.tls is None else TlsStream(conn.sock, self.tls)
+        try:
+            async with asyncio.timeout(HANDSHAKE_DEADLINE_S):
+                await stream.handshake()
+            wait = HEAD_DEADLINE_S - (loop.time() - conn.since)
+            while True:
+                try:
+                    async with asyncio.timeout(wait):
+                        head = await stream.read_head()
+                except BadRequest as bad:
+                    await self._refuse(stream, bad)
+                    break
+                conn.busy = True
+                if not await self._exchange(head, stream):
+                    break
+                conn.busy, conn.since, wait = False, loop.time(), IDLE_TIMEOUT_S
+            async with asyncio.timeout(LINGER_S):
+                await stream.finish()
+        except (TimeoutError, OSError, ssl.SSLError, EOFError):
+            pass  # late, gone, reset, or a failed handshake: that client's loss
+        finally:
+            self._conns.discard(conn)
+            conn.sock.close()
+
+    async def _exchange(self, head: bytes, stream: Stream) -> bool:
+        """Answers one request; True when the connection stays open for the next."""
+        try:
+            req = http_head.parse(head)
+            if req.method != "GET":
+                raise BadRequest(405, "only GET is served")
+            if req.content_length:
+                async with asyncio.timeout(BODY_DEADLINE_S):
+                    await stream.discard(req.content_length)
+        except BadRequest as bad:
+            await self._refuse(stream, bad)
+            return False
+        resp = await self._respond(req)
+        keep = req.keep_alive and not self._stopping
+        await self._write(stream, http_head.response(resp.status, resp.body, resp.content_type, resp.headers, keep))
+        return keep
+
+    async def _refuse(self, stream: Stream, bad: BadRequest) -> None:
+        allow = (("Allow", "GET"),) if bad.status == 405 else ()
+        await self._write(stream, http_head.response(bad.status, (bad.why + "\n").encode(), _TEXT, allow, False))
+
+    async def _respond(self, req: http_head.Request) -> Response:
+        loop = asyncio.get_running_loop()
+        arrived = loop.time()  # the loop's clock is time.monotonic(), SharedScrape's
+        if self.auth is not None and not await self._authorized(req.header("authorization")):
+            return Response(401, b"unauthorized\n", headers=(("WWW-Authenticate", 'Basic realm="netpath"'),))
+        accept, gzip_ok = req.header("accept"), "gzip" in req.header("accept-encoding")
+        if not self.routes.reads_maps(req.path):
+            return self.routes.get(req.path, accept, gzip_ok)
+        assert self._scrapes is not None
+        try:
+            resp: Response = await self._scrapes.run(self.routes.get, req.path, accept, gzip_ok, arrived)
+        except Exception as exc:  # Routes.get answers map failures itself; anything else is still one 500
+            return Response(500, f"scrape failed: {type(exc).__name__}\n".encode())
+        return resp
+
+    async def _authorized(self, header: str) -> bool:
+        assert self.auth is not None
+        creds = credentials(header)
+        if creds is None:
+            return False
+        if self.auth.cached(*creds):  # a password that matched before: no bcrypt, no thread
+            return True
+        assert self._bcrypt is not None
+        return bool(await self._bcrypt.run(self.auth.check, *creds))
+
+    @staticmethod
+    async def _write(stream: Stream, data: bytes) -> None:
+        async with asyncio.timeout(WRITE_DEADLINE_S):
+            await stream.send(data)
 
     def close(self) -> None:
-        """Stops accepting, closes the queued connections and shuts down the open ones; does not wait."""
-        self._stopping.set()
+        """Stops accepting and closes every connection; returns within about STOP_WAIT_S."""
+        if self._stopping:
+            return
+        self._stopping = True
+        loop = self._loop
+        if loop is None:
+            self.socket.close()
+            return
+        try:
+            loop.call_soon_threadsafe(self._shutdown)
+        except RuntimeError:  # the loop already ended
+            return
+        self._stopped.wait(STOP_WAIT_S + 0.2)
+
+    def _shutdown(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._accepter is not None:
+            self._accepter.cancel()
+        loop.remove_reader(self.socket.fileno())
         self.socket.close()
-        self._open.shutdown(only_late=False)
-        while True:
-            try:
-                conn, _addr = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            conn.close()
+        tasks = [c.task for c in self._conns if c.task is not None]
+        for conn in list(self._conns):
+            conn.shut()
+        self._conns.clear()
+
+        async def finish() -> None:
+            if tasks:
+                await asyncio.wait(tasks, timeout=STOP_WAIT_S)
+            loop.stop()
+
+        self._finisher = loop.create_task(finish())

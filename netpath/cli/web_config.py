@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import ssl
+import stat
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,10 +63,17 @@ class BasicAuth:
     _key: bytes = field(default_factory=lambda: hashlib.sha256(str(id(object())).encode()).digest())
     _bcrypt_lock: threading.Lock = field(default_factory=threading.Lock)
 
+    def _digest(self, user: str, password: str) -> bytes:
+        return hmac.new(self._key, user.encode() + b"\0" + password.encode(), hashlib.sha256).digest()
+
+    def cached(self, user: str, password: str) -> bool:
+        """A password that matched before (no bcrypt: cheap enough for the exporter's event loop)."""
+        return self._digest(user, password) in self._ok
+
     def check(self, user: str, password: str) -> bool:
         import bcrypt
 
-        digest = hmac.new(self._key, user.encode() + b"\0" + password.encode(), hashlib.sha256).digest()
+        digest = self._digest(user, password)
         if digest in self._ok:
             return True
         hashed = self.users.get(user)
@@ -81,6 +90,14 @@ class BasicAuth:
 class WebConfig:
     tls: ssl.SSLContext | None
     auth: BasicAuth | None
+    warnings: list[str] = field(default_factory=list)  # one line each, for stderr (a key others can read)
+
+    @property
+    def security(self) -> str:
+        """What the start line says about it."""
+        if self.tls is None and self.auth is None:
+            return "no TLS, no auth"
+        return ", ".join(w for w, on in (("TLS", self.tls is not None), ("basic auth", self.auth is not None)) if on)
 
 
 def load(path: str) -> WebConfig:
@@ -93,16 +110,7 @@ def load(path: str) -> WebConfig:
         raise BadInput(f"bad --web-config-file {path!r}: expected the path of a YAML file")
     where = f"--web-config-file {path}"
     p = Path(path)
-    try:
-        raw = p.read_bytes()[: MAX_FILE_BYTES + 1]
-    except FileNotFoundError:
-        raise BadInput(f"{where}: no such file") from None
-    except IsADirectoryError:
-        raise BadInput(f"{where}: is a directory") from None
-    except OSError as exc:
-        raise BadInput(f"{where}: cannot read it: {exc.strerror}") from None
-    if len(raw) > MAX_FILE_BYTES:
-        raise BadInput(f"{where}: larger than {MAX_FILE_BYTES} bytes")
+    raw = _read_capped(p, where)
     try:
         doc = yaml.safe_load(raw.decode("utf-8"))
     except UnicodeDecodeError:
@@ -118,15 +126,50 @@ def load(path: str) -> WebConfig:
         raise BadInput(f"{where}: expected a YAML mapping at the top level")
     _known(doc, TOP_KEYS, where, "")
     base = p.resolve().parent
-    tls = _tls(doc.get("tls_server_config"), where, base) if doc.get("tls_server_config") is not None else None
-    users = doc.get("basic_auth_users")
-    auth = _auth(users, where) if users else None
+    warnings: list[str] = []
+    for key in ("tls_server_config", "basic_auth_users"):  # written but empty: the operator meant something
+        if key in doc and not doc[key]:
+            raise BadInput(f"{where}: {key} is empty: fill it in or remove the key")
+    tls = _tls(doc["tls_server_config"], where, base, warnings) if "tls_server_config" in doc else None
+    auth = _auth(doc["basic_auth_users"], where) if "basic_auth_users" in doc else None
     http = doc.get("http_server_config")
     if http is not None:
         if not isinstance(http, dict):
             raise BadInput(f"{where}: http_server_config must be a mapping")
         _known(http, HTTP_KEYS, where, "http_server_config.")
-    return WebConfig(tls, auth)
+    return WebConfig(tls, auth, warnings)
+
+
+def _read_capped(p: Path, where: str) -> bytes:
+    """At most MAX_FILE_BYTES + 1 bytes of a regular file: a fifo must not hang the start (O_NONBLOCK, then
+    refused), nor /dev/zero fill the memory."""
+    try:
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except FileNotFoundError:
+        raise BadInput(f"{where}: no such file") from None
+    except OSError as exc:
+        raise BadInput(f"{where}: cannot read it: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise BadInput(f"{where}: is a directory")
+        if not stat.S_ISREG(st.st_mode):
+            raise BadInput(f"{where}: not a regular file")
+        chunks: list[bytes] = []
+        got = 0
+        while got <= MAX_FILE_BYTES:
+            chunk = os.read(fd, MAX_FILE_BYTES + 1 - got)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            got += len(chunk)
+    except OSError as exc:
+        raise BadInput(f"{where}: cannot read it: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    if got > MAX_FILE_BYTES:
+        raise BadInput(f"{where}: larger than {MAX_FILE_BYTES} bytes")
+    return b"".join(chunks)
 
 
 def _known(section: dict[Any, Any], keys: set[str], where: str, prefix: str) -> None:
@@ -144,7 +187,7 @@ def _text(section: dict[str, Any], key: str, where: str) -> str | None:
     return value
 
 
-def _tls(section: Any, where: str, base: Path) -> ssl.SSLContext:
+def _tls(section: Any, where: str, base: Path, warnings: list[str]) -> ssl.SSLContext:
     if not isinstance(section, dict):
         raise BadInput(f"{where}: tls_server_config must be a mapping")
     _known(section, TLS_KEYS, where, "tls_server_config.")
@@ -156,10 +199,18 @@ def _tls(section: Any, where: str, base: Path) -> ssl.SSLContext:
     ctx.minimum_version = _version(section, "min_version", where) or ssl.TLSVersion.TLSv1_2
     top = _version(section, "max_version", where)
     if top is not None:
+        if top < ctx.minimum_version:  # every handshake would fail
+            raise BadInput(f"{where}: tls_server_config.max_version {section['max_version']} is below "
+                           f"min_version {section.get('min_version') or 'TLS12 (the default)'}")
         ctx.maximum_version = top
     for name, f in (("cert_file", cert_path), ("key_file", key_path)):
         if not f.is_file():
             raise BadInput(f"{where}: tls_server_config.{name} {str(f)!r}: no such file")
+    key_mode = key_path.stat().st_mode
+    if key_mode & (stat.S_IRGRP | stat.S_IROTH):
+        warnings.append(f"warning: {where}: key_file {str(key_path)!r} is readable by "
+                        f"{'others' if key_mode & stat.S_IROTH else 'its group'} (mode {stat.S_IMODE(key_mode):04o}): "
+                        f"chmod 600 {key_path}")
     try:
         ctx.load_cert_chain(str(cert_path), str(key_path))
     except (ssl.SSLError, OSError) as exc:

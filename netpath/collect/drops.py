@@ -6,6 +6,7 @@ import ipaddress
 import os
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import KW_ONLY, dataclass, field, replace
 from typing import Any
 
@@ -46,6 +47,8 @@ KEY_FIELDS = len(contract.DROP_FULL_KEY.fmt.unpack(bytes(contract.DROP_FULL_KEY.
 COUNT = struct.Struct("<Q")
 INDEX0 = struct.Struct("<I")  # an array map's index
 STACK_ID = struct.Struct("<i")
+# readings of the counters between two of the matched count before a storm is said to leave no pause
+ALIGN_TRIES = 10
 CAPTURE_ROW_CACHE = 4096  # captured packets' rows kept by where they died (cleared when full)
 
 L4_NAMES = {0: "hopopt", 1: "icmp", 2: "igmp", 6: "tcp", 17: "udp", 47: "gre", 58: "icmpv6", 132: "sctp"}
@@ -370,6 +373,11 @@ class DropsSession(ProgramSession):
         self._lost_samples = 0
         self._last_counts: dict[bytes, int] = {}
         self._last_stats: dict[str, int] = {}
+        self._base_counts: dict[bytes, int] = {}  # the program's counts at the start's aligned reading
+        self._base_stats: dict[str, int] = {}
+        # more read at the start's instant, with the counters (the exporter's finding window): its result
+        self.at_start: Callable[[], object] | None = None
+        self.at_start_value: object = None
         self._last_lost = 0
         self._last_ns = 0
         self._counters: counters_mod.CounterDeltas | None = None
@@ -411,7 +419,10 @@ class DropsSession(ProgramSession):
         if self.query.pcap is not None:
             self._wall_offset_ns = time.time_ns() - time.monotonic_ns()
             prog.open_ring_buffer("pcap_ring", self._on_capture)
-        self._counters = counters_mod.CounterDeltas(self._read_counters())
+        # the run counts from here: the counters' baseline and the program's counts at one instant
+        first, self._base_counts, self._base_stats = self._aligned_reading("start")
+        self._counters = counters_mod.CounterDeltas(first)
+        self._last_counts, self._last_stats = dict(self._base_counts), dict(self._base_stats)
         if self.query.filters.netns is None:
             self._other_ns = NamespaceCounters(own=self.zero_series)
             self._other_ns.read()
@@ -425,6 +436,39 @@ class DropsSession(ProgramSession):
             unavailable=unavailable, filters=self.query.filters.report(), group_by=self.query.group_by,
             reason_code=self.query.reason_code,
         )
+
+    def _aligned_reading(self, when: str) -> tuple[dict[counters_mod.CounterKey, int], dict[bytes, int],
+                                                   dict[str, int]]:
+        """The counters, the drop counts and the health counters at one instant, so a counter (UdpNoPorts)
+        and the drops it counts too (NO_SOCKET) cover the same packets.
+
+        Two readings cannot be taken at once, so the counters are read between two readings of the
+        program's matched count, again (up to ALIGN_TRIES) while a drop landed in between. When drops never
+        pause (a storm), the last try stands and the output says how long the two readings were apart.
+        """
+        assert self.prog is not None
+        took = 0
+        for _ in range(ALIGN_TRIES):
+            began = time.monotonic_ns()
+            matched = self.stats().get("matched", 0)
+            counters = self._read_counters()
+            if when == "start" and self.at_start is not None:
+                self.at_start_value = self.at_start()
+            counts, stats = self.counts(), self.stats()
+            took = time.monotonic_ns() - began
+            if stats.get("matched", 0) == matched:
+                return counters, counts, stats
+        self._warnings.append(f"drops never paused while the counters were read at the {when}: a counter may "
+                              f"differ from the drop rows by the drops of {took / 1e6:.1f} ms")
+        return counters, counts, stats
+
+    def _since_start(self, counts: dict[bytes, int], stats: dict[str, int]) -> tuple[dict[bytes, int],
+                                                                                     dict[str, int]]:
+        """Readings less the start's: what the run counted. A capture's counters stay whole: they agree
+        with the packets written, which began at the attach."""
+        counts = {k: v - self._base_counts.get(k, 0) for k, v in counts.items()}
+        stats = {k: v if k in contract.PCAP_STATS else v - self._base_stats.get(k, 0) for k, v in stats.items()}
+        return counts, stats
 
     def counts(self) -> dict[bytes, int]:
         """Cumulative drops per raw map key: the hash rows plus every CPU's cache slots (bpf/drops.c)."""
@@ -456,10 +500,12 @@ class DropsSession(ProgramSession):
         now, stats = self.counts(), self.stats()
         delta = {k: v - self._last_counts.get(k, 0) for k, v in now.items()}
         interval_stats = {k: v - self._last_stats.get(k, 0) for k, v in stats.items()}
+        self._last_counts, self._last_stats = now, stats
+        now, stats = self._since_start(now, stats)
         lost = self._lost_samples - self._last_lost
         pcap = self._pcap_health(interval_stats, self._pcap_written - self._last_pcap[0],
                                  self._pcap_over_max - self._last_pcap[1])
-        self._last_counts, self._last_stats, self._last_lost = now, stats, self._lost_samples
+        self._last_lost = self._lost_samples
         self._last_pcap = (self._pcap_written, self._pcap_over_max)
         counters = self._counters.step(self._read_counters(stats.get("hits")))
         span, self._last_ns = elapsed_ns - self._last_ns, elapsed_ns
@@ -482,8 +528,9 @@ class DropsSession(ProgramSession):
 
     def summary(self, elapsed_ns: int) -> DropSnapshot:
         assert self._counters is not None
-        final, stats = self.counts(), self.stats()
-        self._counters.step(self._read_counters(stats.get("hits")))
+        counters, final, stats = self._aligned_reading("end")
+        final, stats = self._since_start(final, stats)
+        self._counters.step(counters)
         snap = self._snapshot(final, self._counters.totals(), stats, stats.get("matched", 0), elapsed_ns,
                               self._lost_samples, pcap=self._pcap_health(stats, self._pcap_written,
                                                                          self._pcap_over_max))
@@ -553,6 +600,7 @@ class DropsSession(ProgramSession):
         self._forgotten.update(gone)  # a cache slot cannot be freed under the program: its count is left out
         for raw in gone:
             self._last_counts.pop(raw, None)
+            self._base_counts.pop(raw, None)
         return len(gone)
 
     def _on_sample(self, raw: bytes) -> None:

@@ -19,7 +19,7 @@ from netpath.collect.trace import TraceSession
 from netpath.diagnose import rules
 from netpath.diagnose.window import RollingWindow
 from netpath.kernel import settings as settings_mod
-from netpath.model import DropSnapshot, Finding, Settings, Start
+from netpath.model import DropHealth, DropSnapshot, Finding, Settings, Start
 from netpath.render.metrics import MetricSet
 
 # how stale the list of existing interfaces may be before a deleted one's series are dropped
@@ -41,16 +41,24 @@ class ExportCollector:
         self._t0 = 0
         self.scrapes = 0
         self._live_at = 0.0
+        self.window_ns = 0  # what netpath_finding covers: since the start, FINDINGS_WINDOW_S once rolled
         ns = drops.query.filters.netns
         self.window = RollingWindow(int(FINDINGS_WINDOW_S * 1e9), lambda: settings_mod.read_window_raw(ns))
 
     def start(self) -> list[Start]:
+        # the finding window's first base is the instant the drops start counting (its counters are read
+        # with theirs), not after the trace program loads: netpath_finding then covers the drops that
+        # netpath_drops_total does, until the window has rolled once
+        ns = self.drops.query.filters.netns
+        self.drops.at_start = lambda: settings_mod.read_window_raw(ns)
         self.starts = [self.drops.start()]
+        self._t0 = time.monotonic_ns()
+        self.metrics.started = time.time()  # counting began now: the counters' created timestamp
+        raw = self.drops.at_start_value
+        assert isinstance(raw, tuple)
+        self.window.add(0, DropSnapshot([], [], DropHealth(), 0, 0), raw)
         if self.trace is not None:
             self.starts.append(self.trace.start())
-        self._t0 = time.monotonic_ns()
-        self.window.add(0, self.drops.summary(0))  # the window's first base: nothing before the start counts
-        self.metrics.started = time.time()  # counting began now: the counters' created timestamp
         return self.starts
 
     def collect(self) -> Iterator[Metric]:
@@ -72,7 +80,8 @@ class ExportCollector:
             families.extend(self.metrics.trace(trace))
             hits.update({("trace", hook): n for hook, n in trace.health.probe_hits.items()})
             runs.update(_runs("trace", self.trace.prog))
-        families.extend(self.metrics.findings(self.findings(drops, elapsed), FINDINGS_WINDOW_S))
+        found = self.findings(drops, elapsed)
+        families.extend(self.metrics.findings(found, self.window_ns / 1e9))
         families.append(self.metrics.build_info(self.starts[0], __version__))
         self.scrapes += 1
         yield from families
@@ -84,6 +93,7 @@ class ExportCollector:
         (no ethtool or sock_diag per scrape), and the latency rules (slow-reader, softirq-wait) are left to
         `netpath doctor`: trace histograms here are run totals, not the window's."""
         delta, window, span = self.window.add(elapsed_ns, drops)
+        self.window_ns = span
         if span <= 0:
             return []
         ns = self.drops.query.filters.netns

@@ -54,8 +54,10 @@ class RollingWindow:
         self.read_raw = read_raw
         self.readings: deque[Reading] = deque()
 
-    def add(self, t_ns: int, drops: DropSnapshot) -> tuple[DropSnapshot, Window, int]:
-        now = Reading(t_ns, drops, self.read_raw())
+    def add(self, t_ns: int, drops: DropSnapshot, raw: settings_mod.Raw | None = None
+            ) -> tuple[DropSnapshot, Window, int]:
+        """raw: the counters read with `drops` (read now when not given)."""
+        now = Reading(t_ns, drops, self.read_raw() if raw is None else raw)
         self.readings.append(now)
         # keep the newest reading at or before the window's start: it is the base
         while len(self.readings) > 2 and self.readings[1].t_ns <= t_ns - self.span_ns:

@@ -43,7 +43,10 @@ def addresses_shown(proc_sys: Path = Path("/proc/sys")) -> bool:
 def tracefs_readable(tracefs: Path = TRACEFS) -> bool:
     """tracefs is root's (mode 0700): reading its event formats and ids takes CAP_DAC_READ_SEARCH. A
     tracefs that is not mounted there is load_facts' to report."""
-    return not tracefs.is_dir() or os.access(tracefs / "events", os.R_OK | os.X_OK, effective_ids=True)
+    try:
+        return not tracefs.is_dir() or os.access(tracefs / "events", os.R_OK | os.X_OK, effective_ids=True)
+    except OSError:  # even its mount point may not be looked at
+        return False
 
 
 def missing_caps(caps: int, tracefs_ok: bool, addresses_ok: bool, locations: bool) -> list[str]:
@@ -65,11 +68,15 @@ def missing_caps(caps: int, tracefs_ok: bool, addresses_ok: bool, locations: boo
 
 def missing_capability(status_path: Path = Path("/proc/self/status"), locations: bool = False) -> str | None:
     """None when this process can run netpath (with `locations`: name where drops happen), else the fix."""
-    if os.geteuid() == 0:
-        return None
+    # root is checked too: uid 0 with its capabilities dropped (setpriv, capsh, a container's --cap-drop)
+    # would otherwise get the kernel's bare EPERM from the first bpf(2) call
     missing = missing_caps(effective_caps(status_path), tracefs_readable(), addresses_shown(), locations)
     if not missing:
         return None
+    if os.geteuid() == 0:
+        return (f"netpath runs as root but this process lacks capabilities: {'; '.join(missing)}: they were "
+                "dropped (setpriv, capsh, a container's --cap-drop): give them back, e.g. "
+                "podman run --cap-add BPF,PERFMON (or SYS_ADMIN)")
     return f"netpath needs root, or capabilities this process lacks: {'; '.join(missing)}: run it with sudo"
 
 

@@ -145,3 +145,15 @@ def test_a_cache_dir_owned_by_another_user_is_ignored_with_one_warning(tmp_path)
     assert got.returncode == 0, got.stderr
     assert one_line(got.stderr) and "NETPATH_CACHE" in got.stderr and "uid 65534" in got.stderr
     assert not list(theirs.iterdir())
+
+
+@pytest.mark.skipif(not shutil.which("setpriv"), reason="needs setpriv (util-linux)")
+@pytest.mark.parametrize("command", [["drops", "--duration", "1"], ["export", "--duration", "1"]])
+def test_root_without_cap_bpf_is_exit_3_naming_the_capability(command):
+    """uid 0 with CAP_BPF and CAP_SYS_ADMIN dropped: the fix names them, not the first bpf(2) call's EPERM."""
+    drop = ["setpriv", "--inh-caps=-bpf,-sys_admin", "--bounding-set=-bpf,-sys_admin"]
+    got = subprocess.run([*drop, sys.executable, "-m", "netpath", *command], capture_output=True, text=True,
+                         cwd=REPO, timeout=60, check=False)
+    assert got.returncode == 3, got.stderr
+    assert one_line(got.stderr) and "CAP_BPF" in got.stderr and "root" in got.stderr, got.stderr
+    assert "Operation not permitted" not in got.stderr

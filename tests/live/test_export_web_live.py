@@ -3,7 +3,9 @@ Prometheus scraping through both; and what a listener beyond localhost says and 
 
 from __future__ import annotations
 
+import resource
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -191,3 +193,103 @@ def test_a_client_certificate_from_the_client_ca_is_required_when_asked(tmp_path
                 resp.read()  # TLS 1.3: the server's refusal of a missing certificate arrives with the first read
         rc, err = run.stop()
     assert rc == 0, err
+
+
+def client_hello() -> bytes:
+    """The first flight of a real TLS handshake (what a client sends before the server answers)."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_side=False)
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def still_open(sock: socket.socket) -> bool:
+    sock.setblocking(False)
+    try:
+        return sock.recv(1) != b""
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+
+
+def test_500_idle_connections_and_100_half_sent_tls_handshakes_neither_delay_a_scrape_nor_the_exit(tmp_path):
+    """Issue 29's bound: a scrape (TLS and basic auth) answers in under 0.5 s and SIGTERM exits in under 1 s
+    while 500 idle TCP connections and 100 half-sent TLS handshakes are held open."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 4096 if hard == resource.RLIM_INFINITY else min(hard, 4096)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))  # for us and the exporter (inherited)
+    config, cert = web_config(tmp_path)
+    hello = client_hello()
+    held: list[socket.socket] = []
+    with exporter("--stages", "none", "--web-config-file", str(config), ssl_context=client_context(cert),
+                  auth=(USER, PASSWORD)) as run:
+        run.scrape()  # the first login pays bcrypt once, as a Prometheus server's first scrape does
+        before = rss_mb(run.proc.pid)
+        try:
+            held += [socket.create_connection(("127.0.0.1", run.port), timeout=5) for _ in range(500)]
+            for _ in range(100):
+                half = socket.create_connection(("127.0.0.1", run.port), timeout=5)
+                half.sendall(hello[: len(hello) // 2])
+                held.append(half)
+            time.sleep(0.5)
+            took = []
+            for _ in range(3):
+                began = time.monotonic()
+                text = run.scrape(timeout=5)
+                took.append(time.monotonic() - began)
+                assert "netpath_drops_matched_total" in text
+            began = time.monotonic()
+            assert status(run, (USER, PASSWORD), "/healthz") == 200
+            healthz = time.monotonic() - began
+            holding = rss_mb(run.proc.pid)
+            assert sum(still_open(s) for s in held) == 600  # the server held every one: none was refused
+            assert max(took) < 0.5 and healthz < 0.5, (took, healthz)
+            began = time.monotonic()
+            run.proc.send_signal(signal.SIGTERM)
+            run.proc.wait(timeout=10)
+            stopped = time.monotonic() - began
+            _out, err = run.proc.communicate()
+        finally:
+            for s in held:
+                s.close()
+    assert run.proc.returncode == 0 and "stopped (SIGTERM)" in err, err
+    assert stopped < 1.0, stopped
+    print(f"scrapes {', '.join(f'{t:.3f}' for t in took)} s, /healthz {healthz:.3f} s, SIGTERM to exit "
+          f"{stopped:.2f} s with 600 connections held; RSS {before:.1f} MB before, {holding:.1f} MB holding them")
+
+
+def test_an_empty_web_config_says_no_tls_no_auth_and_a_readable_key_warns(tmp_path):
+    empty = tmp_path / "empty.yml"
+    empty.write_text("")
+    with exporter("--stages", "none", "--web-config-file", str(empty)) as run:
+        assert "serving http://127.0.0.1:" in run.notes[-1] and "no TLS, no auth" in run.notes[-1]
+        assert run.scrape()
+    config, cert = web_config(tmp_path)
+    key = tmp_path / "tls.key"
+    key.chmod(0o644)
+    with exporter("--stages", "none", "--web-config-file", str(config), ssl_context=client_context(cert),
+                  auth=(USER, PASSWORD)) as run:
+        warnings = [n for n in run.notes if "warning" in n]
+        assert len(warnings) == 1 and "readable by others" in warnings[0] and str(key) in warnings[0], run.notes
+        assert "TLS, basic auth" in run.notes[-1]
+
+
+def test_ipv6_listen_is_served_and_printed_in_brackets():
+    port = free_tcp_port()
+    with exporter("--stages", "none", listen=f"[::1]:{port}") as run:
+        assert f"serving http://[::1]:{port}/metrics" in run.notes[-1], run.notes
+        with urllib.request.urlopen(f"http://[::1]:{port}/healthz", timeout=10) as resp:
+            assert resp.status == 200

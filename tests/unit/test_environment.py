@@ -246,3 +246,15 @@ def test_unreadable_btf_is_exit_3_with_the_fix(tmp_path):
     with pytest.raises(MissingCapability) as info:
         cache.cached_json(tmp_path / "no-such-vmlinux", "offsets", lambda blob: {}, valid=lambda _v: True)
     assert "BTF" in str(info.value) and "root" in str(info.value)
+
+
+def test_root_whose_capabilities_were_dropped_is_told_which(tmp_path, monkeypatch):
+    status = tmp_path / "status"
+    all_caps = (1 << 41) - 1
+    status.write_text(f"Name:\tx\nCapEff:\t{all_caps & ~(1 << caps.CAP_BPF) & ~(1 << caps.CAP_SYS_ADMIN):016x}\n")
+    monkeypatch.setattr(caps, "tracefs_readable", lambda: True)
+    as_root(monkeypatch)
+    fix = caps.missing_capability(status)
+    assert fix is not None and "runs as root" in fix and "CAP_BPF" in fix and "CAP_PERFMON" not in fix
+    status.write_text(f"Name:\tx\nCapEff:\t{all_caps:016x}\n")
+    assert caps.missing_capability(status) is None

@@ -147,10 +147,24 @@ def test_listen_addresses(text: str, want: tuple[str, int]):
     assert parse_listen(text) == want
 
 
-@pytest.mark.parametrize("text", ["9872", "host:9872", "127.0.0.1:0", "127.0.0.1:65536", "1.2.3.4:x", ""])
+@pytest.mark.parametrize("text", ["9872", "host:9872", "127.0.0.1:0", "127.0.0.1:65536", "1.2.3.4:x", "",
+                                  "::1:9872", "::9872", "2001:db8::1:80"])
 def test_bad_listen_names_the_value(text: str):
     with pytest.raises(BadInput, match=repr(text).replace("[", r"\[").replace(".", r"\.")):
         parse_listen(text)
+
+
+def test_an_unbracketed_ipv6_listen_says_how_to_write_it():
+    with pytest.raises(BadInput, match=r"'::1:9872': put an IPv6 address in brackets, e\.g\. \[::1\]:9872"):
+        parse_listen("::1:9872")
+
+
+@pytest.mark.parametrize(("listen", "want"), [("[::1]:9872", "http://[::1]:9872/metrics"),
+                                              ("127.0.0.1:80", "http://127.0.0.1:80/metrics")])
+def test_the_served_url_brackets_ipv6(listen: str, want: str):
+    from netpath.cli.export import metrics_url
+
+    assert metrics_url("http", *parse_listen(listen)) == want
 
 
 def test_stages_option():

@@ -56,9 +56,83 @@ def test_basic_auth_header_parsing():
     assert not _authorized(auth, "")
 
 
-def test_an_empty_file_is_no_tls_and_no_auth(tmp_path):
+def test_an_empty_file_is_no_tls_and_no_auth_and_says_so(tmp_path):
     cfg = web_config.load(write(tmp_path, ""))
     assert cfg.tls is None and cfg.auth is None
+    assert cfg.security == "no TLS, no auth"  # the start line's words (netpath-export(8))
+
+
+@pytest.mark.parametrize("text", ["basic_auth_users:\n", "basic_auth_users: {}\n", "tls_server_config:\n"])
+def test_a_key_written_but_left_empty_is_refused(tmp_path, text):
+    with pytest.raises(BadInput, match=r"(basic_auth_users|tls_server_config) is empty"):
+        web_config.load(write(tmp_path, text))
+
+
+@needs_openssl
+def test_max_version_below_min_version_is_refused(tmp_path):
+    cert, key = make_cert(tmp_path)
+    tls = f"tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n"
+    with pytest.raises(BadInput, match="max_version TLS12 is below min_version TLS13"):
+        web_config.load(write(tmp_path, tls + "  min_version: TLS13\n  max_version: TLS12\n"))
+    with pytest.raises(BadInput, match=r"max_version TLS11 is below min_version TLS12 \(the default\)"):
+        web_config.load(write(tmp_path, tls + "  max_version: TLS11\n"))
+    assert web_config.load(write(tmp_path, tls + "  min_version: TLS12\n  max_version: TLS13\n")).tls is not None
+
+
+@needs_openssl
+def test_a_key_others_can_read_is_one_warning(tmp_path):
+    cert, key = make_cert(tmp_path)
+    tls = f"tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n"
+    key.chmod(0o600)
+    assert web_config.load(write(tmp_path, tls)).warnings == []
+    key.chmod(0o644)
+    (warning,) = web_config.load(write(tmp_path, tls)).warnings
+    assert "readable by others (mode 0644)" in warning and f"chmod 600 {key}" in warning and "\n" not in warning
+    key.chmod(0o640)
+    assert "readable by its group" in web_config.load(write(tmp_path, tls)).warnings[0]
+
+
+def test_a_fifo_and_a_device_are_refused_without_reading_them(tmp_path):
+    import os
+    import threading
+
+    fifo = tmp_path / "web.fifo"
+    os.mkfifo(fifo)  # nobody writes it: opening it blocking would hang the start
+    done = threading.Event()
+
+    def release() -> None:  # if load() did block in open(), a writer coming and going lets it go on (and fail)
+        while not done.wait(0.05):
+            try:
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:
+                continue
+
+    threading.Thread(target=release, daemon=True).start()
+    try:
+        with pytest.raises(BadInput, match="not a regular file"):
+            web_config.load(str(fifo))
+    finally:
+        done.set()
+    with pytest.raises(BadInput, match="not a regular file"):
+        web_config.load("/dev/zero")
+
+
+def test_only_the_cap_is_read(tmp_path, monkeypatch):
+    import os
+
+    path = tmp_path / "big.yml"
+    path.write_bytes(b"#" * (web_config.MAX_FILE_BYTES + 4096))
+    asked: list[int] = []
+    real_read = os.read
+
+    def read(fd: int, n: int) -> bytes:
+        asked.append(n)
+        return real_read(fd, n)
+
+    monkeypatch.setattr(os, "read", read)
+    with pytest.raises(BadInput, match="larger than"):
+        web_config.load(str(path))
+    assert sum(asked) <= web_config.MAX_FILE_BYTES + 1
 
 
 @pytest.mark.parametrize("text, problem", [
@@ -101,7 +175,8 @@ def test_an_unreadable_certificate_and_a_mismatched_key_are_named(tmp_path):
                                         "  client_auth_type: Maybe\n"))
 
 
-@pytest.mark.parametrize("text", [None, "tls_server_config: [\n", "basic_auth_users:\n  prom: plaintext\n"])
+@pytest.mark.parametrize("text", [None, "tls_server_config: [\n", "basic_auth_users:\n  prom: plaintext\n",
+                                  "basic_auth_users:\n"])
 def test_the_cli_exits_2_with_one_line_before_anything_else(capsys, tmp_path, text):
     path = tmp_path / "web.yml"
     if text is not None:

@@ -66,6 +66,8 @@ def substitute(words: list[str], ns: str, ns_if: str, host_if: str, tmp: Path,
     if (out[0] in ("drops", "trace", "export", "doctor") and "--duration" not in out and "--count" not in out
             and "--load" not in out):  # a replayed window has no duration of its own
         out += ["--duration", RUN_S]
+    if out[0] == "follow" and "--duration" not in out:  # follow's --count is packets, which may never come here
+        out += ["--duration", RUN_S]
     if out[0] == "export" and "--listen" not in out:  # never the default port another exporter may hold
         out += ["--listen", f"127.0.0.1:{free_udp_port()}"]
     if "--count" in out and "--interval" not in out:

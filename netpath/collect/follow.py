@@ -239,8 +239,8 @@ class PacketBuilder:
             sent = self._sent_by(hops[:-1] if hops and hops[-1].hook == "skb:consume_skb" else hops)
             if sent is not None:
                 return sent
-            location = self.facts.kallsyms.symbolize(end.location)
-            if location.startswith(GSO_FUNCTIONS):
+            location = self.facts.kallsyms.symbolize(end.location) if end.location else None  # none before 6.3
+            if location is not None and location.startswith(GSO_FUNCTIONS):
                 kind = "segmented"
             return Fate(kind, hook, location=location, netns=netns, netns_label=label, iface=iface,
                         ifindex=ifindex)

@@ -64,6 +64,9 @@ def test_function_hops_in_path_order() -> None:
         pre = next(i for i, h in enumerate(query["hops"]) if h["nf_hook"] == "ipv4 PREROUTING" and h["netns"] == m)
         assert pre <= changed < hooks.index("net:netif_rx", pre), query["hops"]
         # the owner's name is the live tier's to check: under TCG the echo server may be gone before /proc is read
-        assert query["fate"]["kind"] == "delivered" and query["fate"]["netns"] == b
-        assert query["fate"]["owner"]["pid"] in (echo_pid, None)
+        if Path("/sys/kernel/tracing/events/sock/sk_data_ready").is_dir():
+            assert query["fate"]["kind"] == "delivered" and query["fate"]["netns"] == b
+            assert query["fate"]["owner"]["pid"] in (echo_pid, None)
+        else:  # no sock:sk_data_ready before 6.4: the last sight of a datagram read is its consume_skb, in B
+            assert query["fate"]["kind"] == "consumed" and query["fate"]["netns"] == b, query["fate"]
         assert ("br_forward", t.br, m, None) in functions(reply), functions(reply)

@@ -36,25 +36,6 @@ LEVEL_SYSCTLS = ("net.netfilter.nf_conntrack_count", "net.netfilter.nf_conntrack
                  "net.netfilter.nf_conntrack_buckets")
 
 
-# ------------------------------------------------- /proc/net parsers: the one place this module calls them
-# (the lead switches these four lines to netpath/kernel/procnet.py when that lands)
-
-def _parse_snmp(text: str) -> dict[str, int]:  # /proc/net/snmp and /proc/net/netstat
-    return procnet.parse_snmp(text)
-
-
-def _parse_snmp6(text: str) -> dict[str, int]:
-    return procnet.parse_snmp6(text)
-
-
-def _parse_conntrack(text: str) -> dict[str, int]:
-    return procnet.parse_conntrack_stats(text)
-
-
-def parse_sockstat(text: str) -> dict[str, int]:  # /proc/net/sockstat and sockstat6
-    return procnet.parse_sockstat(text)
-
-
 # ------------------------------------------------- one namespace, read from inside
 
 
@@ -73,11 +54,12 @@ def read_here(base: Path | None = None, sysctl_root: Path = Path("/proc/sys")
         base = Path("/proc/thread-self/net")
         if not base.exists():
             base = Path("/proc/net")
-    snmp = _parse_snmp(_text(base / "snmp")) | _parse_snmp(_text(base / "netstat"))
-    snmp |= _parse_snmp6(_text(base / "snmp6"))
-    conntrack = _parse_conntrack(_text(base / "stat" / "nf_conntrack"))  # empty: no nf_conntrack here
-    levels = parse_sockstat(_text(base / "sockstat"))
-    levels |= {k.replace("sockstat.", "sockstat6.", 1): v for k, v in parse_sockstat(_text(base / "sockstat6")).items()}
+    snmp = procnet.parse_snmp(_text(base / "snmp")) | procnet.parse_snmp(_text(base / "netstat"))
+    snmp |= procnet.parse_snmp6(_text(base / "snmp6"))
+    conntrack = procnet.parse_conntrack_stats(_text(base / "stat" / "nf_conntrack"))  # empty: no nf_conntrack here
+    levels = procnet.parse_sockstat(_text(base / "sockstat"))
+    levels |= {k.replace("sockstat.", "sockstat6.", 1): v
+               for k, v in procnet.parse_sockstat(_text(base / "sockstat6")).items()}
     for name, value in settings_mod.read_sysctls(LEVEL_SYSCTLS, sysctl_root).items():
         if value.isdigit():
             levels[name] = int(value)

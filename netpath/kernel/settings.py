@@ -258,13 +258,6 @@ def read_irq_affinity(irqs: Iterable[int], proc: Path = Path("/proc")) -> tuple[
 # ---------------------------------------------------------------- window counters
 
 
-# the /proc/net parsers live in kernel/procnet.py; these names stay for the readers written against them
-parse_snmp_all = procnet.parse_snmp
-parse_snmp6_all = procnet.parse_snmp6
-parse_sockstat = procnet.parse_sockstat
-parse_conntrack_stat = procnet.parse_conntrack_stats
-
-
 def parse_softnet_all(text: str) -> dict[int, dict[str, int]]:
     """/proc/net/softnet_stat -> cpu -> processed, dropped, time_squeeze (and flow_limit where present: backlog
     drops by the flow limit, also in dropped)."""
@@ -319,9 +312,9 @@ def read_window_raw_marked(ns: netns.Netns | None, mark: Callable[[], T], reuse_
     def inside() -> tuple[dict[str, int], dict[str, int], dict[str, int], T]:
         rx = _rx_packets(reuse_s)
         base = _proc_net()
-        snmp = parse_snmp_all(_text(base / "snmp")) | parse_snmp_all(_text(base / "netstat"))
-        snmp |= parse_snmp6_all(_text(base / "snmp6"))
-        conntrack = parse_conntrack_stat(_text(base / "stat" / "nf_conntrack"))
+        snmp = procnet.parse_snmp(_text(base / "snmp")) | procnet.parse_snmp(_text(base / "netstat"))
+        snmp |= procnet.parse_snmp6(_text(base / "snmp6"))
+        conntrack = procnet.parse_conntrack_stats(_text(base / "stat" / "nf_conntrack"))
         return snmp, conntrack, rx, mark()
 
     snmp, conntrack, rx, marked = netns.run_in(ns, inside)
@@ -404,7 +397,7 @@ def read_settings(ns: netns.Netns | None, ifaces: Iterable[str], sysctl_root: Pa
                 if text is not None:
                     tc[hook][iface] = count_tc_filters(text)
         base = _proc_net()
-        levels = parse_sockstat(_text(base / "sockstat"))
+        levels = procnet.parse_sockstat(_text(base / "sockstat"))
         return values, read_sockets(), nics, rules, tc, levels
 
     values, sockets, nics, rules, tc, levels = netns.run_in(ns, inside)

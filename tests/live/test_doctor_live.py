@@ -25,7 +25,8 @@ import pytest
 from netpath_testlib import COUNTING_RECEIVER, NetpathRun, VethPair, ip, veth_namespace
 
 from netpath.diagnose.rules import RULE_IDS
-from netpath.kernel.settings import parse_conntrack_stat, parse_snmp_all, parse_softnet_all
+from netpath.kernel.procnet import parse_conntrack_stats, parse_snmp
+from netpath.kernel.settings import parse_softnet_all
 
 RANK = {"info": 0, "warn": 1, "crit": 2}
 DURATION = "6"
@@ -37,7 +38,7 @@ def ns_cat(ns: str, *paths: str) -> str:
 
 
 def ns_snmp(ns: str) -> dict[str, int]:
-    return parse_snmp_all(ns_cat(ns, "/proc/net/snmp")) | parse_snmp_all(ns_cat(ns, "/proc/net/netstat"))
+    return parse_snmp(ns_cat(ns, "/proc/net/snmp")) | parse_snmp(ns_cat(ns, "/proc/net/netstat"))
 
 
 def ns_sysctl(ns: str, name: str) -> str:
@@ -346,7 +347,7 @@ def test_conntrack_full_is_crit_with_the_stat_counter_and_the_max() -> None:
         proc = in_ns(pair, ACCEPTS, pair.ns_addr, 5307)
         clients: list[socket.socket] = []
         try:
-            before = parse_conntrack_stat(ns_cat(pair.ns, "/proc/net/stat/nf_conntrack"))
+            before = parse_conntrack_stats(ns_cat(pair.ns, "/proc/net/stat/nf_conntrack"))
             doc = Doctor(pair, "--fail-on", "crit")
             # nf_conntrack_max is global (read-only in a child namespace) and each namespace counts its own
             # entries against it: lowered only for the two seconds the provocation takes
@@ -365,7 +366,7 @@ def test_conntrack_full_is_crit_with_the_stat_counter_and_the_max() -> None:
                     c.close()
                 top = Path("/proc/sys/net/netfilter/nf_conntrack_max").read_text().strip()
             rc, findings, _ = doc.finish()
-            after = parse_conntrack_stat(ns_cat(pair.ns, "/proc/net/stat/nf_conntrack"))
+            after = parse_conntrack_stats(ns_cat(pair.ns, "/proc/net/stat/nf_conntrack"))
         finally:
             for c in clients:
                 c.close()

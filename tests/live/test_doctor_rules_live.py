@@ -216,9 +216,9 @@ def test_conntrack_near_full_warns_before_refusing(tmp_path: Path) -> None:
             for c in clients:
                 c.close()
             stop(proc)
-    from netpath.kernel.settings import parse_conntrack_stat
+    from netpath.kernel.procnet import parse_conntrack_stats
 
-    assert parse_conntrack_stat(after)["drop"] == parse_conntrack_stat(before)["drop"]  # nothing refused
+    assert parse_conntrack_stats(after)["drop"] == parse_conntrack_stats(before)["drop"]  # nothing refused
     f = one(findings, "conntrack-near-full")
     nothing_else_above_info(findings, "conntrack-near-full")
     assert f["severity"] == "warn" and count >= 16

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from netpath.cli.main import cli, main
 from netpath.diagnose.rules import RULE_IDS, Observation, diagnose
-from netpath.kernel import settings
+from netpath.kernel import procnet, settings
 from netpath.model import Diagnosis, DropHealth, DropRow, DropSnapshot, Owner, SockInfo, Window
 from netpath.render import doctor_view, records
 
@@ -52,12 +52,12 @@ def test_ethtool_rings_and_features() -> None:
 
 
 def test_conntrack_stat_sums_cpus_and_keeps_entries_once() -> None:
-    got = settings.parse_conntrack_stat(CONNTRACK)
+    got = procnet.parse_conntrack_stats(CONNTRACK)
     assert got["entries"] == 8 and got["drop"] == 18 and got["early_drop"] == 1
 
 
 def test_snmp_all_fields_with_nstat_names() -> None:
-    got = settings.parse_snmp_all(SNMP)
+    got = procnet.parse_snmp(SNMP)
     assert got["IpReasmFails"] == 25 and got["UdpInCsumErrors"] == 33 and got["UdpNoPorts"] == 40
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from netpath import netns
 from netpath.collect import netns_counters as nc
+from netpath.kernel import procnet
 from netpath.model import NetnsCounters
 
 DATA = Path(__file__).parent / "data" / "netns-counters"
@@ -32,11 +33,11 @@ def test_read_here_names_every_counter_as_nstat_does() -> None:
 
 
 def test_sockstat_pairs() -> None:
-    got = nc.parse_sockstat("sockets: used 9\nTCP: inuse 3 orphan 0 tw 1 alloc 5 mem 7\nUDP: inuse 2 mem 4\n"
+    got = procnet.parse_sockstat("sockets: used 9\nTCP: inuse 3 orphan 0 tw 1 alloc 5 mem 7\nUDP: inuse 2 mem 4\n"
                             "FRAG: inuse 0 memory 0\n")
     assert got["sockstat.TCP.mem"] == 7 and got["sockstat.UDP.mem"] == 4 and got["sockstat.sockets.used"] == 9
     assert got["sockstat.TCP.tw"] == 1 and got["sockstat.FRAG.memory"] == 0
-    assert nc.parse_sockstat("garbage\nTCP: inuse\n") == {}
+    assert procnet.parse_sockstat("garbage\nTCP: inuse\n") == {}
 
 
 def test_conntrack_rows_are_summed_over_cpus() -> None:
@@ -45,7 +46,7 @@ def test_conntrack_rows_are_summed_over_cpus() -> None:
             "00000000 00000000\n"
             "00000005  00000000 00000000 00000000 00000001 00000000 00000000 00000000 00000000 0000000a "
             "00000000 00000004\n")
-    got = nc._parse_conntrack(text)
+    got = procnet.parse_conntrack_stats(text)
     assert got["invalid"] == 4 and got["insert_failed"] == 12 and got["early_drop"] == 4 and got["entries"] == 5
 
 

@@ -59,7 +59,7 @@ struct follow_ctx {
 	s32 rc;
 	u32 len;	/* the tracepoint's length when the skb may be gone (net_dev_xmit) */
 	u8 gone;	/* the skb may be freed already: only its address is used */
-	u8 stack;	/* send who called: a free with no skb tracepoint of its own */
+	u8 stack;	/* send who called: a free with no skb tracepoint of its own, or a consume */
 	void *ctx;
 	u8 fate;
 };
@@ -234,9 +234,7 @@ static __always_inline void follow_fill(struct follow_hop *h, struct np_flow *f,
 	__builtin_memcpy(h->daddr, f->daddr, sizeof(h->daddr));
 	if (c->stack)
 		bpf_get_stack(c->ctx, h->frames, sizeof(h->frames), 0);
-	if (c->fate != FATE_DELIVERED)
-		return;
-	if (c->sk) {	/* queued on a socket (softirq: the current task is anyone's) */
+	if (c->fate == FATE_DELIVERED && c->sk) {	/* queued on a socket (softirq: the current task is anyone's) */
 		struct drop_owner o = {};
 
 		drop_owner_of(c->skb, c->sk, &o);	/* bpf/drops_owner.c */
@@ -244,7 +242,14 @@ static __always_inline void follow_fill(struct follow_hop *h, struct np_flow *f,
 		h->cgroup = o.cgroup;
 		return;
 	}
-	h->pid = bpf_get_current_pid_tgid() >> 32;	/* a process reads it */
+	if (c->fate != FATE_DELIVERED && c->fate != FATE_CONSUMED)
+		return;
+	/*
+	 * A process reads it, or (consume_skb) may: a read frees a UDP datagram
+	 * in the reader's own context, a softirq frees others in whoever's it
+	 * interrupted. netpath tells them apart by the stack (frames).
+	 */
+	h->pid = bpf_get_current_pid_tgid() >> 32;
 	h->cgroup = bpf_get_current_cgroup_id();
 	bpf_get_current_comm(&h->comm, sizeof(h->comm));
 }
@@ -497,9 +502,10 @@ RAW_TRACEPOINT_PROBE(skb_copy_datagram_iovec)
 #endif
 
 #ifdef HOOK_FH_CONSUME
+/* freed, not dropped: by a read (before sk_data_ready existed, UDP's last sight), an answer, or a driver */
 RAW_TRACEPOINT_PROBE(consume_skb)
 {
-	struct follow_ctx c = { .skb = (void *)ctx->args[0], .fate = FATE_CONSUMED };
+	struct follow_ctx c = { .skb = (void *)ctx->args[0], .stack = 1, .ctx = ctx, .fate = FATE_CONSUMED };
 
 #if CONSUME_HAS_LOCATION	/* Linux 6.3+ */
 	c.location = ctx->args[1];

@@ -329,14 +329,14 @@ FOLLOW_NOT_SKB = {"xdp:xdp_redirect": "carries the XDP buffer, not an skb: no ad
 # (netpath tells it from `consumed` by the code location; the C never sends it)
 FOLLOW_FATES = ("in_flight", "delivered", "dropped", "sent", "gro_merged", "consumed", "freed", "untracked",
                 "segmented")
-FOLLOW_FRAMES = 6  # kernel stack frames a `freed` hop carries: who freed it, past the free functions
+FOLLOW_FRAMES = 8  # kernel stack frames a `freed` or `consumed` hop carries: who freed it, past the free functions
 # bpf/follow.c's own counters (enum follow_stat), then one hit counter per hook (FOLLOW_HOOKS order)
 FOLLOW_STATS = ("started", "table_full", "lost_hops", "hops_cut", "untracked")
 FOLLOW_SLOTS = 4096  # skbs followed at once (the followed hash); a start past it is counted in table_full
 FOLLOW_MAX_HOPS = 128  # hops sent per packet: a routing loop cannot fill the ring (past it: hops_cut)
 FOLLOW_MAX_DEFAULT = 10  # --count
 FOLLOW_MAX_LIMIT = 10_000_000
-FOLLOW_RING_BYTES = 1 << 19  # the hop ring: 4096 hops between two drains (every 0.1 s)
+FOLLOW_RING_BYTES = 1 << 19  # the hop ring: ~2400 hops (208 bytes each) between two drains (every 0.1 s)
 FOLLOW_HOP = Layout("follow_hop", (
     _f("id", "u64"), _f("skb", "u64"), _f("offset_ns", "u64"), _f("netns_cookie", "u64"), _f("location", "u64"),
     _f("cgroup", "u64"), _f("sk_ino", "u64"), _f("netns", "u32"), _f("ifindex", "u32"), _f("len", "u32"),
@@ -346,7 +346,8 @@ FOLLOW_HOP = Layout("follow_hop", (
     _f("frames", "u64", FOLLOW_FRAMES)),
     "one hop of a followed skb: offset_ns since the first hop, where (namespace cookie and inode, device), "
     "the headers read again here (family 0: not readable at this hook); fate ends the packet; delivered: "
-    "the socket's inode and cgroup (sk_data_ready) or the reading process (skb_copy_datagram_iovec)")
+    "the socket's inode and cgroup (sk_data_ready) or the reading process (skb_copy_datagram_iovec); "
+    "consumed: the current process too, and frames, to tell a read from a free in softirq")
 
 
 # socket_queue per reader (trace --per-socket): the reading process and its cgroup

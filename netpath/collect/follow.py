@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from netpath import bpf, contract, untrusted
 from netpath.collect import owners as owners_mod
@@ -33,6 +33,7 @@ from netpath.model import (
     FollowSnapshot,
     FollowStart,
     Hop,
+    Owner,
     Unavailable,
 )
 from netpath.query import Filters
@@ -45,6 +46,13 @@ GSO_FUNCTIONS = ("validate_xmit_skb", "__skb_gso_segment", "skb_gso_segment")
 # frames of a `freed` hop that say how, not who: the slab free, the skb free helpers, the BPF trampoline
 FREE_FRAMES = ("bpf_", "__bpf_", "bpf_trace_run", "__traceiter_", "kmem_cache_free", "kfree_skbmem", "__kfree_skb",
                "skb_release", "__slab_free", "0x", "_einittext", "kfree_skb_partial", "napi_skb_cache")
+# frames of a consume that say how, not who: the tracing machinery and consume_skb's own helpers
+CONSUME_FRAMES = ("BPF", "0x", "bpf_", "__bpf_", "bpf_trace_run", "__traceiter_", "consume_skb",
+                  "__consume_stateless_skb")
+# who frees a datagram once a process has read it (net/ipv4/udp.c skb_consume_udp from udp_recvmsg and
+# udpv6_recvmsg; net/core/datagram.c skb_free_datagram from raw, ping and packet sockets' recvmsg): a consume
+# there is a read in the reader's own context, where a softirq's free would show its own callers first
+READ_FUNCTIONS = frozenset(("skb_consume_udp", "udp_recvmsg", "udpv6_recvmsg", "skb_free_datagram"))
 L4_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp"}
 # the receiving socket's owner (bpf/drops_owner.c) and its receive queue's tail (sk_data_ready)
 OWNER_FIELDS = ("OFF_SK_STATE", "OFF_SK_SOCKET", "OFF_SK_CGROUP", "OFF_CGROUP_KN", "OFF_KN_ID", "OFF_SOCKET_INODE",
@@ -227,18 +235,16 @@ class PacketBuilder:
             return Fate(kind, hook, reason, code, self.facts.kallsyms.symbolize(end.location), netns, label, iface,
                         ifindex)
         if kind == "delivered":
-            owner = None
-            if self.owners is not None and end.sk_ino:  # queued on a socket: whoever holds it
-                owner = self.owners.of_socket(end.sk_ino, end.cgroup, end.netns or None)
-            elif self.owners is not None:  # read by a process
-                owner = self.owners.of_reader(end.pid, end.cgroup)
-            if owner is not None and owner.comm is None and end.comm.strip(b"\0"):
-                owner = type(owner)(owner.sock, owner.pid, untrusted.comm(end.comm), owner.cgroup, owner.container)
-            return Fate(kind, hook, netns=netns, netns_label=label, iface=iface, ifindex=ifindex, owner=owner)
+            return Fate(kind, hook, netns=netns, netns_label=label, iface=iface, ifindex=ifindex,
+                        owner=self._owner(end))
         if kind == "consumed":
             sent = self._sent_by(hops[:-1] if hops and hops[-1].hook == "skb:consume_skb" else hops)
             if sent is not None:
                 return sent
+            read = self._read_by(end)
+            if read is not None:  # a process's read freed it: delivered to that process (no sk_data_ready)
+                return Fate("delivered", hook, location=read, netns=netns, netns_label=label, iface=iface,
+                            ifindex=ifindex, owner=self._owner(end))
             location = self.facts.kallsyms.symbolize(end.location) if end.location else None  # none before 6.3
             if location is not None and location.startswith(GSO_FUNCTIONS):
                 kind = "segmented"
@@ -247,6 +253,34 @@ class PacketBuilder:
         if kind == "freed":
             return Fate(kind, hook, location=self._freed_by(end), netns=netns, netns_label=label)
         return Fate(kind, hook, netns=netns, netns_label=label, iface=iface, ifindex=ifindex)
+
+    def _owner(self, end: _Raw) -> Owner | None:
+        """Who it was delivered to: the socket's holder when it was queued, else the process that read it."""
+        owner = None
+        if self.owners is not None and end.sk_ino:  # queued on a socket: whoever holds it
+            owner = self.owners.of_socket(end.sk_ino, end.cgroup, end.netns or None)
+        elif self.owners is not None:  # read by a process
+            owner = self.owners.of_reader(end.pid, end.cgroup)
+        if owner is not None and owner.comm is None and end.comm.strip(b"\0"):
+            owner = replace(owner, comm=untrusted.comm(end.comm))
+        return owner
+
+    def _read_by(self, end: _Raw) -> str | None:
+        """The read function (func+0xoff) when a consume was a process reading the datagram, else None.
+
+        The first frame past the tracing machinery and consume_skb's helpers is who consumed it: a read
+        function only in the reader's own context (a softirq that interrupts a read shows its own callers
+        first), so the pid, comm and cgroup the hop carries are the reader's."""
+        if not end.pid:
+            return None
+        for addr in end.frames:
+            if not addr:
+                return None
+            sym = self.facts.kallsyms.frame(addr)
+            if sym.startswith(CONSUME_FRAMES):
+                continue
+            return sym if sym.split("+")[0].split(".")[0] in READ_FUNCTIONS else None
+        return None
 
     def _freed_by(self, end: _Raw) -> str:
         """Who freed it: the first frame past the free functions and the tracing machinery."""

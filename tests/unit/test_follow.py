@@ -79,14 +79,14 @@ def test_no_entry_hook_is_an_environment_error(tmp_path):
 def hop(id_: int, hook: str, offset: int, *, fate: str = "in_flight", saddr: str | None = "10.0.0.1",
         daddr: str = "10.9.0.53", sport: int = 4000, dport: int = 53, ifindex: int = 4, netns: int = 77,
         cookie: int = 0, reason: int = 0, location: int = 0, sk_ino: int = 0, pid: int = 0, rc: int = 0,
-        length: int = 36) -> bytes:
+        length: int = 36, comm: bytes = b"", frames: tuple[int, ...] = ()) -> bytes:
     family = 4 if saddr else 0
     raw_s = ipaddress.ip_address(saddr).packed.ljust(16, b"\0") if saddr else bytes(16)
     raw_d = ipaddress.ip_address(daddr).packed.ljust(16, b"\0") if saddr else bytes(16)
     return contract.FOLLOW_HOP.fmt.pack(
         id_, 0xFFFF888000001000 + id_, offset, cookie, location, 0, sk_ino, netns, ifindex, length, 1, reason, pid, rc,
         HOOK[hook], FATE[fate], family, raw_s, raw_d, sport if saddr else 0, dport if saddr else 0, 0x0800,
-        17 if saddr else 0, 0, b"\0" * 16, *([0] * contract.FOLLOW_FRAMES))
+        17 if saddr else 0, 0, comm.ljust(16, b"\0"), *frames, *([0] * (contract.FOLLOW_FRAMES - len(frames))))
 
 
 def stats(started: int = 0, untracked: int = 0, hits: int = 0) -> bytes:
@@ -193,3 +193,43 @@ def test_function_hops_say_why_not_here_and_which_symbol_elsewhere(follow_facts,
     assert "no such symbol in kallsyms" in {u.hook: u.reason for u in missing}["br_forward"]
     assert follow_mod.nf_hook_name(2 << 8 | 0) == "ipv4 PREROUTING"
     assert follow_mod.nf_hook_name(7 << 8 | 1) == "bridge 1"
+
+
+# a 6.1-like kernel's text: the tracing machinery, consume_skb's helpers, a UDP read and a softirq's callers
+READ_KALLSYMS = """\
+ffffffff81100000 T bpf_trace_run1
+ffffffff81100400 t __bpf_trace_consume_skb
+ffffffff81200000 T __consume_stateless_skb
+ffffffff81200400 T consume_skb
+ffffffff81300000 T skb_consume_udp
+ffffffff81300400 T udp_recvmsg
+ffffffff81300800 T icmp_rcv
+ffffffff81300c00 T ip_protocol_deliver_rcu
+"""
+
+
+def test_a_consume_in_a_read_is_delivered_to_the_reader_and_a_softirq_free_is_not(session, monkeypatch, tmp_path):
+    """Before sock:sk_data_ready (6.4) a UDP read's consume is the datagram's last sight: delivered to the
+    reader the hop names, when the stack says a read freed it; a softirq's consume stays consumed even when
+    it interrupted a read."""
+    s, prog = session
+    root = make_root(tmp_path / "k61", "6.1.0", (DATA / "kfree_skb-6.18.format").read_text(), True)
+    (root / "proc/kallsyms").write_text(READ_KALLSYMS)
+    s._builder.facts = KernelFacts.load(root)
+    monkeypatch.setattr(OwnerResolver, "of_reader", lambda _self, pid, cg: Owner(None, pid or None, None, "/app"))
+    machinery = (0xFFFFFFFF81100010, 0xFFFFFFFF81100410, 0xFFFFFFFF81200010)
+    prog.send("hops", hop(1, "net:netif_receive_skb", 0))
+    prog.send("hops", hop(1, "skb:consume_skb", 900, fate="consumed", pid=555, comm=b"echo",
+                          frames=(*machinery, 0xFFFFFFFF81300020, 0xFFFFFFFF81300420)))
+    prog.send("hops", hop(2, "net:netif_receive_skb", 0, dport=7))
+    prog.send("hops", hop(2, "skb:consume_skb", 900, fate="consumed", pid=555, comm=b"echo", dport=7,
+                          frames=(0xFFFFFFFF81100010, 0xFFFFFFFF81200410, 0xFFFFFFFF81300810, 0xFFFFFFFF81300c10,
+                                  0xFFFFFFFF81300420)))
+    s.wait(0)
+    read, answered = s.events()
+    assert (read.fate.kind, read.fate.hook, read.fate.location) == (
+        "delivered", "skb:consume_skb", "skb_consume_udp+0x20")
+    assert read.fate.owner == Owner(None, 555, "echo", "/app")
+    assert records.packet(read)["fate"]["owner"]["pid"] == 555
+    assert "delivered to" in follow_view.fate_text(read.fate) and "555" in follow_view.fate_text(read.fate)
+    assert (answered.fate.kind, answered.fate.owner) == ("consumed", None)

@@ -10,6 +10,7 @@ track, which go on untracked (a rule matching ctstate INVALID may then drop them
 
 from __future__ import annotations
 
+from netpath.diagnose.nic import xdp_part
 from netpath.diagnose.observe import Observation, by_iface, knob, ns_where
 from netpath.model import Counter, Evidence, Finding, FindingWhere, Knob
 
@@ -151,12 +152,18 @@ def xdp_drop(obs: Observation) -> list[Finding]:
     for iface, counters in sorted(by_dev.items()):
         n = sum(c.count for c in counters)
         errors = any(c.name == "xdp_exception" for c in counters)
+        evidence = [Evidence(f"XDP {c.name}", c.count, c.name if c.name.startswith("kfree_skb")
+                             else f"{'tracepoint xdp:xdp_exception' if c.name == 'xdp_exception' else 'ethtool -S'} "
+                             f"{c.name}") for c in counters]
+        for c in obs.counters("ethtool"):  # the driver's own drop counter that counts them again (virtio_net)
+            part, name = xdp_part(obs, c)
+            if c.iface == iface and part:
+                evidence.append(Evidence(f"of the driver's {c.name}, the {name} it also counts there", part,
+                                         f"ethtool -S {c.name}"))
         out.append(Finding(
             "xdp-drop", "warn" if errors else obs.grade("policy", n, obs.received(iface)),
             f"the XDP program on {iface} drops packets" + (" (XDP errors)" if errors else ""),
-            tuple(Evidence(f"XDP {c.name}", c.count, c.name if c.name.startswith("kfree_skb")
-                           else f"{'tracepoint xdp:xdp_exception' if c.name == 'xdp_exception' else 'ethtool -S'} "
-                           f"{c.name}") for c in counters),
+            tuple(evidence),
             FindingWhere(**ns_where(obs, iface=iface)),  # type: ignore[arg-type]
             (Knob(f"ip link show dev {iface} (xdp)", "attached", "check the program's verdicts; an aborted or "
                   "errored program drops everything it cannot handle"),),

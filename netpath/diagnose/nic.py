@@ -84,28 +84,33 @@ def classify(driver: str | None, name: str) -> DriverCounter | None:
     return None
 
 
-# Drivers whose receive-drop counter also counts what their XDP program dropped: virtio_net's
-# receive_small and receive_mergeable (drivers/net/virtio_net.c, 6.1 and 6.12 alike) send an
-# XDP_DROP or XDP_ABORTED verdict to err_xdp, which counts rq stats xdp_drops and falls through to the
-# error path that counts drops: the same packet in both. Those are xdp-drop's, not a ring's.
-# driver -> (drop counter regex, the same queue's XDP drop counter as a re.Match.expand template)
-XDP_ALSO_COUNTED: dict[str, tuple[tuple[str, str], ...]] = {
-    "virtio_net": ((r"^rx(\d+)_drops$", r"rx\1_xdp_drops"), (r"^rx_queue_(\d+)_drops$", r"rx_queue_\1_xdp_drops")),
+# Drivers whose receive-drop counters also count what their XDP program dropped: virtio_net's
+# receive_small and receive_mergeable (drivers/net/virtio_net.c, 6.1 and 6.12 alike) send an XDP_DROP or
+# XDP_ABORTED verdict to err_xdp, which counts the queue's xdp_drops and falls through to the error path
+# that counts its drops: the same packet in both; virtnet_stats then adds every queue's drops to the
+# link's rx_dropped (ndo_get_stats64). Those are xdp-drop's, not a ring's or an unexplained drop.
+# driver -> ((source, drop counter regex, the XDP counter: a re.Match.expand template of the same queue's,
+# or a regex of every queue's), ...)
+XDP_ALSO_COUNTED: dict[str, tuple[tuple[str, str, str], ...]] = {
+    "virtio_net": (("ethtool", r"^rx(\d+)_drops$", r"rx\1_xdp_drops"),
+                   ("ethtool", r"^rx_queue_(\d+)_drops$", r"rx_queue_\1_xdp_drops"),
+                   ("link", r"^rx_dropped$", r"^rx\d+_xdp_drops$|^rx_queue_\d+_xdp_drops$")),
 }
 
 
 def xdp_part(obs: Observation, c: Counter) -> tuple[int, str | None]:
-    """How much of a driver drop counter is XDP drops the driver also counts there, and that XDP counter's
+    """How much of a driver drop counter is XDP drops the driver also counts there, and the XDP counter's
     name ((0, None) for drivers that count them apart)."""
-    if c.source != "ethtool":
-        return 0, None
     nic = obs.settings.nic(c.iface)
-    for pattern, template in XDP_ALSO_COUNTED.get((nic.driver if nic else None) or "", ()):
-        m = re.match(pattern, c.name)
-        if m:
-            name = m.expand(template)
-            xdp = sum(x.count for x in obs.counters("xdp", (name,)) if x.iface == c.iface)
-            return min(xdp, c.count), name
+    for source, pattern, xdp in XDP_ALSO_COUNTED.get((nic.driver if nic else None) or "", ()):
+        m = re.match(pattern, c.name) if c.source == source else None
+        if m is None:
+            continue
+        mine = [x for x in obs.counters("xdp") if x.iface == c.iface]
+        if xdp.startswith("^"):  # every queue's
+            return min(sum(x.count for x in mine if re.match(xdp, x.name)), c.count), "xdp_drops"
+        name = m.expand(xdp)
+        return min(sum(x.count for x in mine if x.name == name), c.count), name
     return 0, None
 
 

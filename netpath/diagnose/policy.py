@@ -155,11 +155,13 @@ def xdp_drop(obs: Observation) -> list[Finding]:
         evidence = [Evidence(f"XDP {c.name}", c.count, c.name if c.name.startswith("kfree_skb")
                              else f"{'tracepoint xdp:xdp_exception' if c.name == 'xdp_exception' else 'ethtool -S'} "
                              f"{c.name}") for c in counters]
-        for c in obs.counters("ethtool"):  # the driver's own drop counter that counts them again (virtio_net)
+        # the driver's own drop counters that count them again (virtio_net: rxN_drops, the link's rx_dropped)
+        for c in obs.counters("ethtool") + obs.counters("link", ("rx_dropped",)):
             part, name = xdp_part(obs, c)
             if c.iface == iface and part:
                 evidence.append(Evidence(f"of the driver's {c.name}, the {name} it also counts there", part,
-                                         f"ethtool -S {c.name}"))
+                                         f"ethtool -S {c.name}" if c.source == "ethtool"
+                                         else f"ip -s link {c.name}"))
         out.append(Finding(
             "xdp-drop", "warn" if errors else obs.grade("policy", n, obs.received(iface)),
             f"the XDP program on {iface} drops packets" + (" (XDP errors)" if errors else ""),

@@ -82,7 +82,7 @@ RULES: tuple[Rule, ...] = (
     Rule("nic-ring-overrun", nic.nic_ring_overrun, "link rx_missed/rx_fifo/rx_over, netdev qstats hw drops, or "
          "the driver's own ring/port/policer counters (ethtool -S, a table per driver) grew",
          "ethtool -G IFACE rx, ethtool -L, the cloud allowance", _LOSS, (),
-         ("link:rx_missed", "link:rx_fifo", "link:rx_over", "qstats:*", "ethtool:*")),
+         ("link:rx_missed", "link:rx_fifo", "link:rx_over", "link:rx_dropped", "qstats:*", "ethtool:*")),
     Rule("link-errors", nic.link_errors, "link rx_crc_errors, rx_frame_errors, rx_length_errors or carrier "
          "changes grew", "the cable, optic, speed/duplex (ethtool IFACE)",
          "damage policy (severity.py); warn for carrier changes alone", (),

@@ -102,10 +102,18 @@ def tcp_syn(src: str, dst: str, sport: int, dport: int) -> bytes:
     return ipv4_packet(src, dst, 6, tcp, ident=sport)
 
 
+def syn_recv(ns: str, port: int) -> int:
+    """Half-open requests at a listener's port, as ss lists them (sock_diag's SYN_RECV dump)."""
+    out = subprocess.run(["ip", "netns", "exec", ns, "ss", "-Htn", "state", "syn-recv", "sport", "=", f":{port}"],
+                         capture_output=True, text=True, check=True).stdout
+    return len([line for line in out.splitlines() if line.strip()])
+
+
 def test_syn_queue_overflow_equals_tcpreqqfulldrop(tmp_path: Path) -> None:
     """SYNs from a source whose SYN-ACKs go nowhere (a neighbour entry with a MAC nobody has: the host's
     veth drops them as PACKET_OTHERHOST, nothing leaves the host) fill the SYN queue of a listen(8)
-    socket; with syncookies off the rest are dropped (TCPReqQFullDrop)."""
+    socket; with syncookies off the rest are dropped (TCPReqQFullDrop). A second, idle listener in the
+    namespace: the finding names the one whose SYN queue is full (its requests, from sock_diag)."""
     port = 5320
     with veth_namespace("npsq") as pair, sysctl("net.ipv4.tcp_syncookies", "0", pair.ns):
         n = int(pair.ns_addr.split(".")[2])
@@ -114,13 +122,16 @@ def test_syn_queue_overflow_equals_tcpreqqfulldrop(tmp_path: Path) -> None:
         ip("-n", pair.ns, "neigh", "replace", spoofed, "lladdr", "02:00:00:00:00:99", "dev", pair.ns_if,
            "nud", "permanent")
         proc = in_ns(pair, LISTEN8, pair.ns_addr, port)
+        idle = in_ns(pair, LISTEN8, pair.ns_addr, port + 1)
         try:
             before = ns_snmp(pair.ns)
             doc = SavedDoctor(pair, "syn-queue-overflow", tmp_path)
             send_raw(pair.ns_addr, [tcp_syn(spoofed, pair.ns_addr, 20000 + i, port) for i in range(40)])
             findings = doc.finish()
+            queued = syn_recv(pair.ns, port)  # the requests wait ~1 min for their SYN-ACK retransmits
             after = ns_snmp(pair.ns)
         finally:
+            stop(idle)
             stop(proc)
     full_drop = delta(before, after, "TcpExtTCPReqQFullDrop")
     assert full_drop >= 30  # 40 SYNs at a queue of 8 or 9
@@ -131,7 +142,10 @@ def test_syn_queue_overflow_equals_tcpreqqfulldrop(tmp_path: Path) -> None:
     assert evidence(f, "nstat TcpExtListenDrops - TcpExtListenOverflows") == (
         delta(before, after, "TcpExtListenDrops") - delta(before, after, "TcpExtListenOverflows"))
     assert knob(f, "net.ipv4.tcp_syncookies") == "0" and knob(f, "listen() backlog") == "8"
-    assert f["where"]["lport"] == port
+    assert f["where"]["lport"] == port and f["where"]["pid"] == proc.pid
+    assert queued >= 8
+    assert evidence(f, "sock_diag SYN_RECV requests (ss -tn state syn-recv)") == queued
+    assert evidence(f, "sock_diag idiag_wqueue") == 8
 
 
 # ---------------------------------------------------------------- tcp-rcvq-drop

@@ -219,6 +219,23 @@ def test_syncookies_answering_a_full_syn_queue_is_info() -> None:
     assert syn.severity == "info" and syn.where.lport == 443 and knobs(syn)["listen() backlog"] == "128"
 
 
+def test_syn_queue_overflow_names_the_listener_whose_syn_queue_is_full() -> None:
+    """Of several listeners, the one sock_diag's SYN_RECV dump shows full (requests >= backlog) is named, with
+    its queue; the counters alone cannot say which (they are per namespace)."""
+    web = SocketState("tcp", 4, "0.0.0.0", 443, 7010, True, 0, 8)
+    api = SocketState("tcp", 4, "10.1.0.2", 8443, 7011, True, 0, 128)
+    win = Window(snmp={"TcpExtTCPReqQFullDrop": 32, "TcpExtListenDrops": 32})
+    settings = replace(SETTINGS, sockets=(api, web), syn_queues=(("10.1.0.2", 443, 8), ("10.1.0.2", 8443, 3)))
+    syn = only(diagnose(obs(window=win, settings=settings)), "syn-queue-overflow")
+    assert (syn.where.laddr, syn.where.lport) == ("0.0.0.0", 443) and knobs(syn)["listen() backlog"] == "8"
+    assert ev(syn, "sock_diag SYN_RECV requests (ss -tn state syn-recv)") == 8
+    assert ev(syn, "sock_diag idiag_wqueue") == 8
+    # no queue full at the end (the requests expired): with several listeners none is guessed
+    quiet = replace(settings, syn_queues=(("10.1.0.2", 8443, 3),))
+    syn = only(diagnose(obs(window=win, settings=quiet)), "syn-queue-overflow")
+    assert syn.where.lport is None and knobs(syn)["listen() backlog"] is None
+
+
 # ---------------------------------------------------------------- netfilter vs conntrack
 
 

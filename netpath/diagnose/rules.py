@@ -72,7 +72,8 @@ RULES: tuple[Rule, ...] = (
          "net.netfilter.nf_conntrack_max, net.netfilter.nf_conntrack_buckets", "warn"),
     Rule("conntrack-insert-failed", policy.conntrack_insert_failed, "/proc/net/stat/nf_conntrack insert_failed "
          "or chaintoolong grew", "SNAT/MASQUERADE --random-fully, net.netfilter.nf_conntrack_buckets",
-         "refused policy (severity.py)", ("NETFILTER_DROP",), ("conntrack:insert_failed", "conntrack:chaintoolong")),
+         "refused policy (severity.py)", ("NETFILTER_DROP",),
+         ("conntrack:insert_failed", "conntrack:chaintoolong", "conntrack:drop")),
     Rule("backlog-overflow", cpu.backlog_overflow, "kfree_skb CPU_BACKLOG drops or softnet_stat dropped grew "
          "(flow-limit drops told apart)", "net.core.netdev_max_backlog, net.core.flow_limit_cpu_bitmap, "
          "net.core.flow_limit_table_len", _LOSS, ("CPU_BACKLOG",), ("softnet:dropped", "link:rx_dropped")),

@@ -240,6 +240,71 @@ def test_conntrack_near_full_warns_before_refusing(tmp_path: Path) -> None:
     assert evidence(f, "sysctl net.netfilter.nf_conntrack_max") == CT_MAX
 
 
+# ---------------------------------------------------------------- conntrack-insert-failed
+
+CLASH = r"""
+import socket, sys
+dst, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+first = socket.create_connection((dst, port), timeout=5)  # holds the SNAT rule's only port
+print("ready", flush=True)
+sys.stdin.readline()
+for _ in range(n):  # each SYN is NATed onto the same port, and its entry cannot be inserted
+    s = socket.socket()
+    s.settimeout(0.4)  # under the 1 s first retransmit: one SYN per attempt
+    try:
+        s.connect((dst, port))
+        print("connected", flush=True)
+    except OSError:
+        pass
+    s.close()
+print("done", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_nat_port_clash_is_conntrack_insert_failed_equal_to_its_counter(tmp_path: Path) -> None:
+    """SNAT onto a single port (--to-source ADDR:40000) with one connection holding it: the next connection's
+    SYN is NATed onto the same port anyway (nf_nat_l4proto_unique_tuple returns the last port it tried when
+    every one is taken), its entry's reply tuple clashes at __nf_conntrack_confirm, nf_ct_resolve_clash cannot
+    resolve it for TCP and the SYN is dropped: insert_failed and drop count it, the table is not full."""
+    port, attempts = 5323, 5
+    with veth_namespace("npci") as pair:
+        srv = socket.socket()
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.bind((pair.host_addr, port))
+        srv.listen(16)
+        nat = pair.ns_exec("iptables", "-t", "nat", "-A", "POSTROUTING", "-o", pair.ns_if, "-p", "tcp", "-d",
+                           pair.host_addr, "--dport", str(port), "-j", "SNAT", "--to-source", f"{pair.ns_addr}:40000")
+        assert nat.returncode == 0, nat.stderr
+        proc = in_ns(pair, CLASH, pair.host_addr, port, attempts)
+        try:
+            held = srv.accept()[0]
+            before = ns_cat(pair.ns, "/proc/net/stat/nf_conntrack")
+            doc = SavedDoctor(pair, "conntrack-insert-failed", tmp_path)
+            assert proc.stdin is not None and proc.stdout is not None
+            proc.stdin.write("\n")
+            proc.stdin.flush()
+            assert proc.stdout.readline().strip() == "done"  # not one connected
+            findings = doc.finish()
+            after = ns_cat(pair.ns, "/proc/net/stat/nf_conntrack")
+            held.close()
+        finally:
+            stop(proc)
+            srv.close()
+    from netpath.kernel.procnet import parse_conntrack_stats
+
+    b, a = parse_conntrack_stats(before), parse_conntrack_stats(after)
+    failed = a["insert_failed"] - b["insert_failed"]
+    assert failed == attempts and a["drop"] - b["drop"] == attempts  # the clash is counted in both
+    f = one(findings, "conntrack-insert-failed")
+    nothing_else_above_info(findings, "conntrack-insert-failed")
+    assert not [x for x in findings if x["id"] in ("conntrack-full", "netfilter-drop")]
+    assert f["severity"] in ("warn", "crit")
+    assert evidence(f, "/proc/net/stat/nf_conntrack insert_failed") == failed
+    assert evidence(f, "/proc/net/stat/nf_conntrack insert_failed - chainlength") == failed
+    assert evidence(f, "/proc/net/stat/nf_conntrack chainlength") == a["chaintoolong"] - b["chaintoolong"] == 0
+
+
 # ---------------------------------------------------------------- proto-mem-pressure
 
 HUGE = r"""

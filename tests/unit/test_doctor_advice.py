@@ -239,6 +239,24 @@ def test_syn_queue_overflow_names_the_listener_whose_syn_queue_is_full() -> None
 # ---------------------------------------------------------------- netfilter vs conntrack
 
 
+def test_a_nat_port_clash_is_conntrack_insert_failed_not_a_full_table() -> None:
+    """nf_ct_resolve_clash counts an unresolvable clash in drop and insert_failed; __nf_conntrack_confirm
+    counts a chain too long in chaintoolong and insert_failed: each refused packet once, the table not full.
+    The numbers of the live NAT clash (tests/live/test_doctor_rules_live.py): 3 SYNs, 3 and 3."""
+    clash = Window(conntrack={"drop": 3, "insert_failed": 3})
+    found = diagnose(obs(row("NETFILTER_DROP", 3, proto="tcp"), window=clash))
+    assert [f.id for f in found] == ["conntrack-insert-failed"]
+    f = found[0]
+    assert ev(f, "/proc/net/stat/nf_conntrack insert_failed") == 3
+    assert ev(f, "/proc/net/stat/nf_conntrack insert_failed - chainlength") == 3
+    # a full table besides: its share of drop is what the clashes leave
+    both = Window(conntrack={"drop": 10, "insert_failed": 5, "chaintoolong": 2})
+    found = diagnose(obs(row("NETFILTER_DROP", 12, proto="tcp"), window=both))
+    assert sorted(f.id for f in found) == ["conntrack-full", "conntrack-insert-failed"]
+    assert ev(only(found, "conntrack-full"), "/proc/net/stat/nf_conntrack drop - (insert_failed - chainlength)") == 7
+    assert ev(only(found, "conntrack-insert-failed"), "/proc/net/stat/nf_conntrack chainlength") == 2
+
+
 def test_netfilter_drop_leaves_conntrack_refusals_to_conntrack_and_keeps_early_drop() -> None:
     """early_drop evicts an entry and drops no packet: it is not subtracted (it was before issue 31)."""
     win = Window(conntrack={"early_drop": 500, "insert_failed": 4, "invalid": 6}, rx_packets={"nn0": 10_000})

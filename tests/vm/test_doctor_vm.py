@@ -175,6 +175,8 @@ def test_napi_budget_squeeze_equals_softnet_time_squeeze(window: dict[str, Any])
     on_time = sum(max(s - p // BUDGET, 0) for s, p in zip(squeeze, processed, strict=True))
     assert _evidence(f, "time_squeeze - processed / netdev_budget, per CPU") == on_time
     assert _knob(f, "net.core.netdev_budget") == str(BUDGET)
+    # each NAPI poll may take its weight (64) whatever is left of netdev_budget: with 4 the budget binds
+    assert "packet budget exhausted" in f["title"] and f["knobs"][0]["name"] == "net.core.netdev_budget"
 
 
 def test_rx_imbalance_equals_softnet_processed(window: dict[str, Any]) -> None:

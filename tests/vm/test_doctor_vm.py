@@ -11,9 +11,10 @@ One doctor window (`netpath doctor --netns B`, stopped with SIGINT once the traf
   deferred to ksoftirqd wait behind the busy loop; its runs equal /proc/softirqs NET_RX).
 
 nic-ring-overrun cannot be provoked here: virtio-net's guest driver has no counter for a full receive
-ring. With no free descriptor the frame stays with the device (qemu's virtio_net_receive returns 0 and the
-hub queues it, stalling the sender), so nothing is lost that the guest could count; the driver's rxN_drops
-counts only packets it failed to build (and, see below, XDP's drops). What is tested instead is the half
+ring. With no free descriptor the device cannot place the frame: qemu's virtio-net says it cannot receive
+and qemu's net layer queues the frame (flow-controlling the sending NIC) or drops it on the host's side,
+where the guest sees nothing; the driver's rxN_drops counts only packets it failed to build (and, see
+below, XDP's drops). What is tested instead is the half
 a real host gets wrong: virtio_net counts every XDP drop in rxN_drops too (drivers/net/virtio_net.c:
 err_xdp counts xdp_drops and falls through to drops++), and doctor must not call those a ring overrun.
 """

@@ -22,6 +22,8 @@ err_xdp counts xdp_drops and falls through to drops++), and doctor must not call
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 import time
@@ -112,6 +114,12 @@ def window(nics: vmlab.RealNics, tmp_path_factory: pytest.TempPathFactory) -> It
             f"{e['value']} = {e['counter']}" for e in f["evidence"]))
     assert replay.returncode == rc, replay.stderr
     assert [json.loads(x) for x in replay.stdout.splitlines() if '"finding"' in x] == findings
+    corpus = os.environ.get("NETPATH_DOCTOR_CORPUS")  # as the live tier's: tests/unit/data/doctor-windows
+    if corpus:
+        case = f"virtio-nic-{os.uname().release.split('.', 2)[0]}.{os.uname().release.split('.', 2)[1]}"
+        shutil.copyfile(saved, Path(corpus) / f"{case}.window.json")
+        (Path(corpus) / f"{case}.findings.jsonl").write_text(
+            "".join(json.dumps(f, sort_keys=True) + "\n" for f in findings))
     yield {"findings": findings, "before": before, "after": after}
 
 

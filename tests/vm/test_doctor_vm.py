@@ -84,6 +84,7 @@ def window(nics: vmlab.RealNics, tmp_path_factory: pytest.TempPathFactory) -> It
     vmlab.send_udp(p, p.b, p.addr_a, FLOOD_PORT, 3)
     vmlab.attach_rx_programs(p, p.b, p.if_b, DROP_PORT, ABORT_PORT)
     hog: subprocess.Popen[bytes] | None = None
+    run: NetpathRun | None = None
     try:
         run = NetpathRun(["doctor", "--netns", p.b, "--duration", "900", "--json", "--save", str(saved)])
         run.wait_start(timeout=400)  # TCG: two programs to compile
@@ -106,6 +107,9 @@ def window(nics: vmlab.RealNics, tmp_path_factory: pytest.TempPathFactory) -> It
     finally:
         if hog is not None and hog.poll() is None:
             hog.kill()
+        if run is not None and run.proc.poll() is None:  # a failure above: no doctor left behind
+            run.proc.kill()
+            run.proc.wait()
         budget.write_text(old_budget)
         vmlab.detach_rx_programs(p, p.b, p.if_b)
     findings = [r for r in records if r["type"] == "finding"]

@@ -416,6 +416,8 @@ class Settings:
     tc_egress: dict[str, int] = field(default_factory=dict)  # iface -> tc filters on its egress hook
     # levels read at the end: sockstat ("sockstat.UDP.mem", pages), conntrack entries
     levels: dict[str, int] = field(default_factory=dict)
+    # TCP listeners' SYN queues at the end: (local address, port, half-open requests), from sock_diag
+    syn_queues: tuple[tuple[str, int, int], ...] = ()
 
     def sysctl(self, name: str) -> str | None:
         return self.sysctls.get(name)

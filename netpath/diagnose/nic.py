@@ -12,7 +12,7 @@ or "no buffer".
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from netpath.diagnose.observe import Observation, knob, ns_where
 from netpath.model import Counter, Evidence, Finding, FindingWhere, Knob, NicSettings
@@ -84,15 +84,55 @@ def classify(driver: str | None, name: str) -> DriverCounter | None:
     return None
 
 
+# Drivers whose receive-drop counters also count what their XDP program dropped: virtio_net's
+# receive_small and receive_mergeable (drivers/net/virtio_net.c, 6.1 and 6.12 alike) send an XDP_DROP or
+# XDP_ABORTED verdict to err_xdp, which counts the queue's xdp_drops and falls through to the error path
+# that counts its drops: the same packet in both; virtnet_stats then adds every queue's drops to the
+# link's rx_dropped (ndo_get_stats64). Those are xdp-drop's, not a ring's or an unexplained drop.
+# driver -> ((source, drop counter regex, the XDP counter: a re.Match.expand template of the same queue's,
+# or a regex of every queue's), ...)
+XDP_ALSO_COUNTED: dict[str, tuple[tuple[str, str, str], ...]] = {
+    "virtio_net": (("ethtool", r"^rx(\d+)_drops$", r"rx\1_xdp_drops"),
+                   ("ethtool", r"^rx_queue_(\d+)_drops$", r"rx_queue_\1_xdp_drops"),
+                   ("link", r"^rx_dropped$", r"^rx\d+_xdp_drops$|^rx_queue_\d+_xdp_drops$")),
+}
+
+
+def xdp_part(obs: Observation, c: Counter) -> tuple[int, str | None]:
+    """How much of a driver drop counter is XDP drops the driver also counts there, and the XDP counter's
+    name ((0, None) for drivers that count them apart)."""
+    nic = obs.settings.nic(c.iface)
+    for source, pattern, xdp in XDP_ALSO_COUNTED.get((nic.driver if nic else None) or "", ()):
+        m = re.match(pattern, c.name) if c.source == source else None
+        if m is None:
+            continue
+        mine = [x for x in obs.counters("xdp") if x.iface == c.iface]
+        if xdp.startswith("^"):  # every queue's
+            return min(sum(x.count for x in mine if re.match(xdp, x.name)), c.count), "xdp_drops"
+        name = m.expand(xdp)
+        return min(sum(x.count for x in mine if x.name == name), c.count), name
+    return 0, None
+
+
 def ring_counters(obs: Observation) -> list[Counter]:
-    """The counters nic-ring-overrun claims: link stats, qstats and the drivers' ethtool -S."""
+    """The counters nic-ring-overrun claims: link stats, qstats and the drivers' ethtool -S (less the XDP
+    drops a driver also counts in them)."""
     out = obs.counters("link", RING_LINK)
     out += [c for c in obs.counters("qstats") if any(c.name.endswith(n) for n in RING_QSTATS)]
     for c in obs.counters("ethtool"):
         nic = obs.settings.nic(c.iface)
         if classify(nic.driver if nic else None, c.name) is not None:
-            out.append(c)
+            xdp, _name = xdp_part(obs, c)
+            if c.count > xdp:
+                out.append(replace(c, count=c.count - xdp))
     return out
+
+
+def _less_xdp(obs: Observation, c: Counter) -> str:
+    """The XDP counter taken off a driver drop counter, for the evidence's counter name."""
+    raw = next((x for x in obs.counters(c.source, (c.name,)) if x.iface == c.iface), c)
+    _xdp, name = xdp_part(obs, raw)
+    return f" - {name}" if name and raw.count != c.count else ""
 
 
 def _ring_knobs(obs: Observation, iface: str, nic: NicSettings | None, kinds: set[str]) -> list[Knob]:
@@ -128,7 +168,8 @@ def nic_ring_overrun(obs: Observation) -> list[Finding]:
         meanings = [(c, classify(driver, c.name) if c.source == "ethtool" else None) for c in counters]
         kinds = {dc.kind for _c, dc in meanings if dc is not None} or {"ring"}
         evidence = tuple(Evidence(f"{c.source} {c.name}" + (f": {dc.meaning}" if dc else ""), c.count,
-                                  f"{source.get(c.source, c.source)} {c.name}") for c, dc in meanings)
+                                  f"{source.get(c.source, c.source)} {c.name}" + _less_xdp(obs, c))
+                         for c, dc in meanings)
         what = "the cloud's allowance drops packets" if kinds == {"policer"} else (
             "its port buffer overflows" if kinds == {"port"} else "its receive ring overflows")
         out.append(Finding(

@@ -1,26 +1,42 @@
 """Rules about decisions: netfilter rules, conntrack's own refusals, tc filters and qdiscs, rp_filter, XDP.
 
 Conntrack's refusals reach kfree_skb as NETFILTER_DROP at nf_hook_slow, like a rule's verdict; the
-conntrack counters (/proc/net/stat/nf_conntrack, per namespace) tell them apart: nf_conntrack_in returns
-NF_DROP when __nf_conntrack_alloc finds the table full (`drop`), __nf_conntrack_confirm when the entry
-cannot be inserted (`insert_failed`, `chaintoolong`) (net/netfilter/nf_conntrack_core.c). `early_drop`
-evicts an unassured entry to make room and drops no packet; `invalid` counts packets conntrack could not
-track, which go on untracked (a rule matching ctstate INVALID may then drop them).
+conntrack counters (/proc/net/stat/nf_conntrack, per namespace) tell them apart. How each refused packet
+is counted (net/netfilter/nf_conntrack_core.c, 6.1 to 6.18): nf_conntrack_in drops it when
+__nf_conntrack_alloc finds the table full: `drop`; __nf_conntrack_confirm drops it when its entry cannot
+be inserted: a clash nf_ct_resolve_clash cannot resolve (a NAT port another flow holds: get_unique_tuple in
+nf_nat_core.c "might not be possible to get a unique tuple ... we will end up with a final duplicate in
+__ip_conntrack_confirm and drop the packet") counts `drop` and `insert_failed`, a hash chain too long counts
+`chaintoolong` and `insert_failed`, an entry dying meanwhile `insert_failed` alone. So a refused packet is
+counted once in drop + chaintoolong, and a full table's share of `drop` is drop - (insert_failed -
+chaintoolong). `early_drop` evicts an unassured entry to make room and drops no packet; `invalid` counts
+packets conntrack could not track, which go on untracked (a rule matching ctstate INVALID may then drop
+them). /proc prints chaintoolong under the column "chainlength" (kernel/procnet.py).
 """
 
 from __future__ import annotations
 
+from netpath.diagnose.nic import xdp_part
 from netpath.diagnose.observe import Observation, by_iface, knob, ns_where
 from netpath.model import Counter, Evidence, Finding, FindingWhere, Knob
 
-CONNTRACK_REFUSALS = ("drop", "insert_failed", "chaintoolong")  # packets conntrack itself dropped
+
+def ct_refused(ct: dict[str, int]) -> int:
+    """Packets conntrack itself dropped (each counted once: see the module's docstring)."""
+    return max(ct.get("drop", 0) + ct.get("chaintoolong", 0), ct.get("insert_failed", 0))
+
+
+def ct_table_full(ct: dict[str, int]) -> int:
+    """Of `drop`, the packets refused because the table was full (not the insert clashes it also counts)."""
+    return max(ct.get("drop", 0) - max(ct.get("insert_failed", 0) - ct.get("chaintoolong", 0), 0), 0)
+
 CONNTRACK_NEAR_FULL = 0.8  # conntrack-near-full: entries at or above this share of nf_conntrack_max
 
 
 def netfilter_drop(obs: Observation) -> list[Finding]:
     rows = obs.rows("NETFILTER_DROP")
     ct = obs.window.conntrack
-    refused = sum(ct.get(k, 0) for k in CONNTRACK_REFUSALS)
+    refused = ct_refused(ct)
     out = []
     for row, n in by_iface(rows):
         n_rules = max(n - refused, 0)  # conntrack's own refusals are conntrack-full's / conntrack-insert-failed's
@@ -29,8 +45,7 @@ def netfilter_drop(obs: Observation) -> list[Finding]:
             continue
         received = obs.received(row.iface)
         evidence = [Evidence("packets dropped by a netfilter rule", n_rules, "kfree_skb reason NETFILTER_DROP"
-                             if n_rules == n else "kfree_skb reason NETFILTER_DROP - conntrack drop, insert_failed, "
-                             "chaintoolong")]
+                             if n_rules == n else "kfree_skb reason NETFILTER_DROP - conntrack's own refusals")]
         if n_rules != n:
             evidence.append(Evidence("netfilter drops, conntrack's included", n, "kfree_skb reason NETFILTER_DROP"))
         if ct.get("invalid"):
@@ -151,12 +166,20 @@ def xdp_drop(obs: Observation) -> list[Finding]:
     for iface, counters in sorted(by_dev.items()):
         n = sum(c.count for c in counters)
         errors = any(c.name == "xdp_exception" for c in counters)
+        evidence = [Evidence(f"XDP {c.name}", c.count, c.name if c.name.startswith("kfree_skb")
+                             else f"{'tracepoint xdp:xdp_exception' if c.name == 'xdp_exception' else 'ethtool -S'} "
+                             f"{c.name}") for c in counters]
+        # the driver's own drop counters that count them again (virtio_net: rxN_drops, the link's rx_dropped)
+        for c in obs.counters("ethtool") + obs.counters("link", ("rx_dropped",)):
+            part, name = xdp_part(obs, c)
+            if c.iface == iface and part:
+                evidence.append(Evidence(f"of the driver's {c.name}, the {name} it also counts there", part,
+                                         f"ethtool -S {c.name}" if c.source == "ethtool"
+                                         else f"ip -s link {c.name}"))
         out.append(Finding(
             "xdp-drop", "warn" if errors else obs.grade("policy", n, obs.received(iface)),
             f"the XDP program on {iface} drops packets" + (" (XDP errors)" if errors else ""),
-            tuple(Evidence(f"XDP {c.name}", c.count, c.name if c.name.startswith("kfree_skb")
-                           else f"{'tracepoint xdp:xdp_exception' if c.name == 'xdp_exception' else 'ethtool -S'} "
-                           f"{c.name}") for c in counters),
+            tuple(evidence),
             FindingWhere(**ns_where(obs, iface=iface)),  # type: ignore[arg-type]
             (Knob(f"ip link show dev {iface} (xdp)", "attached", "check the program's verdicts; an aborted or "
                   "errored program drops everything it cannot handle"),),
@@ -177,18 +200,19 @@ def _ct_levels(obs: Observation) -> tuple[int | None, int | None]:
 
 def conntrack_full(obs: Observation) -> list[Finding]:
     ct = obs.window.conntrack
-    n = ct.get("drop", 0) + ct.get("early_drop", 0)
-    if not n:
+    full = ct_table_full(ct)
+    if not (full or ct.get("early_drop", 0)):
         return []
     drops = sum(r.count for r in obs.rows("NETFILTER_DROP"))
-    evidence = [Evidence("new connections refused: conntrack table full", ct.get("drop", 0),
-                         "/proc/net/stat/nf_conntrack drop"),
+    clashes = ct.get("drop", 0) - full
+    evidence = [Evidence("new connections refused: conntrack table full", full, "/proc/net/stat/nf_conntrack drop"
+                         if not clashes else "/proc/net/stat/nf_conntrack drop - (insert_failed - chainlength)"),
                 Evidence("entries evicted early to make room (no packet dropped)", ct.get("early_drop", 0),
                          "/proc/net/stat/nf_conntrack early_drop", "entries"),
                 Evidence("packets dropped by netfilter (all causes)", drops, "kfree_skb reason NETFILTER_DROP")]
     count, top = _ct_levels(obs)
     return [Finding(
-        "conntrack-full", "crit" if ct.get("drop", 0) else "warn",
+        "conntrack-full", "crit" if full else "warn",
         f"the connection-tracking table is full ({count if count is not None else '?'} of "
         f"{top if top is not None else '?'} entries)", tuple(evidence),
         FindingWhere(**ns_where(obs)),  # type: ignore[arg-type]
@@ -203,7 +227,7 @@ def conntrack_full(obs: Observation) -> list[Finding]:
 def conntrack_near_full(obs: Observation) -> list[Finding]:
     """Entries against the limit before anything is refused: __nf_conntrack_alloc compares this namespace's
     count with nf_conntrack_max (global) and refuses past it."""
-    if obs.window.conntrack.get("drop", 0):
+    if ct_table_full(obs.window.conntrack):
         return []  # already refusing: conntrack-full's finding
     count, top = _ct_levels(obs)
     if count is None or not top or count < CONNTRACK_NEAR_FULL * top:
@@ -224,17 +248,19 @@ def conntrack_near_full(obs: Observation) -> list[Finding]:
 def conntrack_insert_failed(obs: Observation) -> list[Finding]:
     ct = obs.window.conntrack
     failed, chain = ct.get("insert_failed", 0), ct.get("chaintoolong", 0)
-    if not (failed or chain):
+    n = max(failed, chain)  # insert_failed counts the chains too long as well
+    if not n:
         return []
-    n = failed + chain
     return [Finding(
         "conntrack-insert-failed", obs.grade("refused", n, obs.received(None)),
         "conntrack could not insert new entries: packets dropped",
-        (Evidence("packets dropped: entry clashed at insert (NAT port clash, racing packets)", failed,
+        (Evidence("packets dropped: their conntrack entry could not be inserted", failed,
                   "/proc/net/stat/nf_conntrack insert_failed"),
-         Evidence("packets dropped: hash chain too long", chain, "/proc/net/stat/nf_conntrack chaintoolong"),
+         Evidence("of them, a clash with another flow's entry (NAT port clash, racing packets; also in drop)",
+                  max(failed - chain, 0), "/proc/net/stat/nf_conntrack insert_failed - chainlength"),
+         Evidence("of them, a hash chain too long", chain, "/proc/net/stat/nf_conntrack chainlength"),
          Evidence("clashes resolved without a drop", ct.get("clash_resolve", 0),
-                  "/proc/net/stat/nf_conntrack clash_resolve")),
+                  "/proc/net/stat/nf_conntrack clashres")),
         FindingWhere(**ns_where(obs)),  # type: ignore[arg-type]
         (Knob("SNAT/MASQUERADE port randomisation", None, "use --random-fully (iptables) or fully-random "
               "(nft) on source NAT so concurrent flows do not pick the same port"),

@@ -72,7 +72,8 @@ RULES: tuple[Rule, ...] = (
          "net.netfilter.nf_conntrack_max, net.netfilter.nf_conntrack_buckets", "warn"),
     Rule("conntrack-insert-failed", policy.conntrack_insert_failed, "/proc/net/stat/nf_conntrack insert_failed "
          "or chaintoolong grew", "SNAT/MASQUERADE --random-fully, net.netfilter.nf_conntrack_buckets",
-         "refused policy (severity.py)", ("NETFILTER_DROP",), ("conntrack:insert_failed", "conntrack:chaintoolong")),
+         "refused policy (severity.py)", ("NETFILTER_DROP",),
+         ("conntrack:insert_failed", "conntrack:chaintoolong", "conntrack:drop")),
     Rule("backlog-overflow", cpu.backlog_overflow, "kfree_skb CPU_BACKLOG drops or softnet_stat dropped grew "
          "(flow-limit drops told apart)", "net.core.netdev_max_backlog, net.core.flow_limit_cpu_bitmap, "
          "net.core.flow_limit_table_len", _LOSS, ("CPU_BACKLOG",), ("softnet:dropped", "link:rx_dropped")),
@@ -82,7 +83,7 @@ RULES: tuple[Rule, ...] = (
     Rule("nic-ring-overrun", nic.nic_ring_overrun, "link rx_missed/rx_fifo/rx_over, netdev qstats hw drops, or "
          "the driver's own ring/port/policer counters (ethtool -S, a table per driver) grew",
          "ethtool -G IFACE rx, ethtool -L, the cloud allowance", _LOSS, (),
-         ("link:rx_missed", "link:rx_fifo", "link:rx_over", "qstats:*", "ethtool:*")),
+         ("link:rx_missed", "link:rx_fifo", "link:rx_over", "link:rx_dropped", "qstats:*", "ethtool:*")),
     Rule("link-errors", nic.link_errors, "link rx_crc_errors, rx_frame_errors, rx_length_errors or carrier "
          "changes grew", "the cable, optic, speed/duplex (ethtool IFACE)",
          "damage policy (severity.py); warn for carrier changes alone", (),

@@ -6,7 +6,9 @@ The document: {"schema": "netpath-doctor-window", "version": N, "netpath": "0.1.
 summaries, window counters, every namespace's counters, settings, sampled sources) encoded field by field
 from the model's dataclasses; holders are the socket owners the live run looked up in /proc after the rules
 (listeners no drop row named), applied again on load. A document of another schema version is refused with
-one line (exit 2): fields are added only with a new version.
+one line (exit 2). A field the rules can do without may be added with a default and no new version (an
+older document loads with the default: Settings.syn_queues, the full SYN queue's listener); any other change
+is a new version.
 """
 
 from __future__ import annotations

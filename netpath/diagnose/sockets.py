@@ -191,6 +191,20 @@ def listen_overflow(obs: Observation) -> list[Finding]:
     return out
 
 
+def _full_syn_queue(settings: Settings, listeners: list[SocketState]) -> tuple[SocketState, int] | None:
+    """The listener whose SYN queue is full at the end (its half-open requests, sock_diag's SYN_RECV dump, at
+    or above its backlog: inet_csk_reqsk_queue_is_full), the fullest first. The counters say only that some
+    SYN queue overflowed; the requests still queued say whose (they wait there for their SYN-ACK retransmits,
+    net.ipv4.tcp_synack_retries, about a minute by default)."""
+    wild = ("0.0.0.0", "::")
+    for laddr, lport, n in settings.syn_queues:
+        sock = next((s for s in listeners if s.lport == lport and s.laddr == laddr), None) or next(
+            (s for s in listeners if s.lport == lport and s.laddr in wild), None)
+        if sock is not None and n >= sock.wqueue:
+            return sock, n
+    return None
+
+
 def syn_queue_overflow(obs: Observation) -> list[Finding]:
     """The SYN queue: tcp_conn_request (net/ipv4/tcp_input.c) calls tcp_syn_flood_action when
     inet_csk_reqsk_queue_is_full (half-open requests >= the listen backlog); that counts TCPReqQFullDoCookies
@@ -205,18 +219,25 @@ def syn_queue_overflow(obs: Observation) -> list[Finding]:
     settings = obs.settings
     listeners = [s for s in settings.sockets if s.proto == "tcp" and s.listening]
     where = ns_where(obs)
-    if len(listeners) == 1:  # the only listener is the one; with several, the counters do not say which
-        where |= {"laddr": listeners[0].laddr, "lport": listeners[0].lport, "proto": "tcp"}
+    full = _full_syn_queue(settings, listeners)
+    listener = full[0] if full else listeners[0] if len(listeners) == 1 else None
+    if listener is not None:  # the one whose SYN queue is full now, else the only listener there is
+        where |= {"laddr": listener.laddr, "lport": listener.lport, "proto": "tcp"}
     syncookies = settings.sysctl("net.ipv4.tcp_syncookies")
     lost = max(full_drop, beyond)
-    evidence = (
+    evidence = [
         Evidence("SYNs dropped: SYN queue full, no syncookies", full_drop, "nstat TcpExtTCPReqQFullDrop"),
         Evidence("SYNs answered with a syncookie: SYN queue full", cookies, "nstat TcpExtTCPReqQFullDoCookies"),
         Evidence("listen drops beyond accept-queue overflows", beyond,
                  "nstat TcpExtListenDrops - TcpExtListenOverflows"),
         Evidence("connections accepted by the kernel", obs.snmp("TcpPassiveOpens"), "nstat TcpPassiveOpens",
-                 "connections"))
-    knobs = (Knob("listen() backlog", str(listeners[0].wqueue) if len(listeners) == 1 else None,
+                 "connections")]
+    if full:
+        evidence += [Evidence(f"half-open requests at {full[0].laddr}:{full[0].lport} now", full[1],
+                              "sock_diag SYN_RECV requests (ss -tn state syn-recv)", "requests"),
+                     Evidence("its SYN queue's limit (the listen backlog)", full[0].wqueue, "sock_diag idiag_wqueue",
+                              "requests")]
+    knobs = (Knob("listen() backlog", str(listener.wqueue) if listener is not None else None,
                   "also the SYN queue's size (inet_csk_reqsk_queue_is_full): raise it in the application"),
              knob(settings, "net.core.somaxconn", "caps the backlog, and so the SYN queue"),
              knob(settings, "net.ipv4.tcp_syncookies", "1 (the default) answers a full SYN queue with cookies "
@@ -227,7 +248,7 @@ def syn_queue_overflow(obs: Observation) -> list[Finding]:
     return [Finding(
         "syn-queue-overflow", severity,
         "the SYN queue overflows: handshakes " + ("dropped" if lost else "answered with syncookies"),
-        evidence, FindingWhere(**where), knobs,  # type: ignore[arg-type]
+        tuple(evidence), FindingWhere(**where), knobs,  # type: ignore[arg-type]
         "more half-open connections than the listen backlog allows (a burst of connects, a SYN flood, or "
         "clients that do not finish the handshake); with syncookies they are still served (without TCP "
         "options the cookie cannot carry), without them they are dropped")]

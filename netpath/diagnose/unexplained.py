@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from netpath.diagnose.nic import xdp_part
 from netpath.diagnose.observe import Observation, ns_where, owner_where
 from netpath.model import Counter, DropRow, Evidence, Finding, FindingWhere, Knob
 
@@ -177,9 +178,11 @@ def check(obs: Observation, reasons: set[str], counters: set[str]) -> list[Findi
     device: list[Counter] = [c for c in (obs.drops.counters if obs.drops else [])
                              if c.source in DEVICE_SOURCES and (c.source, c.name) not in NOT_DROPS]
     for c in device:
-        if c.count > 0 and not _is_claimed(f"{c.source}:{c.name}", counters):
+        # a driver counter that counts XDP drops again (virtio_net) leaves them to xdp-drop when it fired
+        k = c.count - (xdp_part(obs, c)[0] if _is_claimed("xdp:", counters) else 0)
+        if k > 0 and not _is_claimed(f"{c.source}:{c.name}", counters):
             left.append((f"{c.source} {c.name}" + (f" ({c.iface})" if c.iface else ""),
-                         f"{c.source} {c.name}" + (f" on {c.iface}" if c.iface else ""), c.count, c.iface))
+                         f"{c.source} {c.name}" + (f" on {c.iface}" if c.iface else ""), k, c.iface))
     if not obs.scoped:
         dropped = sum(cols.get("dropped", 0) for cols in obs.window.softnet.values())
         if dropped and not _is_claimed("softnet:dropped", counters):

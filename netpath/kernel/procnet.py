@@ -76,13 +76,19 @@ def parse_softnet(text: str) -> dict[int, dict[str, int]]:
     return out
 
 
+# ct_cpu_seq_show (net/netfilter/nf_conntrack_standalone.c, 5.15 on) prints two counters under older
+# columns' names: st->clash_resolve under "clashres" and st->chaintoolong under "chainlength". Read by what
+# they count, the names the kernel's struct ip_conntrack_stat and conntrack -S use.
+CONNTRACK_COLUMNS = {"clashres": "clash_resolve", "chainlength": "chaintoolong"}
+
+
 def parse_conntrack_stats(text: str) -> dict[str, int]:
     """/proc/net/stat/nf_conntrack: a header of names, then one hex row per CPU -> each column summed
     (`entries` is the same global number on every row, so it is taken once)."""
     lines = text.splitlines()
     if not lines:
         return {}
-    names = lines[0].split()
+    names = [CONNTRACK_COLUMNS.get(n, n) for n in lines[0].split()]
     out: dict[str, int] = {}
     for line in lines[1:]:
         for name, value in zip(names, line.split(), strict=False):

@@ -176,6 +176,29 @@ def read_sockets() -> list[SocketState]:
     return out + established[:MAX_TCP_SOCKETS]
 
 
+TCP_SYN_RECV = 3
+
+
+def syn_queues(requests: Iterable[SocketState]) -> tuple[tuple[str, int, int], ...]:
+    """Half-open requests grouped by the (address, port) they were sent to: each listener's SYN queue."""
+    counts: dict[tuple[str, int], int] = {}
+    for r in requests:
+        counts[(r.laddr, r.lport)] = counts.get((r.laddr, r.lport), 0) + 1
+    return tuple((a, p, n) for (a, p), n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def read_syn_queues() -> tuple[tuple[str, int, int], ...]:
+    """Every listener's half-open requests now. A SYN_RECV dump also walks the request sockets
+    (tcp_diag_dump / inet_diag_dump_icsk, net/ipv4: `if (idiag_states & TCPF_SYN_RECV) idiag_states |=
+    TCPF_NEW_SYN_RECV`), each reported by inet_req_diag_fill as SYN_RECV with its listener's local address
+    and port: what `ss -tn state syn-recv` lists. Those are what fills the SYN queue
+    (inet_csk_reqsk_queue_is_full: the listener's reqsk queue length against its backlog)."""
+    out: list[SocketState] = []
+    for family in (socket.AF_INET, socket.AF_INET6):
+        out += sock_diag(family, socket.IPPROTO_TCP, "tcp", 1 << TCP_SYN_RECV)
+    return syn_queues(out)
+
+
 # ---------------------------------------------------------------- ethtool, RPS, IRQs
 
 
@@ -378,7 +401,7 @@ def read_settings(ns: netns.Netns | None, ifaces: Iterable[str], sysctl_root: Pa
     names = list(SYSCTLS) + [pattern.format(i) for pattern in PER_IFACE_SYSCTLS for i in wanted]
 
     def inside() -> tuple[dict[str, str], list[SocketState], list[NicSettings], int | None,
-                          dict[str, dict[str, int]], dict[str, int]]:
+                          dict[str, dict[str, int]], dict[str, int], tuple[tuple[str, int, int], ...]]:
         values = read_sysctls(names, sysctl_root)
         nics = []
         for iface in wanted:
@@ -398,9 +421,9 @@ def read_settings(ns: netns.Netns | None, ifaces: Iterable[str], sysctl_root: Pa
                     tc[hook][iface] = count_tc_filters(text)
         base = _proc_net()
         levels = procnet.parse_sockstat(_text(base / "sockstat"))
-        return values, read_sockets(), nics, rules, tc, levels
+        return values, read_sockets(), nics, rules, tc, levels, read_syn_queues()
 
-    values, sockets, nics, rules, tc, levels = netns.run_in(ns, inside)
+    values, sockets, nics, rules, tc, levels, syn = netns.run_in(ns, inside)
     missing = [n for n in names if n not in values]
     if missing and ns is not None:  # global sysctls live in the host's /proc/sys only
         values |= read_sysctls(missing, sysctl_root)
@@ -417,4 +440,4 @@ def read_settings(ns: netns.Netns | None, ifaces: Iterable[str], sysctl_root: Pa
     label = ns.label if ns is not None else "host"
     inode = ns.inode if ns is not None else os.stat("/proc/self/ns/net").st_ino
     return Settings(inode, label, values, tuple(sockets), tuple(full), os.cpu_count() or 1, rules, tc["ingress"],
-                    tc["egress"], levels)
+                    tc["egress"], levels, syn)

@@ -102,10 +102,18 @@ def tcp_syn(src: str, dst: str, sport: int, dport: int) -> bytes:
     return ipv4_packet(src, dst, 6, tcp, ident=sport)
 
 
+def syn_recv(ns: str, port: int) -> int:
+    """Half-open requests at a listener's port, as ss lists them (sock_diag's SYN_RECV dump)."""
+    out = subprocess.run(["ip", "netns", "exec", ns, "ss", "-Htn", "state", "syn-recv", "sport", "=", f":{port}"],
+                         capture_output=True, text=True, check=True).stdout
+    return len([line for line in out.splitlines() if line.strip()])
+
+
 def test_syn_queue_overflow_equals_tcpreqqfulldrop(tmp_path: Path) -> None:
     """SYNs from a source whose SYN-ACKs go nowhere (a neighbour entry with a MAC nobody has: the host's
     veth drops them as PACKET_OTHERHOST, nothing leaves the host) fill the SYN queue of a listen(8)
-    socket; with syncookies off the rest are dropped (TCPReqQFullDrop)."""
+    socket; with syncookies off the rest are dropped (TCPReqQFullDrop). A second, idle listener in the
+    namespace: the finding names the one whose SYN queue is full (its requests, from sock_diag)."""
     port = 5320
     with veth_namespace("npsq") as pair, sysctl("net.ipv4.tcp_syncookies", "0", pair.ns):
         n = int(pair.ns_addr.split(".")[2])
@@ -114,13 +122,16 @@ def test_syn_queue_overflow_equals_tcpreqqfulldrop(tmp_path: Path) -> None:
         ip("-n", pair.ns, "neigh", "replace", spoofed, "lladdr", "02:00:00:00:00:99", "dev", pair.ns_if,
            "nud", "permanent")
         proc = in_ns(pair, LISTEN8, pair.ns_addr, port)
+        idle = in_ns(pair, LISTEN8, pair.ns_addr, port + 1)
         try:
             before = ns_snmp(pair.ns)
             doc = SavedDoctor(pair, "syn-queue-overflow", tmp_path)
             send_raw(pair.ns_addr, [tcp_syn(spoofed, pair.ns_addr, 20000 + i, port) for i in range(40)])
             findings = doc.finish()
+            queued = syn_recv(pair.ns, port)  # the requests wait ~1 min for their SYN-ACK retransmits
             after = ns_snmp(pair.ns)
         finally:
+            stop(idle)
             stop(proc)
     full_drop = delta(before, after, "TcpExtTCPReqQFullDrop")
     assert full_drop >= 30  # 40 SYNs at a queue of 8 or 9
@@ -131,7 +142,10 @@ def test_syn_queue_overflow_equals_tcpreqqfulldrop(tmp_path: Path) -> None:
     assert evidence(f, "nstat TcpExtListenDrops - TcpExtListenOverflows") == (
         delta(before, after, "TcpExtListenDrops") - delta(before, after, "TcpExtListenOverflows"))
     assert knob(f, "net.ipv4.tcp_syncookies") == "0" and knob(f, "listen() backlog") == "8"
-    assert f["where"]["lport"] == port
+    assert f["where"]["lport"] == port and f["where"]["pid"] == proc.pid
+    assert queued >= 8
+    assert evidence(f, "sock_diag SYN_RECV requests (ss -tn state syn-recv)") == queued
+    assert evidence(f, "sock_diag idiag_wqueue") == 8
 
 
 # ---------------------------------------------------------------- tcp-rcvq-drop
@@ -224,6 +238,67 @@ def test_conntrack_near_full_warns_before_refusing(tmp_path: Path) -> None:
     assert f["severity"] == "warn" and count >= 16
     assert evidence(f, "sysctl net.netfilter.nf_conntrack_count") == count
     assert evidence(f, "sysctl net.netfilter.nf_conntrack_max") == CT_MAX
+
+
+# ---------------------------------------------------------------- conntrack-insert-failed
+
+CLASH = r"""
+import socket, sys
+dst, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+first = socket.create_connection((dst, port), timeout=5)  # holds the SNAT rule's only port
+print("ready", flush=True)
+sys.stdin.readline()
+for _ in range(n):  # each SYN is NATed onto the same port, and its entry cannot be inserted
+    s = socket.socket()
+    s.setblocking(False)
+    s.connect_ex((dst, port))  # the SYN goes through POSTROUTING (and is dropped) inside this call
+    s.close()  # before any retransmit: one SYN per attempt
+print("done", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_nat_port_clash_is_conntrack_insert_failed_equal_to_its_counter(tmp_path: Path) -> None:
+    """SNAT onto a single port (--to-source ADDR:40000) with one connection holding it: the next connection's
+    SYN is NATed onto the same port anyway (nf_nat_l4proto_unique_tuple returns the last port it tried when
+    every one is taken), its entry's reply tuple clashes at __nf_conntrack_confirm, nf_ct_resolve_clash cannot
+    resolve it for TCP and the SYN is dropped: insert_failed and drop count it, the table is not full."""
+    port, attempts = 5323, 5
+    with veth_namespace("npci") as pair:
+        srv = socket.socket()
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.bind((pair.host_addr, port))
+        srv.listen(16)
+        nat = pair.ns_exec("iptables", "-t", "nat", "-A", "POSTROUTING", "-o", pair.ns_if, "-p", "tcp", "-d",
+                           pair.host_addr, "--dport", str(port), "-j", "SNAT", "--to-source", f"{pair.ns_addr}:40000")
+        assert nat.returncode == 0, nat.stderr
+        proc = in_ns(pair, CLASH, pair.host_addr, port, attempts)
+        try:
+            held = srv.accept()[0]
+            before = ns_cat(pair.ns, "/proc/net/stat/nf_conntrack")
+            doc = SavedDoctor(pair, "conntrack-insert-failed", tmp_path)
+            assert proc.stdin is not None and proc.stdout is not None
+            proc.stdin.write("\n")
+            proc.stdin.flush()
+            assert proc.stdout.readline().strip() == "done"
+            findings = doc.finish()
+            after = ns_cat(pair.ns, "/proc/net/stat/nf_conntrack")
+            held.close()
+        finally:
+            stop(proc)
+            srv.close()
+    from netpath.kernel.procnet import parse_conntrack_stats
+
+    b, a = parse_conntrack_stats(before), parse_conntrack_stats(after)
+    failed = a["insert_failed"] - b["insert_failed"]
+    assert failed == attempts and a["drop"] - b["drop"] == attempts  # the clash is counted in both
+    f = one(findings, "conntrack-insert-failed")
+    nothing_else_above_info(findings, "conntrack-insert-failed")
+    assert not [x for x in findings if x["id"] in ("conntrack-full", "netfilter-drop")]
+    assert f["severity"] in ("warn", "crit")
+    assert evidence(f, "/proc/net/stat/nf_conntrack insert_failed") == failed
+    assert evidence(f, "/proc/net/stat/nf_conntrack insert_failed - chainlength") == failed
+    assert evidence(f, "/proc/net/stat/nf_conntrack chainlength") == a["chaintoolong"] - b["chaintoolong"] == 0
 
 
 # ---------------------------------------------------------------- proto-mem-pressure

@@ -219,7 +219,42 @@ def test_syncookies_answering_a_full_syn_queue_is_info() -> None:
     assert syn.severity == "info" and syn.where.lport == 443 and knobs(syn)["listen() backlog"] == "128"
 
 
+def test_syn_queue_overflow_names_the_listener_whose_syn_queue_is_full() -> None:
+    """Of several listeners, the one sock_diag's SYN_RECV dump shows full (requests >= backlog) is named, with
+    its queue; the counters alone cannot say which (they are per namespace)."""
+    web = SocketState("tcp", 4, "0.0.0.0", 443, 7010, True, 0, 8)
+    api = SocketState("tcp", 4, "10.1.0.2", 8443, 7011, True, 0, 128)
+    win = Window(snmp={"TcpExtTCPReqQFullDrop": 32, "TcpExtListenDrops": 32})
+    settings = replace(SETTINGS, sockets=(api, web), syn_queues=(("10.1.0.2", 443, 8), ("10.1.0.2", 8443, 3)))
+    syn = only(diagnose(obs(window=win, settings=settings)), "syn-queue-overflow")
+    assert (syn.where.laddr, syn.where.lport) == ("0.0.0.0", 443) and knobs(syn)["listen() backlog"] == "8"
+    assert ev(syn, "sock_diag SYN_RECV requests (ss -tn state syn-recv)") == 8
+    assert ev(syn, "sock_diag idiag_wqueue") == 8
+    # no queue full at the end (the requests expired): with several listeners none is guessed
+    quiet = replace(settings, syn_queues=(("10.1.0.2", 8443, 3),))
+    syn = only(diagnose(obs(window=win, settings=quiet)), "syn-queue-overflow")
+    assert syn.where.lport is None and knobs(syn)["listen() backlog"] is None
+
+
 # ---------------------------------------------------------------- netfilter vs conntrack
+
+
+def test_a_nat_port_clash_is_conntrack_insert_failed_not_a_full_table() -> None:
+    """nf_ct_resolve_clash counts an unresolvable clash in drop and insert_failed; __nf_conntrack_confirm
+    counts a chain too long in chaintoolong and insert_failed: each refused packet once, the table not full.
+    The numbers of the live NAT clash (tests/live/test_doctor_rules_live.py): 3 SYNs, 3 and 3."""
+    clash = Window(conntrack={"drop": 3, "insert_failed": 3})
+    found = diagnose(obs(row("NETFILTER_DROP", 3, proto="tcp"), window=clash))
+    assert [f.id for f in found] == ["conntrack-insert-failed"]
+    f = found[0]
+    assert ev(f, "/proc/net/stat/nf_conntrack insert_failed") == 3
+    assert ev(f, "/proc/net/stat/nf_conntrack insert_failed - chainlength") == 3
+    # a full table besides: its share of drop is what the clashes leave
+    both = Window(conntrack={"drop": 10, "insert_failed": 5, "chaintoolong": 2})
+    found = diagnose(obs(row("NETFILTER_DROP", 12, proto="tcp"), window=both))
+    assert sorted(f.id for f in found) == ["conntrack-full", "conntrack-insert-failed"]
+    assert ev(only(found, "conntrack-full"), "/proc/net/stat/nf_conntrack drop - (insert_failed - chainlength)") == 7
+    assert ev(only(found, "conntrack-insert-failed"), "/proc/net/stat/nf_conntrack chainlength") == 2
 
 
 def test_netfilter_drop_leaves_conntrack_refusals_to_conntrack_and_keeps_early_drop() -> None:

@@ -229,6 +229,36 @@ def test_xdp_drops_are_info_and_xdp_errors_warn() -> None:
     assert ids(diagnose(obs(errors))) == [("xdp-drop", "warn")]
 
 
+def _virtio(settings: Settings) -> Settings:
+    return replace(settings, nics=(NicSettings("eth0", 256, 256, driver="virtio_net"),))
+
+
+@pytest.mark.parametrize("queue", ["rx0_", "rx_queue_0_"])  # virtio_net's names on 6.12 and 6.1
+def test_virtio_counts_xdp_drops_again_in_rx_drops_and_rx_dropped_which_are_xdp_drops(queue: str) -> None:
+    """The VM lab's numbers (tests/vm/test_doctor_vm.py): 300 XDP_DROP + 100 XDP_ABORTED on virtio_net; the
+    driver counts all 400 in rxN_xdp_drops, again in rxN_drops, and virtnet_stats adds them to rx_dropped."""
+    snap = drops(counters=(Counter("ethtool", f"{queue}drops", 400, "eth0"),
+                           Counter("xdp", f"{queue}xdp_drops", 400, "eth0"),
+                           Counter("xdp", "xdp_exception", 100, "eth0"), Counter("link", "rx_dropped", 400, "eth0")))
+    found = diagnose(obs(snap, settings=_virtio(SETTINGS)))
+    assert ids(found) == [("xdp-drop", "warn")]  # no nic-ring-overrun, nothing unexplained
+    assert ev(found[0], f"ethtool -S {queue}xdp_drops") == 400 == ev(found[0], f"ethtool -S {queue}drops")
+    assert ev(found[0], "ip -s link rx_dropped") == 400
+    # drops beyond the XDP ones are the driver's own: nic-ring-overrun, with the XDP part taken off
+    more = drops(counters=(Counter("ethtool", f"{queue}drops", 450, "eth0"),
+                           Counter("xdp", f"{queue}xdp_drops", 400, "eth0"),
+                           Counter("link", "rx_dropped", 450, "eth0")))
+    found = diagnose(obs(more, settings=_virtio(SETTINGS)))
+    assert sorted(ids(found)) == [("nic-ring-overrun", "warn"), ("xdp-drop", "info")]
+    ring = next(f for f in found if f.id == "nic-ring-overrun")
+    assert ev(ring, f"ethtool -S {queue}drops - {queue}xdp_drops") == 50
+    # another driver's drop counter is not reduced by its XDP counters
+    other = replace(SETTINGS, nics=(NicSettings("eth0", 256, 1024, driver="mlx5_core"),))
+    mlx = drops(counters=(Counter("ethtool", "rx_out_of_buffer", 40, "eth0"),
+                          Counter("xdp", "rx_xdp_drop", 40, "eth0")))
+    assert sorted(ids(diagnose(obs(mlx, settings=other)))) == [("nic-ring-overrun", "warn"), ("xdp-drop", "info")]
+
+
 # ---------------------------------------------------------------- CPU and NIC
 
 

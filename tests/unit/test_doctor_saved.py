@@ -141,4 +141,4 @@ def test_the_corpus_is_there() -> None:
     """One saved window per live case of tests/live/test_doctor_rules_live.py."""
     names = {p.name.removesuffix(".window.json") for p in CASES}
     assert {"syn-queue-overflow", "tcp-rcvq-drop", "conntrack-near-full", "proto-mem-pressure", "socket-headroom",
-            "link-errors", "unexplained-drops", "busy-healthy"} <= names
+            "link-errors", "unexplained-drops", "busy-healthy", "conntrack-insert-failed"} <= names

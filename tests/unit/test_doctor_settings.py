@@ -174,3 +174,12 @@ def test_help_lists_every_rule() -> None:
     flat = " ".join(out.split()).replace("- ", "-")  # click wraps after a hyphen
     for rid in RULE_IDS:
         assert rid in flat, rid
+
+
+def test_syn_queues_group_half_open_requests_by_the_listener_they_were_sent_to() -> None:
+    from netpath.model import SocketState
+
+    reqs = [SocketState("tcp", 4, "10.1.0.2", 443, 0, False, 0, 0) for _ in range(9)]
+    reqs += [SocketState("tcp", 6, "fd00::2", 443, 0, False, 0, 0),
+             SocketState("tcp", 4, "10.1.0.2", 80, 0, False, 0, 0)]
+    assert settings.syn_queues(reqs) == (("10.1.0.2", 443, 9), ("10.1.0.2", 80, 1), ("fd00::2", 443, 1))

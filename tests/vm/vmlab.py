@@ -366,12 +366,14 @@ def realnic_pair(subnet: int = 250) -> Iterator[RealNics]:
 
 
 def pktgen(pair: NetnsPair, ns: str, dev: str, dst: str, dst_mac: str, count: int, udp_port: int,
-           size: int = 60) -> None:
+           size: int = 60, cpu: int = 0) -> None:
     """Send `count` UDP frames from `dev` with the kernel's packet generator (pktgen), which
-    keeps a NIC's receive ring fuller than any user-space sender under TCG."""
+    keeps a NIC's receive ring fuller than any user-space sender under TCG; `cpu`: the pktgen
+    thread (kpktgend_N, bound to CPU N) that sends them."""
     subprocess.run(["modprobe", "pktgen"], check=True, capture_output=True)
+    thread = f"kpktgend_{cpu}"
     cmds = [
-        ("kpktgend_0", "rem_device_all"), ("kpktgend_0", f"add_device {dev}"),
+        (thread, "rem_device_all"), (thread, f"add_device {dev}"),
         (dev, f"count {count}"), (dev, "clone_skb 0"), (dev, f"pkt_size {size}"), (dev, "delay 0"),
         (dev, f"dst {dst}"), (dev, f"dst_mac {dst_mac}"), (dev, f"udp_dst_min {udp_port}"),
         (dev, f"udp_dst_max {udp_port}"), ("pgctrl", "start"),

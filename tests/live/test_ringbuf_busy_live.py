@@ -37,7 +37,7 @@ RECORD = 16 + 8 * WORDS
 RING_PAGES = 4  # 16384 bytes: 120.47 records, so records straddle the end as the ring wraps
 RING_BYTES = RING_PAGES * 4096
 DISCARD_EVERY = 5  # a record whose seq % 5 == 4 is discarded after its hold
-HOLD_MAX = 2000  # iterations a held record waits for the test's release at most (~50 ms here); the verifier takes
+HOLD_MAX = 2000  # iterations a held record waits for the test's release at most (20-40 ms here); the verifier takes
 # at most 8192 branches in one path, so the time is in each iteration's copy, not in their number
 SPIN_ITERS = 1  # iterations every other record is held (one 256 KiB kernel copy, tens of microseconds)
 BLOB = 1 << 18  # bytes each iteration copies (the copy is what takes time)
@@ -327,7 +327,7 @@ def test_a_busy_record_holds_back_the_committed_ones_behind_it_and_poll_returns(
     on one CPU and held there while this process, on the other, commits records behind it and polls. The
     poll returns at its timeout with nothing; after the release the held record then the others arrive in
     order; a held record that is then discarded is skipped and the ones behind it still arrive. Rounds that
-    lose the race on a loaded machine (the hold's ~50 ms bound ran out first) give no verdict and are
+    lose the race on a loaded machine (the hold's 20-40 ms bound ran out first) give no verdict and are
     repeated; at least one of each kind must be decided."""
     cpus = sorted(os.sched_getaffinity(0))[:2]
     got = Records()

@@ -104,7 +104,7 @@ def main(seconds: float) -> int:
 
 def scrape_1000_series(rounds: int = 20) -> float:
     """Median seconds to build and encode a scrape holding 1000 drop series."""
-    from netpath.collect.export import ExportCollector
+    from netpath.compose.export import ExportCollector
     from netpath.model import DropHealth, DropRow, DropSnapshot
 
     rows = [DropRow(f"R{i % 50}", i % 50, None, f"if{i // 50}", i // 50 + 1, 4026531833, "udp", 1000 + i)

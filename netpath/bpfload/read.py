@@ -4,7 +4,8 @@ A map is read with bpf_map_lookup_batch (one syscall per CHUNK elements, not two
 kernel or the map type refuses batches (EINVAL before Linux 5.6, ENOTSUPP for a type without them) the
 map falls back to walking its keys and reading each, and remembers that. Rings are libbpf's: its
 ring_buffer and perf_buffer readers do the memory ordering, wraparound, busy and discarded records and
-the lost-record counts.
+the lost-record counts (tests/live/test_bpfload_live.py: wraparound, discarded records, a full ring, perf
+losses; tests/live/test_ringbuf_busy_live.py: busy records from two CPUs).
 """
 
 from __future__ import annotations

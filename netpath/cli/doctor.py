@@ -11,9 +11,8 @@ from netpath.cli import doctor_window
 from netpath.cli.console import Terminal
 from netpath.cli.options import DURATION_MAX_S, bounded_float, filter_options, resolve_filters
 from netpath.cli.preflight import load_facts, require_capability
-from netpath.collect import factory
-from netpath.collect.doctor import DoctorQuery
 from netpath.collect.session import drive
+from netpath.compose.doctor import DoctorQuery, doctor_session
 from netpath.diagnose import rules, saved
 from netpath.errors import EXIT_OK, EXIT_THRESHOLD, BadInput
 from netpath.model import Diagnosis, DoctorStart, Event, Filters, Snapshot, Start, Verdict
@@ -116,7 +115,7 @@ def doctor(ctx: click.Context, ifaces: tuple[str, ...], netns_spec: str | None, 
         doctor_window.check_target(save_path)
     require_capability(command="doctor")
     facts = load_facts()
-    session = factory.doctor_session(DoctorQuery(filters, trace=not no_trace), facts)
+    session = doctor_session(DoctorQuery(filters, trace=not no_trace), facts)
     term = Terminal(json_mode)
     sink = DoctorSink(term, duration, fail_on)
     drive(session, sink, 1.0, duration, None)

@@ -31,9 +31,9 @@ from netpath.cli.preflight import load_facts, require_capability
 from netpath.collect import drops as drops_mod
 from netpath.collect import factory
 from netpath.collect.drops import DropsQuery
-from netpath.collect.export import ExportCollector
 from netpath.collect.session import SignalStop, Stop
 from netpath.collect.trace import TraceQuery
+from netpath.compose.export import ExportCollector
 from netpath.errors import EXIT_OK, BadInput, MissingCapability
 from netpath.kernel.clock import tai_offset_ns
 

@@ -1,4 +1,4 @@
-"""The one place a session is built for a command: `netpath trace`, `drops`, `export` (and doctor) call it.
+"""The one place a session is built for a command: `netpath trace`, `drops`, `follow` and `export` call it.
 
 A query (validated options) and the kernel's facts, loaded once per run, are
 all a session needs: the factory derives the attach plan, the struct offsets
@@ -11,14 +11,11 @@ from netpath import bpf
 from netpath.collect import drops as drops_mod
 from netpath.collect import follow as follow_mod
 from netpath.collect import trace as trace_mod
-from netpath.collect.doctor import DoctorQuery, DoctorSession
 from netpath.collect.drops import DropsQuery, DropsSession
 from netpath.collect.follow import FollowQuery, FollowSession
 from netpath.collect.trace import TraceQuery, TraceSession
-from netpath.errors import MissingCapability
 from netpath.kernel.facts import KernelFacts
 from netpath.kernel.reasons import DropReasons
-from netpath.model import Unavailable
 
 
 def drops_session(query: DropsQuery, facts: KernelFacts, *, reasons: DropReasons | None = None,
@@ -41,25 +38,3 @@ def follow_session(query: FollowQuery, facts: KernelFacts, *,
     source = follow_mod.program_source(query, facts, bpf.struct_offsets(facts))
     reasons = drops_mod.drop_reasons(facts) if facts.has_tracepoint(drops_mod.TRACEPOINT) else None
     return FollowSession(query, facts, source, reasons, loader)
-
-
-def doctor_session(query: DoctorQuery, facts: KernelFacts, *,
-                   loader: bpf.Loader = bpf.compile_program) -> DoctorSession:
-    """The drops session, and the trace session when any of the doctor's stages can attach here: without it
-    the latency rules are reported as not checked, and every other rule still runs."""
-    if not facts.has_tracepoint(drops_mod.TRACEPOINT):
-        raise MissingCapability("this kernel has no skb:kfree_skb tracepoint (needs Linux 4.x+ with tracefs mounted)")
-    drops = drops_session(query.drops_query(), facts, loader=loader)
-    unavailable: list[Unavailable] = []
-    trace = None
-    if query.trace:
-        tq = query.trace_query()
-        plan = tq.plan(facts)
-        if plan.available:
-            try:
-                trace = trace_session(tq, facts, loader=loader)  # its start line lists what it could not attach
-            except MissingCapability as exc:
-                unavailable.append(Unavailable("trace", str(exc)))
-        else:
-            unavailable += [Unavailable(c.hook, c.reason, c.stage.id) for c in plan.unavailable]
-    return DoctorSession(query, drops, trace, unavailable)

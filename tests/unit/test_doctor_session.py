@@ -9,9 +9,9 @@ import pytest
 
 from netpath.cli.console import Terminal
 from netpath.cli.doctor import DoctorSink
-from netpath.collect import doctor as doctor_mod
 from netpath.collect import netns_counters
-from netpath.collect.doctor import DoctorQuery, DoctorSession
+from netpath.compose import doctor as doctor_mod
+from netpath.compose.doctor import DoctorQuery, DoctorSession
 from netpath.kernel import settings as settings_mod
 from netpath.model import (
     DropHealth,

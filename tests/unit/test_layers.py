@@ -50,11 +50,22 @@ def test_model_reads_no_kernel_and_imports_nothing_of_netpath():
 
 
 def test_collect_leaves_render_and_diagnose_to_the_composers():
-    """Sessions collect; the exporter and the doctor (collect/export.py, collect/doctor.py) compose them
-    with rules and metrics. No other collect module may reach up to render/ or diagnose/."""
-    composers = {"export.py", "doctor.py"}
+    """Sessions collect; the exporter and the doctor compose them with rules and metrics one layer up
+    (netpath/compose/). No collect module may reach up to render/, diagnose/, compose/ or cli/."""
     for path in (PKG / "collect").glob("*.py"):
-        if path.name in composers:
-            continue
         for name in imports(path):
-            assert not name.startswith(("netpath.render", "netpath.diagnose")), f"collect/{path.name} imports {name}"
+            assert not name.startswith(("netpath.render", "netpath.diagnose", "netpath.compose", "netpath.cli")), \
+                f"collect/{path.name} imports {name}"
+
+
+def test_the_collect_check_catches_a_composer_left_in_collect(tmp_path):
+    bad = tmp_path / "export.py"
+    bad.write_text("from netpath.render.metrics import MetricSet\nfrom netpath.diagnose import rules\n")
+    assert {"netpath.render.metrics", "netpath.diagnose"} <= imports(bad)
+
+
+def test_compose_is_above_collect_and_below_cli():
+    """compose/ may use every layer under it, never the CLI that drives it."""
+    for path in (PKG / "compose").glob("*.py"):
+        for name in imports(path):
+            assert not name.startswith("netpath.cli"), f"compose/{path.name} imports {name}"

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from netpath import netns
+from netpath import bpf, netns
 from netpath.collect import drops as drops_mod
-from netpath.collect import netns_counters
+from netpath.collect import factory, netns_counters
 from netpath.collect import trace as trace_mod
 from netpath.collect.owners import OwnerResolver
 from netpath.diagnose import rules, saved
@@ -20,6 +20,7 @@ from netpath.diagnose.window import diff_drops
 from netpath.errors import MissingCapability
 from netpath.kernel import settings as settings_mod
 from netpath.kernel.clock import tai_offset_ns
+from netpath.kernel.facts import KernelFacts
 from netpath.model import (
     Attached,
     Diagnosis,
@@ -230,3 +231,24 @@ class DoctorSession:
             if self.trace is not None:
                 self.trace.close()
 
+
+def doctor_session(query: DoctorQuery, facts: KernelFacts, *,
+                   loader: bpf.Loader = bpf.compile_program) -> DoctorSession:
+    """The drops session, and the trace session when any of the doctor's stages can attach here: without it
+    the latency rules are reported as not checked, and every other rule still runs."""
+    if not facts.has_tracepoint(drops_mod.TRACEPOINT):
+        raise MissingCapability("this kernel has no skb:kfree_skb tracepoint (needs Linux 4.x+ with tracefs mounted)")
+    drops = factory.drops_session(query.drops_query(), facts, loader=loader)
+    unavailable: list[Unavailable] = []
+    trace = None
+    if query.trace:
+        tq = query.trace_query()
+        plan = tq.plan(facts)
+        if plan.available:
+            try:
+                trace = factory.trace_session(tq, facts, loader=loader)  # its start line lists what it could not attach
+            except MissingCapability as exc:
+                unavailable.append(Unavailable("trace", str(exc)))
+        else:
+            unavailable += [Unavailable(c.hook, c.reason, c.stage.id) for c in plan.unavailable]
+    return DoctorSession(query, drops, trace, unavailable)

@@ -166,7 +166,6 @@ static __always_inline void np_fifo_pop(void *ctx, struct np_cpu_state *c, struc
 	u64 want = NP_TAG(seq, TAG_WRITTEN), tag;
 	u32 ifindex = 0, netns = 0;
 	u64 t[CP_MAX] = {};
-	int lost;
 
 #pragma unroll
 	for (int i = 0; i < 3; i++) {
@@ -195,12 +194,8 @@ static __always_inline void np_fifo_pop(void *ctx, struct np_cpu_state *c, struc
 			return;
 		}
 		/* older, or BUSY with seq: not published yet, its writer counts this read */
-		lost = np_tag_unread(slot, tag);
-		if (__sync_val_compare_and_swap(&slot->tag, tag, NP_TAG(seq, TAG_EARLY)) == tag) {
-			if (lost)	/* an older unread datagram (another reader's, not yet read) loses its slot */
-				__sync_fetch_and_add(&fifo->lost, 1);
+		if (np_slot_swap(fifo, slot, tag, NP_TAG(seq, TAG_EARLY)))
 			return;
-		}
 	}
 	np_read_overwritten(ctx, c, fifo);
 }

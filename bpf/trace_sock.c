@@ -32,8 +32,9 @@
  *    publishes it (WRITTEN) last; the reader reads a WRITTEN payload and
  *    then claims it (READ), so a payload it counts was not rewritten;
  *  - a writer that takes the slot of an unread followed datagram adds one
- *    to `lost`; the read that then finds its slot taken takes one back and
- *    is counted in socket_queue, untimed (ring_overrun says how many);
+ *    to `lost` before the tag changes; the read that then finds its slot
+ *    taken takes one back and is counted in socket_queue, untimed
+ *    (ring_overrun says how many);
  *  - a read that comes before its writer has published the slot (the
  *    reader can dequeue a datagram before sk_data_ready's program has run)
  *    marks it EARLY, and the writer then counts that read itself;
@@ -93,26 +94,38 @@ static __always_inline int np_tag_unread(struct np_ring_slot *slot, u64 tag)
 	return tag && NP_TAG_STATE(tag) == TAG_WRITTEN && slot->t_enq;
 }
 
+/*
+ * tag old -> new. An unread followed datagram's slot changing hands puts a
+ * token in `lost` before the tag changes, so the read that then finds its
+ * slot taken finds the token too (taken back if the swap fails).
+ */
+static __always_inline int np_slot_swap(struct np_sk_fifo *fifo, struct np_ring_slot *slot, u64 old, u64 new)
+{
+	int unread = np_tag_unread(slot, old);
+
+	if (unread)
+		__sync_fetch_and_add(&fifo->lost, 1);
+	if (__sync_val_compare_and_swap(&slot->tag, old, new) == old)
+		return 1;
+	if (unread)
+		__sync_fetch_and_add(&fifo->lost, -1);
+	return 0;
+}
+
 /* take slot for seq (BUSY); 0: its reader came first (EARLY), or a newer writer */
 static __always_inline int np_slot_claim(struct np_sk_fifo *fifo, struct np_ring_slot *slot, u64 seq)
 {
-	u64 old = *(volatile u64 *)&slot->tag, prev;
-	int lost;
+	u64 old;
 
 #pragma unroll
 	for (int i = 0; i < 3; i++) {
+		old = *(volatile u64 *)&slot->tag;
 		if (NP_TAG_SEQ1(old) >= seq + 1)
 			return 0;
-		lost = np_tag_unread(slot, old);
-		prev = __sync_val_compare_and_swap(&slot->tag, old, NP_TAG(seq, TAG_BUSY));
-		if (prev == old) {
-			if (lost)
-				__sync_fetch_and_add(&fifo->lost, 1);
+		if (np_slot_swap(fifo, slot, old, NP_TAG(seq, TAG_BUSY)))
 			return 1;
-		}
-		old = prev;	/* a reader marked it meanwhile */
 	}
-	return 0;
+	return 0;	/* a reader kept marking it: left to np_fifo_unpublished */
 }
 
 /*

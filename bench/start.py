@@ -10,7 +10,8 @@ Both trees run in the same rounds, interleaved (base, this, base, this...), each
 - `export`: RSS after warm-up scrapes, CPU per scrape (utime+stime over back-to-back scrapes / scrapes),
   series per scrape, system calls, bpf(2) calls and netlink sockets per idle scrape (strace), and wakeups
   between scrapes (voluntary + involuntary context switches over an idle
-  window with no scrape, per second).
+  window with no scrape, per second);
+- `trace --json --interval 1` (default stages): CPU per interval over ten intervals after the first.
 Medians of --rounds runs. Python byte-code is compiled before the rounds (as an installed netpath has it).
 """
 
@@ -125,6 +126,25 @@ def run_to_start(tree: Path, command: str, cache: str | None, program_cache: boo
         _stop(proc)
 
 
+def run_trace_intervals(tree: Path, intervals: int = 10) -> dict[str, Any]:
+    """CPU and system calls per interval of `trace --json --interval 1` (default stages), after its first
+    interval: the per-interval reading work (every stage's per-CPU arrays, batched) and its JSON record."""
+    proc = subprocess.Popen([sys.executable, "-m", "netpath", "trace", "--json", "--interval", "1"], cwd=tree,
+                            env=_env(None), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        assert proc.stdout is not None
+        for _ in range(2):  # the start line, then the first interval's record
+            if not proc.stdout.readline():
+                return {"error": "trace ended before its first interval"}
+        cpu0 = proc_cpu_s(proc.pid)
+        for _ in range(intervals):
+            if not proc.stdout.readline():
+                return {"error": "trace ended early"}
+        return {"interval_cpu_ms": round(1000 * (proc_cpu_s(proc.pid) - cpu0) / intervals, 2)}
+    finally:
+        _stop(proc)
+
+
 def _scrape() -> int:
     with urllib.request.urlopen(f"http://127.0.0.1:{PORT}/metrics", timeout=10) as resp:
         body = resp.read().decode()
@@ -218,6 +238,7 @@ def measure_tree(tree: Path, rnd: int) -> dict[str, Any]:
         out[f"{command}_cached"] = run_to_start(tree, command, None)
         # a configuration not seen before: the kernel's facts cached, the program and symbols not
         out[f"{command}_uncached"] = run_to_start(tree, command, None, program_cache=False)
+    out["trace_intervals"] = run_trace_intervals(tree)
     run_to_start(tree, "doctor", None)
     out["doctor_cached"] = run_to_start(tree, "doctor", None)
     run_export_ready(tree)
@@ -249,6 +270,7 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
             for metric in ("start_s", "hwm_mb", "rss_mb"):
                 agg[f"{key}_{metric}"] = med([r[key].get(metric) for r in mine if key in r])
         agg["synthetic_500_ms"] = med([r.get("synthetic_500_ms") for r in mine])
+        agg["trace_interval_cpu_ms"] = med([r.get("trace_intervals", {}).get("interval_cpu_ms") for r in mine])
         agg["doctor_cached_start_s"] = med([r.get("doctor_cached", {}).get("start_s") for r in mine])
         for key in ("export_ready_s", "bpftrace_s", "drops_x_bpftrace", "trace_x_bpftrace", "doctor_x_bpftrace",
                     "export_x_bpftrace"):
@@ -292,6 +314,7 @@ ROWS = [
     ("export netlink sockets per idle scrape", "export_netlink_sockets", None),
     # not extrapolated: the first minutes' growth is the allocator settling (both trees), not a rate
     ("export RSS change over ~90 scrapes MB", "export_rss_growth_mb", None),
+    ("trace CPU ms per 1 s interval (default stages)", "trace_interval_cpu_ms", None),
     ("scrape of 500 drop series, CPU ms (synthetic rows)", "synthetic_500_ms", "scrape_cpu_ms"),
     ("export wakeups/s between scrapes", "export_idle_wakeups_per_s", None),
 ]

@@ -252,8 +252,9 @@ static __always_inline void np_seen(struct np_cpu_state *c, u32 stage)
  */
 static __always_inline void np_seen_always(struct np_cpu_state *c, u32 stage)
 {
+	/* atomic: a softirq's program may count here while a read's, interrupted, is half way */
 	if (c && stage < NSTAGES)
-		c->ctr.seen[stage] += 1;
+		__sync_fetch_and_add(&c->ctr.seen[stage], 1);
 }
 
 /* time this one? 1 in 2^SAMPLE_SHIFT, independent of the traffic's pattern */

@@ -155,15 +155,57 @@ static __always_inline void np_read_overwritten(void *ctx, struct np_cpu_state *
 	np_read(ctx, c, NULL, t, 0, 0);
 }
 
+/*
+ * the read of seq: its published slot (claimed READ, so no writer rewrote
+ * what was read), a slot not yet published (marked EARLY: its writer counts
+ * the read), or one a newer datagram took (counted from `lost`)
+ */
+static __always_inline void np_fifo_pop(void *ctx, struct np_cpu_state *c, struct np_sk_fifo *fifo,
+					struct np_ring_slot *slot, u64 seq)
+{
+	u64 want = NP_TAG(seq, TAG_WRITTEN), tag;
+	u32 ifindex = 0, netns = 0;
+	u64 t[CP_MAX] = {};
+
+#pragma unroll
+	for (int i = 0; i < 3; i++) {
+		tag = *(volatile u64 *)&slot->tag;
+		if (NP_TAG_SEQ1(tag) > seq + 1)
+			break;	/* a newer datagram's */
+		if (tag == want) {
+			t[CP_ENQ] = slot->t_enq;
+#if NEED_WHERE
+			ifindex = slot->ifindex;
+			netns = slot->netns;
+#endif
+#if SLOWER_NS > 0
+			__builtin_memcpy(t, slot->t, sizeof(t));
+			t[CP_ENQ] = slot->t_enq;
+#endif
+			if (__sync_val_compare_and_swap(&slot->tag, want, NP_TAG(seq, TAG_READ)) != want)
+				continue;	/* a writer took it while it was read: what was read may be the newer one's */
+			if (!t[CP_ENQ])
+				return;	/* not followed */
+#if SLOWER_NS > 0
+			np_read(ctx, c, (void *)slot->skb, t, ifindex, netns);
+#else
+			np_read(ctx, c, NULL, t, ifindex, netns);
+#endif
+			return;
+		}
+		/* older, or BUSY with seq: not published yet, its writer counts this read */
+		if (np_slot_swap(fifo, slot, tag, NP_TAG(seq, TAG_EARLY)))
+			return;
+	}
+	np_read_overwritten(ctx, c, fifo);
+}
+
 RAW_TRACEPOINT_PROBE(sock_recv_length)
 {
 	int ret = (int)ctx->args[1], flags = (int)ctx->args[2];
-	u64 skey = ctx->args[0], seq, t_enq;
+	u64 skey = ctx->args[0], seq;
 	struct np_sk_fifo *fifo;
-	struct np_ring_slot *slot;
 	struct np_cpu_state *c = np_enter(H_RECV_LENGTH);
-	u32 ifindex = 0, netns = 0;
-	u64 t[CP_MAX] = {};
 
 	if (ret < 0 || (flags & NP_MSG_PEEK))
 		return 0;
@@ -176,33 +218,7 @@ RAW_TRACEPOINT_PROBE(sock_recv_length)
 		return 0;
 	}
 	seq = __sync_fetch_and_add(&fifo->head, 1);
-	slot = &fifo->slot[seq & (RING - 1)];
-	if (slot->tag != seq + 1) {
-		np_read_overwritten(ctx, c, fifo);
-		return 0;
-	}
-	asm volatile("" ::: "memory");
-	t_enq = slot->t_enq;
-#if NEED_WHERE
-	ifindex = slot->ifindex;
-	netns = slot->netns;
-#endif
-#if SLOWER_NS > 0
-	__builtin_memcpy(t, slot->t, sizeof(t));
-#endif
-	asm volatile("" ::: "memory");
-	if (slot->tag != seq + 1) {	/* rewritten while read: what was read may be the newer one's */
-		np_read_overwritten(ctx, c, fifo);
-		return 0;
-	}
-	if (!t_enq)
-		return 0;	/* not followed */
-	t[CP_ENQ] = t_enq;
-#if SLOWER_NS > 0
-	np_read(ctx, c, (void *)slot->skb, t, ifindex, netns);
-#else
-	np_read(ctx, c, NULL, t, ifindex, netns);
-#endif
+	np_fifo_pop(ctx, c, fifo, &fifo->slot[seq & (RING - 1)], seq);
 	return 0;
 }
 #endif

@@ -25,27 +25,39 @@
  * checkpoints for --slower]). t_enq == 0: a datagram the trace does not
  * follow.
  *
- * Exact under load (two CPUs enqueuing while a reader on a third drains):
- *  - a slot's tag is its sequence number plus one, written last behind a
- *    compiler barrier, and the reader checks it again after reading the
- *    slot: a zeroed slot never passes for sequence 0, and a slot rewritten
- *    while it is read counts as overwritten, never as "not followed";
+ * Exact under load (two CPUs enqueuing while a reader on a third drains,
+ * often more than RING datagrams behind): a slot's tag is the one arbiter
+ * of who accounts for the datagram in it, changed only by compare-and-swap:
+ *  - the writer claims the slot (BUSY) before it touches the payload and
+ *    publishes it (WRITTEN) last; the reader reads a WRITTEN payload and
+ *    then claims it (READ), so a payload it counts was not rewritten;
+ *  - a writer that takes the slot of an unread followed datagram adds one
+ *    to `lost` before the tag changes; the read that then finds its slot
+ *    taken takes one back and is counted in socket_queue, untimed
+ *    (ring_overrun says how many);
+ *  - a read that comes before its writer has published the slot (the
+ *    reader can dequeue a datagram before sk_data_ready's program has run)
+ *    marks it EARLY, and the writer then counts that read itself;
  *  - a socket's FIFO is created with BPF_NOEXIST, so two CPUs creating it at
  *    once both use the one that won (an update would replace the first
  *    CPU's, with its datagram in it);
  *  - a socket none of whose datagrams passed the filters has a FIFO too
  *    (its slots keep reads in step) but its reads are not the trace's: a
- *    read is accounted (unseen_read) only on a socket with a followed one;
- *  - more than RING datagrams queued on one socket (a reader slower than
- *    its senders) overwrite the oldest unread slots: each followed one so
- *    lost is added to `lost`, and the read that finds its slot overwritten
- *    takes one back and is counted in socket_queue, untimed (ring_overrun
- *    says how many reads were not timed).
+ *    read is accounted (unseen_read) only on a socket with a followed one.
  */
 /* RING (slots per socket, a power of two) comes from netpath as a -D number */
 
+/* a slot's tag: (sequence number + 1) << 2 | state; 0: never written */
+#define TAG_WRITTEN	0	/* published, unread */
+#define TAG_BUSY	1	/* its writer is filling it */
+#define TAG_EARLY	2	/* read before published: its writer counts the read */
+#define TAG_READ	3
+#define NP_TAG(seq, state)	((((seq) + 1) << 2) | (state))
+#define NP_TAG_SEQ1(tag)	((tag) >> 2)	/* sequence number + 1 */
+#define NP_TAG_STATE(tag)	((tag) & 3)
+
 struct np_ring_slot {
-	u64 tag;	/* sequence number + 1 */
+	u64 tag;
 	u64 t_enq;
 #if NEED_WHERE
 	u32 ifindex;
@@ -76,13 +88,74 @@ BPF_PERCPU_ARRAY(fifo_zero, struct np_sk_fifo, 1);	/* never written: a new socke
 #endif
 
 #if UDP_BY_RING
+/* an unread followed datagram's slot changes hands: its read takes it back from `lost` */
+static __always_inline int np_tag_unread(struct np_ring_slot *slot, u64 tag)
+{
+	return tag && NP_TAG_STATE(tag) == TAG_WRITTEN && slot->t_enq;
+}
+
+/*
+ * tag old -> new. An unread followed datagram's slot changing hands puts a
+ * token in `lost` before the tag changes, so the read that then finds its
+ * slot taken finds the token too (taken back if the swap fails).
+ */
+static __always_inline int np_slot_swap(struct np_sk_fifo *fifo, struct np_ring_slot *slot, u64 old, u64 new)
+{
+	int unread = np_tag_unread(slot, old);
+
+	if (unread)
+		__sync_fetch_and_add(&fifo->lost, 1);
+	if (__sync_val_compare_and_swap(&slot->tag, old, new) == old)
+		return 1;
+	if (unread)
+		__sync_fetch_and_add(&fifo->lost, -1);
+	return 0;
+}
+
+/* take slot for seq (BUSY); 0: its reader came first (EARLY), or a newer writer */
+static __always_inline int np_slot_claim(struct np_sk_fifo *fifo, struct np_ring_slot *slot, u64 seq)
+{
+	u64 old;
+
+#pragma unroll
+	for (int i = 0; i < 3; i++) {
+		old = *(volatile u64 *)&slot->tag;
+		if (NP_TAG_SEQ1(old) >= seq + 1)
+			return 0;
+		if (np_slot_swap(fifo, slot, old, NP_TAG(seq, TAG_BUSY)))
+			return 1;
+	}
+	return 0;	/* a reader kept marking it: left to np_fifo_unpublished */
+}
+
+/*
+ * seq's datagram was not published: its reader came first (count that read
+ * here, timed up to now, which bounds its wait; no owner, this is not the
+ * reader's context), or a newer datagram took the slot (its read takes it
+ * back from `lost`).
+ */
+static __always_inline void np_fifo_unpublished(struct np_cpu_state *c, struct np_sk_fifo *fifo,
+						struct np_ring_slot *slot, u64 seq, u64 *t, u32 ifindex, u32 netns)
+{
+	if (!t)
+		return;	/* not followed: not the trace's to count */
+	if (*(volatile u64 *)&slot->tag != NP_TAG(seq, TAG_EARLY)) {
+		__sync_fetch_and_add(&fifo->lost, 1);
+		return;
+	}
+	np_seen_always(c, STAGE_SOCKET_QUEUE);
+	if (t[CP_ENQ] != NP_UNTIMED)
+		np_record(STAGE_SOCKET_QUEUE, NP_PKT_NOW() - t[CP_ENQ], ifindex, netns);
+}
+
 /* every datagram goes in its socket's FIFO, followed (t[CP_ENQ] set) or not, so reads stay in step */
-static __always_inline void np_fifo_push(u64 skey, u64 key, u64 *t, u32 ifindex, u32 netns)
+static __always_inline void np_fifo_push(struct np_cpu_state *c, u64 skey, u64 key, u64 *t, u32 ifindex,
+					 u32 netns)
 {
 	int zero = 0;
 	struct np_sk_fifo *fifo, *init;
 	struct np_ring_slot *slot;
-	u64 seq, old;
+	u64 seq;
 
 	fifo = fifos.lookup(&skey);
 	if (!fifo) {
@@ -94,15 +167,16 @@ static __always_inline void np_fifo_push(u64 skey, u64 key, u64 *t, u32 ifindex,
 		if (!fifo)
 			return;
 	}
+	if (t && !fifo->followed)
+		fifo->followed = 1;
 	/* two CPUs may enqueue on one socket at once: each takes its own sequence number */
 	seq = __sync_fetch_and_add(&fifo->tail, 1);
 	slot = &fifo->slot[seq & (RING - 1)];
-	old = slot->tag;
-	if (old && slot->t_enq && old - 1 + RING == seq && old - 1 >= fifo->head)
-		__sync_fetch_and_add(&fifo->lost, 1);	/* an unread followed datagram loses its slot */
+	if (!np_slot_claim(fifo, slot, seq)) {
+		np_fifo_unpublished(c, fifo, slot, seq, t, ifindex, netns);
+		return;
+	}
 	slot->t_enq = t ? t[CP_ENQ] : 0;
-	if (t && !fifo->followed)
-		fifo->followed = 1;
 #if NEED_WHERE
 	slot->ifindex = ifindex;
 	slot->netns = netns;
@@ -112,8 +186,9 @@ static __always_inline void np_fifo_push(u64 skey, u64 key, u64 *t, u32 ifindex,
 	if (t)
 		__builtin_memcpy(slot->t, t, sizeof(slot->t));
 #endif
-	asm volatile("" ::: "memory");
-	slot->tag = seq + 1;	/* last: a reader that gets here first sees the old tag */
+	if (__sync_val_compare_and_swap(&slot->tag, NP_TAG(seq, TAG_BUSY), NP_TAG(seq, TAG_WRITTEN)) !=
+	    NP_TAG(seq, TAG_BUSY))
+		np_fifo_unpublished(c, fifo, slot, seq, t, ifindex, netns);
 }
 #endif
 
@@ -241,7 +316,7 @@ static __always_inline void np_enq_cur(struct np_cpu_state *c, void *sk, u64 key
 		/* the FIFO slot carries it from here: the per-skb entry is done */
 		if (c->cur.flags & CUR_IN_MAP)
 			skbs.delete(&key);
-		np_fifo_push((u64)sk, key, c->cur.t, c->cur.ifindex, c->cur.netns);
+		np_fifo_push(c, (u64)sk, key, c->cur.t, c->cur.ifindex, c->cur.netns);
 		return;
 	}
 #endif
@@ -267,7 +342,8 @@ static __always_inline void np_enq_cur(struct np_cpu_state *c, void *sk, u64 key
 }
 
 /* an skb with an entry in the per-skb map (a kprobe build, or not this CPU's): stamp it */
-static __always_inline void np_enq_entry(struct np_skb_state *st, void *sk, u64 key, u64 now, u32 udp)
+static __always_inline void np_enq_entry(struct np_cpu_state *c, struct np_skb_state *st, void *sk, u64 key,
+					u64 now, u32 udp)
 {
 	if (st->t[CP_ENQ])
 		return;	/* already stamped (TCP coalescing, spurious wakeup) */
@@ -284,7 +360,7 @@ static __always_inline void np_enq_entry(struct np_skb_state *st, void *sk, u64 
 		struct np_skb_state copy = *st;
 
 		skbs.delete(&key);
-		np_fifo_push((u64)sk, key, copy.t, copy.ifindex, copy.netns);
+		np_fifo_push(c, (u64)sk, key, copy.t, copy.ifindex, copy.netns);
 	}
 #endif
 }
@@ -331,7 +407,7 @@ static __always_inline int np_enq_unseen(struct np_cpu_state *c, void *sk, void 
 	fresh.udp = udp;
 #if UDP_BY_RING
 	if (udp) {
-		np_fifo_push((u64)sk, key, fresh.t, fresh.ifindex, fresh.netns);
+		np_fifo_push(c, (u64)sk, key, fresh.t, fresh.ifindex, fresh.netns);
 		return 1;
 	}
 #endif
@@ -399,7 +475,7 @@ static __always_inline int np_on_data_ready(struct np_cpu_state *c, void *sk)
 	st = udp ? NULL : skbs.lookup(&key);	/* nothing before the socket keeps a datagram's entry */
 #endif
 	if (st) {
-		np_enq_entry(st, sk, key, now, udp);
+		np_enq_entry(c, st, sk, key, now, udp);
 		return 0;
 	}
 #ifdef USE_SOCKQ
@@ -408,7 +484,7 @@ static __always_inline int np_on_data_ready(struct np_cpu_state *c, void *sk)
 #endif
 #if UDP_BY_RING
 	if (udp)
-		np_fifo_push((u64)sk, key, NULL, 0, 0);	/* not followed: its slot keeps reads in step */
+		np_fifo_push(c, (u64)sk, key, NULL, 0, 0);	/* not followed: its slot keeps reads in step */
 #endif
 	return 0;
 }

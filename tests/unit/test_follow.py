@@ -79,12 +79,13 @@ def test_no_entry_hook_is_an_environment_error(tmp_path):
 def hop(id_: int, hook: str, offset: int, *, fate: str = "in_flight", saddr: str | None = "10.0.0.1",
         daddr: str = "10.9.0.53", sport: int = 4000, dport: int = 53, ifindex: int = 4, netns: int = 77,
         cookie: int = 0, reason: int = 0, location: int = 0, sk_ino: int = 0, pid: int = 0, rc: int = 0,
-        length: int = 36, comm: bytes = b"", frames: tuple[int, ...] = ()) -> bytes:
+        length: int = 36, comm: bytes = b"", frames: tuple[int, ...] = (), clone_of: int = 0) -> bytes:
     family = 4 if saddr else 0
     raw_s = ipaddress.ip_address(saddr).packed.ljust(16, b"\0") if saddr else bytes(16)
     raw_d = ipaddress.ip_address(daddr).packed.ljust(16, b"\0") if saddr else bytes(16)
     return contract.FOLLOW_HOP.fmt.pack(
-        id_, 0xFFFF888000001000 + id_, offset, cookie, location, 0, sk_ino, netns, ifindex, length, 1, reason, pid, rc,
+        id_, 0xFFFF888000001000 + id_, offset, cookie, location, 0, sk_ino, clone_of, netns, ifindex, length, 1, reason,
+        pid, rc,
         HOOK[hook], FATE[fate], family, raw_s, raw_d, sport if saddr else 0, dport if saddr else 0, 0x0800,
         17 if saddr else 0, 0, comm.ljust(16, b"\0"), *frames, *([0] * (contract.FOLLOW_FRAMES - len(frames))))
 

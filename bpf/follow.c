@@ -268,7 +268,7 @@ static __always_inline struct follow_state *follow_start(u64 key, u64 head, u64 
  * the filters and --count. The original must still have that buffer: one
  * that got a new one (pskb_expand_head) leaves a stale entry, gone here.
  */
-static __always_inline struct follow_state *follow_clone(u64 key, u64 head, u64 now, struct np_flow *f,
+static __always_inline struct follow_state *follow_clone(u64 key, u64 head, struct np_flow *f,
 							 struct follow_stats *st)
 {
 	struct follow_head *o = head ? follow_heads.lookup(&head) : NULL;
@@ -287,7 +287,7 @@ static __always_inline struct follow_state *follow_clone(u64 key, u64 head, u64 
 		return NULL;
 	}
 	s.id = follow_next_id();
-	s.first_ns = now;
+	s.first_ns = orig->first_ns;	/* on its original's clock: its first hop says when it was cloned */
 	s.l3proto = f->l3proto;
 	s.l4proto = f->family ? f->l4proto : 0;
 	orig = follow_insert(key, &s, st);
@@ -413,7 +413,7 @@ static __always_inline void follow_hook(u16 hook, int entry, struct follow_ctx *
 	if (!s) {
 		if (!entry)
 			return;
-		s = follow_clone(key, head, now, &f, st);
+		s = follow_clone(key, head, &f, st);
 		if (!s && follow_matches(&h, &f))
 			s = follow_start(key, head, now, &f, st);
 		if (!s)

@@ -94,5 +94,5 @@ def summary_lines(snap: FollowSnapshot, stop_reason: str) -> list[str]:
     lines.append(f"health: started {h.started}, table full {h.table_full}, lost hops {h.lost_hops}, "
                  f"hops cut {h.hops_cut}, untracked {h.untracked}")
     if h.clones or h.clones_unseen:
-        lines.append(f"clones: followed {h.clones}, not looked for (table full) {h.clones_unseen}")
+        lines.append(f"clones: followed {h.clones}, unseen (buffer table full) {h.clones_unseen}")
     return [_clip(line, 80) for line in lines]

@@ -165,6 +165,8 @@ def test_bridge_flood_clones_each_followed_to_its_own_fate() -> None:
                 if p is not orig:  # a clone is first seen where the bridge sends it
                     assert path(p)[:5] == tail and len(p["hops"]) == 6, path(p)
                     assert p["first"] == orig["first"]
+                    # on its original's clock: cloned after the bridge port received the original
+                    assert p["hops"][0]["offset_ns"] > orig["hops"][4]["offset_ns"]
                 ended[ns].append((p["fate"]["kind"], p["fate"]["reason"]))
                 if ns in reading:
                     assert ends[5] == ("sock:sk_data_ready", dev, inode(ns))

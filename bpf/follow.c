@@ -177,11 +177,12 @@ static __always_inline int follow_reused(u16 hook, struct follow_state *s, struc
 			return 0;
 		NP_READ(sk, skb, OFF_SKB_SK);
 		if (!sk)
-			return 0;	/* routed: ip_rcv_core orphaned it */
+			return 0;	/* routed: ip_rcv_core orphaned it (net/ipv4/ip_input.c) */
 		/*
-		 * Bridged: it keeps its sender's socket (skb_scrub_packet keeps
-		 * skb->sk across namespaces), which lives elsewhere. New only when
-		 * the socket is of this namespace.
+		 * Bridged: it may still hold its sender's socket, in the namespace
+		 * it came from (veth's hand-over leaves skb->sk set on 6.18: the
+		 * flood live test sees it). New only when the socket is of this
+		 * namespace.
 		 */
 		NP_READ(net, (void *)sk, OFF_SK_NET);
 		if (np_kernel_ptr(net))

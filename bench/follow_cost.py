@@ -49,12 +49,12 @@ def one(topo: env.Topology, name: str, argv: list[str] | None, mps: int, seconds
         if tool is not None:
             tool.wait_ready()
             time.sleep(0.3)
-        before = topo.snmp(topo.rx)["Udp.NoPorts"]
+        before = topo.snmp(topo.rx)["UdpNoPorts"]
         stream = paced_stream(topo, mps, seconds)
         result = workloads.run(topo, workloads.WORKLOADS[0], seconds)
         stream.wait(30)
         time.sleep(0.3)
-        paced = topo.snmp(topo.rx)["Udp.NoPorts"] - before
+        paced = topo.snmp(topo.rx)["UdpNoPorts"] - before
     finally:
         if tool is not None:
             tool.stop()

@@ -13,6 +13,14 @@
  * consume_skb, the read that delivers it, a GRO merge) send the fate and
  * forget the address.
  *
+ * A clone shares its original's data buffer (skb->head) and no tracepoint
+ * fires where it is made: a packet that starts being followed puts its head
+ * in `follow_heads` (a bounded hash, its overflow counted), and an entry
+ * hook that meets an skb not followed looks its head up there first (one
+ * lookup): a hit whose original still has that head is followed as a clone
+ * of it, whatever the filters say and past --count. The original's entry
+ * goes when it ends.
+ *
  * An skb freed where no tracepoint fires (TCP frees a pure ACK with
  * __kfree_skb) leaves its address behind, and the allocator hands it to the
  * next packet. A hook that cannot follow the last one seen on a live skb
@@ -31,9 +39,12 @@
 #endif
 #define FOLLOW_RB_NO_WAKEUP	1	/* BPF_RB_NO_WAKEUP: netpath drains the ring on its own clock */
 #define FOLLOW_GRO_MERGED_FREE	1	/* enum gro_result: GRO_MERGED 0, GRO_MERGED_FREE 1 */
+#define FOLLOW_EEXIST		17	/* a map insert's error for a key already there (BPF_NOEXIST) */
 
 struct follow_state {
 	u64 id;
+	u64 clone_of;	/* the original's id, 0 for an original */
+	u64 head;	/* the data buffer this packet put in follow_heads, 0 when none */
 	u64 first_ns;
 	u64 cookie;	/* where the last hop was: hops with no device of their own are there too */
 	u32 netns;
@@ -64,9 +75,19 @@ struct follow_ctx {
 	u8 fate;
 };
 
+/* a followed original's data buffer: who to name as the original of an skb that shares it */
+struct follow_head {
+	u64 id;
+	u64 skb;
+};
+
+#define FOLLOW_ORIGINALS	0	/* follow_started: originals started (--count counts these) */
+#define FOLLOW_IDS		1	/* ids handed out, originals and clones, in the order they started */
+
 BPF_HASH(followed, u64, struct follow_state, FOLLOW_SLOTS);
+BPF_HASH(follow_heads, u64, struct follow_head, FOLLOW_SLOTS);
 BPF_PERCPU_ARRAY(follow_stats, struct follow_stats, 1);
-BPF_ARRAY(follow_started, u64, 1);
+BPF_ARRAY(follow_started, u64, 2);
 BPF_PERCPU_ARRAY(follow_gro, u64, 1);	/* the skb inside napi_gro_receive on this CPU */
 BPF_PERCPU_ARRAY(follow_cur, u64, 1);	/* the skb netif_receive_skb last saw on this CPU */
 BPF_RINGBUF_OUTPUT(hops, FOLLOW_RING_PAGES);
@@ -97,7 +118,7 @@ static __always_inline void follow_place(struct follow_ctx *c, struct follow_hop
  * at the network header, elsewhere network_header says where it is. The one
  * place a hop's headers are parsed (np_parse_l3, shared with every program).
  */
-static __always_inline void follow_flow(void *skb, u16 hook, struct np_flow *flow)
+static __always_inline u64 follow_flow(void *skb, u16 hook, struct np_flow *flow)
 {
 	unsigned char *head = NULL, *data = NULL;
 	u16 nh = NP_UNSET_HEADER, proto = 0;
@@ -113,6 +134,7 @@ static __always_inline void follow_flow(void *skb, u16 hook, struct np_flow *flo
 	flow->l3proto = np_ntohs(proto);
 	if (np_parse_l3(head, nh, flow))
 		flow->family = 0;
+	return (u64)head;
 }
 
 static __always_inline int follow_rx_hook(u16 hook)
@@ -129,7 +151,8 @@ static __always_inline int follow_reused(u16 hook, struct follow_state *s, struc
 					 struct np_flow *f, void *skb, int entry)
 {
 	u16 last = s->last_hook;
-	u64 sk = 0;
+	u64 sk = 0, net = 0;
+	u32 ns = 0;
 
 	if (f->l3proto && f->l3proto != s->l3proto)
 		return 1;	/* a netlink or unix message now: the packet was freed unseen */
@@ -149,11 +172,22 @@ static __always_inline int follow_reused(u16 hook, struct follow_state *s, struc
 		return last != FH_NETIF_RX && last != FH_GRO && last != FH_XMIT;	/* veth: xmit returns later */
 	case FH_START_XMIT:	/* after the queue (or its qdisc) */
 		return last != FH_DEV_QUEUE && last != FH_QDISC_ENQUEUE && last != FH_QDISC_DEQUEUE;
-	case FH_DEV_QUEUE:	/* forwarded skbs have no socket; a local one sent after a receive is new */
+	case FH_DEV_QUEUE:	/* after a receive: forwarded on, or a new skb a local socket sends here */
 		if (!follow_rx_hook(last))
 			return 0;
 		NP_READ(sk, skb, OFF_SKB_SK);
-		return sk != 0;
+		if (!sk)
+			return 0;	/* routed: ip_rcv_core orphaned it (net/ipv4/ip_input.c) */
+		/*
+		 * Bridged: it may still hold its sender's socket, in the namespace
+		 * it came from (veth's hand-over leaves skb->sk set on 6.18: the
+		 * flood live test sees it). New only when the socket is of this
+		 * namespace.
+		 */
+		NP_READ(net, (void *)sk, OFF_SK_NET);
+		if (np_kernel_ptr(net))
+			NP_READ(ns, (void *)net, OFF_NET_NS_INUM);
+		return ns == h->netns;
 	}
 	return 0;
 }
@@ -170,28 +204,108 @@ static __always_inline int follow_matches(struct follow_hop *h, struct np_flow *
 	return np_flow_matches(flow, flow->family ? 0 : -1);
 }
 
+/* the next packet id, originals and clones alike */
+static __always_inline u64 follow_next_id(void)
+{
+	int slot = FOLLOW_IDS;
+	u64 *ids = follow_started.lookup(&slot);
+
+	return ids ? __sync_fetch_and_add(ids, 1) + 1 : 0;
+}
+
+/* the original's head goes in follow_heads, so the clones made of it are found */
+static __always_inline void follow_own_head(u64 key, u64 head, struct follow_state *s, struct follow_stats *st)
+{
+	struct follow_head o = { .id = s->id, .skb = key };
+	int err;
+
+	if (!head)
+		return;
+	err = follow_heads.insert(&head, &o);
+	if (!err)
+		s->head = head;
+	else if (err != -FOLLOW_EEXIST)	/* full: its clones, if any, go unfollowed */
+		st->v[FSTAT_CLONES_UNSEEN] += 1;
+}
+
+/* the packet's place in `followed`; NULL (counted) when the table is full */
+static __always_inline struct follow_state *follow_insert(u64 key, struct follow_state *s, struct follow_stats *st)
+{
+	if (followed.insert(&key, s)) {
+		st->v[FSTAT_TABLE_FULL] += 1;
+		if (s->head)
+			follow_heads.delete(&s->head);
+		return NULL;
+	}
+	return followed.lookup(&key);
+}
+
 /* a place in `followed` and an id, under --count; NULL when the packet is not followed */
-static __always_inline struct follow_state *follow_start(u64 key, u64 now, struct np_flow *f,
+static __always_inline struct follow_state *follow_start(u64 key, u64 head, u64 now, struct np_flow *f,
 							 struct follow_stats *st)
 {
-	struct follow_state s = {};
-	int zero = 0;
-	u64 *started = follow_started.lookup(&zero);
+	struct follow_state s = {}, *out;
+	int slot = FOLLOW_ORIGINALS;
+	u64 *started = follow_started.lookup(&slot);
 
 	if (!started || *started >= FOLLOW_MAX)
 		return NULL;
-	s.id = __sync_fetch_and_add(started, 1) + 1;
-	if (s.id > FOLLOW_MAX)
+	if (__sync_fetch_and_add(started, 1) >= FOLLOW_MAX)
 		return NULL;	/* another CPU took the last one */
+	s.id = follow_next_id();
 	s.first_ns = now;
 	s.l3proto = f->l3proto;
 	s.l4proto = f->family ? f->l4proto : 0;
-	if (followed.insert(&key, &s)) {
-		st->v[FSTAT_TABLE_FULL] += 1;
+	follow_own_head(key, head, &s, st);
+	out = follow_insert(key, &s, st);
+	if (out)
+		st->v[FSTAT_STARTED] += 1;
+	return out;
+}
+
+/*
+ * An skb not followed that shares a followed original's data buffer is a
+ * clone of it (a bridge flooding a frame, a tap): followed on its own, past
+ * the filters and --count. The original must still have that buffer: one
+ * that got a new one (pskb_expand_head) leaves a stale entry, gone here.
+ */
+static __always_inline struct follow_state *follow_clone(u64 key, u64 head, struct np_flow *f,
+							 struct follow_stats *st)
+{
+	struct follow_head *o = head ? follow_heads.lookup(&head) : NULL;
+	struct follow_state s = {}, *orig;
+	u64 orig_skb, orig_head = 0;
+
+	if (!o)
+		return NULL;
+	orig_skb = o->skb;
+	s.clone_of = o->id;
+	orig = followed.lookup(&orig_skb);
+	if (orig)
+		NP_READ(orig_head, (void *)orig_skb, OFF_SKB_HEAD);
+	if (!orig || orig->id != s.clone_of || orig_head != head) {
+		follow_heads.delete(&head);
 		return NULL;
 	}
-	st->v[FSTAT_STARTED] += 1;
-	return followed.lookup(&key);
+	s.id = follow_next_id();
+	s.first_ns = orig->first_ns;	/* on its original's clock: its first hop says when it was cloned */
+	s.l3proto = f->l3proto;
+	s.l4proto = f->family ? f->l4proto : 0;
+	orig = follow_insert(key, &s, st);
+	if (orig)
+		st->v[FSTAT_CLONES] += 1;
+	return orig;
+}
+
+/* the packet at `key` ends: it leaves `followed`, and its head leaves follow_heads */
+static __always_inline void follow_forget(u64 key, struct follow_state *s)
+{
+	u64 head = s->head;
+	struct follow_head *o = head ? follow_heads.lookup(&head) : NULL;
+
+	if (o && o->id == s->id)
+		follow_heads.delete(&head);
+	followed.delete(&key);
 }
 
 static __always_inline void follow_send(struct follow_hop *h, struct follow_stats *st)
@@ -206,16 +320,19 @@ static __always_inline void follow_send(struct follow_hop *h, struct follow_stat
 	hops.ringbuf_submit(out, FOLLOW_RB_NO_WAKEUP);
 }
 
-/* the hop's fields that do not depend on following: where, headers, length, the reader */
-static __always_inline void follow_read(u16 hook, struct follow_ctx *c, struct follow_hop *h, struct np_flow *f)
+/* the hop's fields that do not depend on following: where, headers, length, the reader; the data buffer */
+static __always_inline u64 follow_read(u16 hook, struct follow_ctx *c, struct follow_hop *h, struct np_flow *f)
 {
+	u64 head;
+
 	follow_place(c, h);
 	h->len = c->len;
 	if (c->gone)
-		return;
-	follow_flow(c->skb, hook, f);
+		return 0;
+	head = follow_flow(c->skb, hook, f);
 	if (!h->len)
 		NP_READ(h->len, c->skb, OFF_SKB_LEN);
+	return head;
 }
 
 static __always_inline void follow_fill(struct follow_hop *h, struct np_flow *f, struct follow_ctx *c)
@@ -260,6 +377,7 @@ static __always_inline void follow_untracked(u64 key, struct follow_state *s, u1
 	struct follow_hop h = {};
 
 	h.id = s->id;
+	h.clone_of = s->clone_of;
 	h.skb = key;
 	h.hook = hook;
 	h.offset_ns = bpf_ktime_get_ns() - s->first_ns;
@@ -268,7 +386,7 @@ static __always_inline void follow_untracked(u64 key, struct follow_state *s, u1
 	h.netns_cookie = s->cookie;
 	h.cpu = bpf_get_smp_processor_id();
 	follow_send(&h, st);
-	followed.delete(&key);
+	follow_forget(key, s);
 	st->v[FSTAT_UNTRACKED] += 1;
 }
 
@@ -279,7 +397,7 @@ static __always_inline void follow_hook(u16 hook, int entry, struct follow_ctx *
 	struct follow_state *s;
 	struct follow_hop h = {};
 	struct np_flow f = {};
-	u64 key = (u64)c->skb, now;
+	u64 key = (u64)c->skb, now, head;
 
 	if (!st || !key || hook >= FH_MAX)
 		return;
@@ -287,16 +405,18 @@ static __always_inline void follow_hook(u16 hook, int entry, struct follow_ctx *
 	s = followed.lookup(&key);
 	if (!s && !entry)
 		return;
-	follow_read(hook, c, &h, &f);
+	head = follow_read(hook, c, &h, &f);
 	if (s && !c->gone && follow_reused(hook, s, &h, &f, c->skb, entry)) {
 		follow_untracked(key, s, hook, st);
 		s = NULL;
 	}
 	now = bpf_ktime_get_ns();
 	if (!s) {
-		if (!entry || !follow_matches(&h, &f))
+		if (!entry)
 			return;
-		s = follow_start(key, now, &f, st);
+		s = follow_clone(key, head, &f, st);
+		if (!s && follow_matches(&h, &f))
+			s = follow_start(key, head, now, &f, st);
 		if (!s)
 			return;
 	}
@@ -305,6 +425,7 @@ static __always_inline void follow_hook(u16 hook, int entry, struct follow_ctx *
 		h.netns_cookie = s->cookie;
 	}
 	h.id = s->id;
+	h.clone_of = s->clone_of;
 	h.skb = key;
 	h.hook = hook;
 	h.offset_ns = now - s->first_ns;
@@ -321,7 +442,7 @@ static __always_inline void follow_hook(u16 hook, int entry, struct follow_ctx *
 		st->v[FSTAT_HOPS_CUT] += 1;
 	}
 	if (c->fate)
-		followed.delete(&key);
+		follow_forget(key, s);
 }
 
 #ifdef HOOK_FH_DEV_QUEUE

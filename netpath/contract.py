@@ -331,20 +331,24 @@ FOLLOW_FATES = ("in_flight", "delivered", "dropped", "sent", "gro_merged", "cons
                 "segmented")
 FOLLOW_FRAMES = 8  # kernel stack frames a `freed` or `consumed` hop carries: who freed it, past the free functions
 # bpf/follow.c's own counters (enum follow_stat), then one hit counter per hook (FOLLOW_HOOKS order)
-FOLLOW_STATS = ("started", "table_full", "lost_hops", "hops_cut", "untracked")
+# clones: skbs followed as clones of a followed packet; clones_unseen: originals whose data buffer found no room
+# in follow_heads (FOLLOW_SLOTS), so their clones, if any, were not followed
+FOLLOW_STATS = ("started", "table_full", "lost_hops", "hops_cut", "untracked", "clones", "clones_unseen")
 FOLLOW_SLOTS = 4096  # skbs followed at once (the followed hash); a start past it is counted in table_full
 FOLLOW_MAX_HOPS = 128  # hops sent per packet: a routing loop cannot fill the ring (past it: hops_cut)
 FOLLOW_MAX_DEFAULT = 10  # --count
 FOLLOW_MAX_LIMIT = 10_000_000
-FOLLOW_RING_BYTES = 1 << 19  # the hop ring: ~2400 hops (208 bytes each) between two drains (every 0.1 s)
+FOLLOW_RING_BYTES = 1 << 19  # the hop ring: ~2400 hops (216 bytes each) between two drains (every 0.1 s)
 FOLLOW_HOP = Layout("follow_hop", (
     _f("id", "u64"), _f("skb", "u64"), _f("offset_ns", "u64"), _f("netns_cookie", "u64"), _f("location", "u64"),
-    _f("cgroup", "u64"), _f("sk_ino", "u64"), _f("netns", "u32"), _f("ifindex", "u32"), _f("len", "u32"),
+    _f("cgroup", "u64"), _f("sk_ino", "u64"), _f("clone_of", "u64"), _f("netns", "u32"), _f("ifindex", "u32"),
+    _f("len", "u32"),
     _f("cpu", "u32"), _f("reason", "u32"), _f("pid", "u32"), _f("rc", "s32"), _f("hook", "u16"), _f("fate", "u8"),
     _f("family", "u8"), _f("saddr", "u32", 4, raw=True), _f("daddr", "u32", 4, raw=True), _f("sport", "u16"),
     _f("dport", "u16"), _f("l3proto", "u16"), _f("l4proto", "u8"), _f("pad", "u8"), _f("comm", "char", 16),
     _f("frames", "u64", FOLLOW_FRAMES)),
-    "one hop of a followed skb: offset_ns since the first hop, where (namespace cookie and inode, device), "
+    "one hop of a followed skb: clone_of the id of the packet it is a clone of (0: an original); "
+    "offset_ns since the first hop, where (namespace cookie and inode, device), "
     "the headers read again here (family 0: not readable at this hook); fate ends the packet; delivered: "
     "the socket's inode and cgroup (sk_data_ready) or the reading process (skb_copy_datagram_iovec); "
     "consumed: the current process too, and frames, to tell a read from a free in softirq")

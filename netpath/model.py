@@ -572,6 +572,7 @@ class FollowedPacket:
     first: Flow
     hops: tuple[Hop, ...]
     fate: Fate
+    clone_of: int | None = None  # a clone: the id of the followed packet whose data buffer it shares
 
 
 @dataclass(frozen=True)
@@ -582,6 +583,8 @@ class FollowHealth:
     lost_hops: int = 0  # hops the ring had no room for
     hops_cut: int = 0  # hops past the per-packet limit
     untracked: int = 0  # packets whose address was reused after a free no tracepoint shows
+    clones: int = 0  # clones of followed packets followed (each a packet of its own)
+    clones_unseen: int = 0  # originals whose clones could not be looked for: the heads table was full
 
 
 @dataclass

@@ -35,7 +35,7 @@ Examples:
 # --count counts packets here, not reports: the shared one (RUN_OPTIONS[2]) is replaced by this one
 COUNT_OPTION = click.option(
     "--count", type=bounded_int(1, contract.FOLLOW_MAX_LIMIT, "packets"), default=contract.FOLLOW_MAX_DEFAULT,
-    show_default=True, metavar="N", help="Follow N packets, then stop when each has ended.")
+    show_default=True, metavar="N", help="Follow N packets (and their clones), then stop when each has ended.")
 
 
 def _options(fn: F) -> F:

@@ -58,7 +58,7 @@ L4_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp"}
 OWNER_FIELDS = ("OFF_SK_STATE", "OFF_SK_SOCKET", "OFF_SK_CGROUP", "OFF_CGROUP_KN", "OFF_KN_ID", "OFF_SOCKET_INODE",
                 "OFF_INODE_INO", "OFF_SK_FAMILY", "OFF_SK_RCVQ", "OFF_SK_RCVQ_PREV")
 NEEDED = (*OWNER_FIELDS, "OFF_SKB_DEV", "OFF_SKB_LEN", "OFF_SKB_HEAD", "OFF_SKB_DATA", "OFF_SKB_PROTOCOL",
-          "OFF_SKB_NETWORK_HEADER", "OFF_SKB_SKB_IIF", "OFF_SKB_SK", "OFF_DEV_IFINDEX", "OFF_DEV_ND_NET",
+          "OFF_SKB_NETWORK_HEADER", "OFF_SKB_SKB_IIF", "OFF_SKB_SK", "OFF_SK_NET", "OFF_DEV_IFINDEX", "OFF_DEV_ND_NET",
           "OFF_NET_NS_INUM", "OFF_NET_COOKIE")
 
 
@@ -160,6 +160,7 @@ class _Raw:
     location: int
     cgroup: int
     sk_ino: int
+    clone_of: int
     netns: int
     ifindex: int
     length: int
@@ -181,11 +182,11 @@ class _Raw:
 
     @classmethod
     def unpack(cls, raw: bytes) -> _Raw:
-        (id_, skb, offset, cookie, location, cgroup, sk_ino, netns, ifindex, length, cpu, reason, pid, rc, hook,
-         fate, family, saddr, daddr, sport, dport, l3proto, l4proto, _pad, comm,
+        (id_, skb, offset, cookie, location, cgroup, sk_ino, clone_of, netns, ifindex, length, cpu, reason, pid, rc,
+         hook, fate, family, saddr, daddr, sport, dport, l3proto, l4proto, _pad, comm,
          *frames) = contract.FOLLOW_HOP.unpack(raw)
-        return cls(id_, skb, offset, cookie, location, cgroup, sk_ino, netns, ifindex, length, cpu, reason, pid, rc,
-                   hook, fate, family, saddr, daddr, sport, dport, l3proto, l4proto, comm, tuple(frames))
+        return cls(id_, skb, offset, cookie, location, cgroup, sk_ino, clone_of, netns, ifindex, length, cpu, reason,
+                   pid, rc, hook, fate, family, saddr, daddr, sport, dport, l3proto, l4proto, comm, tuple(frames))
 
     def flow(self) -> Flow:
         if self.family not in (4, 6):
@@ -320,7 +321,7 @@ class PacketBuilder:
         fate = self.fate(end, hops)
         if fate.kind == "in_flight":
             fate = self._sent_by(hops) or fate
-        return FollowedPacket(raws[0].id, raws[0].skb, first, tuple(hops), fate)
+        return FollowedPacket(raws[0].id, raws[0].skb, first, tuple(hops), fate, raws[0].clone_of or None)
 
 
 class FollowSession(ProgramSession):
@@ -336,6 +337,7 @@ class FollowSession(ProgramSession):
         self._open: dict[int, list[_Raw]] = {}  # id -> hops so far
         self._unnamed: list[tuple[float, list[_Raw]]] = []  # ended, owner to be named
         self._ended = 0
+        self._originals_ended = 0  # --count counts these; clones come on top
         self._last_ended = 0
         self._last_stats: dict[str, int] = {}
         self._last_ns = 0
@@ -369,6 +371,7 @@ class FollowSession(ProgramSession):
         if r.fate:
             del self._open[r.id]
             self._ended += 1
+            self._originals_ended += not r.clone_of
             packet = self._builder.packet(hops, ended=True)
             if r.sk_ino and packet.fate.owner is not None and packet.fate.owner.pid is None:
                 self._unnamed.append((time.monotonic(), hops))  # a socket born since the last look at /proc
@@ -390,8 +393,10 @@ class FollowSession(ProgramSession):
         return [*super().events(), *self._named_late(False)]
 
     def done(self) -> bool:
-        """Every packet --count asked for has ended, and has its owner named."""
-        return self._ended >= self.query.count and not self._unnamed
+        """Every packet --count asked for has ended, every clone of them too, and each has its owner named.
+
+        A clone starts only while its original is followed, so once the originals have ended no other starts."""
+        return self._originals_ended >= self.query.count and not self._open and not self._unnamed
 
     def stats(self) -> dict[str, int]:
         assert self.prog is not None

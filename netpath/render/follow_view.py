@@ -77,7 +77,8 @@ def fate_text(f: Fate) -> str:
 
 
 def packet_lines(p: FollowedPacket) -> list[str]:
-    head = f"packet {p.id}: {flow_text(p.first)}  ({len(p.hops)} hops)"
+    clone = f" (clone of {p.clone_of})" if p.clone_of else ""
+    head = f"packet {p.id}{clone}: {flow_text(p.first)}  ({len(p.hops)} hops)"
     lines = [_clip(head, 80), HEADER]
     for h in p.hops:
         lines += hop_lines(h)
@@ -92,4 +93,6 @@ def summary_lines(snap: FollowSnapshot, stop_reason: str) -> list[str]:
              f"{len(snap.in_flight)} in flight"]
     lines.append(f"health: started {h.started}, table full {h.table_full}, lost hops {h.lost_hops}, "
                  f"hops cut {h.hops_cut}, untracked {h.untracked}")
+    if h.clones or h.clones_unseen:
+        lines.append(f"clones: followed {h.clones}, unseen (buffer table full) {h.clones_unseen}")
     return [_clip(line, 80) for line in lines]

@@ -229,15 +229,16 @@ def fate(f: Fate) -> Record:
 
 
 def packet(p: FollowedPacket) -> Record:
-    return record("packet", id=p.id, skb=f"0x{p.skb:x}", first=flow(p.first), hops=[hop(h) for h in p.hops],
-                  fate=fate(p.fate))
+    return record("packet", id=p.id, clone_of=p.clone_of, skb=f"0x{p.skb:x}", first=flow(p.first),
+                  hops=[hop(h) for h in p.hops], fate=fate(p.fate))
 
 
 def _follow_body(snap: FollowSnapshot) -> Record:
     h = snap.health
     return {"followed": snap.followed, "in_flight": len(snap.in_flight),
             "health": {"probe_hits": dict(h.probe_hits), "started": h.started, "table_full": h.table_full,
-                       "lost_hops": h.lost_hops, "hops_cut": h.hops_cut, "untracked": h.untracked}}
+                       "lost_hops": h.lost_hops, "hops_cut": h.hops_cut, "untracked": h.untracked,
+                       "clones": h.clones, "clones_unseen": h.clones_unseen}}
 
 
 # ---------------------------------------------------------------- lines

@@ -104,7 +104,7 @@ def test_shared_struct_sizes_are_pinned():
         "np_napi_val": 40, "np_cpu_counters": 8 * contract.HITS + 56 + 8 * len(STAGES), "np_hist_key": 16,
         "np_napi_key": 12,
         "np_stage_hist": 8 * 512, "np_slow_event": 128, "drop_where": 40, "drop_flow": 40, "drop_full_key": 80,
-        "drop_sample": 136, "drop_owner": 16, "np_owner_key": 16, "pcap_meta": 64, "follow_hop": 208,
+        "drop_sample": 136, "drop_owner": 16, "np_owner_key": 16, "pcap_meta": 64, "follow_hop": 216,
     }
     assert contract.HITS == 36
 

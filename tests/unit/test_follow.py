@@ -79,18 +79,19 @@ def test_no_entry_hook_is_an_environment_error(tmp_path):
 def hop(id_: int, hook: str, offset: int, *, fate: str = "in_flight", saddr: str | None = "10.0.0.1",
         daddr: str = "10.9.0.53", sport: int = 4000, dport: int = 53, ifindex: int = 4, netns: int = 77,
         cookie: int = 0, reason: int = 0, location: int = 0, sk_ino: int = 0, pid: int = 0, rc: int = 0,
-        length: int = 36, comm: bytes = b"", frames: tuple[int, ...] = ()) -> bytes:
+        length: int = 36, comm: bytes = b"", frames: tuple[int, ...] = (), clone_of: int = 0) -> bytes:
     family = 4 if saddr else 0
     raw_s = ipaddress.ip_address(saddr).packed.ljust(16, b"\0") if saddr else bytes(16)
     raw_d = ipaddress.ip_address(daddr).packed.ljust(16, b"\0") if saddr else bytes(16)
     return contract.FOLLOW_HOP.fmt.pack(
-        id_, 0xFFFF888000001000 + id_, offset, cookie, location, 0, sk_ino, netns, ifindex, length, 1, reason, pid, rc,
+        id_, 0xFFFF888000001000 + id_, offset, cookie, location, 0, sk_ino, clone_of, netns, ifindex, length, 1, reason,
+        pid, rc,
         HOOK[hook], FATE[fate], family, raw_s, raw_d, sport if saddr else 0, dport if saddr else 0, 0x0800,
         17 if saddr else 0, 0, comm.ljust(16, b"\0"), *frames, *([0] * (contract.FOLLOW_FRAMES - len(frames))))
 
 
-def stats(started: int = 0, untracked: int = 0, hits: int = 0) -> bytes:
-    values = dict(started=started, untracked=untracked)
+def stats(started: int = 0, untracked: int = 0, hits: int = 0, clones: int = 0) -> bytes:
+    values = dict(started=started, untracked=untracked, clones=clones)
     own = [values.get(name, 0) for name in contract.FOLLOW_STATS]
     return b"".join(U64.pack(v) for v in (*own, *([hits] * len(contract.FOLLOW_HOOKS))))
 
@@ -233,3 +234,29 @@ def test_a_consume_in_a_read_is_delivered_to_the_reader_and_a_softirq_free_is_no
     assert records.packet(read)["fate"]["owner"]["pid"] == 555
     assert "delivered to" in follow_view.fate_text(read.fate) and "555" in follow_view.fate_text(read.fate)
     assert (answered.fate.kind, answered.fate.owner) == ("consumed", None)
+
+
+def test_a_clone_names_its_original_and_the_run_waits_for_it(session):
+    """--count counts originals; a clone (clone_of: the original's id) is a packet of its own, and the run
+    is done only once the clones started by the counted packets have ended too."""
+    s, prog = session
+    no_socket = reasons().code("NO_SOCKET") or -1
+    for id_ in (1, 3):
+        prog.send("hops", hop(id_, "net:netif_receive_skb", 0))
+        prog.send("hops", hop(id_, "sock:sk_data_ready", 700, fate="delivered", sk_ino=99))
+    prog.send("hops", hop(2, "net:net_dev_queue", 0, clone_of=1, ifindex=1))
+    s.wait(0)
+    assert not s.done()  # both originals ended, their clone has not
+    prog.send("hops", hop(2, "skb:kfree_skb", 400, clone_of=1, fate="dropped", reason=no_socket))
+    s.wait(0)
+    got = {p.id: p for p in s.events()}
+    assert s.done() and sorted(got) == [1, 2, 3]
+    assert (got[1].clone_of, got[2].clone_of, got[2].fate.kind) == (None, 1, "dropped")
+    assert records.packet(got[2])["clone_of"] == 1 and records.packet(got[1])["clone_of"] is None
+    lines = follow_view.packet_lines(got[2])
+    assert lines[0].startswith("packet 2 (clone of 1): udp 10.0.0.1:4000 > 10.9.0.53:53") and len(lines[0]) <= 80
+    prog.set_array("follow_stats", 0, [stats(2, 0, 1, clones=1), stats(0, 0, 1)])
+    snap = s.summary(10**9)
+    assert (snap.health.clones, snap.health.clones_unseen) == (1, 0)
+    assert records.summary(snap, "count", None)["health"]["clones"] == 1
+    assert "clones: followed 1, unseen (buffer table full) 0" in follow_view.summary_lines(snap, "count")

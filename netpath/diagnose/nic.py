@@ -48,6 +48,12 @@ DRIVERS: dict[str, tuple[DriverCounter, ...]] = {
             _dc(r"^rx_queue_\d+_alloc_failed$", "alloc", ALLOC)),
     "e1000e": (_dc(r"^rx_no_buffer_count$", "ring", RING),
                _dc(r"^rx_missed_errors$", "port", PORT)),
+    # e1000 (82540-82547, and qemu's emulated e1000): drivers/net/ethernet/intel/e1000/e1000_ethtool.c names
+    # stats.rnbc rx_no_buffer_count and stats.mpc rx_missed_errors; e1000_main.c's e1000_update_stats adds
+    # the RNBC (receive descriptor ring empty) and MPC (missed: packet buffer full) registers into them and
+    # copies mpc into the link's rx_missed_errors. One queue only, so no per-queue names.
+    "e1000": (_dc(r"^rx_no_buffer_count$", "ring", RING),
+              _dc(r"^rx_missed_errors$", "port", PORT + " (packet buffer full)")),
     "i40e": (_dc(r"^port\.rx_dropped$", "ring", RING + " (port: no descriptor on any queue)"),
              _dc(r"^rx_dropped$", "ring", RING + " (this VSI's queues)"),
              _dc(r"^rx-\d+\.rx_alloc_buff_failed$|^rx_alloc_fail$", "alloc", ALLOC)),

@@ -40,6 +40,7 @@ CASES = [
     ("mlx5_core", "mlx5_core.txt", {"rx_out_of_buffer": 20412, "rx_discards_phy": 3305}, {"ring", "port"}),
     ("ixgbe", "ixgbe.txt", {"rx_no_dma_resources": 7781, "rx_missed_errors": 512}, {"ring", "port"}),
     ("igb", "igb.txt", {"rx_no_buffer_count": 644}, {"ring"}),
+    ("e1000", "e1000.txt", {"rx_no_buffer_count": 214699, "rx_missed_errors": 214699}, {"ring", "port"}),
     ("e1000e", "e1000e.txt", {"rx_missed_errors": 91, "rx_no_buffer_count": 35}, {"ring", "port"}),
     ("i40e", "i40e.txt", {"port.rx_dropped": 15006}, {"ring"}),
     ("ice", "ice.txt", {"port.rx_dropped": 44210}, {"ring"}),

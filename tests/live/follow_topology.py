@@ -51,7 +51,8 @@ class Topology:
 }}""")
 
 
-def _veth(left: str, lns: str, right: str, rns: str) -> None:
+def add_veth(left: str, lns: str, right: str, rns: str) -> None:
+    """A veth pair from namespace lns to namespace rns, IPv6 off on both ends (no stray router solicitations)."""
     ip("link", "add", left, "netns", lns, "type", "veth", "peer", "name", right, "netns", rns)
     disable_ipv6(left, lns)
     disable_ipv6(right, rns)
@@ -67,8 +68,8 @@ def topology() -> Iterator[Topology]:
             ip("netns", "add", ns)
             made.append(ns)
             ip("-n", ns, "link", "set", "lo", "up")
-        _veth(t.ca, t.a, t.pa, t.m)
-        _veth(t.cb, t.m, t.sb, t.b)
+        add_veth(t.ca, t.a, t.pa, t.m)
+        add_veth(t.cb, t.m, t.sb, t.b)
         ip("-n", t.m, "link", "add", t.br, "type", "bridge")
         disable_ipv6(t.br, t.m)
         ip("-n", t.m, "link", "set", t.pa, "master", t.br)

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from follow_topology import add_veth
 from netpath_testlib import NetpathRun, disable_ipv6, ip, link_mac
 
 SENDER, TARGET, TARGET_MAC, PORT = "10.78.0.1", "10.78.0.100", "02:00:5e:10:00:99", 7100
@@ -60,12 +61,6 @@ class Flood:
         return int(dict(zip(lines[0][1:], lines[1][1:], strict=True))[name])
 
 
-def _veth(left: str, lns: str, right: str, rns: str) -> None:
-    ip("link", "add", left, "netns", lns, "type", "veth", "peer", "name", right, "netns", rns)
-    disable_ipv6(left, lns)
-    disable_ipv6(right, rns)
-
-
 @contextmanager
 def flood() -> Iterator[Flood]:
     tag = uuid.uuid4().hex[:6]
@@ -80,10 +75,10 @@ def flood() -> Iterator[Flood]:
             ip("-n", ns, "link", "set", "lo", "up")
         ip("-n", f.m, "link", "add", f.br, "type", "bridge")
         disable_ipv6(f.br, f.m)
-        _veth(f.ca, f.a, f.pa, f.m)
+        add_veth(f.ca, f.a, f.pa, f.m)
         ip("-n", f.m, "link", "set", f.pa, "master", f.br)
         for ns, (dev, port) in f.receivers.items():
-            _veth(port, f.m, dev, ns)
+            add_veth(port, f.m, dev, ns)
             ip("-n", ns, "link", "set", dev, "address", TARGET_MAC)
             ip("-n", ns, "addr", "add", f"{TARGET}/24", "dev", dev)
             ip("-n", ns, "link", "set", dev, "up")

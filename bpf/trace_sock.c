@@ -264,6 +264,31 @@ static __always_inline void np_cur_missed(struct np_cpu_state *c)
 	np_hit_c(c, H_ENQ_MISSED);
 }
 
+/*
+ * Since 6.18 UDP queues datagrams through per-NUMA producer lists: the CPU
+ * that finds the list empty moves every CPU's datagrams to the socket and
+ * wakes it once for each (net/ipv4/udp.c __udp_enqueue_schedule_skb, from
+ * "udp: remove busylock and add per NUMA queues"), so a wakeup can come
+ * on a CPU whose own datagram already had its wakeup. With the queue not
+ * empty the tail is counted as the trace did not follow it (unseen_enqueue);
+ * with the queue already read, the datagram it was for is missed_enqueue,
+ * on a socket the trace follows. Its own CPU never sees a wakeup for it, so
+ * every datagram is still counted once.
+ */
+static __always_inline void np_batched_missed(struct np_cpu_state *c, void *sk)
+{
+#if UDP_BY_RING
+	u64 skey = (u64)sk;
+	struct np_sk_fifo *fifo;
+
+	if (!c || !(c->cur.flags & CUR_ENQUEUED))
+		return;	/* this CPU's datagram was not the trace's: neither is this one */
+	fifo = fifos.lookup(&skey);
+	if (fifo && fifo->followed)
+		np_hit_c(c, H_ENQ_MISSED);
+#endif
+}
+
 /* the enqueue time: read once, and only when this enqueue is timed (0: not read yet) */
 static __always_inline u64 np_enq_now(struct np_cpu_state *c)
 {
@@ -454,6 +479,8 @@ static __always_inline int np_on_data_ready(struct np_cpu_state *c, void *sk)
 		/* empty queue: a reader on another CPU took the datagram between its enqueue and this wakeup */
 		if (np_cur_waiting(c))
 			np_cur_missed(c);
+		else
+			np_batched_missed(c, sk);
 		return 0;
 	}
 	NP_LOAD(sk_proto, sk, OFF_SK_PROTOCOL);

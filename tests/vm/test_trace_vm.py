@@ -58,7 +58,12 @@ def test_udp_counts_equal_datagrams_at_every_kprobe_stage(netns_pair) -> None:
     for stage in ("netif_receive_skb", "ip_rcv", "ip_local_deliver", "udp_rcv"):
         assert _stage(summary, stage)["count"] == n, (stage, _stage(summary, stage), h)
     assert _stage(summary, "stack_total")["count"] + h["missed_enqueue"] + h["unseen_enqueue"] == n, h
-    assert _stage(summary, "socket_queue")["count"] + h["unseen_read"] == n, (_stage(summary, "socket_queue"), h)
+    # a UDP read is counted at sock:sock_recv_length where the kernel has it (6.12; a read before its enqueue
+    # was seen is unseen_read), before that (6.1) at the datagram's free, where a datagram read before its
+    # wakeup (missed_enqueue) has no entry to find
+    sq = _stage(summary, "socket_queue")
+    unaccounted = h["unseen_read"] if "sock:sock_recv_length" in sq["hook"] else h["missed_enqueue"]
+    assert sq["count"] + unaccounted == n, (sq, h)
     for stage in ("netif_receive_skb", "ip_rcv", "ip_local_deliver", "udp_rcv", "stack_total", "socket_queue"):
         row = _stage(summary, stage)
         assert row["p50_ns"] > 0 and row["max_ns"] >= row["p99_ns"] >= row["p50_ns"], (stage, row)

@@ -166,6 +166,7 @@ static __always_inline void np_fifo_pop(void *ctx, struct np_cpu_state *c, struc
 	u64 want = NP_TAG(seq, TAG_WRITTEN), tag;
 	u32 ifindex = 0, netns = 0;
 	u64 t[CP_MAX] = {};
+	void *skb = NULL;
 
 #pragma unroll
 	for (int i = 0; i < 3; i++) {
@@ -173,24 +174,20 @@ static __always_inline void np_fifo_pop(void *ctx, struct np_cpu_state *c, struc
 		if (NP_TAG_SEQ1(tag) > seq + 1)
 			break;	/* a newer datagram's */
 		if (tag == want) {
+			/* all of it before the claim: once READ, a writer may take the slot */
+#if SLOWER_NS > 0
+			__builtin_memcpy(t, slot->t, sizeof(t));
+			skb = (void *)slot->skb;
+#endif
 			t[CP_ENQ] = slot->t_enq;
 #if NEED_WHERE
 			ifindex = slot->ifindex;
 			netns = slot->netns;
 #endif
-#if SLOWER_NS > 0
-			__builtin_memcpy(t, slot->t, sizeof(t));
-			t[CP_ENQ] = slot->t_enq;
-#endif
 			if (__sync_val_compare_and_swap(&slot->tag, want, NP_TAG(seq, TAG_READ)) != want)
 				continue;	/* a writer took it while it was read: what was read may be the newer one's */
-			if (!t[CP_ENQ])
-				return;	/* not followed */
-#if SLOWER_NS > 0
-			np_read(ctx, c, (void *)slot->skb, t, ifindex, netns);
-#else
-			np_read(ctx, c, NULL, t, ifindex, netns);
-#endif
+			if (t[CP_ENQ])	/* else not followed */
+				np_read(ctx, c, skb, t, ifindex, netns);
 			return;
 		}
 		/* older, or BUSY with seq: not published yet, its writer counts this read */

@@ -91,6 +91,8 @@
 #endif
 /* t_enq of a datagram followed but not timed: no real timestamp is 1 */
 #define NP_UNTIMED	1
+/* t_enq of an entry whose skb was read or freed before sk_data_ready stamped it (np_read_skb) */
+#define NP_ENQ_EARLY	2
 
 /*
  * TP_BTF=1 (RX_TSTAMP builds where the kernel allows it): netif_receive_skb

@@ -96,10 +96,18 @@ static __always_inline void np_read(void *ctx, struct np_cpu_state *c, void *skb
 	np_emit_slow(ctx, c, skb, t, ifindex, netns, now, queued);
 }
 
-/* first copy to user space (TCP), or the free after a linear UDP copy */
+/*
+ * first copy to user space (TCP), or the free after a linear UDP copy; one
+ * not stamped yet is marked NP_ENQ_EARLY, so a wakeup racing on another CPU
+ * does not stamp what was read and counts it as missed_enqueue instead
+ */
 static __always_inline void np_read_skb(void *ctx, struct np_cpu_state *c, u64 key, struct np_skb_state *st)
 {
-	if (st->t[CP_ENQ] && !(st->done & (1 << STAGE_SOCKET_QUEUE)))
+	u64 enq = st->t[CP_ENQ];
+
+	if (!enq)
+		enq = __sync_val_compare_and_swap(&st->t[CP_ENQ], 0, NP_ENQ_EARLY);
+	if (enq && enq != NP_ENQ_EARLY && !(st->done & (1 << STAGE_SOCKET_QUEUE)))
 		np_read(ctx, c, (void *)key, st->t, st->ifindex, st->netns);
 	skbs.delete(&key);
 }

@@ -264,6 +264,14 @@ static __always_inline void np_cur_missed(struct np_cpu_state *c)
 	np_hit_c(c, H_ENQ_MISSED);
 }
 
+/* a reader took skb before this wakeup could stamp it: missed_enqueue, as when the queue is found empty */
+static __always_inline void np_read_first(struct np_cpu_state *c, u64 key)
+{
+	if (c && c->cur.skb == key)
+		c->cur.flags |= CUR_ENQUEUED;
+	np_hit_c(c, H_ENQ_MISSED);
+}
+
 /*
  * Since 6.18 UDP queues datagrams through per-NUMA producer lists: the CPU
  * that finds the list empty moves every CPU's datagrams to the socket and
@@ -370,7 +378,21 @@ static __always_inline void np_enq_cur(struct np_cpu_state *c, void *sk, u64 key
 static __always_inline void np_enq_entry(struct np_cpu_state *c, struct np_skb_state *st, void *sk, u64 key,
 					u64 now, u32 udp)
 {
-	if (st->t[CP_ENQ])
+	u64 was = st->t[CP_ENQ];
+
+	/*
+	 * 0 -> now once, by compare-and-swap: a reader on another CPU can
+	 * dequeue, copy and free the skb between its enqueue and this program
+	 * (6.1 counts a UDP read at that free), and marks it NP_ENQ_EARLY
+	 * first. A UDP FIFO (UDP_BY_RING) accounts that read itself.
+	 */
+	if (!was)
+		was = __sync_val_compare_and_swap(&st->t[CP_ENQ], 0, now);
+	if (was == NP_ENQ_EARLY && !(UDP_BY_RING && udp)) {
+		np_read_first(c, key);
+		return;
+	}
+	if (was && was != NP_ENQ_EARLY)
 		return;	/* already stamped (TCP coalescing, spurious wakeup) */
 	st->t[CP_ENQ] = now;
 	st->udp = udp;
@@ -505,6 +527,14 @@ static __always_inline int np_on_data_ready(struct np_cpu_state *c, void *sk)
 		np_enq_entry(c, st, sk, key, now, udp);
 		return 0;
 	}
+#if !UDP_BY_RING
+	/* this CPU's datagram had an entry and has none now: its read freed it before this wakeup */
+	if (udp && c && c->cur.skb == key &&
+	    (c->cur.flags & (CUR_TRACKED | CUR_IN_MAP | CUR_ENQUEUED)) == (CUR_TRACKED | CUR_IN_MAP)) {
+		np_read_first(c, key);
+		return 0;
+	}
+#endif
 #ifdef USE_SOCKQ
 	if (np_enq_unseen(c, sk, skb, net, key, now, udp))
 		return 0;

@@ -70,11 +70,10 @@ if [ "${VM_REALNIC:-1}" = 1 ]; then
         VNG_ARGS+=(--qemu-opts="-netdev hubport,id=npnic$i,hubid=14 -device virtio-net-pci,netdev=npnic$i,mac=52:54:00:6e:70:0$i")
     done
 fi
-# A second pair, emulated e1000 on its own hub (15), for the one thing virtio-net cannot show: a full
-# receive ring. qemu's e1000 drops a frame that finds no free descriptor and counts it in RNBC and
-# MPC (hw/net/e1000.c e1000_receiver_overrun), which the guest's e1000 driver reports as
-# rx_no_buffer_count and rx_missed_errors. Its own switch, off by default: see vm/README.md for why
-# no test uses it yet (qemu never clears those two registers on read).
+# A second pair, emulated e1000 on its own hub (15): unlike virtio-net, qemu's e1000 drops a frame that
+# finds no free receive descriptor and counts it in RNBC and MPC (hw/net/e1000.c e1000_receiver_overrun),
+# which the guest's e1000 driver reports as rx_no_buffer_count and rx_missed_errors. Its own switch, off by
+# default: qemu never clears those registers on read, so the guest's counters are inflated (vm/README.md).
 if [ "${VM_E1000:-0}" = 1 ]; then
     for i in 1 2; do
         VNG_ARGS+=(--qemu-opts="-netdev hubport,id=npe1k$i,hubid=15 -device e1000,netdev=npe1k$i,mac=52:54:00:6e:71:0$i")

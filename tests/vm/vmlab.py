@@ -376,8 +376,9 @@ def realnic_pair(subnet: int = 250) -> Iterator[RealNics]:
         yield pair
 
 
-# The second pair (vm/run.sh, same VM_REALNIC switch): qemu's emulated e1000 on its own hub, the NIC
-# whose full receive ring the guest can see (RNBC/MPC: rx_no_buffer_count, rx_missed_errors).
+# The second pair (vm/run.sh, VM_E1000=1): qemu's emulated e1000 on its own hub, the NIC
+# whose full receive ring the guest can see (RNBC/MPC: rx_no_buffer_count, rx_missed_errors), though
+# qemu never clears those registers on read, so the guest's counters grow at every read (vm/README.md).
 E1000_MACS = ("52:54:00:6e:71:01", "52:54:00:6e:71:02")
 
 
@@ -398,7 +399,7 @@ def e1000_pair(subnet: int = 249) -> Iterator[NetnsPair]:
     """The lab's two e1000 NICs in fresh namespaces npa<tag>/npb<tag>, renamed rea<tag>/reb<tag>, as
     realnic_pair does for the virtio-net pair; yields once both carriers are up."""
     if not e1000_present():
-        raise AssertionError(f"the lab guest has no e1000 NICs {E1000_MACS} (vm/run.sh VM_REALNIC=1)")
+        raise AssertionError(f"the lab guest has no e1000 NICs {E1000_MACS} (vm/run.sh VM_E1000=1)")
     tag = uuid.uuid4().hex[:6]
     pair = NetnsPair(a=f"npa{tag}", b=f"npb{tag}", if_a=f"rea{tag}", if_b=f"reb{tag}",
                      addr_a=f"10.200.{subnet}.1", addr_b=f"10.200.{subnet}.2")

@@ -336,7 +336,7 @@ def _nics_in_namespaces(pair: NetnsPair, macs: tuple[str, str], what: str) -> It
     Deleting the namespaces returns the NICs (waited for, so the next user finds them)."""
     devs = [nic_by_mac(m) for m in macs]
     if None in devs:
-        raise AssertionError(f"the lab guest has no {what} NICs {macs} (vm/run.sh VM_REALNIC=1)")
+        raise AssertionError(f"the lab guest has no {what} NICs {macs} (vm/run.sh: VM_REALNIC=1, VM_E1000=1)")
     ip("netns", "add", pair.a)
     try:
         ip("netns", "add", pair.b)

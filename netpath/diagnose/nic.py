@@ -46,6 +46,9 @@ DRIVERS: dict[str, tuple[DriverCounter, ...]] = {
     "igb": (_dc(r"^rx_no_buffer_count$", "ring", RING),
             _dc(r"^rx_missed_errors$", "port", PORT),
             _dc(r"^rx_queue_\d+_alloc_failed$", "alloc", ALLOC)),
+    # e1000e (82571-82574, ICH/PCH): drivers/net/ethernet/intel/e1000e/netdev.c's e1000e_update_stats adds
+    # RNBC into stats.rnbc and MPC into stats.mpc, which ethtool.c names rx_no_buffer_count and
+    # rx_missed_errors. qemu's emulated e1000e never moves either (it holds the frame back, vm/README.md).
     "e1000e": (_dc(r"^rx_no_buffer_count$", "ring", RING),
                _dc(r"^rx_missed_errors$", "port", PORT)),
     # e1000 (82540-82547, and qemu's emulated e1000): drivers/net/ethernet/intel/e1000/e1000_ethtool.c names

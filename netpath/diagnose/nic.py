@@ -57,6 +57,11 @@ DRIVERS: dict[str, tuple[DriverCounter, ...]] = {
     # copies mpc into the link's rx_missed_errors. One queue only, so no per-queue names.
     "e1000": (_dc(r"^rx_no_buffer_count$", "ring", RING),
               _dc(r"^rx_missed_errors$", "port", PORT + " (packet buffer full)")),
+    # 8139cp (RealTek 8139C+, and qemu's emulated rtl8139): drivers/net/ethernet/realtek/8139cp.c's
+    # cp_get_ethtool_stats dumps the chip's tally counters; rx_fifo is its 16-bit MissPkt, a frame dropped
+    # with no free receive descriptor (or FIFO room); __cp_get_stats adds RxMissed into the link's
+    # rx_missed_errors. One 64-descriptor ring, which ethtool -G cannot change.
+    "8139cp": (_dc(r"^rx_fifo$", "ring", RING + " (one fixed 64-descriptor ring: keep its IRQ's CPU free)"),),
     "i40e": (_dc(r"^port\.rx_dropped$", "ring", RING + " (port: no descriptor on any queue)"),
              _dc(r"^rx_dropped$", "ring", RING + " (this VSI's queues)"),
              _dc(r"^rx-\d+\.rx_alloc_buff_failed$|^rx_alloc_fail$", "alloc", ALLOC)),

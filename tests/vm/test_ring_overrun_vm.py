@@ -102,8 +102,9 @@ def test_nic_ring_overrun_equals_the_drivers_counters(nics: vmlab.NetnsPair, win
     f = _ring(window)
     assert f["where"]["iface"] == nics.if_b
     assert "(8139cp)" in f["title"] and "receive ring overflows" in f["title"]
-    values = {e["counter"]: e["value"] for e in f["evidence"]}
-    assert values == {"ethtool -S rx_fifo": dropped, "ip -s link rx_missed": dropped}, values
+    # the NIC's counters (signals of a cause the finding folds in, time_squeeze, follow them)
+    nic = {e["counter"]: e["value"] for e in f["evidence"] if e["counter"].startswith(("ethtool", "ip -s link"))}
+    assert nic == {"ethtool -S rx_fifo": dropped, "ip -s link rx_missed": dropped}, f["evidence"]
     assert f["severity"] in ("warn", "crit")
 
 

@@ -157,8 +157,12 @@ def _ring_knobs(obs: Observation, iface: str, nic: NicSettings | None, kinds: se
         knobs.append(Knob("the instance's network allowance", None, "the cloud provider's limit, not the host's: "
                           "a larger instance type, or spread the traffic over more instances"))
     if kinds & {"ring", "port"} or not kinds:
+        # at the maximum, only a faster drain helps: more queues where the NIC has them, else RPS moves the
+        # protocol work off the polling CPU (Documentation/networking/scaling.rst: RPS for single-queue NICs)
         knobs.append(Knob(f"ethtool -G {iface} rx", ring, "raise the RX ring toward its maximum"
-                          + ("; it is at the maximum: add queues (ethtool -L) or CPUs for the IRQs" if at_max else "")))
+                          + ("; it is at the maximum: spread the work instead, with more queues (ethtool -L) "
+                             f"where the NIC has them, else RPS (/sys/class/net/{iface}/queues/rx-*/rps_cpus)"
+                             if at_max else "")))
         knobs.append(knob(obs.settings, "net.core.netdev_budget", "a bigger budget drains the ring faster"))
     if "port" in kinds:
         knobs.append(Knob(f"ethtool -L {iface}", None, "more queues (and RSS spreading them over CPUs) take "

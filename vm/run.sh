@@ -12,7 +12,9 @@
 #   VM_MEMORY (2G), VM_CPUS (2), VM_TIMEOUT (seconds, 1200), VM_PYTHON (python used inside; default:
 #   <checkout>/.venv/bin/python if it has pytest, else the virtme-ng venv's python), VM_VERBOSE=1
 #   (show the guest kernel console), VM_REALNIC (1: two virtio-net NICs joined by a qemu hub, see
-#   vm/README.md; 0: none).
+#   vm/README.md; 0: none), VM_E1000 (1 or e1000: two e1000 NICs on a second hub;
+#   e1000e: two e1000e NICs there instead; default 0), VM_RTL8139 (1: two rtl8139 NICs on a third hub;
+#   0: none).
 set -uo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -68,6 +70,32 @@ VNG_ARGS=(--run "$KIMG" --disable-kvm --memory "${VM_MEMORY:-2G}" --cpus "${VM_C
 if [ "${VM_REALNIC:-1}" = 1 ]; then
     for i in 1 2; do
         VNG_ARGS+=(--qemu-opts="-netdev hubport,id=npnic$i,hubid=14 -device virtio-net-pci,netdev=npnic$i,mac=52:54:00:6e:70:0$i")
+    done
+fi
+# A second pair, emulated e1000 on its own hub (15): unlike virtio-net, qemu's e1000 drops a frame that
+# finds no free receive descriptor and counts it in RNBC and MPC (hw/net/e1000.c e1000_receiver_overrun),
+# which the guest's e1000 driver reports as rx_no_buffer_count and rx_missed_errors. Its own switch, off by
+# default: qemu never clears those registers on read, so the guest's counters are inflated (vm/README.md).
+# VM_E1000=e1000e puts qemu's e1000e (82574L) there instead, which counts nothing: it holds the frame back
+# like virtio-net (vm/README.md).
+case "${VM_E1000:-0}" in
+    0) E1K_MODEL= ;;
+    1|e1000) E1K_MODEL=e1000 ;;
+    e1000e) E1K_MODEL=e1000e ;;
+    *) die "VM_E1000='${VM_E1000}': expected 0, 1 (e1000) or e1000e" ;;
+esac
+if [ -n "$E1K_MODEL" ]; then
+    for i in 1 2; do
+        VNG_ARGS+=(--qemu-opts="-netdev hubport,id=npe1k$i,hubid=15 -device $E1K_MODEL,netdev=npe1k$i,mac=52:54:00:6e:71:0$i")
+    done
+fi
+# A third pair, qemu's rtl8139 on its own hub (16), on by default: in C+ mode (the guest's 8139cp driver)
+# qemu never holds a frame back (rtl8139_can_receive) and drops one that finds no free descriptor,
+# counting it in the MissPkt tally and RxMissed (rtl8139_do_receive), which 8139cp reports exactly as
+# ethtool -S rx_fifo and the link's rx_missed_errors: the NIC nic-ring-overrun is tested on (vm/README.md).
+if [ "${VM_RTL8139:-1}" = 1 ]; then
+    for i in 1 2; do
+        VNG_ARGS+=(--qemu-opts="-netdev hubport,id=nprtl$i,hubid=16 -device rtl8139,netdev=nprtl$i,mac=52:54:00:6e:72:0$i")
     done
 fi
 GUEST_CMD="bash $(printf '%q' "$HERE/guest.sh") $(printf '%q' "$RUNDIR")"

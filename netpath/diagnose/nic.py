@@ -46,6 +46,9 @@ DRIVERS: dict[str, tuple[DriverCounter, ...]] = {
     "igb": (_dc(r"^rx_no_buffer_count$", "ring", RING),
             _dc(r"^rx_missed_errors$", "port", PORT),
             _dc(r"^rx_queue_\d+_alloc_failed$", "alloc", ALLOC)),
+    # e1000e (82571-82574, ICH/PCH): drivers/net/ethernet/intel/e1000e/netdev.c's e1000e_update_stats adds
+    # RNBC into stats.rnbc and MPC into stats.mpc, which ethtool.c names rx_no_buffer_count and
+    # rx_missed_errors. qemu's emulated e1000e never moves either (it holds the frame back, vm/README.md).
     "e1000e": (_dc(r"^rx_no_buffer_count$", "ring", RING),
                _dc(r"^rx_missed_errors$", "port", PORT)),
     # e1000 (82540-82547, and qemu's emulated e1000): drivers/net/ethernet/intel/e1000/e1000_ethtool.c names
@@ -54,6 +57,11 @@ DRIVERS: dict[str, tuple[DriverCounter, ...]] = {
     # copies mpc into the link's rx_missed_errors. One queue only, so no per-queue names.
     "e1000": (_dc(r"^rx_no_buffer_count$", "ring", RING),
               _dc(r"^rx_missed_errors$", "port", PORT + " (packet buffer full)")),
+    # 8139cp (RealTek 8139C+, and qemu's emulated rtl8139): drivers/net/ethernet/realtek/8139cp.c's
+    # cp_get_ethtool_stats dumps the chip's tally counters; rx_fifo is its 16-bit MissPkt, a frame dropped
+    # with no free receive descriptor (or FIFO room); __cp_get_stats adds RxMissed into the link's
+    # rx_missed_errors. One 64-descriptor ring, which ethtool -G cannot change.
+    "8139cp": (_dc(r"^rx_fifo$", "ring", RING + " (one fixed 64-descriptor ring: keep its IRQ's CPU free)"),),
     "i40e": (_dc(r"^port\.rx_dropped$", "ring", RING + " (port: no descriptor on any queue)"),
              _dc(r"^rx_dropped$", "ring", RING + " (this VSI's queues)"),
              _dc(r"^rx-\d+\.rx_alloc_buff_failed$|^rx_alloc_fail$", "alloc", ALLOC)),
@@ -149,8 +157,12 @@ def _ring_knobs(obs: Observation, iface: str, nic: NicSettings | None, kinds: se
         knobs.append(Knob("the instance's network allowance", None, "the cloud provider's limit, not the host's: "
                           "a larger instance type, or spread the traffic over more instances"))
     if kinds & {"ring", "port"} or not kinds:
+        # at the maximum, only a faster drain helps: more queues where the NIC has them, else RPS moves the
+        # protocol work off the polling CPU (Documentation/networking/scaling.rst: RPS for single-queue NICs)
         knobs.append(Knob(f"ethtool -G {iface} rx", ring, "raise the RX ring toward its maximum"
-                          + ("; it is at the maximum: add queues (ethtool -L) or CPUs for the IRQs" if at_max else "")))
+                          + ("; it is at the maximum: spread the work instead, with more queues (ethtool -L) "
+                             f"where the NIC has them, else RPS (/sys/class/net/{iface}/queues/rx-*/rps_cpus)"
+                             if at_max else "")))
         knobs.append(knob(obs.settings, "net.core.netdev_budget", "a bigger budget drains the ring faster"))
     if "port" in kinds:
         knobs.append(Knob(f"ethtool -L {iface}", None, "more queues (and RSS spreading them over CPUs) take "

@@ -48,6 +48,7 @@ CASES = [
     ("bnxt_en", "bnxt_en.txt", {"[0]: rx_discards": 2301, "[1]: rx_discards": 1877, "rx_total_discard_pkts": 4178},
      {"ring"}),
     ("virtio_net", "virtio_net-6.1-drops.txt", {"rx_queue_0_drops": 1377}, {"ring"}),
+    ("8139cp", "8139cp.txt", {"rx_fifo": 17436}, {"ring"}),
 ]
 
 

@@ -330,18 +330,13 @@ class RealNics(NetnsPair):
 
 
 @contextmanager
-def realnic_pair(subnet: int = 250) -> Iterator[RealNics]:
-    """Move the lab's two virtio-net NICs (joined to each other by qemu) into fresh namespaces
-    npa<tag>/npb<tag>, renamed rna<tag>/rnb<tag>, IPv6 off before up and static neighbours, so the
-    only frames on the wire are the ones a test sends. Deleting the namespaces returns the NICs."""
-    devs = [nic_by_mac(m) for m in REALNIC_MACS]
+def _nics_in_namespaces(pair: NetnsPair, macs: tuple[str, str], what: str) -> Iterator[None]:
+    """Move the two root-namespace NICs with these MACs into pair.a/pair.b, renamed pair.if_a/if_b, IPv6
+    off before up and static neighbours, so the only frames on the wire are the ones a test sends.
+    Deleting the namespaces returns the NICs (waited for, so the next user finds them)."""
+    devs = [nic_by_mac(m) for m in macs]
     if None in devs:
-        raise AssertionError(f"the lab guest has no virtio-net NICs {REALNIC_MACS} (vm/run.sh VM_REALNIC=1)")
-    tag = uuid.uuid4().hex[:6]
-    bus = [virtio_bus_name(d) for d in devs]  # type: ignore[arg-type]
-    pair = RealNics(a=f"npa{tag}", b=f"npb{tag}", if_a=f"rna{tag}", if_b=f"rnb{tag}",
-                    addr_a=f"10.200.{subnet}.1", addr_b=f"10.200.{subnet}.2", bus_a=bus[0], bus_b=bus[1],
-                    input_a=tuple(irq_lines(f"{bus[0]}-input")), input_b=tuple(irq_lines(f"{bus[1]}-input")))
+        raise AssertionError(f"the lab guest has no {what} NICs {macs} (vm/run.sh: VM_REALNIC, VM_E1000, VM_RTL8139)")
     ip("netns", "add", pair.a)
     try:
         ip("netns", "add", pair.b)
@@ -357,12 +352,104 @@ def realnic_pair(subnet: int = 250) -> Iterator[RealNics]:
         mac = {pair.a: link_mac(pair.if_a, pair.a), pair.b: link_mac(pair.if_b, pair.b)}
         ip("-n", pair.a, "neigh", "replace", pair.addr_b, "lladdr", mac[pair.b], "dev", pair.if_a, "nud", "permanent")
         ip("-n", pair.b, "neigh", "replace", pair.addr_a, "lladdr", mac[pair.a], "dev", pair.if_b, "nud", "permanent")
-        yield pair
+        yield
     finally:
         ip("netns", "del", pair.a, check=False)
         ip("netns", "del", pair.b, check=False)
         # namespace teardown is asynchronous: wait for the NICs to be back for the next user
-        wait_until(lambda: all(nic_by_mac(m) for m in REALNIC_MACS), timeout=60)
+        wait_until(lambda: all(nic_by_mac(m) for m in macs), timeout=60)
+
+
+@contextmanager
+def realnic_pair(subnet: int = 250) -> Iterator[RealNics]:
+    """Move the lab's two virtio-net NICs (joined to each other by qemu) into fresh namespaces
+    npa<tag>/npb<tag>, renamed rna<tag>/rnb<tag> (see _nics_in_namespaces)."""
+    devs = [nic_by_mac(m) for m in REALNIC_MACS]
+    if None in devs:
+        raise AssertionError(f"the lab guest has no virtio-net NICs {REALNIC_MACS} (vm/run.sh VM_REALNIC=1)")
+    tag = uuid.uuid4().hex[:6]
+    bus = [virtio_bus_name(d) for d in devs]  # type: ignore[arg-type]
+    pair = RealNics(a=f"npa{tag}", b=f"npb{tag}", if_a=f"rna{tag}", if_b=f"rnb{tag}",
+                    addr_a=f"10.200.{subnet}.1", addr_b=f"10.200.{subnet}.2", bus_a=bus[0], bus_b=bus[1],
+                    input_a=tuple(irq_lines(f"{bus[0]}-input")), input_b=tuple(irq_lines(f"{bus[1]}-input")))
+    with _nics_in_namespaces(pair, REALNIC_MACS, "virtio-net"):
+        yield pair
+
+
+# The second pair (vm/run.sh, VM_E1000=1): qemu's emulated e1000 on its own hub, the NIC
+# whose full receive ring the guest can see (RNBC/MPC: rx_no_buffer_count, rx_missed_errors), though
+# qemu never clears those registers on read, so the guest's counters grow at every read (vm/README.md).
+E1000_MACS = ("52:54:00:6e:71:01", "52:54:00:6e:71:02")
+
+
+def e1000_present() -> bool:
+    subprocess.run(["modprobe", "e1000"], check=False, capture_output=True)
+    return wait_until(lambda: all(nic_by_mac(m) for m in E1000_MACS), timeout=10)
+
+
+def wait_carrier(pair: NetnsPair, timeout: float = 30) -> bool:
+    """Both ends' carrier up: e1000's link comes up from its watchdog, a moment after `ip link set up`."""
+    def up(ns: str, dev: str) -> bool:
+        return pair.run(ns, ["cat", f"/sys/class/net/{dev}/carrier"], check=False).stdout.strip() == "1"
+    return wait_until(lambda: up(pair.a, pair.if_a) and up(pair.b, pair.if_b), timeout=timeout, interval=0.5)
+
+
+@contextmanager
+def e1000_pair(subnet: int = 249) -> Iterator[NetnsPair]:
+    """The lab's two e1000 NICs in fresh namespaces npa<tag>/npb<tag>, renamed rea<tag>/reb<tag>, as
+    realnic_pair does for the virtio-net pair; yields once both carriers are up."""
+    if not e1000_present():
+        raise AssertionError(f"the lab guest has no e1000 NICs {E1000_MACS} (vm/run.sh VM_E1000=1)")
+    tag = uuid.uuid4().hex[:6]
+    pair = NetnsPair(a=f"npa{tag}", b=f"npb{tag}", if_a=f"rea{tag}", if_b=f"reb{tag}",
+                     addr_a=f"10.200.{subnet}.1", addr_b=f"10.200.{subnet}.2")
+    with _nics_in_namespaces(pair, E1000_MACS, "e1000"):
+        if not wait_carrier(pair):
+            raise AssertionError("the e1000 pair's carrier did not come up")
+        yield pair
+
+
+# The third pair (vm/run.sh, VM_RTL8139=1, on by default): qemu's rtl8139 on its own hub, driven by
+# 8139cp (C+ mode), the one qemu NIC that drops a frame for a full receive ring and counts it exactly
+# (MissPkt: ethtool -S rx_fifo; RxMissed: the link's rx_missed_errors). 8139too claims the same PCI id:
+# the pair is moved to 8139cp if udev loaded 8139too first.
+RTL8139_MACS = ("52:54:00:6e:72:01", "52:54:00:6e:72:02")
+
+
+def _bind_8139cp(mac: str) -> None:
+    dev = nic_by_mac(mac)
+    if dev is None:
+        return
+    drv = Path(f"/sys/class/net/{dev}/device/driver")
+    if drv.resolve().name == "8139cp":
+        return
+    pci = Path(f"/sys/class/net/{dev}/device").resolve().name
+    (drv / "unbind").write_text(pci)
+    Path("/sys/bus/pci/drivers/8139cp/bind").write_text(pci)
+
+
+def rtl8139_present() -> bool:
+    subprocess.run(["modprobe", "8139cp"], check=False, capture_output=True)
+    if not wait_until(lambda: all(nic_by_mac(m) for m in RTL8139_MACS), timeout=10):
+        return False
+    for m in RTL8139_MACS:
+        _bind_8139cp(m)
+    return wait_until(lambda: all(nic_by_mac(m) for m in RTL8139_MACS), timeout=10)
+
+
+@contextmanager
+def rtl8139_pair(subnet: int = 248) -> Iterator[NetnsPair]:
+    """The lab's two rtl8139 NICs (8139cp) in fresh namespaces npa<tag>/npb<tag>, renamed rta<tag>/rtb<tag>,
+    as realnic_pair does for the virtio-net pair; yields once both carriers are up."""
+    if not rtl8139_present():
+        raise AssertionError(f"the lab guest has no rtl8139 NICs {RTL8139_MACS} (vm/run.sh VM_RTL8139=1)")
+    tag = uuid.uuid4().hex[:6]
+    pair = NetnsPair(a=f"npa{tag}", b=f"npb{tag}", if_a=f"rta{tag}", if_b=f"rtb{tag}",
+                     addr_a=f"10.200.{subnet}.1", addr_b=f"10.200.{subnet}.2")
+    with _nics_in_namespaces(pair, RTL8139_MACS, "rtl8139"):
+        if not wait_carrier(pair):
+            raise AssertionError("the rtl8139 pair's carrier did not come up")
+        yield pair
 
 
 def pktgen(pair: NetnsPair, ns: str, dev: str, dst: str, dst_mac: str, count: int, udp_port: int,

@@ -14,7 +14,7 @@
 #   (show the guest kernel console), VM_REALNIC (1: two virtio-net NICs joined by a qemu hub, see
 #   vm/README.md; 0: none), VM_E1000 (1 or e1000: two e1000 NICs on a second hub;
 #   e1000e: two e1000e NICs there instead; default 0), VM_RTL8139 (1: two rtl8139 NICs on a third hub;
-#   0: none).
+#   0: none), VM_KEEP_RUNDIR (1: keep vm/.run/<run>/, with the guest console of errors and worse).
 set -uo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -52,7 +52,7 @@ fi
 # The run directory lives in the checkout, which the guest mounts read-write at the same path.
 RUNDIR="$ROOT/vm/.run/$(date +%Y%m%d-%H%M%S)-$$"
 mkdir -p "$RUNDIR"
-trap 'rm -rf "$RUNDIR"' EXIT
+trap '[ -n "${VM_KEEP_RUNDIR:-}" ] || rm -rf "$RUNDIR"' EXIT
 printf '%s\n' "$CMD" > "$RUNDIR/cmd"
 {
     printf 'NETPATH_VM_PYTHON=%q\n' "$VM_PYTHON"
@@ -98,6 +98,13 @@ if [ "${VM_RTL8139:-1}" = 1 ]; then
         VNG_ARGS+=(--qemu-opts="-netdev hubport,id=nprtl$i,hubid=16 -device rtl8139,netdev=nprtl$i,mac=52:54:00:6e:72:0$i")
     done
 fi
+# The guest kernel's console: vng sends it to /dev/null at loglevel 0 unless VM_VERBOSE=1, so a guest that
+# panics (vng then exits 255 with no status) would leave nothing to read. A second UART (ttyS1), listed
+# last so it is also /dev/console, writes errors and worse to a file printed when no status comes back.
+CONSOLE_LOG="$RUNDIR/console"
+if [ "${VM_VERBOSE:-0}" != 1 ]; then
+    VNG_ARGS+=(--qemu-opts="-device virtio-serial-pci,id=npconbus -chardev file,id=npcon,path=$CONSOLE_LOG -device virtconsole,chardev=npcon,bus=npconbus.0" --append "console=hvc0 loglevel=4")
+fi
 GUEST_CMD="bash $(printf '%q' "$HERE/guest.sh") $(printf '%q' "$RUNDIR")"
 [ -n "$CMD" ] || GUEST_CMD="$GUEST_CMD --interactive"
 
@@ -134,8 +141,12 @@ if [ -s "$RUNDIR/status" ]; then
             "$vng_rc" "$rc" >&2
     fi
 else
-    printf 'vm-run: %s: the guest reported no exit status (vng exited %s): boot or guest failure; rerun with VM_VERBOSE=1\n' \
+    printf 'vm-run: %s: the guest reported no exit status (vng exited %s): boot or guest failure (VM_VERBOSE=1 shows the whole console)\n' \
         "$KVER" "$vng_rc" >&2
+    if [ -s "$CONSOLE_LOG" ]; then
+        printf 'vm-run: %s: the guest console (errors and worse), last 60 lines:\n' "$KVER" >&2
+        tail -n 60 "$CONSOLE_LOG" | tr -cd '\11\12\40-\176' >&2
+    fi
     rc=125
 fi
 printf 'vm-run: %s: exit %s, %ss wall (boot + command)\n' "$KVER" "$rc" "$wall" >&2

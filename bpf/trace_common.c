@@ -249,8 +249,8 @@ static __always_inline void np_seen(struct np_cpu_state *c, u32 stage)
 /*
  * The exact count of a stage some of whose runs cannot be timed in any build
  * (Stage.seen_always: socket_queue, whose reads past a socket's ring are
- * counted, untimed): netpath takes its count from here, the timed from the
- * histogram.
+ * counted, untimed; softirq_wait, whose runs with no raise seen are): netpath
+ * takes its count from here, the timed from the histogram.
  */
 static __always_inline void np_seen_always(struct np_cpu_state *c, u32 stage)
 {

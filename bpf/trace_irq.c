@@ -70,11 +70,16 @@ RAW_TRACEPOINT_PROBE(softirq_entry)
 	timed = c->raised ? c->cycle_timed : np_pick(c);
 	if (timed)
 		now = bpf_ktime_get_ns();
-	if (c->raised) {
-		np_seen(c, STAGE_SOFTIRQ_WAIT);
-		if (c->raise_ts)
-			np_record(STAGE_SOFTIRQ_WAIT, now - c->raise_ts, 0, 0);
-	}
+	/*
+	 * Every run is counted, as /proc/softirqs counts it. A run can come with
+	 * no raise of its own seen: raised before netpath attached, or raised again
+	 * between __do_softirq clearing the pending bits and this entry, a raise
+	 * that found this cycle's flag still set. Such a run is counted, untimed
+	 * (Stage.seen_always), in exact builds too.
+	 */
+	np_seen_always(c, STAGE_SOFTIRQ_WAIT);
+	if (c->raised && c->raise_ts)
+		np_record(STAGE_SOFTIRQ_WAIT, now - c->raise_ts, 0, 0);
 	c->raised = 0;
 	c->raise_ts = 0;
 #else

@@ -112,7 +112,7 @@ STAGES: tuple[Stage, ...] = (
           "NET_RX softirq raised -> softirq starts running", (
         HookSet("raw_tracepoint", ("irq:softirq_raise", "irq:softirq_entry"), (), "USE_SOFTIRQ_WAIT",
                 "first softirq_raise(NET_RX) -> softirq_entry(NET_RX) on the same CPU"),
-    ), sampled=True, c_unit="trace_irq.c"),
+    ), sampled=True, seen_always=True, c_unit="trace_irq.c"),
     Stage("net_rx_action", "NET_RX_ACTION", PER_INVOCATION, False, "NET_RX softirq run time per invocation", (
         HookSet("raw_tracepoint", ("irq:softirq_entry", "irq:softirq_exit"), (), "USE_NETRX_TP",
                 "softirq_entry(NET_RX) -> softirq_exit(NET_RX) on the same CPU"),

@@ -175,10 +175,12 @@ def softirq_wait(obs: Observation) -> list[Finding]:
     return [Finding(
         "softirq-wait", "warn" if lat.p99_ns >= SOFTIRQ_WARN_NS else "info",
         f"NET_RX softirqs wait {lat.p99_ns / 1e6:.1f} ms (p99) between being raised and running",
-        # the runs are the NET_RX entries after a raise netpath saw: /proc/softirqs NET_RX over the same
-        # window (kstat_incr_softirqs_this_cpu, once per run in kernel/softirq.c; tests/vm/test_doctor_vm.py);
-        # the kernel keeps no wait time of its own, so the times are netpath's histogram
-        (Evidence("softirq runs timed", lat.count, "tracepoint irq:softirq_entry NET_RX", "runs"),
+        # the runs are every NET_RX entry: /proc/softirqs NET_RX over the same window
+        # (kstat_incr_softirqs_this_cpu, once per run in kernel/softirq.c; tests/vm/test_doctor_vm.py); the
+        # timed ones are those whose raise netpath saw; the kernel keeps no wait time of its own, so the
+        # times are netpath's histogram
+        (Evidence("softirq runs", stage.count, "tracepoint irq:softirq_entry NET_RX", "runs"),
+         Evidence("softirq runs timed", lat.count, "irq:softirq_raise -> irq:softirq_entry", "runs"),
          Evidence("p99 wait", lat.p99_ns, "irq:softirq_raise -> irq:softirq_entry", "ns"),
          Evidence("max wait", lat.max_ns, "irq:softirq_raise -> irq:softirq_entry", "ns")),
         FindingWhere(**ns_where(obs, iface=busiest)),  # type: ignore[arg-type]

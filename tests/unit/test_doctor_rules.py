@@ -187,6 +187,16 @@ def test_softirq_wait() -> None:
     assert "net.core.busy_read" in names and "net.core.busy_poll" in names
 
 
+def test_softirq_wait_counts_every_run_and_times_those_with_a_raise() -> None:
+    # a run raised again after __do_softirq took the pending bits is seen, not timed (bpf/trace_irq.c)
+    stage = StageRow("softirq_wait", "irq:softirq_raise+irq:softirq_entry", "raw_tracepoint",
+                     Latency(count=347, p99_ns=2_500_000, max_ns=4_000_000), seen=348)
+    found = diagnose(obs(trace=TraceSnapshot((stage,), (), {}, TraceHealth(), 6 * SECOND)))
+    ev = {e.name: (e.value, e.counter) for e in found[0].evidence}
+    assert ev["softirq runs"] == (348, "tracepoint irq:softirq_entry NET_RX")
+    assert ev["softirq runs timed"] == (347, "irq:softirq_raise -> irq:softirq_entry")
+
+
 # ---------------------------------------------------------------- policy
 
 

@@ -224,9 +224,12 @@ def test_rx_imbalance_equals_softnet_processed(window: dict[str, Any]) -> None:
 def test_softirq_wait_counts_every_net_rx_run(window: dict[str, Any]) -> None:
     runs = sum(a - b for a, b in zip(window["after"]["net_rx"], window["before"]["net_rx"], strict=True))
     f = _one(window, "softirq-wait")
+    seen = next(e["value"] for e in f["evidence"] if e["name"] == "softirq runs")
     timed = next(e["value"] for e in f["evidence"] if e["name"] == "softirq runs timed")
     p99 = next(e["value"] for e in f["evidence"] if e["name"] == "p99 wait")
-    assert timed == runs > 0
+    assert seen == runs > 0
+    # a run raised again after __do_softirq took the pending bits has no raise of its own: counted, untimed
+    assert runs - 5 <= timed <= runs
     assert p99 >= 1_000_000  # the rule's threshold: NET_RX waited behind the busy loop
     names = [k["name"] for k in f["knobs"]]
     assert "net.core.netdev_budget_usecs" not in names and "net.core.busy_read" in names

@@ -52,7 +52,12 @@ def _one_run(topo: env.Topology, w: Workload, v: tools.Variant, seconds: float, 
         progs0 = env.bpf_progs()
         ids = set(progs0) - ids_before
         cpu0, t0 = tool.cpu_s(), time.monotonic()
-        rec.update(workloads.run(topo, w, seconds))
+        if tools.scraped(v):
+            with tools.Scraper(tools.EXPORT_PORT) as scraper:
+                rec.update(workloads.run(topo, w, seconds))
+            rec["scrapes"], rec["scrapes_failed"] = scraper.ok, scraper.failed
+        else:
+            rec.update(workloads.run(topo, w, seconds))
         cpu1, t1 = tool.cpu_s(), time.monotonic()
         progs1 = env.bpf_progs()
         rec["cpu_pct"] = round(100 * (cpu1 - cpu0) / (t1 - t0), 2)

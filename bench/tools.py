@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -115,6 +116,40 @@ def variants(with_trace: bool, bt_ok: bool, bt_why: str) -> list[Variant]:
                                                      f"127.0.0.1:{EXPORT_PORT} 2>&1"], "serving http://", cwd=base),
         ]
     return out
+
+
+class Scraper:
+    """GET /metrics once a second while the workload runs, as a Prometheus scraping every second would: the
+    exporter's figures then include its reading and encoding, not only its hooks. Counts scrapes and failures."""
+
+    def __init__(self, port: int) -> None:
+        self.url = f"http://127.0.0.1:{port}/metrics"
+        self.done = threading.Event()
+        self.ok = 0
+        self.failed = 0
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self.done.wait(1.0):
+            try:
+                with urllib.request.urlopen(self.url, timeout=5) as resp:
+                    resp.read()
+                self.ok += 1
+            except OSError:
+                self.failed += 1
+
+    def __enter__(self) -> Scraper:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.thread.join()
+
+
+def scraped(v: Variant) -> bool:
+    """The exporter's variants (this tree's and a baseline's) are scraped every second during the workload."""
+    return v.ready == "serving http://"
 
 
 class Running:

@@ -216,7 +216,11 @@ def test_rx_imbalance_equals_softnet_processed(window: dict[str, Any]) -> None:
     processed = _softnet(window, 0)
     f = _one(window, "rx-imbalance")
     assert f["where"]["cpu"] == CPU_IRQ
-    assert processed[CPU_IRQ] >= N_FLOOD  # every flood frame reached the stack on the IRQ's CPU
+    # the flood reached the stack on the IRQ's CPU and nowhere else; not all of it: once B's ring is full,
+    # qemu's hub drops frames on the host's side, where the guest counts nothing (the module docstring),
+    # and the rules that slow B's receive path make that common (17,238 of 20,000 arrived in one 6.1 run)
+    assert processed[CPU_IRQ] >= N_FLOOD // 2
+    assert sum(processed) - processed[CPU_IRQ] <= processed[CPU_IRQ] // 100
     assert _evidence(f, f"/proc/net/softnet_stat processed, CPU {CPU_IRQ}") == processed[CPU_IRQ]
     assert _evidence(f, "/proc/net/softnet_stat processed (column 1)") == sum(processed)
 

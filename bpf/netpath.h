@@ -7,6 +7,8 @@
 #ifndef NETPATH_H
 #define NETPATH_H
 
+#define NP_AF_INET	2
+#define NP_AF_INET6	10
 #define NP_ETH_P_IP	0x0800
 #define NP_ETH_P_IPV6	0x86DD
 #define NP_IPPROTO_ICMP	1

@@ -89,6 +89,9 @@
 #ifndef SAMPLE_SHIFT
 #define SAMPLE_SHIFT 0
 #endif
+#ifndef SOCKQ_WATCH
+#define SOCKQ_WATCH 0	/* trace_watch.c: socket_queue of UDP in the always-on build */
+#endif
 /* t_enq of a datagram followed but not timed: no real timestamp is 1 */
 #define NP_UNTIMED	1
 /* t_enq of an entry whose skb was read or freed before sk_data_ready stamped it (np_read_skb) */

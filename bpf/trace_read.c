@@ -205,7 +205,7 @@ static __always_inline void np_fifo_pop(void *ctx, struct np_cpu_state *c, struc
 	np_read_overwritten(ctx, c, fifo);
 }
 
-RAW_TRACEPOINT_PROBE(sock_recv_length)
+NP_BTF_PROBE(sock_recv_length)
 {
 	int ret = (int)ctx->args[1], flags = (int)ctx->args[2];
 	u64 skey = ctx->args[0], seq;
@@ -224,6 +224,19 @@ RAW_TRACEPOINT_PROBE(sock_recv_length)
 	}
 	seq = __sync_fetch_and_add(&fifo->head, 1);
 	np_fifo_pop(ctx, c, fifo, &fifo->slot[seq & (RING - 1)], seq);
+	return 0;
+}
+#endif
+
+#if SOCKQ_WATCH
+/* the always-on build: every UDP read counted, the watched one timed (trace_watch.c) */
+NP_BTF_PROBE(sock_recv_length)
+{
+	int ret = (int)ctx->args[1], flags = (int)ctx->args[2];
+	struct np_cpu_state *c = np_enter(H_RECV_LENGTH);
+
+	if (ret >= 0 && !(flags & NP_MSG_PEEK))
+		np_watch_read(c, (void *)ctx->args[0]);
 	return 0;
 }
 #endif

@@ -8,10 +8,8 @@
  */
 #include "netpath.h"
 
-#define NP_AF_INET	2
-#define NP_AF_INET6	10
-
-#if defined(USE_SOCKQ) && defined(HAS_SOCK_SOCK_RECV_LENGTH)
+/* SOCKQ_WATCH: UDP's socket_queue is trace_watch.c's, with no FIFO */
+#if defined(USE_SOCKQ) && defined(HAS_SOCK_SOCK_RECV_LENGTH) && !SOCKQ_WATCH
 #define UDP_BY_RING 1
 #else
 #define UDP_BY_RING 0
@@ -82,7 +80,7 @@ struct np_sk_fifo {
 	u64 tail_pad[6];
 	struct np_ring_slot slot[RING];
 };
-#ifdef HAS_SOCK_SOCK_RECV_LENGTH
+#if UDP_BY_RING
 BPF_TABLE("lru_hash", u64, struct np_sk_fifo, fifos, 4096);
 BPF_PERCPU_ARRAY(fifo_zero, struct np_sk_fifo, 1);	/* never written: a new socket's ring */
 #endif
@@ -464,6 +462,18 @@ static __always_inline int np_enq_unseen(struct np_cpu_state *c, void *sk, void 
 }
 #endif
 
+#if SOCKQ_WATCH
+/* a UDP datagram in the always-on build: the sampling decision, and a picked one watched (trace_watch.c) */
+static __always_inline void np_watch_enqueue(struct np_cpu_state *c, void *sk, void *skb, void *net)
+{
+	struct np_skb_state where = {};
+
+	if (!np_pick(c) || !np_enq_passes(sk, skb, net, &where))
+		return;
+	np_watch_arm(sk, skb, NP_PKT_NOW(), where.ifindex, where.netns);
+}
+#endif
+
 /*
  * The skb this wakeup is for: the queue's tail, or for UDP the one this CPU
  * follows a few links before it (UDP wakes the socket once per datagram,
@@ -507,6 +517,12 @@ static __always_inline int np_on_data_ready(struct np_cpu_state *c, void *sk)
 	}
 	NP_LOAD(sk_proto, sk, OFF_SK_PROTOCOL);
 	udp = sk_proto == NP_IPPROTO_UDP || sk_proto == NP_IPPROTO_UDPLITE;
+#if SOCKQ_WATCH
+	if (udp) {
+		np_watch_enqueue(c, sk, skb, net);
+		return 0;
+	}
+#endif
 	key = np_enq_key(c, skb, udp);
 	if (!key)
 		return 0;

@@ -158,8 +158,10 @@ STAGES: tuple[Stage, ...] = (
         HookSet("raw_tracepoint", ("sock:sk_data_ready", "skb:skb_copy_datagram_iovec", "sock:sock_recv_length"),
                 ("skb:consume_skb", "skb:kfree_skb"), "USE_SOCKQ",
                 "sock:sk_data_ready (the skb at the tail of sk_receive_queue) -> first "
-                "skb:skb_copy_datagram_iovec (TCP) or sock:sock_recv_length popping the socket's FIFO (UDP)",
-                handoff_hooks=("skb:consume_skb", "skb:kfree_skb"), tp_btf=("sock:sk_data_ready",)),
+                "skb:skb_copy_datagram_iovec (TCP) or sock:sock_recv_length popping the socket's FIFO (UDP; "
+                "without netif_receive_skb, sampled: the read that takes a watched datagram)",
+                handoff_hooks=("skb:consume_skb", "skb:kfree_skb"),
+                tp_btf=("sock:sk_data_ready", "sock:sock_recv_length")),
         HookSet("raw_tracepoint", ("sock:sk_data_ready", "skb:skb_copy_datagram_iovec", "skb:consume_skb"),
                 ("skb:kfree_skb",), "USE_SOCKQ",
                 "sock:sk_data_ready (the skb at the tail of sk_receive_queue) -> first "

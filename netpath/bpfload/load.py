@@ -234,7 +234,7 @@ def attach_kprobe(prog_fd: int, symbol: str, is_return: bool) -> tuple[int, int]
 # ---------------------------------------------------------------- tp_btf: which BTF ids, and does it load
 
 # the tracepoints netpath may attach as tp_btf (the cache holds these)
-TP_BTF_TRACEPOINTS = ("kfree_skb", "netif_receive_skb", "sk_data_ready")
+TP_BTF_TRACEPOINTS = ("kfree_skb", "netif_receive_skb", "sk_data_ready", "sock_recv_length")
 
 
 def tp_btf_ids(btf_path: Path, tracepoints: tuple[str, ...]) -> dict[str, int]:

@@ -102,6 +102,7 @@ def program_source(query: TraceQuery, plan: AttachPlan, offsets: dict[str, int])
     defines["RX_TSTAMP"] = int(plan.rx_tstamp)
     defines["TAI_OFFSET_NS"] = int(query.tai_offset_ns)
     defines["SAMPLE_SHIFT"] = query.sampled_every(plan).bit_length() - 1
+    defines["SOCKQ_WATCH"] = int(sockq_watch(query, plan, defines))
     defines.update(filter_defines(query.filters))
     ns = query.filters.netns
     if ns is not None and ns.cookie and "OFF_NET_COOKIE" in offsets:  # as drops: an inode reused later is not it
@@ -112,13 +113,24 @@ def program_source(query: TraceQuery, plan: AttachPlan, offsets: dict[str, int])
     return bpf.ProgramSource(c_units(plan), defines, tp_btf)
 
 
+def sockq_watch(query: TraceQuery, plan: AttachPlan, defines: dict[str, int]) -> bool:
+    """UDP's socket_queue by watched datagrams (bpf/trace_watch.c) instead of a FIFO per socket: the always-on
+    build, where no skb is followed from netif_receive_skb, the stage is sampled, nothing is broken down, and
+    no filter needs a datagram's device or headers (those the FIFO carries for every datagram)."""
+    f = query.filters
+    return (bool(defines.get("USE_SOCKQ")) and bool(defines.get("HAS_SOCK_SOCK_RECV_LENGTH"))
+            and not defines.get("HAS_NET_NETIF_RECEIVE_SKB") and defines["SAMPLE_SHIFT"] > 0
+            and not query.breakdown() and not f.iface_keys and f.proto is None and f.port is None
+            and f.host is None)
+
+
 # the trace program's C units in the order they are placed; each builds on the ones before it
-TRACE_UNITS = ("where.c", "trace_common.c", "trace_irq.c", "trace_skb.c", "trace_kprobe.c", "trace_sock.c",
-               "trace_read.c")
+TRACE_UNITS = ("where.c", "trace_common.c", "trace_irq.c", "trace_skb.c", "trace_kprobe.c", "trace_watch.c",
+               "trace_sock.c", "trace_read.c")
 # what a unit needs beside itself: every per-packet stage follows the skb from netif_receive_skb
-# (trace_skb.c); the read side times from the enqueue (trace_sock.c)
+# (trace_skb.c); the read side times from the enqueue (trace_sock.c), or from a watched one (trace_watch.c)
 UNIT_NEEDS = {"trace_kprobe.c": ("trace_skb.c",), "trace_sock.c": ("trace_skb.c",),
-              "trace_read.c": ("trace_skb.c", "trace_sock.c")}
+              "trace_read.c": ("trace_skb.c", "trace_watch.c", "trace_sock.c")}
 
 
 def c_units(plan: AttachPlan) -> list[str]:

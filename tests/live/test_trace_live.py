@@ -327,6 +327,35 @@ def test_tcp_segments_are_timed_to_their_first_copy(mode: list[str]) -> None:
     assert _stage(summary, "netif_receive_skb")["count"] + summary["health"]["unstamped"] >= n
 
 
+@pytest.mark.parametrize("delay_ms", [20, 100])
+def test_socket_queue_alone_times_the_watched_datagrams_to_their_read(delay_ms: int) -> None:
+    """The always-on build (socket_queue alone, sampled: bpf/trace_watch.c): a picked datagram is watched from
+    its wakeup to the read that takes it off the queue. Each datagram here waits delay_ms for its reader, so
+    every timed one must say delay_ms, and every read is counted."""
+    n, port = 24, 41100 + delay_ms
+    with veth_namespace("nptw") as pair:
+        run = NetpathRun(["trace", "--json", "--interval", "1", "--stages", "socket_queue", "--sample", "2",
+                          "--netns", pair.ns])
+        run.wait_start()
+        receiver = start_receiver(pair, port, n, delay_ms / 1000)
+        send_spaced(pair.ns_addr, port, n, delay_ms / 1000 + 0.04)
+        out, _ = receiver.communicate(timeout=60)
+        assert f"got {n}" in out
+        time.sleep(1.2)
+        run.proc.send_signal(signal.SIGINT)
+        rc, _records, err = run.finish()
+    assert rc == 0, err
+    summary = run.summary()
+    sq, h = _stage(summary, "socket_queue"), summary["health"]
+    assert sq["count"] == n, (sq, h)
+    assert sq["sample_every"] == 2
+    assert 3 <= sq["timed"] <= n, sq  # 1 in 2 picked: 12 expected; fewer than 3 has odds under 1 in 10^4
+    for q in ("p50_ns", "max_ns"):
+        assert abs(sq[q] - delay_ms * 1e6) <= 0.2 * delay_ms * 1e6, sq
+    assert h["ring_overrun"] == h["unseen_read"] == h["missed_enqueue"] == 0, h  # no FIFO in this build
+    assert sq["method"] == "tp_btf+raw_tracepoint", sq  # both ends typed: the cheap loads
+
+
 def test_socket_queue_alone_samples_at_the_enqueue_and_counts_every_datagram() -> None:
     """netpath export's default stage, as trace runs it: no netif_receive_skb hook, each enqueue sampled on its
     own (1 in 16 timed), every datagram counted once, nothing else in the namespace counted."""

@@ -363,7 +363,8 @@ def test_breakdowns_and_old_kernels_time_every_packet():
 def test_the_timestamp_build_loads_its_packet_hooks_as_tp_btf_and_says_so():
     plan = make_plan(trace_facts("6.18"))
     src = trace_mod.program_source(trace_mod.TraceQuery(), plan, OFFSETS)
-    assert src.tp_btf == {"np_btf_netif_receive_skb": "netif_receive_skb", "np_btf_sk_data_ready": "sk_data_ready"}
+    assert src.tp_btf == {"np_btf_netif_receive_skb": "netif_receive_skb", "np_btf_sk_data_ready": "sk_data_ready",
+                          "np_btf_sock_recv_length": "sock_recv_length"}
     assert src.defines["TP_BTF"] == 1 and src.without_tp_btf().defines["TP_BTF"] == 0
     for query in (trace_mod.TraceQuery(slower_ns=5), trace_mod.TraceQuery(tp_btf=False)):
         assert trace_mod.program_source(query, plan, OFFSETS).tp_btf == {}

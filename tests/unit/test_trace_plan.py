@@ -88,12 +88,37 @@ def test_program_source_takes_numbers_only() -> None:
     query = trace_mod.TraceQuery(filters, per_iface=True, slower_ns=5_000_000)
     src = trace_mod.program_source(query, plan, offsets)
     assert src.files == ["where.c", "trace_common.c", "trace_irq.c", "trace_skb.c", "trace_kprobe.c",
-                         "trace_sock.c", "trace_read.c"]
+                         "trace_watch.c", "trace_sock.c", "trace_read.c"]
     assert all(isinstance(v, int) for v in src.defines.values())
     assert src.defines["FILTER_PORT"] == 5353 and src.defines["FILTER_PROTO"] == 17
     assert src.defines["FILTER_HOST_W0"] == int.from_bytes(bytes([10, 201, 1, 2]), "little")
     assert src.defines["SLOWER_NS"] == 5_000_000 and src.defines["TRACK_SKBS"] == 1
     assert all(flag.startswith(("-I", "-D")) for flag in src.cflags())
+
+
+def test_udp_socket_queue_is_watched_only_in_the_always_on_build() -> None:
+    """bpf/trace_watch.c replaces the per-socket FIFO only where nothing needs every datagram's state: sampled,
+    no skb followed from netif_receive_skb, no breakdown, no filter finer than the namespace."""
+    import ipaddress
+
+    from netpath.netns import Netns
+
+    plan = make_plan(facts("6.18"), only=("socket_queue",))
+    offsets = {name: 8 for name in trace_mod.NEEDED}
+
+    def watch(plan_: object = plan, **kw: object) -> int:
+        return trace_mod.program_source(trace_mod.TraceQuery(**kw), plan_, offsets).defines["SOCKQ_WATCH"]
+
+    assert watch(sample_every=16) == 1
+    assert watch(sample_every=16, filters=Filters(netns=Netns(4026532000, "/run/netns/x", "x"))) == 1
+    assert watch(sample_every=1) == 0  # every datagram timed: the FIFO pairs each with its read
+    assert watch(sample_every=16, per_socket=True) == 0
+    assert watch(sample_every=16, slower_ns=5) == 0
+    for narrowed in (Filters(proto="udp"), Filters(port=53), Filters(host=ipaddress.ip_address("10.0.0.1")),
+                     Filters(ifaces=("eth0",), iface_keys=((1, 2),))):
+        assert watch(sample_every=16, filters=narrowed) == 0, narrowed
+    assert watch(make_plan(facts("6.18")), sample_every=16) == 0  # netif_receive_skb follows each skb
+    assert watch(make_plan(facts("trace-6.1"), only=("socket_queue",)), sample_every=16) == 0  # no recv_length
 
 
 def test_netns_is_checked_by_its_cookie_as_drops_checks_it() -> None:
@@ -117,7 +142,8 @@ def test_program_source_includes_only_the_units_the_plan_needs() -> None:
     assert units("6.18", ("napi_poll",)) == [*common, "trace_irq.c"]
     assert units("6.18", ("gro",)) == [*common, "trace_skb.c"]
     # the read side builds on the enqueue, and every per-packet stage on the skb path
-    assert units("6.18", ("socket_queue",)) == [*common, "trace_skb.c", "trace_sock.c", "trace_read.c"]
+    assert units("6.18", ("socket_queue",)) == [*common, "trace_skb.c", "trace_watch.c", "trace_sock.c",
+                                                "trace_read.c"]
     assert units("6.18", ("stack_total",)) == [*common, "trace_skb.c", "trace_sock.c"]
     assert units("trace-6.1", ("ip_rcv",)) == [*common, "trace_skb.c", "trace_kprobe.c"]
     for stage in STAGES:  # every stage names a unit that exists

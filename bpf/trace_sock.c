@@ -350,6 +350,15 @@ static __always_inline void np_enq_cur(struct np_cpu_state *c, void *sk, u64 key
 		np_fifo_push(c, (u64)sk, key, c->cur.t, c->cur.ifindex, c->cur.netns);
 		return;
 	}
+#elif SOCKQ_WATCH
+	if (udp) {
+		/* picked at netif_receive_skb: a timed datagram is watched to its read, the rest are done */
+		if (c->cur.flags & CUR_IN_MAP)
+			skbs.delete(&key);
+		if (now)
+			np_watch_arm(sk, (void *)key, now, c->cur.ifindex, c->cur.netns);
+		return;
+	}
 #endif
 	/* TCP: stamp the entry (coalescing finds it stamped) */
 #if RX_TSTAMP
@@ -463,13 +472,25 @@ static __always_inline int np_enq_unseen(struct np_cpu_state *c, void *sk, void 
 #endif
 
 #if SOCKQ_WATCH
-/* a UDP datagram in the always-on build: the sampling decision, and a picked one watched (trace_watch.c) */
+/*
+ * A UDP datagram this CPU did not follow (all of them without
+ * netif_receive_skb, netpath export's default): the sampling decision, and
+ * a picked one watched (trace_watch.c).
+ */
 static __always_inline void np_watch_enqueue(struct np_cpu_state *c, void *sk, void *skb, void *net)
 {
 	struct np_skb_state where = {};
 
+#ifdef HAS_NET_NETIF_RECEIVE_SKB
+	if (!np_enq_passes(sk, skb, net, &where))
+		return;
+	np_hit_c(c, H_ENQ_UNSEEN);	/* netif_receive_skb follows every skb: this one it missed */
+	if (!np_pick(c))
+		return;
+#else
 	if (!np_pick(c) || !np_enq_passes(sk, skb, net, &where))
 		return;
+#endif
 	np_watch_arm(sk, skb, NP_PKT_NOW(), where.ifindex, where.netns);
 }
 #endif
@@ -517,18 +538,18 @@ static __always_inline int np_on_data_ready(struct np_cpu_state *c, void *sk)
 	}
 	NP_LOAD(sk_proto, sk, OFF_SK_PROTOCOL);
 	udp = sk_proto == NP_IPPROTO_UDP || sk_proto == NP_IPPROTO_UDPLITE;
-#if SOCKQ_WATCH
-	if (udp) {
-		np_watch_enqueue(c, sk, skb, net);
-		return 0;
-	}
-#endif
 	key = np_enq_key(c, skb, udp);
 	if (!key)
 		return 0;
 #if !KP_CHECKPOINTS
 	if (c && c->cur.skb == key && (c->cur.flags & CUR_TRACKED) && np_cur_is(c, key)) {
 		np_enq_cur(c, sk, key, now, udp);
+		return 0;
+	}
+#endif
+#if SOCKQ_WATCH
+	if (udp) {
+		np_watch_enqueue(c, sk, skb, net);
 		return 0;
 	}
 #endif

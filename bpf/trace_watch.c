@@ -1,14 +1,15 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * netpath trace, socket_queue for UDP in the always-on build (SOCKQ_WATCH:
- * socket_queue sampled, no skb followed from netif_receive_skb, no
- * breakdown, no filter finer than the namespace; netpath export's default).
+ * netpath trace, socket_queue for UDP in sampled builds (SOCKQ_WATCH:
+ * sampled, no breakdown, no filter finer than the namespace; the default
+ * of netpath trace and of netpath export).
  *
  * The FIFO of trace_sock.c pairs every datagram with its read, so each
  * enqueue and each read pays a hash lookup on the socket and atomics on
  * cache lines the softirq's CPU and the reader's CPU pass back and forth.
- * Here the sampling decision is made once, at the enqueue: a picked
- * datagram (1 in 2^SAMPLE_SHIFT) is written into its socket's watch slot,
+ * Here the sampling decision is made once (at netif_receive_skb, or at the
+ * wakeup when that stage is not traced): a picked datagram (1 in
+ * 2^SAMPLE_SHIFT) is written into its socket's watch slot at its wakeup,
  * when the slot is free; an unpicked one costs the pick. A read looks at
  * one slot (an array element, no hash) and goes on unless the slot watches
  * its socket, so the slots' lines stay shared and clean in both caches.

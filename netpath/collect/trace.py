@@ -114,14 +114,13 @@ def program_source(query: TraceQuery, plan: AttachPlan, offsets: dict[str, int])
 
 
 def sockq_watch(query: TraceQuery, plan: AttachPlan, defines: dict[str, int]) -> bool:
-    """UDP's socket_queue by watched datagrams (bpf/trace_watch.c) instead of a FIFO per socket: the always-on
-    build, where no skb is followed from netif_receive_skb, the stage is sampled, nothing is broken down, and
-    no filter needs a datagram's device or headers (those the FIFO carries for every datagram)."""
+    """UDP's socket_queue by watched datagrams (bpf/trace_watch.c) instead of a FIFO per socket: where the stage
+    is sampled, nothing is broken down, and no filter needs a datagram's device or headers at its read (those
+    the FIFO carries for every datagram); the read then counts every UDP read of the namespace."""
     f = query.filters
     return (bool(defines.get("USE_SOCKQ")) and bool(defines.get("HAS_SOCK_SOCK_RECV_LENGTH"))
-            and not defines.get("HAS_NET_NETIF_RECEIVE_SKB") and defines["SAMPLE_SHIFT"] > 0
-            and not query.breakdown() and not f.iface_keys and f.proto is None and f.port is None
-            and f.host is None)
+            and defines["SAMPLE_SHIFT"] > 0 and not query.breakdown() and not f.iface_keys
+            and f.proto is None and f.port is None and f.host is None)
 
 
 # the trace program's C units in the order they are placed; each builds on the ones before it

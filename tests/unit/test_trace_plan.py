@@ -98,7 +98,7 @@ def test_program_source_takes_numbers_only() -> None:
 
 def test_udp_socket_queue_is_watched_only_in_the_always_on_build() -> None:
     """bpf/trace_watch.c replaces the per-socket FIFO only where nothing needs every datagram's state: sampled,
-    no skb followed from netif_receive_skb, no breakdown, no filter finer than the namespace."""
+    no breakdown, no filter finer than the namespace."""
     import ipaddress
 
     from netpath.netns import Netns
@@ -117,7 +117,7 @@ def test_udp_socket_queue_is_watched_only_in_the_always_on_build() -> None:
     for narrowed in (Filters(proto="udp"), Filters(port=53), Filters(host=ipaddress.ip_address("10.0.0.1")),
                      Filters(ifaces=("eth0",), iface_keys=((1, 2),))):
         assert watch(sample_every=16, filters=narrowed) == 0, narrowed
-    assert watch(make_plan(facts("6.18")), sample_every=16) == 0  # netif_receive_skb follows each skb
+    assert watch(make_plan(facts("6.18")), sample_every=16) == 1  # trace's default: picked at netif_receive_skb
     assert watch(make_plan(facts("trace-6.1"), only=("socket_queue",)), sample_every=16) == 0  # no recv_length
 
 

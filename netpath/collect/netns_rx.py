@@ -73,7 +73,7 @@ class _Seen:
 class NamespaceCounters:
     """The other namespaces' drop counters over a run (the run's own are in collect/counters.py)."""
 
-    def __init__(self, read: Callable[[], tuple[list[NetnsCounters], int]] = netns_counters.read_every_namespace,
+    def __init__(self, read: Callable[[], tuple[list[NetnsCounters], int]] = netns_counters.read_every_namespace_counts,
                  runtimes: RuntimeNames | None = None, own: bool = False) -> None:
         self._read = read
         self.own = own

@@ -121,10 +121,14 @@ def read_every_namespace(found: Callable[[], list[netns.Netns]] = netns.known_na
     return out, skipped
 
 
-def read_every_namespace_counts() -> tuple[list[NetnsCounters], int]:
+def read_every_namespace_counts(host: bool = True) -> tuple[list[NetnsCounters], int]:
     """read_every_namespace without the levels (sockstat, the conntrack sysctls): the counters alone, all a
-    drops run or the exporter keeps of each namespace (collect/netns_rx.py), at each scrape."""
-    return read_every_namespace(visit=lambda ns: _visit(ns, levels=False))
+    drops run or the exporter keeps of each namespace (collect/netns_rx.py), at each scrape. Without `host`
+    the caller's own namespace is not read (a drops run reads it with its other counters)."""
+    def visit(ns: netns.Netns) -> NetnsCounters | None:
+        return _visit(ns, levels=False) if host or ns.label != "host" else None
+
+    return read_every_namespace(visit=visit)
 
 
 # ------------------------------------------------- a window

@@ -137,6 +137,16 @@ def cookie_of(ns: Netns | None) -> int:
     return run_in(ns, cookie_here)
 
 
+_LIBC: list[ctypes.CDLL] = []
+
+
+def _libc() -> ctypes.CDLL:
+    """The C library's handle for setns, made once (a CDLL per call cost a dlopen each namespace visit)."""
+    if not _LIBC:
+        _LIBC.append(ctypes.CDLL(None, use_errno=True))
+    return _LIBC[0]
+
+
 def run_in(ns: Netns | None, fn: Callable[[], T]) -> T:
     """Run fn in a short-lived thread that has joined `ns` (None: this namespace).
 
@@ -150,7 +160,7 @@ def run_in(ns: Netns | None, fn: Callable[[], T]) -> T:
 
     def body() -> None:
         try:
-            libc = ctypes.CDLL(None, use_errno=True)
+            libc = _libc()
             fd = os.open(ns.path, os.O_RDONLY)
             try:
                 if libc.setns(fd, CLONE_NEWNET) != 0:
@@ -188,10 +198,11 @@ def known_namespaces() -> list[Netns]:
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
-        path = Path(f"/proc/{pid}/ns/net")
-        try:
+        path = f"/proc/{pid}/ns/net"  # a str: most processes share a namespace, and a Path per pid cost more
+        try:                           # than its stat (the exporter walks every process at each scrape)
             ino = os.stat(path).st_ino
         except OSError:
             continue
-        seen.setdefault(ino, Netns(path, ino, f"pid:{pid}"))
+        if ino not in seen:
+            seen[ino] = Netns(Path(path), ino, f"pid:{pid}")
     return [Netns(ns.path, ino, ns.label) for ino, ns in seen.items()]

@@ -34,16 +34,16 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
-
-from prometheus_client.exposition import choose_encoder
-from prometheus_client.metrics_core import Metric
+from typing import TYPE_CHECKING, Any
 
 from netpath.cli import http_head
 from netpath.cli.http_head import BadRequest
 from netpath.cli.http_stream import Stream, TlsStream
 from netpath.cli.web_config import BasicAuth
 from netpath.kernel import limits
+
+if TYPE_CHECKING:  # imported at the first scrape: the server answers /healthz without prometheus_client
+    from prometheus_client.metrics_core import Metric
 
 MAX_CONNECTIONS = 1024
 MIN_CONNECTIONS = 16
@@ -93,6 +93,8 @@ class SharedScrape:
                 self._started = started
                 self._encoded.clear()
                 self.collections += 1
+            from prometheus_client.exposition import choose_encoder
+
             encoder, content_type = choose_encoder(accept)
             key = (content_type, gzipped)
             if key not in self._encoded:
@@ -124,6 +126,8 @@ class _Families:
         self.created = created
 
     def collect(self) -> Iterator[Metric]:
+        from prometheus_client.metrics_core import Metric
+
         for fam in self.families:
             if self.created or not any(s.name.endswith("_created") for s in fam.samples):
                 yield fam

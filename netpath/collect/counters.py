@@ -85,6 +85,11 @@ def _read(path: str) -> str:
 
 def read_netns_counters(ifaces: set[str] | None, token: object = None) -> dict[CounterKey, int]:
     """Everything namespaced, read from inside the namespace this thread is in (`token`: linkstats.current)."""
+    return _read_netns(ifaces, token)[0]
+
+
+def _read_netns(ifaces: set[str] | None, token: object) -> tuple[dict[CounterKey, int], linkstats.Dump]:
+    """read_netns_counters, and the link dump it read (the NIC counters name the same devices)."""
     values: dict[CounterKey, int] = {}
     # /proc/net follows the thread-group leader; thread-self follows this thread's setns.
     base = "/proc/thread-self/net" if Path("/proc/thread-self/net").exists() else "/proc/net"
@@ -107,7 +112,7 @@ def read_netns_counters(ifaces: set[str] | None, token: object = None) -> dict[C
         if q.drops is None or (ifaces and ifname not in ifaces):
             continue
         values[("qdisc", f"{q.kind} {q.handle >> 16:x}:{q.handle & 0xFFFF:x} drops", ifname, None)] = q.drops
-    return values
+    return values, dump
 
 
 def read_all(ns: netns.Netns | None, ifaces: set[str] | None, token: object = None) -> dict[CounterKey, int]:
@@ -116,8 +121,12 @@ def read_all(ns: netns.Netns | None, ifaces: set[str] | None, token: object = No
     from netpath.collect import nic_counters  # NIC driver counters: ethtool -S, qstats, XDP
 
     token = object() if token is None else token
-    values = netns.run_in(ns, lambda: read_netns_counters(ifaces, token)
-                          | nic_counters.read_nic_counters(ifaces, token))
+
+    def inside() -> dict[CounterKey, int]:
+        values, dump = _read_netns(ifaces, token)
+        return values | nic_counters.read_nic_counters(ifaces, token, dump)
+
+    values = netns.run_in(ns, inside)
     for cpu, cols in procnet.parse_softnet(_read("/proc/net/softnet_stat")).items():
         for name in SOFTNET_WANTED:
             if name in cols:

@@ -46,9 +46,10 @@ def _text(path: Path) -> str:
         return ""
 
 
-def read_here(base: Path | None = None, sysctl_root: Path = Path("/proc/sys")
+def read_here(base: Path | None = None, sysctl_root: Path = Path("/proc/sys"), levels: bool = True
               ) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
-    """(snmp, conntrack, levels) of the namespace this thread is in (base: a fixture's /proc/net)."""
+    """(snmp, conntrack, levels) of the namespace this thread is in (base: a fixture's /proc/net). Without
+    `levels`, the counters only: sockstat and the sysctls are not read, and conntrack's `entries` is dropped."""
     if base is None:
         # /proc/net follows the thread-group leader's namespace; thread-self follows this thread's setns
         base = Path("/proc/thread-self/net")
@@ -57,25 +58,28 @@ def read_here(base: Path | None = None, sysctl_root: Path = Path("/proc/sys")
     snmp = procnet.parse_snmp(_text(base / "snmp")) | procnet.parse_snmp(_text(base / "netstat"))
     snmp |= procnet.parse_snmp6(_text(base / "snmp6"))
     conntrack = procnet.parse_conntrack_stats(_text(base / "stat" / "nf_conntrack"))  # empty: no nf_conntrack here
-    levels = procnet.parse_sockstat(_text(base / "sockstat"))
-    levels |= {k.replace("sockstat.", "sockstat6.", 1): v
-               for k, v in procnet.parse_sockstat(_text(base / "sockstat6")).items()}
+    if not levels:
+        conntrack.pop("entries", None)
+        return snmp, conntrack, {}
+    found = procnet.parse_sockstat(_text(base / "sockstat"))
+    found |= {k.replace("sockstat.", "sockstat6.", 1): v
+              for k, v in procnet.parse_sockstat(_text(base / "sockstat6")).items()}
     for name, value in settings_mod.read_sysctls(LEVEL_SYSCTLS, sysctl_root).items():
         if value.isdigit():
-            levels[name] = int(value)
+            found[name] = int(value)
     if "entries" in conntrack:  # the table's size now: a level, not a count
-        levels["conntrack.entries"] = conntrack.pop("entries")
-    return snmp, conntrack, levels
+        found["conntrack.entries"] = conntrack.pop("entries")
+    return snmp, conntrack, found
 
 
-def _visit(ns: netns.Netns) -> NetnsCounters | None:
+def _visit(ns: netns.Netns, levels: bool = True) -> NetnsCounters | None:
     """ns's counters, or None when the thread did not land in ns (its process exited and the PID was
     reused, or the namespace is gone)."""
     def inside() -> NetnsCounters | None:
         if os.stat("/proc/thread-self/ns/net").st_ino != ns.inode:
             return None
-        snmp, conntrack, levels = read_here()
-        return NetnsCounters(ns.inode, netns.cookie_here(), ns.label, False, snmp, conntrack, levels)
+        snmp, conntrack, found = read_here(levels=levels)
+        return NetnsCounters(ns.inode, netns.cookie_here(), ns.label, False, snmp, conntrack, found)
 
     if ns.label == "host":  # the caller's own namespace: no thread needed
         return inside()
@@ -115,6 +119,16 @@ def read_every_namespace(found: Callable[[], list[netns.Netns]] = netns.known_na
         seen.add(reading.inode)
         out.append(replace(reading, named=named, label=links.people_label(reading.label)))
     return out, skipped
+
+
+def read_every_namespace_counts(host: bool = True) -> tuple[list[NetnsCounters], int]:
+    """read_every_namespace without the levels (sockstat, the conntrack sysctls): the counters alone, all a
+    drops run or the exporter keeps of each namespace (collect/netns_rx.py), at each scrape. Without `host`
+    the caller's own namespace is not read (a drops run reads it with its other counters)."""
+    def visit(ns: netns.Netns) -> NetnsCounters | None:
+        return _visit(ns, levels=False) if host or ns.label != "host" else None
+
+    return read_every_namespace(visit=visit)
 
 
 # ------------------------------------------------- a window

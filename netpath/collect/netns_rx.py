@@ -73,9 +73,10 @@ class _Seen:
 class NamespaceCounters:
     """The other namespaces' drop counters over a run (the run's own are in collect/counters.py)."""
 
-    def __init__(self, read: Callable[[], tuple[list[NetnsCounters], int]] = netns_counters.read_every_namespace,
+    def __init__(self, read: Callable[[], tuple[list[NetnsCounters], int]] | None = None,
                  runtimes: RuntimeNames | None = None, own: bool = False) -> None:
-        self._read = read
+        # the run's own namespace is read here only when it is reported here (own)
+        self._read = read or (lambda: netns_counters.read_every_namespace_counts(host=own))
         self.own = own
         self._runtimes = runtimes if runtimes is not None else RuntimeNames()
         self._seen: dict[tuple[int, int], _Seen] = {}

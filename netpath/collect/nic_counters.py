@@ -30,6 +30,10 @@ import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from netpath.kernel import linkstats
 
 CounterKey = tuple[str, str, str | None, int | None]
 
@@ -204,12 +208,34 @@ def _qstats_error(code: int) -> str:
     return f"qstats-get failed: {os.strerror(code)}"
 
 
-def read_qstats(raw_out: list[bytes] | None = None) -> Qstats:
-    """qstats-get, scope queue, for every device of this namespace that reports queue stats.
-    `raw_out` collects the raw replies (fixture capture)."""
+# the netdev family's id, resolved once (the family is built in, net/core/netdev-genl.c, so its id is fixed
+# from boot; the lookup cost a netlink socket and a round trip on every scrape): None until asked
+_NETDEV_FAMILY: list[int | None] = []
+
+
+def _netdev_family(fresh: bool = False) -> int | None:
     from netpath.kernel import rtnl
 
-    family = rtnl.genl_family("netdev")
+    if fresh or not _NETDEV_FAMILY:
+        _NETDEV_FAMILY[:] = [rtnl.genl_family("netdev")]
+    return _NETDEV_FAMILY[0]
+
+
+def read_qstats(raw_out: list[bytes] | None = None) -> Qstats:
+    """qstats-get, scope queue, for every device of this namespace that reports queue stats.
+    `raw_out` collects the raw replies (fixture capture). A dump refused under the cached family id asks
+    for the id again and, when it changed (the family went and came back), dumps once more."""
+    family = _netdev_family()
+    qs = _qstats_dump(family, raw_out)
+    if family is not None and qs.available:
+        return qs
+    again = _netdev_family(fresh=True)
+    return qs if again == family else _qstats_dump(again, raw_out)
+
+
+def _qstats_dump(family: int | None, raw_out: list[bytes] | None) -> Qstats:
+    from netpath.kernel import rtnl
+
     if family is None:
         return Qstats(False, "the kernel has no netdev netlink family (Linux 6.3+), so no qstats")
     nla = struct.pack("=HHI", 8, NETDEV_A_QSTATS_SCOPE, NETDEV_QSTATS_SCOPE_QUEUE)
@@ -268,6 +294,16 @@ def _tracefs() -> Path:
     return Path("/sys/kernel/tracing")
 
 
+_LIBC: list[ctypes.CDLL] = []
+
+
+def _libc() -> ctypes.CDLL:
+    """The C library's handle, made once (building a CDLL costs a dlopen and a lookup table)."""
+    if not _LIBC:
+        _LIBC.append(ctypes.CDLL(None, use_errno=True))
+    return _LIBC[0]
+
+
 class XdpExceptions:
     """Perf counters on xdp:xdp_exception filtered to one interface each (by ifindex, which the
     tracepoint carries), summed over CPUs. Opened for the interfaces that carry an XDP program
@@ -278,14 +314,15 @@ class XdpExceptions:
         self.reason = ""
 
     def open(self, ifaces: dict[str, int]) -> None:
+        new = {iface: ifindex for iface, ifindex in ifaces.items() if iface not in self.fds}
+        if not new:  # every scrape calls this: nothing to open costs nothing
+            return
         tp = _tracepoint_id(_tracefs(), "xdp", "xdp_exception")
         if tp is None:
             self.reason = "no xdp:xdp_exception tracepoint readable in tracefs"
             return
-        libc = ctypes.CDLL(None, use_errno=True)
-        for iface, ifindex in ifaces.items():
-            if iface in self.fds:
-                continue
+        libc = _libc()
+        for iface, ifindex in new.items():
             fds = []
             for cpu in range(os.cpu_count() or 1):
                 attr = _PerfAttr(type=PERF_TYPE_TRACEPOINT, size=ctypes.sizeof(_PerfAttr), config=tp,
@@ -327,13 +364,13 @@ class _Links:
     raw: dict[str, str]  # name shown -> the name to give ethtool, for names that are UTF-8
 
 
-def _links(token: object = None) -> _Links:
+def _links(token: object = None, dump: linkstats.Dump | None = None) -> _Links:
     from netpath.kernel import linkstats
 
     names: dict[int, str] = {}
     xdp: dict[str, int] = {}
     raw: dict[str, str] = {}
-    for link in linkstats.current(token).links:
+    for link in (dump if dump is not None else linkstats.current(token)).links:
         names[link.index] = link.name
         if link.raw is not None:  # the ethtool ioctl takes the name as text
             raw[link.name] = link.raw
@@ -369,9 +406,11 @@ def _qstats_for(links: _Links) -> Qstats:
     return qs
 
 
-def read_nic_counters(ifaces: set[str] | None, token: object = None) -> dict[CounterKey, int]:
-    """ethtool, xdp and qstats counters of this namespace's devices (or of `ifaces`)."""
-    links = _links(token)
+def read_nic_counters(ifaces: set[str] | None, token: object = None,
+                      dump: linkstats.Dump | None = None) -> dict[CounterKey, int]:
+    """ethtool, xdp and qstats counters of this namespace's devices (or of `ifaces`); `dump`: the link dump
+    the caller already took in this namespace for the same reading (else linkstats.current(token))."""
+    links = _links(token, dump)
     values: dict[CounterKey, int] = {}
     for ifname in sorted(links.names.values()):
         if ifaces and ifname not in ifaces:

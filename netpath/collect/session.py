@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import signal
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from types import FrameType
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from netpath import bpf
 from netpath.errors import EXIT_OK, EXIT_THRESHOLD
@@ -62,6 +63,42 @@ class Threshold(Protocol):
         """The measured value when snap crosses the threshold, else None."""
 
     def verdict(self, value: int | None) -> Verdict: ...
+
+
+T = TypeVar("T")
+
+
+class Beside(Generic[T]):
+    """`start` run on a thread of its own while the caller starts another session.
+
+    A start's time is mostly the kernel's verifier, inside bpf(2) with the GIL released, so two
+    programs (the doctor's drops and trace, the exporter's) verify at once on two CPUs instead of one
+    after the other. result() waits for it and raises what it raised. The thread is a daemon: a load
+    stuck in the kernel cannot hold the exit."""
+
+    def __init__(self, start: Callable[[], T]) -> None:
+        self._start = start
+        self._value: T | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="netpath-start", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._value = self._start()
+        except BaseException as exc:  # handed to the caller's thread by result()
+            self._error = exc
+
+    def wait(self) -> None:
+        """Until it has finished, whatever it returned or raised."""
+        self._thread.join()
+
+    def result(self) -> T:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._value is not None
+        return self._value
 
 
 IFACE_KEY = struct.Struct("<Q")  # bpf/where.c: netns inode << 32 | ifindex

@@ -15,6 +15,7 @@ from netpath.collect import drops as drops_mod
 from netpath.collect import factory, netns_counters
 from netpath.collect import trace as trace_mod
 from netpath.collect.owners import OwnerResolver
+from netpath.collect.session import Beside
 from netpath.diagnose import rules, saved
 from netpath.diagnose.window import diff_drops
 from netpath.errors import MissingCapability
@@ -31,6 +32,7 @@ from netpath.model import (
     Finding,
     NetnsCounters,
     Settings,
+    TraceStart,
     Unavailable,
 )
 from netpath.query import Filters
@@ -77,20 +79,31 @@ class DoctorSession:
         self._sources: dict[tuple[str, str], int] = {}  # (reason, source address) -> sampled drops
 
     def start(self) -> DoctorStart:
-        # the trace program first (its compile takes the longest), then the drops program and, right after
-        # it, the counters: the drop rows and the counters they are compared with cover the same window
+        # both programs load at once (collect.session.Beside: each start is mostly the verifier, in the
+        # kernel), then the counters right after the drops program: the drop rows and the counters they
+        # are compared with cover the same window
         attached: list[Attached] = []
-        if self.trace is not None:
+        pending = Beside(self.trace.start) if self.trace is not None else None
+        try:
+            start = self.drops.start()
+        except BaseException:
+            if pending is not None:
+                pending.wait()  # what it attached is detached by close(), with the rest
+            raise
+        tstart: TraceStart | MissingCapability | None = None
+        if pending is not None:
             try:
-                tstart = self.trace.start()
+                tstart = pending.result()
             except MissingCapability as exc:
-                self._unavailable.append(Unavailable("trace", str(exc)))
-                self.trace.close()
-                self.trace = None
-            else:
-                attached += tstart.attached
-                self._unavailable += tstart.unavailable
-        start = self.drops.start()
+                tstart = exc
+        if isinstance(tstart, MissingCapability):
+            assert self.trace is not None
+            self._unavailable.append(Unavailable("trace", str(tstart)))
+            self.trace.close()
+            self.trace = None
+        elif tstart is not None:
+            attached += tstart.attached
+            self._unavailable += tstart.unavailable
         # the window starts here, for the counters and the drop rows alike: drops counted while drops.start()
         # was still reading its own counters are taken off at the end
         self._before, self._base = settings_mod.read_window_raw_marked(self.query.filters.netns, self._drop_counts)

@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-
-from prometheus_client.core import Metric
+from typing import TYPE_CHECKING
 
 from netpath import __version__, bpf, links
 from netpath.collect.drops import DropsSession
+from netpath.collect.session import Beside
 from netpath.collect.trace import TraceSession
 from netpath.diagnose import rules
 from netpath.diagnose.window import RollingWindow
 from netpath.kernel import settings as settings_mod
 from netpath.model import DropHealth, DropSnapshot, Finding, Settings, Start
-from netpath.render.metrics import MetricSet
+
+if TYPE_CHECKING:  # imported at the first scrape: prometheus_client is not needed to attach and answer /healthz
+    from prometheus_client.core import Metric
+
+    from netpath.render.metrics import MetricSet
 
 # how stale the list of existing interfaces may be before a deleted one's series are dropped
 LIVE_EVERY_S = 10.0
@@ -36,7 +40,9 @@ class ExportCollector:
         self.drops = drops
         drops.zero_series = True  # every known counter of every namespace from the first scrape, at 0
         self.trace = trace
-        self.metrics = MetricSet(max_series)
+        self.max_series = max_series
+        self._metrics: MetricSet | None = None
+        self._started_wall: float | None = None
         self.starts: list[Start] = []
         self._t0 = 0
         self.scrapes = 0
@@ -45,20 +51,40 @@ class ExportCollector:
         ns = drops.query.filters.netns
         self.window = RollingWindow(int(FINDINGS_WINDOW_S * 1e9), lambda: settings_mod.read_window_raw(ns))
 
+    @property
+    def metrics(self) -> MetricSet:
+        """The families' builder, made at the first scrape (render.metrics brings prometheus_client, which
+        no start needs)."""
+        if self._metrics is None:
+            from netpath.render.metrics import MetricSet
+
+            self._metrics = MetricSet(self.max_series)
+            self._metrics.started = self._started_wall
+        return self._metrics
+
     def start(self) -> list[Start]:
         # the finding window's first base is the instant the drops start counting (its counters are read
         # with theirs), not after the trace program loads: netpath_finding then covers the drops that
-        # netpath_drops_total does, until the window has rolled once
+        # netpath_drops_total does, until the window has rolled once. The trace program loads meanwhile
+        # (collect.session.Beside: the two verify at once)
         ns = self.drops.query.filters.netns
         self.drops.at_start = lambda: settings_mod.read_window_raw(ns)
-        self.starts = [self.drops.start()]
+        pending = Beside(self.trace.start) if self.trace is not None else None
+        try:
+            self.starts = [self.drops.start()]
+        except BaseException:
+            if pending is not None:
+                pending.wait()  # what it attached is detached by close(), with the rest
+            raise
         self._t0 = time.monotonic_ns()
-        self.metrics.started = time.time()  # counting began now: the counters' created timestamp
+        self._started_wall = time.time()  # counting began now: the counters' created timestamp
+        if self._metrics is not None:
+            self._metrics.started = self._started_wall
         raw = self.drops.at_start_value
         assert isinstance(raw, tuple)
         self.window.add(0, DropSnapshot([], [], DropHealth(), 0, 0), raw)
-        if self.trace is not None:
-            self.starts.append(self.trace.start())
+        if pending is not None:
+            self.starts.append(pending.result())
         return self.starts
 
     def collect(self) -> Iterator[Metric]:

@@ -139,10 +139,48 @@ def btf_digest(btf_path: Path) -> str:
     ident = (str(btf_path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) if st else None
     if ident is not None and ident in _DIGESTS:
         return _DIGESTS[ident]
-    digest = hashlib.sha256(read_btf(btf_path)).hexdigest()[:24]
+    boot = _boot_key(btf_path, st.st_size) if st else None
+    digest = _boot_digest(boot) if boot else None
+    if digest is None:
+        digest = hashlib.sha256(read_btf(btf_path)).hexdigest()[:24]
+        if boot:
+            from netpath.bpfload import cache as store  # the store imports this module for the cache root
+
+            store.store_payload("btf-digest", boot, digest.encode())
     if ident is not None:
         _DIGESTS[ident] = digest
     return digest
+
+
+RUNNING_BTF = "/sys/kernel/btf/vmlinux"
+_DIGEST_LEN = 24
+
+
+def _boot_key(btf_path: Path, size: int) -> dict[str, Any] | None:
+    """The running kernel's own BTF is part of its image: it cannot change before a reboot, so its hash is
+    cached per boot (boot_id) and build (the kernel's notes, its build id), and a start reads 5 MB and
+    hashes them (8 ms here) once per boot, not once per run. Any other file (a captured tree) is hashed."""
+    if str(btf_path) != RUNNING_BTF:
+        return None
+    try:
+        with open("/proc/sys/kernel/random/boot_id", "rb") as f:
+            boot = f.read().strip().decode("ascii", "replace")
+        with open("/sys/kernel/notes", "rb") as f:
+            build = hashlib.sha256(f.read()).hexdigest()
+    except OSError:
+        return None
+    return {"format": 1, "boot": boot, "build": build, "size": size, "release": os.uname().release}
+
+
+def _boot_digest(key: dict[str, Any]) -> str | None:
+    from netpath.bpfload import cache as store
+
+    raw = store.load_payload("btf-digest", key)[0]
+    try:
+        text = raw.decode("ascii") if raw is not None else ""
+    except UnicodeDecodeError:
+        return None
+    return text if len(text) == _DIGEST_LEN and all(c in "0123456789abcdef" for c in text) else None
 
 
 def cached_json(btf_path: Path, kind: str, compute: Callable[[bytes], Any], use_cache: bool = True, *,

@@ -284,3 +284,26 @@ def test_a_good_tree_another_netpath_just_built_is_kept(cdir, monkeypatch):
     monkeypatch.setattr(shim, "verify", lambda *a: next(calls) and real_verify(*a))
     assert _shim_root(cdir) == root and root.stat().st_ino == inode
     assert not [p for p in (cdir / store.SUBDIR).iterdir() if p.name.endswith(".tmp")]
+
+
+def test_the_running_kernels_btf_hash_is_kept_per_boot(btf, cdir, monkeypatch):
+    """/sys/kernel/btf/vmlinux cannot change before a reboot: its hash is read from the store once a run of
+    this boot has taken it; any other file is hashed at each run."""
+    monkeypatch.setattr(cache, "RUNNING_BTF", str(btf))
+    first = cache.btf_digest(btf)
+    assert len(entry(cdir, "btf-digest").read_bytes()) > 0
+    original = btf.read_bytes()
+    btf.write_bytes(bytes(len(original)))  # the same size: only the store can still give the old hash
+    cache._DIGESTS.clear()
+    assert cache.btf_digest(btf) == first
+    monkeypatch.setattr(cache, "RUNNING_BTF", "/sys/kernel/btf/vmlinux")
+    cache._DIGESTS.clear()
+    assert cache.btf_digest(btf) != first  # a captured tree's BTF: hashed afresh
+
+
+def test_a_damaged_btf_hash_entry_is_hashed_again(btf, cdir, monkeypatch):
+    monkeypatch.setattr(cache, "RUNNING_BTF", str(btf))
+    first = cache.btf_digest(btf)
+    rewrite(entry(cdir, "btf-digest"), b"not a hash")
+    cache._DIGESTS.clear()
+    assert cache.btf_digest(btf) == first

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 
-from netpath.collect.session import Clock, drive
-from netpath.errors import EXIT_OK, EXIT_THRESHOLD
+import pytest
+
+from netpath.collect.session import Beside, Clock, drive
+from netpath.errors import EXIT_OK, EXIT_THRESHOLD, MissingCapability
 from netpath.model import DropHealth, DropSnapshot, DropsStart, Filters, TraceHealth, TraceSnapshot
 from netpath.thresholds import DropsThreshold, parse_fail_on_latency
 
@@ -121,3 +124,16 @@ def test_duration_deadline():
     clock = Clock(1.0, 2.5, 0)
     assert clock.wake_ns() == 1_000_000_000
     assert not clock.expired(2_499_999_999) and clock.expired(2_500_000_000)
+
+
+def test_beside_runs_a_start_on_its_own_thread_and_hands_back_its_result_or_error() -> None:
+    main = threading.get_ident()
+    assert Beside(threading.get_ident).result() != main
+
+    def refused() -> int:
+        raise MissingCapability("no BPF here")
+
+    pending = Beside(refused)
+    pending.wait()
+    with pytest.raises(MissingCapability, match="no BPF here"):
+        pending.result()

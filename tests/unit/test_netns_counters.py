@@ -103,3 +103,23 @@ def test_read_every_namespace_orders_labels_and_skips_strays() -> None:
     assert [c.named for c in got] == [False, True, False]
     got, skipped = nc.read_every_namespace(lambda: found, limit=2, visit=visit)
     assert len(got) == 2 and skipped == 2
+
+
+def test_a_counts_reading_leaves_out_the_levels_and_without_host_the_runs_own_namespace(monkeypatch) -> None:
+    """A drops run reads its own namespace with its other counters: the other namespaces' reading skips it;
+    every namespace is read without the levels (nobody keeps them there)."""
+    visited: list[tuple[str, bool]] = []
+    monkeypatch.setattr(nc, "_visit", lambda ns, levels=True: visited.append((ns.label, levels)))
+    hosts = [netns.Netns(Path("/proc/self/ns/net"), 1, "host"), netns.Netns(Path("/run/netns/a"), 2, "a")]
+
+    def every(visit):
+        for ns in hosts:
+            visit(ns)
+        return [], 0
+
+    monkeypatch.setattr(nc, "read_every_namespace", every)
+    nc.read_every_namespace_counts(host=False)
+    assert visited == [("a", False)]
+    visited.clear()
+    nc.read_every_namespace_counts()
+    assert visited == [("host", False), ("a", False)]

@@ -145,3 +145,41 @@ def test_probes_text_lists_programs_and_counter_sources() -> None:
         "NIC counter sources (netpath drops):",
         "  qstats   no   no netdev family",
     ]
+
+
+def test_the_netdev_family_is_looked_up_once_and_again_when_a_dump_is_refused(monkeypatch) -> None:
+    """The family id is kept for the process (netdev is built in); a dump refused under it asks again, and a
+    new id is dumped with once more."""
+    import errno
+
+    from netpath.kernel import rtnl
+
+    ids = iter([30, 31])
+    asked: list[int] = []
+
+    def dump(family: int, cmd: int, version: int, body: bytes) -> list[bytes]:
+        asked.append(family)
+        if family == 30 and len(asked) > 2:
+            raise OSError(errno.ENOENT, "gone")
+        return []
+
+    monkeypatch.setattr(nc, "_NETDEV_FAMILY", [])
+    monkeypatch.setattr(rtnl, "genl_family", lambda name: next(ids))
+    monkeypatch.setattr(rtnl, "genl_dump", dump)
+    assert nc.read_qstats().available and nc.read_qstats().available
+    assert asked == [30, 30]  # one lookup for both
+    assert nc.read_qstats().available  # refused under 30: 31 is looked up and dumped
+    assert asked == [30, 30, 30, 31]
+    assert nc._NETDEV_FAMILY == [31]
+
+
+def test_xdp_exception_counters_open_nothing_when_no_device_is_new(monkeypatch) -> None:
+    exc = nc.XdpExceptions()
+    exc.fds["eth0"] = []
+
+    def never(*_args: object) -> None:
+        raise AssertionError("tracefs read for no new device")
+
+    monkeypatch.setattr(nc, "_tracepoint_id", never)
+    exc.open({"eth0": 2})
+    exc.open({})

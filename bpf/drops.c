@@ -17,15 +17,17 @@
  * own bpf() call: BCC's loader cannot), so skb, its device and that device's
  * namespace are typed kernel pointers the verifier lets it load from
  * directly: four plain loads instead of three probe-read helper calls. The
- * packet headers (skb->head is not a typed pointer) are still probe reads.
- * netpath falls back to TP_BTF=0 (a raw tracepoint) where the kernel refuses.
+ * packet headers are plain loads too where the verifier takes skb->head as
+ * memory (TP_BTF_PKT, Linux 6.17+), reading only the protocols unless the
+ * flow is needed, else probe reads. netpath falls back to TP_BTF=0 (a raw
+ * tracepoint) where the kernel refuses.
  *
  * Units: drop_place.c (where a drop was: namespace inode and cookie,
  * interface, also when skb->dev is gone) always comes first, drops_owner.c
  * (socket and cgroup of a drop) when rows or filters or samples need it;
  * this unit counts and samples.
  *
- * Compile-time numbers: TP_HAS_REASON, TP_HAS_RX_SK,
+ * Compile-time numbers: TP_BTF, TP_BTF_PKT, TP_HAS_REASON, TP_HAS_RX_SK,
  * BY_{REASON,LOCATION,IFACE,PROTO,FLOW,SOCKET,CGROUP} (BY_OWNER: either of the
  * last two), FILTER_{NETNS,NETNS_COOKIE,IFACE,REASON,PROTO,PORT,HOST_*,CGROUP},
  * SAMPLE_BUDGET, WITH_STACK, PCAP_SNAPLEN (--pcap: bpf/capture.c is compiled in),

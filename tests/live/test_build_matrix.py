@@ -32,8 +32,9 @@ most of them identical builds); the options that interact are crossed, the rest 
   --reason, each filter), the owner-reading options with each other (socket/cgroup grouping x samples x
   cgroup filter) and everything at once; tp_btf off for the groupings that read every field a different
   way plus everything at once; and each typed build again with the packet headers read by plain loads
-  (TP_BTF_PKT) where this kernel's verifier allows them, as compile_program loads it. On 6.1 (no rx_sk in kfree_skb) only the owner-reading option sets: the rest
-  compile to what 6.12/6.18 compile, bar a TP_HAS_RX_SK no code reads.
+  (TP_BTF_PKT) where this kernel's verifier allows them, as compile_program loads it. On 6.1 (no rx_sk in
+  kfree_skb) only the owner-reading option sets: the rest compile to what 6.12/6.18 compile, bar a
+  TP_HAS_RX_SK no code reads.
 Builds are deduplicated by (C units, -D set, tp_btf functions), so an option with no effect on a plan
 (sampling without the receive-timestamp build) costs nothing; each distinct build is compiled and loaded
 once, two at a time in forked workers. 782 configurations, 291 builds: about 2 minutes of CPU in all, so

@@ -114,6 +114,10 @@ def variants(with_trace: bool, bt_ok: bool, bt_why: str) -> list[Variant]:
             Variant(f"{tag} trace", "netpath", [*np, "trace", "--json", "--interval", "1"], "start line", cwd=base),
             Variant(f"{tag} export", "other", ["sh", "-c", f"exec {shlex.join(np)} export --listen "
                                                      f"127.0.0.1:{EXPORT_PORT} 2>&1"], "serving http://", cwd=base),
+            # the exporter's drops-only profile: its cost is the drops program's
+            Variant(f"{tag} export --stages none", "other",
+                    ["sh", "-c", f"exec {shlex.join(np)} export --listen 127.0.0.1:{EXPORT_PORT} --stages none 2>&1"],
+                    "serving http://", cwd=base),
         ]
     return out
 

@@ -305,13 +305,16 @@ static __always_inline void drop_place(void *skb, void *rx_sk, u64 location, u64
 {
 	int overlaid = drop_dev_overlaid(location);
 
-	if (!overlaid)
+	if (!overlaid) {
 		drop_place_of_dev(skb, p);
-	if (!p->inum) {
-		p->ifindex = 0;
-		p->by = PLACED_NONE;
-		drop_place_of_sock(skb, rx_sk, p);
+		if (p->inum) {	/* by its device, as most are: only an expired fragment queue's head notes it */
+			drop_frag_note(location, hit, 0, p);
+			return;
+		}
 	}
+	p->ifindex = 0;
+	p->by = PLACED_NONE;
+	drop_place_of_sock(skb, rx_sk, p);
 	if (!p->inum)
 		p->by = PLACED_NONE;
 	drop_frag_note(location, hit, overlaid, p);

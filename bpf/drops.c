@@ -17,15 +17,17 @@
  * own bpf() call: BCC's loader cannot), so skb, its device and that device's
  * namespace are typed kernel pointers the verifier lets it load from
  * directly: four plain loads instead of three probe-read helper calls. The
- * packet headers (skb->head is not a typed pointer) are still probe reads.
- * netpath falls back to TP_BTF=0 (a raw tracepoint) where the kernel refuses.
+ * packet headers are plain loads too where the verifier takes skb->head as
+ * memory (TP_BTF_PKT, Linux 6.17+), reading only the protocols unless the
+ * flow is needed, else probe reads. netpath falls back to TP_BTF=0 (a raw
+ * tracepoint) where the kernel refuses.
  *
  * Units: drop_place.c (where a drop was: namespace inode and cookie,
  * interface, also when skb->dev is gone) always comes first, drops_owner.c
  * (socket and cgroup of a drop) when rows or filters or samples need it;
  * this unit counts and samples.
  *
- * Compile-time numbers: TP_HAS_REASON, TP_HAS_RX_SK,
+ * Compile-time numbers: TP_BTF, TP_BTF_PKT, TP_HAS_REASON, TP_HAS_RX_SK,
  * BY_{REASON,LOCATION,IFACE,PROTO,FLOW,SOCKET,CGROUP} (BY_OWNER: either of the
  * last two), FILTER_{NETNS,NETNS_COOKIE,IFACE,REASON,PROTO,PORT,HOST_*,CGROUP},
  * SAMPLE_BUDGET, WITH_STACK, PCAP_SNAPLEN (--pcap: bpf/capture.c is compiled in),
@@ -125,6 +127,95 @@ static __always_inline void drop_flow_of(struct np_flow *flow, struct drop_flow 
 #define TP_BTF 0
 #endif
 
+/* the addresses and ports, beside the protocols: only for rows by flow, a filter on them, or samples */
+#define DROP_NEEDS_ADDRS	(BY_FLOW || NEED_FLOW || SAMPLE_BUDGET > 0)
+
+#if TP_BTF && defined(TP_BTF_PKT)
+/*
+ * TP_BTF_PKT: this kernel's verifier (Linux 6.17+, "rdonly_untrusted_mem
+ * for btf id walk pointer leafs") gives a typed skb's head, an unsigned
+ * char pointer, as read-only untrusted memory the program may load from
+ * at any offset: plain loads (a faulting one reads 0), where a probe-read
+ * helper call costs ~50 ns a drop on this path. netpath defines it when a
+ * test program doing such a load is accepted (bpfload/load.py). The
+ * results are np_parse_l3's (bpf/netpath.h), reading only what the key
+ * needs: the protocols, and the addresses and ports when DROP_NEEDS_ADDRS.
+ */
+
+/* np_ip6_skip_exthdrs with plain loads: the transport header's offset from head, 0 when none */
+static __always_inline u32 drop_ip6_skip_exthdrs(u64 head, u32 off, u8 *proto)
+{
+	struct np_ip6_opt *opt;
+
+#pragma unroll
+	for (int i = 0; i < NP_IP6_EXTHDR_MAX; i++) {
+		if (!np_ip6_is_exthdr(*proto))
+			return *proto == NP_IPPROTO_NONE ? 0 : off;
+		opt = (struct np_ip6_opt *)(head + off);
+		if (*proto == NP_IPPROTO_FRAGMENT) {
+			*proto = opt->nexthdr;
+			if (np_ntohs(opt->frag_off) & NP_IP6_FRAG_OFFSET)
+				return 0;	/* not the first fragment: no transport header here */
+			off += 8;
+		} else if (*proto == NP_IPPROTO_AH) {
+			*proto = opt->nexthdr;
+			off += ((u32)opt->hdrlen + 2) * 4;
+		} else {
+			*proto = opt->nexthdr;
+			off += ((u32)opt->hdrlen + 1) * 8;
+		}
+	}
+	return np_ip6_is_exthdr(*proto) || *proto == NP_IPPROTO_NONE ? 0 : off;
+}
+
+/* np_parse_l3 with plain loads from head + nh (the network header); 0 on success */
+static __always_inline int drop_parse_l3(u64 head, u32 nh, struct np_flow *flow)
+{
+	u32 l4 = 0;
+	u8 proto;
+
+	if (!head || nh >= NP_UNSET_HEADER)
+		return -1;
+	if (flow->l3proto == NP_ETH_P_IP) {
+		struct np_iphdr *ip = (struct np_iphdr *)(head + nh);
+		u8 ver_ihl = ip->ver_ihl;
+
+		if ((ver_ihl >> 4) != 4)
+			return -1;
+		flow->family = 4;
+		flow->l4proto = ip->protocol;
+		if (!DROP_NEEDS_ADDRS)
+			return 0;
+		flow->saddr[0] = ip->saddr;
+		flow->daddr[0] = ip->daddr;
+		if (!(np_ntohs(ip->frag_off) & NP_IP4_FRAG_OFFSET))
+			l4 = nh + (ver_ihl & 0xf) * 4;
+	} else if (flow->l3proto == NP_ETH_P_IPV6) {
+		struct np_ipv6hdr *ip6 = (struct np_ipv6hdr *)(head + nh);
+
+		flow->family = 6;
+		proto = ip6->nexthdr;
+		l4 = nh + NP_IP6_HDR_LEN;
+		if (np_ip6_is_exthdr(proto))
+			l4 = drop_ip6_skip_exthdrs(head, l4, &proto);
+		flow->l4proto = proto;
+		if (!DROP_NEEDS_ADDRS)
+			return 0;
+		__builtin_memcpy(flow->saddr, ip6->saddr, sizeof(flow->saddr));
+		__builtin_memcpy(flow->daddr, ip6->daddr, sizeof(flow->daddr));
+	} else {
+		return -1;
+	}
+	if (l4 && (flow->l4proto == NP_IPPROTO_TCP || flow->l4proto == NP_IPPROTO_UDP)) {
+		struct np_ports *ports = (struct np_ports *)(head + l4);
+
+		flow->sport = np_ntohs(ports->source);
+		flow->dport = np_ntohs(ports->dest);
+	}
+	return 0;
+}
+#endif
+
 /* L3/L4 of the dropped skb: with a typed skb, its protocol, head and network header are plain loads */
 static __always_inline int drop_parse_flow(void *skb, struct np_flow *flow)
 {
@@ -137,7 +228,11 @@ static __always_inline int drop_parse_flow(void *skb, struct np_flow *flow)
 	nh = *(u16 *)(s + OFF_SKB_NETWORK_HEADER);
 	head = *(u64 *)(s + OFF_SKB_HEAD);
 	flow->l3proto = np_ntohs(proto);
+#ifdef TP_BTF_PKT
+	return drop_parse_l3(head, nh, flow);
+#else
 	return np_parse_l3((unsigned char *)head, nh, flow);
+#endif
 #else
 	return np_parse_flow(skb, flow);
 #endif

@@ -46,9 +46,15 @@ class ProgramSource:
     # C function -> tracepoint: load these as BTF-typed raw tracepoints (tp_btf) when the kernel allows it;
     # the C is compiled with TP_BTF=1 for them, and again with TP_BTF=0 as raw tracepoints if it does not
     tp_btf: dict[str, str] = field(default_factory=dict)
+    # the C can read packet bytes with plain loads through a typed skb's head (TP_BTF_PKT), which
+    # compile_program turns on where this kernel's verifier allows it (load.tp_btf_packet_loads)
+    packet_loads: bool = False
 
     def without_tp_btf(self) -> ProgramSource:
         return ProgramSource(list(self.files), {**self.defines, "TP_BTF": 0}, {})
+
+    def with_packet_loads(self) -> ProgramSource:
+        return ProgramSource(list(self.files), {**self.defines, "TP_BTF_PKT": 1}, dict(self.tp_btf))
 
     def text(self) -> str:
         """The generated contract first, then the C files: bpf/netpath.h relies on the prelude."""

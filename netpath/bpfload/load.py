@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import ctypes
+import errno
 import os
 import struct
 from pathlib import Path
@@ -269,3 +270,43 @@ def tp_btf_allowed(btf_path: Path) -> tuple[bool, str]:
         return False, f"the kernel refuses tp_btf programs: {exc.strerror or exc}"
     os.close(fd)
     return True, "BTF-typed raw tracepoints load: direct reads of kernel structs, no probe-read helper"
+
+
+def _packet_load_probe(head_off: int) -> bytes:
+    """skb = ctx[0]; head = skb->head; r0 = *(u8 *)head; r0 = 0; exit."""
+    ldx_dw, ldx_b, mov_k, exit_ = 0x79, 0x71, 0xB7, 0x95
+    return b"".join(struct.pack("<BBhi", op, regs, off, 0) for op, regs, off in (
+        (ldx_dw, 0x11, 0), (ldx_dw, 0x11, head_off), (ldx_b, 0x10, 0), (mov_k, 0x00, 0), (exit_, 0x00, 0)))
+
+
+def tp_btf_packet_loads(btf_path: Path, head_off: int) -> bool:
+    """Does this kernel's verifier let a tp_btf program load packet bytes straight through skb->head? Since
+    Linux 6.17 (kernel/bpf/verifier.c, commit 2d5c91e1cc14 "rdonly_untrusted_mem for btf id walk pointer
+    leafs") a typed struct's pointer to a scalar type, as sk_buff.head is, reads as read-only untrusted
+    memory a program may load from at any offset; before, it is a plain number and the load is refused. A
+    five-instruction program on skb:kfree_skb doing such a load is loaded and closed, never attached. The
+    verdict is cached per kernel build; none is kept when the test could not run (no CAP_BPF, no tp_btf)."""
+    from netpath.errors import MissingCapability
+    from netpath.kernel.cache import cached_json
+
+    if not 0 <= head_off < 1 << 15:
+        return False
+
+    def compute(_blob: bytes) -> bool:
+        btf_id = tp_btf_ids(btf_path, ("kfree_skb",))["kfree_skb"]
+        if not btf_id:
+            return False
+        try:
+            fd = load_program(libbpf.PROG_TYPE_TRACING, "np_pkt_probe", "GPL", _packet_load_probe(head_off), 0,
+                              libbpf.TRACE_RAW_TP, btf_id)
+        except OSError as exc:
+            if exc.errno == errno.EACCES:  # the verifier's answer: the load through head is refused
+                return False
+            raise  # no verdict: not kept
+        os.close(fd)
+        return True
+
+    try:
+        return bool(cached_json(btf_path, "tp-btf-packet-loads", compute, valid=lambda v: isinstance(v, bool)))
+    except (OSError, ValueError, MissingCapability):
+        return False

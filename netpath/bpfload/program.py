@@ -255,26 +255,36 @@ class Program:
 def compile_program(source: build.ProgramSource, facts: KernelFacts) -> Program:
     """Build (or take from the cache) and load; every raw_tracepoint__ function is attached.
 
-    The source's tp_btf functions are loaded here as BTF-typed raw tracepoints; if this kernel refuses
-    that, the source is built again as plain raw tracepoints (Program.tp_btf_refused says why)."""
+    The source's tp_btf functions are loaded here as BTF-typed raw tracepoints, reading packet bytes with
+    plain loads where the source can and this kernel's verifier allows it (TP_BTF_PKT); if this kernel
+    refuses a typed build, the source is built again as plain raw tracepoints (Program.tp_btf_refused
+    says why)."""
     if not source.tp_btf:
         return _compile(source, facts)
+    if source.packet_loads and load.tp_btf_packet_loads(facts.btf_path, source.defines.get("OFF_SKB_HEAD", -1)):
+        try:
+            return _typed(source.with_packet_loads(), facts)
+        except (MissingCapability, OSError):
+            pass  # the verifier took the test load but not this program: the probe-read build next
     try:
-        prog = _compile(source, facts)
-    except MissingCapability as exc:  # the typed build did not load here: the raw one may
+        return _typed(source, facts)
+    except (MissingCapability, OSError) as exc:  # the typed build did not load or attach here: the raw one may
         fallback = _compile(source.without_tp_btf(), facts)
-        fallback.tp_btf_refused = str(exc)
+        fallback.tp_btf_refused = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
         return fallback
+
+
+def _typed(source: build.ProgramSource, facts: KernelFacts) -> Program:
+    """The typed build loaded and its tp_btf functions attached; MissingCapability (load) or OSError (attach)."""
+    prog = _compile(source, facts)
     try:
         ids = load.tp_btf_ids(facts.btf_path, tuple(source.tp_btf.values()))
         for fn, tp in source.tp_btf.items():
             prog.attach_tp_btf(fn, tp, ids[tp])
-        return prog
-    except OSError as exc:
+    except OSError:
         prog.close()
-        fallback = _compile(source.without_tp_btf(), facts)
-        fallback.tp_btf_refused = exc.strerror or str(exc)
-        return fallback
+        raise
+    return prog
 
 
 def _compile(source: build.ProgramSource, facts: KernelFacts) -> Program:

@@ -191,7 +191,7 @@ def program_source(query: DropsQuery, facts: KernelFacts, offsets: dict[str, int
         files.insert(files.index("drops.c"), "capture.c")  # drops.c calls it
     if query.tp_btf:
         defines["TP_BTF"] = 1
-        return bpf.ProgramSource(files, defines, {"kfree_skb": "kfree_skb"})
+        return bpf.ProgramSource(files, defines, {"kfree_skb": "kfree_skb"}, packet_loads=True)
     return bpf.ProgramSource(files, defines)
 
 

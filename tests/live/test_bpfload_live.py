@@ -215,3 +215,19 @@ def test_a_tp_btf_program_attaches_by_btf_id_and_counts_drops(c_dir):
         assert raw is not None and struct.unpack("<Q", raw)[0] >= 50
     finally:
         prog.close()
+
+
+def test_a_typed_skb_head_is_loaded_from_directly_from_linux_6_17():
+    """The verdict drops' packet loads (TP_BTF_PKT) rest on: this kernel's verifier takes a load through
+    skb->head from Linux 6.17 (rdonly_untrusted_mem for a pointer to a scalar type), refuses it before."""
+    facts = KernelFacts.load("/")
+    head = build.struct_offsets(facts)["OFF_SKB_HEAD"]
+    verdict = load.tp_btf_packet_loads(facts.btf_path, head)
+    assert verdict == (facts.release_tuple >= (6, 17, 0)), facts.release
+    # a load past a scalar field is the verifier's to refuse (EACCES), on every kernel
+    btf_id = load.tp_btf_ids(facts.btf_path, ("kfree_skb",))["kfree_skb"]
+    with pytest.raises(OSError) as refused:
+        load.load_program(libbpf.PROG_TYPE_TRACING, "np_pkt_probe", "GPL",
+                          load._packet_load_probe(build.struct_offsets(facts)["OFF_SKB_LEN"]), 0,
+                          libbpf.TRACE_RAW_TP, btf_id)
+    assert refused.value.errno == 13

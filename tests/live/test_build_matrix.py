@@ -31,8 +31,10 @@ most of them identical builds); the options that interact are crossed, the rest 
   reason, all fields); around the default, each option one at a time (--samples, --stack, --cgroup,
   --reason, each filter), the owner-reading options with each other (socket/cgroup grouping x samples x
   cgroup filter) and everything at once; tp_btf off for the groupings that read every field a different
-  way plus everything at once. On 6.1 (no rx_sk in kfree_skb) only the owner-reading option sets: the rest
-  compile to what 6.12/6.18 compile, bar a TP_HAS_RX_SK no code reads.
+  way plus everything at once; and each typed build again with the packet headers read by plain loads
+  (TP_BTF_PKT) where this kernel's verifier allows them, as compile_program loads it. On 6.1 (no rx_sk in
+  kfree_skb) only the owner-reading option sets: the rest compile to what 6.12/6.18 compile, bar a
+  TP_HAS_RX_SK no code reads.
 Builds are deduplicated by (C units, -D set, tp_btf functions), so an option with no effect on a plan
 (sampling without the receive-timestamp build) costs nothing; each distinct build is compiled and loaded
 once, two at a time in forked workers. 782 configurations, 291 builds: about 2 minutes of CPU in all, so
@@ -208,6 +210,7 @@ def _key(source: bpf.ProgramSource) -> tuple:
 def builds() -> tuple[list[Build], int]:
     """The distinct builds, in first-seen order, and how many configurations produced them."""
     offsets = bpf.struct_offsets(KernelFacts.load("/"))
+    packet_loads = load.tp_btf_packet_loads(Path("/sys/kernel/btf/vmlinux"), offsets["OFF_SKB_HEAD"])
     seen: dict[tuple, Build] = {}
     configs = 0
     for kernel in KERNELS:
@@ -227,6 +230,11 @@ def builds() -> tuple[list[Build], int]:
             source = drops_mod.program_source(dquery, _facts(kernel), offsets)
             seen.setdefault(_key(source), Build(source, kernel, ())).configs.append(f"drops on {kernel}: {label}")
             configs += 1
+            if source.packet_loads and packet_loads:  # what compile_program loads where this verifier allows it
+                typed = source.with_packet_loads()
+                seen.setdefault(_key(typed), Build(typed, kernel, ())).configs.append(
+                    f"drops on {kernel}: {label} (packet loads)")
+                configs += 1
     for kernel in DROPS_KERNELS:
         for label, fquery in follow_options():
             source = follow_mod.program_source(fquery, _facts(kernel), offsets)

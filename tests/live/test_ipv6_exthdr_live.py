@@ -179,6 +179,31 @@ def test_every_extension_header_udp_and_tcp_rows_say_the_transport_and_its_ports
     assert protos == {"udp": 3 * N + 3 * N, "tcp": 3 * N + 2 * N}
 
 
+def test_default_rows_name_the_transport_behind_every_extension_header():
+    """The default grouping reads the protocols only (no addresses or ports): the same walk of the
+    extension headers, so every row is udp or tcp and the counts are the kernel's."""
+    with exthdr_namespace() as ns:
+        snmp_before, rsts_before = snmp6(ns), tcp_out_rsts(ns)
+        run = NetpathRun(["drops", "--netns", ns, "--json", "--duration", "5"])
+        run.wait_start()
+        for i, kind in enumerate(CASES):
+            send(ns, kind, "udp", UDP_BASE + i)
+            send(ns, kind, "tcp", TCP_BASE + i)
+        rc, _records, err = run.finish()
+        assert rc == 0, err
+        snmp_after, rsts_after = snmp6(ns), tcp_out_rsts(ns)
+        nf_dropped = frag_rule_drops(ns)
+    got: Counter[tuple[str, str]] = Counter()
+    for row in run.summary()["rows"]:
+        assert "family" not in row and "dport" not in row, row  # not grouped by flow
+        got[(row["reason"], row["proto"])] += row["count"]
+    assert got == {("NO_SOCKET", "udp"): 3 * N, ("NO_SOCKET", "tcp"): 3 * N,
+                   ("NETFILTER_DROP", "udp"): 3 * N, ("NETFILTER_DROP", "tcp"): 2 * N}
+    assert snmp_after["Udp6NoPorts"] - snmp_before["Udp6NoPorts"] == 3 * N
+    assert rsts_after - rsts_before == 3 * N
+    assert nf_dropped == 5 * N
+
+
 @pytest.mark.parametrize("proto", ["udp", "tcp"])
 def test_port_and_proto_filters_match_behind_every_extension_header(proto):
     """--proto P --port X: every case to port X matches once a packet (first fragments only); the other

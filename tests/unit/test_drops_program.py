@@ -38,6 +38,14 @@ def test_defaults_group_by_reason_location_iface_proto(facts):
     assert d["OFF_SKB_DEV"] == 16
 
 
+def test_the_typed_build_may_read_packet_bytes_with_plain_loads_the_raw_one_not(facts):
+    """compile_program adds TP_BTF_PKT where the verifier allows it; never to the raw tracepoint build."""
+    src = drops.program_source(drops.DropsQuery(), facts, OFFSETS)
+    assert src.packet_loads and "TP_BTF_PKT" not in src.defines
+    assert not src.without_tp_btf().packet_loads
+    assert not drops.program_source(drops.DropsQuery(tp_btf=False), facts, OFFSETS).packet_loads
+
+
 def test_every_filter_is_a_number(facts):
     ns = netns.Netns(Path("/run/netns/x"), 4026532000, "x")
     filters = Filters(ns, ("veth0",), ((4026532000, 7),), "udp", 53, ipaddress.ip_address("10.1.2.3"))

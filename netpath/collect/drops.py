@@ -389,6 +389,8 @@ class DropsSession(ProgramSession):
         self._netns_gone = False
         self._forgotten: set[bytes] = set()  # keys of devices gone (forget_gone_devices)
         self._warnings: list[str] = []  # said once, in the next snapshot and the summary
+        self._unpaused: set[str] = set()  # readings (start, end) already warned about: an exporter reads
+        # the end at every scrape, and a storm that never pauses would otherwise add a warning each time
         self._said = 0
         self._pcap_written = 0  # captured packets handed out as events
         self._pcap_over_max = 0  # delivered past --pcap-max (the kernel's cap should leave none)
@@ -458,8 +460,10 @@ class DropsSession(ProgramSession):
             took = time.monotonic_ns() - began
             if stats.get("matched", 0) == matched:
                 return counters, counts, stats
-        self._warnings.append(f"drops never paused while the counters were read at the {when}: a counter may "
-                              f"differ from the drop rows by the drops of {took / 1e6:.1f} ms")
+        if when not in self._unpaused:
+            self._unpaused.add(when)
+            self._warnings.append(f"drops never paused while the counters were read at the {when}: a counter "
+                                  f"may differ from the drop rows by the drops of {took / 1e6:.1f} ms")
         return counters, counts, stats
 
     def _since_start(self, counts: dict[bytes, int], stats: dict[str, int]) -> tuple[dict[bytes, int],

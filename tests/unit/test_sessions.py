@@ -78,6 +78,33 @@ def cache_slots(*entries: tuple[int, bytes, int]) -> bytes:
     return bytes(raw)
 
 
+class StormProgram(FakeProgram):
+    """Drops that never pause: every read of the health counters finds one more matched."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.matched = 0
+
+    def percpu_value(self, name: str, index: int) -> list[bytes]:
+        if name == "stats":
+            self.matched += 1
+            set_drop_stats(self, self.matched, self.matched)
+        return super().percpu_value(name, index)
+
+
+def test_a_storm_that_never_pauses_is_warned_about_once_however_often_it_is_read(drop_facts, monkeypatch):
+    """The exporter reads the end at every scrape: under a storm its warnings must not grow with the scrapes."""
+    monkeypatch.setattr(counters_mod, "read_all", lambda _ns, _ifaces, _token=None: {})
+    prog = StormProgram()
+    set_drop_stats(prog, 0, 0)
+    session = drops_mod.DropsSession(drops_mod.DropsQuery(), drop_facts, SOURCE, reasons(), loader=loader(prog))
+    session.start()
+    for second in range(1, 30):
+        warnings = session.summary(second * 1_000_000_000).warnings
+    assert [w.split(":")[0] for w in warnings] == ["drops never paused while the counters were read at the start",
+                                                   "drops never paused while the counters were read at the end"]
+
+
 def test_drops_counted_in_the_per_cpu_key_cache_add_to_the_hash_rows(drop_facts):
     prog = FakeProgram()
     session = drops_mod.DropsSession(drops_mod.DropsQuery(), drop_facts, SOURCE, reasons(), loader=loader(prog))

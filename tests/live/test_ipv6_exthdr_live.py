@@ -131,12 +131,12 @@ def comment_proto(comment: str) -> str:
     return dict(part.split("=", 1) for part in comment.split(" ") if "=" in part)["proto"]
 
 
-def test_every_extension_header_udp_and_tcp_rows_say_the_transport_and_its_ports(tmp_path):
-    pcap = tmp_path / "exthdr.pcapng"
+def drops_while_every_case_is_sent(*args: str) -> NetpathRun:
+    """netpath drops in a fresh namespace while every case goes out as UDP and TCP, finished; and the kernel's
+    own counts of the same packets checked: 3 N closed UDP ports, 3 N TCP resets, 5 N fragments dropped."""
     with exthdr_namespace() as ns:
         snmp_before, rsts_before = snmp6(ns), tcp_out_rsts(ns)
-        run = NetpathRun(["drops", "--netns", ns, "--by", "reason,proto,flow", "--pcap", str(pcap),
-                          "--json", "--duration", "6"])
+        run = NetpathRun(["drops", "--netns", ns, "--json", *args])
         run.wait_start()
         for i, kind in enumerate(CASES):
             send(ns, kind, "udp", UDP_BASE + i)
@@ -144,7 +144,15 @@ def test_every_extension_header_udp_and_tcp_rows_say_the_transport_and_its_ports
         rc, _records, err = run.finish()
         assert rc == 0, err
         snmp_after, rsts_after = snmp6(ns), tcp_out_rsts(ns)
-        nf_dropped = frag_rule_drops(ns)
+        assert snmp_after["Udp6NoPorts"] - snmp_before["Udp6NoPorts"] == 3 * N
+        assert rsts_after - rsts_before == 3 * N
+        assert frag_rule_drops(ns) == 5 * N
+    return run
+
+
+def test_every_extension_header_udp_and_tcp_rows_say_the_transport_and_its_ports(tmp_path):
+    pcap = tmp_path / "exthdr.pcapng"
+    run = drops_while_every_case_is_sent("--by", "reason,proto,flow", "--pcap", str(pcap), "--duration", "6")
     rows = run.summary()["rows"]
     by_port: Counter[tuple[str, str, int]] = Counter()
     for row in rows:
@@ -163,10 +171,6 @@ def test_every_extension_header_udp_and_tcp_rows_say_the_transport_and_its_ports
             expected[("NO_SOCKET", "udp", UDP_BASE + i)] += N
             expected[("NO_SOCKET", "tcp", TCP_BASE + i)] += N
     assert by_port == expected
-    # the kernel's own counts of the same packets
-    assert snmp_after["Udp6NoPorts"] - snmp_before["Udp6NoPorts"] == 3 * N
-    assert rsts_after - rsts_before == 3 * N
-    assert nf_dropped == 5 * N
     # the capture: every dropped packet, its comment naming the transport tshark decodes behind the headers
     packets = tshark_packets(pcap)
     assert len(packets) == sum(expected.values())
@@ -182,26 +186,13 @@ def test_every_extension_header_udp_and_tcp_rows_say_the_transport_and_its_ports
 def test_default_rows_name_the_transport_behind_every_extension_header():
     """The default grouping reads the protocols only (no addresses or ports): the same walk of the
     extension headers, so every row is udp or tcp and the counts are the kernel's."""
-    with exthdr_namespace() as ns:
-        snmp_before, rsts_before = snmp6(ns), tcp_out_rsts(ns)
-        run = NetpathRun(["drops", "--netns", ns, "--json", "--duration", "5"])
-        run.wait_start()
-        for i, kind in enumerate(CASES):
-            send(ns, kind, "udp", UDP_BASE + i)
-            send(ns, kind, "tcp", TCP_BASE + i)
-        rc, _records, err = run.finish()
-        assert rc == 0, err
-        snmp_after, rsts_after = snmp6(ns), tcp_out_rsts(ns)
-        nf_dropped = frag_rule_drops(ns)
+    run = drops_while_every_case_is_sent("--duration", "5")
     got: Counter[tuple[str, str]] = Counter()
     for row in run.summary()["rows"]:
         assert "family" not in row and "dport" not in row, row  # not grouped by flow
         got[(row["reason"], row["proto"])] += row["count"]
     assert got == {("NO_SOCKET", "udp"): 3 * N, ("NO_SOCKET", "tcp"): 3 * N,
                    ("NETFILTER_DROP", "udp"): 3 * N, ("NETFILTER_DROP", "tcp"): 2 * N}
-    assert snmp_after["Udp6NoPorts"] - snmp_before["Udp6NoPorts"] == 3 * N
-    assert rsts_after - rsts_before == 3 * N
-    assert nf_dropped == 5 * N
 
 
 @pytest.mark.parametrize("proto", ["udp", "tcp"])

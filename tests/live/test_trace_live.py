@@ -327,6 +327,17 @@ def test_tcp_segments_are_timed_to_their_first_copy(mode: list[str]) -> None:
     assert _stage(summary, "netif_receive_skb")["count"] + summary["health"]["unstamped"] >= n
 
 
+def _summary_once_read(run: NetpathRun, receiver: subprocess.Popen, n: int) -> dict:
+    """The receiver has read all n datagrams; netpath, given a second to read its last interval, stopped."""
+    out, _ = receiver.communicate(timeout=60)
+    assert f"got {n}" in out
+    time.sleep(1.2)
+    run.proc.send_signal(signal.SIGINT)
+    rc, _records, err = run.finish()
+    assert rc == 0, err
+    return run.summary()
+
+
 @pytest.mark.parametrize("stages", [pytest.param(["--stages", "socket_queue"], id="alone"),
                                     pytest.param([], id="default")])
 @pytest.mark.parametrize("delay_ms", [20, 100])
@@ -341,13 +352,7 @@ def test_sampled_socket_queue_times_the_watched_datagrams_to_their_read(delay_ms
         run.wait_start()
         receiver = start_receiver(pair, port, n, delay_ms / 1000)
         send_spaced(pair.ns_addr, port, n, delay_ms / 1000 + 0.04)
-        out, _ = receiver.communicate(timeout=60)
-        assert f"got {n}" in out
-        time.sleep(1.2)
-        run.proc.send_signal(signal.SIGINT)
-        rc, _records, err = run.finish()
-    assert rc == 0, err
-    summary = run.summary()
+        summary = _summary_once_read(run, receiver, n)
     sq, h = _stage(summary, "socket_queue"), summary["health"]
     assert sq["count"] == n, (sq, h)
     assert sq["sample_every"] == 2
@@ -373,15 +378,9 @@ def test_socket_queue_alone_samples_at_the_enqueue_and_counts_every_datagram() -
         for _ in range(n // 32):  # in bursts the receiver keeps up with: none overflows its buffer
             send_udp(pair.ns_addr, port, 32)
             time.sleep(0.02)
-        out, _ = receiver.communicate(timeout=30)
-        assert f"got {n}" in out
-        time.sleep(1.2)
-        run.proc.send_signal(signal.SIGINT)
-        rc, _records, err = run.finish()
-    assert rc == 0, err
+        summary = _summary_once_read(run, receiver, n)
     hooked = {a["hook"] for a in start["attached"]}
     assert "net:netif_receive_skb" not in hooked and "sock:sk_data_ready" in hooked, hooked
-    summary = run.summary()
     sq, h = _stage(summary, "socket_queue"), summary["health"]
     assert sq["count"] + h["ring_overrun"] + h["unseen_read"] == n, (sq, h)
     assert sq["count"] >= n - n // 10, (sq, h)

@@ -229,7 +229,7 @@ NP_BTF_PROBE(sock_recv_length)
 #endif
 
 #if SOCKQ_WATCH
-/* the always-on build: every UDP read counted, the watched one timed (trace_watch.c) */
+/* UDP watched (sampled builds): every UDP read counted, the watched one timed (trace_watch.c) */
 NP_BTF_PROBE(sock_recv_length)
 {
 	int ret = (int)ctx->args[1], flags = (int)ctx->args[2];

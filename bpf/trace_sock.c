@@ -342,21 +342,17 @@ static __always_inline void np_enq_cur(struct np_cpu_state *c, void *sk, u64 key
 	if (now && c->cur.t[CP_CORE])
 		np_record(STAGE_STACK_TOTAL, now - c->cur.t[CP_CORE], c->cur.ifindex, c->cur.netns);
 #endif
+#if UDP_BY_RING || SOCKQ_WATCH
+	if (udp) {
+		/* the FIFO slot or the watch slot carries it from here: the per-skb entry is done */
+		if (c->cur.flags & CUR_IN_MAP)
+			skbs.delete(&key);
 #if UDP_BY_RING
-	if (udp) {
-		/* the FIFO slot carries it from here: the per-skb entry is done */
-		if (c->cur.flags & CUR_IN_MAP)
-			skbs.delete(&key);
 		np_fifo_push(c, (u64)sk, key, c->cur.t, c->cur.ifindex, c->cur.netns);
-		return;
-	}
-#elif SOCKQ_WATCH
-	if (udp) {
-		/* picked at netif_receive_skb: a timed datagram is watched to its read, the rest are done */
-		if (c->cur.flags & CUR_IN_MAP)
-			skbs.delete(&key);
-		if (now)
+#else
+		if (now)	/* picked at netif_receive_skb: watched to its read */
 			np_watch_arm(sk, (void *)key, now, c->cur.ifindex, c->cur.netns);
+#endif
 		return;
 	}
 #endif

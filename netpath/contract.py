@@ -10,6 +10,7 @@ test_contract.py checks the C handlers against the hook table.
 
 from __future__ import annotations
 
+import functools
 import struct
 from dataclasses import dataclass
 
@@ -65,11 +66,13 @@ class Layout:
     def body_fmt(self) -> str:
         return "".join(f.fmt for f in self.fields)
 
-    @property
+    # made once per layout (fields never change: the dataclass is frozen): the exporter unpacks dozens of
+    # map values per scrape, and building the Struct each time cost more than the unpacking
+    @functools.cached_property
     def fmt(self) -> struct.Struct:
         return struct.Struct("<" + self.body_fmt)
 
-    @property
+    @functools.cached_property
     def size(self) -> int:
         return self.fmt.size
 

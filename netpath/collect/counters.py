@@ -59,7 +59,10 @@ NOT_DROPS = frozenset({("softnet", "time_squeeze")})
 
 def parse_snmp(text: str) -> dict[str, int]:
     """/proc/net/snmp or /proc/net/netstat: the drop-like fields of SNMP_WANTED (kernel/procnet.py parses)."""
-    every = procnet.parse_snmp(text)
+    return _wanted_snmp(procnet.parse_snmp(text))
+
+
+def _wanted_snmp(every: dict[str, int]) -> dict[str, int]:
     return {prefix + name: every[prefix + name] for prefix, names in SNMP_WANTED.items() for name in names
             if prefix + name in every}
 
@@ -93,12 +96,16 @@ def _read_netns(ifaces: set[str] | None, token: object) -> tuple[dict[CounterKey
     values: dict[CounterKey, int] = {}
     # /proc/net follows the thread-group leader; thread-self follows this thread's setns.
     base = "/proc/thread-self/net" if Path("/proc/thread-self/net").exists() else "/proc/net"
-    snmp = parse_snmp(_read(f"{base}/snmp")) | parse_snmp(_read(f"{base}/netstat"))
-    snmp |= parse_snmp6(_read(f"{base}/snmp6"))
+    # always read afresh (each try of an aligned reading is a new instant); the scrape's later readers of
+    # these files take this reading (procnet.shared_scrape)
+    snmp_all, netstat_all, snmp6_all, conntrack_all = procnet.counter_files(Path(base), fresh=True)
+    snmp = _wanted_snmp(snmp_all) | _wanted_snmp(netstat_all)
+    snmp |= {k: v for k, v in snmp6_all.items() if k in SNMP6_WANTED}
     for name, value in snmp.items():
         values[("snmp", name, None, None)] = value
-    for name, value in parse_conntrack(_read(f"{base}/stat/nf_conntrack")).items():  # absent: no nf_conntrack
-        values[("conntrack", name, None, None)] = value
+    for name, value in conntrack_all.items():  # empty: no nf_conntrack
+        if name in CONNTRACK_WANTED:
+            values[("conntrack", name, None, None)] = value
     dump = linkstats.current(token)
     names = {link.index: link.name for link in dump.links}
     for link in dump.links:

@@ -55,9 +55,10 @@ def read_here(base: Path | None = None, sysctl_root: Path = Path("/proc/sys"), l
         base = Path("/proc/thread-self/net")
         if not base.exists():
             base = Path("/proc/net")
-    snmp = procnet.parse_snmp(_text(base / "snmp")) | procnet.parse_snmp(_text(base / "netstat"))
-    snmp |= procnet.parse_snmp6(_text(base / "snmp6"))
-    conntrack = procnet.parse_conntrack_stats(_text(base / "stat" / "nf_conntrack"))  # empty: no nf_conntrack here
+    # in an exporter's scrape, the host's files as its drop counters read them (procnet.shared_scrape)
+    snmp, netstat, snmp6, conntrack = procnet.counter_files(base)  # conntrack empty: no nf_conntrack here
+    snmp |= netstat
+    snmp |= snmp6
     if not levels:
         conntrack.pop("entries", None)
         return snmp, conntrack, {}

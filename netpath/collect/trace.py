@@ -235,6 +235,8 @@ class TraceReader:
             if any(maxes):
                 prog.percpu_zero("stage_max", stage)
             for cpu, value in enumerate(per_cpu):
+                if value.count(0) == len(value):  # a stage this run does not time, or idle on this CPU: most
+                    continue                       # are, and unpacking their every slot was most of a read
                 counts = {i: n for i, n in enumerate(contract.STAGE_HIST.unpack(value)) if n}
                 if not counts:
                     continue

@@ -18,6 +18,7 @@ from netpath.collect.session import Beside
 from netpath.collect.trace import TraceSession
 from netpath.diagnose import rules
 from netpath.diagnose.window import RollingWindow
+from netpath.kernel import procnet
 from netpath.kernel import settings as settings_mod
 from netpath.model import DropHealth, DropSnapshot, Finding, Settings, Start
 
@@ -89,6 +90,16 @@ class ExportCollector:
 
     def collect(self) -> Iterator[Metric]:
         began = time.perf_counter()
+        # one reading of each namespace's counter files for the scrape's three readers of them (the drop
+        # counters, every namespace's series, the finding window): procnet.shared_scrape
+        with procnet.shared_scrape():
+            families, hits, runs = self._read()
+        self.scrapes += 1
+        yield from families
+        yield from self.metrics.health(hits, time.perf_counter() - began, runs)
+        self.metrics.scraped(time.time())
+
+    def _read(self) -> tuple[list[Metric], dict[tuple[str, str], int], dict[tuple[str, str], tuple[int, int]]]:
         both = self._fresh_live_devices()
         live = both[0] if both is not None else None
         if both is not None:  # only a new look can find an interface gone; forgetting re-reads the maps
@@ -109,10 +120,7 @@ class ExportCollector:
         found = self.findings(drops, elapsed)
         families.extend(self.metrics.findings(found, self.window_ns / 1e9))
         families.append(self.metrics.build_info(self.starts[0], __version__))
-        self.scrapes += 1
-        yield from families
-        yield from self.metrics.health(hits, time.perf_counter() - began, runs)
-        self.metrics.scraped(time.time())
+        return families, hits, runs
 
     def findings(self, drops: DropSnapshot, elapsed_ns: int) -> list[Finding]:
         """The doctor's rules over the rolling window. Knob values are not exported, so no settings are read

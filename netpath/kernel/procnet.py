@@ -7,6 +7,11 @@ Names follow nstat (`IpInDiscards`, `TcpExtListenDrops`, `Udp6NoPorts`), the nam
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
 
 def parse_snmp(text: str) -> dict[str, int]:
     """/proc/net/snmp: header and value lines in pairs (`Ip: Forwarding ...` / `Ip: 1 ...`), every field
@@ -98,3 +103,57 @@ def parse_conntrack_stats(text: str) -> dict[str, int]:
                 continue
             out[name] = n if name == "entries" else out.get(name, 0) + n
     return out
+
+
+# ---------------------------------------------------------------- one reading per scrape
+
+# A namespace's counter files as one reader of a scrape parsed them: snmp, netstat, snmp6 and
+# stat/nf_conntrack, each parsed whole. The exporter's scrape has three readers of the same files in the
+# same namespace (the drop counters read between two drop-count readings, collect/counters.py; every
+# namespace's zero series, collect/netns_rx.py; the finding window, kernel/settings.py). Within a
+# scrape (shared_scrape) the first reads and the later ones take its parse: a few milliseconds apart, the
+# same instant for every reader, and for the same kernel state the same numbers (the aligned reading
+# itself always reads afresh: each of its tries is a new instant). Outside a scrape every read is fresh.
+Parsed = tuple[dict[str, int], dict[str, int], dict[str, int], dict[str, int]]
+_SHARED: list[dict[int, Parsed]] = []  # the open scrape's readings, by the reading thread's netns inode
+
+
+@contextmanager
+def shared_scrape() -> Iterator[None]:
+    """Readings of the counter files taken inside share one parse per namespace (see above). Scrapes
+    never overlap (the exporter's SharedScrape holds a lock around collect)."""
+    _SHARED.append({})
+    try:
+        yield
+    finally:
+        _SHARED.pop()
+
+
+def _netns_here() -> int:
+    try:
+        return os.stat("/proc/thread-self/ns/net").st_ino
+    except OSError:
+        return 0
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def counter_files(base: Path, fresh: bool = False) -> Parsed:
+    """(snmp, netstat, snmp6, nf_conntrack) of the namespace `base` (this thread's /proc/net) belongs to,
+    each parsed whole; copies, so a reader may change them. `fresh`: read now even inside a scrape (and
+    hand this reading to the readers after it)."""
+    scope = _SHARED[-1] if _SHARED else None
+    ino = _netns_here() if scope is not None else 0
+    got = scope.get(ino) if scope is not None and not fresh else None
+    if got is None:
+        got = (parse_snmp(_read_text(base / "snmp")), parse_snmp(_read_text(base / "netstat")),
+               parse_snmp6(_read_text(base / "snmp6")),
+               parse_conntrack_stats(_read_text(base / "stat" / "nf_conntrack")))  # empty: no nf_conntrack
+        if scope is not None:
+            scope[ino] = got
+    return dict(got[0]), dict(got[1]), dict(got[2]), dict(got[3])

@@ -334,10 +334,10 @@ def read_window_raw_marked(ns: netns.Netns | None, mark: Callable[[], T], reuse_
     dump goes first), so a reading taken by mark() (drop counts) and the counters cover the same instant."""
     def inside() -> tuple[dict[str, int], dict[str, int], dict[str, int], T]:
         rx = _rx_packets(reuse_s)
-        base = _proc_net()
-        snmp = procnet.parse_snmp(_text(base / "snmp")) | procnet.parse_snmp(_text(base / "netstat"))
-        snmp |= procnet.parse_snmp6(_text(base / "snmp6"))
-        conntrack = procnet.parse_conntrack_stats(_text(base / "stat" / "nf_conntrack"))
+        # in an exporter's scrape, the files as its drop counters read them (procnet.shared_scrape)
+        snmp, netstat, snmp6, conntrack = procnet.counter_files(_proc_net())
+        snmp |= netstat
+        snmp |= snmp6
         return snmp, conntrack, rx, mark()
 
     snmp, conntrack, rx, marked = netns.run_in(ns, inside)

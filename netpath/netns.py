@@ -180,6 +180,24 @@ def run_in(ns: Netns | None, fn: Callable[[], T]) -> T:
     return result[0]
 
 
+def _ns_inode(path: str) -> int | None:
+    """The inode of the namespace a /proc/PID/ns/net link names, None when the process is gone.
+
+    The link's text is "net:[INODE]" (ns_get_name in fs/nsfs.c prints ns->inum, which is also the nsfs
+    inode's number, what stat returns): reading it costs half of a stat, which follows the link into nsfs,
+    and the exporter does this for every process at every scrape."""
+    try:
+        text = os.readlink(path)
+    except OSError:
+        return None
+    if text.startswith("net:[") and text.endswith("]") and text[5:-1].isdigit():
+        return int(text[5:-1])
+    try:  # not the form above: ask stat
+        return os.stat(path).st_ino
+    except OSError:
+        return None
+
+
 def known_namespaces() -> list[Netns]:
     """Named namespaces plus those of running processes, unique by inode."""
     seen: dict[int, Netns] = {}
@@ -199,10 +217,7 @@ def known_namespaces() -> list[Netns]:
         if not pid.isdigit():
             continue
         path = f"/proc/{pid}/ns/net"  # a str: most processes share a namespace, and a Path per pid cost more
-        try:                           # than its stat (the exporter walks every process at each scrape)
-            ino = os.stat(path).st_ino
-        except OSError:
-            continue
-        if ino not in seen:
+        ino = _ns_inode(path)          # than its stat (the exporter walks every process at each scrape)
+        if ino is not None and ino not in seen:
             seen[ino] = Netns(Path(path), ino, f"pid:{pid}")
     return [Netns(ns.path, ino, ns.label) for ino, ns in seen.items()]

@@ -8,9 +8,13 @@ Names follow nstat (`IpInDiscards`, `TcpExtListenDrops`, `Udp6NoPorts`), the nam
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+# a value line's numbers as snmp_seq_show prints them: decimal, some negative (Ip's MaxConn is -1)
+_PLAIN_NUMBERS = re.compile(r"(?:[ \t]+-?[0-9]+)*[ \t]*", re.ASCII)
 
 
 def parse_snmp(text: str) -> dict[str, int]:
@@ -23,6 +27,9 @@ def parse_snmp(text: str) -> dict[str, int]:
         vprefix, _, nums = values.partition(":")
         if prefix != vprefix:
             continue
+        if _PLAIN_NUMBERS.fullmatch(nums):  # what the kernel prints: every field at once (the exporter
+            out.update(zip([prefix + n for n in names.split()], map(int, nums.split()), strict=False))
+            continue                        # parses these files at every scrape, in every namespace)
         for name, num in zip(names.split(), nums.split(), strict=False):
             if num.lstrip("-").isdigit():
                 out[prefix + name] = int(num)

@@ -1,0 +1,105 @@
+"""What a scrape reads once and shares, and the cheaper readings it takes: each must give what a fresh
+reading gives (procnet.shared_scrape, netns._ns_inode, procnet.parse_snmp's fast path)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from netpath import netns
+from netpath.kernel import procnet
+
+SNMP = "Ip: Forwarding DefaultTTL\nIp: 1 64\nUdp: InDatagrams NoPorts\nUdp: {n} 7\n"
+NETSTAT = "TcpExt: ListenDrops\nTcpExt: 3\n"
+SNMP6 = "Udp6NoPorts                     \t{n}\n"
+CONNTRACK = "entries  clashres drop\n00000002 00000001 00000004\n00000002 00000000 00000001\n"
+
+
+def _proc_net(root: Path, n: int) -> Path:
+    (root / "stat").mkdir(parents=True, exist_ok=True)
+    (root / "snmp").write_text(SNMP.format(n=n))
+    (root / "netstat").write_text(NETSTAT)
+    (root / "snmp6").write_text(SNMP6.format(n=n))
+    (root / "stat" / "nf_conntrack").write_text(CONNTRACK)
+    return root
+
+
+def test_outside_a_scrape_every_reading_is_fresh(tmp_path: Path) -> None:
+    base = _proc_net(tmp_path, 5)
+    assert procnet.counter_files(base)[0]["UdpInDatagrams"] == 5
+    _proc_net(tmp_path, 6)
+    assert procnet.counter_files(base)[0]["UdpInDatagrams"] == 6
+
+
+def test_in_a_scrape_the_later_readers_take_the_last_fresh_reading(tmp_path: Path) -> None:
+    base = _proc_net(tmp_path, 5)
+    with procnet.shared_scrape():
+        first = procnet.counter_files(base, fresh=True)
+        _proc_net(tmp_path, 6)  # the kernel moved on after the drop counters were read
+        assert procnet.counter_files(base) == first  # the other readers see the drop counters' instant
+        retry = procnet.counter_files(base, fresh=True)  # an aligned reading's next try is a new instant
+        assert retry[0]["UdpInDatagrams"] == 6 and retry[2]["Udp6NoPorts"] == 6
+        _proc_net(tmp_path, 7)
+        assert procnet.counter_files(base) == retry  # ... and the one handed on
+    assert procnet.counter_files(base)[0]["UdpInDatagrams"] == 7  # the scrape is over: fresh again
+
+
+def test_the_first_reader_of_a_scrape_reads_when_none_did(tmp_path: Path) -> None:
+    base = _proc_net(tmp_path, 5)
+    with procnet.shared_scrape():
+        assert procnet.counter_files(base)[0]["UdpInDatagrams"] == 5
+        _proc_net(tmp_path, 6)
+        assert procnet.counter_files(base)[0]["UdpInDatagrams"] == 5
+
+
+def test_shared_readings_are_the_same_parse_as_a_fresh_one_and_copies(tmp_path: Path) -> None:
+    base = _proc_net(tmp_path, 5)
+    fresh = procnet.counter_files(base)
+    assert fresh == (procnet.parse_snmp(SNMP.format(n=5)), procnet.parse_snmp(NETSTAT),
+                     procnet.parse_snmp6(SNMP6.format(n=5)), procnet.parse_conntrack_stats(CONNTRACK))
+    with procnet.shared_scrape():
+        procnet.counter_files(base, fresh=True)[3].pop("entries")  # netns_counters.read_here pops it
+        assert procnet.counter_files(base)[3]["entries"] == 2
+
+
+def test_readings_are_kept_apart_by_namespace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    host, pod = _proc_net(tmp_path / "host", 5), _proc_net(tmp_path / "pod", 9)
+    here = [1]
+    monkeypatch.setattr(procnet, "_netns_here", lambda: here[0])
+    with procnet.shared_scrape():
+        procnet.counter_files(host, fresh=True)
+        here[0] = 2  # another thread, in another namespace
+        assert procnet.counter_files(pod)[0]["UdpInDatagrams"] == 9
+        here[0] = 1
+        assert procnet.counter_files(host)[0]["UdpInDatagrams"] == 5
+
+
+def test_a_failed_scrape_leaves_no_sharing_behind(tmp_path: Path) -> None:
+    base = _proc_net(tmp_path, 5)
+    with pytest.raises(RuntimeError), procnet.shared_scrape():
+        procnet.counter_files(base)
+        raise RuntimeError
+    _proc_net(tmp_path, 6)
+    assert procnet.counter_files(base)[0]["UdpInDatagrams"] == 6
+
+
+def test_parse_snmp_fast_path_equals_the_field_by_field_parse() -> None:
+    text = ("Ip: Forwarding DefaultTTL MaxConn\nIp: 1 64 -1\n"
+            "Tcp: RtoMin Weird\nTcp: 200 x1\n"  # not plain numbers: field by field, the bad one left out
+            "Udp: A B\nUdp: 1\n")  # fewer values than names: the names that have one
+    assert procnet.parse_snmp(text) == {"IpForwarding": 1, "IpDefaultTTL": 64, "IpMaxConn": -1,
+                                        "TcpRtoMin": 200, "UdpA": 1}
+
+
+def test_a_namespace_link_is_read_for_the_inode_stat_gives() -> None:
+    path = f"/proc/{os.getpid()}/ns/net"
+    assert netns._ns_inode(path) == os.stat(path).st_ino
+    assert netns._ns_inode("/proc/0/ns/net") is None  # no such process
+
+
+def test_an_unexpected_link_text_falls_back_to_stat(monkeypatch: pytest.MonkeyPatch) -> None:
+    path = f"/proc/{os.getpid()}/ns/net"
+    monkeypatch.setattr(netns.os, "readlink", lambda _p: "something else")
+    assert netns._ns_inode(path) == os.stat(path).st_ino

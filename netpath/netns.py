@@ -217,7 +217,7 @@ def known_namespaces() -> list[Netns]:
         if not pid.isdigit():
             continue
         path = f"/proc/{pid}/ns/net"  # a str: most processes share a namespace, and a Path per pid cost more
-        ino = _ns_inode(path)          # than its stat (the exporter walks every process at each scrape)
-        if ino is not None and ino not in seen:
-            seen[ino] = Netns(Path(path), ino, f"pid:{pid}")
+        found = _ns_inode(path)        # than its stat (the exporter walks every process at each scrape)
+        if found is not None and found not in seen:
+            seen[found] = Netns(Path(path), found, f"pid:{pid}")
     return [Netns(ns.path, ino, ns.label) for ino, ns in seen.items()]

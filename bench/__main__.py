@@ -1,6 +1,6 @@
 """python -m bench [--rounds N] [--seconds S] [--stats-seconds S] | --storm [--storm-seconds S] |
 --soak [--soak-seconds S] | --observer [--rounds N] | --pcap-cost [--rounds N] [--seconds S] |
---follow-cost [--rounds N] [--seconds S] |
+--follow-cost [--rounds N] [--seconds S] | --scrape-cost [--rounds N] [--seconds S] |
 --start [--rounds N] [--base REV] | --render [--out FILE]"""
 
 from __future__ import annotations
@@ -30,6 +30,9 @@ def main() -> int:
                     help="only what drops --pcap costs per dropped packet, by bpf_stats (issue 20 figures)")
     ap.add_argument("--follow-cost", action="store_true",
                     help="only what netpath follow costs the traffic, as pps ratios (issue 27 figures)")
+    ap.add_argument("--scrape-cost", action="store_true",
+                    help="only netpath export's CPU per scrape at 1/s, at rest and under a UDP flood, beside "
+                    "$BENCH_BASELINE (issue 32 figures)")
     ap.add_argument("--start", action="store_true",
                     help="only the start and footprint table (issue 23), this checkout beside --base")
     ap.add_argument("--base", default="main", help="the commit --start compares with (default main)")
@@ -57,6 +60,10 @@ def main() -> int:
         from bench import follow_cost
 
         return follow_cost.main(max(1, args.rounds), max(1, int(args.seconds)))
+    if args.scrape_cost:
+        from bench import scrape_cost
+
+        return scrape_cost.main(max(1, args.rounds), max(3.0, args.seconds))
     if args.start:
         from bench import start
 

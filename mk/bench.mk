@@ -13,7 +13,7 @@ BENCH_SOAK_SECONDS ?= 600
 BENCH_START_ROUNDS ?= 5
 BENCH_BASE ?= main
 
-.PHONY: bench bench-start bench-storm bench-soak bench-observer bench-pcap bench-follow bench-deps bench-lint
+.PHONY: bench bench-scrape bench-start bench-storm bench-soak bench-observer bench-pcap bench-follow bench-deps bench-lint
 
 # Idempotent: apt only when bpftrace/sockperf are missing, pip only when py-spy is missing.
 bench-deps:
@@ -31,6 +31,12 @@ bench: bench-deps
 # only the start and footprint table: this checkout beside BENCH_BASE (a git worktree made and removed here)
 bench-start: bench-deps
 	cd $(CURDIR) && $(BENCH_PY) -m bench --start --rounds $(BENCH_START_ROUNDS) --base $(BENCH_BASE)
+
+# netpath export's CPU per scrape at one scrape a second, at rest and under a UDP flood (issue 32), beside
+# BENCH_BASELINE's exporter when set (git archive REV | tar -x -C DIR)
+BENCH_SCRAPE_SECONDS ?= 10
+bench-scrape: bench-deps
+	cd $(CURDIR) && $(BENCH_PY) -m bench --scrape-cost --rounds $(BENCH_ROUNDS) --seconds $(BENCH_SCRAPE_SECONDS)
 
 bench-storm: bench-deps
 	cd $(CURDIR) && $(BENCH_PY) -m bench --storm --storm-seconds $(BENCH_STORM_SECONDS)

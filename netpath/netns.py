@@ -10,6 +10,7 @@ import ctypes
 import errno
 import fcntl
 import os
+import queue
 import stat
 import threading
 from collections.abc import Callable
@@ -147,27 +148,34 @@ def _libc() -> ctypes.CDLL:
     return _LIBC[0]
 
 
-def run_in(ns: Netns | None, fn: Callable[[], T]) -> T:
-    """Run fn in a short-lived thread that has joined `ns` (None: this namespace).
+def _join(ns: Netns) -> None:
+    """Move the calling thread into ns (setns affects that thread alone)."""
+    libc = _libc()
+    fd = os.open(ns.path, os.O_RDONLY)
+    try:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+    finally:
+        os.close(fd)
+
+
+def run_in(ns: Netns | None, fn: Callable[[], T], visitor: Visitor | None = None) -> T:
+    """Run fn in a short-lived thread that has joined `ns` (None: this namespace), or on `visitor`'s thread.
 
     setns affects only the calling thread, so the rest of netpath stays put;
     sockets created inside (netlink, for pyroute2) stay bound to `ns`.
     """
     if ns is None or ns.inode == os.stat("/proc/self/ns/net").st_ino:
         return fn()
+    if visitor is not None:
+        return visitor.run(ns, fn)
     result: list[T] = []
     failure: list[BaseException] = []
 
     def body() -> None:
         try:
-            libc = _libc()
-            fd = os.open(ns.path, os.O_RDONLY)
-            try:
-                if libc.setns(fd, CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, os.strerror(err))
-            finally:
-                os.close(fd)
+            _join(ns)
             result.append(fn())
         except BaseException as exc:  # handed to the caller's thread below
             failure.append(exc)
@@ -178,6 +186,52 @@ def run_in(ns: Netns | None, fn: Callable[[], T]) -> T:
     if failure:
         raise failure[0]
     return result[0]
+
+
+class Visitor:
+    """One thread that joins namespaces in turn, for a reading of many (collect/netns_counters.py).
+
+    Starting a thread for each namespace cost more than what is read there (an exporter reads every
+    namespace at every scrape). The thread is this reading's alone and ends with it (`with`), so it keeps
+    no namespace alive past the reading; each job setns()es into its namespace first (a failed setns fails
+    that job only, and the job's own check says where the thread really is)."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Netns, Callable[[], object], list[object], threading.Event] | None] = (
+            queue.SimpleQueue())
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> Visitor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._thread is not None:
+            self._jobs.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def run(self, ns: Netns, fn: Callable[[], T]) -> T:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="netpath-netns", daemon=True)
+            self._thread.start()
+        box: list[object] = []
+        done = threading.Event()
+        self._jobs.put((ns, fn, box, done))
+        done.wait()
+        value, failure = box
+        if failure is not None:
+            raise failure  # type: ignore[misc]
+        return value  # type: ignore[return-value]
+
+    def _loop(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            ns, fn, box, done = job
+            try:
+                _join(ns)
+                box.extend((fn(), None))
+            except BaseException as exc:  # handed to the caller's thread
+                box.extend((None, exc))
+            done.set()
 
 
 def _ns_inode(path: str) -> int | None:

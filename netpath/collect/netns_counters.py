@@ -73,7 +73,7 @@ def read_here(base: Path | None = None, sysctl_root: Path = Path("/proc/sys"), l
     return snmp, conntrack, found
 
 
-def _visit(ns: netns.Netns, levels: bool = True) -> NetnsCounters | None:
+def _visit(ns: netns.Netns, levels: bool = True, visitor: netns.Visitor | None = None) -> NetnsCounters | None:
     """ns's counters, or None when the thread did not land in ns (its process exited and the PID was
     reused, or the namespace is gone)."""
     def inside() -> NetnsCounters | None:
@@ -85,7 +85,7 @@ def _visit(ns: netns.Netns, levels: bool = True) -> NetnsCounters | None:
     if ns.label == "host":  # the caller's own namespace: no thread needed
         return inside()
     try:
-        return netns.run_in(ns, inside)
+        return netns.run_in(ns, inside, visitor)
     except OSError:
         return None
 
@@ -101,11 +101,15 @@ def _ordered(found: Iterable[netns.Netns]) -> list[tuple[netns.Netns, bool]]:
 
 def read_every_namespace(found: Callable[[], list[netns.Netns]] = netns.known_namespaces,
                          limit: int = MAX_NAMESPACES,
-                         visit: Callable[[netns.Netns], NetnsCounters | None] = _visit
+                         visit: Callable[[netns.Netns], NetnsCounters | None] | None = None
                          ) -> tuple[list[NetnsCounters], int]:
     """Every namespace's cumulative counters now, and how many namespaces were left out (over `limit`).
+    Without `visit`, each is read from inside it, all on one thread (netns.Visitor).
 
     Must run in the host's namespace (the caller's thread is where "host" is read)."""
+    if visit is None:
+        with netns.Visitor() as visitor:
+            return read_every_namespace(found, limit, lambda ns: _visit(ns, visitor=visitor))
     here = os.stat("/proc/self/ns/net").st_ino
     out: list[NetnsCounters] = []
     seen: set[int] = set()
@@ -126,10 +130,11 @@ def read_every_namespace_counts(host: bool = True) -> tuple[list[NetnsCounters],
     """read_every_namespace without the levels (sockstat, the conntrack sysctls): the counters alone, all a
     drops run or the exporter keeps of each namespace (collect/netns_rx.py), at each scrape. Without `host`
     the caller's own namespace is not read (a drops run reads it with its other counters)."""
-    def visit(ns: netns.Netns) -> NetnsCounters | None:
-        return _visit(ns, levels=False) if host or ns.label != "host" else None
+    with netns.Visitor() as visitor:  # one thread for every namespace's visit, not one each
+        def visit(ns: netns.Netns) -> NetnsCounters | None:
+            return _visit(ns, levels=False, visitor=visitor) if host or ns.label != "host" else None
 
-    return read_every_namespace(visit=visit)
+        return read_every_namespace(visit=visit)
 
 
 # ------------------------------------------------- a window

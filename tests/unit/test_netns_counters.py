@@ -109,7 +109,7 @@ def test_a_counts_reading_leaves_out_the_levels_and_without_host_the_runs_own_na
     """A drops run reads its own namespace with its other counters: the other namespaces' reading skips it;
     every namespace is read without the levels (nobody keeps them there)."""
     visited: list[tuple[str, bool]] = []
-    monkeypatch.setattr(nc, "_visit", lambda ns, levels=True: visited.append((ns.label, levels)))
+    monkeypatch.setattr(nc, "_visit", lambda ns, levels=True, visitor=None: visited.append((ns.label, levels)))
     hosts = [netns.Netns(Path("/proc/self/ns/net"), 1, "host"), netns.Netns(Path("/run/netns/a"), 2, "a")]
 
     def every(visit):

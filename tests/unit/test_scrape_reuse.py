@@ -103,3 +103,41 @@ def test_an_unexpected_link_text_falls_back_to_stat(monkeypatch: pytest.MonkeyPa
     path = f"/proc/{os.getpid()}/ns/net"
     monkeypatch.setattr(netns.os, "readlink", lambda _p: "something else")
     assert netns._ns_inode(path) == os.stat(path).st_ino
+
+
+def test_a_visitor_runs_every_visit_on_one_thread_that_ends_with_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    joined: list[tuple[str, str]] = []
+    monkeypatch.setattr(netns, "_join", lambda ns: joined.append((ns.label, threading.current_thread().name)))
+    a, b = netns.Netns(Path("/run/netns/a"), 1, "a"), netns.Netns(Path("/run/netns/b"), 2, "b")
+    threads: set[int] = set()
+    with netns.Visitor() as visitor:
+        for ns in (a, b, a):
+            assert netns.run_in(ns, lambda ns=ns: (threads.add(threading.get_ident()), ns.label)[1],
+                                visitor) == ns.label
+        worker = visitor._thread
+        assert worker is not None and worker.ident not in (None, threading.get_ident())
+    assert threads == {worker.ident} and not worker.is_alive()  # one thread, gone after the reading
+    assert [label for label, _ in joined] == ["a", "b", "a"]  # it joins each job's namespace first
+
+
+def test_a_visit_that_fails_fails_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    def join(ns: netns.Netns) -> None:
+        if ns.label == "gone":
+            raise OSError(2, "No such file or directory")
+
+    monkeypatch.setattr(netns, "_join", join)
+    gone, b = netns.Netns(Path("/run/netns/gone"), 1, "gone"), netns.Netns(Path("/run/netns/b"), 2, "b")
+    with netns.Visitor() as visitor:
+        with pytest.raises(OSError):
+            visitor.run(gone, lambda: 1)
+        with pytest.raises(ValueError):
+            visitor.run(b, lambda: int("x"))
+        assert visitor.run(b, lambda: 3) == 3
+
+
+def test_a_visitor_never_used_starts_no_thread() -> None:
+    with netns.Visitor() as visitor:
+        assert netns.run_in(None, lambda: 5, visitor) == 5  # this namespace: run here
+    assert visitor._thread is None

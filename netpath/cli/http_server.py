@@ -45,6 +45,8 @@ from netpath.kernel import limits
 if TYPE_CHECKING:  # imported at the first scrape: the server answers /healthz without prometheus_client
     from prometheus_client.metrics_core import Metric
 
+    from netpath.render.exposition import Exposition
+
 MAX_CONNECTIONS = 1024
 MIN_CONNECTIONS = 16
 BACKLOG = 1024
@@ -80,6 +82,7 @@ class SharedScrape:
         self._encoded: dict[tuple[str, bool], bytes] = {}
         self._closed = False
         self.collections = 0
+        self._exposition: Exposition | None = None  # made at the first scrape, with prometheus_client
 
     def body(self, accept: str, gzipped: bool, arrived: float | None = None) -> tuple[bytes, str]:
         """arrived: when the request arrived (time.monotonic()); now, when not given."""
@@ -99,11 +102,32 @@ class SharedScrape:
             key = (content_type, gzipped)
             if key not in self._encoded:
                 om = content_type.startswith("application/openmetrics-text")
-                plain = self._encoded.get((content_type, False)) or encoder(_Families(self._families, om))
+                plain = self._encoded.get((content_type, False)) or self._encode(encoder, om)
                 self._encoded[(content_type, False)] = plain
                 if gzipped:
                     self._encoded[key] = gzip.compress(plain, compresslevel=1)
             return self._encoded[key], content_type
+
+    def _encode(self, encoder: Callable[..., bytes], om: bool) -> bytes:
+        """prometheus_client's encoding of this scrape: written by render/exposition.py, which keeps each
+        label set's text between scrapes (the same bytes, at a fraction of the cost), where it can say it
+        writes exactly what `encoder` would; else by `encoder` itself."""
+        from prometheus_client import exposition as text_format
+        from prometheus_client.openmetrics import exposition as om_format
+
+        from netpath.render.exposition import Exposition
+
+        families = _Families(self._families, om)
+        func = getattr(encoder, "func", encoder)
+        given = dict(getattr(encoder, "keywords", None) or {})
+        if func in (text_format.generate_latest, om_format.generate_latest) and set(given) <= {"escaping", "version"}:
+            if self._exposition is None:
+                self._exposition = Exposition()
+            body = self._exposition.encode(families.collect(), om, given.get("escaping", "underscores"),
+                                           given.get("version", "1.0.0"))
+            if body is not None:
+                return body
+        return encoder(families)
 
     def close(self, timeout: float) -> bool:
         """No more scrapes; True when no scrape was reading the maps (waits up to timeout for one)."""

@@ -25,12 +25,14 @@ from netpath.collect import netns_counters
 from netpath.model import Counter, NetnsCounters
 from netpath.runtimes import RuntimeNames, Workload
 
+# every SNMP drop counter netpath knows, in its order (made once: read for every namespace at every scrape)
+_SNMP_WANTED = (*(f"{proto}{name}" for proto, names in counters_mod.SNMP_WANTED.items() for name in names),
+                *counters_mod.SNMP6_WANTED)
+
 
 def known_names(snmp: dict[str, int], conntrack: dict[str, int]) -> list[tuple[str, str]]:
     """(source, name) of every drop counter netpath knows that this namespace's kernel has."""
-    wanted = [f"{proto}{name}" for proto, names in counters_mod.SNMP_WANTED.items() for name in names]
-    wanted += list(counters_mod.SNMP6_WANTED)
-    out = [("snmp", n) for n in wanted if n in snmp]
+    out = [("snmp", n) for n in _SNMP_WANTED if n in snmp]
     out += [("conntrack", n) for n in counters_mod.CONNTRACK_WANTED if n in conntrack]
     return out
 
@@ -85,8 +87,9 @@ class NamespaceCounters:
 
     @staticmethod
     def _values(c: NetnsCounters) -> dict[tuple[str, str], int]:
-        out = {("snmp", n): c.snmp[n] for s, n in known_names(c.snmp, c.conntrack) if s == "snmp"}
-        out |= {("conntrack", n): c.conntrack[n] for s, n in known_names(c.snmp, c.conntrack) if s == "conntrack"}
+        names = known_names(c.snmp, c.conntrack)
+        out = {("snmp", n): c.snmp[n] for s, n in names if s == "snmp"}
+        out |= {("conntrack", n): c.conntrack[n] for s, n in names if s == "conntrack"}
         return out
 
     def read(self) -> None:

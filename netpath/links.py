@@ -131,12 +131,13 @@ def all_links_with_cookies() -> Iterator[tuple[netns.Netns, int, list[tuple[int,
     def body() -> tuple[int, list[tuple[int, bytes]]]:
         return netns.cookie_here(), _links_here()
 
-    for ns in netns.known_namespaces():
-        try:
-            cookie, links = netns.run_in(ns, body)
-        except OSError:
-            continue
-        yield ns, cookie, links
+    with netns.Visitor() as visitor:  # one thread visits them all (the exporter's look every LIVE_EVERY_S)
+        for ns in netns.known_namespaces():
+            try:
+                cookie, links = netns.run_in(ns, body, visitor)
+            except OSError:
+                continue
+            yield ns, cookie, links
 
 
 def live_devices() -> set[tuple[int, int]]:

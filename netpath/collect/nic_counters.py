@@ -58,17 +58,31 @@ def classify_ethtool(iface: str, stats: Iterable[tuple[str, int]]) -> dict[Count
     A device-wide total (virtio_net's rx_drops) is left out when the driver also gives it per
     queue (rx0_drops, rx1_drops): the queues say the same, and where."""
     pairs = list(stats)
-    per_queue = {(m.group(1), m.group(2)) for m in (_PER_QUEUE.match(n) for n, _ in pairs) if m}
-    out: dict[CounterKey, int] = {}
-    for name, value in pairs:
+    names = tuple(n for n, _ in pairs)
+    kept = _KEPT.get(names)
+    if kept is None:
+        kept = _KEPT[names] = _kept(names)
+    return {(source, names[i], iface, None): int(pairs[i][1]) for i, source in kept}
+
+
+# a driver's statistic names -> which of them classify_ethtool keeps, and as what: the same names are read for
+# each device at every scrape, and a pure function of them need not run its regular expressions again
+_KEPT: dict[tuple[str, ...], tuple[tuple[int, str], ...]] = {}
+
+
+def _kept(names: tuple[str, ...]) -> tuple[tuple[int, str], ...]:
+    if len(_KEPT) > 64:  # drivers (and queue counts) on one host: a handful
+        _KEPT.clear()
+    per_queue = {(m.group(1), m.group(2)) for m in (_PER_QUEUE.match(n) for n in names) if m}
+    out = []
+    for i, name in enumerate(names):
         if not _DROPLIKE.search(name):
             continue
         agg = _AGGREGATE.match(name)
         if agg and (agg.group(1), agg.group(2)) in per_queue:
             continue
-        source = "xdp" if _XDP.search(name) else "ethtool"
-        out[(source, name, iface, None)] = int(value)
-    return out
+        out.append((i, "xdp" if _XDP.search(name) else "ethtool"))
+    return tuple(out)
 
 
 def parse_ethtool_text(text: str) -> list[tuple[str, int]]:

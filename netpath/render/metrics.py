@@ -60,7 +60,13 @@ class SeriesBudget:
             self.admitted.discard(gone)
         own: dict[Labels, tuple[float, ...]] = {}
         overflow = self.retired
-        for labels, value in sorted(values.items(), key=lambda kv: (-kv[1][0], kv[0])):
+        # largest first decides which new label sets keep their labels; with none new (most scrapes) the
+        # order matters only to the overflow's sum, so only the folded ones are sorted, in the same order
+        pending: Iterable[tuple[Labels, tuple[float, ...]]] = values.items()
+        if all(labels in self.admitted or labels in self.folded for labels in values):
+            own = {k: v for k, v in values.items() if k in self.admitted}
+            pending = [(k, v) for k, v in values.items() if k not in self.admitted]
+        for labels, value in sorted(pending, key=lambda kv: (-kv[1][0], kv[0])):
             if labels not in self.admitted and labels not in self.folded:
                 (self.admitted if len(self.admitted) < self.limit else self.folded).add(labels)
             if labels in self.admitted:

@@ -141,3 +141,65 @@ def test_a_visitor_never_used_starts_no_thread() -> None:
     with netns.Visitor() as visitor:
         assert netns.run_in(None, lambda: 5, visitor) == 5  # this namespace: run here
     assert visitor._thread is None
+
+
+def test_ethtool_names_classified_once_give_what_a_fresh_classification_gives() -> None:
+    from netpath.collect import nic_counters as nc
+
+    stats = [("rx_packets", 9), ("rx_drops", 3), ("rx0_drops", 3), ("rx_xdp_drops", 1), ("tx_timeouts", 2),
+             ("rx_drops", 4)]
+    nc._KEPT.clear()
+    first = nc.classify_ethtool("eth0", stats)
+    assert nc._KEPT  # remembered by the names alone
+    moved = [(n, v + 10) for n, v in stats]
+    assert nc.classify_ethtool("eth1", moved) == {(s, n, "eth1", c): v + 10 for (s, n, _i, c), v in first.items()}
+    nc._KEPT.clear()
+    assert nc.classify_ethtool("eth1", moved) == {(s, n, "eth1", c): v + 10 for (s, n, _i, c), v in first.items()}
+    assert first == {("ethtool", "rx0_drops", "eth0", None): 3, ("xdp", "rx_xdp_drops", "eth0", None): 1,
+                     ("ethtool", "tx_timeouts", "eth0", None): 2}
+
+
+class _ReferenceBudget:
+    """SeriesBudget.split as it was before its no-new-labels shortcut: every label set sorted every time."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.admitted, self.folded = limit, set(), set()  # type: ignore[var-annotated]
+        self.retired: tuple[float, ...] = ()
+        self.last: dict = {}  # type: ignore[type-arg]
+
+    def split(self, values: dict) -> tuple[dict, tuple[float, ...] | None]:  # type: ignore[type-arg]
+        from netpath.render.metrics import _add
+
+        for gone in set(self.last) - set(values):
+            if gone in self.folded:
+                self.retired = _add(self.retired, self.last[gone])
+                self.folded.discard(gone)
+            self.admitted.discard(gone)
+        own, overflow = {}, self.retired
+        for labels, value in sorted(values.items(), key=lambda kv: (-kv[1][0], kv[0])):
+            if labels not in self.admitted and labels not in self.folded:
+                (self.admitted if len(self.admitted) < self.limit else self.folded).add(labels)
+            if labels in self.admitted:
+                own[labels] = value
+            else:
+                overflow = _add(overflow, value)
+        self.last = dict(values)
+        return own, (overflow if overflow else None)
+
+
+def test_series_budget_splits_as_before_scrape_after_scrape() -> None:
+    import random
+
+    from netpath.render.metrics import SeriesBudget
+
+    rnd = random.Random(32)
+    for limit in (1, 3, 8):
+        new, ref = SeriesBudget(limit), _ReferenceBudget(limit)
+        pool = [(f"l{i}",) for i in range(12)]
+        for _ in range(60):
+            values = {labels: (float(rnd.randrange(0, 5)), float(rnd.randrange(0, 3)))
+                      for labels in rnd.sample(pool, rnd.randrange(0, len(pool)))}
+            if rnd.random() < 0.5 and new.last:  # often: the same label sets as the last scrape
+                values = {labels: (v[0] + 1, v[1]) for labels, v in new.last.items()}
+            assert new.split(dict(values)) == ref.split(dict(values))
+            assert (new.admitted, new.folded, new.retired) == (ref.admitted, ref.folded, ref.retired)

@@ -6,8 +6,11 @@ Per round and tree: a fresh exporter (warm cache), three warm-up scrapes (the fi
 prometheus_client), then `seconds` of scrapes at 1 s with no traffic ("rest") and `seconds` of scrapes at
 1 s while sockperf floods the receiver namespace with 64-byte UDP ("flood"). CPU is the process's
 CPU clock (every thread, the finished ones included, in ns) over the phase divided by the scrapes in it, so
-whatever the exporter does between scrapes counts too. Also: its RSS at the end and its peak (VmHWM).
-Both trees see the same namespaces (the bench topology's two, and whatever else the host has).
+whatever the exporter does between scrapes counts too. Also: its RSS at the end and its peak (VmHWM). The
+exporter runs on the receiver's CPU: a kernel without CONFIG_IRQ_TIME_ACCOUNTING charges softirq time
+(the flood's, BPF programs included) to the task it interrupts, and veth receives on the sender's CPU.
+Both trees see the same namespaces (the bench topology's two, and whatever else the host has). Scrapes ask
+for what Prometheus asks for (OpenMetrics; BENCH_SCRAPE_ACCEPT=text/plain for the text format).
 """
 
 from __future__ import annotations
@@ -44,8 +47,15 @@ def cpu_s(pid: int) -> float:
         return env.proc_cpu_s(pid)
 
 
+# what Prometheus 2.x asks for (scrape_config's default scrape_protocols): OpenMetrics, created timestamps and
+# all; BENCH_SCRAPE_ACCEPT=text/plain measures the text format instead
+ACCEPT = os.environ.get("BENCH_SCRAPE_ACCEPT", "application/openmetrics-text;version=1.0.0,application/openmetrics-"
+                        "text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
+
+
 def _scrape() -> int:
-    with urllib.request.urlopen(f"http://127.0.0.1:{PORT}/metrics", timeout=10) as resp:
+    req = urllib.request.Request(f"http://127.0.0.1:{PORT}/metrics", headers={"Accept": ACCEPT})
+    with urllib.request.urlopen(req, timeout=10) as resp:
         return len(resp.read())
 
 
@@ -60,7 +70,10 @@ def _paced(seconds: float) -> int:
 
 
 def one(tree: Path, topo: env.Topology, seconds: float) -> dict[str, Any]:
-    proc = subprocess.Popen([sys.executable, "-m", "netpath", "export", "--listen", f"127.0.0.1:{PORT}"],
+    # pinned to the receiver's CPU: this kernel charges softirq time to whichever task it interrupts (no
+    # CONFIG_IRQ_TIME_ACCOUNTING), and veth's receive softirq runs on the sender's CPU (bench/README.md)
+    proc = subprocess.Popen(["taskset", "-c", str(env.RECEIVER_CPU), sys.executable, "-m", "netpath", "export",
+                             "--listen", f"127.0.0.1:{PORT}"],
                             cwd=tree, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     rec: dict[str, Any] = {}
@@ -137,7 +150,9 @@ def main(rounds: int, seconds: float) -> int:
         table.add_row(name, *(_med(cols[k]) for k in ("rest_ms", "flood_ms", "rss_mb", "hwm_mb")))
     console.print(table)
     console.print(f"target: <= {TARGET_MS:g} ms per scrape (1% of a core at one scrape a second), RSS <= 50 MB")
+    console.print(f"[dim]Accept: {ACCEPT}[/]")
     OUT.write_text(json.dumps({"kernel": env.kernel_release(), "cpu": env.cpu_model(), "rounds": rounds,
+                               "accept": ACCEPT,
                                "seconds": seconds, "target_ms": TARGET_MS, "summary": summary, "runs": runs},
                               indent=1) + "\n")
     console.print(f"[dim]written {OUT}[/]")

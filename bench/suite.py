@@ -124,6 +124,23 @@ def paired_run(topo: env.Topology, w: Workload, v: tools.Variant, seconds: float
     return rec
 
 
+def untraced_base(recs: list[dict[str, Any]]) -> float | None:
+    """A round's untraced pps for one workload: the mean of its opening and closing untraced runs (one, in a
+    results.json from before the closing run), so a drift of the machine's speed over the round lands on
+    the variants run early and late alike instead of on whichever ran last."""
+    pps = [r["pps"] for r in recs if r["variant"] == "untraced" and r.get("pps")]
+    return sum(pps) / len(pps) if pps else None
+
+
+def bracket_ratios(recs: list[dict[str, Any]]) -> None:
+    """Every traced run of one round and workload, its ratios now against untraced_base."""
+    base = untraced_base(recs)
+    for r in recs:
+        if r["variant"] != "untraced":
+            r["ratio"] = ratio_to(r.get("pps"), base)
+            r["ratio_stats_on"] = ratio_to(r.get("pps_stats_on"), base)
+
+
 def stats_pass(r: dict[str, Any]) -> dict[str, Any] | None:
     """A run's bpf_stats-on figures: its stats pass, or, in a results.json from before the split (no
     `bpf_stats` key; stats were on for every run then), the run itself."""
@@ -148,10 +165,13 @@ def aggregate(runs: list[dict[str, Any]], active: list[tools.Variant]) -> dict[s
     """Medians per workload and variant. pps and ratios from the pps pass (bpf_stats off); ns/run, runs/s and
     BPF ns/pkt from the stats pass; drop exactness from both."""
     agg: dict[str, Any] = {"throughput": [], "hooks": [], "cost": [], "drops": []}
-    base = {(r["round"], r["workload"]): r["pps"] for r in runs if r["variant"] == "untraced" and r.get("pps")}
+    base = {(rnd, w.name): b for rnd in {r["round"] for r in runs} for w in WORKLOADS
+            if (b := untraced_base([r for r in runs if r["round"] == rnd and r["workload"] == w.name]))}
     for w in WORKLOADS:
         for v in active:
-            rs = [r for r in runs if r["workload"] == w.name and r["variant"] == v.name]
+            # the untraced row: its opening runs, one a round like every variant's (the closing ones only
+            # enter the base)
+            rs = [r for r in runs if r["workload"] == w.name and r["variant"] == v.name and not r.get("bracket")]
             ok = [r for r in rs if r.get("pps") is not None]
             st = [s for r in rs if (s := stats_pass(r)) is not None and s.get("pps") is not None]
             if not ok and not st:
@@ -469,6 +489,7 @@ def main(rounds: int, seconds: float, variants: list[str] | None = None, only_wo
         "bpf_stats_passes": {
             "pps": "off", "stats": "on", "stats_seconds": stats_s,
             "order": "each traced variant: pps pass then stats pass in even rounds, stats pass first in odd",
+            "base": "each round and workload opens and closes with an untraced run; ratios are to their mean",
             "why": "bpf_stats brackets every program run with two clock reads; on this VM 7 empty raw-tracepoint "
                    "programs on the UDP receive path cost 0.818 of untraced pps with stats on, 0.925 off",
         },
@@ -488,15 +509,22 @@ def main(rounds: int, seconds: float, variants: list[str] | None = None, only_wo
             for w in wls:
                 order = active if rnd % 2 == 0 else [active[0], *reversed(active[1:])]
                 base = None
+                this_round: list[dict[str, Any]] = []
                 for v in order:
                     rec = paired_run(topo, w, v, seconds, stats_s, names, rnd)
                     if v.kind == "untraced":
                         base = rec.get("pps")
-                    else:
+                    else:  # against the opening untraced run for now: the progress line needs a figure
                         rec["ratio"] = ratio_to(rec.get("pps"), base)
                         rec["ratio_stats_on"] = ratio_to(rec.get("pps_stats_on"), base)
-                    runs.append(rec)
+                    this_round.append(rec)
                     console.print(f"[dim]{progress_line(rec, rounds)}[/]")
+                if active and active[0].kind == "untraced" and len(active) > 1:
+                    closing = {**paired_run(topo, w, active[0], seconds, stats_s, names, rnd), "bracket": "closing"}
+                    this_round.append(closing)
+                    console.print(f"[dim]{progress_line(closing, rounds)}[/]")
+                    bracket_ratios(this_round)
+                runs.extend(this_round)
         for v in active if profile else []:
             if v.kind == "netpath":
                 try:

@@ -145,27 +145,15 @@ static __always_inline void drop_flow_of(struct np_flow *flow, struct drop_flow 
 /* np_ip6_skip_exthdrs with plain loads: the transport header's offset from head, 0 when none */
 static __always_inline u32 drop_ip6_skip_exthdrs(u64 head, u32 off, u8 *proto)
 {
-	struct np_ip6_opt *opt;
-
 #pragma unroll
 	for (int i = 0; i < NP_IP6_EXTHDR_MAX; i++) {
 		if (!np_ip6_is_exthdr(*proto))
-			return *proto == NP_IPPROTO_NONE ? 0 : off;
-		opt = (struct np_ip6_opt *)(head + off);
-		if (*proto == NP_IPPROTO_FRAGMENT) {
-			*proto = opt->nexthdr;
-			if (np_ntohs(opt->frag_off) & NP_IP6_FRAG_OFFSET)
-				return 0;	/* not the first fragment: no transport header here */
-			off += 8;
-		} else if (*proto == NP_IPPROTO_AH) {
-			*proto = opt->nexthdr;
-			off += ((u32)opt->hdrlen + 2) * 4;
-		} else {
-			*proto = opt->nexthdr;
-			off += ((u32)opt->hdrlen + 1) * 8;
-		}
+			break;
+		off = np_ip6_exthdr_next((struct np_ip6_opt *)(head + off), off, proto);
+		if (!off)
+			return 0;
 	}
-	return np_ip6_is_exthdr(*proto) || *proto == NP_IPPROTO_NONE ? 0 : off;
+	return np_ip6_walk_end(*proto, off);
 }
 
 /* np_parse_l3 with plain loads from head + nh (the network header); 0 on success */

@@ -164,6 +164,31 @@ struct np_ip6_opt {
 };
 
 /*
+ * One step of the walk over the extension header of type *proto at off,
+ * whose first 8 bytes are opt: *proto becomes the type of the header after
+ * it, and the result is that header's offset, or 0 when no transport header
+ * follows in this packet (a fragment other than the first). Shared by the
+ * probe-read walk below and drops.c's walk with plain loads.
+ */
+static __always_inline u32 np_ip6_exthdr_next(const struct np_ip6_opt *opt, u32 off, u8 *proto)
+{
+	u8 type = *proto;
+
+	*proto = opt->nexthdr;
+	if (type == NP_IPPROTO_FRAGMENT)
+		return np_ntohs(opt->frag_off) & NP_IP6_FRAG_OFFSET ? 0 : off + 8;
+	if (type == NP_IPPROTO_AH)
+		return off + ((u32)opt->hdrlen + 2) * 4;
+	return off + ((u32)opt->hdrlen + 1) * 8;
+}
+
+/* Where a walk that stopped at a header of type proto at off leaves the transport header: off, or 0 */
+static __always_inline u32 np_ip6_walk_end(u8 proto, u32 off)
+{
+	return np_ip6_is_exthdr(proto) || proto == NP_IPPROTO_NONE ? 0 : off;
+}
+
+/*
  * Skips the extension headers that start at head + off, the first one of
  * type *proto. On return *proto is the transport protocol (or the header the
  * walk stopped at) and the result is the transport header's offset from
@@ -177,23 +202,14 @@ static __always_inline u32 np_ip6_skip_exthdrs(unsigned char *head, u32 off, u8 
 #pragma unroll
 	for (int i = 0; i < NP_IP6_EXTHDR_MAX; i++) {
 		if (!np_ip6_is_exthdr(*proto))
-			return *proto == NP_IPPROTO_NONE ? 0 : off;
+			break;
 		if (bpf_probe_read_kernel(&opt, sizeof(opt), head + off))
 			return 0;
-		if (*proto == NP_IPPROTO_FRAGMENT) {
-			*proto = opt.nexthdr;
-			if (np_ntohs(opt.frag_off) & NP_IP6_FRAG_OFFSET)
-				return 0;	/* not the first fragment: no transport header here */
-			off += 8;
-		} else if (*proto == NP_IPPROTO_AH) {
-			*proto = opt.nexthdr;
-			off += ((u32)opt.hdrlen + 2) * 4;
-		} else {
-			*proto = opt.nexthdr;
-			off += ((u32)opt.hdrlen + 1) * 8;
-		}
+		off = np_ip6_exthdr_next(&opt, off, proto);
+		if (!off)
+			return 0;
 	}
-	return np_ip6_is_exthdr(*proto) || *proto == NP_IPPROTO_NONE ? 0 : off;
+	return np_ip6_walk_end(*proto, off);
 }
 
 /*

@@ -274,7 +274,7 @@ def pcap_ring_pages(snaplen: int, page: int = 4096) -> int:
     return pages
 
 
-# ---------------------------------------------------------------- follow (netpath follow, bpf/follow.c)
+# ------------------------------------------------------- follow (netpath follow, bpf/follow*.c)
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,9 @@ printf '%s\n' "$CMD" > "$RUNDIR/cmd"
 
 VNG_ARGS=(--run "$KIMG" --disable-kvm --memory "${VM_MEMORY:-2G}" --cpus "${VM_CPUS:-2}"
           --rwdir="$ROOT" --cwd "$ROOT")
+# An oops anywhere is a panic, so a guest whose kernel broke ends at once (panic=-1 from vng powers it
+# off) instead of hanging until VM_TIMEOUT with a dead kernel thread holding a lock.
+VNG_ARGS+=(--append "oops=panic")
 [ "${VM_VERBOSE:-0}" = 1 ] && VNG_ARGS+=(--verbose)
 # The real-driver lab: two virtio-net NICs whose only peer is each other, through a qemu hub that has
 # no other port, so nothing they send leaves the guest. A hub port has a single queue pair, which is

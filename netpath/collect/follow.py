@@ -41,6 +41,8 @@ from netpath.query import Filters
 HOOKS = contract.FOLLOW_HOOKS
 FATES = contract.FOLLOW_FATES
 HOOK_NAMES = tuple(h.name for h in HOOKS)
+# bpf/: what a hop says and the maps, which skb is which packet, the tracepoint handlers, the kprobe hops
+FOLLOW_UNITS = ("follow.c", "follow_table.c", "follow_hooks.c", "follow_kprobe.c")
 # where software GSO frees the skb it cut into segments (validate_xmit_skb, and its .isra clones)
 GSO_FUNCTIONS = ("validate_xmit_skb", "__skb_gso_segment", "skb_gso_segment")
 # frames of a `freed` hop that say how, not who: the slab free, the skb free helpers, the BPF trampoline
@@ -139,7 +141,7 @@ def program_source(query: FollowQuery, facts: KernelFacts, offsets: dict[str, in
     if query.filters.netns is not None and query.filters.netns.cookie:
         defines["FILTER_NETNS_COOKIE"] = query.filters.netns.cookie
     # the function hops are compiled always and loaded only where they attach (FollowSession.start)
-    return bpf.ProgramSource(["where.c", "drops_owner.c", "follow.c", "follow_kprobe.c"], defines)
+    return bpf.ProgramSource(["where.c", "drops_owner.c", *FOLLOW_UNITS], defines)
 
 
 def nf_hook_name(rc: int) -> str:

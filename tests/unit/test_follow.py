@@ -22,7 +22,7 @@ from netpath.query import Filters
 from netpath.render import follow_view, records
 
 OFFSETS = {name: 8 * i for i, name in enumerate(follow_mod.NEEDED, 1)}
-C = (bpf.BPF_DIR / "follow.c").read_text()
+C = "".join((bpf.BPF_DIR / unit).read_text() for unit in ("follow.c", "follow_table.c", "follow_hooks.c"))
 KP_C = (bpf.BPF_DIR / "follow_kprobe.c").read_text()
 HOOK = {h.name: i for i, h in enumerate(contract.FOLLOW_HOOKS)}
 FATE = {f: i for i, f in enumerate(contract.FOLLOW_FATES)}
@@ -51,7 +51,7 @@ def test_every_hook_has_one_handler_and_every_value_is_a_number(follow_facts):
         assert re.search(rf"follow_hook\({hook.c_id}, {int(hook.entry)}, &c\)", C), hook.name
     q = follow_mod.FollowQuery(Filters(port=53, proto="udp", host=ipaddress.ip_address("10.96.0.10")), count=3)
     src = follow_mod.program_source(q, follow_facts, OFFSETS)
-    assert src.files == ["where.c", "drops_owner.c", "follow.c", "follow_kprobe.c"]
+    assert src.files == ["where.c", "drops_owner.c", "follow.c", "follow_table.c", "follow_hooks.c", "follow_kprobe.c"]
     assert all(isinstance(v, int) and not isinstance(v, bool) for v in src.defines.values())
     assert (src.defines["FOLLOW_MAX"], src.defines["FILTER_PORT"], src.defines["FILTER_PROTO"]) == (3, 53, 17)
     assert src.defines["FILTER_HOST_W0"] == int.from_bytes(bytes([10, 96, 0, 10]), "little")

@@ -166,6 +166,16 @@ def prog_deltas(before: dict[int, ProgStat], after: dict[int, ProgStat], ids: se
 # ---------------------------------------------------------------- process accounting
 
 
+def wait_serving(proc: subprocess.Popen[str], timeout: float = 60.0) -> None:
+    """Read an exporter's stderr until its "serving http://" line (or its end, or `timeout`)."""
+    assert proc.stderr is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line or "serving http://" in line:
+            return
+
+
 def proc_cpu_s(pid: int) -> float:
     """utime+stime of `pid` and its reaped children, in seconds."""
     try:

@@ -78,12 +78,7 @@ def one(tree: Path, topo: env.Topology, seconds: float) -> dict[str, Any]:
                             start_new_session=True)
     rec: dict[str, Any] = {}
     try:
-        assert proc.stderr is not None
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            if not line or "serving http://" in line:
-                break
+        env.wait_serving(proc)
         for _ in range(3):
             _scrape()
         time.sleep(1.0)

@@ -33,7 +33,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench.env import REPO, proc_cpu_s, proc_hwm_kb, proc_rss_kb
+from bench.env import REPO, proc_cpu_s, proc_hwm_kb, proc_rss_kb, wait_serving
 
 OUT = Path(__file__).resolve().parent / "start.json"
 TARGETS = {"cached_start_s": 0.3, "first_start_s": 1.0, "x_bpftrace": 2.0, "probes_s": 0.15, "help_s": 0.15,
@@ -191,12 +191,7 @@ def run_export(tree: Path, scrapes: int, idle_s: float, soak_s: float = 20.0) ->
     proc = subprocess.Popen([sys.executable, "-m", "netpath", "export", "--listen", f"127.0.0.1:{PORT}"], cwd=tree,
                             env=_env(None), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        assert proc.stderr is not None
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            if not line or "serving http://" in line:
-                break
+        wait_serving(proc)
         for _ in range(5):
             series = _scrape()
         cpu0 = proc_cpu_s(proc.pid)

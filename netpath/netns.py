@@ -170,26 +170,13 @@ def run_in(ns: Netns | None, fn: Callable[[], T], visitor: Visitor | None = None
         return fn()
     if visitor is not None:
         return visitor.run(ns, fn)
-    result: list[T] = []
-    failure: list[BaseException] = []
-
-    def body() -> None:
-        try:
-            _join(ns)
-            result.append(fn())
-        except BaseException as exc:  # handed to the caller's thread below
-            failure.append(exc)
-
-    thread = threading.Thread(target=body, name="netpath-netns")
-    thread.start()
-    thread.join()
-    if failure:
-        raise failure[0]
-    return result[0]
+    with Visitor() as once:  # a thread for this one call, ended before returning
+        return once.run(ns, fn)
 
 
 class Visitor:
-    """One thread that joins namespaces in turn, for a reading of many (collect/netns_counters.py).
+    """One thread that joins namespaces in turn, for a reading of many (collect/netns_counters.py), or one
+    (run_in without a visitor).
 
     Starting a thread for each namespace cost more than what is read there (an exporter reads every
     namespace at every scrape). The thread is this reading's alone and ends with it (`with`), so it keeps

@@ -6,6 +6,7 @@ per-interval deltas and run totals.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 
 from netpath import netns
@@ -68,22 +69,19 @@ def _wanted_snmp(every: dict[str, int]) -> dict[str, int]:
 
 
 def parse_snmp6(text: str) -> dict[str, int]:
-    return {k: v for k, v in procnet.parse_snmp6(text).items() if k in SNMP6_WANTED}
+    return _only(procnet.parse_snmp6(text), SNMP6_WANTED)
 
 
 def parse_conntrack(text: str) -> dict[str, int]:
     """/proc/net/stat/nf_conntrack: CONNTRACK_WANTED, summed over CPUs."""
-    return {k: v for k, v in procnet.parse_conntrack_stats(text).items() if k in CONNTRACK_WANTED}
+    return _only(procnet.parse_conntrack_stats(text), CONNTRACK_WANTED)
+
+
+def _only(every: dict[str, int], wanted: Collection[str]) -> dict[str, int]:
+    return {k: v for k, v in every.items() if k in wanted}
 
 
 SOFTNET_WANTED = ("dropped", "time_squeeze", "flow_limit")
-
-
-def _read(path: str) -> str:
-    try:
-        return Path(path).read_text()
-    except OSError:
-        return ""
 
 
 def read_netns_counters(ifaces: set[str] | None, token: object = None) -> dict[CounterKey, int]:
@@ -100,12 +98,11 @@ def _read_netns(ifaces: set[str] | None, token: object) -> tuple[dict[CounterKey
     # these files take this reading (procnet.shared_scrape)
     snmp_all, netstat_all, snmp6_all, conntrack_all = procnet.counter_files(Path(base), fresh=True)
     snmp = _wanted_snmp(snmp_all) | _wanted_snmp(netstat_all)
-    snmp |= {k: v for k, v in snmp6_all.items() if k in SNMP6_WANTED}
+    snmp |= _only(snmp6_all, SNMP6_WANTED)
     for name, value in snmp.items():
         values[("snmp", name, None, None)] = value
-    for name, value in conntrack_all.items():  # empty: no nf_conntrack
-        if name in CONNTRACK_WANTED:
-            values[("conntrack", name, None, None)] = value
+    for name, value in _only(conntrack_all, CONNTRACK_WANTED).items():  # empty: no nf_conntrack
+        values[("conntrack", name, None, None)] = value
     dump = linkstats.current(token)
     names = {link.index: link.name for link in dump.links}
     for link in dump.links:
@@ -134,7 +131,7 @@ def read_all(ns: netns.Netns | None, ifaces: set[str] | None, token: object = No
         return values | nic_counters.read_nic_counters(ifaces, token, dump)
 
     values = netns.run_in(ns, inside)
-    for cpu, cols in procnet.parse_softnet(_read("/proc/net/softnet_stat")).items():
+    for cpu, cols in procnet.parse_softnet(procnet.read_text(Path("/proc/net/softnet_stat"))).items():
         for name in SOFTNET_WANTED:
             if name in cols:
                 values[("softnet", name, None, cpu)] = cols[name]

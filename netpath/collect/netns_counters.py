@@ -39,13 +39,6 @@ LEVEL_SYSCTLS = ("net.netfilter.nf_conntrack_count", "net.netfilter.nf_conntrack
 # ------------------------------------------------- one namespace, read from inside
 
 
-def _text(path: Path) -> str:
-    try:
-        return path.read_text()
-    except OSError:
-        return ""
-
-
 def read_here(base: Path | None = None, sysctl_root: Path = Path("/proc/sys"), levels: bool = True
               ) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
     """(snmp, conntrack, levels) of the namespace this thread is in (base: a fixture's /proc/net). Without
@@ -62,9 +55,9 @@ def read_here(base: Path | None = None, sysctl_root: Path = Path("/proc/sys"), l
     if not levels:
         conntrack.pop("entries", None)
         return snmp, conntrack, {}
-    found = procnet.parse_sockstat(_text(base / "sockstat"))
+    found = procnet.parse_sockstat(procnet.read_text(base / "sockstat"))
     found |= {k.replace("sockstat.", "sockstat6.", 1): v
-              for k, v in procnet.parse_sockstat(_text(base / "sockstat6")).items()}
+              for k, v in procnet.parse_sockstat(procnet.read_text(base / "sockstat6")).items()}
     for name, value in settings_mod.read_sysctls(LEVEL_SYSCTLS, sysctl_root).items():
         if value.isdigit():
             found[name] = int(value)

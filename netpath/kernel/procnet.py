@@ -143,7 +143,8 @@ def _netns_here() -> int:
         return 0
 
 
-def _read_text(path: Path) -> str:
+def read_text(path: Path) -> str:
+    """A /proc file's text; empty when it cannot be read (absent where its module is not loaded)."""
     try:
         return path.read_text()
     except OSError:
@@ -158,9 +159,9 @@ def counter_files(base: Path, fresh: bool = False) -> Parsed:
     ino = _netns_here() if scope is not None else 0
     got = scope.get(ino) if scope is not None and not fresh else None
     if got is None:
-        got = (parse_snmp(_read_text(base / "snmp")), parse_snmp(_read_text(base / "netstat")),
-               parse_snmp6(_read_text(base / "snmp6")),
-               parse_conntrack_stats(_read_text(base / "stat" / "nf_conntrack")))  # empty: no nf_conntrack
+        got = (parse_snmp(read_text(base / "snmp")), parse_snmp(read_text(base / "netstat")),
+               parse_snmp6(read_text(base / "snmp6")),
+               parse_conntrack_stats(read_text(base / "stat" / "nf_conntrack")))  # empty: no nf_conntrack
         if scope is not None:
             scope[ino] = got
     return dict(got[0]), dict(got[1]), dict(got[2]), dict(got[3])

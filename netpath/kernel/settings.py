@@ -289,13 +289,6 @@ def parse_softnet_all(text: str) -> dict[int, dict[str, int]]:
             if len(cols) >= 3}
 
 
-def _text(path: Path) -> str:
-    try:
-        return path.read_text()
-    except OSError:
-        return ""
-
-
 def _proc_net() -> Path:
     # /proc/net follows the thread-group leader's namespace; thread-self follows this thread's setns
     return Path("/proc/thread-self/net") if Path("/proc/thread-self/net").exists() else Path("/proc/net")
@@ -341,7 +334,7 @@ def read_window_raw_marked(ns: netns.Netns | None, mark: Callable[[], T], reuse_
         return snmp, conntrack, rx, mark()
 
     snmp, conntrack, rx, marked = netns.run_in(ns, inside)
-    return (snmp, conntrack, parse_softnet_all(_text(Path("/proc/net/softnet_stat"))), rx), marked
+    return (snmp, conntrack, parse_softnet_all(procnet.read_text(Path("/proc/net/softnet_stat"))), rx), marked
 
 
 def window(before: Raw, after: Raw) -> Window:
@@ -420,7 +413,7 @@ def read_settings(ns: netns.Netns | None, ifaces: Iterable[str], sysctl_root: Pa
                 if text is not None:
                     tc[hook][iface] = count_tc_filters(text)
         base = _proc_net()
-        levels = procnet.parse_sockstat(_text(base / "sockstat"))
+        levels = procnet.parse_sockstat(procnet.read_text(base / "sockstat"))
         return values, read_sockets(), nics, rules, tc, levels, read_syn_queues()
 
     values, sockets, nics, rules, tc, levels, syn = netns.run_in(ns, inside)

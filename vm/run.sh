@@ -118,6 +118,9 @@ start=$(date +%s.%N)
 # that loses the guest's stderr. Only the interactive shell gets the caller's stdin.
 # qemu opens the guest's output channels as /proc/self/fd/{1,2} with O_TRUNC: if our stdout or
 # stderr is a regular file (make test-vm > log), each boot would truncate it. Hand qemu pipes.
+print_console() {	# the guest kernel's errors and worse, last 60 lines, printable ASCII only
+    [ -s "$CONSOLE_LOG" ] && tail -n 60 "$CONSOLE_LOG" | tr -cd '\11\12\40-\176' >&2
+}
 boot_once() {
     exec {errfd}> >(cat >&2)
     errpid=$!
@@ -140,7 +143,7 @@ if [ -n "$CMD" ]; then
         fi
         printf 'vm-run: %s: the guest died while booting (vng exited %s), before running anything; its console:\n' \
             "$KVER" "$vng_rc" >&2
-        [ -s "$CONSOLE_LOG" ] && tail -n 60 "$CONSOLE_LOG" | tr -cd '\11\12\40-\176' >&2
+        print_console
         printf 'vm-run: %s: booting once more\n' "$KVER" >&2
     done
 else
@@ -165,7 +168,7 @@ else
         "$KVER" "$vng_rc" >&2
     if [ -s "$CONSOLE_LOG" ]; then
         printf 'vm-run: %s: the guest console (errors and worse), last 60 lines:\n' "$KVER" >&2
-        tail -n 60 "$CONSOLE_LOG" | tr -cd '\11\12\40-\176' >&2
+        print_console
     fi
     rc=125
 fi

@@ -92,6 +92,9 @@
 #ifndef SOCKQ_WATCH
 #define SOCKQ_WATCH 0	/* trace_watch.c: socket_queue of UDP in the always-on build */
 #endif
+#ifndef SOCKQ_AT_WAKEUP
+#define SOCKQ_AT_WAKEUP 0	/* trace_sock.c: the same build's UDP count at the wakeup (no sock_recv_length) */
+#endif
 /* t_enq of a datagram followed but not timed: no real timestamp is 1 */
 #define NP_UNTIMED	1
 /* t_enq of an entry whose skb was read or freed before sk_data_ready stamped it (np_read_skb) */
@@ -393,6 +396,40 @@ static __always_inline int np_rx_skb_passes(void *skb, u32 *ifindex, u32 *netns)
 	return 1;
 #endif
 }
+
+#if SOCKQ_WATCH || SOCKQ_AT_WAKEUP
+/* the socket's namespace passes --netns (every one passes without it) */
+static __always_inline int np_sk_in_netns(void *sk)
+{
+#ifdef FILTER_NETNS
+	void *net = NULL;
+	u32 inum = 0;
+
+	NP_LOAD(net, sk, OFF_SK_NET);
+	if (!net)
+		return 0;
+	NP_READ(inum, net, OFF_NET_NS_INUM);
+	return inum == FILTER_NETNS && np_net_passes(net);
+#else
+	return 1;
+#endif
+}
+
+/*
+ * 1 when a queued skb has left its socket's queue (or cannot be read):
+ * __skb_unlink() clears skb->next, and every queued skb has a non-NULL next
+ * (the following skb or the queue head). UDP's reader_queue keeps the links
+ * when the kernel splices the receive queue onto it.
+ */
+static __always_inline int np_skb_unlinked(u64 skb)
+{
+	u64 next = 0;
+
+	if (bpf_probe_read_kernel(&next, sizeof(next), (void *)(skb + OFF_SKB_NEXT)))
+		return 1;
+	return !next;
+}
+#endif
 
 /* the first argument of a kprobed function, from its pt_regs */
 #if defined(__x86_64__)

@@ -79,12 +79,12 @@ static __always_inline void np_record_owner(struct np_cpu_state *c, u64 delta)
 }
 #endif
 
-static __always_inline void np_read(void *ctx, struct np_cpu_state *c, void *skb, u64 *t, u32 ifindex,
-				    u32 netns)
+/* time a read (counted already, or by np_read) */
+static __always_inline void np_read_time(void *ctx, struct np_cpu_state *c, void *skb, u64 *t, u32 ifindex,
+					 u32 netns)
 {
 	u64 now, queued;
 
-	np_seen_always(c, STAGE_SOCKET_QUEUE);	/* Stage.seen_always: its count in every build */
 	if (t[CP_ENQ] == NP_UNTIMED)
 		return;	/* counted, not sampled */
 	now = NP_PKT_NOW();
@@ -94,6 +94,13 @@ static __always_inline void np_read(void *ctx, struct np_cpu_state *c, void *skb
 	np_record_owner(c, queued);
 #endif
 	np_emit_slow(ctx, c, skb, t, ifindex, netns, now, queued);
+}
+
+static __always_inline void np_read(void *ctx, struct np_cpu_state *c, void *skb, u64 *t, u32 ifindex,
+				    u32 netns)
+{
+	np_seen_always(c, STAGE_SOCKET_QUEUE);	/* Stage.seen_always: its count in every build */
+	np_read_time(ctx, c, skb, t, ifindex, netns);
 }
 
 /*
@@ -107,8 +114,12 @@ static __always_inline void np_read_skb(void *ctx, struct np_cpu_state *c, u64 k
 
 	if (!enq)
 		enq = __sync_val_compare_and_swap(&st->t[CP_ENQ], 0, NP_ENQ_EARLY);
-	if (enq && enq != NP_ENQ_EARLY && !(st->done & (1 << STAGE_SOCKET_QUEUE)))
-		np_read(ctx, c, (void *)key, st->t, st->ifindex, st->netns);
+	if (enq && enq != NP_ENQ_EARLY && !(st->done & (1 << STAGE_SOCKET_QUEUE))) {
+		if (SOCKQ_AT_WAKEUP && st->udp)
+			np_read_time(ctx, c, (void *)key, st->t, st->ifindex, st->netns);	/* counted at its wakeup */
+		else
+			np_read(ctx, c, (void *)key, st->t, st->ifindex, st->netns);
+	}
 	skbs.delete(&key);
 }
 

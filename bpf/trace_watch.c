@@ -67,16 +67,6 @@ static __always_inline struct np_sock_watch *np_watch_of(void *sk)
 	return sock_watch.lookup(&idx);
 }
 
-/* 1 when skb has left its socket's queue (or cannot be read: then no read will time it either) */
-static __always_inline int np_watch_unlinked(u64 skb)
-{
-	u64 next = 0;
-
-	if (bpf_probe_read_kernel(&next, sizeof(next), (void *)(skb + OFF_SKB_NEXT)))
-		return 1;
-	return !next;
-}
-
 /* may a picked datagram of sk take this slot from `old`? */
 static __always_inline int np_watch_free(struct np_sock_watch *w, u64 old, u64 sk, u64 now)
 {
@@ -84,7 +74,7 @@ static __always_inline int np_watch_free(struct np_sock_watch *w, u64 old, u64 s
 		return 1;
 	if (old == WATCH_BUSY || now - w->t_enq < WATCH_TTL_NS)
 		return 0;
-	return old != sk || np_watch_unlinked(w->skb);
+	return old != sk || np_skb_unlinked(w->skb);
 }
 
 /* sk_data_ready (trace_sock.c), a picked UDP datagram: watch it, when its slot is free */
@@ -106,7 +96,7 @@ static __always_inline void np_watch_arm(void *sk, void *skb, u64 now, u32 ifind
 	w->netns = netns;
 	__sync_val_compare_and_swap(&w->sk, WATCH_BUSY, skey);	/* publish: after the payload */
 	/* a reader took it before the publish, and its read went by unseen: no read would time it right */
-	if (np_watch_unlinked((u64)skb))
+	if (np_skb_unlinked((u64)skb))
 		__sync_val_compare_and_swap(&w->sk, skey, 0);
 }
 
@@ -114,7 +104,6 @@ static __always_inline void np_watch_arm(void *sk, void *skb, u64 now, u32 ifind
 static __always_inline int np_watch_udp_read(void *sk)
 {
 	u16 family = 0, proto = 0;
-	void *net = NULL;
 
 	NP_LOAD(family, sk, OFF_SK_FAMILY);
 	if (family != NP_AF_INET && family != NP_AF_INET6)
@@ -122,19 +111,7 @@ static __always_inline int np_watch_udp_read(void *sk)
 	NP_LOAD(proto, sk, OFF_SK_PROTOCOL);
 	if (proto != NP_IPPROTO_UDP && proto != NP_IPPROTO_UDPLITE)
 		return 0;
-#ifdef FILTER_NETNS
-	{
-		u32 inum = 0;
-
-		NP_LOAD(net, sk, OFF_SK_NET);
-		if (!net)
-			return 0;
-		NP_READ(inum, net, OFF_NET_NS_INUM);
-		if (inum != FILTER_NETNS || !np_net_passes(net))
-			return 0;
-	}
-#endif
-	return 1;
+	return np_sk_in_netns(sk);
 }
 
 /* sock_recv_length (trace_read.c): count the read; time it when it took its socket's watched datagram */
@@ -150,7 +127,7 @@ static __always_inline void np_watch_read(struct np_cpu_state *c, void *sk)
 	w = np_watch_of(sk);
 	if (!w || *(volatile u64 *)&w->sk != skey)
 		return;
-	if (!np_watch_unlinked(w->skb))
+	if (!np_skb_unlinked(w->skb))
 		return;	/* still queued: this read took an older datagram */
 	t_enq = w->t_enq;
 	ifindex = w->ifindex;

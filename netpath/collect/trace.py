@@ -103,6 +103,7 @@ def program_source(query: TraceQuery, plan: AttachPlan, offsets: dict[str, int])
     defines["TAI_OFFSET_NS"] = int(query.tai_offset_ns)
     defines["SAMPLE_SHIFT"] = query.sampled_every(plan).bit_length() - 1
     defines["SOCKQ_WATCH"] = int(sockq_watch(query, plan, defines))
+    defines["SOCKQ_AT_WAKEUP"] = int(sockq_at_wakeup(query, plan, defines))
     defines.update(filter_defines(query.filters))
     ns = query.filters.netns
     if ns is not None and ns.cookie and "OFF_NET_COOKIE" in offsets:  # as drops: an inode reused later is not it
@@ -113,14 +114,26 @@ def program_source(query: TraceQuery, plan: AttachPlan, offsets: dict[str, int])
     return bpf.ProgramSource(c_units(plan), defines, tp_btf)
 
 
-def sockq_watch(query: TraceQuery, plan: AttachPlan, defines: dict[str, int]) -> bool:
-    """UDP's socket_queue by watched datagrams (bpf/trace_watch.c) instead of a FIFO per socket: where the stage
-    is sampled, nothing is broken down, and no filter needs a datagram's device or headers at its read (those
-    the FIFO carries for every datagram); the read then counts every UDP read of the namespace."""
+def sockq_by_netns(query: TraceQuery, plan: AttachPlan, defines: dict[str, int]) -> bool:
+    """socket_queue counted per namespace rather than paired datagram by datagram: where the stage is sampled,
+    nothing is broken down, and no filter needs a datagram's device or headers (those a per-socket FIFO
+    carries for every datagram)."""
     f = query.filters
-    return (bool(defines.get("USE_SOCKQ")) and bool(defines.get("HAS_SOCK_SOCK_RECV_LENGTH"))
-            and defines["SAMPLE_SHIFT"] > 0 and not query.breakdown() and not f.iface_keys
-            and f.proto is None and f.port is None and f.host is None)
+    return (bool(defines.get("USE_SOCKQ")) and defines["SAMPLE_SHIFT"] > 0 and not query.breakdown()
+            and not f.iface_keys and f.proto is None and f.port is None and f.host is None)
+
+
+def sockq_watch(query: TraceQuery, plan: AttachPlan, defines: dict[str, int]) -> bool:
+    """UDP's socket_queue by watched datagrams (bpf/trace_watch.c) instead of a FIFO per socket, counted at
+    every UDP read of the namespace: needs sock:sock_recv_length, the read that knows its socket."""
+    return sockq_by_netns(query, plan, defines) and bool(defines.get("HAS_SOCK_SOCK_RECV_LENGTH"))
+
+
+def sockq_at_wakeup(query: TraceQuery, plan: AttachPlan, defines: dict[str, int]) -> bool:
+    """Without sock:sock_recv_length (6.1) and without netif_receive_skb's per-CPU follow: UDP's
+    socket_queue counted at each datagram's wakeup, a picked one timed at its free (bpf/trace_sock.c)."""
+    return (sockq_by_netns(query, plan, defines) and not defines.get("HAS_SOCK_SOCK_RECV_LENGTH")
+            and not defines.get("HAS_NET_NETIF_RECEIVE_SKB"))
 
 
 # the trace program's C units in the order they are placed; each builds on the ones before it

@@ -123,6 +123,9 @@ def trace_options() -> Iterator[tuple[str, trace_mod.TraceQuery]]:
     for (a, qa), (b, qb) in itertools.combinations(breakdowns.items(), 2):  # --exact changes none of their code
         pair = replace(qa, **{k: v for k, v in vars(qb).items() if k in set_by_breakdowns and v})
         yield f"--stages all {a} {b}", replace(pair, stages=STAGE_IDS, sample_every=16)
+    # the always-on build of socket_queue alone checks the socket's namespace (6.1: at the wakeup)
+    yield "--stages socket_queue --sample 16 --netns", Q(stages=("socket_queue",), sample_every=16,
+                                                          filters=FILTERS["--netns"])
     for (label, query), stage in itertools.product(breakdowns.items(), ("packet", *STAGE_IDS)):
         # a per-invocation stage has no packet for --per-socket or --slower to act on
         if stage in PACKET_STAGES or stage == "packet" or label in ("--per-iface", "--per-cpu"):

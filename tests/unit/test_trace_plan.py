@@ -121,6 +121,23 @@ def test_udp_socket_queue_is_watched_only_in_the_always_on_build() -> None:
     assert watch(make_plan(facts("trace-6.1"), only=("socket_queue",)), sample_every=16) == 0  # no recv_length
 
 
+def test_udp_socket_queue_is_counted_at_the_wakeup_where_no_read_tells() -> None:
+    """Without sock:sock_recv_length (6.1) the always-on build counts a UDP datagram at its wakeup (a read
+    there cannot be told; bpf/trace_sock.c np_wakeup_count); only where netif_receive_skb's per-CPU follow is
+    not in the build either."""
+    offsets = {name: 8 for name in trace_mod.NEEDED}
+
+    def at_wakeup(name: str, only: tuple[str, ...] | None = ("socket_queue",), **kw: object) -> int:
+        plan = make_plan(facts(name), only=only) if only else make_plan(facts(name))
+        return trace_mod.program_source(trace_mod.TraceQuery(**kw), plan, offsets).defines["SOCKQ_AT_WAKEUP"]
+
+    assert at_wakeup("trace-6.1", sample_every=16) == 1
+    assert at_wakeup("trace-6.1", sample_every=1) == 0  # every datagram timed: counted at its read
+    assert at_wakeup("trace-6.1", sample_every=16, filters=Filters(port=53)) == 0
+    assert at_wakeup("trace-6.1", None, sample_every=16) == 0  # netif_receive_skb follows each datagram
+    assert at_wakeup("6.18", sample_every=16) == 0  # sock_recv_length: the watched build
+
+
 def test_netns_is_checked_by_its_cookie_as_drops_checks_it() -> None:
     from netpath.netns import Netns
 

@@ -71,10 +71,11 @@ def test_udp_counts_equal_datagrams_at_every_kprobe_stage(netns_pair) -> None:
     assert summary["health"]["probe_hits"].get("ip_rcv", 0) >= n
 
 
-def test_socket_queue_alone_counts_every_udp_read_and_times_a_sample(netns_pair) -> None:
+def test_socket_queue_alone_counts_every_udp_datagram_and_times_a_sample(netns_pair) -> None:
     """netpath export's default stage as trace runs it (socket_queue alone, sampled): where the kernel has
-    sock:sock_recv_length (6.12) UDP is the watched build (bpf/trace_watch.c): every read counted at the
-    read, no FIFO; before it (6.1) the FIFO-less kernels count a read at the datagram's free."""
+    sock:sock_recv_length (6.12) UDP is the watched build (bpf/trace_watch.c), every read counted at the read;
+    before it (6.1) every datagram is counted at its wakeup (a reader already running takes some before it,
+    which a count at the read missed: 199 of 200 in a run of this test)."""
     n, port = 200, 5103
     p = netns_pair
     run = _trace("--stages", "socket_queue", "--sample", "2", "--netns", p.b)
@@ -83,11 +84,8 @@ def test_socket_queue_alone_counts_every_udp_read_and_times_a_sample(netns_pair)
     assert sink.wait() == n
     summary = _stop(run)
     sq, h = _stage(summary, "socket_queue"), summary["health"]
-    if "sock:sock_recv_length" in sq["hook"]:
-        assert sq["count"] == n, (sq, h)
-        assert h["ring_overrun"] == h["unseen_read"] == h["missed_enqueue"] == 0, h
-    else:
-        assert sq["count"] + h["missed_enqueue"] == n, (sq, h)
+    assert sq["count"] == n, (sq, h)
+    assert h["ring_overrun"] == h["unseen_read"] == h["missed_enqueue"] == h["lost_skbs"] == 0, h
     assert 0 < sq["timed"] <= sq["count"] and sq["p50_ns"] > 0, sq
 
 

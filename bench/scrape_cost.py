@@ -9,8 +9,12 @@ CPU clock (every thread, the finished ones included, in ns) over the phase divid
 whatever the exporter does between scrapes counts too. Also: its RSS at the end and its peak (VmHWM). The
 exporter runs on the receiver's CPU: a kernel without CONFIG_IRQ_TIME_ACCOUNTING charges softirq time
 (the flood's, BPF programs included) to the task it interrupts, and veth receives on the sender's CPU.
-Both trees see the same namespaces (the bench topology's two, and whatever else the host has). Scrapes ask
-for what Prometheus asks for (OpenMetrics; BENCH_SCRAPE_ACCEPT=text/plain for the text format).
+A control process beside the exporter on the same CPU does one fixed piece of Python work a second
+(CONTROL_WORK); its CPU ms per second at rest and under the flood say how much of the exporter's rise under the
+flood is the CPU's (softirq charged to it, the flood's cache and memory traffic) rather than more work per
+scrape: the same work cost the control that much more too. Both trees see the same namespaces (the bench
+topology's two, and whatever else the host has). Scrapes ask for what Prometheus asks for (OpenMetrics;
+BENCH_SCRAPE_ACCEPT=text/plain for the text format).
 """
 
 from __future__ import annotations
@@ -69,6 +73,37 @@ def _paced(seconds: float) -> int:
     return n
 
 
+# the control's fixed work, about the size of a scrape: build, encode and parse a few hundred small records
+CONTROL_WORK = """
+import json, sys, time
+sys.stdout.write("ready\\n"); sys.stdout.flush()
+t0, n = time.monotonic(), 0
+while True:
+    rows = [{"stage": f"s{i}", "count": i * 7, "le": [2 ** k for k in range(20)]} for i in range(300)]
+    json.loads(json.dumps(rows))
+    n += 1
+    time.sleep(max(0.0, n - (time.monotonic() - t0)))
+"""
+
+
+def _control() -> subprocess.Popen[str]:
+    proc = subprocess.Popen(["taskset", "-c", str(env.RECEIVER_CPU), sys.executable, "-c", CONTROL_WORK],
+                            stdout=subprocess.PIPE, text=True, start_new_session=True)
+    assert proc.stdout is not None
+    proc.stdout.readline()
+    return proc
+
+
+def _phase(pids: tuple[int, int], seconds: float) -> tuple[float, float]:
+    """Scrape once a second for `seconds`: CPU ms per scrape of the exporter, per second of the control."""
+    t0, c0 = (cpu_s(p) for p in pids)
+    w0 = time.monotonic()
+    n = _paced(seconds)
+    wall = time.monotonic() - w0
+    t1, c1 = (cpu_s(p) for p in pids)
+    return round(1000 * (t1 - t0) / n, 2), round(1000 * (c1 - c0) / wall, 2)
+
+
 def one(tree: Path, topo: env.Topology, seconds: float) -> dict[str, Any]:
     # pinned to the receiver's CPU: this kernel charges softirq time to whichever task it interrupts (no
     # CONFIG_IRQ_TIME_ACCOUNTING), and veth's receive softirq runs on the sender's CPU (bench/README.md)
@@ -76,26 +111,21 @@ def one(tree: Path, topo: env.Topology, seconds: float) -> dict[str, Any]:
                              "--listen", f"127.0.0.1:{PORT}"],
                             cwd=tree, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
+    control = _control()
     rec: dict[str, Any] = {}
     try:
         env.wait_serving(proc)
         for _ in range(3):
             _scrape()
         time.sleep(1.0)
-        cpu0 = cpu_s(proc.pid)
-        n = _paced(seconds)
-        cpu1 = cpu_s(proc.pid)
-        rec["rest_ms"] = round(1000 * (cpu1 - cpu0) / n, 2)
+        rec["rest_ms"], rec["control_rest_ms"] = _phase((proc.pid, control.pid), seconds)
         flood: dict[str, Any] = {}
         sender = threading.Thread(target=lambda: flood.update(workloads.run(topo, workloads.WORKLOADS[0],
                                                                             seconds + 2)), daemon=True)
         sender.start()
         time.sleep(1.0)  # sockperf's warm-up
-        cpu0 = cpu_s(proc.pid)
-        n = _paced(seconds)
-        cpu1 = cpu_s(proc.pid)
+        rec["flood_ms"], rec["control_flood_ms"] = _phase((proc.pid, control.pid), seconds)
         sender.join()
-        rec["flood_ms"] = round(1000 * (cpu1 - cpu0) / n, 2)
         rec["flood_pps"] = flood.get("pps")
         rec["bytes"] = _scrape()
         rec["rss_mb"] = round(env.proc_rss_kb(proc.pid) / 1024, 1)
@@ -103,6 +133,8 @@ def one(tree: Path, topo: env.Topology, seconds: float) -> dict[str, Any]:
     except OSError as exc:
         rec["error"] = str(exc)
     finally:
+        control.kill()
+        control.wait()
         proc.terminate()
         try:
             proc.wait(10)
@@ -134,16 +166,18 @@ def main(rounds: int, seconds: float) -> int:
                 console.print(f"[dim]{rec}[/]")
     table = Table(title=f"netpath export: CPU ms per scrape at 1 scrape/s, median \\[min-max] of {rounds} rounds")
     table.add_column("tree")
-    for col in ("at rest", "UDP flood", "RSS MB", "peak RSS MB"):
+    keys = ("rest_ms", "flood_ms", "rss_mb", "hwm_mb", "control_rest_ms", "control_flood_ms")
+    for col in ("at rest", "UDP flood", "RSS MB", "peak RSS MB", "control rest", "control flood"):
         table.add_column(col, justify="right")
     summary: dict[str, dict[str, float | None]] = {}
     for name in trees:
         mine = [r for r in runs if r["tree"] == name and "error" not in r]
-        cols = {k: [float(r[k]) for r in mine if r.get(k) is not None] for k in ("rest_ms", "flood_ms", "rss_mb",
-                                                                                  "hwm_mb")}
+        cols = {k: [float(r[k]) for r in mine if r.get(k) is not None] for k in keys}
         summary[name] = {k: (statistics.median(v) if v else None) for k, v in cols.items()}
-        table.add_row(name, *(_med(cols[k]) for k in ("rest_ms", "flood_ms", "rss_mb", "hwm_mb")))
+        table.add_row(name, *(_med(cols[k]) for k in keys))
     console.print(table)
+    console.print("control: CPU ms per second of one fixed piece of work on the exporter's CPU; its rise under "
+                  "the flood is the CPU's, not more work")
     console.print(f"target: <= {TARGET_MS:g} ms per scrape (1% of a core at one scrape a second), RSS <= 50 MB")
     console.print(f"[dim]Accept: {ACCEPT}[/]")
     OUT.write_text(json.dumps({"kernel": env.kernel_release(), "cpu": env.cpu_model(), "rounds": rounds,

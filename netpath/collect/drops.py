@@ -49,6 +49,11 @@ INDEX0 = struct.Struct("<I")  # an array map's index
 STACK_ID = struct.Struct("<i")
 # readings of the counters between two of the matched count before a storm is said to leave no pause
 ALIGN_TRIES = 10
+# drops landing during one try that say no pause is coming, when the last reading found none either (a
+# storm going on, not a burst's tail): were drops to arrive at random (Poisson), a try as long would find
+# none with a chance of e^-8 (0.03%). A flood lands hundreds a try: the exporter's nine more readings of
+# every counter at each scrape were about half its cost under one (py-spy, bench/README.md)
+ALIGN_HOPELESS = 8
 CAPTURE_ROW_CACHE = 4096  # captured packets' rows kept by where they died (cleared when full)
 
 L4_NAMES = {0: "hopopt", 1: "icmp", 2: "igmp", 6: "tcp", 17: "udp", 47: "gre", 58: "icmpv6", 132: "sctp"}
@@ -391,6 +396,7 @@ class DropsSession(ProgramSession):
         self._warnings: list[str] = []  # said once, in the next snapshot and the summary
         self._unpaused: set[str] = set()  # readings (start, end) already warned about: an exporter reads
         # the end at every scrape, and a storm that never pauses would otherwise add a warning each time
+        self._storming: set[str] = set()  # readings whose last time found no pause (ALIGN_HOPELESS)
         self._said = 0
         self._pcap_written = 0  # captured packets handed out as events
         self._pcap_over_max = 0  # delivered past --pcap-max (the kernel's cap should leave none)
@@ -445,8 +451,10 @@ class DropsSession(ProgramSession):
         and the drops it counts too (NO_SOCKET) cover the same packets.
 
         Two readings cannot be taken at once, so the counters are read between two readings of the
-        program's matched count, again (up to ALIGN_TRIES) while a drop landed in between. When drops never
-        pause (a storm), the last try stands and the output says how long the two readings were apart.
+        program's matched count, again (up to ALIGN_TRIES) while a drop landed in between, unless so many
+        landed (ALIGN_HOPELESS) in a storm the last reading found going on too that no pause is coming.
+        When drops never pause (a storm), the last try stands and the output says how long the two
+        readings were apart.
         """
         assert self.prog is not None
         took = 0
@@ -458,8 +466,13 @@ class DropsSession(ProgramSession):
                 self.at_start_value = self.at_start()
             counts, stats = self.counts(), self.stats()
             took = time.monotonic_ns() - began
-            if stats.get("matched", 0) == matched:
+            landed = stats.get("matched", 0) - matched
+            if landed == 0:
+                self._storming.discard(when)
                 return counters, counts, stats
+            if landed >= ALIGN_HOPELESS and when in self._storming:
+                break
+        self._storming.add(when)
         if when not in self._unpaused:
             self._unpaused.add(when)
             self._warnings.append(f"drops never paused while the counters were read at the {when}: a counter "

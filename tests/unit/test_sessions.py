@@ -105,6 +105,43 @@ def test_a_storm_that_never_pauses_is_warned_about_once_however_often_it_is_read
                                                    "drops never paused while the counters were read at the end"]
 
 
+class FloodProgram(StormProgram):
+    """A flood: hundreds of drops land between two reads of the health counters."""
+
+    def percpu_value(self, name: str, index: int) -> list[bytes]:
+        if name == "stats":
+            self.matched += 499  # and StormProgram's one: 500 a read
+        return super().percpu_value(name, index)
+
+
+def test_a_flood_going_on_is_read_once_a_burst_or_a_slow_storm_up_to_the_tries(drop_facts, monkeypatch):
+    """Hundreds of drops in one try, when the last reading found no pause either, say none is coming: the
+    counters are read once, not ALIGN_TRIES times (under a flood, the exporter's retries at every scrape
+    were about half its cost). A reading's first storm (maybe a burst's tail) and a slow storm (one drop a
+    try) may still pause: read again up to ALIGN_TRIES times."""
+    reads: list[int] = []
+
+    def read_all(_ns: object, _ifaces: object, _token: object = None) -> dict:
+        reads.append(1)
+        return {}
+
+    monkeypatch.setattr(counters_mod, "read_all", read_all)
+    for prog, at_start, later in ((FloodProgram(), drops_mod.ALIGN_TRIES, 1),
+                                  (StormProgram(), drops_mod.ALIGN_TRIES, drops_mod.ALIGN_TRIES)):
+        set_drop_stats(prog, 0, 0)
+        session = drops_mod.DropsSession(drops_mod.DropsQuery(), drop_facts, SOURCE, reasons(), loader=loader(prog))
+        reads.clear()
+        session.start()
+        assert len(reads) == at_start, type(prog).__name__
+        session.summary(1_000_000_000)  # the end's first reading: all the tries
+        reads.clear()
+        warnings = session.summary(2_000_000_000).warnings  # the exporter's next scrape
+        assert len(reads) == later, type(prog).__name__
+        assert [w.split(":")[0] for w in warnings] == ["drops never paused while the counters were read at the "
+                                                       "start", "drops never paused while the counters were "
+                                                       "read at the end"]
+
+
 def test_drops_counted_in_the_per_cpu_key_cache_add_to_the_hash_rows(drop_facts):
     prog = FakeProgram()
     session = drops_mod.DropsSession(drops_mod.DropsQuery(), drop_facts, SOURCE, reasons(), loader=loader(prog))

@@ -138,11 +138,12 @@ def sockq_at_wakeup(query: TraceQuery, plan: AttachPlan, defines: dict[str, int]
 
 # the trace program's C units in the order they are placed; each builds on the ones before it
 TRACE_UNITS = ("where.c", "trace_common.c", "trace_irq.c", "trace_skb.c", "trace_kprobe.c", "trace_watch.c",
-               "trace_sock.c", "trace_read.c")
+               "trace_fifo.c", "trace_sock.c", "trace_read.c")
 # what a unit needs beside itself: every per-packet stage follows the skb from netif_receive_skb
-# (trace_skb.c); the read side times from the enqueue (trace_sock.c), or from a watched one (trace_watch.c)
-UNIT_NEEDS = {"trace_kprobe.c": ("trace_skb.c",), "trace_sock.c": ("trace_skb.c",),
-              "trace_read.c": ("trace_skb.c", "trace_watch.c", "trace_sock.c")}
+# (trace_skb.c); the read side times from the enqueue (trace_sock.c), from a watched one (trace_watch.c),
+# or from UDP's per-socket FIFO (trace_fifo.c)
+UNIT_NEEDS = {"trace_kprobe.c": ("trace_skb.c",), "trace_sock.c": ("trace_skb.c", "trace_fifo.c"),
+              "trace_read.c": ("trace_skb.c", "trace_watch.c", "trace_fifo.c", "trace_sock.c")}
 
 
 def c_units(plan: AttachPlan) -> list[str]:

@@ -88,7 +88,7 @@ def test_program_source_takes_numbers_only() -> None:
     query = trace_mod.TraceQuery(filters, per_iface=True, slower_ns=5_000_000)
     src = trace_mod.program_source(query, plan, offsets)
     assert src.files == ["where.c", "trace_common.c", "trace_irq.c", "trace_skb.c", "trace_kprobe.c",
-                         "trace_watch.c", "trace_sock.c", "trace_read.c"]
+                         "trace_watch.c", "trace_fifo.c", "trace_sock.c", "trace_read.c"]
     assert all(isinstance(v, int) for v in src.defines.values())
     assert src.defines["FILTER_PORT"] == 5353 and src.defines["FILTER_PROTO"] == 17
     assert src.defines["FILTER_HOST_W0"] == int.from_bytes(bytes([10, 201, 1, 2]), "little")
@@ -159,9 +159,9 @@ def test_program_source_includes_only_the_units_the_plan_needs() -> None:
     assert units("6.18", ("napi_poll",)) == [*common, "trace_irq.c"]
     assert units("6.18", ("gro",)) == [*common, "trace_skb.c"]
     # the read side builds on the enqueue, and every per-packet stage on the skb path
-    assert units("6.18", ("socket_queue",)) == [*common, "trace_skb.c", "trace_watch.c", "trace_sock.c",
-                                                "trace_read.c"]
-    assert units("6.18", ("stack_total",)) == [*common, "trace_skb.c", "trace_sock.c"]
+    assert units("6.18", ("socket_queue",)) == [*common, "trace_skb.c", "trace_watch.c", "trace_fifo.c",
+                                                "trace_sock.c", "trace_read.c"]
+    assert units("6.18", ("stack_total",)) == [*common, "trace_skb.c", "trace_fifo.c", "trace_sock.c"]
     assert units("trace-6.1", ("ip_rcv",)) == [*common, "trace_skb.c", "trace_kprobe.c"]
     for stage in STAGES:  # every stage names a unit that exists
         assert (trace_mod.bpf.BPF_DIR / stage.c_unit).is_file(), stage.id
